@@ -1,0 +1,758 @@
+//! `OTEL_*` environment parsing into one typed [`Config`], with errors that name
+//! the variable, quote the bad value and show a valid example.
+//!
+//! Unlike opentelemetry-rust, which ignores a value it cannot parse, every bad
+//! value here is an error. The environment is read through an injectable lookup
+//! ([`Config::from_lookup`]) so tests never touch the process environment.
+
+use std::fmt;
+use std::time::Duration;
+
+/// The generic OTLP endpoint variable.
+pub const OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+
+/// Default OTLP/gRPC endpoint.
+pub const DEFAULT_GRPC_ENDPOINT: &str = "http://localhost:4317";
+/// Default OTLP/HTTP endpoint.
+pub const DEFAULT_HTTP_ENDPOINT: &str = "http://localhost:4318";
+
+/// An environment value that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A variable holds a value that cannot be used.
+    #[error("{var}={value:?} is invalid: {reason}. Example of a valid value: {var}={example}")]
+    Invalid {
+        /// The variable (or builder setting) at fault.
+        var: String,
+        /// The value as given.
+        value: String,
+        /// Why it was rejected.
+        reason: String,
+        /// A value that would be accepted.
+        example: &'static str,
+    },
+}
+
+impl ConfigError {
+    fn invalid(var: &str, value: &str, reason: impl Into<String>, example: &'static str) -> Self {
+        Self::Invalid {
+            var: var.to_owned(),
+            value: value.to_owned(),
+            reason: reason.into(),
+            example,
+        }
+    }
+
+    /// The variable the error is about.
+    pub fn variable(&self) -> &str {
+        match self {
+            Self::Invalid { var, .. } => var,
+        }
+    }
+}
+
+/// The OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// OTLP over gRPC (tonic). The default.
+    #[default]
+    Grpc,
+    /// OTLP over HTTP with protobuf bodies (feature `http-proto`).
+    HttpProtobuf,
+}
+
+impl Protocol {
+    fn parse(var: &str, value: &str) -> Result<Self, ConfigError> {
+        match value.trim() {
+            "grpc" => Ok(Self::Grpc),
+            "http/protobuf" => Ok(Self::HttpProtobuf),
+            "http/json" => Err(ConfigError::invalid(
+                var,
+                value,
+                "http/json is not supported; use grpc or http/protobuf",
+                "grpc",
+            )),
+            _ => Err(ConfigError::invalid(
+                var,
+                value,
+                "unknown protocol; expected grpc or http/protobuf",
+                "grpc",
+            )),
+        }
+    }
+}
+
+/// Payload compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// gzip.
+    Gzip,
+}
+
+/// Which sampler to use for new traces.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SamplerConfig {
+    /// Record and export every trace.
+    AlwaysOn,
+    /// Export nothing.
+    AlwaysOff,
+    /// Keep the given fraction of traces, by trace id.
+    TraceIdRatio(f64),
+    /// Follow the parent's decision; use the inner sampler for roots.
+    ParentBased(ParentRoot),
+}
+
+impl Default for SamplerConfig {
+    /// `parentbased_always_on`, the OpenTelemetry default.
+    fn default() -> Self {
+        Self::ParentBased(ParentRoot::AlwaysOn)
+    }
+}
+
+/// The root sampler of a parent-based sampler.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ParentRoot {
+    /// Sample every root.
+    AlwaysOn,
+    /// Sample no root.
+    AlwaysOff,
+    /// Sample a fraction of roots by trace id.
+    TraceIdRatio(f64),
+}
+
+const OTEL_TRACES_SAMPLER: &str = "OTEL_TRACES_SAMPLER";
+const OTEL_TRACES_SAMPLER_ARG: &str = "OTEL_TRACES_SAMPLER_ARG";
+
+impl SamplerConfig {
+    fn from_env(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let Some(name) = non_empty(lookup(OTEL_TRACES_SAMPLER)) else {
+            return Ok(Self::default());
+        };
+        let arg = non_empty(lookup(OTEL_TRACES_SAMPLER_ARG));
+        let ratio = || -> Result<f64, ConfigError> {
+            match &arg {
+                None => Ok(1.0),
+                Some(a) => parse_ratio(OTEL_TRACES_SAMPLER_ARG, a),
+            }
+        };
+        Ok(match name.trim() {
+            "always_on" => Self::AlwaysOn,
+            "always_off" => Self::AlwaysOff,
+            "traceidratio" => Self::TraceIdRatio(ratio()?),
+            "parentbased_always_on" => Self::ParentBased(ParentRoot::AlwaysOn),
+            "parentbased_always_off" => Self::ParentBased(ParentRoot::AlwaysOff),
+            "parentbased_traceidratio" => Self::ParentBased(ParentRoot::TraceIdRatio(ratio()?)),
+            _ => {
+                return Err(ConfigError::invalid(
+                    OTEL_TRACES_SAMPLER,
+                    &name,
+                    "unknown sampler; expected always_on, always_off, traceidratio, \
+                     parentbased_always_on, parentbased_always_off or parentbased_traceidratio",
+                    "parentbased_traceidratio",
+                ));
+            }
+        })
+    }
+}
+
+/// Parses a sampling ratio in [0, 1].
+pub(crate) fn parse_ratio(var: &str, value: &str) -> Result<f64, ConfigError> {
+    match value.trim().parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        Ok(_) => Err(ConfigError::invalid(
+            var,
+            value,
+            "the ratio must be between 0 and 1",
+            "0.25",
+        )),
+        Err(_) => Err(ConfigError::invalid(
+            var,
+            value,
+            "not a number",
+            "0.25",
+        )),
+    }
+}
+
+/// Settings for one signal's OTLP exporter, after precedence is applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExporterConfig {
+    /// Where to send. Default: `http://localhost:4317` (gRPC) or
+    /// `http://localhost:4318/v1/<signal>` (HTTP).
+    pub endpoint: String,
+    /// Extra request headers (gRPC metadata). Default: none.
+    pub headers: Vec<(String, String)>,
+    /// Deadline of one export. Default: 10 s.
+    pub timeout: Duration,
+    /// Payload compression. Default: none.
+    pub compression: Option<Compression>,
+    /// Transport. Default: gRPC.
+    pub protocol: Protocol,
+}
+
+/// Which signal a setting belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Traces.
+    Traces,
+    /// Metrics.
+    Metrics,
+}
+
+impl Signal {
+    fn env_infix(self) -> &'static str {
+        match self {
+            Self::Traces => "TRACES_",
+            Self::Metrics => "METRICS_",
+        }
+    }
+
+    fn http_path(self) -> &'static str {
+        match self {
+            Self::Traces => "v1/traces",
+            Self::Metrics => "v1/metrics",
+        }
+    }
+
+    /// The signal's name as used in attributes: `traces` or `metrics`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Traces => "traces",
+            Self::Metrics => "metrics",
+        }
+    }
+}
+
+impl fmt::Display for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Values set in code, which beat every environment variable.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overrides {
+    /// Generic endpoint for both signals.
+    pub endpoint: Option<String>,
+    /// Traces endpoint.
+    pub traces_endpoint: Option<String>,
+    /// Metrics endpoint.
+    pub metrics_endpoint: Option<String>,
+    /// Extra headers for both signals.
+    pub headers: Option<Vec<(String, String)>>,
+    /// Export timeout for both signals.
+    pub timeout: Option<Duration>,
+    /// Compression for both signals (`Some(None)` turns it off).
+    pub compression: Option<Option<Compression>>,
+    /// Transport for both signals.
+    pub protocol: Option<Protocol>,
+    /// Sampler.
+    pub sampler: Option<SamplerConfig>,
+    /// Metric export interval.
+    pub metric_export_interval: Option<Duration>,
+    /// Service name.
+    pub service_name: Option<String>,
+    /// Disables the SDK.
+    pub disabled: Option<bool>,
+}
+
+/// Everything `otel-instrument` reads from the standard `OTEL_*` variables.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// `OTEL_SDK_DISABLED`: export nothing. Default: false.
+    pub disabled: bool,
+    /// `OTEL_SERVICE_NAME`. Default: none (the crate name from `init!()`).
+    pub service_name: Option<String>,
+    /// `OTEL_RESOURCE_ATTRIBUTES`, in order. Default: none.
+    pub resource_attributes: Vec<(String, String)>,
+    /// The traces exporter.
+    pub traces: ExporterConfig,
+    /// The metrics exporter.
+    pub metrics: ExporterConfig,
+    /// `OTEL_TRACES_SAMPLER` (+`_ARG`). Default: parentbased_always_on.
+    pub sampler: SamplerConfig,
+    /// `OTEL_METRIC_EXPORT_INTERVAL` in ms. Default: 60 s.
+    pub metric_export_interval: Duration,
+}
+
+impl Config {
+    /// Reads the process environment.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first variable whose value does not parse.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(&|k| std::env::var(k).ok(), &Overrides::default())
+    }
+
+    /// Reads variables through `lookup`, then applies `overrides` set in code.
+    ///
+    /// Precedence: overrides > signal-specific variable > generic variable > default.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first variable whose value does not parse.
+    pub fn from_lookup(
+        lookup: &dyn Fn(&str) -> Option<String>,
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let disabled = match overrides.disabled {
+            Some(d) => d,
+            None => match non_empty(lookup("OTEL_SDK_DISABLED")) {
+                None => false,
+                Some(v) => parse_bool("OTEL_SDK_DISABLED", &v)?,
+            },
+        };
+        let service_name = overrides
+            .service_name
+            .clone()
+            .or_else(|| non_empty(lookup("OTEL_SERVICE_NAME")));
+        let resource_attributes = match non_empty(lookup("OTEL_RESOURCE_ATTRIBUTES")) {
+            None => Vec::new(),
+            Some(v) => parse_key_values("OTEL_RESOURCE_ATTRIBUTES", &v, "deployment.environment.name=prod,team=gpu")?,
+        };
+        let sampler = match overrides.sampler {
+            Some(s) => s,
+            None => SamplerConfig::from_env(lookup)?,
+        };
+        let metric_export_interval = match overrides.metric_export_interval {
+            Some(d) => d,
+            None => match non_empty(lookup("OTEL_METRIC_EXPORT_INTERVAL")) {
+                None => Duration::from_secs(60),
+                Some(v) => {
+                    let d = parse_millis("OTEL_METRIC_EXPORT_INTERVAL", &v, "10000")?;
+                    if d.is_zero() {
+                        return Err(ConfigError::invalid(
+                            "OTEL_METRIC_EXPORT_INTERVAL",
+                            &v,
+                            "the interval must be greater than zero",
+                            "10000",
+                        ));
+                    }
+                    d
+                }
+            },
+        };
+        Ok(Self {
+            disabled,
+            service_name,
+            resource_attributes,
+            traces: ExporterConfig::resolve(Signal::Traces, lookup, overrides)?,
+            metrics: ExporterConfig::resolve(Signal::Metrics, lookup, overrides)?,
+            sampler,
+            metric_export_interval,
+        })
+    }
+}
+
+impl ExporterConfig {
+    /// Resolves one signal's exporter settings.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first variable whose value does not parse.
+    pub fn resolve(
+        signal: Signal,
+        lookup: &dyn Fn(&str) -> Option<String>,
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let signal_var = |suffix: &str| format!("OTEL_EXPORTER_OTLP_{}{suffix}", signal.env_infix());
+        let generic_var = |suffix: &str| format!("OTEL_EXPORTER_OTLP_{suffix}");
+        // The first of (signal-specific, generic) variables that is set, with its name.
+        let pick = |suffix: &str| -> Option<(String, String)> {
+            let s = signal_var(suffix);
+            if let Some(v) = non_empty(lookup(&s)) {
+                return Some((s, v));
+            }
+            let g = generic_var(suffix);
+            non_empty(lookup(&g)).map(|v| (g, v))
+        };
+
+        let protocol = match overrides.protocol {
+            Some(p) => p,
+            None => match pick("PROTOCOL") {
+                None => Protocol::Grpc,
+                Some((var, v)) => Protocol::parse(&var, &v)?,
+            },
+        };
+
+        let signal_override = match signal {
+            Signal::Traces => overrides.traces_endpoint.as_ref(),
+            Signal::Metrics => overrides.metrics_endpoint.as_ref(),
+        };
+        let endpoint = if let Some(e) = signal_override.or(overrides.endpoint.as_ref()) {
+            validate_endpoint("endpoint", e)?;
+            if signal_override.is_none() && protocol == Protocol::HttpProtobuf {
+                append_path(e, signal.http_path())
+            } else {
+                e.clone()
+            }
+        } else if let Some(v) = non_empty(lookup(&signal_var("ENDPOINT"))) {
+            validate_endpoint(&signal_var("ENDPOINT"), &v)?;
+            v
+        } else if let Some(v) = non_empty(lookup(&generic_var("ENDPOINT"))) {
+            validate_endpoint(&generic_var("ENDPOINT"), &v)?;
+            // Per the spec, the generic endpoint is a base URL for HTTP.
+            match protocol {
+                Protocol::Grpc => v,
+                Protocol::HttpProtobuf => append_path(&v, signal.http_path()),
+            }
+        } else {
+            match protocol {
+                Protocol::Grpc => DEFAULT_GRPC_ENDPOINT.to_owned(),
+                Protocol::HttpProtobuf => append_path(DEFAULT_HTTP_ENDPOINT, signal.http_path()),
+            }
+        };
+
+        let headers = match &overrides.headers {
+            Some(h) => h.clone(),
+            None => match pick("HEADERS") {
+                None => Vec::new(),
+                Some((var, v)) => parse_headers(&var, &v)?,
+            },
+        };
+
+        let timeout = match overrides.timeout {
+            Some(t) => t,
+            None => match pick("TIMEOUT") {
+                None => Duration::from_secs(10),
+                Some((var, v)) => parse_millis(&var, &v, "10000")?,
+            },
+        };
+
+        let compression = match overrides.compression {
+            Some(c) => c,
+            None => match pick("COMPRESSION") {
+                None => None,
+                Some((var, v)) => match v.trim() {
+                    "gzip" => Some(Compression::Gzip),
+                    "none" => None,
+                    _ => {
+                        return Err(ConfigError::invalid(
+                            &var,
+                            &v,
+                            "unknown compression; expected gzip or none",
+                            "gzip",
+                        ));
+                    }
+                },
+            },
+        };
+
+        Ok(Self {
+            endpoint,
+            headers,
+            timeout,
+            compression,
+            protocol,
+        })
+    }
+}
+
+fn non_empty(v: Option<String>) -> Option<String> {
+    v.filter(|s| !s.trim().is_empty())
+}
+
+fn append_path(base: &str, path: &str) -> String {
+    format!("{}/{path}", base.trim_end_matches('/'))
+}
+
+fn parse_bool(var: &str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(ConfigError::invalid(
+            var,
+            value,
+            "expected true or false",
+            "true",
+        )),
+    }
+}
+
+fn parse_millis(var: &str, value: &str, example: &'static str) -> Result<Duration, ConfigError> {
+    let v = value.trim();
+    if v.starts_with('-') {
+        return Err(ConfigError::invalid(
+            var,
+            value,
+            "a duration cannot be negative; give whole milliseconds",
+            example,
+        ));
+    }
+    v.parse::<u64>().map(Duration::from_millis).map_err(|_| {
+        ConfigError::invalid(
+            var,
+            value,
+            "expected a whole number of milliseconds",
+            example,
+        )
+    })
+}
+
+/// Checks that an endpoint is an absolute http(s) URL with a host.
+pub(crate) fn validate_endpoint(var: &str, value: &str) -> Result<(), ConfigError> {
+    const EXAMPLE: &str = "http://localhost:4317";
+    let uri: http::Uri = value.trim().parse().map_err(|e: http::uri::InvalidUri| {
+        ConfigError::invalid(var, value, format!("not a URL ({e})"), EXAMPLE)
+    })?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                var,
+                value,
+                format!("unsupported scheme {other:?}; use http:// or https://"),
+                EXAMPLE,
+            ));
+        }
+        None => {
+            return Err(ConfigError::invalid(
+                var,
+                value,
+                "the endpoint needs a scheme (http:// or https://)",
+                EXAMPLE,
+            ));
+        }
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(ConfigError::invalid(var, value, "the endpoint has no host", EXAMPLE));
+    }
+    Ok(())
+}
+
+/// Parses `k1=v1,k2=v2` (W3C baggage style, values percent-decoded).
+fn parse_key_values(
+    var: &str,
+    value: &str,
+    example: &'static str,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut out = Vec::new();
+    for item in value.split(',') {
+        if item.trim().is_empty() {
+            continue;
+        }
+        let Some((k, v)) = item.split_once('=') else {
+            return Err(ConfigError::invalid(
+                var,
+                value,
+                format!("entry {item:?} is not key=value"),
+                example,
+            ));
+        };
+        let k = k.trim();
+        if k.is_empty() {
+            return Err(ConfigError::invalid(
+                var,
+                value,
+                format!("entry {item:?} has an empty key"),
+                example,
+            ));
+        }
+        let v = percent_decode(v.trim()).ok_or_else(|| {
+            ConfigError::invalid(
+                var,
+                value,
+                format!("entry {item:?} has a bad percent escape"),
+                example,
+            )
+        })?;
+        out.push((k.to_owned(), v));
+    }
+    Ok(out)
+}
+
+fn parse_headers(var: &str, value: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    const EXAMPLE: &str = "api-key=secret,x-tenant=gpu";
+    let pairs = parse_key_values(var, value, EXAMPLE)?;
+    for (k, v) in &pairs {
+        let lower = k.to_ascii_lowercase();
+        if http::HeaderName::from_bytes(lower.as_bytes()).is_err() {
+            return Err(ConfigError::invalid(
+                var,
+                value,
+                format!("{k:?} is not a valid header name"),
+                EXAMPLE,
+            ));
+        }
+        if http::HeaderValue::from_str(v).is_err() {
+            return Err(ConfigError::invalid(
+                var,
+                value,
+                format!("the value of {k:?} is not a valid header value"),
+                EXAMPLE,
+            ));
+        }
+    }
+    Ok(pairs)
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cfg(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        cfg_with(vars, &Overrides::default())
+    }
+
+    fn cfg_with(vars: &[(&str, &str)], o: &Overrides) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::from_lookup(&|k| map.get(k).cloned(), o)
+    }
+
+    #[test]
+    fn defaults_without_any_variable() {
+        let c = cfg(&[]).unwrap();
+        assert!(!c.disabled);
+        assert_eq!(c.traces.endpoint, "http://localhost:4317");
+        assert_eq!(c.metrics.timeout, Duration::from_secs(10));
+        assert_eq!(c.sampler, SamplerConfig::ParentBased(ParentRoot::AlwaysOn));
+        assert_eq!(c.metric_export_interval, Duration::from_secs(60));
+        assert_eq!(c.traces.protocol, Protocol::Grpc);
+        assert_eq!(c.traces.compression, None);
+    }
+
+    #[test]
+    fn signal_env_overrides_generic_env() {
+        let c = cfg(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://generic:4317"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:4317"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2000"),
+            ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "3000"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "a=1"),
+            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "b=2"),
+            ("OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", "gzip"),
+        ])
+        .unwrap();
+        assert_eq!(c.traces.endpoint, "http://traces:4317");
+        assert_eq!(c.metrics.endpoint, "http://generic:4317");
+        assert_eq!(c.traces.timeout, Duration::from_secs(2));
+        assert_eq!(c.metrics.timeout, Duration::from_secs(3));
+        assert_eq!(c.traces.headers, vec![("b".into(), "2".into())]);
+        assert_eq!(c.metrics.headers, vec![("a".into(), "1".into())]);
+        assert_eq!(c.metrics.compression, Some(Compression::Gzip));
+        assert_eq!(c.traces.compression, None);
+    }
+
+    #[test]
+    fn builder_overrides_beat_both_env_levels() {
+        let o = Overrides {
+            endpoint: Some("http://code:4317".into()),
+            timeout: Some(Duration::from_millis(500)),
+            sampler: Some(SamplerConfig::AlwaysOff),
+            service_name: Some("from-code".into()),
+            ..Default::default()
+        };
+        let c = cfg_with(
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://generic:4317"),
+                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:4317"),
+                ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "2000"),
+                ("OTEL_TRACES_SAMPLER", "always_on"),
+                ("OTEL_SERVICE_NAME", "from-env"),
+            ],
+            &o,
+        )
+        .unwrap();
+        assert_eq!(c.traces.endpoint, "http://code:4317");
+        assert_eq!(c.metrics.endpoint, "http://code:4317");
+        assert_eq!(c.traces.timeout, Duration::from_millis(500));
+        assert_eq!(c.sampler, SamplerConfig::AlwaysOff);
+        assert_eq!(c.service_name.as_deref(), Some("from-code"));
+    }
+
+    #[test]
+    fn http_protocol_appends_signal_paths_to_the_generic_endpoint_only() {
+        let c = cfg(&[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://col:4318/"),
+            ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://m:4318/custom"),
+        ])
+        .unwrap();
+        assert_eq!(c.traces.endpoint, "http://col:4318/v1/traces");
+        assert_eq!(c.metrics.endpoint, "http://m:4318/custom");
+        assert_eq!(c.traces.protocol, Protocol::HttpProtobuf);
+    }
+
+    #[test]
+    fn samplers_parse_with_their_arguments() {
+        let c = cfg(&[
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+        ])
+        .unwrap();
+        assert_eq!(c.sampler, SamplerConfig::ParentBased(ParentRoot::TraceIdRatio(0.25)));
+        let c = cfg(&[("OTEL_TRACES_SAMPLER", "traceidratio")]).unwrap();
+        assert_eq!(c.sampler, SamplerConfig::TraceIdRatio(1.0));
+        let c = cfg(&[("OTEL_TRACES_SAMPLER", "always_off")]).unwrap();
+        assert_eq!(c.sampler, SamplerConfig::AlwaysOff);
+    }
+
+    #[test]
+    fn resource_attributes_are_percent_decoded_in_order() {
+        let c = cfg(&[("OTEL_RESOURCE_ATTRIBUTES", "a=1, team=gpu%20infra,b=x=y")]).unwrap();
+        assert_eq!(
+            c.resource_attributes,
+            vec![
+                ("a".to_owned(), "1".to_owned()),
+                ("team".to_owned(), "gpu infra".to_owned()),
+                ("b".to_owned(), "x=y".to_owned()),
+            ]
+        );
+    }
+
+    fn rejected(vars: &[(&str, &str)]) -> String {
+        let err = cfg(vars).expect_err("value must be rejected");
+        let msg = err.to_string();
+        let (var, value) = vars.last().unwrap();
+        assert_eq!(err.variable(), *var, "{msg}");
+        assert!(msg.contains(var), "message must name {var}: {msg}");
+        assert!(msg.contains(&format!("{value:?}")), "message must quote the value: {msg}");
+        assert!(msg.contains("Example of a valid value"), "{msg}");
+        msg
+    }
+
+    #[test]
+    fn every_bad_value_names_its_variable() {
+        rejected(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "localhost:4317")]);
+        rejected(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "ftp://x:1")]);
+        rejected(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "-5")]);
+        rejected(&[("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "10s")]);
+        rejected(&[("OTEL_TRACES_SAMPLER", "sometimes")]);
+        rejected(&[
+            ("OTEL_TRACES_SAMPLER", "traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "1.5"),
+        ]);
+        rejected(&[("OTEL_EXPORTER_OTLP_HEADERS", "novalue")]);
+        rejected(&[("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "bad key=1")]);
+        rejected(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon")]);
+        rejected(&[("OTEL_EXPORTER_OTLP_COMPRESSION", "brotli")]);
+        rejected(&[("OTEL_SDK_DISABLED", "yes")]);
+        rejected(&[("OTEL_METRIC_EXPORT_INTERVAL", "0")]);
+        rejected(&[("OTEL_RESOURCE_ATTRIBUTES", "=x")]);
+    }
+
+    #[test]
+    fn sdk_disabled_is_read() {
+        assert!(cfg(&[("OTEL_SDK_DISABLED", "TRUE")]).unwrap().disabled);
+    }
+}

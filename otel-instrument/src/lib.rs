@@ -1,0 +1,4 @@
+//! otel-instrument
+pub mod config;
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -1,0 +1,403 @@
+//! An in-process OTLP gRPC collector for tests (feature `testing`).
+//!
+//! [`OtlpSink`] binds `127.0.0.1:0`, serves opentelemetry-proto's trace, metrics and
+//! logs services on a thread of its own, and keeps every request it receives. Tests
+//! wait for what they expect with a timeout. Because the sink owns its runtime, it
+//! works from sync tests and from any kind of async test alike.
+//!
+//! ```
+//! use otel_instrument::testing::OtlpSink;
+//! use std::time::Duration;
+//!
+//! let sink = OtlpSink::start().unwrap();
+//! assert!(sink.endpoint().starts_with("http://127.0.0.1:"));
+//! assert!(sink.wait_for_span("never-sent", Duration::from_millis(10)).is_none());
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
+    LogsService, LogsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::metrics::v1::Metric;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use tonic::codec::CompressionEncoding;
+
+pub use opentelemetry_proto::tonic as proto;
+
+/// Everything the sink has received, request by request.
+#[derive(Debug, Clone, Default)]
+pub struct Received {
+    /// Trace export requests.
+    pub traces: Vec<ExportTraceServiceRequest>,
+    /// Metric export requests.
+    pub metrics: Vec<ExportMetricsServiceRequest>,
+    /// Log export requests.
+    pub logs: Vec<ExportLogsServiceRequest>,
+}
+
+/// One received span with its resource and scope, flattened for assertions.
+#[derive(Debug, Clone)]
+pub struct SpanRecord {
+    /// Resource attributes, rendered as strings.
+    pub resource: BTreeMap<String, String>,
+    /// Instrumentation scope name.
+    pub scope: String,
+    /// The span as sent.
+    pub span: Span,
+}
+
+impl SpanRecord {
+    /// The span's attributes, rendered as strings.
+    pub fn attributes(&self) -> BTreeMap<String, String> {
+        attributes(&self.span.attributes)
+    }
+}
+
+/// One received metric with its resource and scope, flattened for assertions.
+#[derive(Debug, Clone)]
+pub struct MetricRecord {
+    /// Resource attributes, rendered as strings.
+    pub resource: BTreeMap<String, String>,
+    /// Instrumentation scope name.
+    pub scope: String,
+    /// The metric as sent.
+    pub metric: Metric,
+}
+
+impl Received {
+    /// All spans, in arrival order.
+    pub fn spans(&self) -> Vec<SpanRecord> {
+        let mut out = Vec::new();
+        for req in &self.traces {
+            for rs in &req.resource_spans {
+                let resource = rs
+                    .resource
+                    .as_ref()
+                    .map(|r| attributes(&r.attributes))
+                    .unwrap_or_default();
+                for ss in &rs.scope_spans {
+                    let scope = ss.scope.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+                    for span in &ss.spans {
+                        out.push(SpanRecord {
+                            resource: resource.clone(),
+                            scope: scope.clone(),
+                            span: span.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// All metrics, in arrival order (one entry per metric per request).
+    pub fn metrics(&self) -> Vec<MetricRecord> {
+        let mut out = Vec::new();
+        for req in &self.metrics {
+            for rm in &req.resource_metrics {
+                let resource = rm
+                    .resource
+                    .as_ref()
+                    .map(|r| attributes(&r.attributes))
+                    .unwrap_or_default();
+                for sm in &rm.scope_metrics {
+                    let scope = sm.scope.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+                    for metric in &sm.metrics {
+                        out.push(MetricRecord {
+                            resource: resource.clone(),
+                            scope: scope.clone(),
+                            metric: metric.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The most recent report of the named metric.
+    pub fn last_metric(&self, name: &str) -> Option<MetricRecord> {
+        self.metrics().into_iter().rev().find(|m| m.metric.name == name)
+    }
+}
+
+/// Renders OTLP attributes as a sorted map of strings (arrays as `[a,b]`).
+pub fn attributes(kvs: &[KeyValue]) -> BTreeMap<String, String> {
+    kvs.iter()
+        .map(|kv| (kv.key.clone(), kv.value.as_ref().map(render).unwrap_or_default()))
+        .collect()
+}
+
+fn render(v: &AnyValue) -> String {
+    match &v.value {
+        Some(any_value::Value::StringValue(s)) => s.clone(),
+        Some(any_value::Value::BoolValue(b)) => b.to_string(),
+        Some(any_value::Value::IntValue(i)) => i.to_string(),
+        Some(any_value::Value::DoubleValue(d)) => d.to_string(),
+        Some(any_value::Value::ArrayValue(a)) => {
+            let items: Vec<String> = a.values.iter().map(render).collect();
+            format!("[{}]", items.join(","))
+        }
+        Some(any_value::Value::BytesValue(b)) => format!("{b:02x?}"),
+        Some(any_value::Value::KvlistValue(l)) => format!("{:?}", attributes(&l.values)),
+        Some(any_value::Value::StringValueStrindex(i)) => format!("strindex:{i}"),
+        None => String::new(),
+    }
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    received: Mutex<Received>,
+    changed: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Received> {
+        // A panicking test thread must not poison every later assertion.
+        self.received.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, f: impl FnOnce(&mut Received)) {
+        f(&mut self.lock());
+        self.changed.notify_all();
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Services(Arc<Shared>);
+
+#[tonic::async_trait]
+impl TraceService for Services {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let req = request.into_inner();
+        self.0.push(|r| r.traces.push(req));
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Services {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let req = request.into_inner();
+        self.0.push(|r| r.metrics.push(req));
+        Ok(tonic::Response::new(ExportMetricsServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl LogsService for Services {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        let req = request.into_inner();
+        self.0.push(|r| r.logs.push(req));
+        Ok(tonic::Response::new(ExportLogsServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+/// An in-process OTLP/gRPC collector. See the [module docs](self).
+#[derive(Debug)]
+pub struct OtlpSink {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl OtlpSink {
+    /// Starts a sink on `127.0.0.1:0`.
+    ///
+    /// # Errors
+    /// The socket cannot be bound or the server thread cannot start.
+    pub fn start() -> std::io::Result<Self> {
+        Self::start_at(SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Starts a sink on a given address, for example the address of a sink that
+    /// was shut down, to simulate a collector restart.
+    ///
+    /// # Errors
+    /// The socket cannot be bound or the server thread cannot start.
+    pub fn start_at(addr: SocketAddr) -> std::io::Result<Self> {
+        let std_listener = bind_reusable(addr)?;
+        let addr = std_listener.local_addr()?;
+        let shared = Arc::new(Shared::default());
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let services = Services(shared.clone());
+        let thread = thread::Builder::new()
+            .name(format!("otlp-sink-{}", addr.port()))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        eprintln!("OtlpSink: cannot build a runtime: {e}");
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(std_listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            eprintln!("OtlpSink: cannot register the listener: {e}");
+                            return;
+                        }
+                    };
+                    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                    let result = tonic::transport::Server::builder()
+                        .add_service(
+                            TraceServiceServer::new(services.clone())
+                                .accept_compressed(CompressionEncoding::Gzip),
+                        )
+                        .add_service(
+                            MetricsServiceServer::new(services.clone())
+                                .accept_compressed(CompressionEncoding::Gzip),
+                        )
+                        .add_service(
+                            LogsServiceServer::new(services)
+                                .accept_compressed(CompressionEncoding::Gzip),
+                        )
+                        .serve_with_incoming_shutdown(incoming, async {
+                            let _ = stop_rx.await;
+                        })
+                        .await;
+                    if let Err(e) = result {
+                        eprintln!("OtlpSink: server stopped: {e}");
+                    }
+                });
+            })?;
+        Ok(Self {
+            addr,
+            shared,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The socket address the sink listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The endpoint to give an OTLP/gRPC exporter, `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A copy of everything received so far.
+    pub fn received(&self) -> Received {
+        self.shared.lock().clone()
+    }
+
+    /// Forgets everything received so far.
+    pub fn clear(&self) {
+        *self.shared.lock() = Received::default();
+    }
+
+    /// Blocks until `done` holds for what was received, or `timeout` passes.
+    /// Returns what was received when `done` first held, or `None` on timeout.
+    pub fn wait_until(
+        &self,
+        timeout: Duration,
+        mut done: impl FnMut(&Received) -> bool,
+    ) -> Option<Received> {
+        let deadline = Instant::now() + timeout;
+        let mut guard = self.shared.lock();
+        loop {
+            if done(&guard) {
+                return Some(guard.clone());
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            guard = self
+                .shared
+                .changed
+                .wait_timeout(guard, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Waits for a span with the given name.
+    pub fn wait_for_span(&self, name: &str, timeout: Duration) -> Option<SpanRecord> {
+        let got = self.wait_until(timeout, |r| r.spans().iter().any(|s| s.span.name == name))?;
+        got.spans().into_iter().find(|s| s.span.name == name)
+    }
+
+    /// Waits for a metric with the given name and returns its latest report.
+    pub fn wait_for_metric(&self, name: &str, timeout: Duration) -> Option<MetricRecord> {
+        let got = self.wait_until(timeout, |r| r.last_metric(name).is_some())?;
+        got.last_metric(name)
+    }
+
+    /// Stops the server and waits for its thread.
+    pub fn shutdown(mut self) {
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for OtlpSink {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+/// Binds, retrying briefly while a previous sink on the same port lets go of it
+/// (std sets SO_REUSEADDR on Unix, so TIME_WAIT does not block the bind).
+fn bind_reusable(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match std::net::TcpListener::bind(addr) {
+            Ok(l) => {
+                l.set_nonblocking(true)?;
+                return Ok(l);
+            }
+            // The old server's socket may take a moment to close.
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
