@@ -166,12 +166,7 @@ pub(crate) fn parse_ratio(var: &str, value: &str) -> Result<f64, ConfigError> {
             "the ratio must be between 0 and 1",
             "0.25",
         )),
-        Err(_) => Err(ConfigError::invalid(
-            var,
-            value,
-            "not a number",
-            "0.25",
-        )),
+        Err(_) => Err(ConfigError::invalid(var, value, "not a number", "0.25")),
     }
 }
 
@@ -308,7 +303,11 @@ impl Config {
             .or_else(|| non_empty(lookup("OTEL_SERVICE_NAME")));
         let resource_attributes = match non_empty(lookup("OTEL_RESOURCE_ATTRIBUTES")) {
             None => Vec::new(),
-            Some(v) => parse_key_values("OTEL_RESOURCE_ATTRIBUTES", &v, "deployment.environment.name=prod,team=gpu")?,
+            Some(v) => parse_key_values(
+                "OTEL_RESOURCE_ATTRIBUTES",
+                &v,
+                "deployment.environment.name=prod,team=gpu",
+            )?,
         };
         let sampler = match overrides.sampler {
             Some(s) => s,
@@ -354,7 +353,8 @@ impl ExporterConfig {
         lookup: &dyn Fn(&str) -> Option<String>,
         overrides: &Overrides,
     ) -> Result<Self, ConfigError> {
-        let signal_var = |suffix: &str| format!("OTEL_EXPORTER_OTLP_{}{suffix}", signal.env_infix());
+        let signal_var =
+            |suffix: &str| format!("OTEL_EXPORTER_OTLP_{}{suffix}", signal.env_infix());
         let generic_var = |suffix: &str| format!("OTEL_EXPORTER_OTLP_{suffix}");
         // The first of (signal-specific, generic) variables that is set, with its name.
         let pick = |suffix: &str| -> Option<(String, String)> {
@@ -514,7 +514,12 @@ pub(crate) fn validate_endpoint(var: &str, value: &str) -> Result<(), ConfigErro
         }
     }
     if uri.host().is_none_or(str::is_empty) {
-        return Err(ConfigError::invalid(var, value, "the endpoint has no host", EXAMPLE));
+        return Err(ConfigError::invalid(
+            var,
+            value,
+            "the endpoint has no host",
+            EXAMPLE,
+        ));
     }
     Ok(())
 }
@@ -685,7 +690,10 @@ mod tests {
         let c = cfg(&[
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://col:4318/"),
-            ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://m:4318/custom"),
+            (
+                "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                "http://m:4318/custom",
+            ),
         ])
         .unwrap();
         assert_eq!(c.traces.endpoint, "http://col:4318/v1/traces");
@@ -700,7 +708,10 @@ mod tests {
             ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
         ])
         .unwrap();
-        assert_eq!(c.sampler, SamplerConfig::ParentBased(ParentRoot::TraceIdRatio(0.25)));
+        assert_eq!(
+            c.sampler,
+            SamplerConfig::ParentBased(ParentRoot::TraceIdRatio(0.25))
+        );
         let c = cfg(&[("OTEL_TRACES_SAMPLER", "traceidratio")]).unwrap();
         assert_eq!(c.sampler, SamplerConfig::TraceIdRatio(1.0));
         let c = cfg(&[("OTEL_TRACES_SAMPLER", "always_off")]).unwrap();
@@ -726,7 +737,10 @@ mod tests {
         let (var, value) = vars.last().unwrap();
         assert_eq!(err.variable(), *var, "{msg}");
         assert!(msg.contains(var), "message must name {var}: {msg}");
-        assert!(msg.contains(&format!("{value:?}")), "message must quote the value: {msg}");
+        assert!(
+            msg.contains(&format!("{value:?}")),
+            "message must quote the value: {msg}"
+        );
         assert!(msg.contains("Example of a valid value"), "{msg}");
         msg
     }

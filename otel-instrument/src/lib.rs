@@ -1,4 +1,49 @@
-//! otel-instrument
+//! # otel-instrument
+//!
+//! One line sets up tracing and metrics export over OTLP from the standard
+//! `OTEL_*` variables, on top of [`tracing`] and OpenTelemetry.
+//!
+//! ```no_run
+//! fn main() -> Result<(), otel_instrument::InitError> {
+//!     // service.name and service.version default to this crate's name and version.
+//!     let _guard = otel_instrument::init!()?;
+//!     tracing::info_span!("work").in_scope(|| tracing::info!("hello"));
+//!     Ok(())
+//!     // Dropping the guard flushes, with a deadline, even if the collector is down.
+//! }
+//! ```
+//!
+//! To compose with a subscriber of your own, use [`Telemetry::builder`]`.build()`
+//! and add [`Telemetry::layer`] to it.
+
 pub mod config;
+pub mod export;
+pub mod monitored;
+pub mod names;
+mod setup;
 #[cfg(feature = "testing")]
 pub mod testing;
+
+pub use config::{Compression, ConfigError, ParentRoot, Protocol, SamplerConfig};
+pub use setup::{InitError, Telemetry, TelemetryBuilder, TelemetryGuard};
+
+/// Sets up telemetry from the `OTEL_*` variables, with the calling crate's name
+/// and version as the default `service.name` and `service.version`, and installs
+/// the global `tracing` subscriber. Returns `Result<TelemetryGuard, InitError>`.
+#[macro_export]
+macro_rules! init {
+    () => {
+        $crate::Telemetry::builder()
+            .default_service(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"))
+            .install()
+    };
+}
+
+/// Like [`init!`] but returns the [`TelemetryBuilder`] for further settings.
+#[macro_export]
+macro_rules! builder {
+    () => {
+        $crate::Telemetry::builder()
+            .default_service(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"))
+    };
+}

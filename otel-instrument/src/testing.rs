@@ -54,6 +54,8 @@ pub struct Received {
     pub metrics: Vec<ExportMetricsServiceRequest>,
     /// Log export requests.
     pub logs: Vec<ExportLogsServiceRequest>,
+    /// The gRPC metadata (headers) of every request, in arrival order.
+    pub headers: Vec<BTreeMap<String, String>>,
 }
 
 /// One received span with its resource and scope, flattened for assertions.
@@ -97,7 +99,11 @@ impl Received {
                     .map(|r| attributes(&r.attributes))
                     .unwrap_or_default();
                 for ss in &rs.scope_spans {
-                    let scope = ss.scope.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+                    let scope = ss
+                        .scope
+                        .as_ref()
+                        .map(|s| s.name.clone())
+                        .unwrap_or_default();
                     for span in &ss.spans {
                         out.push(SpanRecord {
                             resource: resource.clone(),
@@ -122,7 +128,11 @@ impl Received {
                     .map(|r| attributes(&r.attributes))
                     .unwrap_or_default();
                 for sm in &rm.scope_metrics {
-                    let scope = sm.scope.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+                    let scope = sm
+                        .scope
+                        .as_ref()
+                        .map(|s| s.name.clone())
+                        .unwrap_or_default();
                     for metric in &sm.metrics {
                         out.push(MetricRecord {
                             resource: resource.clone(),
@@ -138,14 +148,22 @@ impl Received {
 
     /// The most recent report of the named metric.
     pub fn last_metric(&self, name: &str) -> Option<MetricRecord> {
-        self.metrics().into_iter().rev().find(|m| m.metric.name == name)
+        self.metrics()
+            .into_iter()
+            .rev()
+            .find(|m| m.metric.name == name)
     }
 }
 
 /// Renders OTLP attributes as a sorted map of strings (arrays as `[a,b]`).
 pub fn attributes(kvs: &[KeyValue]) -> BTreeMap<String, String> {
     kvs.iter()
-        .map(|kv| (kv.key.clone(), kv.value.as_ref().map(render).unwrap_or_default()))
+        .map(|kv| {
+            (
+                kv.key.clone(),
+                kv.value.as_ref().map(render).unwrap_or_default(),
+            )
+        })
         .collect()
 }
 
@@ -164,6 +182,19 @@ fn render(v: &AnyValue) -> String {
         Some(any_value::Value::StringValueStrindex(i)) => format!("strindex:{i}"),
         None => String::new(),
     }
+}
+
+fn metadata_map(m: &tonic::metadata::MetadataMap) -> BTreeMap<String, String> {
+    m.clone()
+        .into_headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
 }
 
 #[derive(Debug, Default)]
@@ -193,8 +224,12 @@ impl TraceService for Services {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let headers = metadata_map(request.metadata());
         let req = request.into_inner();
-        self.0.push(|r| r.traces.push(req));
+        self.0.push(|r| {
+            r.headers.push(headers);
+            r.traces.push(req);
+        });
         Ok(tonic::Response::new(ExportTraceServiceResponse {
             partial_success: None,
         }))
@@ -207,8 +242,12 @@ impl MetricsService for Services {
         &self,
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let headers = metadata_map(request.metadata());
         let req = request.into_inner();
-        self.0.push(|r| r.metrics.push(req));
+        self.0.push(|r| {
+            r.headers.push(headers);
+            r.metrics.push(req);
+        });
         Ok(tonic::Response::new(ExportMetricsServiceResponse {
             partial_success: None,
         }))
@@ -221,8 +260,12 @@ impl LogsService for Services {
         &self,
         request: tonic::Request<ExportLogsServiceRequest>,
     ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        let headers = metadata_map(request.metadata());
         let req = request.into_inner();
-        self.0.push(|r| r.logs.push(req));
+        self.0.push(|r| {
+            r.headers.push(headers);
+            r.logs.push(req);
+        });
         Ok(tonic::Response::new(ExportLogsServiceResponse {
             partial_success: None,
         }))
@@ -261,7 +304,10 @@ impl OtlpSink {
         let thread = thread::Builder::new()
             .name(format!("otlp-sink-{}", addr.port()))
             .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
                     Ok(rt) => rt,
                     Err(e) => {
                         eprintln!("OtlpSink: cannot build a runtime: {e}");

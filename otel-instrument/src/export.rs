@@ -1,0 +1,367 @@
+//! OTLP exporters that run on a runtime of their own and count their failures.
+//!
+//! opentelemetry-otlp's tonic exporter must be built inside a tokio runtime, and its
+//! channel then lives on that runtime. Borrowing the caller's runtime deadlocks a
+//! current-thread runtime at shutdown (opentelemetry-rust #2583, #2580, #2056) and
+//! panics when there is no runtime at all. So every exporter here is built inside an
+//! [`ExportRuntime`]: one worker thread owned by the telemetry guard. The SDK's batch
+//! span processor and periodic metric reader drive exports from their own threads.
+//!
+//! Both exporters are wrapped so that every failed export is counted in
+//! [`ExportStats`], which the setup publishes as metrics. Nothing is dropped silently.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::Meter;
+use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::metrics::Temporality;
+use opentelemetry_sdk::metrics::data::ResourceMetrics;
+use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
+use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+
+use crate::config::{Compression, ExporterConfig, Protocol, Signal};
+
+/// Why an exporter or the runtime it runs on could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExportError {
+    /// The export runtime thread could not start.
+    #[error("cannot start the OTLP export runtime")]
+    Runtime(#[source] std::io::Error),
+    /// opentelemetry-otlp rejected the settings.
+    #[error("cannot build the OTLP {signal} exporter for {endpoint}")]
+    Build {
+        /// traces or metrics.
+        signal: Signal,
+        /// The endpoint in use.
+        endpoint: String,
+        /// The exporter's own error.
+        #[source]
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
+    /// A header is not valid gRPC metadata.
+    #[error("OTEL_EXPORTER_OTLP_{}HEADERS: header {name:?} cannot be sent as gRPC metadata", signal_infix(*.signal))]
+    Header {
+        /// traces or metrics.
+        signal: Signal,
+        /// The header name.
+        name: String,
+    },
+    /// `http/protobuf` was asked for without the `http-proto` feature.
+    #[error(
+        "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf needs otel-instrument's \"http-proto\" feature; \
+         enable it or use OTEL_EXPORTER_OTLP_PROTOCOL=grpc"
+    )]
+    HttpNotEnabled,
+}
+
+fn signal_infix(s: Signal) -> &'static str {
+    match s {
+        Signal::Traces => "TRACES_",
+        Signal::Metrics => "METRICS_",
+    }
+}
+
+/// A small tokio runtime on a dedicated thread, on which exporters are built and
+/// their network I/O runs. Independent of whatever runtime the application uses.
+#[derive(Debug)]
+pub struct ExportRuntime {
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl ExportRuntime {
+    /// Starts the runtime (one worker thread named `otel-export`).
+    ///
+    /// # Errors
+    /// The thread cannot be spawned.
+    pub fn new() -> Result<Self, ExportError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(2)
+            .thread_name("otel-export")
+            .enable_all()
+            .build()
+            .map_err(ExportError::Runtime)?;
+        Ok(Self { rt: Some(rt) })
+    }
+
+    /// A handle to spawn work on the export runtime.
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        self.rt
+            .as_ref()
+            .map(tokio::runtime::Runtime::handle)
+            .expect("the runtime is only taken in drop")
+    }
+
+    /// Runs `f` with the export runtime as the current tokio context.
+    pub fn enter<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _guard = self.handle().enter();
+        f()
+    }
+}
+
+impl Drop for ExportRuntime {
+    fn drop(&mut self) {
+        // Never block here: drop may run inside the application's async context,
+        // where blocking on a runtime shutdown panics.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Counts of what failed to export, shared by the exporters and published as metrics.
+#[derive(Debug, Default)]
+pub struct ExportStats {
+    trace_failures: AtomicU64,
+    metric_failures: AtomicU64,
+    spans_lost: AtomicU64,
+}
+
+impl ExportStats {
+    /// Failed export requests for a signal.
+    pub fn failures(&self, signal: Signal) -> u64 {
+        match signal {
+            Signal::Traces => self.trace_failures.load(Ordering::Relaxed),
+            Signal::Metrics => self.metric_failures.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Spans in batches whose export failed.
+    pub fn spans_lost(&self) -> u64 {
+        self.spans_lost.load(Ordering::Relaxed)
+    }
+
+    /// Registers observable counters over these stats on `meter`:
+    /// `otel_instrument.export.failures{signal}` and
+    /// `otel_instrument.spans.dropped{reason="export_failed"}`.
+    /// Spans dropped because the batch queue was full are counted by the SDK itself
+    /// as `otel.sdk.processor.span.processed{error.type="queue_full"}`.
+    pub fn register(self: &Arc<Self>, meter: &Meter) {
+        let stats = self.clone();
+        meter
+            .u64_observable_counter(crate::names::EXPORT_FAILURES)
+            .with_unit("{request}")
+            .with_description("OTLP export requests that failed, by signal")
+            .with_callback(move |o| {
+                for signal in [Signal::Traces, Signal::Metrics] {
+                    o.observe(
+                        stats.failures(signal),
+                        &[KeyValue::new("signal", signal.as_str())],
+                    );
+                }
+            })
+            .build();
+        let stats = self.clone();
+        meter
+            .u64_observable_counter(crate::names::SPANS_DROPPED)
+            .with_unit("{span}")
+            .with_description("Spans that never reached the collector, by reason")
+            .with_callback(move |o| {
+                o.observe(
+                    stats.spans_lost(),
+                    &[KeyValue::new("reason", "export_failed")],
+                );
+            })
+            .build();
+    }
+}
+
+/// A span exporter that counts failed batches.
+#[derive(Debug)]
+pub struct CountingSpanExporter<E> {
+    inner: E,
+    stats: Arc<ExportStats>,
+}
+
+impl<E> CountingSpanExporter<E> {
+    /// Wraps `inner`, counting into `stats`.
+    pub fn new(inner: E, stats: Arc<ExportStats>) -> Self {
+        Self { inner, stats }
+    }
+}
+
+impl<E: SpanExporter> SpanExporter for CountingSpanExporter<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let n = batch.len() as u64;
+        let result = self.inner.export(batch).await;
+        if result.is_err() {
+            self.stats.trace_failures.fetch_add(1, Ordering::Relaxed);
+            self.stats.spans_lost.fetch_add(n, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// A metric exporter that counts failed exports.
+#[derive(Debug)]
+pub struct CountingMetricExporter<E> {
+    inner: E,
+    stats: Arc<ExportStats>,
+}
+
+impl<E> CountingMetricExporter<E> {
+    /// Wraps `inner`, counting into `stats`.
+    pub fn new(inner: E, stats: Arc<ExportStats>) -> Self {
+        Self { inner, stats }
+    }
+}
+
+impl<E: PushMetricExporter> PushMetricExporter for CountingMetricExporter<E> {
+    async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
+        let result = self.inner.export(metrics).await;
+        if result.is_err() {
+            self.stats.metric_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn temporality(&self) -> Temporality {
+        self.inner.temporality()
+    }
+}
+
+fn metadata(
+    signal: Signal,
+    cfg: &ExporterConfig,
+) -> Result<tonic::metadata::MetadataMap, ExportError> {
+    let mut map = http::HeaderMap::new();
+    for (k, v) in &cfg.headers {
+        let bad = || ExportError::Header {
+            signal,
+            name: k.clone(),
+        };
+        let name =
+            http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).map_err(|_| bad())?;
+        let value = http::HeaderValue::from_str(v).map_err(|_| bad())?;
+        map.append(name, value);
+    }
+    Ok(tonic::metadata::MetadataMap::from_headers(map))
+}
+
+/// Applies endpoint, timeout, headers, compression and TLS to a tonic builder.
+fn tonic_settings<B: WithTonicConfig + WithExportConfig>(
+    b: B,
+    signal: Signal,
+    cfg: &ExporterConfig,
+) -> Result<B, ExportError> {
+    let mut b = b
+        .with_endpoint(cfg.endpoint.clone())
+        .with_timeout(cfg.timeout)
+        .with_metadata(metadata(signal, cfg)?);
+    if let Some(Compression::Gzip) = cfg.compression {
+        b = b.with_compression(opentelemetry_otlp::Compression::Gzip);
+    }
+    if cfg.endpoint.starts_with("https://") {
+        b = b.with_tls_config(tonic::transport::ClientTlsConfig::new().with_enabled_roots());
+    }
+    Ok(b)
+}
+
+/// Applies endpoint, timeout, headers and compression to an HTTP builder.
+#[cfg(feature = "http-proto")]
+fn http_settings<B: opentelemetry_otlp::WithHttpConfig + WithExportConfig>(
+    b: B,
+    cfg: &ExporterConfig,
+) -> B {
+    let mut b = b
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+        .with_endpoint(cfg.endpoint.clone())
+        .with_timeout(cfg.timeout)
+        .with_headers(cfg.headers.iter().cloned().collect());
+    if let Some(Compression::Gzip) = cfg.compression {
+        b = b.with_compression(opentelemetry_otlp::Compression::Gzip);
+    }
+    b
+}
+
+/// Builds the OTLP span exporter for `cfg`, wrapped to count failures.
+///
+/// # Errors
+/// The settings are rejected by opentelemetry-otlp, or need a disabled feature.
+pub fn span_exporter(
+    rt: &ExportRuntime,
+    cfg: &ExporterConfig,
+    stats: Arc<ExportStats>,
+) -> Result<CountingSpanExporter<opentelemetry_otlp::SpanExporter>, ExportError> {
+    let signal = Signal::Traces;
+    let build_err = |source| ExportError::Build {
+        signal,
+        endpoint: cfg.endpoint.clone(),
+        source,
+    };
+    let builder = opentelemetry_otlp::SpanExporter::builder();
+    let exporter = match cfg.protocol {
+        Protocol::Grpc => rt.enter(|| {
+            tonic_settings(builder.with_tonic(), signal, cfg)?
+                .build()
+                .map_err(build_err)
+        })?,
+        // The blocking HTTP client owns a runtime of its own: build it outside ours.
+        #[cfg(feature = "http-proto")]
+        Protocol::HttpProtobuf => http_settings(builder.with_http(), cfg)
+            .build()
+            .map_err(build_err)?,
+        #[cfg(not(feature = "http-proto"))]
+        Protocol::HttpProtobuf => return Err(ExportError::HttpNotEnabled),
+    };
+    Ok(CountingSpanExporter::new(exporter, stats))
+}
+
+/// Builds the OTLP metric exporter for `cfg` (cumulative temporality, so an outage
+/// loses no counts), wrapped to count failures.
+///
+/// # Errors
+/// The settings are rejected by opentelemetry-otlp, or need a disabled feature.
+pub fn metric_exporter(
+    rt: &ExportRuntime,
+    cfg: &ExporterConfig,
+    stats: Arc<ExportStats>,
+) -> Result<CountingMetricExporter<opentelemetry_otlp::MetricExporter>, ExportError> {
+    let signal = Signal::Metrics;
+    let build_err = |source| ExportError::Build {
+        signal,
+        endpoint: cfg.endpoint.clone(),
+        source,
+    };
+    let builder =
+        opentelemetry_otlp::MetricExporter::builder().with_temporality(Temporality::Cumulative);
+    let exporter = match cfg.protocol {
+        Protocol::Grpc => rt.enter(|| {
+            tonic_settings(builder.with_tonic(), signal, cfg)?
+                .build()
+                .map_err(build_err)
+        })?,
+        #[cfg(feature = "http-proto")]
+        Protocol::HttpProtobuf => http_settings(builder.with_http(), cfg)
+            .build()
+            .map_err(build_err)?,
+        #[cfg(not(feature = "http-proto"))]
+        Protocol::HttpProtobuf => return Err(ExportError::HttpNotEnabled),
+    };
+    Ok(CountingMetricExporter::new(exporter, stats))
+}

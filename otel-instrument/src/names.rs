@@ -1,0 +1,8 @@
+//! Our own metric and attribute names, in one place.
+
+/// Failed OTLP export requests, by `signal`.
+pub const EXPORT_FAILURES: &str = "otel_instrument.export.failures";
+/// Spans that never reached the collector, by `reason`.
+pub const SPANS_DROPPED: &str = "otel_instrument.spans.dropped";
+/// The instrumentation scope of everything this crate records.
+pub const SCOPE: &str = "otel-instrument";

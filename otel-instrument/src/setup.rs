@@ -1,0 +1,582 @@
+//! The [`Telemetry`] builder and its [`TelemetryGuard`]: resource, exporters,
+//! providers and the `tracing` subscriber.
+
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use opentelemetry::KeyValue;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, IdGenerator, Sampler, SdkTracer, SdkTracerProvider,
+};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::config::{
+    Compression, Config, ConfigError, Overrides, ParentRoot, Protocol, SamplerConfig,
+};
+use crate::export::{self, ExportError, ExportRuntime, ExportStats};
+use crate::monitored::{self, DEFAULT_HISTOGRAM_BOUNDARIES, MonitoredSettings};
+
+/// Why telemetry could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InitError {
+    /// An `OTEL_*` variable (or builder value) is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// An exporter could not be built.
+    #[error(transparent)]
+    Export(#[from] ExportError),
+    /// `RUST_LOG` (or the filter given to the builder) does not parse.
+    #[error(
+        "RUST_LOG={value:?} is not a valid filter. Example of a valid value: RUST_LOG=info,my_crate=debug"
+    )]
+    Filter {
+        /// The directives as given.
+        value: String,
+        /// The parser's complaint.
+        #[source]
+        source: tracing_subscriber::filter::ParseError,
+    },
+    /// Histogram boundaries must be finite and strictly increasing.
+    #[error(
+        "histogram boundaries {0:?} must be finite and strictly increasing, for example [0.005, 0.01, 0.1, 1.0]"
+    )]
+    Boundaries(Vec<f64>),
+    /// Another global `tracing` subscriber is already installed. Use
+    /// [`TelemetryBuilder::build`] and [`Telemetry::layer`] to compose with it.
+    #[error(
+        "a global tracing subscriber is already installed; use Telemetry::builder().build()?.layer() to add ours to it"
+    )]
+    SubscriberAlreadySet(#[source] tracing_subscriber::util::TryInitError),
+}
+
+type Lookup = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// Explicit settings for telemetry. Anything set here beats every environment
+/// variable; anything left unset comes from the standard `OTEL_*` variables.
+///
+/// ```no_run
+/// let _guard = otel_instrument::Telemetry::builder()
+///     .service_name("checkout")
+///     .endpoint("http://collector:4317")
+///     .install()?;
+/// # Ok::<(), otel_instrument::InitError>(())
+/// ```
+pub struct TelemetryBuilder {
+    lookup: Lookup,
+    overrides: Overrides,
+    default_service_name: Option<String>,
+    service_version: Option<String>,
+    resource: Vec<KeyValue>,
+    fmt: bool,
+    filter: Option<String>,
+    shutdown_timeout: Duration,
+    histogram_boundaries: Vec<f64>,
+    id_generator: Option<Box<dyn IdGenerator>>,
+    span_queue_size: Option<usize>,
+}
+
+impl std::fmt::Debug for TelemetryBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TelemetryBuilder")
+            .field("overrides", &self.overrides)
+            .field("default_service_name", &self.default_service_name)
+            .field("service_version", &self.service_version)
+            .field("fmt", &self.fmt)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for TelemetryBuilder {
+    fn default() -> Self {
+        Self {
+            lookup: Box::new(|k| std::env::var(k).ok()),
+            overrides: Overrides::default(),
+            default_service_name: None,
+            service_version: None,
+            resource: Vec::new(),
+            fmt: true,
+            filter: None,
+            shutdown_timeout: Duration::from_secs(5),
+            histogram_boundaries: DEFAULT_HISTOGRAM_BOUNDARIES.to_vec(),
+            id_generator: None,
+            span_queue_size: None,
+        }
+    }
+}
+
+impl TelemetryBuilder {
+    /// Reads variables through `lookup` instead of the process environment.
+    /// Default: `std::env::var`.
+    pub fn env_lookup(
+        mut self,
+        lookup: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.lookup = Box::new(lookup);
+        self
+    }
+
+    /// Sets `service.name`, beating `OTEL_SERVICE_NAME`.
+    pub fn service_name(mut self, name: impl Into<String>) -> Self {
+        self.overrides.service_name = Some(name.into());
+        self
+    }
+
+    /// Sets `service.version`.
+    pub fn service_version(mut self, version: impl Into<String>) -> Self {
+        self.service_version = Some(version.into());
+        self
+    }
+
+    /// Service name and version used when nothing else names the service
+    /// (what [`init!`](crate::init) passes: the calling crate's name and version).
+    #[doc(hidden)]
+    pub fn default_service(mut self, name: &str, version: &str) -> Self {
+        self.default_service_name = Some(name.to_owned());
+        if self.service_version.is_none() {
+            self.service_version = Some(version.to_owned());
+        }
+        self
+    }
+
+    /// Adds a resource attribute; beats `OTEL_RESOURCE_ATTRIBUTES` for that key.
+    pub fn resource_attribute(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.resource.push(KeyValue::new(key.into(), value.into()));
+        self
+    }
+
+    /// OTLP endpoint for both signals (for HTTP, a base URL to which `/v1/<signal>` is added).
+    pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.overrides.endpoint = Some(endpoint.into());
+        self
+    }
+
+    /// OTLP endpoint for traces only, used as is.
+    pub fn traces_endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.overrides.traces_endpoint = Some(endpoint.into());
+        self
+    }
+
+    /// OTLP endpoint for metrics only, used as is.
+    pub fn metrics_endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.overrides.metrics_endpoint = Some(endpoint.into());
+        self
+    }
+
+    /// Extra headers (gRPC metadata) for both signals.
+    pub fn headers(mut self, headers: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.overrides.headers = Some(headers.into_iter().collect());
+        self
+    }
+
+    /// Deadline of one export request.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.overrides.timeout = Some(timeout);
+        self
+    }
+
+    /// Payload compression for both signals (`None` turns it off).
+    pub fn compression(mut self, compression: Option<Compression>) -> Self {
+        self.overrides.compression = Some(compression);
+        self
+    }
+
+    /// The OTLP transport for both signals.
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.overrides.protocol = Some(protocol);
+        self
+    }
+
+    /// The head sampler.
+    pub fn sampler(mut self, sampler: SamplerConfig) -> Self {
+        self.overrides.sampler = Some(sampler);
+        self
+    }
+
+    /// How often metrics are exported.
+    pub fn metric_export_interval(mut self, interval: Duration) -> Self {
+        self.overrides.metric_export_interval = Some(interval);
+        self
+    }
+
+    /// Turns the SDK off (nothing is exported), like `OTEL_SDK_DISABLED=true`.
+    pub fn disabled(mut self, disabled: bool) -> Self {
+        self.overrides.disabled = Some(disabled);
+        self
+    }
+
+    /// Whether [`install`](Self::install) adds a human-readable fmt layer. Default: true.
+    pub fn fmt(mut self, enabled: bool) -> Self {
+        self.fmt = enabled;
+        self
+    }
+
+    /// Filter directives, beating `RUST_LOG`. Default: `RUST_LOG`, else `info`.
+    pub fn filter(mut self, directives: impl Into<String>) -> Self {
+        self.filter = Some(directives.into());
+        self
+    }
+
+    /// How long dropping the guard may take to flush. Default: 5 s.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Boundaries of `function.calls.duration`, in seconds.
+    /// Default: autometrics' 0.005, 0.01, 0.025 … 10.
+    pub fn histogram_boundaries(mut self, boundaries: impl Into<Vec<f64>>) -> Self {
+        self.histogram_boundaries = boundaries.into();
+        self
+    }
+
+    /// A custom trace/span id generator (tests use a fixed one).
+    pub fn id_generator(mut self, generator: impl IdGenerator + 'static) -> Self {
+        self.id_generator = Some(Box::new(generator));
+        self
+    }
+
+    /// Capacity of the batch span queue. Default: the SDK's (2048).
+    pub fn span_queue_size(mut self, size: usize) -> Self {
+        self.span_queue_size = Some(size);
+        self
+    }
+
+    /// Builds providers and exporters and sets them as the OpenTelemetry globals,
+    /// without installing a `tracing` subscriber. Add [`Telemetry::layer`] to yours.
+    ///
+    /// # Errors
+    /// An invalid setting or variable, or an exporter that cannot be built.
+    pub fn build(self) -> Result<Telemetry, InitError> {
+        let config = Config::from_lookup(&*self.lookup, &self.overrides)?;
+        let b = &self.histogram_boundaries;
+        if b.iter().any(|x| !x.is_finite()) || b.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(InitError::Boundaries(b.clone()));
+        }
+        let filter = self
+            .filter
+            .clone()
+            .or_else(|| (self.lookup)("RUST_LOG").filter(|s| !s.trim().is_empty()))
+            .unwrap_or_else(|| "info".to_owned());
+        EnvFilter::try_new(&filter).map_err(|source| InitError::Filter {
+            value: filter.clone(),
+            source,
+        })?;
+
+        let sampler = if config.disabled {
+            SamplerConfig::AlwaysOff
+        } else {
+            config.sampler
+        };
+        monitored::configure(MonitoredSettings {
+            sampler,
+            histogram_boundaries: self.histogram_boundaries.clone(),
+        });
+
+        let stats = Arc::new(ExportStats::default());
+        if config.disabled {
+            return Ok(Telemetry {
+                tracer: None,
+                filter,
+                fmt: self.fmt,
+                guard: TelemetryGuard::empty(stats),
+            });
+        }
+
+        let resource = self.resource(&config);
+        let runtime = ExportRuntime::new()?;
+
+        // Metrics first: the SDK's batch span processor binds its own
+        // self-diagnostic counters (spans dropped on a full queue) to the global
+        // meter provider when it is built.
+        let metric_exporter = export::metric_exporter(&runtime, &config.metrics, stats.clone())?;
+        let reader = PeriodicReader::builder(metric_exporter)
+            .with_interval(config.metric_export_interval)
+            .build();
+        let meter_provider = SdkMeterProvider::builder()
+            .with_resource(resource.clone())
+            .with_reader(reader)
+            .build();
+        opentelemetry::global::set_meter_provider(meter_provider.clone());
+        stats.register(&opentelemetry::metrics::MeterProvider::meter(
+            &meter_provider,
+            crate::names::SCOPE,
+        ));
+
+        let span_exporter = export::span_exporter(&runtime, &config.traces, stats.clone())?;
+        let mut batch = BatchConfigBuilder::default();
+        if let Some(n) = self.span_queue_size {
+            batch = batch.with_max_queue_size(n);
+        }
+        let processor = BatchSpanProcessor::new(span_exporter, batch.build());
+        let mut tp = SdkTracerProvider::builder()
+            .with_resource(resource)
+            .with_sampler(sdk_sampler(config.sampler))
+            .with_span_processor(processor);
+        if let Some(g) = self.id_generator {
+            tp = tp.with_id_generator(IdGeneratorBox(g));
+        }
+        let tracer_provider = tp.build();
+        opentelemetry::global::set_tracer_provider(tracer_provider.clone());
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        let tracer = tracer_provider.tracer(crate::names::SCOPE);
+
+        Ok(Telemetry {
+            tracer: Some(tracer),
+            filter,
+            fmt: self.fmt,
+            guard: TelemetryGuard {
+                tracer_provider: Some(tracer_provider),
+                meter_provider: Some(meter_provider),
+                runtime: Some(runtime),
+                shutdown_timeout: self.shutdown_timeout,
+                stats,
+            },
+        })
+    }
+
+    /// Builds everything and installs a global `tracing` subscriber:
+    /// `EnvFilter` (from `RUST_LOG`), an optional fmt layer, and the OpenTelemetry layer.
+    ///
+    /// # Errors
+    /// As [`build`](Self::build), or another global subscriber is already set.
+    pub fn install(self) -> Result<TelemetryGuard, InitError> {
+        let telemetry = self.build()?;
+        let filter = EnvFilter::try_new(&telemetry.filter).map_err(|source| InitError::Filter {
+            value: telemetry.filter.clone(),
+            source,
+        })?;
+        let fmt = telemetry
+            .fmt
+            .then(|| tracing_subscriber::fmt::layer().with_target(true));
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(fmt)
+            .with(telemetry.layer())
+            .try_init()
+            .map_err(InitError::SubscriberAlreadySet)?;
+        Ok(telemetry.guard)
+    }
+
+    fn resource(&self, config: &Config) -> Resource {
+        // Precedence for service.name: builder/OTEL_SERVICE_NAME (resolved in
+        // `config`) > service.name in OTEL_RESOURCE_ATTRIBUTES > init!()'s crate name.
+        let from_attrs = config
+            .resource_attributes
+            .iter()
+            .find(|(k, _)| k == "service.name")
+            .map(|(_, v)| v.clone());
+        let name = config
+            .service_name
+            .clone()
+            .or(from_attrs)
+            .or_else(|| self.default_service_name.clone())
+            .unwrap_or_else(|| "unknown_service".to_owned());
+        let mut builder = Resource::builder_empty()
+            .with_detector(Box::new(
+                opentelemetry_sdk::resource::TelemetryResourceDetector,
+            ))
+            .with_attributes(
+                config
+                    .resource_attributes
+                    .iter()
+                    .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+            );
+        if let Some(v) = &self.service_version {
+            builder = builder.with_attribute(KeyValue::new("service.version", v.clone()));
+        }
+        builder
+            .with_attributes(self.resource.iter().cloned())
+            .with_service_name(name)
+            .build()
+    }
+}
+
+#[derive(Debug)]
+struct IdGeneratorBox(Box<dyn IdGenerator>);
+
+impl IdGenerator for IdGeneratorBox {
+    fn new_trace_id(&self) -> opentelemetry::trace::TraceId {
+        self.0.new_trace_id()
+    }
+
+    fn new_span_id(&self) -> opentelemetry::trace::SpanId {
+        self.0.new_span_id()
+    }
+}
+
+/// Converts our sampler settings into the SDK's sampler.
+pub(crate) fn sdk_sampler(c: SamplerConfig) -> Sampler {
+    match c {
+        SamplerConfig::AlwaysOn => Sampler::AlwaysOn,
+        SamplerConfig::AlwaysOff => Sampler::AlwaysOff,
+        SamplerConfig::TraceIdRatio(r) => Sampler::TraceIdRatioBased(r),
+        SamplerConfig::ParentBased(root) => Sampler::ParentBased(Box::new(match root {
+            ParentRoot::AlwaysOn => Sampler::AlwaysOn,
+            ParentRoot::AlwaysOff => Sampler::AlwaysOff,
+            ParentRoot::TraceIdRatio(r) => Sampler::TraceIdRatioBased(r),
+        })),
+    }
+}
+
+/// Telemetry that is built but whose `tracing` layer is not yet installed.
+#[derive(Debug)]
+pub struct Telemetry {
+    tracer: Option<SdkTracer>,
+    filter: String,
+    fmt: bool,
+    guard: TelemetryGuard,
+}
+
+impl Telemetry {
+    /// Starts a builder with nothing set explicitly.
+    pub fn builder() -> TelemetryBuilder {
+        TelemetryBuilder::default()
+    }
+
+    /// The OpenTelemetry layer, to compose into your own subscriber. It does
+    /// nothing when the SDK is disabled.
+    pub fn layer<S>(&self) -> impl Layer<S> + 'static
+    where
+        S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    {
+        self.tracer
+            .clone()
+            .map(|t| tracing_opentelemetry::layer().with_tracer(t))
+    }
+
+    /// The guard that flushes and shuts down on drop. Keep it alive.
+    pub fn into_guard(self) -> TelemetryGuard {
+        self.guard
+    }
+
+    /// The guard, borrowed.
+    pub fn guard(&self) -> &TelemetryGuard {
+        &self.guard
+    }
+}
+
+/// Keeps telemetry running; dropping it flushes and shuts down within the
+/// shutdown timeout, even when the collector is unreachable.
+#[derive(Debug)]
+#[must_use = "dropping the guard shuts telemetry down"]
+pub struct TelemetryGuard {
+    tracer_provider: Option<SdkTracerProvider>,
+    meter_provider: Option<SdkMeterProvider>,
+    runtime: Option<ExportRuntime>,
+    shutdown_timeout: Duration,
+    stats: Arc<ExportStats>,
+}
+
+impl TelemetryGuard {
+    fn empty(stats: Arc<ExportStats>) -> Self {
+        Self {
+            tracer_provider: None,
+            meter_provider: None,
+            runtime: None,
+            shutdown_timeout: Duration::ZERO,
+            stats,
+        }
+    }
+
+    /// Export failure counts.
+    pub fn stats(&self) -> &ExportStats {
+        &self.stats
+    }
+
+    /// The tracer provider, unless the SDK is disabled.
+    pub fn tracer_provider(&self) -> Option<&SdkTracerProvider> {
+        self.tracer_provider.as_ref()
+    }
+
+    /// The meter provider, unless the SDK is disabled.
+    pub fn meter_provider(&self) -> Option<&SdkMeterProvider> {
+        self.meter_provider.as_ref()
+    }
+
+    /// Exports everything pending now, waiting at most the shutdown timeout.
+    /// Returns false when the deadline passed first.
+    pub fn flush(&self) -> bool {
+        let tp = self.tracer_provider.clone();
+        let mp = self.meter_provider.clone();
+        run_with_deadline(self.shutdown_timeout, move || {
+            if let Some(tp) = tp {
+                let _ = tp.force_flush();
+            }
+            if let Some(mp) = mp {
+                let _ = mp.force_flush();
+            }
+        })
+    }
+
+    /// Flushes and shuts down now; the same as dropping the guard.
+    /// Returns false when the deadline passed before everything was exported.
+    pub fn shutdown(mut self) -> bool {
+        self.shutdown_now()
+    }
+
+    fn shutdown_now(&mut self) -> bool {
+        let tp = self.tracer_provider.take();
+        let mp = self.meter_provider.take();
+        let timeout = self.shutdown_timeout;
+        let done = if tp.is_none() && mp.is_none() {
+            true
+        } else {
+            // Traces and metrics shut down side by side, so one slow signal does
+            // not eat the other's time. The SDK's meter provider ignores its
+            // timeout, hence the outer deadline.
+            run_with_deadline(timeout, move || {
+                let traces = thread::Builder::new()
+                    .name("otel-shutdown-traces".into())
+                    .spawn(move || {
+                        if let Some(tp) = tp {
+                            let _ = tp.shutdown_with_timeout(timeout);
+                        }
+                    });
+                if let Some(mp) = mp {
+                    let _ = mp.shutdown_with_timeout(timeout);
+                }
+                if let Ok(t) = traces {
+                    let _ = t.join();
+                }
+            })
+        };
+        // Dropping the runtime aborts any export still in flight.
+        self.runtime.take();
+        done
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        self.shutdown_now();
+    }
+}
+
+/// Runs `work` on a helper thread and waits at most `deadline` for it.
+/// The work is abandoned, not joined, when the deadline passes.
+fn run_with_deadline(deadline: Duration, work: impl FnOnce() + Send + 'static) -> bool {
+    let (tx, rx) = mpsc::channel();
+    let started = Instant::now();
+    let spawned = thread::Builder::new()
+        .name("otel-shutdown".into())
+        .spawn(move || {
+            work();
+            let _ = tx.send(());
+        });
+    if spawned.is_err() {
+        return false;
+    }
+    let left = deadline.saturating_sub(started.elapsed());
+    rx.recv_timeout(left).is_ok()
+}
