@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace, installing what the tests need first.
+# Usage: ./test.sh            (from the repository root; needs root or sudo for apt)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+need_apt=()
+# A real Prometheus and promtool check the dashboards, rules and pull endpoints;
+# node_exporter is the peer in the footprint benchmark.
+command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+if ((${#need_apt[@]})); then
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  echo "test.sh: installing ${need_apt[*]} with apt-get" >&2
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+cargo test --workspace --all-features --locked
