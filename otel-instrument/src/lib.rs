@@ -20,6 +20,8 @@ pub mod config;
 pub mod export;
 pub mod monitored;
 pub mod names;
+#[cfg(feature = "prometheus")]
+pub mod prometheus;
 mod setup;
 #[cfg(feature = "testing")]
 pub mod testing;

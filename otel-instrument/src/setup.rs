@@ -46,6 +46,10 @@ pub enum InitError {
         #[source]
         source: tracing_subscriber::filter::ParseError,
     },
+    /// The Prometheus pull endpoint could not start.
+    #[cfg(feature = "prometheus")]
+    #[error(transparent)]
+    Prometheus(#[from] crate::prometheus::PrometheusError),
     /// Histogram boundaries must be finite and strictly increasing.
     #[error(
         "histogram boundaries {0:?} must be finite and strictly increasing, for example [0.005, 0.01, 0.1, 1.0]"
@@ -83,6 +87,8 @@ pub struct TelemetryBuilder {
     histogram_boundaries: Vec<f64>,
     id_generator: Option<Box<dyn IdGenerator>>,
     span_queue_size: Option<usize>,
+    #[cfg(feature = "prometheus")]
+    prometheus: Option<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for TelemetryBuilder {
@@ -111,6 +117,8 @@ impl Default for TelemetryBuilder {
             histogram_boundaries: DEFAULT_HISTOGRAM_BOUNDARIES.to_vec(),
             id_generator: None,
             span_queue_size: None,
+            #[cfg(feature = "prometheus")]
+            prometheus: None,
         }
     }
 }
@@ -252,6 +260,14 @@ impl TelemetryBuilder {
         self
     }
 
+    /// Also serves the metrics for Prometheus at `http://<addr>/metrics`
+    /// (feature `prometheus`). Bind to 127.0.0.1 unless it must be reachable.
+    #[cfg(feature = "prometheus")]
+    pub fn prometheus_endpoint(mut self, addr: std::net::SocketAddr) -> Self {
+        self.prometheus = Some(addr);
+        self
+    }
+
     /// Builds providers and exporters and sets them as the OpenTelemetry globals,
     /// without installing a `tracing` subscriber. Add [`Telemetry::layer`] to yours.
     ///
@@ -305,8 +321,16 @@ impl TelemetryBuilder {
             .build();
         let meter_provider = SdkMeterProvider::builder()
             .with_resource(resource.clone())
-            .with_reader(reader)
-            .build();
+            .with_reader(reader);
+        #[cfg(feature = "prometheus")]
+        let (meter_provider, prometheus_addr) = match self.prometheus {
+            Some(addr) => {
+                let (reader, bound) = crate::prometheus::start(runtime.handle(), addr)?;
+                (meter_provider.with_reader(reader), Some(bound))
+            }
+            None => (meter_provider, None),
+        };
+        let meter_provider = meter_provider.build();
         opentelemetry::global::set_meter_provider(meter_provider.clone());
         stats.register(&opentelemetry::metrics::MeterProvider::meter(
             &meter_provider,
@@ -341,6 +365,8 @@ impl TelemetryBuilder {
                 runtime: Some(runtime),
                 shutdown_timeout: self.shutdown_timeout,
                 stats,
+                #[cfg(feature = "prometheus")]
+                prometheus_addr,
             },
         })
     }
@@ -476,6 +502,8 @@ pub struct TelemetryGuard {
     runtime: Option<ExportRuntime>,
     shutdown_timeout: Duration,
     stats: Arc<ExportStats>,
+    #[cfg(feature = "prometheus")]
+    prometheus_addr: Option<std::net::SocketAddr>,
 }
 
 impl TelemetryGuard {
@@ -486,7 +514,15 @@ impl TelemetryGuard {
             runtime: None,
             shutdown_timeout: Duration::ZERO,
             stats,
+            #[cfg(feature = "prometheus")]
+            prometheus_addr: None,
         }
+    }
+
+    /// Where the Prometheus endpoint listens, when one was asked for.
+    #[cfg(feature = "prometheus")]
+    pub fn prometheus_addr(&self) -> Option<std::net::SocketAddr> {
+        self.prometheus_addr
     }
 
     /// Export failure counts.

@@ -414,3 +414,38 @@ fn spans_dropped_by_a_full_queue_are_counted() {
     );
     drop(t);
 }
+
+#[cfg(feature = "prometheus")]
+#[test]
+fn prometheus_endpoint_serves_collector_style_names() {
+    use std::io::{Read, Write};
+    let _s = serial();
+    let t = Telemetry::builder()
+        .env_lookup(env(&[("OTEL_SERVICE_NAME", "pull-test")]))
+        .endpoint(format!("http://{}", closed_port()))
+        .prometheus_endpoint("127.0.0.1:0".parse().unwrap())
+        .shutdown_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let addr = t.guard().prometheus_addr().expect("bound address");
+    let meter = opentelemetry::global::meter("pull");
+    meter
+        .u64_counter("jobs.done")
+        .with_unit("{job}")
+        .build()
+        .add(3, &[]);
+    meter
+        .f64_histogram("work.duration")
+        .with_unit("s")
+        .build()
+        .record(0.2, &[]);
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    conn.read_to_string(&mut body).unwrap();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(body.contains("jobs_done_total{"), "{body}");
+    assert!(body.contains("work_duration_seconds_bucket{"), "{body}");
+    assert!(body.contains("service_name=\"pull-test\""), "{body}");
+}

@@ -1,0 +1,79 @@
+//! Feature `prometheus`: a `/metrics` pull endpoint for teams that scrape instead
+//! of running a Collector. opentelemetry-prometheus names series the way the
+//! Collector does (`function_calls_total`, `function_calls_duration_seconds_bucket`),
+//! so the bundled dashboards work on either path.
+
+use std::net::SocketAddr;
+
+use prometheus::{Encoder, TextEncoder};
+
+/// Why the pull endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PrometheusError {
+    /// The exporter could not be built.
+    #[error("cannot build the Prometheus exporter")]
+    Exporter(#[source] opentelemetry_sdk::error::OTelSdkError),
+    /// The listen address could not be bound.
+    #[error(
+        "cannot listen on {addr} for the Prometheus endpoint; pick a free address with .prometheus_endpoint(..)"
+    )]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The socket error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Builds the reader and serves `GET /metrics` on `addr` from the given runtime.
+/// Returns the reader to add to the meter provider and the bound address.
+pub(crate) fn start(
+    rt: &tokio::runtime::Handle,
+    addr: SocketAddr,
+) -> Result<(opentelemetry_prometheus::PrometheusExporter, SocketAddr), PrometheusError> {
+    let registry = prometheus::Registry::new();
+    let exporter = opentelemetry_prometheus::exporter()
+        .with_registry(registry.clone())
+        .build()
+        .map_err(PrometheusError::Exporter)?;
+    let std_listener = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|source| PrometheusError::Bind { addr, source })?;
+    let bound = std_listener
+        .local_addr()
+        .map_err(|source| PrometheusError::Bind { addr, source })?;
+    let listener = {
+        let _enter = rt.enter();
+        tokio::net::TcpListener::from_std(std_listener)
+            .map_err(|source| PrometheusError::Bind { addr, source })?
+    };
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let registry = registry.clone();
+            async move {
+                let mut body = Vec::new();
+                let status = match TextEncoder::new().encode(&registry.gather(), &mut body) {
+                    Ok(()) => axum::http::StatusCode::OK,
+                    Err(e) => {
+                        body = e.to_string().into_bytes();
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                    }
+                };
+                (
+                    status,
+                    [(axum::http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+                    body,
+                )
+            }
+        }),
+    );
+    rt.spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(error = %e, "the Prometheus endpoint stopped");
+        }
+    });
+    Ok((exporter, bound))
+}
