@@ -1,6 +1,70 @@
-//! What `#[monitored]` expands to call: the per-callsite guard and RED instruments.
+//! What `#[monitored]` expands to call: the per-callsite guard, the RED
+//! instruments and the sampling fast path.
+//!
+//! # The fast path
+//! Sampling is decided once, at the *local root*: the first monitored call on a
+//! thread or task with no monitored caller. The decision goes into a
+//! thread-local [`Frame`] that nested monitored calls inherit and that async
+//! fns carry across polls (and threads). An unsampled call therefore:
+//! - creates no OpenTelemetry span (the [`otel_filter`] keeps its `tracing` span,
+//!   if some other layer such as fmt wants one, away from the OTel layer, and the
+//!   [`sampler`] wrapper drops anything that still reaches the SDK);
+//! - records its metrics through instruments bound once per callsite
+//!   (`BoundCounter`, `BoundHistogram`, `BoundUpDownCounter`), never a hash
+//!   lookup;
+//! - allocates nothing.
+//!
+//! Outgoing propagation from an unsampled trace still carries the trace id with
+//! `sampled=0`: inject [`current_context`] rather than the tracing span's context.
+//!
+//! Until [`configure`] is called (by `Telemetry` at install, or by you when you
+//! build your own pipeline), `#[monitored]` makes no sampling decision of its
+//! own: it creates a `tracing` span for every call, like `#[tracing::instrument]`,
+//! and the SDK's sampler decides.
 
-use crate::config::SamplerConfig;
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError, RwLock};
+use std::task::{Context as TaskContext, Poll};
+use std::time::Instant;
+
+use opentelemetry::metrics::{BoundCounter, BoundHistogram, BoundUpDownCounter, Counter, Meter};
+use opentelemetry::trace::{
+    Link, SpanContext, SpanId, SpanKind, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+};
+use opentelemetry::{Context, InstrumentationScope, KeyValue};
+use opentelemetry_sdk::trace::{IdGenerator, SamplingDecision, SamplingResult, ShouldSample};
+use tracing_subscriber::layer::Filter;
+
+use crate::config::{ParentRoot, SamplerConfig};
+use crate::errors::ErrorCategory;
+
+/// Name of the call counter (autometrics spec v1.0.0).
+pub const FUNCTION_CALLS: &str = "function.calls";
+/// Name of the latency histogram, in seconds.
+pub const FUNCTION_CALLS_DURATION: &str = "function.calls.duration";
+/// Name of the in-flight calls up-down counter.
+pub const FUNCTION_CALLS_CONCURRENT: &str = "function.calls.concurrent";
+
+/// Label: the function's name as written in the source.
+pub const FUNCTION: &str = "function";
+/// Label: the function's module path.
+pub const MODULE: &str = "module";
+/// Label: `ok` or `error`.
+pub const RESULT: &str = "result";
+/// Label: the calling monitored function (absent at a root).
+pub const CALLER_FUNCTION: &str = "caller.function";
+/// Label: the calling monitored function's module (absent at a root).
+pub const CALLER_MODULE: &str = "caller.module";
+/// Label: the [`ErrorCategory`] of a failed call.
+pub const ERROR_CATEGORY: &str = "error.category";
+/// Label and span attribute: the error's variant or type name.
+pub const ERROR_TYPE: &str = "error.type";
+
+/// The instrumentation scope of every `#[monitored]` instrument.
+pub const SCOPE_NAME: &str = "otel-instrument";
 
 /// Autometrics' latency buckets, in seconds.
 pub const DEFAULT_HISTOGRAM_BOUNDARIES: &[f64] = &[
@@ -9,14 +73,771 @@ pub const DEFAULT_HISTOGRAM_BOUNDARIES: &[f64] = &[
 
 /// Settings that `Telemetry` hands to `#[monitored]` at install time.
 #[derive(Debug, Clone)]
-pub(crate) struct MonitoredSettings {
+pub struct MonitoredSettings {
     /// The configured head sampler.
     pub sampler: SamplerConfig,
     /// Boundaries of `function.calls.duration`, in seconds.
     pub histogram_boundaries: Vec<f64>,
 }
 
-/// Called once by setup when telemetry is installed.
-pub(crate) fn configure(settings: MonitoredSettings) {
-    let _ = settings;
+impl Default for MonitoredSettings {
+    fn default() -> Self {
+        Self {
+            sampler: SamplerConfig::default(),
+            histogram_boundaries: DEFAULT_HISTOGRAM_BOUNDARIES.to_vec(),
+        }
+    }
+}
+
+/// Bumped by [`configure`]: a callsite whose instruments are from an older
+/// generation rebinds them, so calls made before the global meter provider was
+/// installed do not keep no-op instruments forever.
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+/// Whether `configure` ran, so that `#[monitored]` makes its own decisions.
+static INTEGRATED: AtomicBool = AtomicBool::new(false);
+/// Whether a sampled parent context decides for its children.
+static PARENT_BASED: AtomicBool = AtomicBool::new(true);
+/// The root sampler, as a threshold on the trace id's low 63 bits.
+static ROOT_THRESHOLD: AtomicU64 = AtomicU64::new(ALWAYS);
+static BOUNDARIES: RwLock<Vec<f64>> = RwLock::new(Vec::new());
+static CUSTOM_IDS: AtomicBool = AtomicBool::new(false);
+#[allow(clippy::type_complexity)]
+static ID_GENERATOR: RwLock<Option<Box<dyn IdGenerator>>> = RwLock::new(None);
+/// Serialises the (rare) binding of a callsite's instruments.
+static BINDING: Mutex<()> = Mutex::new(());
+
+const ALWAYS: u64 = u64::MAX;
+
+/// Hands the configured sampler and histogram boundaries to `#[monitored]`.
+///
+/// `Telemetry` calls this once, after it has set the global tracer and meter
+/// providers. Call it yourself only when you build the pipeline by hand; then
+/// also install [`sampler`] and [`otel_filter`].
+pub fn configure(settings: MonitoredSettings) {
+    let (parent_based, root) = match settings.sampler {
+        SamplerConfig::AlwaysOn => (false, 1.0),
+        SamplerConfig::AlwaysOff => (false, 0.0),
+        SamplerConfig::TraceIdRatio(r) => (false, r),
+        SamplerConfig::ParentBased(ParentRoot::AlwaysOn) => (true, 1.0),
+        SamplerConfig::ParentBased(ParentRoot::AlwaysOff) => (true, 0.0),
+        SamplerConfig::ParentBased(ParentRoot::TraceIdRatio(r)) => (true, r),
+    };
+    PARENT_BASED.store(parent_based, Ordering::Relaxed);
+    ROOT_THRESHOLD.store(threshold(root), Ordering::Relaxed);
+    let mut boundaries = settings.histogram_boundaries;
+    if boundaries.is_empty() {
+        boundaries = DEFAULT_HISTOGRAM_BOUNDARIES.to_vec();
+    }
+    *BOUNDARIES.write().unwrap_or_else(PoisonError::into_inner) = boundaries;
+    INTEGRATED.store(true, Ordering::Release);
+    GENERATION.fetch_add(1, Ordering::AcqRel);
+}
+
+/// Makes `#[monitored]` rebind its instruments, for example after a new global
+/// meter provider was installed. [`configure`] does this too.
+pub fn refresh_instruments() {
+    GENERATION.fetch_add(1, Ordering::AcqRel);
+}
+
+/// The current instrument generation; cached instruments older than it are
+/// re-created.
+pub fn generation() -> u64 {
+    GENERATION.load(Ordering::Acquire)
+}
+
+/// Replaces the source of trace ids that `#[monitored]` draws at a local root
+/// to make its sampling decision (tests use a fixed one for exact counts).
+pub fn set_id_generator(generator: impl IdGenerator + 'static) {
+    *ID_GENERATOR.write().unwrap_or_else(PoisonError::into_inner) = Some(Box::new(generator));
+    CUSTOM_IDS.store(true, Ordering::Release);
+}
+
+/// The `TraceIdRatioBased` threshold, computed the way opentelemetry_sdk does.
+fn threshold(ratio: f64) -> u64 {
+    if ratio >= 1.0 {
+        ALWAYS
+    } else {
+        (ratio.max(0.0) * (1u64 << 63) as f64) as u64
+    }
+}
+
+fn sampled_by(threshold: u64, trace_id: u128) -> bool {
+    threshold == ALWAYS || ((trace_id as u64) >> 1) < threshold
+}
+
+// ---------------------------------------------------------------------------
+// The thread/task-local frame.
+
+/// The trace state a monitored call runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trace {
+    /// No monitored call above: the next one is a local root.
+    Free,
+    /// `#[monitored]` does not decide; every call gets a span and the SDK decides.
+    Delegated,
+    /// Sampled: spans are created and exported.
+    Sampled,
+    /// Not sampled: no OTel span; the trace id is kept for propagation.
+    Unsampled(u128),
+}
+
+/// The current monitored call: the caller of the next one, and its trace state.
+#[derive(Debug, Clone, Copy)]
+struct Frame {
+    callsite: Option<&'static Callsite>,
+    trace: Trace,
+}
+
+impl Frame {
+    const ROOT: Frame = Frame {
+        callsite: None,
+        trace: Trace::Free,
+    };
+}
+
+thread_local! {
+    static CURRENT: Cell<Frame> = const { Cell::new(Frame::ROOT) };
+    static RNG: Cell<u64> = const { Cell::new(0) };
+}
+
+fn current() -> Frame {
+    CURRENT.with(Cell::get)
+}
+
+fn set_current(frame: Frame) {
+    CURRENT.with(|c| c.set(frame));
+}
+
+/// The name and module of the monitored function running on this thread or
+/// task, if any.
+pub fn current_function() -> Option<(&'static str, &'static str)> {
+    current().callsite.map(|c| (c.function, c.module))
+}
+
+/// Whether the current monitored call is in a trace that is not sampled.
+pub fn is_unsampled() -> bool {
+    matches!(current().trace, Trace::Unsampled(_))
+}
+
+/// A fast per-thread generator (wyrand), seeded once from std's random keys.
+fn next_u64() -> u64 {
+    RNG.with(|s| {
+        let mut state = s.get();
+        if state == 0 {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_usize(s as *const _ as usize);
+            state = h.finish() | 1;
+        }
+        state = state.wrapping_add(0xa076_1d64_78bd_642f);
+        s.set(state);
+        let t = u128::from(state) * u128::from(state ^ 0xe703_7ed1_a0b4_28db);
+        ((t >> 64) as u64) ^ (t as u64)
+    })
+}
+
+fn new_trace_id() -> u128 {
+    if CUSTOM_IDS.load(Ordering::Acquire) {
+        if let Some(g) = ID_GENERATOR
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            return u128::from_be_bytes(g.new_trace_id().to_bytes());
+        }
+    }
+    let id = (u128::from(next_u64()) << 64) | u128::from(next_u64());
+    if id == 0 { 1 } else { id }
+}
+
+/// The OpenTelemetry context to propagate from here: inside an unsampled
+/// monitored call it carries the trace id with `sampled=0`; elsewhere it is the
+/// current `tracing` span's context.
+pub fn current_context() -> Context {
+    match current().trace {
+        Trace::Unsampled(trace_id) => {
+            let span_id = next_u64().max(1);
+            Context::current().with_remote_span_context(SpanContext::new(
+                TraceId::from(trace_id),
+                SpanId::from(span_id),
+                TraceFlags::default(),
+                true,
+                TraceState::NONE,
+            ))
+        }
+        _ => {
+            use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+            tracing::Span::current().context()
+        }
+    }
+}
+
+/// Decides a local root: from the current OTel context's span if there is one
+/// (an incoming traceparent, or a plain `tracing` span with the OTel layer),
+/// else by drawing a trace id.
+fn decide_root(callsite: &Callsite) -> Trace {
+    if !INTEGRATED.load(Ordering::Acquire) {
+        return Trace::Delegated;
+    }
+    let parent = Context::map_current(|cx| {
+        let sc = cx.span().span_context().clone();
+        sc.is_valid().then(|| {
+            (
+                u128::from_be_bytes(sc.trace_id().to_bytes()),
+                sc.is_sampled(),
+            )
+        })
+    });
+    let (trace_id, sampled) = match parent {
+        Some((trace_id, parent_sampled)) if PARENT_BASED.load(Ordering::Relaxed) => {
+            (trace_id, parent_sampled)
+        }
+        Some((trace_id, _)) => (
+            trace_id,
+            sampled_by(ROOT_THRESHOLD.load(Ordering::Relaxed), trace_id),
+        ),
+        None => {
+            let trace_id = new_trace_id();
+            let threshold = match callsite.sample {
+                Some(r) => threshold(r),
+                None => ROOT_THRESHOLD.load(Ordering::Relaxed),
+            };
+            (trace_id, sampled_by(threshold, trace_id))
+        }
+    };
+    if sampled {
+        Trace::Sampled
+    } else {
+        Trace::Unsampled(trace_id)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// SDK integration.
+
+/// An SDK sampler that follows `#[monitored]`'s decision for spans created
+/// inside a monitored call, and `inner` everywhere else. Install it in the
+/// `SdkTracerProvider` so a root that `#[monitored]` sampled is not sampled a
+/// second time by the SDK's ratio.
+#[derive(Debug, Clone)]
+pub struct MonitoredSampler<S> {
+    inner: S,
+}
+
+/// Wraps the configured SDK sampler; see [`MonitoredSampler`].
+pub fn sampler<S: ShouldSample + Clone + 'static>(inner: S) -> MonitoredSampler<S> {
+    MonitoredSampler { inner }
+}
+
+impl<S: ShouldSample + Clone + 'static> ShouldSample for MonitoredSampler<S> {
+    fn should_sample(
+        &self,
+        parent_context: Option<&Context>,
+        trace_id: TraceId,
+        name: &str,
+        span_kind: &SpanKind,
+        attributes: &[KeyValue],
+        links: &[Link],
+    ) -> SamplingResult {
+        let decision = match current().trace {
+            Trace::Sampled => SamplingDecision::RecordAndSample,
+            Trace::Unsampled(_) => SamplingDecision::Drop,
+            Trace::Free | Trace::Delegated => {
+                return self.inner.should_sample(
+                    parent_context,
+                    trace_id,
+                    name,
+                    span_kind,
+                    attributes,
+                    links,
+                );
+            }
+        };
+        SamplingResult {
+            decision,
+            attributes: Vec::new(),
+            trace_state: parent_context
+                .map(|cx| cx.span().span_context().trace_state().clone())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// A per-layer filter for the `tracing-opentelemetry` layer: it skips every
+/// span created inside an unsampled monitored call, so a `tracing` span that
+/// exists only for another layer (fmt) costs the OTel layer nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OtelFilter;
+
+/// The filter to put on the OTel layer; see [`OtelFilter`].
+pub fn otel_filter() -> OtelFilter {
+    OtelFilter
+}
+
+impl<S> Filter<S> for OtelFilter {
+    fn enabled(
+        &self,
+        meta: &tracing::Metadata<'_>,
+        _cx: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        !meta.is_span() || !is_unsampled()
+    }
+
+    fn callsite_enabled(
+        &self,
+        meta: &'static tracing::Metadata<'static>,
+    ) -> tracing_core::Interest {
+        if meta.is_span() {
+            tracing_core::Interest::sometimes()
+        } else {
+            tracing_core::Interest::always()
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Per-callsite instruments.
+
+const CALLER_SLOTS: usize = 8;
+
+/// A `#[monitored]` function's static identity and cached instruments.
+#[derive(Debug)]
+pub struct Callsite {
+    function: &'static str,
+    module: &'static str,
+    sample: Option<f64>,
+    metrics: bool,
+    span: bool,
+    bound: AtomicPtr<Bound>,
+}
+
+/// Instruments bound to one callsite's constant labels, for one generation.
+#[derive(Debug)]
+struct Bound {
+    generation: u64,
+    calls: Counter<u64>,
+    /// `[ok, error]`.
+    duration: [BoundHistogram<f64>; 2],
+    concurrent: BoundUpDownCounter<i64>,
+    /// The ok-call counter per caller, bound on first use.
+    ok_by_caller: [AtomicPtr<CallerCounter>; CALLER_SLOTS],
+}
+
+#[derive(Debug)]
+struct CallerCounter {
+    caller: Option<&'static Callsite>,
+    counter: BoundCounter<u64>,
+}
+
+fn same(a: Option<&'static Callsite>, b: Option<&'static Callsite>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => std::ptr::eq(a, b),
+        _ => false,
+    }
+}
+
+impl Callsite {
+    /// A callsite; `#[monitored]` puts one in a `static` per function.
+    pub const fn new(
+        function: &'static str,
+        module: &'static str,
+        sample: Option<f64>,
+        metrics: bool,
+        span: bool,
+    ) -> Self {
+        Self {
+            function,
+            module,
+            sample,
+            metrics,
+            span,
+            bound: AtomicPtr::new(std::ptr::null_mut()),
+        }
+    }
+
+    /// The function's name.
+    pub fn function(&self) -> &'static str {
+        self.function
+    }
+
+    /// The function's module path.
+    pub fn module(&self) -> &'static str {
+        self.module
+    }
+
+    #[inline]
+    fn bound(&'static self) -> &'static Bound {
+        let generation = generation();
+        let p = self.bound.load(Ordering::Acquire);
+        // SAFETY: `bound` only ever holds null or a pointer from `Box::leak`,
+        // which is valid for the rest of the program.
+        if let Some(b) = unsafe { p.as_ref() } {
+            if b.generation == generation {
+                return b;
+            }
+        }
+        self.bind(generation)
+    }
+
+    #[cold]
+    fn bind(&'static self, generation: u64) -> &'static Bound {
+        let _lock = BINDING.lock().unwrap_or_else(PoisonError::into_inner);
+        let p = self.bound.load(Ordering::Acquire);
+        // SAFETY: as in `bound`.
+        if let Some(b) = unsafe { p.as_ref() } {
+            if b.generation == generation {
+                return b;
+            }
+        }
+        let meter = meter();
+        let boundaries = {
+            let b = BOUNDARIES.read().unwrap_or_else(PoisonError::into_inner);
+            if b.is_empty() {
+                DEFAULT_HISTOGRAM_BOUNDARIES.to_vec()
+            } else {
+                b.clone()
+            }
+        };
+        let calls = meter
+            .u64_counter(FUNCTION_CALLS)
+            .with_unit("{call}")
+            .with_description("Calls of #[monitored] functions (autometrics function.calls)")
+            .build();
+        let duration = meter
+            .f64_histogram(FUNCTION_CALLS_DURATION)
+            .with_unit("s")
+            .with_description("Duration of #[monitored] function calls")
+            .with_boundaries(boundaries)
+            .build();
+        let concurrent = meter
+            .i64_up_down_counter(FUNCTION_CALLS_CONCURRENT)
+            .with_unit("{call}")
+            .with_description("#[monitored] function calls in flight")
+            .build();
+        let fm = [
+            KeyValue::new(FUNCTION, self.function),
+            KeyValue::new(MODULE, self.module),
+        ];
+        let with_result =
+            |result: &'static str| [fm[0].clone(), fm[1].clone(), KeyValue::new(RESULT, result)];
+        let bound: &'static Bound = Box::leak(Box::new(Bound {
+            generation,
+            duration: [
+                duration.bind(&with_result("ok")),
+                duration.bind(&with_result("error")),
+            ],
+            concurrent: concurrent.bind(&fm),
+            calls,
+            ok_by_caller: Default::default(),
+        }));
+        self.bound
+            .store(bound as *const Bound as *mut Bound, Ordering::Release);
+        bound
+    }
+
+    fn labels(&self, caller: Option<&'static Callsite>, result: &'static str) -> Vec<KeyValue> {
+        let mut labels = Vec::with_capacity(7);
+        labels.push(KeyValue::new(FUNCTION, self.function));
+        labels.push(KeyValue::new(MODULE, self.module));
+        labels.push(KeyValue::new(RESULT, result));
+        if let Some(c) = caller {
+            labels.push(KeyValue::new(CALLER_FUNCTION, c.function));
+            labels.push(KeyValue::new(CALLER_MODULE, c.module));
+        }
+        labels
+    }
+
+    /// Counts one ok call from `caller` through a counter bound to its labels.
+    #[inline]
+    fn count_ok(&'static self, bound: &'static Bound, caller: Option<&'static Callsite>) {
+        for slot in &bound.ok_by_caller {
+            let p = slot.load(Ordering::Acquire);
+            // SAFETY: slots hold null or pointers from `Box::leak`.
+            match unsafe { p.as_ref() } {
+                Some(entry) if same(entry.caller, caller) => {
+                    entry.counter.add(1);
+                    return;
+                }
+                Some(_) => continue,
+                None => {
+                    if let Some(entry) = self.claim(bound, slot, caller) {
+                        entry.counter.add(1);
+                        return;
+                    }
+                }
+            }
+        }
+        // More distinct callers than slots: fall back to an attribute lookup.
+        bound.calls.add(1, &self.labels(caller, "ok"));
+    }
+
+    #[cold]
+    fn claim(
+        &'static self,
+        bound: &'static Bound,
+        slot: &AtomicPtr<CallerCounter>,
+        caller: Option<&'static Callsite>,
+    ) -> Option<&'static CallerCounter> {
+        let entry = Box::new(CallerCounter {
+            caller,
+            counter: bound.calls.bind(&self.labels(caller, "ok")),
+        });
+        let raw = Box::into_raw(entry);
+        match slot.compare_exchange(
+            std::ptr::null_mut(),
+            raw,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            // SAFETY: we just published `raw` and never free it.
+            Ok(_) => Some(unsafe { &*raw }),
+            Err(existing) => {
+                // SAFETY: `raw` was never shared; `existing` is a leaked box.
+                drop(unsafe { Box::from_raw(raw) });
+                let existing = unsafe { &*existing };
+                same(existing.caller, caller).then_some(existing)
+            }
+        }
+    }
+}
+
+fn meter() -> Meter {
+    opentelemetry::global::meter_with_scope(
+        InstrumentationScope::builder(SCOPE_NAME)
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .build(),
+    )
+}
+
+// ---------------------------------------------------------------------------
+// The guards.
+
+/// The state a monitored call carries from start to finish.
+#[derive(Debug)]
+struct Core {
+    callsite: &'static Callsite,
+    bound: Option<&'static Bound>,
+    caller: Option<&'static Callsite>,
+    frame: Frame,
+    start: Instant,
+    error: Option<(ErrorCategory, &'static str)>,
+}
+
+impl Core {
+    /// Decides, sets the frame for span creation, and makes the span if wanted.
+    #[inline]
+    fn open(
+        callsite: &'static Callsite,
+        make_span: impl FnOnce() -> tracing::Span,
+    ) -> (Self, Frame, Option<tracing::Span>) {
+        let prev = current();
+        let trace = if !callsite.span {
+            prev.trace
+        } else {
+            match prev.trace {
+                Trace::Free => decide_root(callsite),
+                inherited => inherited,
+            }
+        };
+        let frame = Frame {
+            callsite: Some(callsite),
+            trace,
+        };
+        // The frame must be current while the span is made and first entered:
+        // the OTel filter and the SDK sampler read it.
+        set_current(frame);
+        let span = if callsite.span && trace != Trace::Free {
+            let span = make_span();
+            (!span.is_disabled()).then_some(span)
+        } else {
+            None
+        };
+        let bound = callsite.metrics.then(|| callsite.bound());
+        if let Some(b) = bound {
+            b.concurrent.add(1);
+        }
+        let core = Core {
+            callsite,
+            bound,
+            caller: prev.callsite,
+            frame,
+            start: Instant::now(),
+            error: None,
+        };
+        (core, prev, span)
+    }
+
+    #[inline]
+    fn close(&self, span: Option<&tracing::Span>) {
+        let error = if self.error.is_none() && std::thread::panicking() {
+            Some((ErrorCategory::Internal, "panic"))
+        } else {
+            self.error
+        };
+        if let Some(b) = self.bound {
+            let secs = self.start.elapsed().as_secs_f64();
+            match error {
+                None => {
+                    self.callsite.count_ok(b, self.caller);
+                    b.duration[0].record(secs);
+                }
+                Some((category, error_type)) => {
+                    let mut labels = self.callsite.labels(self.caller, "error");
+                    labels.push(KeyValue::new(ERROR_CATEGORY, category.as_str()));
+                    labels.push(KeyValue::new(ERROR_TYPE, error_type));
+                    b.calls.add(1, &labels);
+                    b.duration[1].record(secs);
+                }
+            }
+            b.concurrent.add(-1);
+        }
+        if let (Some(span), Some((category, error_type))) = (span, error) {
+            span.record("otel.status_code", "error");
+            span.record(ERROR_TYPE, error_type);
+            span.record(ERROR_CATEGORY, category.as_str());
+        }
+    }
+}
+
+/// The guard of a sync monitored call: the frame is current and the span
+/// entered until it drops, which records the metrics.
+#[derive(Debug)]
+#[must_use = "the call is measured until the guard drops"]
+pub struct Call {
+    core: Core,
+    prev: Frame,
+    span: Option<tracing::span::EnteredSpan>,
+}
+
+impl Call {
+    /// Starts a sync call. `make_span` runs only when a span is wanted.
+    #[inline]
+    pub fn enter(callsite: &'static Callsite, make_span: impl FnOnce() -> tracing::Span) -> Self {
+        let (core, prev, span) = Core::open(callsite, make_span);
+        Self {
+            core,
+            prev,
+            span: span.map(tracing::Span::entered),
+        }
+    }
+
+    /// Marks the call as failed with the given category and `error.type`.
+    #[inline]
+    pub fn fail(&mut self, (category, error_type): (ErrorCategory, &'static str)) {
+        self.core.error = Some((category, error_type));
+    }
+}
+
+impl Drop for Call {
+    #[inline]
+    fn drop(&mut self) {
+        self.core.close(self.span.as_deref());
+        drop(self.span.take());
+        set_current(self.prev);
+    }
+}
+
+/// The state of an async monitored call. It makes its frame current and enters
+/// its span on every poll, on whichever thread polls it, and records the
+/// metrics when it finishes (or as `cancelled` when dropped unfinished).
+#[derive(Debug)]
+#[must_use = "the call is measured until it finishes"]
+pub struct AsyncCall {
+    core: Core,
+    span: Option<tracing::Span>,
+    done: bool,
+}
+
+impl AsyncCall {
+    /// Starts an async call (on its first poll). `make_span` runs only when a
+    /// span is wanted.
+    #[inline]
+    pub fn start(callsite: &'static Callsite, make_span: impl FnOnce() -> tracing::Span) -> Self {
+        let (core, prev, span) = Core::open(callsite, make_span);
+        if let Some(span) = &span {
+            // Start the OTel span now, while the frame is current, so the SDK
+            // sampler sees this call's decision.
+            let _ = span.enter();
+        }
+        set_current(prev);
+        Self {
+            core,
+            span,
+            done: false,
+        }
+    }
+
+    /// Polls the body with this call's frame current and its span entered.
+    #[inline]
+    pub fn poll<F: Future>(
+        &mut self,
+        fut: Pin<&mut F>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<F::Output> {
+        let prev = current();
+        set_current(self.core.frame);
+        let poll = match &self.span {
+            Some(span) => {
+                let _entered = span.enter();
+                fut.poll(cx)
+            }
+            None => fut.poll(cx),
+        };
+        set_current(prev);
+        poll
+    }
+
+    /// Marks the call as failed with the given category and `error.type`.
+    #[inline]
+    pub fn fail(&mut self, (category, error_type): (ErrorCategory, &'static str)) {
+        self.core.error = Some((category, error_type));
+    }
+
+    /// Records the finished call.
+    #[inline]
+    pub fn finish(mut self) {
+        self.done = true;
+        self.core.close(self.span.as_ref());
+    }
+}
+
+impl Drop for AsyncCall {
+    fn drop(&mut self) {
+        if !self.done {
+            if self.core.error.is_none() && !std::thread::panicking() {
+                self.core.error = Some((ErrorCategory::Cancelled, "Cancelled"));
+            }
+            self.core.close(self.span.as_ref());
+        }
+    }
+}
+
+/// Re-exports for the code `#[monitored]` generates. Not public API.
+#[doc(hidden)]
+pub mod __macro_support {
+    pub use crate::errors::probe::{Probe, ViaAny, ViaCategorize, ViaError};
+    pub use tracing;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_threshold_matches_the_sdk_ratio_sampler() {
+        assert!(sampled_by(threshold(1.0), 0));
+        assert!(!sampled_by(threshold(0.0), 0));
+        let half = threshold(0.5);
+        assert!(sampled_by(half, (1u128 << 64) | 2));
+        assert!(!sampled_by(half, u128::from(u64::MAX)));
+    }
+
+    #[test]
+    fn generated_trace_ids_are_never_zero_and_differ() {
+        let a = new_trace_id();
+        let b = new_trace_id();
+        assert_ne!(a, 0);
+        assert_ne!(a, b);
+    }
 }

@@ -1,0 +1,273 @@
+//! Code generation for `#[monitored]`.
+
+use proc_macro2::{Delimiter, Group, Literal, TokenStream};
+use quote::{ToTokens, quote, quote_spanned};
+use syn::ext::IdentExt as _;
+use syn::parse::{Parse, ParseStream};
+use syn::spanned::Spanned as _;
+use syn::{Attribute, FnArg, LitStr, Pat, ReturnType, Signature, Type, Visibility};
+
+use crate::attr::Args;
+
+/// A function whose body is kept as raw tokens, so that a body that does not
+/// parse is still instrumented and rustc reports its real error.
+struct MaybeItemFn {
+    attrs: Vec<Attribute>,
+    vis: Visibility,
+    sig: Signature,
+    body: Group,
+}
+
+impl Parse for MaybeItemFn {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let attrs = input.call(Attribute::parse_outer)?;
+        let vis: Visibility = input.parse()?;
+        let sig: Signature = input.parse()?;
+        let body: Group = input.parse()?;
+        if body.delimiter() != Delimiter::Brace {
+            return Err(syn::Error::new(body.span(), "expected a function body"));
+        }
+        if !input.is_empty() {
+            return Err(input.error("unexpected tokens after the function"));
+        }
+        Ok(Self {
+            attrs,
+            vis,
+            sig,
+            body,
+        })
+    }
+}
+
+/// Entry point: never panics; errors become `compile_error!` next to the
+/// unchanged item so that no second error about a missing fn follows.
+pub(crate) fn monitored(args: TokenStream, item: TokenStream) -> TokenStream {
+    let args = match syn::parse2::<Args>(args) {
+        Ok(args) => args,
+        Err(e) => {
+            let e = e.to_compile_error();
+            return quote!(#e #item);
+        }
+    };
+    let func = match syn::parse2::<MaybeItemFn>(item.clone()) {
+        Ok(f) => f,
+        Err(_) => {
+            // Something that is not a fn at all gets a clear error; a fn whose
+            // tokens do not parse is left to rustc as it is.
+            if let Ok(other) = syn::parse2::<syn::Item>(item.clone()) {
+                if !matches!(other, syn::Item::Fn(_) | syn::Item::Verbatim(_)) {
+                    let e = syn::Error::new_spanned(
+                        other.to_token_stream().into_iter().next(),
+                        "#[monitored] goes on a fn or method",
+                    )
+                    .to_compile_error();
+                    return quote!(#e #item);
+                }
+            }
+            return item;
+        }
+    };
+    match generate(args, func) {
+        Ok(tokens) => tokens,
+        Err(e) => {
+            let e = e.to_compile_error();
+            quote!(#e #item)
+        }
+    }
+}
+
+/// Whether the return type is written as a `Result` (any path ending in `Result`).
+fn returns_result(output: &ReturnType) -> bool {
+    match output {
+        ReturnType::Type(_, ty) => match &**ty {
+            Type::Path(p) => p.path.segments.last().is_some_and(|s| s.ident == "Result"),
+            _ => false,
+        },
+        ReturnType::Default => false,
+    }
+}
+
+/// Whether the type mentions `impl Trait`, which a `let` cannot name.
+fn mentions_impl(ty: &Type) -> bool {
+    ty.to_token_stream()
+        .into_iter()
+        .any(|t| matches!(&t, proc_macro2::TokenTree::Ident(i) if i == "impl"))
+        || ty.to_token_stream().to_string().contains("impl ")
+}
+
+fn generate(args: Args, func: MaybeItemFn) -> syn::Result<TokenStream> {
+    let MaybeItemFn {
+        attrs,
+        vis,
+        sig,
+        body,
+    } = func;
+    if let Some(c) = &sig.constness {
+        return Err(syn::Error::new(
+            c.span,
+            "#[monitored] cannot go on a const fn",
+        ));
+    }
+    let krate = args
+        .krate
+        .clone()
+        .map(ToTokens::into_token_stream)
+        .unwrap_or_else(|| quote!(::otel_instrument));
+    let monitored = quote!(#krate::monitored);
+    let support = quote!(#monitored::__macro_support);
+    let tracing = quote!(#support::tracing);
+
+    let fn_name = sig.ident.unraw().to_string();
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| LitStr::new(&fn_name, sig.ident.span()));
+    let is_result = returns_result(&sig.output);
+    let err = match args.err {
+        Some((true, span)) if !is_result => {
+            return Err(syn::Error::new(
+                span,
+                "`err` needs a function whose return type is a `Result`",
+            ));
+        }
+        Some((on, _)) => on,
+        None => is_result,
+    };
+    let metrics = args.metrics.unwrap_or(true);
+    let want_span = args.span.unwrap_or(true);
+    let sample = match args.sample {
+        Some(r) => {
+            let lit = Literal::f64_suffixed(r);
+            quote!(::core::option::Option::Some(#lit))
+        }
+        None => quote!(::core::option::Option::None),
+    };
+    let level = match args.level.map_or("info", |l| l.0) {
+        "trace" => quote!(#tracing::Level::TRACE),
+        "debug" => quote!(#tracing::Level::DEBUG),
+        "warn" => quote!(#tracing::Level::WARN),
+        "error" => quote!(#tracing::Level::ERROR),
+        _ => quote!(#tracing::Level::INFO),
+    };
+    let kind = args.kind.map_or("internal", |k| k.0);
+
+    // Parameters recorded on the span, by Debug, as #[tracing::instrument] does.
+    let mut params = Vec::new();
+    for input in &sig.inputs {
+        if let FnArg::Typed(pt) = input {
+            if let Pat::Ident(pi) = &*pt.pat {
+                params.push(pi.ident.clone());
+            }
+        }
+    }
+    if let Some(skips) = &args.skip {
+        for s in skips {
+            if !params.iter().any(|p| p.unraw() == s.unraw()) {
+                return Err(syn::Error::new(
+                    s.span(),
+                    format!("`skip({s})`: this function has no parameter named `{s}`"),
+                ));
+            }
+        }
+    }
+    let recorded: Vec<_> = if args.skip_all.is_some() {
+        Vec::new()
+    } else {
+        params
+            .iter()
+            .filter(|p| {
+                !args
+                    .skip
+                    .as_ref()
+                    .is_some_and(|s| s.iter().any(|s| s.unraw() == p.unraw()))
+            })
+            .collect()
+    };
+    let param_fields = recorded.iter().map(|p| {
+        let key = LitStr::new(&p.unraw().to_string(), p.span());
+        quote!(#key = #tracing::field::debug(&#p))
+    });
+    let user_fields = args.fields.iter().flatten().map(|f| {
+        let key = &f.name;
+        match &f.value {
+            Some((sigil, expr)) => quote!(#key = #sigil #expr),
+            None => quote!(#key = #tracing::field::Empty),
+        }
+    });
+    let span_expr = if want_span {
+        quote_spanned! {sig.ident.span()=>
+            #tracing::span!(
+                target: ::core::module_path!(),
+                #level,
+                #name,
+                "code.function.name" = #name,
+                "otel.kind" = #kind,
+                "otel.status_code" = #tracing::field::Empty,
+                "error.type" = #tracing::field::Empty,
+                "error.category" = #tracing::field::Empty,
+                #(#user_fields,)*
+                #(#param_fields,)*
+            )
+        }
+    } else {
+        quote!(#tracing::Span::none())
+    };
+
+    let callsite = quote! {
+        static __OTEL_CALLSITE: #monitored::Callsite = #monitored::Callsite::new(
+            #name,
+            ::core::module_path!(),
+            #sample,
+            #metrics,
+            #want_span,
+        );
+    };
+    let annotation = match &sig.output {
+        ReturnType::Type(_, ty) if !mentions_impl(ty) => quote!(: #ty),
+        _ => TokenStream::new(),
+    };
+    let classify = quote! {
+        if let ::core::result::Result::Err(__otel_error) = &__otel_ret {
+            #[allow(unused_imports)]
+            use #support::{ViaAny as _, ViaCategorize as _, ViaError as _};
+            __otel_call.fail((&&&#support::Probe(__otel_error)).classify());
+        }
+    };
+
+    let block = if sig.asyncness.is_some() {
+        let classify = if err { classify } else { TokenStream::new() };
+        quote! {
+            #callsite
+            let mut __otel_call = #monitored::AsyncCall::start(&__OTEL_CALLSITE, || #span_expr);
+            let __otel_fut = async move #body;
+            let mut __otel_fut = ::core::pin::pin!(__otel_fut);
+            let __otel_ret #annotation = ::core::future::poll_fn(|__otel_cx| {
+                __otel_call.poll(__otel_fut.as_mut(), __otel_cx)
+            })
+            .await;
+            #classify
+            __otel_call.finish();
+            __otel_ret
+        }
+    } else if err {
+        quote! {
+            #callsite
+            let mut __otel_call = #monitored::Call::enter(&__OTEL_CALLSITE, || #span_expr);
+            #[allow(clippy::redundant_closure_call)]
+            let __otel_ret #annotation = (move || #body)();
+            #classify
+            __otel_ret
+        }
+    } else {
+        quote! {
+            #callsite
+            let __otel_call = #monitored::Call::enter(&__OTEL_CALLSITE, || #span_expr);
+            #body
+        }
+    };
+    let block = Group::new(Delimiter::Brace, block);
+    Ok(quote! {
+        #(#attrs)*
+        #vis #sig #block
+    })
+}
