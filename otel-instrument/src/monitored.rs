@@ -198,6 +198,9 @@ impl Frame {
 thread_local! {
     static CURRENT: Cell<Frame> = const { Cell::new(Frame::ROOT) };
     static RNG: Cell<u64> = const { Cell::new(0) };
+    /// The trace id a sampled local root drew, for the SDK to use (see
+    /// [`MonitoredIdGenerator`]), so the exported trace id is the one decided on.
+    static PENDING_TRACE_ID: Cell<u128> = const { Cell::new(0) };
 }
 
 fn current() -> Frame {
@@ -302,7 +305,11 @@ fn decide_root(callsite: &Callsite) -> Trace {
                 Some(r) => threshold(r),
                 None => ROOT_THRESHOLD.load(Ordering::Relaxed),
             };
-            (trace_id, sampled_by(threshold, trace_id))
+            let sampled = sampled_by(threshold, trace_id);
+            if sampled {
+                PENDING_TRACE_ID.with(|p| p.set(trace_id));
+            }
+            (trace_id, sampled)
         }
     };
     if sampled {
@@ -360,6 +367,33 @@ impl<S: ShouldSample + Clone + 'static> ShouldSample for MonitoredSampler<S> {
                 .map(|cx| cx.span().span_context().trace_state().clone())
                 .unwrap_or_default(),
         }
+    }
+}
+
+/// An SDK id generator that gives a root span started by `#[monitored]` the
+/// trace id `#[monitored]` drew to decide it, and asks `inner` otherwise. With
+/// it, the exported trace id is the one the ratio was applied to, so samplers
+/// downstream agree, and a fixed generator gives exact, predictable counts.
+#[derive(Debug, Clone)]
+pub struct MonitoredIdGenerator<G> {
+    inner: G,
+}
+
+/// Wraps the SDK's id generator; see [`MonitoredIdGenerator`].
+pub fn id_generator<G: IdGenerator>(inner: G) -> MonitoredIdGenerator<G> {
+    MonitoredIdGenerator { inner }
+}
+
+impl<G: IdGenerator> IdGenerator for MonitoredIdGenerator<G> {
+    fn new_trace_id(&self) -> TraceId {
+        match PENDING_TRACE_ID.with(|p| p.replace(0)) {
+            0 => self.inner.new_trace_id(),
+            id => TraceId::from(id),
+        }
+    }
+
+    fn new_span_id(&self) -> SpanId {
+        self.inner.new_span_id()
     }
 }
 
@@ -630,7 +664,7 @@ impl Core {
     fn open(
         callsite: &'static Callsite,
         make_span: impl FnOnce() -> tracing::Span,
-    ) -> (Self, Frame, Option<tracing::Span>) {
+    ) -> (Self, Frame, Option<tracing::Span>, bool) {
         let prev = current();
         let trace = if !callsite.span {
             prev.trace
@@ -653,6 +687,7 @@ impl Core {
         } else {
             None
         };
+        let fresh_root = matches!(prev.trace, Trace::Free) && trace == Trace::Sampled;
         let bound = callsite.metrics.then(|| callsite.bound());
         if let Some(b) = bound {
             b.concurrent.add(1);
@@ -665,7 +700,7 @@ impl Core {
             start: Instant::now(),
             error: None,
         };
-        (core, prev, span)
+        (core, prev, span, fresh_root)
     }
 
     #[inline]
@@ -714,12 +749,13 @@ impl Call {
     /// Starts a sync call. `make_span` runs only when a span is wanted.
     #[inline]
     pub fn enter(callsite: &'static Callsite, make_span: impl FnOnce() -> tracing::Span) -> Self {
-        let (core, prev, span) = Core::open(callsite, make_span);
-        Self {
-            core,
-            prev,
-            span: span.map(tracing::Span::entered),
+        let (core, prev, span, fresh_root) = Core::open(callsite, make_span);
+        let span = span.map(tracing::Span::entered);
+        if fresh_root {
+            // Entering started the SDK span, which took the id if it wanted it.
+            PENDING_TRACE_ID.with(|p| p.set(0));
         }
+        Self { core, prev, span }
     }
 
     /// Marks the call as failed with the given category and `error.type`.
@@ -754,11 +790,14 @@ impl AsyncCall {
     /// span is wanted.
     #[inline]
     pub fn start(callsite: &'static Callsite, make_span: impl FnOnce() -> tracing::Span) -> Self {
-        let (core, prev, span) = Core::open(callsite, make_span);
+        let (core, prev, span, fresh_root) = Core::open(callsite, make_span);
         if let Some(span) = &span {
             // Start the OTel span now, while the frame is current, so the SDK
             // sampler sees this call's decision.
             let _ = span.enter();
+        }
+        if fresh_root {
+            PENDING_TRACE_ID.with(|p| p.set(0));
         }
         set_current(prev);
         Self {

@@ -345,13 +345,25 @@ impl TelemetryBuilder {
         let processor = BatchSpanProcessor::new(span_exporter, batch.build());
         let mut tp = SdkTracerProvider::builder()
             .with_resource(resource)
-            .with_sampler(sdk_sampler(config.sampler))
+            .with_sampler(monitored::sampler(sdk_sampler(config.sampler))) // #[monitored] integration
             .with_span_processor(processor);
-        if let Some(g) = self.id_generator {
-            tp = tp.with_id_generator(IdGeneratorBox(g));
-        }
+        // #[monitored] integration (issue 3): the SDK follows #[monitored]'s
+        // root decisions and uses the trace id it drew; both share one generator.
+        let ids = match self.id_generator {
+            Some(g) => {
+                let g = IdGeneratorBox(Arc::from(g));
+                monitored::set_id_generator(g.clone());
+                g
+            }
+            None => IdGeneratorBox(Arc::new(
+                opentelemetry_sdk::trace::RandomIdGenerator::default(),
+            )),
+        };
+        tp = tp.with_id_generator(monitored::id_generator(ids));
         let tracer_provider = tp.build();
         opentelemetry::global::set_tracer_provider(tracer_provider.clone());
+        // Rebind #[monitored] instruments now that the meter provider is global.
+        monitored::refresh_instruments();
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
         let tracer = tracer_provider.tracer(crate::names::SCOPE);
 
@@ -428,8 +440,8 @@ impl TelemetryBuilder {
     }
 }
 
-#[derive(Debug)]
-struct IdGeneratorBox(Box<dyn IdGenerator>);
+#[derive(Debug, Clone)]
+struct IdGeneratorBox(Arc<dyn IdGenerator>);
 
 impl IdGenerator for IdGeneratorBox {
     fn new_trace_id(&self) -> opentelemetry::trace::TraceId {
@@ -476,9 +488,12 @@ impl Telemetry {
     where
         S: tracing::Subscriber + for<'a> LookupSpan<'a>,
     {
-        self.tracer
-            .clone()
-            .map(|t| tracing_opentelemetry::layer().with_tracer(t))
+        self.tracer.clone().map(|t| {
+            // #[monitored] integration: spans of unsampled monitored calls skip this layer.
+            tracing_opentelemetry::layer()
+                .with_tracer(t)
+                .with_filter(monitored::otel_filter())
+        })
     }
 
     /// The guard that flushes and shuts down on drop. Keep it alive.
