@@ -17,4 +17,12 @@ if ((${#need_apt[@]})); then
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
+# check-jsonschema validates the compose files against the Compose specification.
+python3 -m check_jsonschema --version >/dev/null 2>&1 \
+  || python3 -m pip install -q --disable-pip-version-check check-jsonschema==0.39.0
+# @grafana/schema and tsc type-check the dashboards (versions locked in package-lock.json).
+if [ ! -x grafana/schema-check/node_modules/.bin/tsc ]; then
+  (cd grafana/schema-check && npm ci --no-audit --no-fund --silent)
+fi
+
 cargo test --workspace --all-features --locked

@@ -1,0 +1,344 @@
+//! The compose stack, checked without a Docker engine: the Compose specification,
+//! references between services, volumes and files, the collector's pipelines, and
+//! the Prometheus config and alert rules with promtool.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use e2e::{repo_root, run_ok, tool, yaml};
+use serde_yaml_ng::Value;
+
+const COMPOSE_FILES: [&str; 2] = ["docker-compose.yml", "compose.gpu.yaml"];
+
+fn map_keys(v: &Value) -> BTreeSet<String> {
+    v.as_mapping()
+        .map(|m| {
+            m.keys()
+                .filter_map(|k| k.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn str_list(v: &Value) -> Vec<String> {
+    match v {
+        Value::Sequence(s) => s
+            .iter()
+            .filter_map(|x| x.as_str().map(str::to_owned))
+            .collect(),
+        Value::Mapping(m) => m
+            .keys()
+            .filter_map(|k| k.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[test]
+fn compose_files_follow_the_compose_specification() {
+    let python = tool("python3", "python3");
+    let probe = Command::new(&python)
+        .args(["-m", "check_jsonschema", "--version"])
+        .output();
+    assert!(
+        probe.is_ok_and(|o| o.status.success()),
+        "check-jsonschema is not installed: run ./test.sh, which installs it from PyPI"
+    );
+    let root = repo_root();
+    run_ok(
+        Command::new(python)
+            .current_dir(&root)
+            .args([
+                "-m",
+                "check_jsonschema",
+                "--builtin-schema",
+                "vendor.compose-spec",
+            ])
+            .args(COMPOSE_FILES),
+    );
+}
+
+#[test]
+fn every_image_is_pinned_to_a_version() {
+    for file in COMPOSE_FILES {
+        let doc = yaml(file);
+        for (name, svc) in doc["services"].as_mapping().unwrap() {
+            let name = name.as_str().unwrap();
+            let Some(image) = svc["image"].as_str() else {
+                assert!(
+                    file != "docker-compose.yml" || !svc["build"].is_null(),
+                    "{file}: service {name} has neither image nor build"
+                );
+                continue;
+            };
+            let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
+            assert!(
+                !tag.is_empty()
+                    && tag != "latest"
+                    && !tag.contains('/')
+                    && tag.chars().any(|c| c.is_ascii_digit()),
+                "{file}: service {name} uses an unpinned image {image:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn depends_on_volumes_and_mounted_files_refer_to_defined_things() {
+    let root = repo_root();
+    let base = yaml("docker-compose.yml");
+    let services = map_keys(&base["services"]);
+    let volumes = map_keys(&base["volumes"]);
+    for file in COMPOSE_FILES {
+        let doc = yaml(file);
+        for (name, svc) in doc["services"].as_mapping().unwrap() {
+            let name = name.as_str().unwrap();
+            assert!(
+                services.contains(name),
+                "{file}: service {name} is not in docker-compose.yml"
+            );
+            for dep in str_list(&svc["depends_on"]) {
+                assert!(
+                    services.contains(&dep),
+                    "{file}: {name} depends on undefined service {dep}"
+                );
+            }
+            for vol in str_list(&svc["volumes"]) {
+                let source = vol.split(':').next().unwrap();
+                if source.starts_with("./") {
+                    assert!(
+                        root.join(source).exists(),
+                        "{file}: {name} mounts {source}, which is not in the repository"
+                    );
+                } else if !source.starts_with('/') {
+                    assert!(
+                        volumes.contains(source),
+                        "{file}: {name} uses undeclared volume {source}"
+                    );
+                }
+            }
+            if let Some(build) = svc["build"].as_mapping() {
+                let ctx = build.get("context").and_then(Value::as_str).unwrap_or(".");
+                let dockerfile = build
+                    .get("dockerfile")
+                    .and_then(Value::as_str)
+                    .unwrap_or("Dockerfile");
+                assert!(
+                    root.join(ctx).join(dockerfile).is_file(),
+                    "{file}: {name} builds from a missing {dockerfile}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn host_ports_bind_to_loopback_and_come_from_env() {
+    let doc = yaml("docker-compose.yml");
+    for (name, svc) in doc["services"].as_mapping().unwrap() {
+        for port in str_list(&svc["ports"]) {
+            assert!(
+                port.starts_with("127.0.0.1:${"),
+                "service {name:?} publishes {port:?}: bind to 127.0.0.1 with the host port from an env var"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_base_stack_needs_no_gpu_and_the_override_adds_one() {
+    let base = std::fs::read_to_string(repo_root().join("docker-compose.yml")).unwrap();
+    assert!(!base.contains("driver: nvidia") && !base.contains("runtime: nvidia"));
+    let gpu = yaml("compose.gpu.yaml");
+    let devices =
+        &gpu["services"]["otel-gpu-receiver"]["deploy"]["resources"]["reservations"]["devices"][0];
+    assert_eq!(devices["driver"].as_str(), Some("nvidia"));
+    let env = &gpu["services"]["otel-gpu-receiver"]["environment"];
+    assert_eq!(env["NVIDIA_DRIVER_CAPABILITIES"].as_str(), Some("utility"));
+}
+
+#[test]
+fn collector_pipelines_use_only_defined_components_and_compose_endpoints() {
+    let col = yaml("stack/otel-collector.yaml");
+    let compose = yaml("docker-compose.yml");
+    let services = map_keys(&compose["services"]);
+    for (kind, section) in [
+        ("receivers", "receivers"),
+        ("processors", "processors"),
+        ("exporters", "exporters"),
+    ] {
+        let defined = map_keys(&col[section]);
+        for (pipeline, def) in col["service"]["pipelines"].as_mapping().unwrap() {
+            let used = str_list(&def[kind]);
+            assert!(
+                !used.is_empty() || kind == "processors",
+                "pipeline {pipeline:?} has no {kind}"
+            );
+            for u in used {
+                assert!(
+                    defined.contains(&u),
+                    "pipeline {pipeline:?} uses undefined {kind} {u}"
+                );
+            }
+        }
+    }
+    for ext in str_list(&col["service"]["extensions"]) {
+        assert!(
+            map_keys(&col["extensions"]).contains(&ext),
+            "undefined extension {ext}"
+        );
+    }
+    // Receivers listen on all interfaces inside the network, on the published ports.
+    let grpc = col["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"]
+        .as_str()
+        .unwrap();
+    let http = col["receivers"]["otlp"]["protocols"]["http"]["endpoint"]
+        .as_str()
+        .unwrap();
+    assert_eq!(grpc, "0.0.0.0:4317");
+    assert_eq!(http, "0.0.0.0:4318");
+    let published = str_list(&compose["services"]["otel-collector"]["ports"]);
+    assert!(
+        published.iter().any(|p| p.ends_with(":4317"))
+            && published.iter().any(|p| p.ends_with(":4318"))
+    );
+    // Exporters point at compose services on the ports those services serve.
+    for (name, exp) in col["exporters"].as_mapping().unwrap() {
+        let endpoint = exp["endpoint"].as_str().unwrap();
+        let hostport = endpoint
+            .trim_start_matches("http://")
+            .trim_start_matches("https://");
+        let host = hostport.split([':', '/']).next().unwrap();
+        assert!(
+            services.contains(host),
+            "exporter {name:?} sends to {host}, not a compose service"
+        );
+    }
+    assert_eq!(
+        col["exporters"]["otlp_grpc/jaeger"]["endpoint"].as_str(),
+        Some("jaeger:4317")
+    );
+    assert_eq!(
+        col["exporters"]["otlp_http/prometheus"]["endpoint"].as_str(),
+        Some("http://prometheus:9090/api/v1/otlp")
+    );
+    let prom_cmd = str_list(&compose["services"]["prometheus"]["command"]);
+    assert!(prom_cmd.iter().any(|c| c == "--web.enable-otlp-receiver"));
+    assert!(
+        prom_cmd
+            .iter()
+            .any(|c| c == "--enable-feature=exemplar-storage")
+    );
+    // Every service that exports OTLP sends it to the collector.
+    for (name, svc) in compose["services"].as_mapping().unwrap() {
+        if let Some(ep) = svc["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"].as_str() {
+            assert_eq!(ep, "http://otel-collector:4317", "service {name:?}");
+        }
+    }
+}
+
+#[test]
+fn prometheus_promotes_resource_attributes_and_keeps_out_of_order_samples() {
+    let prom = yaml("stack/prometheus.yml");
+    let promoted = str_list(&prom["otlp"]["promote_resource_attributes"]);
+    for attr in [
+        "service.name",
+        "service.instance.id",
+        "host.name",
+        "k8s.pod.name",
+        "k8s.namespace.name",
+    ] {
+        assert!(promoted.iter().any(|a| a == attr), "{attr} is not promoted");
+    }
+    assert!(
+        prom["storage"]["tsdb"]["out_of_order_time_window"]
+            .as_str()
+            .is_some()
+    );
+    assert!(!str_list(&prom["rule_files"]).is_empty());
+}
+
+#[test]
+fn prometheus_config_passes_promtool_apart_from_the_3x_otlp_block() {
+    // Debian's promtool (2.42) predates the `otlp:` block and out-of-order storage
+    // settings of Prometheus 3; everything else is checked as written.
+    let promtool = tool("promtool", "Debian's prometheus package");
+    let mut prom = yaml("stack/prometheus.yml");
+    let map = prom.as_mapping_mut().unwrap();
+    map.remove("otlp");
+    map.remove("storage");
+    let rules = repo_root().join("stack/rules");
+    map.insert(
+        Value::from("rule_files"),
+        Value::Sequence(vec![Value::from(format!("{}/*.yml", rules.display()))]),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("prometheus.yml");
+    std::fs::write(&path, serde_yaml_ng::to_string(&prom).unwrap()).unwrap();
+    run_ok(Command::new(promtool).args(["check", "config"]).arg(&path));
+}
+
+#[test]
+fn alert_rules_pass_promtool_and_every_alert_has_a_unit_test() {
+    let promtool = tool("promtool", "Debian's prometheus package");
+    let root = repo_root();
+    run_ok(Command::new(&promtool).current_dir(&root).args([
+        "check",
+        "rules",
+        "stack/rules/alerts.yml",
+    ]));
+    run_ok(
+        Command::new(&promtool)
+            .current_dir(root.join("stack/rules/tests"))
+            .args(["test", "rules", "alerts_test.yml"]),
+    );
+    let rules = yaml("stack/rules/alerts.yml");
+    let tests = yaml("stack/rules/tests/alerts_test.yml");
+    let tested: BTreeSet<String> = tests["tests"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|t| {
+            t["alert_rule_test"]
+                .as_sequence()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter(|c| c["exp_alerts"].as_sequence().is_some_and(|a| !a.is_empty()))
+        .filter_map(|c| c["alertname"].as_str().map(str::to_owned))
+        .collect();
+    let mut alerts = Vec::new();
+    for group in rules["groups"].as_sequence().unwrap() {
+        for rule in group["rules"].as_sequence().unwrap() {
+            if let Some(a) = rule["alert"].as_str() {
+                alerts.push(a.to_owned());
+            }
+        }
+    }
+    assert!(
+        alerts.len() >= 10,
+        "expected the full alert set, found {alerts:?}"
+    );
+    for a in &alerts {
+        assert!(
+            tested.contains(a),
+            "alert {a} has no promtool test case that fires it"
+        );
+    }
+    let required = [
+        "GpuFailed",
+        "GpuXidErrors",
+        "GpuThermalThrottling",
+        "GpuPowerThrottling",
+        "GpuEccUncorrectedErrors",
+        "GpuMemoryNearlyFull",
+        "FunctionErrorBudgetBurn",
+        "FunctionLatencyBudgetBurn",
+        "GpuReceiverDown",
+        "GpuReceiverCycleStale",
+        "TelemetryDropped",
+    ];
+    for r in required {
+        assert!(alerts.iter().any(|a| a == r), "missing alert {r}");
+    }
+}
