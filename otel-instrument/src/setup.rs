@@ -394,9 +394,13 @@ impl TelemetryBuilder {
             value: telemetry.filter.clone(),
             source,
         })?;
-        let fmt = telemetry
-            .fmt
-            .then(|| tracing_subscriber::fmt::layer().with_target(true));
+        let fmt = telemetry.fmt.then(|| {
+            // Colour only on a terminal: logs collected from containers stay plain.
+            use std::io::IsTerminal;
+            tracing_subscriber::fmt::layer()
+                .with_target(true)
+                .with_ansi(std::io::stdout().is_terminal())
+        });
         tracing_subscriber::registry()
             .with(filter)
             .with(fmt)
