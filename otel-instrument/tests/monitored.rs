@@ -1,0 +1,489 @@
+//! `#[monitored]` against the real OTLP wire, with every root sampled
+//! (`parentbased_always_on`): metric names, units and labels, caller labels,
+//! the concurrency gauge, span attributes and parent ids.
+
+mod monitored_common;
+
+use std::sync::OnceLock;
+
+use monitored_common::{flush_until, map, points, spans_named, value_with};
+use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+use otel_instrument::testing::OtlpSink;
+use otel_instrument::{Telemetry, TelemetryGuard, monitored};
+
+struct Pipeline {
+    sink: OtlpSink,
+    guard: TelemetryGuard,
+}
+
+/// The pipeline is process-wide (global providers and subscriber): install it once.
+fn pipeline() -> &'static Pipeline {
+    static P: OnceLock<Pipeline> = OnceLock::new();
+    P.get_or_init(|| {
+        let sink = OtlpSink::start().unwrap();
+        let guard = Telemetry::builder()
+            .service_name("monitored-tests")
+            .endpoint(sink.endpoint())
+            .fmt(false)
+            .filter("trace")
+            .install()
+            .unwrap();
+        Pipeline { sink, guard }
+    })
+}
+
+#[monitored]
+fn parse_port(s: &str) -> Result<u16, std::num::ParseIntError> {
+    s.parse()
+}
+
+#[monitored]
+fn open_missing() -> std::io::Result<()> {
+    Err(std::io::Error::from(std::io::ErrorKind::NotFound))
+}
+
+#[test]
+fn ok_and_error_calls_export_autometrics_names_units_and_labels() {
+    let p = pipeline();
+    assert_eq!(parse_port("8080"), Ok(8080));
+    assert!(parse_port("eighty").is_err());
+
+    let r = flush_until(&p.sink, &p.guard, |r| {
+        points(r, "function.calls", "parse_port").len() == 2
+            && points(r, "function.calls.duration", "parse_port").len() == 2
+    });
+
+    let calls = r.last_metric("function.calls").unwrap().metric;
+    assert_eq!(calls.unit, "{call}");
+    match calls.data {
+        Some(Data::Sum(s)) => assert!(s.is_monotonic, "function.calls must be a counter"),
+        other => panic!("function.calls is not a sum: {other:?}"),
+    }
+    let pts = points(&r, "function.calls", "parse_port");
+    let ok = map(&[
+        ("function", "parse_port"),
+        ("module", "monitored"),
+        ("result", "ok"),
+    ]);
+    let err = map(&[
+        ("function", "parse_port"),
+        ("module", "monitored"),
+        ("result", "error"),
+        ("error.category", "invalid_argument"),
+        ("error.type", "ParseIntError"),
+    ]);
+    assert_eq!(value_with(&pts, &ok), Some(1.0), "{pts:#?}");
+    assert_eq!(value_with(&pts, &err), Some(1.0), "{pts:#?}");
+
+    let duration = r.last_metric("function.calls.duration").unwrap().metric;
+    assert_eq!(duration.unit, "s");
+    let pts = points(&r, "function.calls.duration", "parse_port");
+    for result in ["ok", "error"] {
+        let want = map(&[
+            ("function", "parse_port"),
+            ("module", "monitored"),
+            ("result", result),
+        ]);
+        let point = pts
+            .iter()
+            .find(|p| p.attrs == want)
+            .expect("histogram point");
+        assert_eq!(point.value, 1.0);
+        assert_eq!(
+            point.bounds,
+            otel_instrument::monitored::DEFAULT_HISTOGRAM_BOUNDARIES
+        );
+    }
+
+    let concurrent = r.last_metric("function.calls.concurrent").unwrap().metric;
+    assert_eq!(concurrent.unit, "{call}");
+    match concurrent.data {
+        Some(Data::Sum(s)) => assert!(!s.is_monotonic, "concurrent must be an up-down counter"),
+        other => panic!("function.calls.concurrent is not a sum: {other:?}"),
+    }
+    let pts = points(&r, "function.calls.concurrent", "parse_port");
+    let fm = map(&[("function", "parse_port"), ("module", "monitored")]);
+    assert_eq!(value_with(&pts, &fm), Some(0.0), "{pts:#?}");
+}
+
+#[test]
+fn a_failed_call_has_an_error_span_with_error_type_and_code_attributes() {
+    let p = pipeline();
+    assert!(open_missing().is_err());
+    let r = flush_until(&p.sink, &p.guard, |r| {
+        !spans_named(r, "open_missing").is_empty()
+    });
+    let span = &spans_named(&r, "open_missing")[0];
+    let status = span.span.status.as_ref().expect("status");
+    assert_eq!(status.code, StatusCode::Error as i32);
+    let attrs = span.attributes();
+    assert_eq!(
+        attrs.get("error.type").map(String::as_str),
+        Some("NotFound")
+    );
+    assert_eq!(
+        attrs.get("error.category").map(String::as_str),
+        Some("not_found")
+    );
+    assert_eq!(
+        attrs.get("code.function.name").map(String::as_str),
+        Some("open_missing")
+    );
+    assert_eq!(
+        attrs.get("code.module.name").map(String::as_str),
+        Some("monitored")
+    );
+    assert!(
+        attrs
+            .get("code.file.path")
+            .is_some_and(|f| f.ends_with("tests/monitored.rs")),
+        "{attrs:?}"
+    );
+    assert!(attrs.contains_key("code.line.number"), "{attrs:?}");
+    assert_eq!(span.span.kind, SpanKind::Internal as i32);
+
+    let r = flush_until(&p.sink, &p.guard, |r| {
+        !points(r, "function.calls", "open_missing").is_empty()
+    });
+    let pts = points(&r, "function.calls", "open_missing");
+    let want = map(&[
+        ("function", "open_missing"),
+        ("module", "monitored"),
+        ("result", "error"),
+        ("error.category", "not_found"),
+        ("error.type", "NotFound"),
+    ]);
+    assert_eq!(value_with(&pts, &want), Some(1.0), "{pts:#?}");
+}
+
+mod nested {
+    use otel_instrument::monitored;
+
+    #[monitored]
+    pub fn outer_sync() -> u32 {
+        inner_sync() + 1
+    }
+
+    #[monitored]
+    pub fn inner_sync() -> u32 {
+        41
+    }
+
+    #[monitored]
+    pub async fn outer_async() -> u32 {
+        tokio::task::yield_now().await;
+        let a = inner_async().await;
+        a + inner_sync_from_async()
+    }
+
+    #[monitored]
+    pub async fn inner_async() -> u32 {
+        tokio::task::yield_now().await;
+        1
+    }
+
+    #[monitored]
+    pub fn inner_sync_from_async() -> u32 {
+        2
+    }
+}
+
+#[tokio::test]
+async fn caller_labels_name_the_monitored_caller_in_sync_and_async_calls() {
+    let p = pipeline();
+    assert_eq!(nested::outer_sync(), 42);
+    assert_eq!(nested::outer_async().await, 3);
+
+    let r = flush_until(&p.sink, &p.guard, |r| {
+        !points(r, "function.calls", "inner_sync").is_empty()
+            && !points(r, "function.calls", "inner_async").is_empty()
+            && !points(r, "function.calls", "inner_sync_from_async").is_empty()
+            && !points(r, "function.calls", "outer_async").is_empty()
+    });
+    let module = "monitored::nested";
+    let with_caller = |function: &str, caller: &str| {
+        map(&[
+            ("function", function),
+            ("module", module),
+            ("result", "ok"),
+            ("caller.function", caller),
+            ("caller.module", module),
+        ])
+    };
+    for (function, caller) in [
+        ("inner_sync", "outer_sync"),
+        ("inner_async", "outer_async"),
+        ("inner_sync_from_async", "outer_async"),
+    ] {
+        let pts = points(&r, "function.calls", function);
+        assert_eq!(
+            value_with(&pts, &with_caller(function, caller)),
+            Some(1.0),
+            "{function}: {pts:#?}"
+        );
+    }
+    // A root has no caller labels at all (autometrics: absent, not empty).
+    let pts = points(&r, "function.calls", "outer_async");
+    let root = map(&[
+        ("function", "outer_async"),
+        ("module", module),
+        ("result", "ok"),
+    ]);
+    assert_eq!(value_with(&pts, &root), Some(1.0), "{pts:#?}");
+}
+
+#[monitored]
+async fn in_flight(release: tokio::sync::oneshot::Receiver<()>) {
+    let _ = release.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_concurrency_gauge_counts_calls_in_flight_and_returns_to_zero() {
+    let p = pipeline();
+    let mut releases = Vec::new();
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        releases.push(tx);
+        tasks.push(tokio::spawn(in_flight(rx)));
+    }
+    let fm = map(&[("function", "in_flight"), ("module", "monitored")]);
+    let r = tokio::task::block_in_place(|| {
+        flush_until(&p.sink, &p.guard, |r| {
+            value_with(&points(r, "function.calls.concurrent", "in_flight"), &fm) == Some(5.0)
+        })
+    });
+    assert_eq!(
+        value_with(&points(&r, "function.calls.concurrent", "in_flight"), &fm),
+        Some(5.0)
+    );
+    for tx in releases {
+        tx.send(()).unwrap();
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let r = tokio::task::block_in_place(|| {
+        flush_until(&p.sink, &p.guard, |r| {
+            value_with(&points(r, "function.calls.concurrent", "in_flight"), &fm) == Some(0.0)
+        })
+    });
+    let calls = points(&r, "function.calls", "in_flight");
+    let ok = map(&[
+        ("function", "in_flight"),
+        ("module", "monitored"),
+        ("result", "ok"),
+    ]);
+    assert_eq!(value_with(&calls, &ok), Some(5.0), "{calls:#?}");
+}
+
+#[monitored]
+fn tree_root() {
+    tree_child();
+}
+
+#[monitored]
+fn tree_child() {
+    tree_grandchild();
+}
+
+#[monitored]
+fn tree_grandchild() {}
+
+#[test]
+fn children_of_a_sampled_root_export_with_their_parent_ids() {
+    let p = pipeline();
+    tree_root();
+    let r = flush_until(&p.sink, &p.guard, |r| {
+        ["tree_root", "tree_child", "tree_grandchild"]
+            .iter()
+            .all(|n| !spans_named(r, n).is_empty())
+    });
+    let root = &spans_named(&r, "tree_root")[0].span;
+    let child = &spans_named(&r, "tree_child")[0].span;
+    let grandchild = &spans_named(&r, "tree_grandchild")[0].span;
+    assert!(root.parent_span_id.is_empty(), "the root has no parent");
+    assert_eq!(child.parent_span_id, root.span_id);
+    assert_eq!(grandchild.parent_span_id, child.span_id);
+    assert_eq!(child.trace_id, root.trace_id);
+    assert_eq!(grandchild.trace_id, root.trace_id);
+}
+
+#[monitored(name = "checkout", kind = server, level = "debug", skip(secret), fields(user.id = 7, cart = %"big"))]
+fn handler(order: u32, secret: &str) -> u32 {
+    order + secret.len() as u32
+}
+
+#[test]
+fn name_kind_fields_and_skip_shape_the_span() {
+    let p = pipeline();
+    assert_eq!(handler(40, "pw"), 42);
+    let r = flush_until(&p.sink, &p.guard, |r| {
+        !spans_named(r, "checkout").is_empty()
+    });
+    let span = &spans_named(&r, "checkout")[0];
+    assert_eq!(span.span.kind, SpanKind::Server as i32);
+    let attrs = span.attributes();
+    assert_eq!(attrs.get("user.id").map(String::as_str), Some("7"));
+    assert_eq!(attrs.get("cart").map(String::as_str), Some("big"));
+    assert_eq!(attrs.get("order").map(String::as_str), Some("40"));
+    assert!(
+        !attrs.contains_key("secret"),
+        "skipped parameters are not recorded"
+    );
+    let r = flush_until(&p.sink, &p.guard, |r| {
+        !points(r, "function.calls", "checkout").is_empty()
+    });
+    let pts = points(&r, "function.calls", "checkout");
+    let ok = map(&[
+        ("function", "checkout"),
+        ("module", "monitored"),
+        ("result", "ok"),
+    ]);
+    assert_eq!(value_with(&pts, &ok), Some(1.0), "{pts:#?}");
+}
+
+struct Repo {
+    rows: Vec<u32>,
+}
+
+trait Store {
+    fn count(&self) -> usize;
+}
+
+impl Repo {
+    #[monitored(skip_all)]
+    fn find(&self, id: u32) -> Result<u32, std::io::Error> {
+        self.rows
+            .iter()
+            .copied()
+            .find(|r| *r == id)
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
+    }
+
+    #[monitored(skip_all)]
+    fn evens(&self) -> impl Iterator<Item = &u32> + '_ {
+        self.rows.iter().filter(|r| **r % 2 == 0)
+    }
+}
+
+impl Store for Repo {
+    #[monitored(skip_all, name = "store_count")]
+    fn count(&self) -> usize {
+        self.rows.len()
+    }
+}
+
+#[monitored(skip_all)]
+fn largest<T: PartialOrd + Copy>(items: &[T]) -> Option<T> {
+    items.iter().copied().fold(None, |m, x| match m {
+        Some(m) if m >= x => Some(m),
+        _ => Some(x),
+    })
+}
+
+#[test]
+fn methods_trait_impls_generics_and_impl_trait_returns_are_monitored() {
+    let p = pipeline();
+    let repo = Repo {
+        rows: vec![1, 2, 4],
+    };
+    assert_eq!(repo.find(2).unwrap(), 2);
+    assert_eq!(
+        repo.find(3).unwrap_err().kind(),
+        std::io::ErrorKind::NotFound
+    );
+    assert_eq!(repo.evens().count(), 2);
+    assert_eq!(repo.count(), 3);
+    assert_eq!(largest(&[1.5, 3.0, 2.0]), Some(3.0));
+    assert_eq!(largest(&[1u8, 9]), Some(9));
+    let r = flush_until(&p.sink, &p.guard, |r| {
+        ["find", "evens", "store_count", "largest"]
+            .iter()
+            .all(|f| !points(r, "function.calls", f).is_empty())
+    });
+    let total = |f: &str| -> f64 {
+        points(&r, "function.calls", f)
+            .iter()
+            .map(|p| p.value)
+            .sum()
+    };
+    assert_eq!(total("find"), 2.0);
+    assert_eq!(total("evens"), 1.0);
+    assert_eq!(total("store_count"), 1.0);
+    assert_eq!(
+        total("largest"),
+        2.0,
+        "both instantiations share one callsite"
+    );
+}
+
+#[test]
+fn the_metric_macros_export_with_their_labels() {
+    let p = pipeline();
+    let queue = String::from("emails");
+    for _ in 0..3 {
+        otel_instrument::counter!("test.jobs.done", 1, "queue" => &queue);
+    }
+    otel_instrument::histogram!("test.job.duration", 0.5, "queue" => "emails");
+    otel_instrument::gauge!("test.queue.depth", 12.0);
+    otel_instrument::up_down!("test.jobs.running", 2, "queue" => queue.as_str(), "urgent" => true);
+    let r = flush_until(&p.sink, &p.guard, |r| {
+        [
+            "test.jobs.done",
+            "test.job.duration",
+            "test.queue.depth",
+            "test.jobs.running",
+        ]
+        .iter()
+        .all(|n| r.last_metric(n).is_some())
+    });
+    let value = |name: &str| -> Vec<(std::collections::BTreeMap<String, String>, f64)> {
+        let m = r.last_metric(name).unwrap().metric;
+        match m.data.unwrap() {
+            Data::Sum(s) => s
+                .data_points
+                .into_iter()
+                .map(|p| {
+                    let v = match p.value.unwrap() {
+                        opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(i) => i as f64,
+                        opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsDouble(d) => d,
+                    };
+                    (otel_instrument::testing::attributes(&p.attributes), v)
+                })
+                .collect(),
+            Data::Gauge(g) => g
+                .data_points
+                .into_iter()
+                .map(|p| {
+                    let v = match p.value.unwrap() {
+                        opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(i) => i as f64,
+                        opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsDouble(d) => d,
+                    };
+                    (otel_instrument::testing::attributes(&p.attributes), v)
+                })
+                .collect(),
+            Data::Histogram(h) => h
+                .data_points
+                .into_iter()
+                .map(|p| (otel_instrument::testing::attributes(&p.attributes), p.sum.unwrap_or(0.0)))
+                .collect(),
+            _ => Vec::new(),
+        }
+    };
+    assert_eq!(
+        value("test.jobs.done"),
+        vec![(map(&[("queue", "emails")]), 3.0)]
+    );
+    assert_eq!(
+        value("test.job.duration"),
+        vec![(map(&[("queue", "emails")]), 0.5)]
+    );
+    assert_eq!(value("test.queue.depth"), vec![(map(&[]), 12.0)]);
+    assert_eq!(
+        value("test.jobs.running"),
+        vec![(map(&[("queue", "emails"), ("urgent", "true")]), 2.0)]
+    );
+}
