@@ -1,1 +1,51 @@
-fn main(){}
+//! `otel-gpu-receiver`: parse flags, validate the configuration, run.
+//! Configuration errors exit with code 2.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use otel_gpu_receiver::config::{Flags, Settings};
+
+fn main() -> ExitCode {
+    // clap exits with code 2 on a usage error (an unknown flag or flag value).
+    let flags = Flags::parse();
+    let settings = match Settings::resolve(flags, &|k| std::env::var(k).ok()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("otel-gpu-receiver: configuration error: {}", chain(&e));
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(&settings) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("otel-gpu-receiver: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(settings: &Settings) -> anyhow::Result<()> {
+    if settings.once {
+        let snapshot =
+            otel_gpu_receiver::collect_once(settings).context("collecting one snapshot")?;
+        print!(
+            "{}",
+            otel_gpu_receiver::output::render(&snapshot, settings.format)
+        );
+        return Ok(());
+    }
+    otel_gpu_receiver::run(settings).context("running the agent")
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    otel_gpu_receiver::collector::DisplayChain(e).to_string()
+}

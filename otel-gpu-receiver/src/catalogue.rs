@@ -1,0 +1,255 @@
+//! The static catalogue of every metric the agent can emit: name, instrument, unit,
+//! description and the family that produces it. One observable instrument is
+//! registered per entry; it reads its points from the latest [`Snapshot`](crate::snapshot::Snapshot).
+
+use std::fmt;
+use std::str::FromStr;
+
+use opentelemetry_semantic_conventions::metric as sc;
+
+use crate::names;
+
+/// The kind of OpenTelemetry instrument a metric is reported with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Instrument {
+    /// Monotonic cumulative sum (reports totals).
+    Counter,
+    /// Non-monotonic sum.
+    UpDownCounter,
+    /// Last value.
+    Gauge,
+}
+
+impl Instrument {
+    /// The name used in the catalogue and in `--format json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Counter => "Counter",
+            Self::UpDownCounter => "UpDownCounter",
+            Self::Gauge => "Gauge",
+        }
+    }
+}
+
+impl fmt::Display for Instrument {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether a metric's values are integers or floating point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Number {
+    /// Reported as `i64` (`u64` for counters).
+    Int,
+    /// Reported as `f64`.
+    Float,
+}
+
+/// A group of metrics read by one source. Families can be enabled and disabled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+#[value(rename_all = "lower")]
+pub enum Family {
+    /// `system.cpu.*`: time per mode, utilization, frequency, counts.
+    Cpu,
+    /// `system.memory.*`.
+    Memory,
+    /// `system.paging.*`: swap usage, faults, operations.
+    Paging,
+    /// `system.disk.*` from /proc/diskstats.
+    Disk,
+    /// `system.filesystem.*` via statvfs.
+    Filesystem,
+    /// `system.network.*` from /proc/net/dev.
+    Network,
+    /// Load averages.
+    Load,
+    /// `system.process.count` by status.
+    Processes,
+    /// `system.uptime`.
+    Uptime,
+    /// `process.*` for the agent itself.
+    Process,
+}
+
+impl Family {
+    /// Every host family, in catalogue order.
+    pub const ALL: [Family; 10] = [
+        Family::Cpu,
+        Family::Memory,
+        Family::Paging,
+        Family::Disk,
+        Family::Filesystem,
+        Family::Network,
+        Family::Load,
+        Family::Processes,
+        Family::Uptime,
+        Family::Process,
+    ];
+
+    /// The family's name in flags, env, TOML and the `source` attribute.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Memory => "memory",
+            Self::Paging => "paging",
+            Self::Disk => "disk",
+            Self::Filesystem => "filesystem",
+            Self::Network => "network",
+            Self::Load => "load",
+            Self::Processes => "processes",
+            Self::Uptime => "uptime",
+            Self::Process => "process",
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Family {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        Family::ALL
+            .into_iter()
+            .find(|f| f.as_str() == s.trim())
+            .ok_or(())
+    }
+}
+
+/// Who produces a metric: a host family, or the agent's self-monitoring (always on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A host family.
+    Host(Family),
+    /// The agent's own health.
+    SelfMonitoring,
+}
+
+/// One catalogue entry.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricDesc {
+    /// Metric name (semantic conventions, or one of [`names`]).
+    pub name: &'static str,
+    /// Instrument kind.
+    pub instrument: Instrument,
+    /// Integer or float values.
+    pub number: Number,
+    /// UCUM unit.
+    pub unit: &'static str,
+    /// One-line description.
+    pub description: &'static str,
+    /// Who produces it.
+    pub origin: Origin,
+}
+
+const fn m(
+    name: &'static str,
+    instrument: Instrument,
+    number: Number,
+    unit: &'static str,
+    description: &'static str,
+    origin: Origin,
+) -> MetricDesc {
+    MetricDesc {
+        name,
+        instrument,
+        number,
+        unit,
+        description,
+        origin,
+    }
+}
+
+use Instrument::{Counter, Gauge, UpDownCounter};
+use Number::{Float, Int};
+
+const CPU: Origin = Origin::Host(Family::Cpu);
+const MEMORY: Origin = Origin::Host(Family::Memory);
+const PAGING: Origin = Origin::Host(Family::Paging);
+const DISK: Origin = Origin::Host(Family::Disk);
+const FILESYSTEM: Origin = Origin::Host(Family::Filesystem);
+const NETWORK: Origin = Origin::Host(Family::Network);
+const LOAD: Origin = Origin::Host(Family::Load);
+const PROCESSES: Origin = Origin::Host(Family::Processes);
+const UPTIME: Origin = Origin::Host(Family::Uptime);
+const PROCESS: Origin = Origin::Host(Family::Process);
+const SELF: Origin = Origin::SelfMonitoring;
+
+/// Every metric the agent can emit.
+#[rustfmt::skip]
+pub static CATALOGUE: &[MetricDesc] = &[
+    m(sc::SYSTEM_CPU_TIME, Counter, Float, "s", "CPU time per logical CPU and mode (/proc/stat)", CPU),
+    m(sc::SYSTEM_CPU_UTILIZATION, Gauge, Float, "1", "Share of all CPU time spent in each mode over the last cycle", CPU),
+    m(sc::SYSTEM_CPU_FREQUENCY, Gauge, Float, "Hz", "Current frequency per logical CPU", CPU),
+    m(sc::SYSTEM_CPU_LOGICAL_COUNT, UpDownCounter, Int, "{cpu}", "Logical CPUs online", CPU),
+    m(sc::SYSTEM_CPU_PHYSICAL_COUNT, UpDownCounter, Int, "{cpu}", "Physical CPU cores", CPU),
+    m(sc::SYSTEM_MEMORY_USAGE, UpDownCounter, Int, "By", "Memory in use per state", MEMORY),
+    m(sc::SYSTEM_MEMORY_LIMIT, UpDownCounter, Int, "By", "Total memory", MEMORY),
+    m(sc::SYSTEM_MEMORY_UTILIZATION, Gauge, Float, "1", "Share of memory per state", MEMORY),
+    m(sc::SYSTEM_PAGING_USAGE, UpDownCounter, Int, "By", "Swap space used and free", PAGING),
+    m(sc::SYSTEM_PAGING_UTILIZATION, Gauge, Float, "1", "Share of swap space used and free", PAGING),
+    m(sc::SYSTEM_PAGING_FAULTS, Counter, Int, "{fault}", "Page faults by type (/proc/vmstat)", PAGING),
+    m(sc::SYSTEM_PAGING_OPERATIONS, Counter, Int, "{operation}", "Pages swapped in and out (/proc/vmstat)", PAGING),
+    m(sc::SYSTEM_DISK_IO, Counter, Int, "By", "Bytes read and written per disk", DISK),
+    m(sc::SYSTEM_DISK_OPERATIONS, Counter, Int, "{operation}", "Completed reads and writes per disk", DISK),
+    m(sc::SYSTEM_DISK_IO_TIME, Counter, Float, "s", "Time the disk had I/O in flight", DISK),
+    m(sc::SYSTEM_DISK_OPERATION_TIME, Counter, Float, "s", "Time spent on reads and writes", DISK),
+    m(sc::SYSTEM_DISK_MERGED, Counter, Int, "{operation}", "Adjacent requests merged", DISK),
+    m(sc::SYSTEM_FILESYSTEM_USAGE, UpDownCounter, Int, "By", "Filesystem space used, free and reserved", FILESYSTEM),
+    m(sc::SYSTEM_FILESYSTEM_LIMIT, UpDownCounter, Int, "By", "Filesystem size", FILESYSTEM),
+    m(sc::SYSTEM_FILESYSTEM_UTILIZATION, Gauge, Float, "1", "Share of the filesystem in use", FILESYSTEM),
+    m(sc::SYSTEM_NETWORK_IO, Counter, Int, "By", "Bytes received and sent per interface", NETWORK),
+    m(sc::SYSTEM_NETWORK_PACKET_COUNT, Counter, Int, "{packet}", "Packets received and sent per interface", NETWORK),
+    m(sc::SYSTEM_NETWORK_ERRORS, Counter, Int, "{error}", "Receive and transmit errors per interface", NETWORK),
+    m(sc::SYSTEM_NETWORK_PACKET_DROPPED, Counter, Int, "{packet}", "Packets dropped per interface", NETWORK),
+    m(names::SYSTEM_CPU_LOAD_AVERAGE_1M, Gauge, Float, "{thread}", "Load average over 1 minute", LOAD),
+    m(names::SYSTEM_CPU_LOAD_AVERAGE_5M, Gauge, Float, "{thread}", "Load average over 5 minutes", LOAD),
+    m(names::SYSTEM_CPU_LOAD_AVERAGE_15M, Gauge, Float, "{thread}", "Load average over 15 minutes", LOAD),
+    m(sc::SYSTEM_PROCESS_COUNT, UpDownCounter, Int, "{process}", "Processes by status", PROCESSES),
+    m(sc::SYSTEM_PROCESS_CREATED, Counter, Int, "{process}", "Processes created since boot", PROCESSES),
+    m(sc::SYSTEM_UPTIME, Gauge, Float, "s", "Time since boot", UPTIME),
+    m(sc::PROCESS_CPU_TIME, Counter, Float, "s", "CPU time of the agent by mode", PROCESS),
+    m(sc::PROCESS_MEMORY_USAGE, UpDownCounter, Int, "By", "Resident memory of the agent", PROCESS),
+    m(sc::PROCESS_MEMORY_VIRTUAL, UpDownCounter, Int, "By", "Virtual memory of the agent", PROCESS),
+    m(sc::PROCESS_THREAD_COUNT, UpDownCounter, Int, "{thread}", "Threads of the agent", PROCESS),
+    m(sc::PROCESS_UNIX_FILE_DESCRIPTOR_COUNT, UpDownCounter, Int, "{file_descriptor}", "Open file descriptors of the agent", PROCESS),
+    m(sc::PROCESS_UPTIME, Gauge, Float, "s", "Time since the agent started", PROCESS),
+    m(names::CYCLE_DURATION, Gauge, Float, "s", "Duration of the last collection cycle", SELF),
+    m(names::CYCLES, Counter, Int, "{cycle}", "Collection cycles completed", SELF),
+    m(names::ERRORS, Counter, Int, "{error}", "Source failures by source and error type; a failing source is skipped", SELF),
+    m(names::EXPORT_FAILURES, Counter, Int, "{request}", "OTLP export requests that failed", SELF),
+    m(names::SERIES, Gauge, Int, "{series}", "Series in the last snapshot", SELF),
+];
+
+/// The catalogue entry for `name`.
+pub fn find(name: &str) -> Option<&'static MetricDesc> {
+    CATALOGUE.iter().find(|d| d.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalogue_names_are_unique() {
+        let mut names: Vec<_> = CATALOGUE.iter().map(|d| d.name).collect();
+        names.sort_unstable();
+        let n = names.len();
+        names.dedup();
+        assert_eq!(n, names.len());
+    }
+
+    #[test]
+    fn every_family_has_at_least_one_metric() {
+        for f in Family::ALL {
+            assert!(
+                CATALOGUE.iter().any(|d| d.origin == Origin::Host(f)),
+                "{f} has no metric"
+            );
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! The collection cycle: every source runs on a worker thread of its own under a
+//! time budget, so one hung call (statfs on a dead NFS mount) cannot stall the
+//! cycle. A failing source logs once, counts an error and is skipped.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::catalogue::Family;
+use crate::host::{self, CollectError, Roots, Source};
+use crate::selfmon::SelfStats;
+use crate::snapshot::{Points, Snapshot};
+
+type Reply = (usize, u64, Result<Points, CollectError>);
+
+#[derive(Debug)]
+struct Worker {
+    family: Family,
+    requests: Sender<u64>,
+    busy: Arc<AtomicBool>,
+}
+
+/// Runs the sources once per cycle and builds snapshots.
+#[derive(Debug)]
+pub struct Collector {
+    workers: Vec<Worker>,
+    replies: Receiver<Reply>,
+    reply_tx: Sender<Reply>,
+    budget: Duration,
+    cycle: u64,
+    stats: SelfStats,
+    /// (source, error.type) pairs already logged; cleared when the source recovers.
+    logged: HashSet<(&'static str, &'static str)>,
+}
+
+impl Collector {
+    /// Starts one worker per enabled family. `budget` bounds each source per cycle.
+    ///
+    /// # Errors
+    /// A worker thread cannot be spawned.
+    pub fn new(
+        families: &[Family],
+        roots: &Roots,
+        budget: Duration,
+        stats: SelfStats,
+    ) -> std::io::Result<Self> {
+        let (reply_tx, replies) = mpsc::channel();
+        let mut c = Self {
+            workers: Vec::new(),
+            replies,
+            reply_tx,
+            budget,
+            cycle: 0,
+            stats,
+            logged: HashSet::new(),
+        };
+        for &f in families {
+            c.add(host::source(f, roots))?;
+        }
+        Ok(c)
+    }
+
+    /// Adds a source (for example a GPU source, or a test double).
+    ///
+    /// # Errors
+    /// Its worker thread cannot be spawned.
+    pub fn add(&mut self, mut source: Box<dyn Source>) -> std::io::Result<()> {
+        let index = self.workers.len();
+        let family = source.family();
+        let (tx, rx) = mpsc::channel::<u64>();
+        let busy = Arc::new(AtomicBool::new(false));
+        let worker_busy = busy.clone();
+        let replies = self.reply_tx.clone();
+        thread::Builder::new()
+            .name(format!("src-{family}"))
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                while let Ok(cycle) = rx.recv() {
+                    let mut out = Points::default();
+                    let r = source.collect(&mut out).map(|()| out);
+                    worker_busy.store(false, Ordering::Release);
+                    if replies.send((index, cycle, r)).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        self.workers.push(Worker {
+            family,
+            requests: tx,
+            busy,
+        });
+        Ok(())
+    }
+
+    /// The self-monitoring counters.
+    pub fn stats(&self) -> &SelfStats {
+        &self.stats
+    }
+
+    /// Runs one cycle: asks every source, waits for each until the budget is spent,
+    /// and returns the snapshot with the self-monitoring points.
+    pub fn cycle(&mut self) -> Snapshot {
+        let started = Instant::now();
+        self.cycle += 1;
+        let cycle = self.cycle;
+        let mut failed: Vec<(usize, CollectError)> = Vec::new();
+        let mut pending = vec![false; self.workers.len()];
+        for (i, w) in self.workers.iter().enumerate() {
+            if w.busy.swap(true, Ordering::AcqRel) {
+                failed.push((i, CollectError::Busy));
+            } else if w.requests.send(cycle).is_err() {
+                failed.push((i, CollectError::WorkerGone));
+            } else {
+                pending[i] = true;
+            }
+        }
+        let mut points = Points::default();
+        let deadline = started + self.budget;
+        let mut succeeded = Vec::new();
+        while pending.iter().any(|p| *p) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.replies.recv_timeout(left) {
+                Ok((i, c, r)) if c == cycle => {
+                    pending[i] = false;
+                    match r {
+                        Ok(mut p) => {
+                            points.append(&mut p);
+                            succeeded.push(i);
+                        }
+                        Err(e) => failed.push((i, e)),
+                    }
+                }
+                // A late answer from an earlier cycle: too old to use.
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        for (i, p) in pending.iter().enumerate() {
+            if *p {
+                failed.push((i, CollectError::Timeout(self.budget)));
+            }
+        }
+        for i in succeeded {
+            let source = self.workers[i].family.as_str();
+            if self.logged.iter().any(|(s, _)| *s == source) {
+                self.logged.retain(|(s, _)| *s != source);
+                tracing::info!(source, "source recovered");
+            }
+        }
+        for (i, e) in failed {
+            let source = self.workers[i].family.as_str();
+            let kind = e.kind();
+            self.stats.count_error(source, kind);
+            if self.logged.insert((source, kind)) {
+                tracing::warn!(
+                    source,
+                    error = %DisplayChain(&e),
+                    "source failed; skipping it (logged once until it recovers)"
+                );
+            }
+        }
+        let host_series = points.len();
+        self.stats.cycles += 1;
+        self.stats.last_duration = started.elapsed();
+        self.stats.points(host_series, &mut points);
+        Snapshot::new(points)
+    }
+}
+
+/// Displays an error with its sources, `a: b: c`.
+#[derive(Debug)]
+pub struct DisplayChain<'a>(pub &'a dyn std::error::Error);
+
+impl std::fmt::Display for DisplayChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut s = self.0.source();
+        while let Some(e) = s {
+            write!(f, ": {e}")?;
+            s = e.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Hung;
+    impl Source for Hung {
+        fn family(&self) -> Family {
+            Family::Filesystem
+        }
+        fn collect(&mut self, _: &mut Points) -> Result<(), CollectError> {
+            thread::sleep(Duration::from_secs(3600));
+            Ok(())
+        }
+    }
+
+    #[derive(Debug)]
+    struct Fine;
+    impl Source for Fine {
+        fn family(&self) -> Family {
+            Family::Uptime
+        }
+        fn collect(&mut self, out: &mut Points) -> Result<(), CollectError> {
+            out.push("system.uptime", vec![], 1.0);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_hung_source_times_out_and_the_others_still_report() {
+        let mut c = Collector::new(
+            &[],
+            &Roots::default(),
+            Duration::from_millis(200),
+            SelfStats::default(),
+        )
+        .unwrap();
+        c.add(Box::new(Hung)).unwrap();
+        c.add(Box::new(Fine)).unwrap();
+        let s = c.cycle();
+        assert_eq!(s.points("system.uptime").len(), 1);
+        assert_eq!(c.stats().errors.get(&("filesystem", "timeout")), Some(&1));
+        // The hung worker is still busy: the next cycle skips it at once.
+        let t = Instant::now();
+        let s = c.cycle();
+        assert!(t.elapsed() < Duration::from_secs(5));
+        assert_eq!(s.points("system.uptime").len(), 1);
+        assert_eq!(c.stats().errors.get(&("filesystem", "busy")), Some(&1));
+    }
+}

@@ -1,0 +1,721 @@
+//! Flags, environment and TOML file in, one validated [`Settings`] out.
+//!
+//! Precedence: flags > environment (`OTEL_EXPORTER_OTLP_*`, `OTEL_GPU_RECEIVER_*`) >
+//! TOML file (`--config`) > defaults. Every source goes through the same validation
+//! here, and an error names the flag, variable or key with the bad value.
+//! The environment is read through an injectable lookup, so tests never set it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use otel_instrument::config::{Compression, ExporterConfig, Overrides, Signal};
+
+use crate::catalogue::Family;
+use crate::host::Roots;
+
+/// Output format of `--once`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Format {
+    /// A human-readable table.
+    #[default]
+    Table,
+    /// A JSON array of `{name, unit, instrument, attributes, value}`.
+    Json,
+}
+
+/// `--otlp-compression` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompressionArg {
+    /// gzip.
+    Gzip,
+    /// No compression.
+    None,
+}
+
+/// Command-line flags: the raw, unvalidated first layer.
+#[derive(Debug, Default, clap::Parser)]
+#[command(
+    name = "otel-gpu-receiver",
+    version,
+    about = "Host (and GPU) metrics over OTLP and Prometheus"
+)]
+pub struct Flags {
+    /// TOML config file (unknown keys are errors). Env: OTEL_GPU_RECEIVER_CONFIG.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Collection interval, also the OTLP export interval unless
+    /// OTEL_METRIC_EXPORT_INTERVAL is set: `10s`, `500ms`, `1m`. Default: 10s.
+    #[arg(long, value_name = "DURATION")]
+    pub interval: Option<String>,
+    /// OTLP gRPC endpoint. Default: OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT, else http://localhost:4317.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// OTLP payload compression. Default: OTEL_EXPORTER_OTLP_[METRICS_]COMPRESSION, else none.
+    #[arg(long, value_enum, value_name = "ALGORITHM")]
+    pub otlp_compression: Option<CompressionArg>,
+    /// Do not push over OTLP (for a pull-only setup).
+    #[arg(long)]
+    pub no_otlp: bool,
+    /// Serve Prometheus `/metrics` and `/healthz` on this address (`9464` means
+    /// 127.0.0.1:9464). Default: off.
+    #[arg(long, value_name = "ADDR")]
+    pub prometheus: Option<String>,
+    /// Enable only these families (comma-separated). Default: all.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "FAMILY")]
+    pub families: Option<Vec<Family>>,
+    /// Disable these families (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "FAMILY")]
+    pub disable: Vec<Family>,
+    /// procfs root (for containers that mount the host's /proc elsewhere). Default: /proc.
+    #[arg(long, value_name = "PATH")]
+    pub proc_root: Option<PathBuf>,
+    /// sysfs root. Default: /sys.
+    #[arg(long, value_name = "PATH")]
+    pub sys_root: Option<PathBuf>,
+    /// Time budget of one source per cycle. Default: half the interval, at most 5s.
+    #[arg(long, value_name = "DURATION")]
+    pub source_timeout: Option<String>,
+    /// service.instance.id. Default: the host name.
+    #[arg(long, value_name = "ID")]
+    pub instance_id: Option<String>,
+    /// Collect one snapshot, print it and exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Output format of --once.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+/// The TOML file: the raw third layer. Every key is optional; unknown keys are errors.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Like `--interval`.
+    pub interval: Option<String>,
+    /// Like `--prometheus`.
+    pub prometheus: Option<String>,
+    /// Like `--families`.
+    pub families: Option<Vec<String>>,
+    /// Like `--disable`.
+    pub disable: Option<Vec<String>>,
+    /// Like `--proc-root`.
+    pub proc_root: Option<PathBuf>,
+    /// Like `--sys-root`.
+    pub sys_root: Option<PathBuf>,
+    /// Like `--source-timeout`.
+    pub source_timeout: Option<String>,
+    /// Like `--instance-id`.
+    pub instance_id: Option<String>,
+    /// OTLP exporter settings.
+    pub otlp: Option<FileOtlp>,
+}
+
+/// The `[otlp]` table of the TOML file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileOtlp {
+    /// Push over OTLP at all. Default: true.
+    pub enabled: Option<bool>,
+    /// Endpoint URL.
+    pub endpoint: Option<String>,
+    /// Request headers.
+    pub headers: Option<BTreeMap<String, String>>,
+    /// Export timeout, e.g. `10s`.
+    pub timeout: Option<String>,
+    /// `gzip` or `none`.
+    pub compression: Option<String>,
+}
+
+/// A configuration value that cannot be used. Exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A value does not parse or is out of range.
+    #[error("{culprit}: {value:?} is invalid: {reason}. Example of a valid value: {example}")]
+    Invalid {
+        /// The flag, variable or file key at fault.
+        culprit: String,
+        /// The value as given.
+        value: String,
+        /// Why it was rejected.
+        reason: String,
+        /// A value that would be accepted.
+        example: String,
+    },
+    /// The config file cannot be read.
+    #[error("cannot read config file {}", path.display())]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML or has an unknown key or a wrong type.
+    #[error("config file {}: {source}", path.display())]
+    Toml {
+        /// The file.
+        path: PathBuf,
+        /// The parser's error, which names the key.
+        #[source]
+        source: toml::de::Error,
+    },
+}
+
+impl ConfigError {
+    fn invalid(
+        culprit: impl Into<String>,
+        value: impl Into<String>,
+        reason: impl Into<String>,
+        example: impl Into<String>,
+    ) -> Self {
+        Self::Invalid {
+            culprit: culprit.into(),
+            value: value.into(),
+            reason: reason.into(),
+            example: example.into(),
+        }
+    }
+}
+
+/// Validated settings of one agent run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Collection interval. Default: 10 s.
+    pub interval: Duration,
+    /// OTLP export interval. Default: the collection interval.
+    pub export_interval: Duration,
+    /// The OTLP exporter; `None` when push is disabled. Default: enabled, localhost:4317.
+    pub otlp: Option<ExporterConfig>,
+    /// Prometheus pull address. Default: none.
+    pub prometheus: Option<SocketAddr>,
+    /// Enabled families. Default: all.
+    pub families: Vec<Family>,
+    /// /proc and /sys. Default: the real ones.
+    pub roots: Roots,
+    /// Time budget of one source per cycle. Default: half the interval, at most 5 s.
+    pub source_timeout: Duration,
+    /// `service.instance.id`. Default: the host name.
+    pub instance_id: Option<String>,
+    /// `k8s.node.name`, from `K8S_NODE_NAME`. Default: none.
+    pub k8s_node_name: Option<String>,
+    /// Print one snapshot and exit.
+    pub once: bool,
+    /// Format of `--once`.
+    pub format: Format,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self::resolve(Flags::default(), &|_| None).expect("defaults are valid")
+    }
+}
+
+/// Environment variable prefix of the agent's own settings.
+pub const ENV_PREFIX: &str = "OTEL_GPU_RECEIVER_";
+
+fn env_name(suffix: &str) -> String {
+    format!("{ENV_PREFIX}{suffix}")
+}
+
+/// Where a value came from, to name it in errors.
+#[derive(Debug, Clone)]
+enum Origin<'a> {
+    Flag(&'static str),
+    Env(String),
+    File(&'a Path, &'static str),
+}
+
+impl fmt::Display for Origin<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Flag(n) => write!(f, "{n}"),
+            Origin::Env(n) => write!(f, "{n}"),
+            Origin::File(p, k) => write!(f, "key `{k}` in {}", p.display()),
+        }
+    }
+}
+
+impl Settings {
+    /// Reads the TOML file named by the flags or `OTEL_GPU_RECEIVER_CONFIG`, then
+    /// merges flags > env > file > defaults and validates everything.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the flag, variable or key and the bad value.
+    pub fn resolve(
+        flags: Flags,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let env = |suffix: &str| -> Option<(String, String)> {
+            let name = env_name(suffix);
+            lookup(&name)
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| (name, v))
+        };
+        let config_path = flags
+            .config
+            .clone()
+            .or_else(|| env("CONFIG").map(|(_, v)| PathBuf::from(v)));
+        let file = match &config_path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::ReadFile {
+                    path: p.clone(),
+                    source,
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|source| ConfigError::Toml {
+                    path: p.clone(),
+                    source,
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        let fpath = config_path.as_deref().unwrap_or(Path::new("config"));
+
+        // Picks flag > env > file for a string setting, with its origin.
+        let pick = |flag: Option<&String>,
+                    fname: &'static str,
+                    suffix: &str,
+                    fval: Option<&String>,
+                    key: &'static str|
+         -> Option<(Origin<'_>, String)> {
+            if let Some(v) = flag {
+                return Some((Origin::Flag(fname), v.clone()));
+            }
+            if let Some((n, v)) = env(suffix) {
+                return Some((Origin::Env(n), v));
+            }
+            fval.map(|v| (Origin::File(fpath, key), v.clone()))
+        };
+
+        let interval = match pick(
+            flags.interval.as_ref(),
+            "--interval",
+            "INTERVAL",
+            file.interval.as_ref(),
+            "interval",
+        ) {
+            Some((o, v)) => parse_interval(&o.to_string(), &v)?,
+            None => Duration::from_secs(10),
+        };
+
+        let export_interval =
+            match lookup("OTEL_METRIC_EXPORT_INTERVAL").filter(|v| !v.trim().is_empty()) {
+                Some(v) => match v.trim().parse::<u64>() {
+                    Ok(ms) if ms > 0 => Duration::from_millis(ms),
+                    _ => {
+                        return Err(ConfigError::invalid(
+                            "OTEL_METRIC_EXPORT_INTERVAL",
+                            v,
+                            "expected a whole number of milliseconds greater than zero",
+                            "10000",
+                        ));
+                    }
+                },
+                None => interval,
+            };
+
+        let source_timeout = match pick(
+            flags.source_timeout.as_ref(),
+            "--source-timeout",
+            "SOURCE_TIMEOUT",
+            file.source_timeout.as_ref(),
+            "source_timeout",
+        ) {
+            Some((o, v)) => {
+                let d = parse_duration(&o.to_string(), &v, "2s")?;
+                if d > interval {
+                    return Err(ConfigError::invalid(
+                        o.to_string(),
+                        v,
+                        format!(
+                            "the source time budget must not exceed the interval ({interval:?})"
+                        ),
+                        "2s",
+                    ));
+                }
+                d
+            }
+            None => (interval / 2).min(Duration::from_secs(5)),
+        };
+
+        let prometheus = match pick(
+            flags.prometheus.as_ref(),
+            "--prometheus",
+            "PROMETHEUS",
+            file.prometheus.as_ref(),
+            "prometheus",
+        ) {
+            Some((o, v)) => Some(parse_listen(&o.to_string(), &v)?),
+            None => None,
+        };
+
+        let families = resolve_families(&flags, &env, &file, fpath)?;
+
+        let mut roots = Roots::default();
+        if let Some(p) = flags
+            .proc_root
+            .clone()
+            .or_else(|| env("PROC_ROOT").map(|(_, v)| PathBuf::from(v)))
+            .or_else(|| file.proc_root.clone())
+        {
+            roots.proc = p;
+        }
+        if let Some(p) = flags
+            .sys_root
+            .clone()
+            .or_else(|| env("SYS_ROOT").map(|(_, v)| PathBuf::from(v)))
+            .or_else(|| file.sys_root.clone())
+        {
+            roots.sys = p;
+        }
+
+        let instance_id = flags
+            .instance_id
+            .clone()
+            .or_else(|| env("INSTANCE_ID").map(|(_, v)| v))
+            .or_else(|| file.instance_id.clone());
+        let k8s_node_name = lookup("K8S_NODE_NAME").filter(|v| !v.trim().is_empty());
+
+        let otlp = resolve_otlp(&flags, lookup, file.otlp.as_ref(), fpath)?;
+
+        Ok(Self {
+            interval,
+            export_interval,
+            otlp,
+            prometheus,
+            families,
+            roots,
+            source_timeout,
+            instance_id,
+            k8s_node_name,
+            once: flags.once,
+            format: flags.format,
+        })
+    }
+}
+
+fn resolve_families(
+    flags: &Flags,
+    env: &dyn Fn(&str) -> Option<(String, String)>,
+    file: &FileConfig,
+    fpath: &Path,
+) -> Result<Vec<Family>, ConfigError> {
+    let parse_list = |culprit: &str, items: &[String]| -> Result<Vec<Family>, ConfigError> {
+        items
+            .iter()
+            .map(|s| {
+                s.parse::<Family>().map_err(|()| {
+                    ConfigError::invalid(
+                        culprit,
+                        s.clone(),
+                        format!(
+                            "unknown family; expected one of {}",
+                            Family::ALL.map(Family::as_str).join(", ")
+                        ),
+                        "cpu,memory",
+                    )
+                })
+            })
+            .collect()
+    };
+    let split = |v: &str| -> Vec<String> {
+        v.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let enabled: Vec<Family> = if let Some(f) = &flags.families {
+        f.clone()
+    } else if let Some((n, v)) = env("FAMILIES") {
+        parse_list(&n, &split(&v))?
+    } else if let Some(f) = &file.families {
+        parse_list(&Origin::File(fpath, "families").to_string(), f)?
+    } else {
+        Family::ALL.to_vec()
+    };
+    let disabled: Vec<Family> = if !flags.disable.is_empty() {
+        flags.disable.clone()
+    } else if let Some((n, v)) = env("DISABLE") {
+        parse_list(&n, &split(&v))?
+    } else if let Some(f) = &file.disable {
+        parse_list(&Origin::File(fpath, "disable").to_string(), f)?
+    } else {
+        Vec::new()
+    };
+    Ok(Family::ALL
+        .into_iter()
+        .filter(|f| enabled.contains(f) && !disabled.contains(f))
+        .collect())
+}
+
+fn resolve_otlp(
+    flags: &Flags,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    file: Option<&FileOtlp>,
+    fpath: &Path,
+) -> Result<Option<ExporterConfig>, ConfigError> {
+    let enabled = !flags.no_otlp && file.and_then(|f| f.enabled).unwrap_or(true);
+    // The file's values act as generic OTEL_EXPORTER_OTLP_* variables under the
+    // real environment, so the one parser in otel-instrument validates them all.
+    let mut file_vars: BTreeMap<&'static str, (String, &'static str)> = BTreeMap::new();
+    if let Some(f) = file {
+        if let Some(e) = &f.endpoint {
+            file_vars.insert("OTEL_EXPORTER_OTLP_ENDPOINT", (e.clone(), "otlp.endpoint"));
+        }
+        if let Some(h) = &f.headers {
+            let joined = h
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            file_vars.insert("OTEL_EXPORTER_OTLP_HEADERS", (joined, "otlp.headers"));
+        }
+        if let Some(t) = &f.timeout {
+            let culprit = Origin::File(fpath, "otlp.timeout").to_string();
+            let d = parse_duration(&culprit, t, "10s")?;
+            file_vars.insert(
+                "OTEL_EXPORTER_OTLP_TIMEOUT",
+                (d.as_millis().to_string(), "otlp.timeout"),
+            );
+        }
+        if let Some(c) = &f.compression {
+            file_vars.insert(
+                "OTEL_EXPORTER_OTLP_COMPRESSION",
+                (c.clone(), "otlp.compression"),
+            );
+        }
+    }
+    let env_has = |k: &str| lookup(k).is_some_and(|v| !v.trim().is_empty());
+    let merged = |k: &str| -> Option<String> {
+        if env_has(k) {
+            return lookup(k);
+        }
+        file_vars.get(k).map(|(v, _)| v.clone())
+    };
+    let overrides = Overrides {
+        metrics_endpoint: flags.otlp_endpoint.clone(),
+        compression: flags.otlp_compression.map(|c| match c {
+            CompressionArg::Gzip => Some(Compression::Gzip),
+            CompressionArg::None => None,
+        }),
+        ..Overrides::default()
+    };
+    let cfg = ExporterConfig::resolve(Signal::Metrics, &merged, &overrides).map_err(|e| {
+        let otel_instrument::config::ConfigError::Invalid {
+            var,
+            value,
+            reason,
+            example,
+        } = e
+        else {
+            unreachable!("otel-instrument has one ConfigError variant")
+        };
+        let culprit = if var == "endpoint" {
+            "--otlp-endpoint".to_owned()
+        } else if let Some((_, key)) = file_vars.get(var.as_str()).filter(|_| !env_has(&var)) {
+            Origin::File(fpath, key).to_string()
+        } else {
+            var
+        };
+        ConfigError::invalid(culprit, value, reason, example)
+    })?;
+    Ok(enabled.then_some(cfg))
+}
+
+/// Parses `10s`, `500ms`, `1m`, `1h` or a bare number of seconds.
+fn parse_duration(culprit: &str, value: &str, example: &str) -> Result<Duration, ConfigError> {
+    let v = value.trim();
+    let (num, mult) = if let Some(n) = v.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = v.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = v.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (v, 1.0)
+    };
+    match num.trim().parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 && x * mult <= 86_400.0 => {
+            Ok(Duration::from_secs_f64(x * mult))
+        }
+        Ok(_) => Err(ConfigError::invalid(
+            culprit,
+            value,
+            "the duration must be greater than zero and at most a day",
+            example,
+        )),
+        Err(_) => Err(ConfigError::invalid(
+            culprit,
+            value,
+            "not a duration; use a number with ms, s, m or h",
+            example,
+        )),
+    }
+}
+
+fn parse_interval(culprit: &str, value: &str) -> Result<Duration, ConfigError> {
+    let d = parse_duration(culprit, value, "10s")?;
+    if d < Duration::from_millis(100) {
+        return Err(ConfigError::invalid(
+            culprit,
+            value,
+            "the interval must be at least 100ms",
+            "10s",
+        ));
+    }
+    Ok(d)
+}
+
+/// Parses a listen address; a bare port (`9464` or `:9464`) binds 127.0.0.1.
+fn parse_listen(culprit: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    let v = value.trim();
+    let port_only = v.strip_prefix(':').unwrap_or(v);
+    if let Ok(port) = port_only.parse::<u16>() {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    if let Some(port) = v.strip_prefix("localhost:")
+        && let Ok(port) = port.parse::<u16>()
+    {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    v.parse::<SocketAddr>().map_err(|_| {
+        ConfigError::invalid(
+            culprit,
+            value,
+            "not a listen address; use IP:PORT or a port",
+            "127.0.0.1:9464",
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use std::collections::HashMap;
+
+    fn resolve(args: &[&str], env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let mut argv = vec!["otel-gpu-receiver"];
+        argv.extend_from_slice(args);
+        let flags = Flags::try_parse_from(argv).unwrap();
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Settings::resolve(flags, &|k| env.get(k).cloned())
+    }
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        use std::io::Write;
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn defaults_are_ten_seconds_all_families_and_local_otlp() {
+        let s = resolve(&[], &[]).unwrap();
+        assert_eq!(s.interval, Duration::from_secs(10));
+        assert_eq!(s.export_interval, Duration::from_secs(10));
+        assert_eq!(s.source_timeout, Duration::from_secs(5));
+        assert_eq!(s.families, Family::ALL.to_vec());
+        assert_eq!(s.otlp.unwrap().endpoint, "http://localhost:4317");
+        assert!(s.prometheus.is_none());
+    }
+
+    #[test]
+    fn flags_beat_env_which_beats_the_file() {
+        let f = file(
+            "interval = \"30s\"\nprometheus = \"9000\"\n[otlp]\nendpoint = \"http://file:4317\"\n",
+        );
+        let path = f.path().to_str().unwrap();
+        let s = resolve(&["--config", path], &[]).unwrap();
+        assert_eq!(s.interval, Duration::from_secs(30));
+        assert_eq!(s.otlp.unwrap().endpoint, "http://file:4317");
+        assert_eq!(s.prometheus.unwrap().to_string(), "127.0.0.1:9000");
+
+        let env = [
+            ("OTEL_GPU_RECEIVER_INTERVAL", "20s"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://env:4317"),
+        ];
+        let s = resolve(&["--config", path], &env).unwrap();
+        assert_eq!(s.interval, Duration::from_secs(20));
+        assert_eq!(s.otlp.unwrap().endpoint, "http://env:4317");
+
+        let s = resolve(
+            &[
+                "--config",
+                path,
+                "--interval",
+                "5s",
+                "--otlp-endpoint",
+                "http://flag:4317",
+            ],
+            &env,
+        )
+        .unwrap();
+        assert_eq!(s.interval, Duration::from_secs(5));
+        assert_eq!(s.otlp.unwrap().endpoint, "http://flag:4317");
+    }
+
+    #[test]
+    fn metric_export_interval_env_overrides_the_interval_for_export_only() {
+        let s = resolve(
+            &["--interval", "2s"],
+            &[("OTEL_METRIC_EXPORT_INTERVAL", "15000")],
+        )
+        .unwrap();
+        assert_eq!(s.interval, Duration::from_secs(2));
+        assert_eq!(s.export_interval, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn a_bad_env_interval_names_the_variable() {
+        let e = resolve(&[], &[("OTEL_GPU_RECEIVER_INTERVAL", "soon")]).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("OTEL_GPU_RECEIVER_INTERVAL") && msg.contains("soon"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_bad_file_endpoint_names_the_key() {
+        let f = file("[otlp]\nendpoint = \"ftp://x\"\n");
+        let e = resolve(&["--config", f.path().to_str().unwrap()], &[]).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("otlp.endpoint") && msg.contains("ftp://x"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn families_can_be_enabled_and_disabled_from_every_layer() {
+        let s = resolve(&["--families", "cpu,memory,disk", "--disable", "disk"], &[]).unwrap();
+        assert_eq!(s.families, vec![Family::Cpu, Family::Memory]);
+        let s = resolve(&[], &[("OTEL_GPU_RECEIVER_DISABLE", "filesystem")]).unwrap();
+        assert!(!s.families.contains(&Family::Filesystem));
+        let e = resolve(&[], &[("OTEL_GPU_RECEIVER_FAMILIES", "cpu,gpus")]).unwrap_err();
+        assert!(e.to_string().contains("OTEL_GPU_RECEIVER_FAMILIES"));
+    }
+
+    #[test]
+    fn no_otlp_disables_push_and_a_bare_port_binds_localhost() {
+        let s = resolve(&["--no-otlp", "--prometheus", ":9464"], &[]).unwrap();
+        assert!(s.otlp.is_none());
+        assert_eq!(s.prometheus.unwrap().to_string(), "127.0.0.1:9464");
+    }
+
+    #[test]
+    fn source_timeout_cannot_exceed_the_interval() {
+        let e = resolve(&["--interval", "1s", "--source-timeout", "2s"], &[]).unwrap_err();
+        assert!(e.to_string().contains("--source-timeout"));
+    }
+}

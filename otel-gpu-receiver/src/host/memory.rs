@@ -1,0 +1,166 @@
+//! `system.memory.*` from /proc/meminfo (sysinfo elsewhere).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use opentelemetry::KeyValue;
+use opentelemetry_semantic_conventions::attribute::SYSTEM_MEMORY_STATE;
+use opentelemetry_semantic_conventions::metric as sc;
+
+use super::{CollectError, Roots, Source};
+use crate::catalogue::Family;
+use crate::snapshot::Points;
+
+/// One cycle's memory reading, in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryReading {
+    /// Total memory.
+    pub total: u64,
+    /// Used: total − free − buffers − cached (cached includes reclaimable slab).
+    pub used: u64,
+    /// Free.
+    pub free: u64,
+    /// Buffers.
+    pub buffers: u64,
+    /// Page cache and reclaimable slab.
+    pub cached: u64,
+}
+
+impl MemoryReading {
+    /// Converts the reading to points.
+    pub fn points(&self, out: &mut Points) {
+        out.push(sc::SYSTEM_MEMORY_LIMIT, vec![], self.total);
+        for (state, v) in [
+            ("used", self.used),
+            ("free", self.free),
+            ("buffers", self.buffers),
+            ("cached", self.cached),
+        ] {
+            let attrs = vec![KeyValue::new(SYSTEM_MEMORY_STATE, state)];
+            out.push(sc::SYSTEM_MEMORY_USAGE, attrs.clone(), v);
+            if self.total > 0 {
+                out.push(
+                    sc::SYSTEM_MEMORY_UTILIZATION,
+                    attrs,
+                    v as f64 / self.total as f64,
+                );
+            }
+        }
+    }
+
+    /// Builds the reading from /proc/meminfo fields (bytes).
+    ///
+    /// # Errors
+    /// MemTotal or MemFree is missing.
+    pub fn from_meminfo(path: &Path, m: &HashMap<String, u64>) -> Result<Self, CollectError> {
+        let get = |k: &str| {
+            m.get(k)
+                .copied()
+                .ok_or_else(|| CollectError::parse(path, format!("no {k} line")))
+        };
+        let total = get("MemTotal")?;
+        let free = get("MemFree")?;
+        let buffers = m.get("Buffers").copied().unwrap_or(0);
+        let cached =
+            m.get("Cached").copied().unwrap_or(0) + m.get("SReclaimable").copied().unwrap_or(0);
+        let used = total.saturating_sub(free + buffers + cached);
+        Ok(Self {
+            total,
+            used,
+            free,
+            buffers,
+            cached,
+        })
+    }
+}
+
+/// Parses /proc/meminfo into bytes per field.
+pub fn parse_meminfo(text: &str) -> HashMap<String, u64> {
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            let mut it = v.split_ascii_whitespace();
+            let n: u64 = it.next()?.parse().ok()?;
+            let mult = if it.next() == Some("kB") { 1024 } else { 1 };
+            Some((k.trim().to_owned(), n * mult))
+        })
+        .collect()
+}
+
+/// Reads the memory family.
+#[derive(Debug)]
+pub struct MemorySource {
+    roots: Roots,
+}
+
+impl MemorySource {
+    /// A source reading under `roots`.
+    pub fn new(roots: Roots) -> Self {
+        Self { roots }
+    }
+
+    /// Reads once.
+    ///
+    /// # Errors
+    /// /proc/meminfo cannot be read or lacks a field.
+    #[cfg(target_os = "linux")]
+    pub fn read(&mut self) -> Result<MemoryReading, CollectError> {
+        let path = self.roots.proc("meminfo");
+        MemoryReading::from_meminfo(&path, &parse_meminfo(&super::read(&path)?))
+    }
+
+    /// Reads once through sysinfo.
+    ///
+    /// # Errors
+    /// Never; the signature matches Linux.
+    #[cfg(not(target_os = "linux"))]
+    pub fn read(&mut self) -> Result<MemoryReading, CollectError> {
+        let _ = &self.roots;
+        let mut s = sysinfo::System::new();
+        s.refresh_memory();
+        let total = s.total_memory();
+        let free = s.free_memory();
+        let used = s.used_memory();
+        Ok(MemoryReading {
+            total,
+            used,
+            free,
+            buffers: 0,
+            cached: total.saturating_sub(used + free),
+        })
+    }
+}
+
+impl Source for MemorySource {
+    fn family(&self) -> Family {
+        Family::Memory
+    }
+
+    fn collect(&mut self, out: &mut Points) -> Result<(), CollectError> {
+        self.read()?.points(out);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meminfo_used_excludes_free_buffers_and_cache() {
+        let m = parse_meminfo(
+            "MemTotal: 1000 kB\nMemFree: 100 kB\nBuffers: 50 kB\nCached: 200 kB\nSReclaimable: 50 kB\n",
+        );
+        let r = MemoryReading::from_meminfo("meminfo".as_ref(), &m).unwrap();
+        assert_eq!(r.total, 1000 * 1024);
+        assert_eq!(r.used, 600 * 1024);
+        assert_eq!(r.cached, 250 * 1024);
+    }
+
+    #[test]
+    fn meminfo_without_memtotal_is_a_parse_error() {
+        let m = parse_meminfo("MemFree: 100 kB\n");
+        let e = MemoryReading::from_meminfo("meminfo".as_ref(), &m).unwrap_err();
+        assert_eq!(e.kind(), "parse");
+    }
+}

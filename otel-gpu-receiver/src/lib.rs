@@ -1,0 +1,139 @@
+//! # otel-gpu-receiver
+//!
+//! A per-machine agent: a collection task reads host metric families (and, next,
+//! NVIDIA GPUs) once per interval into a [`Snapshot`](snapshot::Snapshot); the
+//! OpenTelemetry SDK's observable instruments read the latest snapshot and export it
+//! over OTLP gRPC and, optionally, a Prometheus pull endpoint.
+//!
+//! ```no_run
+//! use otel_gpu_receiver::config::{Flags, Settings};
+//!
+//! // `--once`: one snapshot, printed as a table.
+//! let settings = Settings::resolve(Flags::default(), &|k| std::env::var(k).ok()).unwrap();
+//! let snapshot = otel_gpu_receiver::collect_once(&settings).unwrap();
+//! print!("{}", otel_gpu_receiver::output::render(&snapshot, settings.format));
+//! ```
+
+pub mod catalogue;
+pub mod collector;
+pub mod config;
+pub mod host;
+pub mod names;
+pub mod output;
+pub mod selfmon;
+pub mod snapshot;
+pub mod telemetry;
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use collector::Collector;
+use config::Settings;
+use selfmon::SelfStats;
+use snapshot::{Snapshot, SnapshotCell};
+use telemetry::{Health, Telemetry, TelemetryError};
+
+/// Why the agent could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// Export could not start.
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
+    /// A source worker thread could not start.
+    #[error("cannot start a collection thread")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// Collects one snapshot (for `--once`). Waits a quarter second so that CPU
+/// utilization has an interval to measure.
+///
+/// # Errors
+/// A worker thread cannot be spawned.
+pub fn collect_once(settings: &Settings) -> Result<Snapshot, RunError> {
+    host::process::mark_start();
+    let mut c = Collector::new(
+        &settings.families,
+        &settings.roots,
+        settings.source_timeout,
+        SelfStats::default(),
+    )
+    .map_err(RunError::Spawn)?;
+    std::thread::sleep(Duration::from_millis(250));
+    Ok(c.cycle())
+}
+
+/// Runs the agent until SIGINT or SIGTERM.
+///
+/// # Errors
+/// Export cannot be set up or a worker thread cannot be spawned.
+pub fn run(settings: &Settings) -> Result<(), RunError> {
+    host::process::mark_start();
+    let cell = SnapshotCell::default();
+    let health = Health::new(settings.interval);
+    let telemetry = Telemetry::start(settings, cell.clone(), health.clone())?;
+    let stats = SelfStats {
+        export: Some(telemetry.export_stats()),
+        ..SelfStats::default()
+    };
+    let mut collector = Collector::new(
+        &settings.families,
+        &settings.roots,
+        settings.source_timeout,
+        stats,
+    )
+    .map_err(RunError::Spawn)?;
+
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    telemetry.runtime().handle().spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(());
+    });
+    tracing::info!(
+        interval = ?settings.interval,
+        families = ?settings.families,
+        otlp = settings.otlp.as_ref().map_or("off", |c| c.endpoint.as_str()),
+        "collecting"
+    );
+
+    let mut next = Instant::now();
+    loop {
+        cell.store(collector.cycle());
+        health.beat();
+        next += settings.interval;
+        let now = Instant::now();
+        if next < now {
+            // A slow cycle: skip the ticks it overran instead of bursting.
+            next = now + settings.interval;
+        }
+        match stop_rx.recv_timeout(next - now) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    tracing::info!("shutting down");
+    telemetry.shutdown();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

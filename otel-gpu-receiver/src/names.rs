@@ -1,0 +1,30 @@
+//! Our own metric and attribute names: everything the semantic conventions do not define.
+//!
+//! Names that the conventions do define come from `opentelemetry-semantic-conventions`
+//! where they are used; only these are ours, and they live here alone.
+
+/// `service.name` of the agent.
+pub const SERVICE_NAME: &str = "otel-gpu-receiver";
+
+/// 1-minute load average. Not in the conventions; the Collector's hostmetrics receiver name.
+pub const SYSTEM_CPU_LOAD_AVERAGE_1M: &str = "system.cpu.load_average.1m";
+/// 5-minute load average (hostmetrics receiver name).
+pub const SYSTEM_CPU_LOAD_AVERAGE_5M: &str = "system.cpu.load_average.5m";
+/// 15-minute load average (hostmetrics receiver name).
+pub const SYSTEM_CPU_LOAD_AVERAGE_15M: &str = "system.cpu.load_average.15m";
+
+/// Duration of the last collection cycle.
+pub const CYCLE_DURATION: &str = "otel_gpu_receiver.cycle.duration";
+/// Collection cycles completed.
+pub const CYCLES: &str = "otel_gpu_receiver.cycles";
+/// Source failures, by source and error type.
+pub const ERRORS: &str = "otel_gpu_receiver.errors";
+/// OTLP export requests that failed.
+pub const EXPORT_FAILURES: &str = "otel_gpu_receiver.export.failures";
+/// Series (points) in the last snapshot.
+pub const SERIES: &str = "otel_gpu_receiver.series";
+
+/// Attribute: the source (family) a self-metric is about.
+pub const ATTR_SOURCE: &str = "source";
+/// Attribute: the signal of an export failure.
+pub const ATTR_SIGNAL: &str = "signal";

@@ -1,0 +1,210 @@
+//! One collection cycle's readings. Families produce typed readings that convert to
+//! [`Point`]s; the instruments read their points from the latest [`Snapshot`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use opentelemetry::KeyValue;
+
+use crate::catalogue::{self, CATALOGUE, MetricDesc};
+
+/// A metric value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value {
+    /// An integer reading.
+    Int(i64),
+    /// A floating-point reading.
+    Float(f64),
+}
+
+impl Value {
+    /// The value as `f64`.
+    pub fn as_f64(self) -> f64 {
+        match self {
+            Self::Int(i) => i as f64,
+            Self::Float(f) => f,
+        }
+    }
+
+    /// The value as `i64` (floats are truncated).
+    pub fn as_i64(self) -> i64 {
+        match self {
+            Self::Int(i) => i,
+            Self::Float(f) => f as i64,
+        }
+    }
+}
+
+impl From<u64> for Value {
+    fn from(v: u64) -> Self {
+        Self::Int(i64::try_from(v).unwrap_or(i64::MAX))
+    }
+}
+
+impl From<i64> for Value {
+    fn from(v: i64) -> Self {
+        Self::Int(v)
+    }
+}
+
+impl From<f64> for Value {
+    fn from(v: f64) -> Self {
+        Self::Float(v)
+    }
+}
+
+/// One series' value in a snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    /// The catalogue name.
+    pub name: &'static str,
+    /// Series attributes.
+    pub attributes: Vec<KeyValue>,
+    /// The reading.
+    pub value: Value,
+}
+
+/// Where families put their points during a cycle.
+#[derive(Debug, Default)]
+pub struct Points {
+    points: Vec<Point>,
+}
+
+impl Points {
+    /// Adds a point.
+    pub fn push(&mut self, name: &'static str, attributes: Vec<KeyValue>, value: impl Into<Value>) {
+        self.points.push(Point {
+            name,
+            attributes,
+            value: value.into(),
+        });
+    }
+
+    /// Number of points so far.
+    pub fn len(&self) -> usize {
+        self.points.len()
+    }
+
+    /// No points yet.
+    pub fn is_empty(&self) -> bool {
+        self.points.is_empty()
+    }
+
+    /// Moves every point out of `other` into `self`.
+    pub fn append(&mut self, other: &mut Points) {
+        self.points.append(&mut other.points);
+    }
+
+    /// The points, in insertion order.
+    pub fn into_vec(self) -> Vec<Point> {
+        self.points
+    }
+}
+
+/// Everything one collection cycle read, grouped by metric name.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    by_name: HashMap<&'static str, Vec<Point>>,
+    series: usize,
+    /// When the cycle that produced it finished.
+    pub taken_at: SystemTime,
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Self::new(Points::default())
+    }
+}
+
+impl Snapshot {
+    /// Groups `points` by metric name.
+    pub fn new(points: Points) -> Self {
+        let mut by_name: HashMap<&'static str, Vec<Point>> = HashMap::new();
+        let series = points.len();
+        for p in points.into_vec() {
+            by_name.entry(p.name).or_default().push(p);
+        }
+        Self {
+            by_name,
+            series,
+            taken_at: SystemTime::now(),
+        }
+    }
+
+    /// The points of one metric (empty when the metric was not read this cycle).
+    pub fn points(&self, name: &str) -> &[Point] {
+        self.by_name.get(name).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Every point with its catalogue entry, in catalogue order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static MetricDesc, &Point)> + '_ {
+        CATALOGUE
+            .iter()
+            .flat_map(move |d| self.points(d.name).iter().map(move |p| (d, p)))
+    }
+
+    /// Number of series (points) in the snapshot.
+    pub fn series(&self) -> usize {
+        self.series
+    }
+
+    /// Points whose name is not in the catalogue (a bug; tests assert it is empty).
+    pub fn uncatalogued(&self) -> Vec<&'static str> {
+        self.by_name
+            .keys()
+            .copied()
+            .filter(|n| catalogue::find(n).is_none())
+            .collect()
+    }
+}
+
+/// The latest snapshot, shared by the collection task (writer) and the instruments (readers).
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotCell(Arc<RwLock<Arc<Snapshot>>>);
+
+impl SnapshotCell {
+    /// Swaps in a new snapshot.
+    pub fn store(&self, snapshot: Snapshot) {
+        let new = Arc::new(snapshot);
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = new;
+    }
+
+    /// The latest snapshot (cheap: an `Arc` clone under a short read lock).
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_groups_points_by_name_in_catalogue_order() {
+        let mut p = Points::default();
+        p.push("system.uptime", vec![], 5.0);
+        p.push(
+            "system.cpu.time",
+            vec![KeyValue::new("cpu.mode", "user")],
+            1.0,
+        );
+        let s = Snapshot::new(p);
+        let names: Vec<_> = s.iter().map(|(d, _)| d.name).collect();
+        assert_eq!(names, ["system.cpu.time", "system.uptime"]);
+        assert_eq!(s.series(), 2);
+        assert!(s.uncatalogued().is_empty());
+    }
+
+    #[test]
+    fn the_cell_returns_the_latest_snapshot() {
+        let cell = SnapshotCell::default();
+        let mut p = Points::default();
+        p.push("system.uptime", vec![], 7.0);
+        cell.store(Snapshot::new(p));
+        assert_eq!(
+            cell.load().points("system.uptime")[0].value,
+            Value::Float(7.0)
+        );
+    }
+}

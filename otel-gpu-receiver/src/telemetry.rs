@@ -1,0 +1,346 @@
+//! One `SdkMeterProvider` with observable instruments over the latest snapshot, an
+//! OTLP gRPC push reader and an optional Prometheus pull endpoint with `/healthz`.
+//!
+//! Everything network-facing runs on the agent's own small runtime
+//! ([`ExportRuntime`]), never on a caller's: the OTLP exporter is built inside it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use opentelemetry::metrics::{Meter, MeterProvider as _};
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+use opentelemetry_semantic_conventions::resource as res;
+use otel_instrument::export::{ExportError, ExportRuntime, ExportStats};
+
+use crate::catalogue::{CATALOGUE, Instrument, MetricDesc, Number, Origin};
+use crate::config::Settings;
+use crate::names;
+use crate::snapshot::SnapshotCell;
+
+/// Why telemetry could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TelemetryError {
+    /// The OTLP exporter or its runtime could not be built.
+    #[error("cannot set up OTLP export")]
+    Export(#[from] ExportError),
+    /// The Prometheus exporter could not be built.
+    #[error("cannot set up the Prometheus exporter: {0}")]
+    Prometheus(String),
+    /// The pull endpoint cannot listen.
+    #[error("cannot listen on {addr} for Prometheus")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// When the last cycle completed, for `/healthz`.
+#[derive(Debug)]
+pub struct Health {
+    last_cycle_ms: AtomicU64,
+    interval: Duration,
+}
+
+impl Health {
+    /// Healthy from now on for 3 intervals, until cycles complete.
+    pub fn new(interval: Duration) -> Arc<Self> {
+        let h = Arc::new(Self {
+            last_cycle_ms: AtomicU64::new(0),
+            interval,
+        });
+        h.beat();
+        h
+    }
+
+    fn now_ms() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+
+    /// Records a completed cycle.
+    pub fn beat(&self) {
+        self.last_cycle_ms.store(Self::now_ms(), Ordering::Relaxed);
+    }
+
+    /// True while the last cycle is at most 3 intervals old.
+    pub fn healthy(&self) -> bool {
+        let age = Self::now_ms().saturating_sub(self.last_cycle_ms.load(Ordering::Relaxed));
+        Duration::from_millis(age) <= self.interval * 3
+    }
+}
+
+/// The resource: service, host and (when set) Kubernetes node attributes.
+pub fn resource(settings: &Settings) -> Resource {
+    let host = sysinfo::System::host_name().unwrap_or_else(|_| "unknown".to_owned());
+    let mut attrs = vec![
+        KeyValue::new(res::SERVICE_NAME, names::SERVICE_NAME),
+        KeyValue::new(res::SERVICE_VERSION, env!("CARGO_PKG_VERSION")),
+        KeyValue::new(
+            res::SERVICE_INSTANCE_ID,
+            settings.instance_id.clone().unwrap_or_else(|| host.clone()),
+        ),
+        KeyValue::new(res::HOST_NAME, host),
+        KeyValue::new(res::HOST_ARCH, host_arch()),
+        KeyValue::new(res::OS_TYPE, os_type()),
+    ];
+    if let Some(id) = machine_id() {
+        attrs.push(KeyValue::new(res::HOST_ID, id));
+    }
+    if let Some(node) = &settings.k8s_node_name {
+        attrs.push(KeyValue::new(res::K8S_NODE_NAME, node.clone()));
+    }
+    Resource::builder_empty().with_attributes(attrs).build()
+}
+
+/// `host.arch` per the conventions (`amd64`, `arm64`, …).
+fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "x86",
+        "powerpc64" => "ppc64",
+        "s390x" => "s390x",
+        other => other,
+    }
+}
+
+/// `os.type` per the conventions.
+fn os_type() -> &'static str {
+    match std::env::consts::OS {
+        "macos" => "darwin",
+        other => other,
+    }
+}
+
+fn machine_id() -> Option<String> {
+    ["/etc/machine-id", "/var/lib/dbus/machine-id"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+/// The running export pipeline.
+#[derive(Debug)]
+pub struct Telemetry {
+    provider: SdkMeterProvider,
+    runtime: ExportRuntime,
+    stats: Arc<ExportStats>,
+    prometheus: Option<SocketAddr>,
+}
+
+impl Telemetry {
+    /// Builds the provider, registers one observable instrument per enabled catalogue
+    /// entry over `cell`, and starts the Prometheus endpoint when configured.
+    ///
+    /// # Errors
+    /// The exporter cannot be built or the pull endpoint cannot listen.
+    pub fn start(
+        settings: &Settings,
+        cell: SnapshotCell,
+        health: Arc<Health>,
+    ) -> Result<Self, TelemetryError> {
+        let runtime = ExportRuntime::new()?;
+        let stats = Arc::new(ExportStats::default());
+        let mut builder = SdkMeterProvider::builder().with_resource(resource(settings));
+        if let Some(cfg) = &settings.otlp {
+            let exporter = otel_instrument::export::metric_exporter(&runtime, cfg, stats.clone())?;
+            let reader = PeriodicReader::builder(exporter)
+                .with_interval(settings.export_interval)
+                .build();
+            builder = builder.with_reader(reader);
+        }
+        let mut prometheus = None;
+        if let Some(addr) = settings.prometheus {
+            let registry = prometheus::Registry::new();
+            let exporter = opentelemetry_prometheus::exporter()
+                .with_registry(registry.clone())
+                .build()
+                .map_err(|e| TelemetryError::Prometheus(e.to_string()))?;
+            builder = builder.with_reader(exporter);
+            let listener = runtime
+                .handle()
+                .block_on(tokio::net::TcpListener::bind(addr))
+                .map_err(|source| TelemetryError::Listen { addr, source })?;
+            let local = listener
+                .local_addr()
+                .map_err(|source| TelemetryError::Listen { addr, source })?;
+            tracing::info!(%local, "serving Prometheus /metrics and /healthz");
+            prometheus = Some(local);
+            let app = axum::Router::new()
+                .route("/metrics", axum::routing::get(metrics))
+                .route("/healthz", axum::routing::get(healthz))
+                .with_state(Arc::new(ServerState { registry, health }));
+            runtime.handle().spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "Prometheus endpoint stopped");
+                }
+            });
+        }
+        let provider = builder.build();
+        let meter = provider.meter_with_scope(
+            InstrumentationScope::builder(names::SERVICE_NAME)
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build(),
+        );
+        for desc in CATALOGUE {
+            let on = match desc.origin {
+                Origin::Host(f) => settings.families.contains(&f),
+                Origin::SelfMonitoring => true,
+            };
+            if on {
+                register(&meter, desc, cell.clone());
+            }
+        }
+        Ok(Self {
+            provider,
+            runtime,
+            stats,
+            prometheus,
+        })
+    }
+
+    /// Failure counts of the OTLP exporter.
+    pub fn export_stats(&self) -> Arc<ExportStats> {
+        self.stats.clone()
+    }
+
+    /// The address the Prometheus endpoint listens on, when enabled.
+    pub fn prometheus_addr(&self) -> Option<SocketAddr> {
+        self.prometheus
+    }
+
+    /// The agent's runtime, e.g. to wait for a signal on.
+    pub fn runtime(&self) -> &ExportRuntime {
+        &self.runtime
+    }
+
+    /// Flushes and stops, with a deadline.
+    pub fn shutdown(self) {
+        if let Err(e) = self.provider.shutdown_with_timeout(Duration::from_secs(5)) {
+            tracing::warn!(error = %e, "metric provider shutdown");
+        }
+    }
+}
+
+/// Registers the observable instrument of one catalogue entry.
+fn register(meter: &Meter, d: &'static MetricDesc, cell: SnapshotCell) {
+    let name = d.name;
+    match (d.instrument, d.number) {
+        (Instrument::Counter, Number::Int) => {
+            meter
+                .u64_observable_counter(name)
+                .with_unit(d.unit)
+                .with_description(d.description)
+                .with_callback(move |o| {
+                    for p in cell.load().points(name) {
+                        o.observe(p.value.as_i64().max(0) as u64, &p.attributes);
+                    }
+                })
+                .build();
+        }
+        (Instrument::Counter, Number::Float) => {
+            meter
+                .f64_observable_counter(name)
+                .with_unit(d.unit)
+                .with_description(d.description)
+                .with_callback(move |o| {
+                    for p in cell.load().points(name) {
+                        o.observe(p.value.as_f64(), &p.attributes);
+                    }
+                })
+                .build();
+        }
+        (Instrument::UpDownCounter, Number::Int) => {
+            meter
+                .i64_observable_up_down_counter(name)
+                .with_unit(d.unit)
+                .with_description(d.description)
+                .with_callback(move |o| {
+                    for p in cell.load().points(name) {
+                        o.observe(p.value.as_i64(), &p.attributes);
+                    }
+                })
+                .build();
+        }
+        (Instrument::UpDownCounter, Number::Float) => {
+            meter
+                .f64_observable_up_down_counter(name)
+                .with_unit(d.unit)
+                .with_description(d.description)
+                .with_callback(move |o| {
+                    for p in cell.load().points(name) {
+                        o.observe(p.value.as_f64(), &p.attributes);
+                    }
+                })
+                .build();
+        }
+        (Instrument::Gauge, Number::Int) => {
+            meter
+                .i64_observable_gauge(name)
+                .with_unit(d.unit)
+                .with_description(d.description)
+                .with_callback(move |o| {
+                    for p in cell.load().points(name) {
+                        o.observe(p.value.as_i64(), &p.attributes);
+                    }
+                })
+                .build();
+        }
+        (Instrument::Gauge, Number::Float) => {
+            meter
+                .f64_observable_gauge(name)
+                .with_unit(d.unit)
+                .with_description(d.description)
+                .with_callback(move |o| {
+                    for p in cell.load().points(name) {
+                        o.observe(p.value.as_f64(), &p.attributes);
+                    }
+                })
+                .build();
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ServerState {
+    registry: prometheus::Registry,
+    health: Arc<Health>,
+}
+
+async fn metrics(State(s): State<Arc<ServerState>>) -> axum::response::Response {
+    use prometheus::Encoder as _;
+    let encoder = prometheus::TextEncoder::new();
+    let mut body = Vec::new();
+    match encoder.encode(&s.registry.gather(), &mut body) {
+        Ok(()) => (
+            [(header::CONTENT_TYPE, encoder.format_type().to_owned())],
+            body,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn healthz(State(s): State<Arc<ServerState>>) -> (StatusCode, &'static str) {
+    if s.health.healthy() {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no collection cycle completed in the last 3 intervals\n",
+        )
+    }
+}
