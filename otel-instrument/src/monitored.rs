@@ -100,6 +100,9 @@ static PARENT_BASED: AtomicBool = AtomicBool::new(true);
 /// The root sampler, as a threshold on the trace id's low 63 bits.
 static ROOT_THRESHOLD: AtomicU64 = AtomicU64::new(ALWAYS);
 static BOUNDARIES: RwLock<Vec<f64>> = RwLock::new(Vec::new());
+/// Whether a layer other than OpenTelemetry (fmt, ...) may want the spans of
+/// unsampled calls.
+static OTHER_LAYERS: AtomicBool = AtomicBool::new(true);
 static CUSTOM_IDS: AtomicBool = AtomicBool::new(false);
 #[allow(clippy::type_complexity)]
 static ID_GENERATOR: RwLock<Option<Box<dyn IdGenerator>>> = RwLock::new(None);
@@ -137,6 +140,13 @@ pub fn configure(settings: MonitoredSettings) {
 /// meter provider was installed. [`configure`] does this too.
 pub fn refresh_instruments() {
     GENERATION.fetch_add(1, Ordering::AcqRel);
+}
+
+/// Tells `#[monitored]` whether any `tracing` layer other than OpenTelemetry
+/// is installed. When none is, an unsampled call creates no `tracing` span at
+/// all. `Telemetry::install` sets it; the default, `true`, is always correct.
+pub fn set_other_layers(present: bool) {
+    OTHER_LAYERS.store(present, Ordering::Relaxed);
 }
 
 /// The current instrument generation; cached instruments older than it are
@@ -681,7 +691,12 @@ impl Core {
         // The frame must be current while the span is made and first entered:
         // the OTel filter and the SDK sampler read it.
         set_current(frame);
-        let span = if callsite.span && trace != Trace::Free {
+        let wanted = match trace {
+            Trace::Free => false,
+            Trace::Unsampled(_) => OTHER_LAYERS.load(Ordering::Relaxed),
+            Trace::Delegated | Trace::Sampled => true,
+        };
+        let span = if callsite.span && wanted {
             let span = make_span();
             (!span.is_disabled()).then_some(span)
         } else {

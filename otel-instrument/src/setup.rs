@@ -401,6 +401,8 @@ impl TelemetryBuilder {
                 .with_target(true)
                 .with_ansi(std::io::stdout().is_terminal())
         });
+        // #[monitored] integration: without fmt, unsampled calls need no tracing span.
+        monitored::set_other_layers(telemetry.fmt);
         tracing_subscriber::registry()
             .with(filter)
             .with(fmt)

@@ -27,7 +27,7 @@ fn pipeline() -> &'static Pipeline {
             .service_name("monitored-tests")
             .endpoint(sink.endpoint())
             .fmt(false)
-            .filter("trace")
+            .filter("monitored=trace")
             .install()
             .unwrap();
         Pipeline { sink, guard }

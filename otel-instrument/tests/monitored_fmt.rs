@@ -1,0 +1,50 @@
+//! With a fmt layer installed, an unsampled `#[monitored]` call keeps a
+//! `tracing` span for fmt (so logs keep their span context) while the
+//! OpenTelemetry layer skips it and nothing is exported.
+
+mod monitored_common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use monitored_common::{flush_until, map, points, spans_named, value_with};
+use otel_instrument::testing::OtlpSink;
+use otel_instrument::{ParentRoot, SamplerConfig, Telemetry, monitored};
+
+static SAW_SPAN: AtomicBool = AtomicBool::new(false);
+
+#[monitored]
+fn logged_but_unsampled() {
+    SAW_SPAN.store(!tracing::Span::current().is_none(), Ordering::SeqCst);
+    tracing::info!("inside an unsampled call");
+}
+
+#[test]
+fn fmt_keeps_the_span_of_an_unsampled_call_while_otel_exports_nothing() {
+    let sink = OtlpSink::start().unwrap();
+    let guard = Telemetry::builder()
+        .service_name("monitored-fmt-tests")
+        .endpoint(sink.endpoint())
+        .sampler(SamplerConfig::ParentBased(ParentRoot::AlwaysOff))
+        .fmt(true)
+        .filter("monitored_fmt=info")
+        .install()
+        .unwrap();
+    logged_but_unsampled();
+    assert!(
+        SAW_SPAN.load(Ordering::SeqCst),
+        "fmt is interested, so the call has a tracing span"
+    );
+    let want = map(&[
+        ("function", "logged_but_unsampled"),
+        ("module", "monitored_fmt"),
+        ("result", "ok"),
+    ]);
+    let r = flush_until(&sink, &guard, |r| {
+        value_with(&points(r, "function.calls", "logged_but_unsampled"), &want) == Some(1.0)
+    });
+    assert!(spans_named(&r, "logged_but_unsampled").is_empty());
+    assert!(
+        r.spans().is_empty(),
+        "nothing of an unsampled trace is exported"
+    );
+}
