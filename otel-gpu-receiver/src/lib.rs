@@ -17,6 +17,7 @@
 pub mod catalogue;
 pub mod collector;
 pub mod config;
+pub mod gpu;
 pub mod host;
 pub mod names;
 pub mod output;

@@ -1,0 +1,379 @@
+//! The watchdog: NVML calls run on a worker thread, one cycle's calls as one job, and
+//! the caller enforces a deadline per call and a budget per cycle.
+//!
+//! NVML calls hang in the field (a GPU falling off the bus, a wedged driver). A call
+//! cannot be cancelled, so when one runs past its deadline the caller counts it,
+//! abandons that worker (it exits once the call returns), and hands the rest of the
+//! job to a fresh worker: the cycle goes on without that one call. The call is not
+//! made again on that device while the abandoned worker is still stuck in it, and at
+//! most [`MAX_STUCK`] abandoned workers may exist at once.
+//!
+//! A whole cycle is one hand-off between threads, not one per call: the worker
+//! publishes its progress (which step, since when) under a mutex it holds only
+//! between calls.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nvml_wrapper::error::NvmlError;
+
+use super::calls::{self, Call, StepOut};
+use super::session::{Ctx, DeviceEntry, error_type};
+use crate::snapshot::Points;
+
+/// At most this many abandoned (stuck) NVML workers at once; beyond it, the GPU part
+/// of the cycle is skipped until one of them returns.
+pub(crate) const MAX_STUCK: usize = 4;
+
+/// Bit in [`DeviceEntry::logged`] for "lost" (above every [`Call`] bit).
+const LOGGED_LOST: u64 = 1 << 63;
+
+/// Health hints of one device in one cycle.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct DevFlags {
+    pub(crate) lost: bool,
+    pub(crate) predicted_failure: bool,
+    pub(crate) degraded: bool,
+}
+
+/// What one cycle produced.
+#[derive(Debug, Default)]
+pub(crate) struct CycleReport {
+    pub(crate) points: Points,
+    pub(crate) flags: Vec<DevFlags>,
+    /// NVML functions that ran past their deadline this cycle.
+    pub(crate) timeouts: Vec<&'static str>,
+    /// (NVML function, error.type) of calls that failed this cycle.
+    pub(crate) errors: Vec<(&'static str, &'static str)>,
+}
+
+#[derive(Debug)]
+struct JobState {
+    owner: u64,
+    cursor: usize,
+    running_since: Option<Instant>,
+    finished: bool,
+    cancelled: bool,
+    report: CycleReport,
+}
+
+#[derive(Debug)]
+struct Job {
+    id: u64,
+    ctx: Arc<Ctx>,
+    devices: Vec<Arc<DeviceEntry>>,
+    steps: Vec<(usize, Call)>,
+    state: Mutex<JobState>,
+}
+
+impl Job {
+    fn lock(&self) -> MutexGuard<'_, JobState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs steps from the cursor while `me` owns the job. True when it ran to the end.
+    fn run(&self, me: u64) -> bool {
+        loop {
+            let (i, di, call) = {
+                let mut g = self.lock();
+                if g.owner != me || g.cancelled {
+                    return false;
+                }
+                loop {
+                    let Some(&(di, call)) = self.steps.get(g.cursor) else {
+                        g.finished = true;
+                        return true;
+                    };
+                    if g.report.flags[di].lost || self.devices[di].skips(call) {
+                        g.cursor += 1;
+                        continue;
+                    }
+                    break;
+                }
+                g.running_since = Some(Instant::now());
+                let (di, call) = self.steps[g.cursor];
+                (g.cursor, di, call)
+            };
+            let dev = &self.devices[di];
+            let mut out = StepOut::default();
+            let r = calls::run(call, dev, &self.ctx, &mut out);
+            let mut g = self.lock();
+            if g.owner != me {
+                // Abandoned while in the call: the new worker owns the job now.
+                return false;
+            }
+            g.running_since = None;
+            g.cursor = i + 1;
+            match r {
+                Ok(()) => {
+                    g.report.points.append(&mut out.points);
+                    let f = &mut g.report.flags[di];
+                    f.predicted_failure |= out.predicted_failure;
+                    f.degraded |= out.degraded;
+                    if dev.logged.fetch_and(!LOGGED_LOST, Ordering::Relaxed) & LOGGED_LOST != 0 {
+                        tracing::info!(uuid = %dev.info.uuid, "GPU answers again");
+                    }
+                }
+                Err(e) => self.failed(&mut g, di, call, &e),
+            }
+        }
+    }
+
+    fn failed(&self, g: &mut JobState, di: usize, call: Call, e: &NvmlError) {
+        let dev = &self.devices[di];
+        match e {
+            // Remembered, never retried on this device, logged once at debug level.
+            NvmlError::NotSupported | NvmlError::FailedToLoadSymbol(_) => {
+                dev.not_supported.fetch_or(call.bit(), Ordering::Relaxed);
+                tracing::debug!(uuid = %dev.info.uuid, call = call.nvml_name(), "not supported; not asked again");
+            }
+            NvmlError::GpuLost => {
+                g.report.flags[di].lost = true;
+                if dev.logged.fetch_or(LOGGED_LOST, Ordering::Relaxed) & LOGGED_LOST == 0 {
+                    tracing::warn!(uuid = %dev.info.uuid, index = dev.info.index, "GPU is lost (fell off the bus?); reporting it as failed, the others continue");
+                }
+            }
+            _ => {
+                g.report.errors.push((call.nvml_name(), error_type(e)));
+                if dev.logged.fetch_or(call.bit(), Ordering::Relaxed) & call.bit() == 0 {
+                    tracing::warn!(uuid = %dev.info.uuid, call = call.nvml_name(), error = %e, "NVML call failed; omitting its metrics (logged once)");
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Worker {
+    id: u64,
+    jobs: Sender<Arc<Job>>,
+    busy: Arc<AtomicBool>,
+    /// Set by the watchdog when it abandons the worker; cleared by the worker when
+    /// its call finally returns.
+    stuck: Arc<AtomicBool>,
+}
+
+/// Runs cycles' NVML calls under per-call deadlines and a per-cycle budget.
+#[derive(Debug)]
+pub(crate) struct Watchdog {
+    call_timeout: Duration,
+    budget: Duration,
+    worker: Option<Worker>,
+    done_tx: Sender<u64>,
+    done_rx: Receiver<u64>,
+    next_id: AtomicU64,
+    stuck: Vec<Arc<AtomicBool>>,
+    warned_full: bool,
+}
+
+impl Watchdog {
+    pub(crate) fn new(call_timeout: Duration, budget: Duration) -> Self {
+        let (done_tx, done_rx) = mpsc::channel();
+        Self {
+            call_timeout,
+            budget,
+            worker: None,
+            done_tx,
+            done_rx,
+            next_id: AtomicU64::new(1),
+            stuck: Vec::new(),
+            warned_full: false,
+        }
+    }
+
+    fn spawn(&mut self) -> Option<&Worker> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (jobs, rx) = mpsc::channel::<Arc<Job>>();
+        let busy = Arc::new(AtomicBool::new(false));
+        let stuck = Arc::new(AtomicBool::new(false));
+        let (b, s, done) = (busy.clone(), stuck.clone(), self.done_tx.clone());
+        let spawned = thread::Builder::new()
+            .name("nvml-worker".into())
+            .stack_size(512 * 1024)
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    let finished = job.run(id);
+                    b.store(false, Ordering::Release);
+                    s.store(false, Ordering::Release);
+                    if finished {
+                        let _ = done.send(job.id);
+                    }
+                }
+            });
+        match spawned {
+            Ok(_) => {
+                self.worker = Some(Worker {
+                    id,
+                    jobs,
+                    busy,
+                    stuck,
+                });
+                self.worker.as_ref()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start an NVML worker thread");
+                None
+            }
+        }
+    }
+
+    /// Gives up on the current worker: it finishes its call on its own and exits.
+    fn abandon(&mut self) -> Option<Arc<AtomicBool>> {
+        let w = self.worker.take()?;
+        w.stuck.store(true, Ordering::Release);
+        // If it returned in the meantime it clears the flag itself; either way it exits
+        // when it sees its job channel closed.
+        if w.busy.load(Ordering::Acquire) {
+            self.stuck.push(w.stuck.clone());
+        } else {
+            w.stuck.store(false, Ordering::Release);
+        }
+        Some(w.stuck)
+    }
+
+    /// Runs `steps` (device index, call) over `devices` and returns what they read.
+    pub(crate) fn run(
+        &mut self,
+        ctx: &Arc<Ctx>,
+        devices: &[Arc<DeviceEntry>],
+        steps: Vec<(usize, Call)>,
+    ) -> CycleReport {
+        let started = Instant::now();
+        let deadline = started + self.budget;
+        self.stuck.retain(|s| s.load(Ordering::Acquire));
+        let mut report = CycleReport {
+            flags: vec![DevFlags::default(); devices.len()],
+            ..CycleReport::default()
+        };
+        // A worker cut off by last cycle's budget may still be in a call.
+        if self
+            .worker
+            .as_ref()
+            .is_some_and(|w| w.busy.load(Ordering::Acquire))
+        {
+            self.abandon();
+        }
+        if self.stuck.len() >= MAX_STUCK {
+            if !self.warned_full {
+                self.warned_full = true;
+                tracing::warn!(
+                    stuck = self.stuck.len(),
+                    "NVML calls are hung; skipping GPU readings until they return"
+                );
+            }
+            report.timeouts.push("skipped");
+            return report;
+        }
+        self.warned_full = false;
+        if steps.is_empty() {
+            return report;
+        }
+        let job = Arc::new(Job {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            ctx: ctx.clone(),
+            devices: devices.to_vec(),
+            steps,
+            state: Mutex::new(JobState {
+                owner: 0,
+                cursor: 0,
+                running_since: None,
+                finished: false,
+                cancelled: false,
+                report,
+            }),
+        });
+        if !self.hand_to_worker(&job) {
+            return std::mem::take(&mut job.lock().report);
+        }
+        let mut timeouts = Vec::new();
+        loop {
+            let wake = {
+                let g = job.lock();
+                if g.finished {
+                    break;
+                }
+                match g.running_since {
+                    Some(t) => (t + self.call_timeout).min(deadline),
+                    None => (Instant::now() + self.call_timeout).min(deadline),
+                }
+            };
+            match self
+                .done_rx
+                .recv_timeout(wake.saturating_duration_since(Instant::now()))
+            {
+                Ok(id) if id == job.id => break,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    let now = Instant::now();
+                    let mut g = job.lock();
+                    if g.finished {
+                        break;
+                    }
+                    if let Some(t) = g.running_since
+                        && now >= t + self.call_timeout
+                    {
+                        let (di, call) = job.steps[g.cursor];
+                        let dev = &job.devices[di];
+                        timeouts.push(call.nvml_name());
+                        tracing::warn!(
+                            uuid = %dev.info.uuid,
+                            call = call.nvml_name(),
+                            timeout = ?self.call_timeout,
+                            "NVML call ran past its deadline; the cycle goes on without it"
+                        );
+                        g.cursor += 1;
+                        g.running_since = None;
+                        if let Some(flag) = self.abandon() {
+                            dev.stuck
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .push((call, flag));
+                        }
+                        if self.stuck.len() >= MAX_STUCK || now >= deadline {
+                            g.cancelled = true;
+                            break;
+                        }
+                        drop(g);
+                        if !self.hand_to_worker(&job) {
+                            break;
+                        }
+                        continue;
+                    }
+                    if now >= deadline {
+                        // Out of budget: the worker stops after its current call.
+                        g.cancelled = true;
+                        timeouts.push("budget");
+                        tracing::debug!(budget = ?self.budget, "GPU cycle budget spent");
+                        break;
+                    }
+                }
+            }
+        }
+        let mut g = job.lock();
+        g.cancelled = true;
+        let mut report = std::mem::take(&mut g.report);
+        report.timeouts.extend(timeouts);
+        report
+    }
+
+    /// Makes a worker (a fresh one if needed) the job's owner and sends it the job.
+    fn hand_to_worker(&mut self, job: &Arc<Job>) -> bool {
+        if self.worker.is_none() && self.spawn().is_none() {
+            return false;
+        }
+        let Some(w) = self.worker.as_ref() else {
+            return false;
+        };
+        job.lock().owner = w.id;
+        w.busy.store(true, Ordering::Release);
+        if w.jobs.send(job.clone()).is_err() {
+            self.worker = None;
+            return false;
+        }
+        true
+    }
+}

@@ -1,0 +1,719 @@
+//! The GPU source against the fake libnvidia-ml, in process: the real nvml-wrapper FFI
+//! path end to end (the library is loaded from its path with `Nvml::builder().lib_path`).
+
+mod fake_nvml;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use fake_nvml::FakeNvml;
+use opentelemetry::Value as AttrValue;
+use otel_gpu_receiver::gpu::{GpuConfig, GpuSession, Inventory};
+use otel_gpu_receiver::snapshot::{Point, Points, Value};
+
+const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+
+fn uuid(i: usize) -> String {
+    format!("GPU-00000000-0000-4000-8000-{i:012}")
+}
+
+fn mig_uuid(parent: usize, k: usize) -> String {
+    format!("MIG-00000000-0000-4000-8000-{parent:06}{k:06}")
+}
+
+struct Run {
+    fake: FakeNvml,
+    session: GpuSession,
+    inventory: Inventory,
+}
+
+impl Run {
+    fn new(script: &str) -> Self {
+        Self::with(script, |_| {})
+    }
+
+    fn with(script: &str, tweak: impl FnOnce(&mut GpuConfig)) -> Self {
+        let fake = FakeNvml::new(script);
+        let mut cfg = GpuConfig {
+            nvml_lib: Some(fake.lib.clone()),
+            ..GpuConfig::default()
+        };
+        tweak(&mut cfg);
+        let inventory = Inventory::default();
+        let session = GpuSession::open(cfg, inventory.clone());
+        Self {
+            fake,
+            session,
+            inventory,
+        }
+    }
+
+    fn cycle(&mut self) -> Vec<Point> {
+        let mut p = Points::default();
+        self.session.collect(&mut p);
+        p.into_vec()
+    }
+}
+
+fn attr(p: &Point, key: &str) -> Option<String> {
+    p.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| match &kv.value {
+            AttrValue::I64(i) => i.to_string(),
+            v => v.as_str().into_owned(),
+        })
+}
+
+/// The points of `name` whose attributes include every `(key, value)` of `with`.
+fn select<'a>(points: &'a [Point], name: &str, with: &[(&str, &str)]) -> Vec<&'a Point> {
+    points
+        .iter()
+        .filter(|p| p.name == name)
+        .filter(|p| with.iter().all(|(k, v)| attr(p, k).as_deref() == Some(*v)))
+        .collect()
+}
+
+/// The one value of `name` with those attributes; panics when there is not exactly one.
+fn value(points: &[Point], name: &str, with: &[(&str, &str)]) -> f64 {
+    let found = select(points, name, with);
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one {name} with {with:?}, found {found:#?}"
+    );
+    found[0].value.as_f64()
+}
+
+fn has(points: &[Point], name: &str, with: &[(&str, &str)]) -> bool {
+    !select(points, name, with).is_empty()
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * b.abs().max(1.0)
+}
+
+fn status(points: &[Point], id: &str) -> Vec<(String, i64)> {
+    let mut v: Vec<_> = select(points, "hw.status", &[("hw.id", id)])
+        .into_iter()
+        .filter(|p| p.value != Value::Int(0))
+        .map(|p| (attr(p, "hw.state").unwrap(), p.value.as_i64()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn zero_gpus_is_a_valid_state_with_no_gpu_series() {
+    let mut run = Run::new("devices 0");
+    assert!(run.session.is_loaded());
+    let points = run.cycle();
+    assert!(
+        !points.iter().any(|p| p.name.starts_with("hw.")),
+        "{points:#?}"
+    );
+    assert_eq!(value(&points, "otel_gpu_receiver.gpu.devices", &[]), 0.0);
+    assert!(run.inventory.devices().is_empty());
+}
+
+#[test]
+fn eight_gpus_report_distinct_values_in_the_right_units() {
+    let mut run = Run::new("devices 8\ndriver 550.54.15");
+    run.cycle();
+    let points = run.cycle(); // cycle 2
+    let devices = run.inventory.devices();
+    assert_eq!(devices.len(), 8);
+    for (i, d) in devices.iter().enumerate() {
+        assert_eq!(d.index as usize, i);
+        assert_eq!(d.uuid, uuid(i));
+        assert_eq!(d.name, "NVIDIA Fake H100 80GB HBM3");
+        assert_eq!(d.driver_version, "550.54.15");
+    }
+    for i in 0..8usize {
+        let id = uuid(i);
+        let f = i as f64;
+        let g = |name: &str, extra: &[(&str, &str)]| {
+            let mut with = vec![("hw.id", id.as_str())];
+            with.extend_from_slice(extra);
+            value(&points, name, &with)
+        };
+        // mW → W, mJ → J (the fake's energy grows 5 J per cycle; this is cycle 2).
+        assert!(close(g("hw.power", &[("hw.type", "gpu")]), 100.5 + f));
+        assert!(close(
+            g("hw.energy", &[("hw.type", "gpu")]),
+            (1_000_000.0 + 1000.0 * f + 5000.0 * 2.0) / 1000.0
+        ));
+        assert!(close(g("nvidia.gpu.power.limit", &[]), 700.0));
+        // Bytes, and used ÷ total (not the memory controller's busy share).
+        assert!(close(g("hw.gpu.memory.usage", &[]), (f + 1.0) * GIB));
+        assert!(close(g("hw.gpu.memory.limit", &[]), 80.0 * GIB));
+        assert!(close(g("hw.gpu.memory.utilization", &[]), (f + 1.0) / 80.0));
+        assert!(close(
+            g("nvidia.gpu.memory_controller.utilization", &[]),
+            (20.0 + f) / 100.0
+        ));
+        // % → ratio.
+        for (task, base) in [("general", 10.0), ("encoder", 30.0), ("decoder", 40.0)] {
+            assert!(close(
+                g("hw.gpu.utilization", &[("hw.gpu.task", task)]),
+                (base + f) / 100.0
+            ));
+        }
+        assert!(close(
+            g("nvidia.gpu.fan.speed", &[("nvidia.gpu.fan", "0")]),
+            (30.0 + f) / 100.0
+        ));
+        // °C.
+        assert!(close(
+            g("hw.temperature", &[("hw.sensor_location", "gpu")]),
+            40.0 + f
+        ));
+        assert!(close(
+            g("hw.temperature", &[("hw.sensor_location", "memory")]),
+            50.0 + f
+        ));
+        assert!(close(
+            g("hw.temperature.limit", &[("hw.limit_type", "throttled")]),
+            87.0
+        ));
+        assert!(close(
+            g(
+                "hw.temperature.limit",
+                &[("hw.limit_type", "high.critical")]
+            ),
+            92.0
+        ));
+        // MHz → Hz.
+        for (clock, base) in [
+            ("graphics", 1500.0),
+            ("sm", 1510.0),
+            ("memory", 2600.0),
+            ("video", 1200.0),
+        ] {
+            assert!(close(
+                g("nvidia.gpu.clock.frequency", &[("nvidia.gpu.clock", clock)]),
+                (base + f) * 1e6
+            ));
+        }
+        // ns → s.
+        assert!(close(
+            g(
+                "nvidia.gpu.throttle.time",
+                &[("nvidia.gpu.throttle.reason", "power")]
+            ),
+            f + 1.0
+        ));
+        assert!(close(
+            g(
+                "nvidia.gpu.throttle.time",
+                &[("nvidia.gpu.throttle.reason", "thermal")]
+            ),
+            0.5 * (f + 1.0)
+        ));
+        // Counters.
+        assert!(close(
+            g("hw.errors", &[("error.type", "corrected")]),
+            10.0 * f
+        ));
+        assert!(close(g("hw.errors", &[("error.type", "uncorrected")]), f));
+        assert!(close(
+            g("hw.errors", &[("error.type", "pcie_replay")]),
+            100.0 + f
+        ));
+        assert!(close(
+            g("hw.gpu.io", &[("network.io.direction", "transmit")]),
+            1e9 * (f + 1.0)
+        ));
+        assert!(close(
+            g("hw.gpu.io", &[("network.io.direction", "receive")]),
+            2e9 * (f + 1.0)
+        ));
+        assert!(close(
+            g(
+                "nvidia.gpu.memory.remapped_rows",
+                &[("nvidia.gpu.memory.remap.kind", "correctable")]
+            ),
+            f
+        ));
+        assert!(close(g("nvidia.gpu.performance_state", &[]), 0.0));
+        // One series per throttle reason, from a fixed set; none active here.
+        let throttle = select(&points, "nvidia.gpu.throttle.active", &[("hw.id", &id)]);
+        assert_eq!(throttle.len(), 9);
+        assert!(throttle.iter().all(|p| p.value == Value::Int(0)));
+        // Identity attributes.
+        let p = select(&points, "hw.power", &[("hw.id", &id)])[0];
+        assert_eq!(attr(p, "hw.vendor").as_deref(), Some("nvidia"));
+        assert_eq!(
+            attr(p, "hw.model").as_deref(),
+            Some("NVIDIA Fake H100 80GB HBM3")
+        );
+        assert_eq!(attr(p, "gpu.index"), Some(i.to_string()));
+        assert_eq!(attr(p, "hw.name"), Some(format!("nvidia{i}")));
+        assert!(
+            p.attributes.len() <= 8,
+            "too many labels: {:?}",
+            p.attributes
+        );
+        assert_eq!(status(&points, &id), vec![("ok".to_owned(), 1)]);
+        // Driver, VBIOS and serial only on hw.status.
+        let st = select(&points, "hw.status", &[("hw.id", &id)])[0];
+        assert_eq!(attr(st, "hw.driver_version").as_deref(), Some("550.54.15"));
+        assert!(attr(st, "hw.serial_number").is_some());
+        assert!(attr(p, "hw.driver_version").is_none());
+    }
+    assert!(
+        !points
+            .iter()
+            .any(|p| p.name == "otel_gpu_receiver.nvml.errors")
+    );
+    assert!(
+        !points
+            .iter()
+            .any(|p| p.name == "otel_gpu_receiver.nvml.timeouts")
+    );
+}
+
+#[test]
+fn not_supported_fields_are_omitted_and_not_asked_again() {
+    let mut run = Run::new(
+        "devices 2\n\
+         dev 0 notsup nvmlDeviceGetPowerUsage\n\
+         dev 0 notsup nvmlDeviceGetTotalEnergyConsumption\n\
+         dev 0 notsup nvmlDeviceGetFieldValues",
+    );
+    let mut points = Vec::new();
+    for _ in 0..6 {
+        points = run.cycle();
+    }
+    let (g0, g1) = (uuid(0), uuid(1));
+    // Omitted, never reported as 0 ...
+    assert!(!has(&points, "hw.power", &[("hw.id", &g0)]));
+    assert!(!has(&points, "hw.energy", &[("hw.id", &g0)]));
+    assert!(!has(&points, "hw.gpu.io", &[("hw.id", &g0)]));
+    assert!(!has(
+        &points,
+        "hw.temperature",
+        &[("hw.id", &g0), ("hw.sensor_location", "memory")]
+    ));
+    // ... and the rest of the same GPU still reports.
+    assert!(close(
+        value(
+            &points,
+            "hw.temperature",
+            &[("hw.id", &g0), ("hw.sensor_location", "gpu")]
+        ),
+        40.0
+    ));
+    assert!(has(&points, "hw.gpu.memory.usage", &[("hw.id", &g0)]));
+    assert_eq!(status(&points, &g0), vec![("ok".to_owned(), 1)]);
+    assert!(close(value(&points, "hw.power", &[("hw.id", &g1)]), 101.5));
+    // Asked once in six cycles on GPU 0; every cycle on GPU 1 (counts up to cycle 5).
+    assert_eq!(run.fake.count("nvmlDeviceGetPowerUsage", 0), 1);
+    assert_eq!(run.fake.count("nvmlDeviceGetTotalEnergyConsumption", 0), 1);
+    assert_eq!(run.fake.count("nvmlDeviceGetPowerUsage", 1), 5);
+    // NOT_SUPPORTED is not an error.
+    assert!(
+        !points
+            .iter()
+            .any(|p| p.name == "otel_gpu_receiver.nvml.errors")
+    );
+}
+
+#[test]
+fn a_gpu_lost_at_cycle_3_is_failed_while_the_others_continue_and_it_recovers() {
+    let mut run = Run::new("devices 3\ndev 1 lost 3 5");
+    let (g0, g1, g2) = (uuid(0), uuid(1), uuid(2));
+    for cycle in 1..=6 {
+        let points = run.cycle();
+        for g in [&g0, &g2] {
+            assert_eq!(
+                status(&points, g),
+                vec![("ok".to_owned(), 1)],
+                "cycle {cycle}"
+            );
+            assert!(has(&points, "hw.power", &[("hw.id", g)]), "cycle {cycle}");
+        }
+        if (3..5).contains(&cycle) {
+            assert_eq!(
+                status(&points, &g1),
+                vec![("failed".to_owned(), 1)],
+                "cycle {cycle}"
+            );
+            // Nothing else is reported for it, and no 0s.
+            let others: Vec<_> = points
+                .iter()
+                .filter(|p| p.name != "hw.status")
+                .filter(|p| attr(p, "hw.id").as_deref() == Some(g1.as_str()))
+                .collect();
+            assert!(others.is_empty(), "cycle {cycle}: {others:#?}");
+        } else {
+            assert_eq!(
+                status(&points, &g1),
+                vec![("ok".to_owned(), 1)],
+                "cycle {cycle}"
+            );
+            assert!(close(value(&points, "hw.power", &[("hw.id", &g1)]), 101.5));
+        }
+    }
+}
+
+#[test]
+fn xid_79_and_48_are_counted_with_their_last_time() {
+    let before = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let mut run = Run::new("devices 2\nxid 1 0 48\nxid 1 0 48\nxid 1 1 79");
+    let (g0, g1) = (uuid(0), uuid(1));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen_failed = false;
+    let points = loop {
+        let points = run.cycle();
+        if status(&points, &g1) == vec![("failed".to_owned(), 1)] {
+            seen_failed = true;
+        }
+        let done = select(&points, "nvidia.gpu.xid.events", &[])
+            .iter()
+            .map(|p| p.value.as_f64())
+            .sum::<f64>()
+            >= 3.0;
+        if done {
+            break points;
+        }
+        assert!(Instant::now() < deadline, "Xid events never arrived");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let after = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert_eq!(
+        value(
+            &points,
+            "nvidia.gpu.xid.events",
+            &[("hw.id", &g0), ("nvidia.gpu.xid.code", "48")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &points,
+            "nvidia.gpu.xid.events",
+            &[("hw.id", &g1), ("nvidia.gpu.xid.code", "79")]
+        ),
+        1.0
+    );
+    assert!(!has(
+        &points,
+        "nvidia.gpu.xid.events",
+        &[("hw.id", &g1), ("nvidia.gpu.xid.code", "48")]
+    ));
+    for (g, code) in [(&g0, "48"), (&g1, "79")] {
+        let t = value(
+            &points,
+            "nvidia.gpu.xid.last_time",
+            &[("hw.id", g), ("nvidia.gpu.xid.code", code)],
+        );
+        assert!(
+            t >= before.floor() && t <= after + 1.0,
+            "{t} not in [{before}, {after}]"
+        );
+    }
+    assert_eq!(
+        value(
+            &points,
+            "hw.errors",
+            &[("hw.id", &g0), ("error.type", "xid")]
+        ),
+        2.0
+    );
+    // Xid 79 (fell off the bus) reports the GPU as failed in the cycle that saw it.
+    assert!(seen_failed || status(&points, &g1) == vec![("failed".to_owned(), 1)]);
+    assert_eq!(status(&points, &g0), vec![("ok".to_owned(), 1)]);
+    // It answers again afterwards, so it is ok again; the counters stay.
+    let next = run.cycle();
+    assert_eq!(status(&next, &g1), vec![("ok".to_owned(), 1)]);
+    assert_eq!(
+        value(
+            &next,
+            "nvidia.gpu.xid.events",
+            &[("hw.id", &g1), ("nvidia.gpu.xid.code", "79")]
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn mig_instances_are_reported_with_their_parent() {
+    let mut run = Run::new("devices 2\ndev * gpm 1\ndev 0 mig 2");
+    run.cycle();
+    let points = run.cycle(); // GPM needs two samples
+    let parent = uuid(0);
+    let devices = run.inventory.devices();
+    assert_eq!(devices.len(), 4, "{devices:#?}");
+    for k in 0..2 {
+        let id = mig_uuid(0, k);
+        let gi = (k + 1).to_string();
+        assert!(
+            devices
+                .iter()
+                .any(|d| d.uuid == id && d.parent_uuid.as_deref() == Some(parent.as_str()))
+        );
+        assert_eq!(
+            value(
+                &points,
+                "nvidia.gpu.mig.info",
+                &[
+                    ("hw.id", &id),
+                    ("hw.parent", &parent),
+                    ("nvidia.gpu.mig.profile", "3g.40gb"),
+                    ("nvidia.gpu.mig.gpu_instance_id", &gi),
+                    ("nvidia.gpu.mig.compute_instance_id", "0"),
+                ]
+            ),
+            1.0
+        );
+        assert!(close(
+            value(
+                &points,
+                "hw.gpu.memory.usage",
+                &[("hw.id", &id), ("hw.parent", &parent)]
+            ),
+            (k as f64 + 1.0) * GIB / 2.0
+        ));
+        assert!(close(
+            value(&points, "hw.gpu.memory.limit", &[("hw.id", &id)]),
+            40.0 * GIB
+        ));
+        assert_eq!(status(&points, &id), vec![("ok".to_owned(), 1)]);
+        // GPM per MIG instance.
+        assert!(close(
+            value(&points, "nvidia.gpu.sm.activity", &[("hw.id", &id)]),
+            0.2 + 0.1 * k as f64
+        ));
+    }
+    // GPM on the whole GPUs, as ratios.
+    for i in 0..2 {
+        let id = uuid(i);
+        let f = i as f64;
+        assert!(close(
+            value(&points, "nvidia.gpu.sm.activity", &[("hw.id", &id)]),
+            0.50 + 0.01 * f
+        ));
+        assert!(close(
+            value(&points, "nvidia.gpu.sm.occupancy", &[("hw.id", &id)]),
+            0.30 + 0.01 * f
+        ));
+        assert!(close(
+            value(&points, "nvidia.gpu.tensor.activity", &[("hw.id", &id)]),
+            0.20 + 0.01 * f
+        ));
+        assert!(close(
+            value(&points, "nvidia.gpu.dram.activity", &[("hw.id", &id)]),
+            0.10 + 0.01 * f
+        ));
+    }
+    // The parent GPU has no hw.parent; GPU 1 has no MIG instances.
+    assert!(
+        attr(
+            select(&points, "hw.power", &[("hw.id", &parent)])[0],
+            "hw.parent"
+        )
+        .is_none()
+    );
+    assert_eq!(select(&points, "nvidia.gpu.mig.info", &[]).len(), 2);
+}
+
+#[test]
+fn a_hung_call_is_abandoned_counted_and_the_cycle_goes_on() {
+    let mut run = Run::with(
+        "devices 2\ndev 0 sleep nvmlDeviceGetPowerUsage 30000",
+        |c| {
+            c.call_timeout = Duration::from_millis(300);
+            c.budget = Duration::from_secs(5);
+        },
+    );
+    let (g0, g1) = (uuid(0), uuid(1));
+    let started = Instant::now();
+    let points = run.cycle();
+    // Well before the 30 s the call sleeps: the cycle did not wait for it.
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert_eq!(
+        value(
+            &points,
+            "otel_gpu_receiver.nvml.timeouts",
+            &[("nvml.call", "nvmlDeviceGetPowerUsage")]
+        ),
+        1.0
+    );
+    // Without the hung reading, and with every other reading of the same GPU,
+    // including those made after it.
+    assert!(!has(&points, "hw.power", &[("hw.id", &g0)]));
+    assert!(has(&points, "hw.energy", &[("hw.id", &g0)]));
+    assert!(has(
+        &points,
+        "nvidia.gpu.clock.frequency",
+        &[("hw.id", &g0)]
+    ));
+    assert!(has(
+        &points,
+        "nvidia.gpu.performance_state",
+        &[("hw.id", &g0)]
+    ));
+    assert!(close(value(&points, "hw.power", &[("hw.id", &g1)]), 101.5));
+    // While the worker is still stuck in it, the call is not made again: the next
+    // cycle neither waits for it nor counts another timeout.
+    let started = Instant::now();
+    let points = run.cycle();
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert_eq!(
+        value(
+            &points,
+            "otel_gpu_receiver.nvml.timeouts",
+            &[("nvml.call", "nvmlDeviceGetPowerUsage")]
+        ),
+        1.0
+    );
+    assert!(has(&points, "hw.energy", &[("hw.id", &g0)]));
+    assert_eq!(run.session.timeouts(), vec![("nvmlDeviceGetPowerUsage", 1)]);
+}
+
+#[test]
+fn a_missing_library_means_no_gpu_readings_and_no_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = GpuConfig {
+        nvml_lib: Some(dir.path().join("libnvidia-ml.so.1")),
+        ..GpuConfig::default()
+    };
+    let mut session = GpuSession::open(cfg, Inventory::default());
+    assert!(!session.is_loaded());
+    let mut p = Points::default();
+    session.collect(&mut p);
+    session.collect(&mut p);
+    assert!(p.is_empty());
+}
+
+#[test]
+fn a_driver_that_is_not_loaded_means_host_only() {
+    // nvmlInit_v2 answers NVML_ERROR_DRIVER_NOT_LOADED.
+    let mut run = Run::new("devices 2\ninit_error 9");
+    assert!(!run.session.is_loaded());
+    assert!(run.cycle().is_empty());
+}
+
+#[test]
+fn per_process_memory_and_utilization_are_attributed_to_pid_and_name() {
+    // pids above Linux's pid_max, so /proc has none and the name comes from NVML.
+    let script = "devices 2\n\
+                  dev 0 proc 4194401 1073741824 55 20 trainer\n\
+                  dev 0 proc 4194402 536870912 5 1 notebook\n\
+                  dev 1 proc 4194403 2147483648 70 30 infer";
+    let mut run = Run::with(script, |c| c.per_process = true);
+    let points = run.cycle();
+    for (pid, name, gpu, bytes, sm) in [
+        ("4194401", "trainer", 0, GIB, 0.55),
+        ("4194402", "notebook", 0, GIB / 2.0, 0.05),
+        ("4194403", "infer", 1, 2.0 * GIB, 0.70),
+    ] {
+        let id = uuid(gpu);
+        let with = [
+            ("process.pid", pid),
+            ("process.executable.name", name),
+            ("hw.id", id.as_str()),
+        ];
+        assert!(close(
+            value(&points, "process.gpu.memory.usage", &with),
+            bytes
+        ));
+        let mut util = with.to_vec();
+        util.push(("hw.gpu.task", "general"));
+        assert!(close(value(&points, "process.gpu.utilization", &util), sm));
+    }
+    assert_eq!(select(&points, "process.gpu.memory.usage", &[]).len(), 3);
+
+    // Opt-in: without --per-process there are no per-process series.
+    let mut off = Run::new(script);
+    let points = off.cycle();
+    assert!(!points.iter().any(|p| p.name.starts_with("process.gpu.")));
+    assert_eq!(
+        off.fake.count("nvmlDeviceGetComputeRunningProcesses_v3", 0),
+        0
+    );
+}
+
+#[test]
+fn pending_remaps_predict_failure_and_hardware_slowdown_degrades() {
+    let mut run = Run::new(
+        "devices 4\n\
+         dev 1 remap_pending 1\n\
+         dev 2 throttle 8\n\
+         dev 3 pages_pending 1\n\
+         dev 0 nvlinks 2",
+    );
+    let points = run.cycle();
+    assert_eq!(status(&points, &uuid(0)), vec![("ok".to_owned(), 1)]);
+    assert_eq!(
+        status(&points, &uuid(1)),
+        vec![("predicted_failure".to_owned(), 1)]
+    );
+    assert_eq!(status(&points, &uuid(2)), vec![("degraded".to_owned(), 1)]);
+    assert_eq!(
+        status(&points, &uuid(3)),
+        vec![("predicted_failure".to_owned(), 1)]
+    );
+    let id2 = uuid(2);
+    assert_eq!(
+        value(
+            &points,
+            "nvidia.gpu.throttle.active",
+            &[
+                ("hw.id", &id2),
+                ("nvidia.gpu.throttle.reason", "hw_slowdown")
+            ]
+        ),
+        1.0
+    );
+    // NVLink per link and direction, KiB → bytes.
+    let id0 = uuid(0);
+    for (link, tx, rx) in [("0", 1000.0, 2000.0), ("1", 2000.0, 4000.0)] {
+        assert!(close(
+            value(
+                &points,
+                "nvidia.gpu.nvlink.io",
+                &[
+                    ("hw.id", &id0),
+                    ("nvidia.gpu.nvlink.link", link),
+                    ("network.io.direction", "transmit")
+                ]
+            ),
+            tx * 1024.0
+        ));
+        assert!(close(
+            value(
+                &points,
+                "nvidia.gpu.nvlink.io",
+                &[
+                    ("hw.id", &id0),
+                    ("nvidia.gpu.nvlink.link", link),
+                    ("network.io.direction", "receive")
+                ]
+            ),
+            rx * 1024.0
+        ));
+    }
+    assert!(!has(
+        &points,
+        "nvidia.gpu.nvlink.io",
+        &[("hw.id", &uuid(1))]
+    ));
+}
+
+#[test]
+fn a_gpu_that_appears_later_is_discovered() {
+    let mut run = Run::new("devices 1\ndevices_at 3 2");
+    assert_eq!(status(&run.cycle(), &uuid(1)), vec![]);
+    assert_eq!(status(&run.cycle(), &uuid(1)), vec![]);
+    let points = run.cycle();
+    assert_eq!(status(&points, &uuid(1)), vec![("ok".to_owned(), 1)]);
+    assert!(has(&points, "hw.power", &[("hw.id", &uuid(1))]));
+    assert_eq!(run.inventory.devices().len(), 2);
+}
