@@ -5,6 +5,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use opentelemetry_semantic_conventions::attribute as a;
 use opentelemetry_semantic_conventions::metric as sc;
 
 use crate::names;
@@ -144,6 +145,8 @@ pub struct MetricDesc {
     pub description: &'static str,
     /// Who produces it.
     pub origin: Origin,
+    /// The attribute keys of its series.
+    pub attributes: &'static [&'static str],
 }
 
 const fn m(
@@ -153,6 +156,7 @@ const fn m(
     unit: &'static str,
     description: &'static str,
     origin: Origin,
+    attributes: &'static [&'static str],
 ) -> MetricDesc {
     MetricDesc {
         name,
@@ -161,8 +165,25 @@ const fn m(
         unit,
         description,
         origin,
+        attributes,
     }
 }
+
+const DISK_DIR: &[&str] = &[a::SYSTEM_DEVICE, a::DISK_IO_DIRECTION];
+const FS: &[&str] = &[
+    a::SYSTEM_DEVICE,
+    a::SYSTEM_FILESYSTEM_MODE,
+    a::SYSTEM_FILESYSTEM_MOUNTPOINT,
+    a::SYSTEM_FILESYSTEM_TYPE,
+];
+const FS_STATE: &[&str] = &[
+    a::SYSTEM_DEVICE,
+    a::SYSTEM_FILESYSTEM_MODE,
+    a::SYSTEM_FILESYSTEM_MOUNTPOINT,
+    a::SYSTEM_FILESYSTEM_TYPE,
+    a::SYSTEM_FILESYSTEM_STATE,
+];
+const NET: &[&str] = &[a::NETWORK_INTERFACE_NAME, a::NETWORK_IO_DIRECTION];
 
 use Instrument::{Counter, Gauge, UpDownCounter};
 use Number::{Float, Int};
@@ -182,48 +203,78 @@ const SELF: Origin = Origin::SelfMonitoring;
 /// Every metric the agent can emit.
 #[rustfmt::skip]
 pub static CATALOGUE: &[MetricDesc] = &[
-    m(sc::SYSTEM_CPU_TIME, Counter, Float, "s", "CPU time per logical CPU and mode (/proc/stat)", CPU),
-    m(sc::SYSTEM_CPU_UTILIZATION, Gauge, Float, "1", "Share of all CPU time spent in each mode over the last cycle", CPU),
-    m(sc::SYSTEM_CPU_FREQUENCY, Gauge, Float, "Hz", "Current frequency per logical CPU", CPU),
-    m(sc::SYSTEM_CPU_LOGICAL_COUNT, UpDownCounter, Int, "{cpu}", "Logical CPUs online", CPU),
-    m(sc::SYSTEM_CPU_PHYSICAL_COUNT, UpDownCounter, Int, "{cpu}", "Physical CPU cores", CPU),
-    m(sc::SYSTEM_MEMORY_USAGE, UpDownCounter, Int, "By", "Memory in use per state", MEMORY),
-    m(sc::SYSTEM_MEMORY_LIMIT, UpDownCounter, Int, "By", "Total memory", MEMORY),
-    m(sc::SYSTEM_MEMORY_UTILIZATION, Gauge, Float, "1", "Share of memory per state", MEMORY),
-    m(sc::SYSTEM_PAGING_USAGE, UpDownCounter, Int, "By", "Swap space used and free", PAGING),
-    m(sc::SYSTEM_PAGING_UTILIZATION, Gauge, Float, "1", "Share of swap space used and free", PAGING),
-    m(sc::SYSTEM_PAGING_FAULTS, Counter, Int, "{fault}", "Page faults by type (/proc/vmstat)", PAGING),
-    m(sc::SYSTEM_PAGING_OPERATIONS, Counter, Int, "{operation}", "Pages swapped in and out (/proc/vmstat)", PAGING),
-    m(sc::SYSTEM_DISK_IO, Counter, Int, "By", "Bytes read and written per disk", DISK),
-    m(sc::SYSTEM_DISK_OPERATIONS, Counter, Int, "{operation}", "Completed reads and writes per disk", DISK),
-    m(sc::SYSTEM_DISK_IO_TIME, Counter, Float, "s", "Time the disk had I/O in flight", DISK),
-    m(sc::SYSTEM_DISK_OPERATION_TIME, Counter, Float, "s", "Time spent on reads and writes", DISK),
-    m(sc::SYSTEM_DISK_MERGED, Counter, Int, "{operation}", "Adjacent requests merged", DISK),
-    m(sc::SYSTEM_FILESYSTEM_USAGE, UpDownCounter, Int, "By", "Filesystem space used, free and reserved", FILESYSTEM),
-    m(sc::SYSTEM_FILESYSTEM_LIMIT, UpDownCounter, Int, "By", "Filesystem size", FILESYSTEM),
-    m(sc::SYSTEM_FILESYSTEM_UTILIZATION, Gauge, Float, "1", "Share of the filesystem in use", FILESYSTEM),
-    m(sc::SYSTEM_NETWORK_IO, Counter, Int, "By", "Bytes received and sent per interface", NETWORK),
-    m(sc::SYSTEM_NETWORK_PACKET_COUNT, Counter, Int, "{packet}", "Packets received and sent per interface", NETWORK),
-    m(sc::SYSTEM_NETWORK_ERRORS, Counter, Int, "{error}", "Receive and transmit errors per interface", NETWORK),
-    m(sc::SYSTEM_NETWORK_PACKET_DROPPED, Counter, Int, "{packet}", "Packets dropped per interface", NETWORK),
-    m(names::SYSTEM_CPU_LOAD_AVERAGE_1M, Gauge, Float, "{thread}", "Load average over 1 minute", LOAD),
-    m(names::SYSTEM_CPU_LOAD_AVERAGE_5M, Gauge, Float, "{thread}", "Load average over 5 minutes", LOAD),
-    m(names::SYSTEM_CPU_LOAD_AVERAGE_15M, Gauge, Float, "{thread}", "Load average over 15 minutes", LOAD),
-    m(sc::SYSTEM_PROCESS_COUNT, UpDownCounter, Int, "{process}", "Processes by status", PROCESSES),
-    m(sc::SYSTEM_PROCESS_CREATED, Counter, Int, "{process}", "Processes created since boot", PROCESSES),
-    m(sc::SYSTEM_UPTIME, Gauge, Float, "s", "Time since boot", UPTIME),
-    m(sc::PROCESS_CPU_TIME, Counter, Float, "s", "CPU time of the agent by mode", PROCESS),
-    m(sc::PROCESS_MEMORY_USAGE, UpDownCounter, Int, "By", "Resident memory of the agent", PROCESS),
-    m(sc::PROCESS_MEMORY_VIRTUAL, UpDownCounter, Int, "By", "Virtual memory of the agent", PROCESS),
-    m(sc::PROCESS_THREAD_COUNT, UpDownCounter, Int, "{thread}", "Threads of the agent", PROCESS),
-    m(sc::PROCESS_UNIX_FILE_DESCRIPTOR_COUNT, UpDownCounter, Int, "{file_descriptor}", "Open file descriptors of the agent", PROCESS),
-    m(sc::PROCESS_UPTIME, Gauge, Float, "s", "Time since the agent started", PROCESS),
-    m(names::CYCLE_DURATION, Gauge, Float, "s", "Duration of the last collection cycle", SELF),
-    m(names::CYCLES, Counter, Int, "{cycle}", "Collection cycles completed", SELF),
-    m(names::ERRORS, Counter, Int, "{error}", "Source failures by source and error type; a failing source is skipped", SELF),
-    m(names::EXPORT_FAILURES, Counter, Int, "{request}", "OTLP export requests that failed", SELF),
-    m(names::SERIES, Gauge, Int, "{series}", "Series in the last snapshot", SELF),
+    m(sc::SYSTEM_CPU_TIME, Counter, Float, "s", "CPU time per logical CPU and mode (/proc/stat)", CPU, &[a::CPU_MODE, a::CPU_LOGICAL_NUMBER]),
+    m(sc::SYSTEM_CPU_UTILIZATION, Gauge, Float, "1", "Share of all CPU time spent in each mode over the last cycle", CPU, &[a::CPU_MODE]),
+    m(sc::SYSTEM_CPU_FREQUENCY, Gauge, Float, "Hz", "Current frequency per logical CPU (where supported)", CPU, &[a::CPU_LOGICAL_NUMBER]),
+    m(sc::SYSTEM_CPU_LOGICAL_COUNT, UpDownCounter, Int, "{cpu}", "Logical CPUs online", CPU, &[]),
+    m(sc::SYSTEM_CPU_PHYSICAL_COUNT, UpDownCounter, Int, "{cpu}", "Physical CPU cores (where supported)", CPU, &[]),
+    m(sc::SYSTEM_MEMORY_USAGE, UpDownCounter, Int, "By", "Memory in use per state", MEMORY, &[a::SYSTEM_MEMORY_STATE]),
+    m(sc::SYSTEM_MEMORY_LIMIT, UpDownCounter, Int, "By", "Total memory", MEMORY, &[]),
+    m(sc::SYSTEM_MEMORY_UTILIZATION, Gauge, Float, "1", "Share of memory per state", MEMORY, &[a::SYSTEM_MEMORY_STATE]),
+    m(sc::SYSTEM_PAGING_USAGE, UpDownCounter, Int, "By", "Swap space used and free", PAGING, &[a::SYSTEM_PAGING_STATE]),
+    m(sc::SYSTEM_PAGING_UTILIZATION, Gauge, Float, "1", "Share of swap space used and free", PAGING, &[a::SYSTEM_PAGING_STATE]),
+    m(sc::SYSTEM_PAGING_FAULTS, Counter, Int, "{fault}", "Page faults by type (/proc/vmstat)", PAGING, &[a::SYSTEM_PAGING_FAULT_TYPE]),
+    m(sc::SYSTEM_PAGING_OPERATIONS, Counter, Int, "{operation}", "Pages swapped in and out (/proc/vmstat)", PAGING, &[a::SYSTEM_PAGING_DIRECTION]),
+    m(sc::SYSTEM_DISK_IO, Counter, Int, "By", "Bytes read and written per disk", DISK, DISK_DIR),
+    m(sc::SYSTEM_DISK_OPERATIONS, Counter, Int, "{operation}", "Completed reads and writes per disk", DISK, DISK_DIR),
+    m(sc::SYSTEM_DISK_IO_TIME, Counter, Float, "s", "Time the disk had I/O in flight", DISK, &[a::SYSTEM_DEVICE]),
+    m(sc::SYSTEM_DISK_OPERATION_TIME, Counter, Float, "s", "Time spent on reads and writes", DISK, DISK_DIR),
+    m(sc::SYSTEM_DISK_MERGED, Counter, Int, "{operation}", "Adjacent requests merged", DISK, DISK_DIR),
+    m(sc::SYSTEM_FILESYSTEM_USAGE, UpDownCounter, Int, "By", "Filesystem space used, free and reserved", FILESYSTEM, FS_STATE),
+    m(sc::SYSTEM_FILESYSTEM_LIMIT, UpDownCounter, Int, "By", "Filesystem size", FILESYSTEM, FS),
+    m(sc::SYSTEM_FILESYSTEM_UTILIZATION, Gauge, Float, "1", "Share of the filesystem in use", FILESYSTEM, FS),
+    m(sc::SYSTEM_NETWORK_IO, Counter, Int, "By", "Bytes received and sent per interface", NETWORK, NET),
+    m(sc::SYSTEM_NETWORK_PACKET_COUNT, Counter, Int, "{packet}", "Packets received and sent per interface", NETWORK, NET),
+    m(sc::SYSTEM_NETWORK_ERRORS, Counter, Int, "{error}", "Receive and transmit errors per interface", NETWORK, NET),
+    m(sc::SYSTEM_NETWORK_PACKET_DROPPED, Counter, Int, "{packet}", "Packets dropped per interface", NETWORK, NET),
+    m(names::SYSTEM_CPU_LOAD_AVERAGE_1M, Gauge, Float, "{thread}", "Load average over 1 minute", LOAD, &[]),
+    m(names::SYSTEM_CPU_LOAD_AVERAGE_5M, Gauge, Float, "{thread}", "Load average over 5 minutes", LOAD, &[]),
+    m(names::SYSTEM_CPU_LOAD_AVERAGE_15M, Gauge, Float, "{thread}", "Load average over 15 minutes", LOAD, &[]),
+    m(sc::SYSTEM_PROCESS_COUNT, UpDownCounter, Int, "{process}", "Processes by status", PROCESSES, &[a::PROCESS_STATE]),
+    m(sc::SYSTEM_PROCESS_CREATED, Counter, Int, "{process}", "Processes created since boot", PROCESSES, &[]),
+    m(sc::SYSTEM_UPTIME, Gauge, Float, "s", "Time since boot", UPTIME, &[]),
+    m(sc::PROCESS_CPU_TIME, Counter, Float, "s", "CPU time of the agent by mode", PROCESS, &[a::CPU_MODE]),
+    m(sc::PROCESS_MEMORY_USAGE, UpDownCounter, Int, "By", "Resident memory of the agent", PROCESS, &[]),
+    m(sc::PROCESS_MEMORY_VIRTUAL, UpDownCounter, Int, "By", "Virtual memory of the agent", PROCESS, &[]),
+    m(sc::PROCESS_THREAD_COUNT, UpDownCounter, Int, "{thread}", "Threads of the agent", PROCESS, &[]),
+    m(sc::PROCESS_UNIX_FILE_DESCRIPTOR_COUNT, UpDownCounter, Int, "{file_descriptor}", "Open file descriptors of the agent (where supported)", PROCESS, &[]),
+    m(sc::PROCESS_UPTIME, Gauge, Float, "s", "Time since the agent started", PROCESS, &[]),
+    m(names::CYCLE_DURATION, Gauge, Float, "s", "Duration of the last collection cycle", SELF, &[]),
+    m(names::CYCLES, Counter, Int, "{cycle}", "Collection cycles completed", SELF, &[]),
+    m(names::ERRORS, Counter, Int, "{error}", "Source failures by source and error type; a failing source is skipped (from the first error)", SELF, &[names::ATTR_SOURCE, a::ERROR_TYPE]),
+    m(names::EXPORT_FAILURES, Counter, Int, "{request}", "OTLP export requests that failed", SELF, &[names::ATTR_SIGNAL]),
+    m(names::SERIES, Gauge, Int, "{series}", "Series in the last snapshot", SELF, &[]),
 ];
+
+/// Marks entries that a platform may not provide; the catalogue test tolerates their absence.
+pub const WHERE_SUPPORTED: &str = "(where supported)";
+
+/// Marks entries whose series only appear once something happened.
+pub const FROM_THE_FIRST_ERROR: &str = "(from the first error)";
+
+/// The catalogue as a markdown table, as published in `CATALOGUE.md`.
+pub fn markdown() -> String {
+    let mut out = String::from(
+        "| name | instrument | unit | attributes | family | description |\n|---|---|---|---|---|---|\n",
+    );
+    for d in CATALOGUE {
+        let attrs = d
+            .attributes
+            .iter()
+            .map(|a| format!("`{a}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let family = match d.origin {
+            Origin::Host(f) => f.as_str(),
+            Origin::SelfMonitoring => "self",
+        };
+        out.push_str(&format!(
+            "| `{}` | {} | `{}` | {} | {} | {} |\n",
+            d.name, d.instrument, d.unit, attrs, family, d.description
+        ));
+    }
+    out
+}
 
 /// The catalogue entry for `name`.
 pub fn find(name: &str) -> Option<&'static MetricDesc> {
@@ -241,6 +292,16 @@ mod tests {
         let n = names.len();
         names.dedup();
         assert_eq!(n, names.len());
+    }
+
+    #[test]
+    fn catalogue_md_carries_the_static_catalogue() {
+        let doc = include_str!("../CATALOGUE.md");
+        assert!(
+            doc.contains(&markdown()),
+            "CATALOGUE.md is stale: replace its table with the output of \
+             `cargo run -p otel-gpu-receiver -- --catalogue`"
+        );
     }
 
     #[test]

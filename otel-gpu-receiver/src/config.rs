@@ -87,6 +87,9 @@ pub struct Flags {
     /// Output format of --once.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+    /// Print the metric catalogue as a markdown table and exit.
+    #[arg(long)]
+    pub catalogue: bool,
 }
 
 /// The TOML file: the raw third layer. Every key is optional; unknown keys are errors.

@@ -14,6 +14,7 @@
 //! print!("{}", otel_gpu_receiver::output::render(&snapshot, settings.format));
 //! ```
 
+pub mod attribution;
 pub mod catalogue;
 pub mod collector;
 pub mod config;

@@ -10,6 +10,10 @@ use otel_gpu_receiver::config::{Flags, Settings};
 fn main() -> ExitCode {
     // clap exits with code 2 on a usage error (an unknown flag or flag value).
     let flags = Flags::parse();
+    if flags.catalogue {
+        print!("{}", otel_gpu_receiver::catalogue::markdown());
+        return ExitCode::SUCCESS;
+    }
     let settings = match Settings::resolve(flags, &|k| std::env::var(k).ok()) {
         Ok(s) => s,
         Err(e) => {

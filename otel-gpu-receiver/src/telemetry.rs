@@ -344,3 +344,36 @@ async fn healthz(State(s): State<Arc<ServerState>>) -> (StatusCode, &'static str
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_turns_unhealthy_when_the_last_cycle_is_older_than_three_intervals() {
+        let h = Health::new(Duration::from_millis(20));
+        assert!(h.healthy());
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!h.healthy());
+        h.beat();
+        assert!(h.healthy());
+    }
+
+    #[test]
+    fn the_resource_names_the_service_and_the_host() {
+        let s = Settings {
+            instance_id: Some("node-7".into()),
+            k8s_node_name: Some("k8s-node-7".into()),
+            ..Settings::default()
+        };
+        let r = resource(&s);
+        let get = |k: &str| {
+            r.get(&opentelemetry::Key::new(k.to_owned()))
+                .map(|v| v.to_string())
+        };
+        assert_eq!(get(res::SERVICE_NAME).as_deref(), Some("otel-gpu-receiver"));
+        assert_eq!(get(res::SERVICE_INSTANCE_ID).as_deref(), Some("node-7"));
+        assert_eq!(get(res::K8S_NODE_NAME).as_deref(), Some("k8s-node-7"));
+        assert!(get(res::HOST_NAME).is_some() && get(res::HOST_ARCH).is_some());
+    }
+}

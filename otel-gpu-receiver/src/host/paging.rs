@@ -35,13 +35,13 @@ impl PagingReading {
         for (state, v) in [("used", used), ("free", self.swap_free)] {
             let attrs = vec![KeyValue::new(SYSTEM_PAGING_STATE, state)];
             out.push(sc::SYSTEM_PAGING_USAGE, attrs.clone(), v);
-            if self.swap_total > 0 {
-                out.push(
-                    sc::SYSTEM_PAGING_UTILIZATION,
-                    attrs,
-                    v as f64 / self.swap_total as f64,
-                );
-            }
+            // No swap: report 0 rather than nothing, so the series exist everywhere.
+            let share = if self.swap_total > 0 {
+                v as f64 / self.swap_total as f64
+            } else {
+                0.0
+            };
+            out.push(sc::SYSTEM_PAGING_UTILIZATION, attrs, share);
         }
         for (ty, v) in [("minor", self.minor_faults), ("major", self.major_faults)] {
             out.push(

@@ -1,0 +1,11 @@
+//! Integration tests of the host-metrics agent against real interfaces: the real
+//! binary, an in-process OTLP sink, a real Prometheus.
+
+mod catalogue_doc;
+mod common;
+mod config_errors;
+mod failing_source;
+mod once;
+mod otlp;
+mod outage;
+mod prometheus;

@@ -1,0 +1,171 @@
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use otel_gpu_receiver::catalogue::{CATALOGUE, FROM_THE_FIRST_ERROR, Instrument, WHERE_SUPPORTED};
+use otel_instrument::testing::proto::metrics::v1::metric::Data;
+use otel_instrument::testing::proto::metrics::v1::number_data_point::Value;
+use otel_instrument::testing::proto::metrics::v1::{AggregationTemporality, NumberDataPoint};
+use otel_instrument::testing::{OtlpSink, Received, attributes};
+
+use crate::common::start_agent;
+
+fn points(data: &Data) -> &[NumberDataPoint] {
+    match data {
+        Data::Sum(s) => &s.data_points,
+        Data::Gauge(g) => &g.data_points,
+        _ => &[],
+    }
+}
+
+fn value(p: &NumberDataPoint) -> f64 {
+    match p.value {
+        Some(Value::AsDouble(d)) => d,
+        Some(Value::AsInt(i)) => i as f64,
+        None => f64::NAN,
+    }
+}
+
+/// Names that every agent run must emit (optional rows excluded).
+fn required_names() -> BTreeSet<&'static str> {
+    CATALOGUE
+        .iter()
+        .filter(|d| {
+            !d.description.contains(WHERE_SUPPORTED)
+                && !d.description.contains(FROM_THE_FIRST_ERROR)
+        })
+        .map(|d| d.name)
+        .collect()
+}
+
+fn names_in_last_request(r: &Received) -> BTreeSet<String> {
+    r.metrics
+        .last()
+        .into_iter()
+        .flat_map(|req| &req.resource_metrics)
+        .flat_map(|rm| &rm.scope_metrics)
+        .flat_map(|sm| &sm.metrics)
+        .map(|m| m.name.clone())
+        .collect()
+}
+
+#[test]
+fn the_sink_receives_the_catalogue_with_units_kinds_attributes_and_resource() {
+    let sink = OtlpSink::start().unwrap();
+    let _agent = start_agent(
+        &["--interval", "1s", "--otlp-endpoint", &sink.endpoint()],
+        &[("OTEL_GPU_RECEIVER_INSTANCE_ID", "test-host-1")],
+    );
+    let required = required_names();
+    let got = sink
+        .wait_until(Duration::from_secs(30), |r| {
+            let names = names_in_last_request(r);
+            required.iter().all(|n| names.contains(*n))
+        })
+        .unwrap_or_else(|| {
+            let names = names_in_last_request(&sink.received());
+            let missing: Vec<_> = required.iter().filter(|n| !names.contains(**n)).collect();
+            panic!("the sink never received the whole catalogue; missing {missing:?}")
+        });
+    let metrics = got.metrics();
+    for d in CATALOGUE {
+        let Some(m) = metrics.iter().rev().find(|m| m.metric.name == d.name) else {
+            continue;
+        };
+        assert_eq!(m.metric.unit, d.unit, "unit of {}", d.name);
+        let data = m.metric.data.as_ref().expect("data");
+        match (d.instrument, data) {
+            (Instrument::Counter, Data::Sum(s)) => {
+                assert!(s.is_monotonic, "{} is a monotonic sum", d.name);
+                assert_eq!(
+                    s.aggregation_temporality,
+                    AggregationTemporality::Cumulative as i32,
+                    "{} is cumulative",
+                    d.name
+                );
+            }
+            (Instrument::UpDownCounter, Data::Sum(s)) => {
+                assert!(!s.is_monotonic, "{} is a non-monotonic sum", d.name);
+            }
+            (Instrument::Gauge, Data::Gauge(_)) => {}
+            (kind, other) => panic!("{} should be a {kind}, got {other:?}", d.name),
+        }
+        let want: BTreeSet<&str> = d.attributes.iter().copied().collect();
+        for p in points(data) {
+            let attrs = attributes(&p.attributes);
+            let keys: BTreeSet<&str> = attrs.keys().map(String::as_str).collect();
+            assert_eq!(keys, want, "attributes of {}", d.name);
+        }
+        assert_eq!(m.scope, "otel-gpu-receiver");
+    }
+    let cpu = metrics
+        .iter()
+        .rev()
+        .find(|m| m.metric.name == "system.cpu.time")
+        .unwrap();
+    let modes: BTreeSet<String> = points(cpu.metric.data.as_ref().unwrap())
+        .iter()
+        .map(|p| attributes(&p.attributes)["cpu.mode"].clone())
+        .collect();
+    assert!(
+        modes.contains("user") && modes.contains("idle"),
+        "{modes:?}"
+    );
+
+    let res = &cpu.resource;
+    assert_eq!(res["service.name"], "otel-gpu-receiver");
+    assert_eq!(res["service.version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(res["service.instance.id"], "test-host-1");
+    for key in ["host.name", "host.arch", "os.type"] {
+        assert!(
+            !res.get(key).is_none_or(String::is_empty),
+            "resource lacks {key}: {res:?}"
+        );
+    }
+    assert_eq!(res["os.type"], std::env::consts::OS);
+}
+
+#[test]
+fn cumulative_counters_are_monotonic_across_cycles() {
+    let sink = OtlpSink::start().unwrap();
+    let _agent = start_agent(
+        &["--interval", "500ms", "--otlp-endpoint", &sink.endpoint()],
+        &[],
+    );
+    let got = sink
+        .wait_until(Duration::from_secs(30), |r| r.metrics.len() >= 4)
+        .expect("at least 4 exports");
+    let counters: BTreeSet<&str> = CATALOGUE
+        .iter()
+        .filter(|d| d.instrument == Instrument::Counter)
+        .map(|d| d.name)
+        .collect();
+    // (metric, attributes) -> values in arrival order.
+    let mut series: BTreeMap<(String, BTreeMap<String, String>), Vec<f64>> = BTreeMap::new();
+    for m in got.metrics() {
+        if !counters.contains(m.metric.name.as_str()) {
+            continue;
+        }
+        for p in points(m.metric.data.as_ref().unwrap()) {
+            series
+                .entry((m.metric.name.clone(), attributes(&p.attributes)))
+                .or_default()
+                .push(value(p));
+        }
+    }
+    assert!(
+        series.len() > 20,
+        "too few counter series: {}",
+        series.len()
+    );
+    let cycles = series
+        .iter()
+        .find(|((n, _), _)| n == "otel_gpu_receiver.cycles")
+        .map(|(_, v)| v.clone())
+        .expect("cycles counter exported");
+    assert!(cycles.last() > cycles.first(), "cycles advance: {cycles:?}");
+    for ((name, attrs), values) in &series {
+        for w in values.windows(2) {
+            assert!(w[1] >= w[0], "{name} {attrs:?} went down: {values:?}");
+        }
+    }
+}

@@ -1,0 +1,91 @@
+use std::time::{Duration, Instant};
+
+use otel_instrument::testing::proto::metrics::v1::metric::Data;
+use otel_instrument::testing::proto::metrics::v1::number_data_point::Value;
+use otel_instrument::testing::{OtlpSink, Received};
+
+use crate::common::{rss_bytes, start_agent};
+
+/// The last reported value of a single-series counter.
+fn last_value(r: &Received, name: &str) -> Option<f64> {
+    let m = r.last_metric(name)?;
+    let Some(Data::Sum(s)) = m.metric.data else {
+        return None;
+    };
+    s.data_points.last().and_then(|p| match p.value {
+        Some(Value::AsInt(i)) => Some(i as f64),
+        Some(Value::AsDouble(d)) => Some(d),
+        None => None,
+    })
+}
+
+#[test]
+fn collector_down_then_up_collection_continues_memory_stays_bounded_and_export_resumes() {
+    let interval = Duration::from_secs(1);
+    let sink = OtlpSink::start().unwrap();
+    let addr = sink.addr();
+    let mut agent = start_agent(
+        &["--interval", "1s", "--otlp-endpoint", &sink.endpoint()],
+        &[("OTEL_EXPORTER_OTLP_TIMEOUT", "500")],
+    );
+    let before = sink
+        .wait_until(Duration::from_secs(20), |r| {
+            last_value(r, "otel_gpu_receiver.cycles").is_some()
+        })
+        .expect("first export");
+    let cycles_before = last_value(&before, "otel_gpu_receiver.cycles").unwrap();
+
+    // The collector goes away for a while.
+    sink.shutdown();
+    let down_since = Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    let rss_start = rss_bytes(agent.pid());
+    let mut rss_max = rss_start;
+    while down_since.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(500));
+        rss_max = rss_max.max(rss_bytes(agent.pid()));
+    }
+    assert!(
+        agent.alive(),
+        "the agent died during the outage:\n{}",
+        agent.stderr()
+    );
+    assert!(rss_start > 0);
+    // Nothing queues up while export fails: memory stays flat (a generous 8 MiB bound).
+    assert!(
+        rss_max <= rss_start + 8 * 1024 * 1024,
+        "RSS grew from {rss_start} to {rss_max} bytes during the outage"
+    );
+    let outage = down_since.elapsed();
+
+    // The collector returns on the same address.
+    let sink = OtlpSink::start_at(addr).unwrap();
+    let returned = Instant::now();
+    // The next periodic export (at most one interval away) reaches it; the second
+    // interval is slack for a loaded test machine.
+    let back = sink
+        .wait_until(interval * 2, |r| {
+            last_value(r, "otel_gpu_receiver.cycles").is_some()
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "export did not resume after the sink returned:\n{}",
+                agent.stderr()
+            )
+        });
+    eprintln!(
+        "export resumed {:?} after the sink returned",
+        returned.elapsed()
+    );
+    // Collection kept running through the outage...
+    let cycles_after = last_value(&back, "otel_gpu_receiver.cycles").unwrap();
+    let expected = (outage.as_secs_f64() / interval.as_secs_f64()).floor() - 2.0;
+    assert!(
+        cycles_after - cycles_before >= expected,
+        "only {} cycles during a {outage:?} outage",
+        cycles_after - cycles_before
+    );
+    // ...and the failed exports were counted.
+    let failures = last_value(&back, "otel_gpu_receiver.export.failures").unwrap();
+    assert!(failures >= 1.0, "export failures counted: {failures}");
+}
