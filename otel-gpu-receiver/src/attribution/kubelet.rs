@@ -1,0 +1,553 @@
+//! The kubelet pod-resources client: which pod and container holds which GPU.
+//!
+//! The kubelet serves `v1.PodResourcesLister` on a unix socket (by default
+//! [`DEFAULT_SOCKET`]). We call `List` at most once per collection cycle, always under a
+//! deadline, and map the device IDs it returns to GPU UUIDs.
+//!
+//! Device plugins name GPUs differently. NVIDIA's plugin reports UUIDs (`GPU-…`, `MIG-…`,
+//! `GPU-…::3` for a time-sliced replica); others report device names (`nvidia0`, the minor
+//! number of `/dev/nvidia0`) or indices. Each ID is recognised by its shape, so no flag says
+//! which kind a cluster uses (dcgm-exporter needs one).
+//!
+//! A missing socket or a permission error is not a failure: it means "not on Kubernetes",
+//! or "not given the socket", and attribution to pods is simply off (one info line).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// The generated pod-resources API (package `v1` of `proto/`).
+#[allow(
+    missing_docs,
+    missing_debug_implementations,
+    clippy::all,
+    clippy::pedantic
+)]
+pub mod pb {
+    tonic::include_proto!("v1");
+}
+
+use pb::pod_resources_lister_client::PodResourcesListerClient;
+use pb::{ListPodResourcesRequest, ListPodResourcesResponse};
+
+/// Where the kubelet serves the pod-resources API.
+pub const DEFAULT_SOCKET: &str = "/var/lib/kubelet/pod-resources/kubelet.sock";
+/// The deadline of one `List` call, connection included.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A `List` call did not produce an answer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KubeletError {
+    /// The socket does not exist, or we may not open it: attribution to pods is off.
+    #[error("kubelet pod-resources socket {path} is not usable")]
+    Unavailable {
+        /// The socket.
+        path: PathBuf,
+        /// Why (not found, permission denied).
+        #[source]
+        source: std::io::Error,
+    },
+    /// Connecting failed for another reason (refused, not a socket).
+    #[error("connecting to the kubelet at {path}")]
+    Connect {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The call ran past its deadline.
+    #[error("kubelet List did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The call failed (transport error, unparsable response, kubelet error).
+    #[error("kubelet List failed")]
+    Rpc(#[source] tonic::Status),
+    /// The client thread is gone (it panicked or could not start).
+    #[error("kubelet client thread is gone")]
+    ThreadGone,
+}
+
+impl KubeletError {
+    /// A short, low-cardinality name for counting (`error.type`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Unavailable { .. } => "kubelet_unavailable",
+            Self::Connect { .. } => "kubelet_connect",
+            Self::Timeout(_) => "kubelet_timeout",
+            Self::Rpc(_) => "kubelet_rpc",
+            Self::ThreadGone => "kubelet_thread_gone",
+        }
+    }
+
+    /// True when this means "no kubelet for us here", which turns attribution off quietly.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable { .. })
+    }
+}
+
+/// An async pod-resources client over a unix socket.
+///
+/// The connection is made on the first call and kept; a failed call drops it, and the next
+/// call connects again.
+#[derive(Debug)]
+pub struct KubeletClient {
+    socket: PathBuf,
+    timeout: Duration,
+    client: Option<PodResourcesListerClient<Channel>>,
+}
+
+impl KubeletClient {
+    /// A client for `socket` whose calls end after `timeout`.
+    pub fn new(socket: impl Into<PathBuf>, timeout: Duration) -> Self {
+        Self {
+            socket: socket.into(),
+            timeout,
+            client: None,
+        }
+    }
+
+    /// The socket path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Calls `List` once, under the deadline.
+    ///
+    /// # Errors
+    /// [`KubeletError::Unavailable`] when the socket is missing or not permitted,
+    /// [`KubeletError::Timeout`] past the deadline, otherwise [`KubeletError::Connect`] or
+    /// [`KubeletError::Rpc`].
+    pub async fn list(&mut self) -> Result<ListPodResourcesResponse, KubeletError> {
+        let timeout = self.timeout;
+        match tokio::time::timeout(timeout, self.list_inner()).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => {
+                self.client = None;
+                Err(e)
+            }
+            Err(_) => {
+                self.client = None;
+                Err(KubeletError::Timeout(timeout))
+            }
+        }
+    }
+
+    async fn list_inner(&mut self) -> Result<ListPodResourcesResponse, KubeletError> {
+        if self.client.is_none() {
+            self.client = Some(self.connect().await?);
+        }
+        let Some(client) = self.client.as_mut() else {
+            return Err(KubeletError::ThreadGone);
+        };
+        let mut request = tonic::Request::new(ListPodResourcesRequest {});
+        request.set_timeout(self.timeout);
+        client
+            .list(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| match status.code() {
+                // The kubelet (or tonic, from the grpc-timeout header) gave up first.
+                tonic::Code::DeadlineExceeded => KubeletError::Timeout(self.timeout),
+                tonic::Code::Cancelled if status.message().contains("Timeout") => {
+                    KubeletError::Timeout(self.timeout)
+                }
+                _ => KubeletError::Rpc(status),
+            })
+    }
+
+    async fn connect(&self) -> Result<PodResourcesListerClient<Channel>, KubeletError> {
+        let path = self.socket.clone();
+        // Probe once by hand: the error kinds (not found, permission denied) are what decides
+        // between "attribution off" and "a failure", and tonic would wrap them.
+        match tokio::net::UnixStream::connect(&path).await {
+            Ok(_) => {}
+            Err(source)
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+                ) =>
+            {
+                return Err(KubeletError::Unavailable { path, source });
+            }
+            Err(source) => return Err(KubeletError::Connect { path, source }),
+        }
+        // The URI is required by the API but never used: the connector dials the socket.
+        // No tonic-level timeouts: `list` puts one deadline over connect and call together,
+        // so that a hang anywhere is the same `Timeout`.
+        let endpoint = Endpoint::from_static("http://kubelet.invalid");
+        let connector = tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(stream))
+            }
+        });
+        let channel = endpoint.connect_with_connector_lazy(connector);
+        // Responses are small; the limit is a guard against a garbage length prefix.
+        Ok(PodResourcesListerClient::new(channel).max_decoding_message_size(16 * 1024 * 1024))
+    }
+}
+
+/// A [`KubeletClient`] on a thread of its own, for the synchronous collection cycle.
+///
+/// `List` runs at most once per cycle; later calls in the same cycle get the cached answer.
+/// The caller never waits longer than the deadline, even when the kubelet hangs.
+#[derive(Debug)]
+pub struct KubeletSource {
+    socket: PathBuf,
+    timeout: Duration,
+    requests: Option<mpsc::Sender<()>>,
+    replies: Option<mpsc::Receiver<Result<ListPodResourcesResponse, KubeletError>>>,
+    /// A call that ran past its deadline and whose answer has not arrived yet.
+    in_flight: bool,
+    cached: Option<(
+        u64,
+        Result<std::sync::Arc<ListPodResourcesResponse>, &'static str>,
+    )>,
+    calls: u64,
+}
+
+impl KubeletSource {
+    /// A source for `socket`; nothing is started until the first [`list`](Self::list).
+    pub fn new(socket: impl Into<PathBuf>, timeout: Duration) -> Self {
+        Self {
+            socket: socket.into(),
+            timeout,
+            requests: None,
+            replies: None,
+            in_flight: false,
+            cached: None,
+            calls: 0,
+        }
+    }
+
+    /// How many `List` calls were made so far.
+    pub fn calls(&self) -> u64 {
+        self.calls
+    }
+
+    /// The socket path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The pod list for `cycle`: a `List` call on the first request of the cycle, the cached
+    /// answer after that.
+    ///
+    /// # Errors
+    /// See [`KubeletClient::list`]; a cached failure is returned as
+    /// [`KubeletError::Rpc`] with the original kind in its message.
+    pub fn list(
+        &mut self,
+        cycle: u64,
+    ) -> Result<std::sync::Arc<ListPodResourcesResponse>, KubeletError> {
+        if let Some((c, cached)) = &self.cached
+            && *c == cycle
+        {
+            return cached
+                .clone()
+                .map_err(|kind| KubeletError::Rpc(tonic::Status::unavailable(kind)));
+        }
+        let result = self.call().map(std::sync::Arc::new);
+        self.cached = Some((
+            cycle,
+            result
+                .as_ref()
+                .map(Clone::clone)
+                .map_err(KubeletError::kind),
+        ));
+        result
+    }
+
+    fn call(&mut self) -> Result<ListPodResourcesResponse, KubeletError> {
+        if self.requests.is_none() {
+            self.start()?;
+        }
+        let (Some(requests), Some(replies)) = (&self.requests, &self.replies) else {
+            return Err(KubeletError::ThreadGone);
+        };
+        if self.in_flight {
+            // The previous call hung past its deadline; its answer (or its own timeout) is
+            // still due. Collect it if it has come, never wait for it.
+            match replies.try_recv() {
+                Ok(_) => self.in_flight = false,
+                Err(mpsc::TryRecvError::Empty) => return Err(KubeletError::Timeout(self.timeout)),
+                Err(mpsc::TryRecvError::Disconnected) => return self.gone(),
+            }
+        }
+        self.calls += 1;
+        if requests.send(()).is_err() {
+            return self.gone();
+        }
+        // The client enforces the deadline itself; the margin covers scheduling only.
+        match replies.recv_timeout(self.timeout + Duration::from_millis(500)) {
+            Ok(r) => r,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                self.in_flight = true;
+                Err(KubeletError::Timeout(self.timeout))
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => self.gone(),
+        }
+    }
+
+    fn gone(&mut self) -> Result<ListPodResourcesResponse, KubeletError> {
+        self.requests = None;
+        self.replies = None;
+        self.in_flight = false;
+        Err(KubeletError::ThreadGone)
+    }
+
+    fn start(&mut self) -> Result<(), KubeletError> {
+        let (req_tx, req_rx) = mpsc::channel::<()>();
+        let (rep_tx, rep_rx) = mpsc::channel();
+        let socket = self.socket.clone();
+        let timeout = self.timeout;
+        std::thread::Builder::new()
+            .name("kubelet-client".into())
+            .spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                let mut client = KubeletClient::new(socket, timeout);
+                while req_rx.recv().is_ok() {
+                    let r = rt.block_on(client.list());
+                    if rep_tx.send(r).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|_| KubeletError::ThreadGone)?;
+        self.requests = Some(req_tx);
+        self.replies = Some(rep_rx);
+        Ok(())
+    }
+}
+
+/// One GPU as NVML sees it: enough to recognise it under any device-plugin naming.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuIdentity {
+    /// `GPU-…` (or `MIG-…`) UUID: the `hw.id`.
+    pub uuid: String,
+    /// NVML index.
+    pub index: u32,
+    /// Minor number (`/dev/nvidia<minor>`), when NVML reported it; the index is used when not.
+    pub minor_number: Option<u32>,
+}
+
+/// A container that the kubelet gave a GPU to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Holder {
+    /// `k8s.namespace.name`.
+    pub namespace: String,
+    /// `k8s.pod.name`.
+    pub pod: String,
+    /// `k8s.container.name`.
+    pub container: String,
+}
+
+/// Which containers hold which GPU, by GPU UUID.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Allocations {
+    /// GPU UUID → holders, sorted, without duplicates.
+    pub by_gpu: BTreeMap<String, Vec<Holder>>,
+    /// Device IDs of NVIDIA resources whose shape was not recognised.
+    pub unrecognised_ids: usize,
+}
+
+impl Allocations {
+    /// Maps a `List` answer onto this node's GPUs. Only NVIDIA resources count
+    /// (`nvidia.com/*` device-plugin resources, and DRA devices of an NVIDIA driver).
+    pub fn from_list(list: &ListPodResourcesResponse, gpus: &[GpuIdentity]) -> Self {
+        let mut out = Self::default();
+        for pod in &list.pod_resources {
+            for c in &pod.containers {
+                let holder = Holder {
+                    namespace: pod.namespace.clone(),
+                    pod: pod.name.clone(),
+                    container: c.name.clone(),
+                };
+                let mut add = |uuid: String| {
+                    let holders = out.by_gpu.entry(uuid).or_default();
+                    if !holders.contains(&holder) {
+                        holders.push(holder.clone());
+                    }
+                };
+                let mut unrecognised = 0;
+                let plugin_ids = c
+                    .devices
+                    .iter()
+                    .filter(|d| d.resource_name.starts_with("nvidia.com/"))
+                    .flat_map(|d| &d.device_ids);
+                for id in plugin_ids {
+                    match resolve_device_id(id, gpus) {
+                        Some(uuid) => add(uuid),
+                        None => unrecognised += 1,
+                    }
+                }
+                let claims = c
+                    .dynamic_resources
+                    .iter()
+                    .flat_map(|d| &d.claim_resources)
+                    .filter(|r| r.driver_name.contains("nvidia.com"));
+                for r in claims {
+                    // A DRA device is named twice (device name, CDI names); one match is enough.
+                    let names = std::iter::once(r.device_name.as_str())
+                        .chain(r.cdi_devices.iter().map(|d| d.name.as_str()));
+                    match names.filter_map(|n| resolve_device_id(n, gpus)).next() {
+                        Some(uuid) => add(uuid),
+                        None => unrecognised += 1,
+                    }
+                }
+                out.unrecognised_ids += unrecognised;
+            }
+        }
+        for holders in out.by_gpu.values_mut() {
+            holders.sort();
+        }
+        out
+    }
+
+    /// The holders of one GPU.
+    pub fn holders(&self, uuid: &str) -> &[Holder] {
+        self.by_gpu.get(uuid).map(Vec::as_slice).unwrap_or(&[])
+    }
+}
+
+/// Maps one device ID, whatever its naming, to a GPU UUID.
+///
+/// Recognised shapes: `GPU-<uuid>` and `MIG-<uuid>` (returned as they are, even for a GPU
+/// NVML did not list, so the allocation is still visible), with an optional `::<replica>`
+/// suffix (time-slicing); `nvidia<minor>`; a bare index `<n>`; a DRA device name
+/// `gpu-<n>`; a CDI name `<vendor>/<class>=<any of these>`.
+pub fn resolve_device_id(id: &str, gpus: &[GpuIdentity]) -> Option<String> {
+    let id = id.trim();
+    let id = id.split_once("::").map_or(id, |(base, _replica)| base);
+    if let Some((_kind, name)) = id.split_once('=') {
+        return resolve_device_id(name, gpus);
+    }
+    if let Some(index) = id.strip_prefix("gpu-").and_then(parse_number) {
+        return gpus
+            .iter()
+            .find(|g| g.index == index)
+            .map(|g| g.uuid.clone());
+    }
+    if is_uuid_id(id) {
+        // Prefer NVML's spelling (case) when it knows the GPU.
+        return Some(
+            gpus.iter()
+                .find(|g| g.uuid.eq_ignore_ascii_case(id))
+                .map_or_else(|| id.to_owned(), |g| g.uuid.clone()),
+        );
+    }
+    if let Some(minor) = id.strip_prefix("nvidia").and_then(parse_number) {
+        return gpus
+            .iter()
+            .find(|g| g.minor_number.unwrap_or(g.index) == minor)
+            .map(|g| g.uuid.clone());
+    }
+    let index = parse_number(id)?;
+    gpus.iter()
+        .find(|g| g.index == index)
+        .map(|g| g.uuid.clone())
+}
+
+/// `GPU-<uuid>` or `MIG-<uuid>`, any case: the rest is hex digits and dashes.
+fn is_uuid_id(id: &str) -> bool {
+    let Some((prefix, rest)) = id.split_at_checked(4) else {
+        return false;
+    };
+    (prefix.eq_ignore_ascii_case("GPU-") || prefix.eq_ignore_ascii_case("MIG-"))
+        && rest.bytes().any(|b| b.is_ascii_hexdigit())
+        && rest.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+}
+
+fn parse_number(s: &str) -> Option<u32> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gpus() -> Vec<GpuIdentity> {
+        vec![
+            GpuIdentity {
+                uuid: "GPU-aaaa".into(),
+                index: 0,
+                minor_number: Some(1),
+            },
+            GpuIdentity {
+                uuid: "GPU-bbbb".into(),
+                index: 1,
+                minor_number: None,
+            },
+        ]
+    }
+
+    #[test]
+    fn every_device_id_shape_resolves_to_the_same_uuid() {
+        let g = gpus();
+        assert_eq!(
+            resolve_device_id("GPU-aaaa", &g).as_deref(),
+            Some("GPU-aaaa")
+        );
+        assert_eq!(
+            resolve_device_id("gpu-AAAA", &g).as_deref(),
+            Some("GPU-aaaa")
+        );
+        assert_eq!(
+            resolve_device_id("GPU-aaaa::3", &g).as_deref(),
+            Some("GPU-aaaa")
+        );
+        // nvidia<N> is the minor number, not the index.
+        assert_eq!(
+            resolve_device_id("nvidia1", &g).as_deref(),
+            Some("GPU-aaaa")
+        );
+        assert_eq!(resolve_device_id("0", &g).as_deref(), Some("GPU-aaaa"));
+        assert_eq!(resolve_device_id("gpu-1", &g).as_deref(), Some("GPU-bbbb"));
+        assert_eq!(
+            resolve_device_id("k8s.gpu.nvidia.com/device=gpu-0", &g).as_deref(),
+            Some("GPU-aaaa")
+        );
+    }
+
+    #[test]
+    fn a_minor_number_without_nvml_minor_falls_back_to_the_index() {
+        assert_eq!(
+            resolve_device_id("nvidia1", &gpus()[1..]).as_deref(),
+            Some("GPU-bbbb")
+        );
+    }
+
+    #[test]
+    fn unknown_shapes_and_absent_gpus_do_not_resolve() {
+        let g = gpus();
+        for id in [
+            "",
+            "GPU-",
+            "nvidia",
+            "nvidia7",
+            "7",
+            "-1",
+            "all",
+            "=",
+            "gpu-x",
+            "gpu-0-mig-1g.5gb",
+            "💥",
+        ] {
+            assert_eq!(resolve_device_id(id, &g), None, "{id:?}");
+        }
+    }
+}

@@ -1,0 +1,612 @@
+//! GPU attribution: process → container → Kubernetes pod.
+//!
+//! Three layers, each optional and quiet when absent:
+//! 1. NVML's per-process data says which pid uses how much of which GPU (the `gpu` source).
+//! 2. The pid's cgroup gives the container ID and the pod UID ([`cgroup`]); the kubelet's pod
+//!    log directories name the pod behind a UID ([`pods`]).
+//! 3. The kubelet pod-resources API says which containers hold which GPU ([`kubelet`]).
+//!
+//! From these, one [`Attributor::run`] per cycle produces:
+//! - per-pod sums by default: `process.gpu.memory.usage` and `process.gpu.utilization` per GPU
+//!   and pod (and container), with `process.pid` dropped. Each pod on a shared GPU
+//!   (time-slicing, MPS) gets its own processes' share; the device total is never copied to
+//!   the pods;
+//! - per-process series instead, when asked for (`per_process`), with `container.id` and the
+//!   `k8s.*` attributes added;
+//! - `nvidia.gpu.allocation{hw.id, k8s.*} 1` for every container that holds a GPU, busy or idle;
+//! - the owner of each GPU held by exactly one pod, so that device-level series can carry
+//!   `k8s.pod.name`, `k8s.namespace.name` and `k8s.container.name` ([`Attribution::owners`]).
+//!
+//! A cap bounds the attributed series per cycle: what exceeds it is folded into one series per
+//! metric and GPU marked `otel.metric.overflow=true`, and counted.
+
+pub mod cgroup;
+pub mod kubelet;
+pub mod pods;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+use opentelemetry_semantic_conventions::attribute as semconv;
+
+use self::cgroup::{CgroupError, CgroupReader, ContainerInfo};
+use self::kubelet::{Allocations, GpuIdentity, Holder, KubeletSource};
+use self::pods::PodDirectory;
+
+/// `nvidia.gpu.allocation`: 1 per GPU and container that the kubelet gave it to.
+pub const GPU_ALLOCATION: &str = "nvidia.gpu.allocation";
+/// `process.gpu.memory.usage` (semantic-conventions style; not defined there yet).
+pub const PROCESS_GPU_MEMORY_USAGE: &str = "process.gpu.memory.usage";
+/// `process.gpu.utilization` (semantic-conventions style; not defined there yet).
+pub const PROCESS_GPU_UTILIZATION: &str = "process.gpu.utilization";
+/// Self-metric: attributed series folded into overflow series because of the cap.
+pub const ATTRIBUTION_OVERFLOW: &str = "otel_gpu_receiver.attribution.overflow";
+/// Self-metric: attribution problems by `error.type` (malformed cgroup file, kubelet timeout…).
+pub const ATTRIBUTION_ERRORS: &str = "otel_gpu_receiver.attribution.errors";
+/// The attribute that marks an overflow series (the OpenTelemetry SDK's own convention).
+pub const ATTR_OVERFLOW: &str = "otel.metric.overflow";
+
+/// How attribution runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttributionConfig {
+    /// Ask the kubelet which pods hold which GPU. Default: true.
+    pub kubelet: bool,
+    /// The kubelet pod-resources socket. Default: [`kubelet::DEFAULT_SOCKET`].
+    pub kubelet_socket: PathBuf,
+    /// Deadline of one kubelet call. Default: [`kubelet::DEFAULT_TIMEOUT`] (2 s).
+    pub kubelet_timeout: Duration,
+    /// Where `/proc` is (the host's, with `hostPID: true`). Default: `/proc`.
+    pub proc_root: PathBuf,
+    /// The kubelet's pod log directory, to name the pod behind a cgroup's pod UID.
+    /// Default: [`pods::DEFAULT_POD_LOG_DIR`].
+    pub pod_log_dir: PathBuf,
+    /// Emit one series per process (with `process.pid`) instead of per-pod sums. Default: false.
+    pub per_process: bool,
+    /// At most this many attributed series per cycle; the rest is aggregated. Default: 2000.
+    pub max_series: usize,
+}
+
+impl Default for AttributionConfig {
+    fn default() -> Self {
+        Self {
+            kubelet: true,
+            kubelet_socket: kubelet::DEFAULT_SOCKET.into(),
+            kubelet_timeout: kubelet::DEFAULT_TIMEOUT,
+            proc_root: "/proc".into(),
+            pod_log_dir: pods::DEFAULT_POD_LOG_DIR.into(),
+            per_process: false,
+            max_series: 2000,
+        }
+    }
+}
+
+/// One process's use of one GPU, as NVML reported it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuProcess {
+    /// Host pid.
+    pub pid: u32,
+    /// UUID of the GPU (or MIG instance): the `hw.id`.
+    pub gpu: String,
+    /// `process.executable.name`, when known.
+    pub executable: Option<String>,
+    /// GPU memory used, bytes, when NVML reported it.
+    pub memory_used: Option<u64>,
+    /// Utilization ratios (0–1) by `hw.gpu.task` (`general`, `encoder`, `decoder`).
+    pub utilization: Vec<(String, f64)>,
+}
+
+/// A metric value produced by attribution.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SeriesValue {
+    /// Integer (bytes, counts).
+    Int(i64),
+    /// Ratio.
+    Float(f64),
+}
+
+/// One series produced by attribution.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// Metric name (one of this module's constants).
+    pub name: &'static str,
+    /// Attributes.
+    pub attributes: Vec<KeyValue>,
+    /// Value.
+    pub value: SeriesValue,
+}
+
+/// The pod (and, when unique, the container) that alone holds a GPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// `k8s.namespace.name`.
+    pub namespace: String,
+    /// `k8s.pod.name`.
+    pub pod: String,
+    /// `k8s.container.name`, when exactly one container of the pod holds the GPU.
+    pub container: Option<String>,
+}
+
+impl Owner {
+    /// The `k8s.*` attributes to add to the GPU's device-level series.
+    pub fn attributes(&self) -> Vec<KeyValue> {
+        let mut a = vec![
+            KeyValue::new(semconv::K8S_POD_NAME, self.pod.clone()),
+            KeyValue::new(semconv::K8S_NAMESPACE_NAME, self.namespace.clone()),
+        ];
+        if let Some(c) = &self.container {
+            a.push(KeyValue::new(semconv::K8S_CONTAINER_NAME, c.clone()));
+        }
+        a
+    }
+}
+
+/// What one cycle of attribution produced.
+#[derive(Debug, Clone, Default)]
+pub struct Attribution {
+    /// Per-pod (or per-process) GPU use, allocations, overflow series and self-metrics.
+    pub series: Vec<Series>,
+    /// GPU UUID → the one pod that holds it. GPUs held by several pods, or by none, are absent.
+    pub owners: BTreeMap<String, Owner>,
+    /// Whether the kubelet answered this cycle.
+    pub kubelet_ok: bool,
+}
+
+/// Where a process runs, as far as we can tell.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
+struct Placement {
+    namespace: Option<String>,
+    pod: Option<String>,
+    container: Option<String>,
+    container_id: Option<String>,
+}
+
+/// The key of one attributed series group: a GPU plus whatever identifies the owner.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct GroupKey {
+    gpu: String,
+    placement: Placement,
+    /// Only in per-process mode.
+    pid: Option<u32>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Sums {
+    memory: Option<u64>,
+    utilization: BTreeMap<String, f64>,
+    executable: Option<String>,
+}
+
+impl Sums {
+    fn add(&mut self, memory: Option<u64>, utilization: &[(String, f64)]) {
+        if let Some(m) = memory {
+            self.memory = Some(self.memory.unwrap_or(0).saturating_add(m));
+        }
+        for (task, v) in utilization {
+            if v.is_finite() {
+                *self.utilization.entry(task.clone()).or_insert(0.0) += v.max(0.0);
+            }
+        }
+    }
+
+    fn merge(&mut self, other: &Sums) {
+        if let Some(m) = other.memory {
+            self.memory = Some(self.memory.unwrap_or(0).saturating_add(m));
+        }
+        for (task, v) in &other.utilization {
+            *self.utilization.entry(task.clone()).or_insert(0.0) += v;
+        }
+    }
+
+    fn series(&self) -> usize {
+        usize::from(self.memory.is_some()) + self.utilization.len()
+    }
+}
+
+/// Runs attribution once per cycle and keeps what must outlive a cycle (the kubelet
+/// connection, the pod index, the self-metric totals, what was already logged).
+#[derive(Debug)]
+pub struct Attributor {
+    config: AttributionConfig,
+    cgroups: CgroupReader,
+    pods: PodDirectory,
+    kubelet: Option<KubeletSource>,
+    cycle: u64,
+    overflow_total: u64,
+    errors: BTreeMap<&'static str, u64>,
+    /// Error kinds already logged; cleared when the source recovers.
+    logged: HashSet<&'static str>,
+    kubelet_off_logged: bool,
+}
+
+impl Attributor {
+    /// An attributor with `config`. Nothing is read or connected until the first run.
+    pub fn new(config: AttributionConfig) -> Self {
+        let kubelet = config
+            .kubelet
+            .then(|| KubeletSource::new(&config.kubelet_socket, config.kubelet_timeout));
+        Self {
+            cgroups: CgroupReader::new(&config.proc_root),
+            pods: PodDirectory::new(&config.pod_log_dir),
+            kubelet,
+            config,
+            cycle: 0,
+            overflow_total: 0,
+            errors: BTreeMap::new(),
+            logged: HashSet::new(),
+            kubelet_off_logged: false,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AttributionConfig {
+        &self.config
+    }
+
+    /// Cumulative error counts by `error.type`.
+    pub fn errors(&self) -> &BTreeMap<&'static str, u64> {
+        &self.errors
+    }
+
+    /// Cumulative count of series folded into overflow series.
+    pub fn overflow_total(&self) -> u64 {
+        self.overflow_total
+    }
+
+    /// How many kubelet `List` calls were made so far.
+    pub fn kubelet_calls(&self) -> u64 {
+        self.kubelet.as_ref().map_or(0, KubeletSource::calls)
+    }
+
+    /// Attributes one cycle's per-process GPU use. `gpus` are the GPUs NVML sees (to map
+    /// device-name IDs), `processes` what NVML reported per process this cycle.
+    pub fn run(&mut self, gpus: &[GpuIdentity], processes: &[GpuProcess]) -> Attribution {
+        self.cycle += 1;
+        let (allocations, kubelet_ok) = self.allocations(gpus);
+
+        let mut groups: BTreeMap<GroupKey, Sums> = BTreeMap::new();
+        for p in processes {
+            let placement = self.place(p, &allocations);
+            let key = if self.config.per_process {
+                GroupKey {
+                    gpu: p.gpu.clone(),
+                    placement,
+                    pid: Some(p.pid),
+                }
+            } else {
+                // Per-pod sums: within a pod, the container ID adds nothing but churn.
+                let placement = if placement.pod.is_some() {
+                    Placement {
+                        container_id: None,
+                        ..placement
+                    }
+                } else {
+                    placement
+                };
+                GroupKey {
+                    gpu: p.gpu.clone(),
+                    placement,
+                    pid: None,
+                }
+            };
+            let sums = groups.entry(key).or_default();
+            sums.add(p.memory_used, &p.utilization);
+            if sums.executable.is_none() {
+                sums.executable.clone_from(&p.executable);
+            }
+        }
+
+        let mut out = Attribution {
+            kubelet_ok,
+            ..Attribution::default()
+        };
+        let mut budget = self.config.max_series;
+        let mut overflow_alloc: BTreeMap<String, i64> = BTreeMap::new();
+        let mut overflow_use: BTreeMap<String, Sums> = BTreeMap::new();
+        let mut folded = 0u64;
+
+        for (gpu, holders) in &allocations.by_gpu {
+            for h in holders {
+                if budget == 0 {
+                    *overflow_alloc.entry(gpu.clone()).or_default() += 1;
+                    folded += 1;
+                    continue;
+                }
+                budget -= 1;
+                out.series.push(Series {
+                    name: GPU_ALLOCATION,
+                    attributes: vec![
+                        KeyValue::new(semconv::HW_ID, gpu.clone()),
+                        KeyValue::new(semconv::K8S_NAMESPACE_NAME, h.namespace.clone()),
+                        KeyValue::new(semconv::K8S_POD_NAME, h.pod.clone()),
+                        KeyValue::new(semconv::K8S_CONTAINER_NAME, h.container.clone()),
+                    ],
+                    value: SeriesValue::Int(1),
+                });
+            }
+            if let Some(owner) = sole_owner(holders) {
+                out.owners.insert(gpu.clone(), owner);
+            }
+        }
+
+        for (key, sums) in &groups {
+            let n = sums.series();
+            if n > budget {
+                overflow_use.entry(key.gpu.clone()).or_default().merge(sums);
+                folded += n as u64;
+                budget = 0;
+                continue;
+            }
+            budget -= n;
+            let attrs = group_attributes(key, sums);
+            push_use(&mut out.series, attrs, sums);
+        }
+
+        for (gpu, count) in overflow_alloc {
+            out.series.push(Series {
+                name: GPU_ALLOCATION,
+                attributes: vec![
+                    KeyValue::new(semconv::HW_ID, gpu),
+                    KeyValue::new(ATTR_OVERFLOW, true),
+                ],
+                value: SeriesValue::Int(count),
+            });
+        }
+        for (gpu, sums) in overflow_use {
+            let attrs = vec![
+                KeyValue::new(semconv::HW_ID, gpu),
+                KeyValue::new(ATTR_OVERFLOW, true),
+            ];
+            push_use(&mut out.series, attrs, &sums);
+        }
+        if folded > 0 && self.logged.insert("overflow") {
+            tracing::warn!(
+                max_series = self.config.max_series,
+                folded,
+                "more attributed GPU series than the cap; the excess is aggregated (logged once)"
+            );
+        }
+        self.overflow_total += folded;
+
+        out.series.push(Series {
+            name: ATTRIBUTION_OVERFLOW,
+            attributes: Vec::new(),
+            value: SeriesValue::Int(i64::try_from(self.overflow_total).unwrap_or(i64::MAX)),
+        });
+        for (kind, n) in &self.errors {
+            out.series.push(Series {
+                name: ATTRIBUTION_ERRORS,
+                attributes: vec![KeyValue::new(semconv::ERROR_TYPE, *kind)],
+                value: SeriesValue::Int(i64::try_from(*n).unwrap_or(i64::MAX)),
+            });
+        }
+        out
+    }
+
+    fn count(&mut self, kind: &'static str) {
+        *self.errors.entry(kind).or_insert(0) += 1;
+    }
+
+    /// The kubelet's allocations this cycle (empty when off or failed).
+    fn allocations(&mut self, gpus: &[GpuIdentity]) -> (Allocations, bool) {
+        let cycle = self.cycle;
+        let Some(kubelet) = self.kubelet.as_mut() else {
+            return (Allocations::default(), false);
+        };
+        match kubelet.list(cycle) {
+            Ok(list) => {
+                if self.kubelet_off_logged || self.logged.iter().any(|k| k.starts_with("kubelet")) {
+                    tracing::info!(socket = %kubelet.socket().display(), "kubelet pod-resources answers again; attribution to pods is on");
+                }
+                self.kubelet_off_logged = false;
+                self.logged.retain(|k| !k.starts_with("kubelet"));
+                let a = Allocations::from_list(&list, gpus);
+                if a.unrecognised_ids > 0 {
+                    *self.errors.entry("unknown_device_id").or_insert(0) +=
+                        a.unrecognised_ids as u64;
+                    if self.logged.insert("unknown_device_id") {
+                        tracing::warn!(
+                            count = a.unrecognised_ids,
+                            "kubelet reported NVIDIA device IDs that match no GPU here (logged once)"
+                        );
+                    }
+                }
+                (a, true)
+            }
+            Err(e) if e.is_unavailable() => {
+                if !self.kubelet_off_logged {
+                    self.kubelet_off_logged = true;
+                    tracing::info!(
+                        socket = %kubelet.socket().display(),
+                        reason = %cause(&e),
+                        "kubelet pod-resources socket not usable; GPU attribution to pods is off"
+                    );
+                }
+                (Allocations::default(), false)
+            }
+            Err(e) => {
+                let kind = e.kind();
+                if self.logged.insert(kind) {
+                    tracing::warn!(
+                        socket = %kubelet.socket().display(),
+                        error = %cause(&e),
+                        "kubelet pod-resources call failed; no pod attribution this cycle (logged once)"
+                    );
+                }
+                self.count(kind);
+                (Allocations::default(), false)
+            }
+        }
+    }
+
+    /// Where process `p` runs: its container, and its pod when that can be told for sure.
+    fn place(&mut self, p: &GpuProcess, allocations: &Allocations) -> Placement {
+        let info = match self.cgroups.read(p.pid) {
+            Ok(info) => info,
+            // The process exited between NVML's answer and now: nothing to attribute.
+            Err(CgroupError::Read { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                ContainerInfo::default()
+            }
+            Err(e) => {
+                let kind = e.kind();
+                self.count(kind);
+                if self.logged.insert(kind) {
+                    tracing::warn!(pid = p.pid, error = %cause(&e), "cgroup file skipped (logged once)");
+                }
+                ContainerInfo::default()
+            }
+        };
+        let mut placement = Placement {
+            container_id: info.container_id.clone(),
+            ..Placement::default()
+        };
+        let Some(uid) = info.pod_uid.as_deref() else {
+            // Not in a pod (host process or plain container): never guess a pod for it.
+            return placement;
+        };
+        let holders = allocations.holders(&p.gpu);
+        let named = self.pods.lookup(uid, self.cycle).cloned();
+        let (namespace, pod) = match named {
+            Some(n) => (n.namespace, n.name),
+            None => match sole_owner(holders) {
+                // The UID cannot be named, but only one pod holds this GPU: it is that pod.
+                Some(o) => (o.namespace, o.pod),
+                None => {
+                    if !holders.is_empty() {
+                        self.count("pod_ambiguous");
+                    }
+                    return placement;
+                }
+            },
+        };
+        let mut containers = holders
+            .iter()
+            .filter(|h| h.namespace == namespace && h.pod == pod)
+            .map(|h| h.container.as_str());
+        let container = match (containers.next(), containers.next()) {
+            (Some(c), None) => Some(c.to_owned()),
+            _ => None,
+        };
+        placement.namespace = Some(namespace);
+        placement.pod = Some(pod);
+        placement.container = container;
+        placement
+    }
+}
+
+/// The one pod among `holders`, if there is exactly one (several containers of it may hold
+/// the GPU; the container is then left out).
+fn sole_owner(holders: &[Holder]) -> Option<Owner> {
+    let pods: BTreeSet<(&str, &str)> = holders
+        .iter()
+        .map(|h| (h.namespace.as_str(), h.pod.as_str()))
+        .collect();
+    if pods.len() != 1 {
+        return None;
+    }
+    let first = holders.first()?;
+    Some(Owner {
+        namespace: first.namespace.clone(),
+        pod: first.pod.clone(),
+        container: (holders.len() == 1).then(|| first.container.clone()),
+    })
+}
+
+fn group_attributes(key: &GroupKey, sums: &Sums) -> Vec<KeyValue> {
+    let mut a = vec![KeyValue::new(semconv::HW_ID, key.gpu.clone())];
+    if let Some(pid) = key.pid {
+        a.push(KeyValue::new(semconv::PROCESS_PID, i64::from(pid)));
+        if let Some(exe) = &sums.executable {
+            a.push(KeyValue::new(semconv::PROCESS_EXECUTABLE_NAME, exe.clone()));
+        }
+    }
+    let p = &key.placement;
+    if let Some(id) = &p.container_id {
+        a.push(KeyValue::new(semconv::CONTAINER_ID, id.clone()));
+    }
+    if let Some(ns) = &p.namespace {
+        a.push(KeyValue::new(semconv::K8S_NAMESPACE_NAME, ns.clone()));
+    }
+    if let Some(pod) = &p.pod {
+        a.push(KeyValue::new(semconv::K8S_POD_NAME, pod.clone()));
+    }
+    if let Some(c) = &p.container {
+        a.push(KeyValue::new(semconv::K8S_CONTAINER_NAME, c.clone()));
+    }
+    a
+}
+
+fn push_use(out: &mut Vec<Series>, attrs: Vec<KeyValue>, sums: &Sums) {
+    if let Some(m) = sums.memory {
+        out.push(Series {
+            name: PROCESS_GPU_MEMORY_USAGE,
+            attributes: attrs.clone(),
+            value: SeriesValue::Int(i64::try_from(m).unwrap_or(i64::MAX)),
+        });
+    }
+    for (task, v) in &sums.utilization {
+        let mut a = attrs.clone();
+        a.push(KeyValue::new(semconv::HW_GPU_TASK, task.clone()));
+        out.push(Series {
+            name: PROCESS_GPU_UTILIZATION,
+            attributes: a,
+            // Several processes' shares of one GPU cannot add up past the whole GPU.
+            value: SeriesValue::Float(v.min(1.0)),
+        });
+    }
+}
+
+/// An error and its sources, `a: b: c`, for log lines.
+fn cause(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut next = e.source();
+    while let Some(inner) = next {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        next = inner.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn holder(ns: &str, pod: &str, c: &str) -> Holder {
+        Holder {
+            namespace: ns.into(),
+            pod: pod.into(),
+            container: c.into(),
+        }
+    }
+
+    #[test]
+    fn a_gpu_held_by_two_containers_of_one_pod_has_an_owner_without_container() {
+        let o = sole_owner(&[holder("a", "p", "c1"), holder("a", "p", "c2")]).unwrap();
+        assert_eq!(o.pod, "p");
+        assert_eq!(o.container, None);
+        assert_eq!(
+            sole_owner(&[holder("a", "p", "c1"), holder("a", "q", "c1")]),
+            None
+        );
+        assert_eq!(sole_owner(&[]), None);
+    }
+
+    #[test]
+    fn utilization_sums_are_capped_at_the_whole_gpu_and_ignore_nan() {
+        let mut s = Sums::default();
+        s.add(Some(5), &[("general".into(), 0.7)]);
+        s.add(
+            None,
+            &[("general".into(), 0.6), ("encoder".into(), f64::NAN)],
+        );
+        let mut out = Vec::new();
+        push_use(&mut out, vec![], &s);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].value, SeriesValue::Int(5));
+        assert_eq!(out[1].value, SeriesValue::Float(1.0));
+    }
+}
