@@ -30,11 +30,13 @@ use std::sync::{Mutex, PoisonError, RwLock};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Instant;
 
+use opentelemetry::global::BoxedTracer;
 use opentelemetry::metrics::{BoundCounter, BoundHistogram, BoundUpDownCounter, Counter, Meter};
 use opentelemetry::trace::{
-    Link, SpanContext, SpanId, SpanKind, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+    Link, SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId,
+    TraceState, Tracer as _,
 };
-use opentelemetry::{Context, InstrumentationScope, KeyValue};
+use opentelemetry::{Context, ContextGuard, InstrumentationScope, KeyValue};
 use opentelemetry_sdk::trace::{IdGenerator, SamplingDecision, SamplingResult, ShouldSample};
 use tracing_subscriber::layer::Filter;
 
@@ -407,9 +409,10 @@ impl<G: IdGenerator> IdGenerator for MonitoredIdGenerator<G> {
     }
 }
 
-/// A per-layer filter for the `tracing-opentelemetry` layer: it skips every
-/// span created inside an unsampled monitored call, so a `tracing` span that
-/// exists only for another layer (fmt) costs the OTel layer nothing.
+/// A per-layer filter for the `tracing-opentelemetry` layer. It skips the
+/// `tracing` spans of monitored calls (they exist only for other layers such as
+/// fmt: a sampled call starts its OTel span directly on the SDK, which costs far
+/// less), and every span inside an unsampled monitored call.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OtelFilter;
 
@@ -418,13 +421,26 @@ pub fn otel_filter() -> OtelFilter {
     OtelFilter
 }
 
+/// The (never recorded) field that marks the `tracing` span of a `#[monitored]` call.
+pub const MONITORED_MARKER: &str = "otel_instrument.monitored";
+
 impl<S> Filter<S> for OtelFilter {
     fn enabled(
         &self,
         meta: &tracing::Metadata<'_>,
         _cx: &tracing_subscriber::layer::Context<'_, S>,
     ) -> bool {
-        !meta.is_span() || !is_unsampled()
+        if !meta.is_span() {
+            return true;
+        }
+        let trace = current().trace;
+        if meta.fields().field(MONITORED_MARKER).is_some() {
+            // Sampled monitored calls start their OTel span themselves; only
+            // when #[monitored] does not decide does the OTel layer see them.
+            trace == Trace::Delegated
+        } else {
+            !matches!(trace, Trace::Unsampled(_))
+        }
     }
 
     fn callsite_enabled(
@@ -449,6 +465,9 @@ const CALLER_SLOTS: usize = 8;
 pub struct Callsite {
     function: &'static str,
     module: &'static str,
+    file: &'static str,
+    line: u32,
+    kind: &'static str,
     sample: Option<f64>,
     metrics: bool,
     span: bool,
@@ -483,9 +502,13 @@ fn same(a: Option<&'static Callsite>, b: Option<&'static Callsite>) -> bool {
 
 impl Callsite {
     /// A callsite; `#[monitored]` puts one in a `static` per function.
+    #[allow(clippy::too_many_arguments)]
     pub const fn new(
         function: &'static str,
         module: &'static str,
+        file: &'static str,
+        line: u32,
+        kind: &'static str,
         sample: Option<f64>,
         metrics: bool,
         span: bool,
@@ -493,10 +516,23 @@ impl Callsite {
         Self {
             function,
             module,
+            file,
+            line,
+            kind,
             sample,
             metrics,
             span,
             bound: AtomicPtr::new(std::ptr::null_mut()),
+        }
+    }
+
+    fn span_kind(&self) -> SpanKind {
+        match self.kind {
+            "server" => SpanKind::Server,
+            "client" => SpanKind::Client,
+            "producer" => SpanKind::Producer,
+            "consumer" => SpanKind::Consumer,
+            _ => SpanKind::Internal,
         }
     }
 
@@ -655,6 +691,54 @@ fn meter() -> Meter {
 }
 
 // ---------------------------------------------------------------------------
+// The tracer for sampled calls.
+
+static TRACER: AtomicPtr<(u64, BoxedTracer)> = AtomicPtr::new(std::ptr::null_mut());
+
+/// The global tracer, re-fetched when the generation changes.
+fn tracer() -> &'static BoxedTracer {
+    let generation = generation();
+    let p = TRACER.load(Ordering::Acquire);
+    // SAFETY: `TRACER` holds null or a pointer from `Box::leak`, valid forever.
+    if let Some((g, t)) = unsafe { p.as_ref() } {
+        if *g == generation {
+            return t;
+        }
+    }
+    let _lock = BINDING.lock().unwrap_or_else(PoisonError::into_inner);
+    let fresh: &'static (u64, BoxedTracer) = Box::leak(Box::new((
+        generation,
+        opentelemetry::global::tracer_with_scope(
+            InstrumentationScope::builder(SCOPE_NAME)
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build(),
+        ),
+    )));
+    TRACER.store(fresh as *const _ as *mut _, Ordering::Release);
+    &fresh.1
+}
+
+/// Starts the OpenTelemetry span of a sampled call directly on the SDK, as a
+/// child of the current OTel context, and returns the context that holds it.
+#[cold]
+fn start_otel(callsite: &'static Callsite, mut attributes: Vec<KeyValue>) -> Context {
+    let tracer = tracer();
+    attributes.extend([
+        KeyValue::new("code.function.name", callsite.function),
+        KeyValue::new("code.module.name", callsite.module),
+        KeyValue::new("code.file.path", callsite.file),
+        KeyValue::new("code.line.number", i64::from(callsite.line)),
+    ]);
+    let parent = Context::current();
+    let span = tracer
+        .span_builder(callsite.function)
+        .with_kind(callsite.span_kind())
+        .with_attributes(attributes)
+        .start_with_context(tracer, &parent);
+    parent.with_span(span)
+}
+
+// ---------------------------------------------------------------------------
 // The guards.
 
 /// The state a monitored call carries from start to finish.
@@ -666,15 +750,19 @@ struct Core {
     frame: Frame,
     start: Instant,
     error: Option<(ErrorCategory, &'static str)>,
+    /// The OTel span of a sampled call, started directly on the SDK.
+    otel: Option<Context>,
 }
 
 impl Core {
-    /// Decides, sets the frame for span creation, and makes the span if wanted.
+    /// Decides, sets the frame, starts the OTel span of a sampled call and
+    /// makes a `tracing` span if some layer wants one.
     #[inline]
     fn open(
         callsite: &'static Callsite,
         make_span: impl FnOnce() -> tracing::Span,
-    ) -> (Self, Frame, Option<tracing::Span>, bool) {
+        make_attributes: impl FnOnce() -> Vec<KeyValue>,
+    ) -> (Self, Frame, Option<tracing::Span>) {
         let prev = current();
         let trace = if !callsite.span {
             prev.trace
@@ -688,13 +776,22 @@ impl Core {
             callsite: Some(callsite),
             trace,
         };
-        // The frame must be current while the span is made and first entered:
-        // the OTel filter and the SDK sampler read it.
+        // The frame must be current while spans start: the OTel filter and the
+        // SDK sampler read it.
         set_current(frame);
+        let mut otel = None;
         let wanted = match trace {
             Trace::Free => false,
             Trace::Unsampled(_) => OTHER_LAYERS.load(Ordering::Relaxed),
-            Trace::Delegated | Trace::Sampled => true,
+            Trace::Sampled => {
+                if callsite.span {
+                    otel = Some(start_otel(callsite, make_attributes()));
+                    // The SDK's id generator took the drawn trace id, if it wanted it.
+                    PENDING_TRACE_ID.with(|p| p.set(0));
+                }
+                OTHER_LAYERS.load(Ordering::Relaxed)
+            }
+            Trace::Delegated => true,
         };
         let span = if callsite.span && wanted {
             let span = make_span();
@@ -702,7 +799,6 @@ impl Core {
         } else {
             None
         };
-        let fresh_root = matches!(prev.trace, Trace::Free) && trace == Trace::Sampled;
         let bound = callsite.metrics.then(|| callsite.bound());
         if let Some(b) = bound {
             b.concurrent.add(1);
@@ -714,8 +810,9 @@ impl Core {
             frame,
             start: Instant::now(),
             error: None,
+            otel,
         };
-        (core, prev, span, fresh_root)
+        (core, prev, span)
     }
 
     #[inline]
@@ -742,6 +839,15 @@ impl Core {
             }
             b.concurrent.add(-1);
         }
+        if let Some(cx) = &self.otel {
+            let otel_span = cx.span();
+            if let Some((category, error_type)) = error {
+                otel_span.set_status(Status::error(""));
+                otel_span.set_attribute(KeyValue::new(ERROR_TYPE, error_type));
+                otel_span.set_attribute(KeyValue::new(ERROR_CATEGORY, category.as_str()));
+            }
+            otel_span.end();
+        }
         if let (Some(span), Some((category, error_type))) = (span, error) {
             span.record("otel.status_code", "error");
             span.record(ERROR_TYPE, error_type);
@@ -750,27 +856,35 @@ impl Core {
     }
 }
 
-/// The guard of a sync monitored call: the frame is current and the span
-/// entered until it drops, which records the metrics.
+/// The guard of a sync monitored call: the frame (and, when sampled, the OTel
+/// context) is current and the span entered until it drops, which records the
+/// metrics.
 #[derive(Debug)]
 #[must_use = "the call is measured until the guard drops"]
 pub struct Call {
     core: Core,
     prev: Frame,
     span: Option<tracing::span::EnteredSpan>,
+    attached: Option<ContextGuard>,
 }
 
 impl Call {
-    /// Starts a sync call. `make_span` runs only when a span is wanted.
+    /// Starts a sync call. `make_span` runs only when a `tracing` span is
+    /// wanted, `make_attributes` only when the call is sampled.
     #[inline]
-    pub fn enter(callsite: &'static Callsite, make_span: impl FnOnce() -> tracing::Span) -> Self {
-        let (core, prev, span, fresh_root) = Core::open(callsite, make_span);
-        let span = span.map(tracing::Span::entered);
-        if fresh_root {
-            // Entering started the SDK span, which took the id if it wanted it.
-            PENDING_TRACE_ID.with(|p| p.set(0));
+    pub fn enter(
+        callsite: &'static Callsite,
+        make_span: impl FnOnce() -> tracing::Span,
+        make_attributes: impl FnOnce() -> Vec<KeyValue>,
+    ) -> Self {
+        let (core, prev, span) = Core::open(callsite, make_span, make_attributes);
+        let attached = core.otel.as_ref().map(|cx| cx.clone().attach());
+        Self {
+            core,
+            prev,
+            span: span.map(tracing::Span::entered),
+            attached,
         }
-        Self { core, prev, span }
     }
 
     /// Marks the call as failed with the given category and `error.type`.
@@ -785,13 +899,15 @@ impl Drop for Call {
     fn drop(&mut self) {
         self.core.close(self.span.as_deref());
         drop(self.span.take());
+        drop(self.attached.take());
         set_current(self.prev);
     }
 }
 
-/// The state of an async monitored call. It makes its frame current and enters
-/// its span on every poll, on whichever thread polls it, and records the
-/// metrics when it finishes (or as `cancelled` when dropped unfinished).
+/// The state of an async monitored call. It makes its frame (and OTel context)
+/// current and enters its span on every poll, on whichever thread polls it, and
+/// records the metrics when it finishes (or as `cancelled` when dropped
+/// unfinished).
 #[derive(Debug)]
 #[must_use = "the call is measured until it finishes"]
 pub struct AsyncCall {
@@ -802,18 +918,14 @@ pub struct AsyncCall {
 
 impl AsyncCall {
     /// Starts an async call (on its first poll). `make_span` runs only when a
-    /// span is wanted.
+    /// `tracing` span is wanted, `make_attributes` only when it is sampled.
     #[inline]
-    pub fn start(callsite: &'static Callsite, make_span: impl FnOnce() -> tracing::Span) -> Self {
-        let (core, prev, span, fresh_root) = Core::open(callsite, make_span);
-        if let Some(span) = &span {
-            // Start the OTel span now, while the frame is current, so the SDK
-            // sampler sees this call's decision.
-            let _ = span.enter();
-        }
-        if fresh_root {
-            PENDING_TRACE_ID.with(|p| p.set(0));
-        }
+    pub fn start(
+        callsite: &'static Callsite,
+        make_span: impl FnOnce() -> tracing::Span,
+        make_attributes: impl FnOnce() -> Vec<KeyValue>,
+    ) -> Self {
+        let (core, prev, span) = Core::open(callsite, make_span, make_attributes);
         set_current(prev);
         Self {
             core,
@@ -831,6 +943,7 @@ impl AsyncCall {
     ) -> Poll<F::Output> {
         let prev = current();
         set_current(self.core.frame);
+        let _attached = self.core.otel.as_ref().map(|c| c.clone().attach());
         let poll = match &self.span {
             Some(span) => {
                 let _entered = span.enter();
@@ -867,11 +980,66 @@ impl Drop for AsyncCall {
     }
 }
 
+/// Converts a `fields(..)` value into an OpenTelemetry attribute value.
+pub trait FieldValue {
+    /// The attribute value.
+    fn into_otel_value(self) -> opentelemetry::Value;
+}
+
+macro_rules! field_value_as {
+    ($as:ty => $($t:ty),*) => {$(
+        impl FieldValue for $t {
+            fn into_otel_value(self) -> opentelemetry::Value {
+                opentelemetry::Value::from(self as $as)
+            }
+        }
+    )*};
+}
+field_value_as!(i64 => i8, i16, i32, i64, u8, u16, u32, u64, isize, usize);
+field_value_as!(f64 => f32, f64);
+
+impl FieldValue for bool {
+    fn into_otel_value(self) -> opentelemetry::Value {
+        opentelemetry::Value::from(self)
+    }
+}
+impl FieldValue for &str {
+    fn into_otel_value(self) -> opentelemetry::Value {
+        opentelemetry::Value::from(self.to_owned())
+    }
+}
+impl FieldValue for String {
+    fn into_otel_value(self) -> opentelemetry::Value {
+        opentelemetry::Value::from(self)
+    }
+}
+impl FieldValue for &String {
+    fn into_otel_value(self) -> opentelemetry::Value {
+        opentelemetry::Value::from(self.clone())
+    }
+}
+
 /// Re-exports for the code `#[monitored]` generates. Not public API.
 #[doc(hidden)]
 pub mod __macro_support {
     pub use crate::errors::probe::{Probe, ViaAny, ViaCategorize, ViaError};
+    pub use opentelemetry::KeyValue;
     pub use tracing;
+
+    /// A `fields(..)` value as an attribute value.
+    pub fn value(v: impl super::FieldValue) -> opentelemetry::Value {
+        v.into_otel_value()
+    }
+
+    /// A `?value` as its `Debug` text.
+    pub fn debug_value(v: &(impl std::fmt::Debug + ?Sized)) -> opentelemetry::Value {
+        opentelemetry::Value::from(format!("{v:?}"))
+    }
+
+    /// A `%value` as its `Display` text.
+    pub fn display_value(v: &(impl std::fmt::Display + ?Sized)) -> opentelemetry::Value {
+        opentelemetry::Value::from(v.to_string())
+    }
 }
 
 #[cfg(test)]

@@ -18,6 +18,11 @@ fn logged_but_unsampled() {
     tracing::info!("inside an unsampled call");
 }
 
+#[monitored(sample = 1.0)]
+fn always_sampled_here() {
+    tracing::info!("inside a sampled call");
+}
+
 #[test]
 fn fmt_keeps_the_span_of_an_unsampled_call_while_otel_exports_nothing() {
     let sink = OtlpSink::start().unwrap();

@@ -194,6 +194,23 @@ fn generate(args: Args, func: MaybeItemFn) -> syn::Result<TokenStream> {
             None => quote!(#key = #tracing::field::Empty),
         }
     });
+    let param_attrs = recorded.iter().map(|p| {
+        let key = LitStr::new(&p.unraw().to_string(), p.span());
+        quote!(#support::KeyValue::new(#key, #support::debug_value(&#p)))
+    });
+    let user_attrs = args.fields.iter().flatten().filter_map(|f| {
+        let key = &f.name;
+        let (sigil, expr) = f.value.as_ref()?;
+        let value = match sigil.as_ref().map(ToString::to_string).as_deref() {
+            Some("?") => quote!(#support::debug_value(&(#expr))),
+            Some("%") => quote!(#support::display_value(&(#expr))),
+            _ => quote!(#support::value(#expr)),
+        };
+        Some(quote!(#support::KeyValue::new(#key, #value)))
+    });
+    let attrs_expr = quote! {
+        || -> ::std::vec::Vec<#support::KeyValue> { ::std::vec![#(#user_attrs,)* #(#param_attrs,)*] }
+    };
     let span_expr = if want_span {
         quote_spanned! {sig.ident.span()=>
             #tracing::span!(
@@ -205,6 +222,7 @@ fn generate(args: Args, func: MaybeItemFn) -> syn::Result<TokenStream> {
                 "otel.status_code" = #tracing::field::Empty,
                 "error.type" = #tracing::field::Empty,
                 "error.category" = #tracing::field::Empty,
+                "otel_instrument.monitored" = #tracing::field::Empty,
                 #(#user_fields,)*
                 #(#param_fields,)*
             )
@@ -213,10 +231,13 @@ fn generate(args: Args, func: MaybeItemFn) -> syn::Result<TokenStream> {
         quote!(#tracing::Span::none())
     };
 
-    let callsite = quote! {
+    let callsite = quote_spanned! {sig.ident.span()=>
         static __OTEL_CALLSITE: #monitored::Callsite = #monitored::Callsite::new(
             #name,
             ::core::module_path!(),
+            ::core::file!(),
+            ::core::line!(),
+            #kind,
             #sample,
             #metrics,
             #want_span,
@@ -238,7 +259,7 @@ fn generate(args: Args, func: MaybeItemFn) -> syn::Result<TokenStream> {
         let classify = if err { classify } else { TokenStream::new() };
         quote! {
             #callsite
-            let mut __otel_call = #monitored::AsyncCall::start(&__OTEL_CALLSITE, || #span_expr);
+            let mut __otel_call = #monitored::AsyncCall::start(&__OTEL_CALLSITE, || #span_expr, #attrs_expr);
             let __otel_fut = async move #body;
             let mut __otel_fut = ::core::pin::pin!(__otel_fut);
             let __otel_ret #annotation = ::core::future::poll_fn(|__otel_cx| {
@@ -252,7 +273,7 @@ fn generate(args: Args, func: MaybeItemFn) -> syn::Result<TokenStream> {
     } else if err {
         quote! {
             #callsite
-            let mut __otel_call = #monitored::Call::enter(&__OTEL_CALLSITE, || #span_expr);
+            let mut __otel_call = #monitored::Call::enter(&__OTEL_CALLSITE, || #span_expr, #attrs_expr);
             #[allow(clippy::redundant_closure_call)]
             let __otel_ret #annotation = (move || #body)();
             #classify
@@ -261,7 +282,7 @@ fn generate(args: Args, func: MaybeItemFn) -> syn::Result<TokenStream> {
     } else {
         quote! {
             #callsite
-            let __otel_call = #monitored::Call::enter(&__OTEL_CALLSITE, || #span_expr);
+            let __otel_call = #monitored::Call::enter(&__OTEL_CALLSITE, || #span_expr, #attrs_expr);
             #body
         }
     };
