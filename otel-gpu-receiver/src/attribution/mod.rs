@@ -31,16 +31,19 @@ use std::time::Duration;
 use opentelemetry::KeyValue;
 use opentelemetry_semantic_conventions::attribute as semconv;
 
+use crate::gpu::names::ATTR_GPU_INDEX;
+use crate::snapshot::{Point, Points, Value};
+
 use self::cgroup::{CgroupError, CgroupReader, ContainerInfo};
 use self::kubelet::{Allocations, GpuIdentity, Holder, KubeletSource};
 use self::pods::PodDirectory;
 
 /// `nvidia.gpu.allocation`: 1 per GPU and container that the kubelet gave it to.
 pub const GPU_ALLOCATION: &str = "nvidia.gpu.allocation";
-/// `process.gpu.memory.usage` (semantic-conventions style; not defined there yet).
-pub const PROCESS_GPU_MEMORY_USAGE: &str = "process.gpu.memory.usage";
-/// `process.gpu.utilization` (semantic-conventions style; not defined there yet).
-pub const PROCESS_GPU_UTILIZATION: &str = "process.gpu.utilization";
+/// `process.gpu.memory.usage`, the GPU source's per-process series that attribution rewrites.
+pub use crate::gpu::names::PROCESS_GPU_MEMORY_USAGE;
+/// `process.gpu.utilization`, the GPU source's per-process series that attribution rewrites.
+pub use crate::gpu::names::PROCESS_GPU_UTILIZATION;
 /// Self-metric: attributed series folded into overflow series because of the cap.
 pub const ATTRIBUTION_OVERFLOW: &str = "otel_gpu_receiver.attribution.overflow";
 /// Self-metric: attribution problems by `error.type` (malformed cgroup file, kubelet timeout…).
@@ -384,6 +387,78 @@ impl Attributor {
         out
     }
 
+    /// Rewrites one cycle's points in place: the GPU source's per-process series become
+    /// per-pod sums (or attributed per-process series), allocations and self-metrics are
+    /// added, and the device-level series of a GPU held by exactly one pod get its `k8s.*`
+    /// attributes.
+    ///
+    /// The GPUs are recognised by their `hw.id` and `gpu.index` attributes (MIG instances,
+    /// which carry `hw.parent`, are matched by UUID only).
+    pub fn apply(&mut self, points: &mut Points) {
+        let all = std::mem::take(points).into_vec();
+        let mut gpus: BTreeMap<String, GpuIdentity> = BTreeMap::new();
+        let mut procs: BTreeMap<(String, u32), GpuProcess> = BTreeMap::new();
+        let mut rest: Vec<Point> = Vec::with_capacity(all.len());
+        for p in all {
+            let hw_id = str_of(&p.attributes, semconv::HW_ID);
+            if p.name == PROCESS_GPU_MEMORY_USAGE || p.name == PROCESS_GPU_UTILIZATION {
+                let pid =
+                    int_of(&p.attributes, semconv::PROCESS_PID).and_then(|v| u32::try_from(v).ok());
+                if let (Some(gpu), Some(pid)) = (hw_id, pid) {
+                    let entry = procs
+                        .entry((gpu.clone(), pid))
+                        .or_insert_with(|| GpuProcess {
+                            pid,
+                            gpu,
+                            executable: str_of(&p.attributes, semconv::PROCESS_EXECUTABLE_NAME),
+                            memory_used: None,
+                            utilization: Vec::new(),
+                        });
+                    if p.name == PROCESS_GPU_MEMORY_USAGE {
+                        entry.memory_used = u64::try_from(p.value.as_i64()).ok();
+                    } else {
+                        let task = str_of(&p.attributes, semconv::HW_GPU_TASK)
+                            .unwrap_or_else(|| "general".to_owned());
+                        entry.utilization.push((task, p.value.as_f64()));
+                    }
+                    continue;
+                }
+            } else if let Some(uuid) = hw_id
+                && str_of(&p.attributes, semconv::HW_PARENT).is_none()
+                && let Some(index) =
+                    int_of(&p.attributes, ATTR_GPU_INDEX).and_then(|v| u32::try_from(v).ok())
+            {
+                gpus.entry(uuid.clone()).or_insert(GpuIdentity {
+                    uuid,
+                    index,
+                    minor_number: None,
+                });
+            }
+            rest.push(p);
+        }
+        let gpus: Vec<GpuIdentity> = gpus.into_values().collect();
+        let procs: Vec<GpuProcess> = procs.into_values().collect();
+        let out = self.run(&gpus, &procs);
+
+        for mut p in rest {
+            if !p.name.starts_with("process.")
+                && !p.name.starts_with("otel_gpu_receiver.")
+                && let Some(owner) =
+                    str_of(&p.attributes, semconv::HW_ID).and_then(|id| out.owners.get(&id))
+            {
+                p.attributes.extend(owner.attributes());
+            }
+            points.push(p.name, p.attributes, p.value);
+        }
+        for s in out.series {
+            let value = match s.value {
+                SeriesValue::Int(i) => Value::Int(i),
+                SeriesValue::Float(f) => Value::Float(f),
+            };
+            points.push(s.name, s.attributes, value);
+        }
+    }
+
     fn count(&mut self, kind: &'static str) {
         *self.errors.entry(kind).or_insert(0) += 1;
     }
@@ -559,6 +634,23 @@ fn push_use(out: &mut Vec<Series>, attrs: Vec<KeyValue>, sums: &Sums) {
     }
 }
 
+fn str_of(attrs: &[KeyValue], key: &str) -> Option<String> {
+    attrs
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| kv.value.as_str().into_owned())
+}
+
+fn int_of(attrs: &[KeyValue], key: &str) -> Option<i64> {
+    attrs
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .and_then(|kv| match kv.value {
+            opentelemetry::Value::I64(i) => Some(i),
+            _ => None,
+        })
+}
+
 /// An error and its sources, `a: b: c`, for log lines.
 fn cause(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -608,5 +700,62 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].value, SeriesValue::Int(5));
         assert_eq!(out[1].value, SeriesValue::Float(1.0));
+    }
+
+    #[test]
+    fn apply_turns_per_process_points_into_sums_and_keeps_the_rest() {
+        let proc_root = tempfile::tempdir().unwrap();
+        let id = "ab".repeat(32);
+        for pid in [10u32, 11] {
+            let d = proc_root.path().join(pid.to_string());
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(
+                d.join("cgroup"),
+                format!("0::/system.slice/docker-{id}.scope\n"),
+            )
+            .unwrap();
+        }
+        let mut a = Attributor::new(AttributionConfig {
+            kubelet: false,
+            proc_root: proc_root.path().to_owned(),
+            ..AttributionConfig::default()
+        });
+        let gpu = |extra: &[KeyValue]| {
+            let mut v = vec![
+                KeyValue::new(semconv::HW_ID, "GPU-1"),
+                KeyValue::new(ATTR_GPU_INDEX, 0i64),
+            ];
+            v.extend_from_slice(extra);
+            v
+        };
+        let mut points = Points::default();
+        points.push("hw.gpu.memory.usage", gpu(&[]), Value::Int(9000));
+        for pid in [10i64, 11] {
+            let p = [
+                KeyValue::new(semconv::PROCESS_PID, pid),
+                KeyValue::new(semconv::PROCESS_EXECUTABLE_NAME, "python"),
+            ];
+            points.push(PROCESS_GPU_MEMORY_USAGE, gpu(&p), Value::Int(pid * 100));
+            let mut u = p.to_vec();
+            u.push(KeyValue::new(semconv::HW_GPU_TASK, "general"));
+            points.push(PROCESS_GPU_UTILIZATION, gpu(&u), Value::Float(0.25));
+        }
+        a.apply(&mut points);
+        let points = points.into_vec();
+        let find = |name: &'static str| points.iter().filter(move |p| p.name == name);
+        assert_eq!(
+            find("hw.gpu.memory.usage").count(),
+            1,
+            "device series kept once"
+        );
+        let mem: Vec<_> = find(PROCESS_GPU_MEMORY_USAGE).collect();
+        assert_eq!(mem.len(), 1);
+        assert_eq!(mem[0].value, Value::Int(2100));
+        assert_eq!(str_of(&mem[0].attributes, semconv::CONTAINER_ID), Some(id));
+        assert_eq!(int_of(&mem[0].attributes, semconv::PROCESS_PID), None);
+        let util: Vec<_> = find(PROCESS_GPU_UTILIZATION).collect();
+        assert_eq!(util.len(), 1);
+        assert_eq!(util[0].value, Value::Float(0.5));
+        assert_eq!(find(ATTRIBUTION_OVERFLOW).count(), 1);
     }
 }
