@@ -71,11 +71,13 @@ pub enum Family {
     Uptime,
     /// `process.*` for the agent itself.
     Process,
+    /// NVIDIA GPUs through NVML (`hw.gpu.*`, `hw.*`, `nvidia.gpu.*`): see [`crate::gpu`].
+    Gpu,
 }
 
 impl Family {
     /// Every host family, in catalogue order.
-    pub const ALL: [Family; 10] = [
+    pub const ALL: [Family; 11] = [
         Family::Cpu,
         Family::Memory,
         Family::Paging,
@@ -86,6 +88,7 @@ impl Family {
         Family::Processes,
         Family::Uptime,
         Family::Process,
+        Family::Gpu,
     ];
 
     /// The family's name in flags, env, TOML and the `source` attribute.
@@ -101,6 +104,7 @@ impl Family {
             Self::Processes => "processes",
             Self::Uptime => "uptime",
             Self::Process => "process",
+            Self::Gpu => "gpu",
         }
     }
 }
@@ -199,6 +203,155 @@ const PROCESSES: Origin = Origin::Host(Family::Processes);
 const UPTIME: Origin = Origin::Host(Family::Uptime);
 const PROCESS: Origin = Origin::Host(Family::Process);
 const SELF: Origin = Origin::SelfMonitoring;
+const GPU: Origin = Origin::Host(Family::Gpu);
+
+// GPU series: the identity of the GPU (or MIG instance), then the metric's own keys.
+// `hw.parent` is set on MIG instances only.
+use crate::gpu::names as g;
+const GPU_ID: &[&str] = &[
+    a::HW_ID,
+    a::HW_NAME,
+    a::HW_VENDOR,
+    a::HW_MODEL,
+    g::ATTR_GPU_INDEX,
+    a::HW_PARENT,
+];
+const GPU_TASK: &[&str] = &[
+    a::HW_ID,
+    a::HW_NAME,
+    a::HW_VENDOR,
+    a::HW_MODEL,
+    g::ATTR_GPU_INDEX,
+    a::HW_GPU_TASK,
+];
+const GPU_TYPE: &[&str] = &[
+    a::HW_ID,
+    a::HW_NAME,
+    a::HW_VENDOR,
+    a::HW_MODEL,
+    g::ATTR_GPU_INDEX,
+    a::HW_TYPE,
+];
+const GPU_DIR: &[&str] = &[
+    a::HW_ID,
+    a::HW_NAME,
+    a::HW_VENDOR,
+    a::HW_MODEL,
+    g::ATTR_GPU_INDEX,
+    a::NETWORK_IO_DIRECTION,
+];
+const GPU_SENSOR: &[&str] = &[
+    a::HW_ID,
+    a::HW_NAME,
+    a::HW_VENDOR,
+    a::HW_MODEL,
+    g::ATTR_GPU_INDEX,
+    a::HW_SENSOR_LOCATION,
+];
+const GPU_LIMIT: &[&str] = &[
+    a::HW_ID,
+    a::HW_NAME,
+    a::HW_VENDOR,
+    a::HW_MODEL,
+    g::ATTR_GPU_INDEX,
+    a::HW_SENSOR_LOCATION,
+    a::HW_LIMIT_TYPE,
+];
+const GPU_ERRORS: &[&str] = &[
+    a::HW_ID,
+    a::HW_NAME,
+    a::HW_VENDOR,
+    a::HW_MODEL,
+    g::ATTR_GPU_INDEX,
+    a::HW_TYPE,
+    a::ERROR_TYPE,
+];
+const GPU_STATUS: &[&str] = &[
+    a::HW_ID,
+    a::HW_NAME,
+    a::HW_VENDOR,
+    a::HW_MODEL,
+    g::ATTR_GPU_INDEX,
+    a::HW_PARENT,
+    a::HW_TYPE,
+    a::HW_STATE,
+    a::HW_DRIVER_VERSION,
+    a::HW_FIRMWARE_VERSION,
+    a::HW_SERIAL_NUMBER,
+];
+const GPU_CLOCK: &[&str] = &[
+    a::HW_ID,
+    a::HW_NAME,
+    a::HW_VENDOR,
+    a::HW_MODEL,
+    g::ATTR_GPU_INDEX,
+    g::ATTR_CLOCK,
+];
+const GPU_THROTTLE: &[&str] = &[
+    a::HW_ID,
+    a::HW_NAME,
+    a::HW_VENDOR,
+    a::HW_MODEL,
+    g::ATTR_GPU_INDEX,
+    g::ATTR_THROTTLE_REASON,
+];
+const GPU_NVLINK: &[&str] = &[
+    a::HW_ID,
+    a::HW_NAME,
+    a::HW_VENDOR,
+    a::HW_MODEL,
+    g::ATTR_GPU_INDEX,
+    g::ATTR_NVLINK,
+    a::NETWORK_IO_DIRECTION,
+];
+const GPU_XID: &[&str] = &[
+    a::HW_ID,
+    a::HW_NAME,
+    a::HW_VENDOR,
+    a::HW_MODEL,
+    g::ATTR_GPU_INDEX,
+    g::ATTR_XID_CODE,
+];
+const GPU_REMAP: &[&str] = &[
+    a::HW_ID,
+    a::HW_NAME,
+    a::HW_VENDOR,
+    a::HW_MODEL,
+    g::ATTR_GPU_INDEX,
+    g::ATTR_REMAP_KIND,
+];
+const GPU_FAN: &[&str] = &[
+    a::HW_ID,
+    a::HW_NAME,
+    a::HW_VENDOR,
+    a::HW_MODEL,
+    g::ATTR_GPU_INDEX,
+    g::ATTR_FAN,
+];
+const GPU_MIG: &[&str] = &[
+    a::HW_ID,
+    a::HW_NAME,
+    a::HW_VENDOR,
+    a::HW_MODEL,
+    g::ATTR_GPU_INDEX,
+    a::HW_PARENT,
+    g::ATTR_MIG_PROFILE,
+    g::ATTR_MIG_GPU_INSTANCE,
+    g::ATTR_MIG_COMPUTE_INSTANCE,
+];
+const GPU_PROC: &[&str] = &[
+    a::PROCESS_PID,
+    a::PROCESS_EXECUTABLE_NAME,
+    a::HW_ID,
+    g::ATTR_GPU_INDEX,
+];
+const GPU_PROC_TASK: &[&str] = &[
+    a::PROCESS_PID,
+    a::PROCESS_EXECUTABLE_NAME,
+    a::HW_ID,
+    g::ATTR_GPU_INDEX,
+    a::HW_GPU_TASK,
+];
 
 /// Every metric the agent can emit.
 #[rustfmt::skip]
@@ -244,6 +397,38 @@ pub static CATALOGUE: &[MetricDesc] = &[
     m(names::ERRORS, Counter, Int, "{error}", "Source failures by source and error type; a failing source is skipped (from the first error)", SELF, &[names::ATTR_SOURCE, a::ERROR_TYPE]),
     m(names::EXPORT_FAILURES, Counter, Int, "{request}", "OTLP export requests that failed", SELF, &[names::ATTR_SIGNAL]),
     m(names::SERIES, Gauge, Int, "{series}", "Series in the last snapshot", SELF, &[]),
+    m(sc::HW_GPU_UTILIZATION, Gauge, Float, "1", "GPU busy share per task: general (utilization_rates().gpu), encoder, decoder", GPU, GPU_TASK),
+    m(sc::HW_GPU_MEMORY_USAGE, UpDownCounter, Int, "By", "GPU memory in use (memory_info().used), per GPU and MIG instance", GPU, GPU_ID),
+    m(sc::HW_GPU_MEMORY_LIMIT, UpDownCounter, Int, "By", "GPU memory size (memory_info().total), per GPU and MIG instance", GPU, GPU_ID),
+    m(sc::HW_GPU_MEMORY_UTILIZATION, Gauge, Float, "1", "GPU memory used ÷ total (not the memory controller's busy share)", GPU, GPU_ID),
+    m(sc::HW_GPU_IO, Counter, Int, "By", "PCIe bytes per direction (field values; where supported)", GPU, GPU_DIR),
+    m(sc::HW_POWER, Gauge, Float, "W", "GPU power draw (power_usage() mW ÷ 1000)", GPU, GPU_TYPE),
+    m(sc::HW_ENERGY, Counter, Float, "J", "GPU energy since driver load (total_energy_consumption() mJ ÷ 1000)", GPU, GPU_TYPE),
+    m(sc::HW_TEMPERATURE, Gauge, Float, "Cel", "GPU die and memory temperature (memory: where supported)", GPU, GPU_SENSOR),
+    m(sc::HW_TEMPERATURE_LIMIT, Gauge, Float, "Cel", "Slowdown (throttled) and shutdown (high.critical) temperatures", GPU, GPU_LIMIT),
+    m(sc::HW_ERRORS, Counter, Int, "{error}", "ECC corrected/uncorrected (volatile), PCIe replays, Xid events per GPU", GPU, GPU_ERRORS),
+    m(sc::HW_STATUS, UpDownCounter, Int, "1", "1 for the GPU's state (ok, degraded, failed, predicted_failure), 0 for the others; driver, VBIOS and serial on whole GPUs", GPU, GPU_STATUS),
+    m(g::NVIDIA_GPU_CLOCK_FREQUENCY, Gauge, Float, "Hz", "Graphics, SM, memory and video clocks (clock_info() MHz × 1e6)", GPU, GPU_CLOCK),
+    m(g::NVIDIA_GPU_POWER_LIMIT, Gauge, Float, "W", "Enforced power limit (enforced_power_limit() mW ÷ 1000)", GPU, GPU_ID),
+    m(g::NVIDIA_GPU_MEMORY_CONTROLLER_UTILIZATION, Gauge, Float, "1", "Memory controller busy share (utilization_rates().memory ÷ 100)", GPU, GPU_ID),
+    m(g::NVIDIA_GPU_THROTTLE_ACTIVE, Gauge, Int, "1", "1 while a clock throttle reason is active; one series per reason of a fixed set", GPU, GPU_THROTTLE),
+    m(g::NVIDIA_GPU_THROTTLE_TIME, Counter, Float, "s", "Time throttled per reason (violation_status() ns ÷ 1e9)", GPU, GPU_THROTTLE),
+    m(g::NVIDIA_GPU_NVLINK_IO, Counter, Int, "By", "NVLink data bytes per link and direction (where supported)", GPU, GPU_NVLINK),
+    m(g::NVIDIA_GPU_XID_EVENTS, Counter, Int, "{event}", "Critical Xid events per code, from an NVML event set (from the first error)", GPU, GPU_XID),
+    m(g::NVIDIA_GPU_XID_LAST_TIME, Gauge, Float, "s", "Unix time of the last Xid event per code (from the first error)", GPU, GPU_XID),
+    m(g::NVIDIA_GPU_MEMORY_REMAPPED_ROWS, UpDownCounter, Int, "{row}", "Remapped memory rows per kind (where supported)", GPU, GPU_REMAP),
+    m(g::NVIDIA_GPU_SM_ACTIVITY, Gauge, Float, "1", "GPM: share of time SMs were active, per GPU and MIG instance (where supported)", GPU, GPU_ID),
+    m(g::NVIDIA_GPU_SM_OCCUPANCY, Gauge, Float, "1", "GPM: SM occupancy (where supported)", GPU, GPU_ID),
+    m(g::NVIDIA_GPU_TENSOR_ACTIVITY, Gauge, Float, "1", "GPM: share of time a tensor pipe was active (where supported)", GPU, GPU_ID),
+    m(g::NVIDIA_GPU_DRAM_ACTIVITY, Gauge, Float, "1", "GPM: DRAM bandwidth used ÷ peak (where supported)", GPU, GPU_ID),
+    m(g::NVIDIA_GPU_FAN_SPEED, Gauge, Float, "1", "Fan speed ÷ its maximum, per fan (where supported)", GPU, GPU_FAN),
+    m(g::NVIDIA_GPU_PERFORMANCE_STATE, Gauge, Int, "1", "Performance state, 0 (P0, fastest) to 15", GPU, GPU_ID),
+    m(g::NVIDIA_GPU_MIG_INFO, UpDownCounter, Int, "1", "1 per MIG instance, with its parent, profile and instance ids (where supported)", GPU, GPU_MIG),
+    m(g::PROCESS_GPU_MEMORY_USAGE, UpDownCounter, Int, "By", "GPU memory per process (running_compute_processes(); with --per-process)", GPU, GPU_PROC),
+    m(g::PROCESS_GPU_UTILIZATION, Gauge, Float, "1", "GPU use per process and task (process_utilization_stats(); with --per-process)", GPU, GPU_PROC_TASK),
+    m(g::NVML_TIMEOUTS, Counter, Int, "{call}", "NVML calls abandoned past their deadline; the cycle went on without them (from the first error)", GPU, &[g::ATTR_NVML_CALL]),
+    m(g::NVML_ERRORS, Counter, Int, "{error}", "NVML calls that failed, NOT_SUPPORTED excluded (from the first error)", GPU, &[g::ATTR_NVML_CALL, a::ERROR_TYPE]),
+    m(g::GPU_DEVICES, UpDownCounter, Int, "{device}", "GPUs and MIG instances known to the NVML session", GPU, &[]),
 ];
 
 /// Marks entries that a platform may not provide; the catalogue test tolerates their absence.

@@ -81,6 +81,14 @@ pub struct Flags {
     /// service.instance.id. Default: the host name.
     #[arg(long, value_name = "ID")]
     pub instance_id: Option<String>,
+    /// The NVML library to load (for example /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1).
+    /// Env: OTEL_GPU_RECEIVER_NVML_LIB. Default: libnvidia-ml.so from the loader's path.
+    #[arg(long, value_name = "PATH")]
+    pub nvml_lib: Option<PathBuf>,
+    /// Report GPU memory and utilisation per process (series churn with pids).
+    /// Env: OTEL_GPU_RECEIVER_PER_PROCESS=true. Default: off.
+    #[arg(long)]
+    pub per_process: bool,
     /// Collect one snapshot, print it and exit.
     #[arg(long)]
     pub once: bool,
@@ -112,6 +120,10 @@ pub struct FileConfig {
     pub source_timeout: Option<String>,
     /// Like `--instance-id`.
     pub instance_id: Option<String>,
+    /// Like `--nvml-lib`.
+    pub nvml_lib: Option<PathBuf>,
+    /// Like `--per-process`.
+    pub per_process: Option<bool>,
     /// OTLP exporter settings.
     pub otlp: Option<FileOtlp>,
 }
@@ -205,6 +217,10 @@ pub struct Settings {
     pub instance_id: Option<String>,
     /// `k8s.node.name`, from `K8S_NODE_NAME`. Default: none.
     pub k8s_node_name: Option<String>,
+    /// The NVML library. Default: none (libnvidia-ml.so from the loader's search path).
+    pub nvml_lib: Option<PathBuf>,
+    /// Per-process GPU series. Default: off.
+    pub per_process: bool,
     /// Print one snapshot and exit.
     pub once: bool,
     /// Format of `--once`.
@@ -382,6 +398,25 @@ impl Settings {
             .or_else(|| file.instance_id.clone());
         let k8s_node_name = lookup("K8S_NODE_NAME").filter(|v| !v.trim().is_empty());
 
+        let nvml_lib = flags
+            .nvml_lib
+            .clone()
+            .or_else(|| env("NVML_LIB").map(|(_, v)| PathBuf::from(v)))
+            .or_else(|| file.nvml_lib.clone());
+        let per_process = if flags.per_process {
+            true
+        } else if let Some((n, v)) = env("PER_PROCESS") {
+            match v.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => true,
+                "false" | "0" | "no" | "off" => false,
+                _ => {
+                    return Err(ConfigError::invalid(n, v, "expected true or false", "true"));
+                }
+            }
+        } else {
+            file.per_process.unwrap_or(false)
+        };
+
         let otlp = resolve_otlp(&flags, lookup, file.otlp.as_ref(), fpath)?;
 
         Ok(Self {
@@ -394,6 +429,8 @@ impl Settings {
             source_timeout,
             instance_id,
             k8s_node_name,
+            nvml_lib,
+            per_process,
             once: flags.once,
             format: flags.format,
         })

@@ -53,16 +53,44 @@ pub enum RunError {
 /// # Errors
 /// A worker thread cannot be spawned.
 pub fn collect_once(settings: &Settings) -> Result<Snapshot, RunError> {
+    collect_once_with_gpus(settings).map(|(s, _)| s)
+}
+
+/// Like [`collect_once`], and also returns the GPUs the cycle saw (for `--once` to
+/// list before the readings).
+///
+/// # Errors
+/// A worker thread cannot be spawned.
+pub fn collect_once_with_gpus(
+    settings: &Settings,
+) -> Result<(Snapshot, Vec<gpu::GpuInfo>), RunError> {
     host::process::mark_start();
-    let mut c = Collector::new(
-        &settings.families,
-        &settings.roots,
-        settings.source_timeout,
-        SelfStats::default(),
-    )
-    .map_err(RunError::Spawn)?;
+    let inventory = gpu::Inventory::default();
+    let mut c = collector(settings, SelfStats::default(), &inventory)?;
     std::thread::sleep(Duration::from_millis(250));
-    Ok(c.cycle())
+    let snapshot = c.cycle();
+    Ok((snapshot, inventory.devices()))
+}
+
+/// The cycle's sources: the host families, then the GPU source with its settings.
+fn collector(
+    settings: &Settings,
+    stats: SelfStats,
+    inventory: &gpu::Inventory,
+) -> Result<Collector, RunError> {
+    let host: Vec<catalogue::Family> = settings
+        .families
+        .iter()
+        .copied()
+        .filter(|f| *f != catalogue::Family::Gpu)
+        .collect();
+    let mut c = Collector::new(&host, &settings.roots, settings.source_timeout, stats)
+        .map_err(RunError::Spawn)?;
+    if settings.families.contains(&catalogue::Family::Gpu) {
+        c.add(Box::new(gpu::source(settings, inventory.clone())))
+            .map_err(RunError::Spawn)?;
+    }
+    Ok(c)
 }
 
 /// Runs the agent until SIGINT or SIGTERM.
@@ -78,13 +106,7 @@ pub fn run(settings: &Settings) -> Result<(), RunError> {
         export: Some(telemetry.export_stats()),
         ..SelfStats::default()
     };
-    let mut collector = Collector::new(
-        &settings.families,
-        &settings.roots,
-        settings.source_timeout,
-        stats,
-    )
-    .map_err(RunError::Spawn)?;
+    let mut collector = collector(settings, stats, &gpu::Inventory::default())?;
 
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     telemetry.runtime().handle().spawn(async move {

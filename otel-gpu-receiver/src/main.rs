@@ -39,8 +39,19 @@ fn main() -> ExitCode {
 
 fn run(settings: &Settings) -> anyhow::Result<()> {
     if settings.once {
-        let snapshot =
-            otel_gpu_receiver::collect_once(settings).context("collecting one snapshot")?;
+        let (snapshot, gpus) = otel_gpu_receiver::collect_once_with_gpus(settings)
+            .context("collecting one snapshot")?;
+        // The GPUs first ("is it seeing my GPUs?"); on stderr with --format json, so
+        // that stdout stays one JSON document.
+        let list = otel_gpu_receiver::gpu::list(&gpus);
+        let gpu_on = settings
+            .families
+            .contains(&otel_gpu_receiver::catalogue::Family::Gpu);
+        match settings.format {
+            _ if !gpu_on => {}
+            otel_gpu_receiver::config::Format::Json => eprint!("{list}"),
+            otel_gpu_receiver::config::Format::Table => print!("{list}"),
+        }
         print!(
             "{}",
             otel_gpu_receiver::output::render(&snapshot, settings.format)

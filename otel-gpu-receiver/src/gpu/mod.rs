@@ -86,3 +86,86 @@ impl Inventory {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
+
+/// The GPU family as a source of the collection cycle: an NVML session, opened on the
+/// source's worker thread at its first cycle (so a slow driver load never delays start-up).
+#[derive(Debug)]
+pub struct GpuSource {
+    cfg: Option<GpuConfig>,
+    inventory: Inventory,
+    session: Option<GpuSession>,
+}
+
+impl GpuSource {
+    /// A source that loads NVML per `cfg` at its first cycle and lists its devices in
+    /// `inventory`.
+    pub fn new(cfg: GpuConfig, inventory: Inventory) -> Self {
+        Self {
+            cfg: Some(cfg),
+            inventory,
+            session: None,
+        }
+    }
+}
+
+impl crate::host::Source for GpuSource {
+    fn family(&self) -> crate::catalogue::Family {
+        crate::catalogue::Family::Gpu
+    }
+
+    fn collect(
+        &mut self,
+        out: &mut crate::snapshot::Points,
+    ) -> Result<(), crate::host::CollectError> {
+        if self.session.is_none()
+            && let Some(cfg) = self.cfg.take()
+        {
+            self.session = Some(GpuSession::open(cfg, self.inventory.clone()));
+        }
+        if let Some(s) = &mut self.session {
+            s.collect(out);
+        }
+        Ok(())
+    }
+}
+
+/// The GPU source configured from the agent's settings. Its NVML budget stays inside
+/// the source time budget of the cycle, so the cycle never counts the GPU source as
+/// timed out because of one hung call: the watchdog abandons the call first.
+pub fn source(settings: &crate::config::Settings, inventory: Inventory) -> GpuSource {
+    let budget = settings.source_timeout.mul_f64(0.8);
+    GpuSource::new(
+        GpuConfig {
+            nvml_lib: settings.nvml_lib.clone(),
+            per_process: settings.per_process,
+            call_timeout: (budget / 3).min(Duration::from_secs(1)),
+            budget,
+            proc_root: settings.roots.proc.clone(),
+            ..GpuConfig::default()
+        },
+        inventory,
+    )
+}
+
+/// The GPUs as `--once` lists them before the readings: index, name, UUID, driver.
+pub fn list(gpus: &[GpuInfo]) -> String {
+    use std::fmt::Write as _;
+    let whole = gpus.iter().filter(|g| g.parent_uuid.is_none()).count();
+    let mut s = format!("GPUs: {whole}\n");
+    for g in gpus {
+        match &g.parent_uuid {
+            None => {
+                let _ = writeln!(
+                    s,
+                    "  GPU {}: {} ({}), driver {}",
+                    g.index, g.name, g.uuid, g.driver_version
+                );
+            }
+            Some(parent) => {
+                let _ = writeln!(s, "    MIG: {} ({}), parent {}", g.name, g.uuid, parent);
+            }
+        }
+    }
+    s.push('\n');
+    s
+}

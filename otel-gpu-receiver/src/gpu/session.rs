@@ -195,7 +195,7 @@ impl GpuSession {
             Err(e) => {
                 tracing::warn!(
                     error = %e,
-                    library = %cfg.nvml_lib.as_deref().map_or("libnvidia-ml.so".into(), |p| p.display().to_string()),
+                    library = %cfg.nvml_lib.as_deref().map_or("libnvidia-ml.so.1 (default)".into(), |p| p.display().to_string()),
                     "NVML is not available; GPU metrics are off and the agent runs host-only"
                 );
                 (None, String::new())

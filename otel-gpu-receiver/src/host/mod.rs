@@ -147,6 +147,15 @@ pub fn source(family: Family, roots: &Roots) -> Box<dyn Source> {
         Family::Processes => Box::new(processes::ProcessesSource::new(roots.clone())),
         Family::Uptime => Box::new(uptime::UptimeSource::new(roots.clone())),
         Family::Process => Box::new(process::ProcessSource::new(roots.clone())),
+        // With the default library; the agent adds its GPU source with the configured
+        // settings instead (see `crate::gpu::source`).
+        Family::Gpu => Box::new(crate::gpu::GpuSource::new(
+            crate::gpu::GpuConfig {
+                proc_root: roots.proc.clone(),
+                ..crate::gpu::GpuConfig::default()
+            },
+            crate::gpu::Inventory::default(),
+        )),
     }
 }
 

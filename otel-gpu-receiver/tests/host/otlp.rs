@@ -32,6 +32,11 @@ fn required_names() -> BTreeSet<&'static str> {
         .filter(|d| {
             !d.description.contains(WHERE_SUPPORTED)
                 && !d.description.contains(FROM_THE_FIRST_ERROR)
+                // No GPU here: tests/gpu_cli.rs covers the gpu family with the fake NVML.
+                && d.origin
+                    != otel_gpu_receiver::catalogue::Origin::Host(
+                        otel_gpu_receiver::catalogue::Family::Gpu,
+                    )
         })
         .map(|d| d.name)
         .collect()
