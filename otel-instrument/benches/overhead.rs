@@ -110,11 +110,15 @@ fn monitored_provider(
         histogram_boundaries: monitored::DEFAULT_HISTOGRAM_BOUNDARIES.to_vec(),
     });
     monitored::set_other_layers(false);
-    SdkTracerProvider::builder()
+    let tp = SdkTracerProvider::builder()
         .with_sampler(monitored::sampler(sampler))
         .with_id_generator(monitored::id_generator(RandomIdGenerator::default()))
         .with_span_processor(BatchSpanProcessor::builder(spans.clone()).build())
-        .build()
+        .build();
+    // Sampled #[monitored] calls start their spans on the global provider.
+    opentelemetry::global::set_tracer_provider(tp.clone());
+    monitored::set_tracer(tp.tracer("otel-instrument"));
+    tp
 }
 
 // ---------------------------------------------------------------------------
@@ -308,6 +312,27 @@ fn overhead(c: &mut Criterion) {
     );
 
     g.bench_function("h_autometrics", |b| b.iter(|| auto::root(black_box(CALLS))));
+
+    // The clock alone: the two reads every measured call makes, 100 times.
+    g.bench_function("x_clock_instant_pairs", |b| {
+        b.iter(|| {
+            (0..CALLS).fold(Duration::ZERO, |a, _| {
+                let t = std::time::Instant::now();
+                a + black_box(t).elapsed()
+            })
+        })
+    });
+    #[cfg(target_arch = "x86_64")]
+    g.bench_function("x_clock_tsc_pairs", |b| {
+        // SAFETY: RDTSC has no preconditions on x86_64.
+        let tsc = || unsafe { core::arch::x86_64::_rdtsc() };
+        b.iter(|| {
+            (0..CALLS).fold(0u64, |a, _| {
+                let t = tsc();
+                a.wrapping_add(tsc().wrapping_sub(black_box(t)))
+            })
+        })
+    });
 
     g.finish();
     let _ = meter_provider.force_flush();

@@ -28,7 +28,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError, RwLock};
 use std::task::{Context as TaskContext, Poll};
-use std::time::Instant;
 
 use opentelemetry::global::BoxedTracer;
 use opentelemetry::metrics::{BoundCounter, BoundHistogram, BoundUpDownCounter, Counter, Meter};
@@ -37,8 +36,12 @@ use opentelemetry::trace::{
     TraceState, Tracer as _,
 };
 use opentelemetry::{Context, ContextGuard, InstrumentationScope, KeyValue};
-use opentelemetry_sdk::trace::{IdGenerator, SamplingDecision, SamplingResult, ShouldSample};
+use opentelemetry_sdk::trace::{
+    IdGenerator, SamplingDecision, SamplingResult, SdkTracer, ShouldSample,
+};
 use tracing_subscriber::layer::Filter;
+
+mod clock;
 
 use crate::config::{ParentRoot, SamplerConfig};
 use crate::errors::ErrorCategory;
@@ -134,6 +137,7 @@ pub fn configure(settings: MonitoredSettings) {
         boundaries = DEFAULT_HISTOGRAM_BOUNDARIES.to_vec();
     }
     *BOUNDARIES.write().unwrap_or_else(PoisonError::into_inner) = boundaries;
+    clock::init();
     INTEGRATED.store(true, Ordering::Release);
     GENERATION.fetch_add(1, Ordering::AcqRel);
 }
@@ -693,10 +697,30 @@ fn meter() -> Meter {
 // ---------------------------------------------------------------------------
 // The tracer for sampled calls.
 
-static TRACER: AtomicPtr<(u64, BoxedTracer)> = AtomicPtr::new(std::ptr::null_mut());
+/// The SDK tracer that `Telemetry` hands over; without one, the global tracer.
+static SDK_TRACER: RwLock<Option<SdkTracer>> = RwLock::new(None);
 
-/// The global tracer, re-fetched when the generation changes.
-fn tracer() -> &'static BoxedTracer {
+/// The tracer sampled calls start their spans on.
+#[derive(Debug)]
+enum MonitoredTracer {
+    /// Spans are `SdkSpan`s, with no boxing or dynamic dispatch.
+    Sdk(SdkTracer),
+    /// Whatever provider is global.
+    Global(BoxedTracer),
+}
+
+static TRACER: AtomicPtr<(u64, MonitoredTracer)> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Gives `#[monitored]` the SDK tracer to start sampled spans on. `Telemetry`
+/// calls this; without it, the global tracer provider is used, which costs a
+/// box and dynamic dispatch per span.
+pub fn set_tracer(tracer: SdkTracer) {
+    *SDK_TRACER.write().unwrap_or_else(PoisonError::into_inner) = Some(tracer);
+    refresh_instruments();
+}
+
+/// The tracer, re-fetched when the generation changes.
+fn tracer() -> &'static MonitoredTracer {
     let generation = generation();
     let p = TRACER.load(Ordering::Acquire);
     // SAFETY: `TRACER` holds null or a pointer from `Box::leak`, valid forever.
@@ -706,14 +730,19 @@ fn tracer() -> &'static BoxedTracer {
         }
     }
     let _lock = BINDING.lock().unwrap_or_else(PoisonError::into_inner);
-    let fresh: &'static (u64, BoxedTracer) = Box::leak(Box::new((
-        generation,
-        opentelemetry::global::tracer_with_scope(
+    let tracer = match SDK_TRACER
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+    {
+        Some(t) => MonitoredTracer::Sdk(t),
+        None => MonitoredTracer::Global(opentelemetry::global::tracer_with_scope(
             InstrumentationScope::builder(SCOPE_NAME)
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build(),
-        ),
-    )));
+        )),
+    };
+    let fresh: &'static (u64, MonitoredTracer) = Box::leak(Box::new((generation, tracer)));
     TRACER.store(fresh as *const _ as *mut _, Ordering::Release);
     &fresh.1
 }
@@ -721,21 +750,32 @@ fn tracer() -> &'static BoxedTracer {
 /// Starts the OpenTelemetry span of a sampled call directly on the SDK, as a
 /// child of the current OTel context, and returns the context that holds it.
 #[cold]
-fn start_otel(callsite: &'static Callsite, mut attributes: Vec<KeyValue>) -> Context {
-    let tracer = tracer();
+fn start_otel(
+    callsite: &'static Callsite,
+    make_attributes: impl FnOnce(&mut Vec<KeyValue>),
+) -> Context {
+    let mut attributes = Vec::with_capacity(8);
+    make_attributes(&mut attributes);
     attributes.extend([
         KeyValue::new("code.function.name", callsite.function),
         KeyValue::new("code.module.name", callsite.module),
         KeyValue::new("code.file.path", callsite.file),
         KeyValue::new("code.line.number", i64::from(callsite.line)),
     ]);
-    let parent = Context::current();
-    let span = tracer
-        .span_builder(callsite.function)
-        .with_kind(callsite.span_kind())
-        .with_attributes(attributes)
-        .start_with_context(tracer, &parent);
-    parent.with_span(span)
+    Context::map_current(|parent| match tracer() {
+        MonitoredTracer::Sdk(t) => parent.with_span(
+            t.span_builder(callsite.function)
+                .with_kind(callsite.span_kind())
+                .with_attributes(attributes)
+                .start_with_context(t, parent),
+        ),
+        MonitoredTracer::Global(t) => parent.with_span(
+            t.span_builder(callsite.function)
+                .with_kind(callsite.span_kind())
+                .with_attributes(attributes)
+                .start_with_context(t, parent),
+        ),
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -748,7 +788,7 @@ struct Core {
     bound: Option<&'static Bound>,
     caller: Option<&'static Callsite>,
     frame: Frame,
-    start: Instant,
+    start: clock::Stamp,
     error: Option<(ErrorCategory, &'static str)>,
     /// The OTel span of a sampled call, started directly on the SDK.
     otel: Option<Context>,
@@ -761,7 +801,7 @@ impl Core {
     fn open(
         callsite: &'static Callsite,
         make_span: impl FnOnce() -> tracing::Span,
-        make_attributes: impl FnOnce() -> Vec<KeyValue>,
+        make_attributes: impl FnOnce(&mut Vec<KeyValue>),
     ) -> (Self, Frame, Option<tracing::Span>) {
         let prev = current();
         let trace = if !callsite.span {
@@ -785,7 +825,7 @@ impl Core {
             Trace::Unsampled(_) => OTHER_LAYERS.load(Ordering::Relaxed),
             Trace::Sampled => {
                 if callsite.span {
-                    otel = Some(start_otel(callsite, make_attributes()));
+                    otel = Some(start_otel(callsite, make_attributes));
                     // The SDK's id generator took the drawn trace id, if it wanted it.
                     PENDING_TRACE_ID.with(|p| p.set(0));
                 }
@@ -808,7 +848,7 @@ impl Core {
             bound,
             caller: prev.callsite,
             frame,
-            start: Instant::now(),
+            start: clock::now(),
             error: None,
             otel,
         };
@@ -823,7 +863,7 @@ impl Core {
             self.error
         };
         if let Some(b) = self.bound {
-            let secs = self.start.elapsed().as_secs_f64();
+            let secs = self.start.elapsed_secs();
             match error {
                 None => {
                     self.callsite.count_ok(b, self.caller);
@@ -875,7 +915,7 @@ impl Call {
     pub fn enter(
         callsite: &'static Callsite,
         make_span: impl FnOnce() -> tracing::Span,
-        make_attributes: impl FnOnce() -> Vec<KeyValue>,
+        make_attributes: impl FnOnce(&mut Vec<KeyValue>),
     ) -> Self {
         let (core, prev, span) = Core::open(callsite, make_span, make_attributes);
         let attached = core.otel.as_ref().map(|cx| cx.clone().attach());
@@ -923,7 +963,7 @@ impl AsyncCall {
     pub fn start(
         callsite: &'static Callsite,
         make_span: impl FnOnce() -> tracing::Span,
-        make_attributes: impl FnOnce() -> Vec<KeyValue>,
+        make_attributes: impl FnOnce(&mut Vec<KeyValue>),
     ) -> Self {
         let (core, prev, span) = Core::open(callsite, make_span, make_attributes);
         set_current(prev);

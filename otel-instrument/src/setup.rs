@@ -366,6 +366,8 @@ impl TelemetryBuilder {
         monitored::refresh_instruments();
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
         let tracer = tracer_provider.tracer(crate::names::SCOPE);
+        // #[monitored] integration: sampled calls start spans on this tracer directly.
+        monitored::set_tracer(tracer.clone());
 
         Ok(Telemetry {
             tracer: Some(tracer),

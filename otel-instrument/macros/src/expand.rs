@@ -209,7 +209,10 @@ fn generate(args: Args, func: MaybeItemFn) -> syn::Result<TokenStream> {
         Some(quote!(#support::KeyValue::new(#key, #value)))
     });
     let attrs_expr = quote! {
-        || -> ::std::vec::Vec<#support::KeyValue> { ::std::vec![#(#user_attrs,)* #(#param_attrs,)*] }
+        |__otel_attrs: &mut ::std::vec::Vec<#support::KeyValue>| {
+            #(__otel_attrs.push(#user_attrs);)*
+            #(__otel_attrs.push(#param_attrs);)*
+        }
     };
     let span_expr = if want_span {
         quote_spanned! {sig.ident.span()=>

@@ -1,0 +1,115 @@
+//! The latency clock of `#[monitored]`.
+//!
+//! Two `Instant::now()` calls are a large part of a metrics-only call's budget.
+//! Where the CPU has an invariant TSC (`constant_tsc` and `nonstop_tsc`, the
+//! same test fastrace's clock makes), the clock reads the TSC directly and
+//! converts ticks to seconds with a factor calibrated once against `Instant`;
+//! elsewhere it falls back to `Instant`.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+#[derive(Debug)]
+enum Source {
+    #[cfg(target_arch = "x86_64")]
+    Tsc {
+        secs_per_tick: f64,
+    },
+    Monotonic {
+        base: Instant,
+    },
+}
+
+static SOURCE: OnceLock<Source> = OnceLock::new();
+
+fn source() -> &'static Source {
+    SOURCE.get_or_init(calibrate)
+}
+
+/// Picks and calibrates the clock. `configure` calls this so that the first
+/// monitored call does not pay for it.
+pub(crate) fn init() {
+    let _ = source();
+}
+
+#[cfg(target_arch = "x86_64")]
+fn invariant_tsc() -> bool {
+    // Linux reports the CPU flags; without them we cannot trust the TSC.
+    std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|info| {
+        info.lines()
+            .find(|l| l.starts_with("flags"))
+            .is_some_and(|flags| {
+                let has = |f: &str| flags.split_whitespace().any(|x| x == f);
+                has("constant_tsc") && has("nonstop_tsc")
+            })
+    })
+}
+
+fn calibrate() -> Source {
+    #[cfg(target_arch = "x86_64")]
+    if invariant_tsc() {
+        let (t0, c0) = (Instant::now(), rdtsc());
+        // Spin for 2 ms: long enough that Instant's resolution is noise.
+        while t0.elapsed() < Duration::from_millis(2) {
+            std::hint::spin_loop();
+        }
+        let (t1, c1) = (Instant::now(), rdtsc());
+        let ticks = c1.wrapping_sub(c0);
+        if ticks > 0 {
+            return Source::Tsc {
+                secs_per_tick: (t1 - t0).as_secs_f64() / ticks as f64,
+            };
+        }
+    }
+    Source::Monotonic {
+        base: Instant::now(),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn rdtsc() -> u64 {
+    // SAFETY: RDTSC is available on every x86_64 CPU and has no preconditions.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// A point in time on the clock.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stamp(u64);
+
+/// Now.
+#[inline(always)]
+pub(crate) fn now() -> Stamp {
+    match source() {
+        #[cfg(target_arch = "x86_64")]
+        Source::Tsc { .. } => Stamp(rdtsc()),
+        Source::Monotonic { base } => Stamp(base.elapsed().as_nanos() as u64),
+    }
+}
+
+impl Stamp {
+    /// Seconds since this stamp.
+    #[inline(always)]
+    pub(crate) fn elapsed_secs(self) -> f64 {
+        match source() {
+            #[cfg(target_arch = "x86_64")]
+            Source::Tsc { secs_per_tick } => rdtsc().saturating_sub(self.0) as f64 * secs_per_tick,
+            Source::Monotonic { base } => {
+                (base.elapsed().as_nanos() as u64).saturating_sub(self.0) as f64 * 1e-9
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_clock_measures_a_sleep_within_ten_percent() {
+        let start = now();
+        std::thread::sleep(Duration::from_millis(50));
+        let secs = start.elapsed_secs();
+        assert!((0.045..0.2).contains(&secs), "{secs}");
+    }
+}
