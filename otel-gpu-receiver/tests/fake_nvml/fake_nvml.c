@@ -59,7 +59,7 @@ enum {
 #define MAX_XID 32
 #define MAX_FANS 4
 #define MAX_LINKS 18
-#define MAX_COUNTED 64
+#define MAX_COUNTED 2048
 
 typedef struct fake_dev fake_dev;
 struct fake_dev {
@@ -307,6 +307,7 @@ static void write_stats(void) {
 }
 
 static void count_call(const char *fn, int dev) {
+    if (!g_stats[0]) return; /* counting is for tests that read the stats; benchmarks skip it */
     for (int i = 0; i < g_ncounts; i++)
         if (g_counts[i].dev == dev && !strcmp(g_counts[i].fn, fn)) { g_counts[i].n++; return; }
     if (g_ncounts < MAX_COUNTED) {

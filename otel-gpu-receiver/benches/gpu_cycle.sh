@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# CPU per collection cycle of otel-gpu-receiver with 8 fake GPUs and --per-process,
+# beside the same agent host-only, in the same run.
+#
+# The fake libnvidia-ml (tests/fake_nvml/fake_nvml.c) is built here with cc and loaded
+# with --nvml-lib, so every reading goes through nvml-wrapper's real FFI path. The
+# agent runs with a short interval and no exporter (--no-otlp, no Prometheus), so the
+# figure is the collection cycle alone; CPU comes from /proc/<pid>/stat deltas.
+#
+# Usage: otel-gpu-receiver/benches/gpu_cycle.sh [CYCLES] [INTERVAL_MS]
+set -euo pipefail
+
+cycles=${1:-200}
+interval_ms=${2:-100}
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+
+cargo build --release -q -p otel-gpu-receiver
+bin=${CARGO_TARGET_DIR:-$root/target}/release/otel-gpu-receiver
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+cc -O2 -shared -fPIC -o "$work/libnvidia-ml.so.1" \
+    otel-gpu-receiver/tests/fake_nvml/fake_nvml.c -lpthread -ldl
+{
+    echo "devices 8"
+    echo "dev * gpm 1"
+    echo "dev * nvlinks 4"
+    for i in 0 1 2 3 4 5 6 7; do
+        # Two processes per GPU; pids above pid_max, so names come from NVML.
+        echo "dev $i proc $((4194400 + 2 * i)) $(((i + 1) << 30)) $((10 + i)) 5 trainer$i"
+        echo "dev $i proc $((4194401 + 2 * i)) $(((i + 1) << 28)) 3 1 notebook$i"
+    done
+} >"$work/fake_nvml.script"
+
+ticks=$(getconf CLK_TCK)
+
+# Prints "ms_per_cycle" for one agent configuration.
+measure() {
+    "$bin" --interval "${interval_ms}ms" --no-otlp "$@" 2>"$work/stderr.log" &
+    local pid=$!
+    pids+=("$pid")
+    sleep 2 # start-up and first cycles
+    local a b
+    a=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+    local secs
+    secs=$(awk -v c="$cycles" -v i="$interval_ms" 'BEGIN { printf "%.3f", c * i / 1000 }')
+    sleep "$secs"
+    b=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+    local rss
+    rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+    awk -v a="$a" -v b="$b" -v t="$ticks" -v c="$cycles" -v r="$rss" \
+        'BEGIN { printf "%.2f ms CPU per cycle, RSS %.1f MB\n", (b - a) * 1000 / t / c, r / 1024 }'
+}
+
+echo "otel-gpu-receiver, ${cycles} cycles at ${interval_ms} ms, $(nproc) CPUs"
+printf '  host only (--disable gpu):                 '
+measure --disable gpu
+printf '  host + 8 fake GPUs, --per-process:         '
+measure --nvml-lib "$work/libnvidia-ml.so.1" --per-process
+printf '  8 fake GPUs only (--families gpu), per-process: '
+measure --families gpu --nvml-lib "$work/libnvidia-ml.so.1" --per-process
