@@ -339,18 +339,35 @@ const GPU_MIG: &[&str] = &[
     g::ATTR_MIG_GPU_INSTANCE,
     g::ATTR_MIG_COMPUTE_INSTANCE,
 ];
+// Attribution (issue 6): per-pod sums drop process.*; container.id and k8s.* are there
+// when the process runs in a container or pod.
 const GPU_PROC: &[&str] = &[
     a::PROCESS_PID,
     a::PROCESS_EXECUTABLE_NAME,
     a::HW_ID,
     g::ATTR_GPU_INDEX,
+    a::CONTAINER_ID,
+    a::K8S_NAMESPACE_NAME,
+    a::K8S_POD_NAME,
+    a::K8S_CONTAINER_NAME,
 ];
 const GPU_PROC_TASK: &[&str] = &[
     a::PROCESS_PID,
     a::PROCESS_EXECUTABLE_NAME,
     a::HW_ID,
     g::ATTR_GPU_INDEX,
+    a::CONTAINER_ID,
+    a::K8S_NAMESPACE_NAME,
+    a::K8S_POD_NAME,
+    a::K8S_CONTAINER_NAME,
     a::HW_GPU_TASK,
+];
+const GPU_ALLOCATION: &[&str] = &[
+    a::HW_ID,
+    g::ATTR_GPU_INDEX,
+    a::K8S_NAMESPACE_NAME,
+    a::K8S_POD_NAME,
+    a::K8S_CONTAINER_NAME,
 ];
 
 /// Every metric the agent can emit.
@@ -424,8 +441,11 @@ pub static CATALOGUE: &[MetricDesc] = &[
     m(g::NVIDIA_GPU_FAN_SPEED, Gauge, Float, "1", "Fan speed ÷ its maximum, per fan (where supported)", GPU, GPU_FAN),
     m(g::NVIDIA_GPU_PERFORMANCE_STATE, Gauge, Int, "1", "Performance state, 0 (P0, fastest) to 15", GPU, GPU_ID),
     m(g::NVIDIA_GPU_MIG_INFO, UpDownCounter, Int, "1", "1 per MIG instance, with its parent, profile and instance ids (where supported)", GPU, GPU_MIG),
-    m(g::PROCESS_GPU_MEMORY_USAGE, UpDownCounter, Int, "By", "GPU memory per process (running_compute_processes(); with --per-process)", GPU, GPU_PROC),
-    m(g::PROCESS_GPU_UTILIZATION, Gauge, Float, "1", "GPU use per process and task (process_utilization_stats(); with --per-process)", GPU, GPU_PROC_TASK),
+    m(g::PROCESS_GPU_MEMORY_USAGE, UpDownCounter, Int, "By", "GPU memory per pod and container (sums, the default), or per process with --per-process (running_compute_processes())", GPU, GPU_PROC),
+    m(g::PROCESS_GPU_UTILIZATION, Gauge, Float, "1", "GPU use per pod and container (sums, at most 1), or per process with --per-process, by task (process_utilization_stats())", GPU, GPU_PROC_TASK),
+    m(crate::attribution::GPU_ALLOCATION, UpDownCounter, Int, "1", "1 per GPU and container the kubelet gave it to, busy or idle; needs the kubelet pod-resources socket (where supported)", GPU, GPU_ALLOCATION),
+    m(crate::attribution::ATTRIBUTION_OVERFLOW, Counter, Int, "{series}", "Attributed GPU series folded into `otel.metric.overflow` series by the cap (from the first error)", GPU, &[]),
+    m(crate::attribution::ATTRIBUTION_ERRORS, Counter, Int, "{error}", "Attribution problems: malformed cgroup files, kubelet timeouts and errors, unknown device IDs (from the first error)", GPU, &[a::ERROR_TYPE]),
     m(g::NVML_TIMEOUTS, Counter, Int, "{call}", "NVML calls abandoned past their deadline; the cycle went on without them (from the first error)", GPU, &[g::ATTR_NVML_CALL]),
     m(g::NVML_ERRORS, Counter, Int, "{error}", "NVML calls that failed, NOT_SUPPORTED excluded (from the first error)", GPU, &[g::ATTR_NVML_CALL, a::ERROR_TYPE]),
     m(g::GPU_DEVICES, UpDownCounter, Int, "{device}", "GPUs and MIG instances known to the NVML session", GPU, &[]),

@@ -89,6 +89,24 @@ pub struct Flags {
     /// Env: OTEL_GPU_RECEIVER_PER_PROCESS=true. Default: off.
     #[arg(long)]
     pub per_process: bool,
+    // --- attribution (issue 6) ---
+    /// The kubelet pod-resources socket, for GPU attribution to pods.
+    /// Env: OTEL_GPU_RECEIVER_KUBELET_SOCKET. Default: /var/lib/kubelet/pod-resources/kubelet.sock.
+    #[arg(long, value_name = "PATH")]
+    pub kubelet_socket: Option<PathBuf>,
+    /// The kubelet's pod log directory, which names the pod behind a cgroup's pod UID.
+    /// Env: OTEL_GPU_RECEIVER_POD_LOG_DIR. Default: /var/log/pods.
+    #[arg(long, value_name = "PATH")]
+    pub pod_log_dir: Option<PathBuf>,
+    /// Turn GPU attribution (process → container → Kubernetes pod) off.
+    /// Env: OTEL_GPU_RECEIVER_ATTRIBUTION=false. Default: on.
+    #[arg(long)]
+    pub no_attribution: bool,
+    /// At most this many attributed GPU series per cycle; the excess is aggregated and counted.
+    /// Env: OTEL_GPU_RECEIVER_ATTRIBUTION_MAX_SERIES. Default: 2000.
+    #[arg(long, value_name = "N")]
+    pub attribution_max_series: Option<String>,
+    // --- end attribution ---
     /// Collect one snapshot, print it and exit.
     #[arg(long)]
     pub once: bool,
@@ -124,6 +142,14 @@ pub struct FileConfig {
     pub nvml_lib: Option<PathBuf>,
     /// Like `--per-process`.
     pub per_process: Option<bool>,
+    /// Like `--kubelet-socket`.
+    pub kubelet_socket: Option<PathBuf>,
+    /// Like `--pod-log-dir`.
+    pub pod_log_dir: Option<PathBuf>,
+    /// GPU attribution on or off (`--no-attribution`).
+    pub attribution: Option<bool>,
+    /// Like `--attribution-max-series`.
+    pub attribution_max_series: Option<u64>,
     /// OTLP exporter settings.
     pub otlp: Option<FileOtlp>,
 }
@@ -221,6 +247,8 @@ pub struct Settings {
     pub nvml_lib: Option<PathBuf>,
     /// Per-process GPU series. Default: off.
     pub per_process: bool,
+    /// GPU attribution to containers and pods; `None` when turned off. Default: on.
+    pub attribution: Option<crate::attribution::AttributionConfig>,
     /// Print one snapshot and exit.
     pub once: bool,
     /// Format of `--once`.
@@ -417,6 +445,16 @@ impl Settings {
             file.per_process.unwrap_or(false)
         };
 
+        let attribution = resolve_attribution(
+            &flags,
+            &env,
+            &file,
+            fpath,
+            &roots,
+            per_process,
+            source_timeout,
+        )?;
+
         let otlp = resolve_otlp(&flags, lookup, file.otlp.as_ref(), fpath)?;
 
         Ok(Self {
@@ -431,10 +469,94 @@ impl Settings {
             k8s_node_name,
             nvml_lib,
             per_process,
+            attribution,
             once: flags.once,
             format: flags.format,
         })
     }
+}
+
+/// GPU attribution settings (issue 6): flags > env > file > defaults.
+fn resolve_attribution(
+    flags: &Flags,
+    env: &dyn Fn(&str) -> Option<(String, String)>,
+    file: &FileConfig,
+    fpath: &Path,
+    roots: &Roots,
+    per_process: bool,
+    source_timeout: Duration,
+) -> Result<Option<crate::attribution::AttributionConfig>, ConfigError> {
+    let enabled = if flags.no_attribution {
+        false
+    } else if let Some((n, v)) = env("ATTRIBUTION") {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => true,
+            "false" | "0" | "no" | "off" => false,
+            _ => {
+                return Err(ConfigError::invalid(
+                    n,
+                    v,
+                    "expected true or false",
+                    "false",
+                ));
+            }
+        }
+    } else {
+        file.attribution.unwrap_or(true)
+    };
+    if !enabled {
+        return Ok(None);
+    }
+    let mut cfg = crate::attribution::AttributionConfig {
+        proc_root: roots.proc.clone(),
+        per_process,
+        // The kubelet is asked inside the GPU source, after NVML (which gets 80% of the
+        // source budget): its deadline fits in the rest.
+        kubelet_timeout: crate::attribution::kubelet::DEFAULT_TIMEOUT
+            .min(source_timeout.mul_f64(0.15))
+            .max(Duration::from_millis(50)),
+        ..Default::default()
+    };
+    if let Some(p) = flags
+        .kubelet_socket
+        .clone()
+        .or_else(|| env("KUBELET_SOCKET").map(|(_, v)| PathBuf::from(v)))
+        .or_else(|| file.kubelet_socket.clone())
+    {
+        cfg.kubelet_socket = p;
+    }
+    if let Some(p) = flags
+        .pod_log_dir
+        .clone()
+        .or_else(|| env("POD_LOG_DIR").map(|(_, v)| PathBuf::from(v)))
+        .or_else(|| file.pod_log_dir.clone())
+    {
+        cfg.pod_log_dir = p;
+    }
+    let max = match (&flags.attribution_max_series, env("ATTRIBUTION_MAX_SERIES")) {
+        (Some(v), _) => Some(("--attribution-max-series".to_owned(), v.clone())),
+        (None, Some((n, v))) => Some((n, v)),
+        (None, None) => file.attribution_max_series.map(|n| {
+            (
+                format!("key `attribution_max_series` in {}", fpath.display()),
+                n.to_string(),
+            )
+        }),
+    };
+    if let Some((culprit, v)) = max {
+        cfg.max_series = match v.trim().parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                return Err(ConfigError::invalid(
+                    culprit,
+                    v,
+                    "expected a whole number of series greater than zero",
+                    "2000",
+                ));
+            }
+        };
+    }
+    Ok(Some(cfg))
 }
 
 fn resolve_families(

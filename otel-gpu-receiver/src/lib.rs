@@ -87,8 +87,12 @@ fn collector(
     let mut c = Collector::new(&host, &settings.roots, settings.source_timeout, stats)
         .map_err(RunError::Spawn)?;
     if settings.families.contains(&catalogue::Family::Gpu) {
-        c.add(Box::new(gpu::source(settings, inventory.clone())))
-            .map_err(RunError::Spawn)?;
+        // Attribution (issue 6): process -> container -> pod, over the GPU source's points.
+        c.add(attribution::wrap(
+            gpu::source(settings, inventory.clone()),
+            settings.attribution.as_ref(),
+        ))
+        .map_err(RunError::Spawn)?;
     }
     Ok(c)
 }

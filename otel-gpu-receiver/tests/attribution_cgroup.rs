@@ -228,28 +228,65 @@ fn malformed_cgroup_files_are_skipped_and_counted_while_others_are_attributed() 
     let out = a.run(&[], &procs);
     assert_eq!(a.errors().get("cgroup_malformed"), Some(&2));
 
+    // Per-pod sums (the default) report containers and pods only: the docker process.
     let memory: Vec<_> = out
         .series
         .iter()
         .filter(|s| s.name == PROCESS_GPU_MEMORY_USAGE)
         .collect();
-    assert_eq!(memory.len(), 2, "{memory:?}");
-    let with_container = memory
-        .iter()
-        .find(|s| {
-            s.attributes
-                .iter()
-                .any(|kv| kv.key.as_str() == "container.id")
-        })
-        .expect("the docker process keeps its container");
-    assert_eq!(with_container.value, SeriesValue::Int(1));
-    let unattributed = memory
-        .iter()
-        .find(|s| s.attributes.len() == 1)
-        .expect("the malformed ones are summed as unattributed");
-    assert_eq!(unattributed.value, SeriesValue::Int(110));
+    assert_eq!(memory.len(), 1, "{memory:?}");
+    assert!(
+        memory[0]
+            .attributes
+            .iter()
+            .any(|kv| kv.key.as_str() == "container.id"),
+        "the docker process keeps its container"
+    );
+    assert_eq!(memory[0].value, SeriesValue::Int(1));
 
     // A second cycle counts again: the counter is cumulative.
     a.run(&[], &procs);
     assert_eq!(a.errors().get("cgroup_malformed"), Some(&4));
+}
+
+#[test]
+fn per_process_series_show_processes_with_unreadable_cgroups_without_a_container() {
+    let mut a = Attributor::new(AttributionConfig {
+        kubelet: false,
+        proc_root: proc_root(),
+        per_process: true,
+        ..AttributionConfig::default()
+    });
+    let p = |pid| GpuProcess {
+        pid,
+        gpu: "GPU-0".into(),
+        executable: Some("x".into()),
+        memory_used: Some(u64::from(pid)),
+        utilization: vec![],
+    };
+    let out = a.run(&[], &[p(9001), p(2001), p(4_000_000)]);
+    let mut memory: Vec<_> = out
+        .series
+        .iter()
+        .filter(|s| s.name == PROCESS_GPU_MEMORY_USAGE)
+        .map(|s| {
+            let has = |k: &str| s.attributes.iter().any(|kv| kv.key.as_str() == k);
+            (s.value, has("container.id"), has("process.pid"))
+        })
+        .collect();
+    memory.sort_by_key(|(v, _, _)| match v {
+        SeriesValue::Int(i) => *i,
+        SeriesValue::Float(_) => 0,
+    });
+    assert_eq!(
+        memory,
+        vec![
+            (SeriesValue::Int(2001), true, true),
+            (SeriesValue::Int(9001), false, true),
+            (SeriesValue::Int(4_000_000), false, true),
+        ]
+    );
+    // Malformed is counted; a process that is gone is not an error.
+    assert_eq!(a.errors().get("cgroup_malformed"), Some(&1));
+    assert_eq!(a.errors().len(), 1, "{:?}", a.errors());
 }

@@ -85,6 +85,49 @@ impl Default for AttributionConfig {
     }
 }
 
+/// A source (the GPU source) whose points go through an [`Attributor`] before they reach
+/// the snapshot. Attribution runs on the source's worker thread, inside its time budget.
+#[derive(Debug)]
+pub struct AttributedSource<S> {
+    inner: S,
+    attributor: Attributor,
+}
+
+impl<S: crate::host::Source> AttributedSource<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S, config: AttributionConfig) -> Self {
+        Self {
+            inner,
+            attributor: Attributor::new(config),
+        }
+    }
+}
+
+impl<S: crate::host::Source + std::fmt::Debug> crate::host::Source for AttributedSource<S> {
+    fn family(&self) -> crate::catalogue::Family {
+        self.inner.family()
+    }
+
+    fn collect(&mut self, out: &mut Points) -> Result<(), crate::host::CollectError> {
+        let mut mine = Points::default();
+        self.inner.collect(&mut mine)?;
+        self.attributor.apply(&mut mine);
+        out.append(&mut mine);
+        Ok(())
+    }
+}
+
+/// Wraps `source` in attribution when `config` is `Some` (attribution on).
+pub fn wrap<S: crate::host::Source + std::fmt::Debug>(
+    source: S,
+    config: Option<&AttributionConfig>,
+) -> Box<dyn crate::host::Source> {
+    match config {
+        Some(c) => Box::new(AttributedSource::new(source, c.clone())),
+        None => Box::new(source),
+    }
+}
+
 /// One process's use of one GPU, as NVML reported it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GpuProcess {
@@ -278,7 +321,12 @@ impl Attributor {
                     pid: Some(p.pid),
                 }
             } else {
-                // Per-pod sums: within a pod, the container ID adds nothing but churn.
+                // Per-pod sums: processes outside any container or pod (the host's) are
+                // not reported; per-process series (opt-in) show them.
+                if placement.pod.is_none() && placement.container_id.is_none() {
+                    continue;
+                }
+                // Within a pod, the container ID adds nothing but churn.
                 let placement = if placement.pod.is_some() {
                     Placement {
                         container_id: None,
@@ -372,11 +420,13 @@ impl Attributor {
         }
         self.overflow_total += folded;
 
-        out.series.push(Series {
-            name: ATTRIBUTION_OVERFLOW,
-            attributes: Vec::new(),
-            value: SeriesValue::Int(i64::try_from(self.overflow_total).unwrap_or(i64::MAX)),
-        });
+        if self.overflow_total > 0 {
+            out.series.push(Series {
+                name: ATTRIBUTION_OVERFLOW,
+                attributes: Vec::new(),
+                value: SeriesValue::Int(i64::try_from(self.overflow_total).unwrap_or(i64::MAX)),
+            });
+        }
         for (kind, n) in &self.errors {
             out.series.push(Series {
                 name: ATTRIBUTION_ERRORS,
@@ -397,10 +447,17 @@ impl Attributor {
     pub fn apply(&mut self, points: &mut Points) {
         let all = std::mem::take(points).into_vec();
         let mut gpus: BTreeMap<String, GpuIdentity> = BTreeMap::new();
+        // hw.id → gpu.index, MIG instances included (they carry their parent's index).
+        let mut index_of: BTreeMap<String, i64> = BTreeMap::new();
         let mut procs: BTreeMap<(String, u32), GpuProcess> = BTreeMap::new();
         let mut rest: Vec<Point> = Vec::with_capacity(all.len());
         for p in all {
             let hw_id = str_of(&p.attributes, semconv::HW_ID);
+            if let Some(id) = &hw_id
+                && let Some(index) = int_of(&p.attributes, ATTR_GPU_INDEX)
+            {
+                index_of.entry(id.clone()).or_insert(index);
+            }
             if p.name == PROCESS_GPU_MEMORY_USAGE || p.name == PROCESS_GPU_UTILIZATION {
                 let pid =
                     int_of(&p.attributes, semconv::PROCESS_PID).and_then(|v| u32::try_from(v).ok());
@@ -450,7 +507,12 @@ impl Attributor {
             }
             points.push(p.name, p.attributes, p.value);
         }
-        for s in out.series {
+        for mut s in out.series {
+            if let Some(index) =
+                str_of(&s.attributes, semconv::HW_ID).and_then(|id| index_of.get(&id).copied())
+            {
+                s.attributes.insert(1, KeyValue::new(ATTR_GPU_INDEX, index));
+            }
             let value = match s.value {
                 SeriesValue::Int(i) => Value::Int(i),
                 SeriesValue::Float(f) => Value::Float(f),
@@ -756,6 +818,15 @@ mod tests {
         let util: Vec<_> = find(PROCESS_GPU_UTILIZATION).collect();
         assert_eq!(util.len(), 1);
         assert_eq!(util[0].value, Value::Float(0.5));
-        assert_eq!(find(ATTRIBUTION_OVERFLOW).count(), 1);
+        assert_eq!(
+            find(ATTRIBUTION_OVERFLOW).count(),
+            0,
+            "only once the cap was hit"
+        );
+        assert_eq!(
+            int_of(&mem[0].attributes, ATTR_GPU_INDEX),
+            Some(0),
+            "gpu.index is kept"
+        );
     }
 }

@@ -137,7 +137,9 @@ pub fn source(settings: &crate::config::Settings, inventory: Inventory) -> GpuSo
     GpuSource::new(
         GpuConfig {
             nvml_lib: settings.nvml_lib.clone(),
-            per_process: settings.per_process,
+            // Attribution (issue 6) needs the per-process readings even when only per-pod
+            // sums are reported; it rewrites them before they reach the snapshot.
+            per_process: settings.per_process || settings.attribution.is_some(),
             call_timeout: (budget / 3).min(Duration::from_secs(1)),
             budget,
             proc_root: settings.roots.proc.clone(),

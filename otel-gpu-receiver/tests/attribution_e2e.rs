@@ -1,0 +1,242 @@
+//! End to end: the real agent binary, the fake libnvidia-ml, a fake kubelet and a fixture
+//! `/proc`, exporting to an in-process OTLP sink.
+//!
+//! Node: GPU 0 is time-sliced between pods `ml/a` and `ml/b` (one process each), GPU 1 is
+//! held by pod `ml/c` (one process), and named by device name (`nvidia1`) rather than UUID.
+
+mod attribution_support;
+mod fake_nvml;
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use attribution_support::{FakeKubelet, Node, Script, container, container_id, list, pod, pod_uid};
+use fake_nvml::FakeNvml;
+use otel_instrument::testing::proto::collector::metrics::v1::ExportMetricsServiceRequest;
+use otel_instrument::testing::proto::metrics::v1::{metric, number_data_point};
+use otel_instrument::testing::{OtlpSink, attributes};
+
+const BIN: &str = env!("CARGO_BIN_EXE_otel-gpu-receiver");
+const MIB: i64 = 1024 * 1024;
+
+fn uuid(i: usize) -> String {
+    format!("GPU-00000000-0000-4000-8000-{i:012}")
+}
+
+/// A child process killed and reaped on drop.
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// (attributes, value) of every data point of `name` in one export request.
+fn points(req: &ExportMetricsServiceRequest, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+    let mut out = Vec::new();
+    for rm in &req.resource_metrics {
+        for sm in &rm.scope_metrics {
+            for m in sm.metrics.iter().filter(|m| m.name == name) {
+                let dps = match &m.data {
+                    Some(metric::Data::Gauge(g)) => &g.data_points,
+                    Some(metric::Data::Sum(s)) => &s.data_points,
+                    _ => continue,
+                };
+                for dp in dps {
+                    let v = match dp.value {
+                        Some(number_data_point::Value::AsInt(i)) => i as f64,
+                        Some(number_data_point::Value::AsDouble(d)) => d,
+                        None => f64::NAN,
+                    };
+                    out.push((attributes(&dp.attributes), v));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn get<'a>(attrs: &'a BTreeMap<String, String>, key: &str) -> Option<&'a str> {
+    attrs.get(key).map(String::as_str)
+}
+
+#[test]
+fn two_pods_sharing_gpu0_and_one_on_gpu1_get_their_own_series_and_no_device_total_is_copied() {
+    let (a, b, c) = (4_194_401u32, 4_194_402u32, 4_194_403u32);
+    let fake = FakeNvml::new(&format!(
+        "devices 2\n\
+         dev 0 proc {a} {} 40 5 trainer\n\
+         dev 0 proc {b} {} 10 2 notebook\n\
+         dev 1 proc {c} {} 70 30 infer",
+        1024 * MIB,
+        512 * MIB,
+        2048 * MIB
+    ));
+    let kubelet = FakeKubelet::start(Script::Respond(list(vec![
+        pod(
+            "ml",
+            "a",
+            vec![container(
+                "ta",
+                "nvidia.com/gpu",
+                &[&format!("{}::0", uuid(0))],
+            )],
+        ),
+        pod(
+            "ml",
+            "b",
+            vec![container(
+                "nb",
+                "nvidia.com/gpu",
+                &[&format!("{}::1", uuid(0))],
+            )],
+        ),
+        pod(
+            "ml",
+            "c",
+            vec![container("inf", "nvidia.com/gpu", &["nvidia1"])],
+        ),
+    ])));
+    let node = Node::new();
+    node.pod_dir("ml", "a", &pod_uid(1))
+        .pod_dir("ml", "b", &pod_uid(2))
+        .pod_dir("ml", "c", &pod_uid(3))
+        .pod_process(a, &pod_uid(1), &container_id(1))
+        .pod_process(b, &pod_uid(2), &container_id(2))
+        .pod_process(c, &pod_uid(3), &container_id(3));
+
+    let sink = OtlpSink::start().unwrap();
+    let proc_root = node.proc_root();
+    let pod_logs = node.pod_log_dir();
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "--interval",
+        "1s",
+        "--families",
+        "gpu",
+        "--otlp-endpoint",
+        &sink.endpoint(),
+    ])
+    .arg("--nvml-lib")
+    .arg(&fake.lib)
+    .arg("--proc-root")
+    .arg(&proc_root)
+    .arg("--kubelet-socket")
+    .arg(&kubelet.socket)
+    .arg("--pod-log-dir")
+    .arg(&pod_logs)
+    .env_clear()
+    .env("RUST_LOG", "info")
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let _agent = Agent(cmd.spawn().expect("start the agent"));
+
+    let got = sink
+        .wait_until(Duration::from_secs(30), |r| {
+            r.metrics
+                .iter()
+                .any(|req| points(req, "nvidia.gpu.allocation").len() == 3)
+        })
+        .expect("the sink never received the three allocations");
+    let req = got
+        .metrics
+        .iter()
+        .rev()
+        .find(|req| points(req, "nvidia.gpu.allocation").len() == 3)
+        .unwrap();
+
+    // Every pod that holds a GPU shows its allocation.
+    let mut alloc: Vec<_> = points(req, "nvidia.gpu.allocation")
+        .into_iter()
+        .map(|(a, v)| {
+            assert_eq!(v, 1.0);
+            (
+                get(&a, "hw.id").unwrap().to_owned(),
+                get(&a, "k8s.pod.name").unwrap().to_owned(),
+                get(&a, "k8s.container.name").unwrap().to_owned(),
+            )
+        })
+        .collect();
+    alloc.sort();
+    assert_eq!(
+        alloc,
+        vec![
+            (uuid(0), "a".into(), "ta".into()),
+            (uuid(0), "b".into(), "nb".into()),
+            (uuid(1), "c".into(), "inf".into()),
+        ]
+    );
+
+    // Per-pod memory: each pod its own processes' bytes, never the device's.
+    let mut memory: Vec<_> = points(req, "process.gpu.memory.usage")
+        .into_iter()
+        .map(|(a, v)| {
+            assert_eq!(get(&a, "process.pid"), None, "per-pod sums by default");
+            assert_eq!(get(&a, "k8s.namespace.name"), Some("ml"));
+            (
+                get(&a, "hw.id").unwrap().to_owned(),
+                get(&a, "k8s.pod.name").unwrap().to_owned(),
+                v as i64,
+            )
+        })
+        .collect();
+    memory.sort();
+    assert_eq!(
+        memory,
+        vec![
+            (uuid(0), "a".into(), 1024 * MIB),
+            (uuid(0), "b".into(), 512 * MIB),
+            (uuid(1), "c".into(), 2048 * MIB),
+        ]
+    );
+
+    // Per-pod utilization (general = SM): each pod its own share.
+    let mut util: Vec<_> = points(req, "process.gpu.utilization")
+        .into_iter()
+        .filter(|(a, _)| get(a, "hw.gpu.task") == Some("general"))
+        .map(|(a, v)| {
+            (
+                get(&a, "k8s.pod.name").unwrap().to_owned(),
+                (v * 100.0).round() as i64,
+            )
+        })
+        .collect();
+    util.sort();
+    assert_eq!(
+        util,
+        vec![("a".into(), 40), ("b".into(), 10), ("c".into(), 70)]
+    );
+
+    // Device series: one per GPU, not one per pod. GPU 1 has a single pod, so it is
+    // labelled with it; GPU 0 is shared, so it is not.
+    let device = points(req, "hw.gpu.memory.usage");
+    assert_eq!(device.len(), 2, "{device:?}");
+    for (a, _) in &device {
+        match get(a, "hw.id") {
+            Some(id) if id == uuid(0) => assert_eq!(get(a, "k8s.pod.name"), None),
+            Some(id) if id == uuid(1) => {
+                assert_eq!(get(a, "k8s.pod.name"), Some("c"));
+                assert_eq!(get(a, "k8s.container.name"), Some("inf"));
+            }
+            other => panic!("unexpected device {other:?}"),
+        }
+    }
+    let utilization = points(req, "hw.gpu.utilization");
+    let gpu0_general = utilization
+        .iter()
+        .filter(|(a, _)| {
+            get(a, "hw.id") == Some(uuid(0).as_str()) && get(a, "hw.gpu.task") == Some("general")
+        })
+        .count();
+    assert_eq!(
+        gpu0_general, 1,
+        "the shared GPU's utilization is reported once"
+    );
+
+    // Nothing went wrong along the way.
+    assert!(points(req, "otel_gpu_receiver.attribution.errors").is_empty());
+    assert!(points(req, "otel_gpu_receiver.attribution.overflow").is_empty());
+}
