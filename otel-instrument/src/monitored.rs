@@ -193,8 +193,10 @@ enum Trace {
     Delegated,
     /// Sampled: spans are created and exported.
     Sampled,
-    /// Not sampled: no OTel span; the trace id is kept for propagation.
-    Unsampled(u128),
+    /// Not sampled: no OTel span. The trace id, kept for propagation, is in
+    /// `UNSAMPLED_TRACE_ID` (not here: the frame is copied on every call and
+    /// stays two words).
+    Unsampled,
 }
 
 /// The current monitored call: the caller of the next one, and its trace state.
@@ -217,6 +219,8 @@ thread_local! {
     /// The trace id a sampled local root drew, for the SDK to use (see
     /// [`MonitoredIdGenerator`]), so the exported trace id is the one decided on.
     static PENDING_TRACE_ID: Cell<u128> = const { Cell::new(0) };
+    /// The trace id of the unsampled trace running on this thread, if any.
+    static UNSAMPLED_TRACE_ID: Cell<u128> = const { Cell::new(0) };
 }
 
 fn current() -> Frame {
@@ -235,7 +239,7 @@ pub fn current_function() -> Option<(&'static str, &'static str)> {
 
 /// Whether the current monitored call is in a trace that is not sampled.
 pub fn is_unsampled() -> bool {
-    matches!(current().trace, Trace::Unsampled(_))
+    current().trace == Trace::Unsampled
 }
 
 /// A fast per-thread generator (wyrand), seeded once from std's random keys.
@@ -270,11 +274,12 @@ fn new_trace_id() -> u128 {
 }
 
 /// The OpenTelemetry context to propagate from here: inside an unsampled
-/// monitored call it carries the trace id with `sampled=0`; elsewhere it is the
-/// current `tracing` span's context.
+/// monitored call it carries the trace id with `sampled=0`; inside a sampled one
+/// it holds the call's span; elsewhere it is the current `tracing` span's context.
 pub fn current_context() -> Context {
     match current().trace {
-        Trace::Unsampled(trace_id) => {
+        Trace::Unsampled => {
+            let trace_id = UNSAMPLED_TRACE_ID.with(Cell::get);
             let span_id = next_u64().max(1);
             Context::current().with_remote_span_context(SpanContext::new(
                 TraceId::from(trace_id),
@@ -284,7 +289,9 @@ pub fn current_context() -> Context {
                 TraceState::NONE,
             ))
         }
-        _ => {
+        // A sampled monitored call attached its span's context.
+        Trace::Sampled => Context::current(),
+        Trace::Free | Trace::Delegated => {
             use tracing_opentelemetry::OpenTelemetrySpanExt as _;
             tracing::Span::current().context()
         }
@@ -294,9 +301,9 @@ pub fn current_context() -> Context {
 /// Decides a local root: from the current OTel context's span if there is one
 /// (an incoming traceparent, or a plain `tracing` span with the OTel layer),
 /// else by drawing a trace id.
-fn decide_root(callsite: &Callsite) -> Trace {
+fn decide_root(callsite: &Callsite) -> (Trace, u128) {
     if !INTEGRATED.load(Ordering::Acquire) {
-        return Trace::Delegated;
+        return (Trace::Delegated, 0);
     }
     let parent = Context::map_current(|cx| {
         let sc = cx.span().span_context().clone();
@@ -329,9 +336,9 @@ fn decide_root(callsite: &Callsite) -> Trace {
         }
     };
     if sampled {
-        Trace::Sampled
+        (Trace::Sampled, trace_id)
     } else {
-        Trace::Unsampled(trace_id)
+        (Trace::Unsampled, trace_id)
     }
 }
 
@@ -364,7 +371,7 @@ impl<S: ShouldSample + Clone + 'static> ShouldSample for MonitoredSampler<S> {
     ) -> SamplingResult {
         let decision = match current().trace {
             Trace::Sampled => SamplingDecision::RecordAndSample,
-            Trace::Unsampled(_) => SamplingDecision::Drop,
+            Trace::Unsampled => SamplingDecision::Drop,
             Trace::Free | Trace::Delegated => {
                 return self.inner.should_sample(
                     parent_context,
@@ -443,7 +450,7 @@ impl<S> Filter<S> for OtelFilter {
             // when #[monitored] does not decide does the OTel layer see them.
             trace == Trace::Delegated
         } else {
-            !matches!(trace, Trace::Unsampled(_))
+            trace != Trace::Unsampled
         }
     }
 
@@ -792,6 +799,8 @@ struct Core {
     error: Option<(ErrorCategory, &'static str)>,
     /// The OTel span of a sampled call, started directly on the SDK.
     otel: Option<Context>,
+    /// The trace id of an unsampled call, for propagation.
+    trace_id: u128,
 }
 
 impl Core {
@@ -804,13 +813,16 @@ impl Core {
         make_attributes: impl FnOnce(&mut Vec<KeyValue>),
     ) -> (Self, Frame, Option<tracing::Span>) {
         let prev = current();
-        let trace = if !callsite.span {
-            prev.trace
-        } else {
-            match prev.trace {
-                Trace::Free => decide_root(callsite),
-                inherited => inherited,
+        let (trace, trace_id) = if callsite.span && prev.trace == Trace::Free {
+            let (trace, trace_id) = decide_root(callsite);
+            if trace == Trace::Unsampled {
+                UNSAMPLED_TRACE_ID.with(|t| t.set(trace_id));
             }
+            (trace, trace_id)
+        } else if prev.trace == Trace::Unsampled {
+            (Trace::Unsampled, UNSAMPLED_TRACE_ID.with(Cell::get))
+        } else {
+            (prev.trace, 0)
         };
         let frame = Frame {
             callsite: Some(callsite),
@@ -822,7 +834,7 @@ impl Core {
         let mut otel = None;
         let wanted = match trace {
             Trace::Free => false,
-            Trace::Unsampled(_) => OTHER_LAYERS.load(Ordering::Relaxed),
+            Trace::Unsampled => OTHER_LAYERS.load(Ordering::Relaxed),
             Trace::Sampled => {
                 if callsite.span {
                     otel = Some(start_otel(callsite, make_attributes));
@@ -851,6 +863,7 @@ impl Core {
             start: clock::now(),
             error: None,
             otel,
+            trace_id,
         };
         (core, prev, span)
     }
@@ -983,6 +996,9 @@ impl AsyncCall {
     ) -> Poll<F::Output> {
         let prev = current();
         set_current(self.core.frame);
+        if self.core.frame.trace == Trace::Unsampled {
+            UNSAMPLED_TRACE_ID.with(|t| t.set(self.core.trace_id));
+        }
         let _attached = self.core.otel.as_ref().map(|c| c.clone().attach());
         let poll = match &self.span {
             Some(span) => {
