@@ -63,90 +63,120 @@ fn get<'a>(attrs: &'a BTreeMap<String, String>, key: &str) -> Option<&'a str> {
     attrs.get(key).map(String::as_str)
 }
 
+/// The node of every test here, with the agent running and exporting to the sink.
+struct Scene {
+    sink: OtlpSink,
+    _agent: Agent,
+    _fake: FakeNvml,
+    _kubelet: FakeKubelet,
+    _node: Node,
+}
+
+const PIDS: (u32, u32, u32) = (4_194_401, 4_194_402, 4_194_403);
+
+impl Scene {
+    fn start(extra: &[&str]) -> Self {
+        let (a, b, c) = PIDS;
+        let fake = FakeNvml::new(&format!(
+            "devices 2\n\
+             dev 0 proc {a} {} 40 5 trainer\n\
+             dev 0 proc {b} {} 10 2 notebook\n\
+             dev 1 proc {c} {} 70 30 infer",
+            1024 * MIB,
+            512 * MIB,
+            2048 * MIB
+        ));
+        let kubelet = FakeKubelet::start(Script::Respond(list(vec![
+            pod(
+                "ml",
+                "a",
+                vec![container(
+                    "ta",
+                    "nvidia.com/gpu",
+                    &[&format!("{}::0", uuid(0))],
+                )],
+            ),
+            pod(
+                "ml",
+                "b",
+                vec![container(
+                    "nb",
+                    "nvidia.com/gpu",
+                    &[&format!("{}::1", uuid(0))],
+                )],
+            ),
+            pod(
+                "ml",
+                "c",
+                vec![container("inf", "nvidia.com/gpu", &["nvidia1"])],
+            ),
+        ])));
+        let node = Node::new();
+        node.pod_dir("ml", "a", &pod_uid(1))
+            .pod_dir("ml", "b", &pod_uid(2))
+            .pod_dir("ml", "c", &pod_uid(3))
+            .pod_process(a, &pod_uid(1), &container_id(1))
+            .pod_process(b, &pod_uid(2), &container_id(2))
+            .pod_process(c, &pod_uid(3), &container_id(3));
+
+        let sink = OtlpSink::start().unwrap();
+        let proc_root = node.proc_root();
+        let pod_logs = node.pod_log_dir();
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "--interval",
+            "1s",
+            "--families",
+            "gpu",
+            "--otlp-endpoint",
+            &sink.endpoint(),
+        ])
+        .arg("--nvml-lib")
+        .arg(&fake.lib)
+        .arg("--proc-root")
+        .arg(&proc_root)
+        .arg("--kubelet-socket")
+        .arg(&kubelet.socket)
+        .arg("--pod-log-dir")
+        .arg(&pod_logs)
+        .env_clear()
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        let agent = Agent(cmd.spawn().expect("start the agent"));
+        Self {
+            sink,
+            _agent: agent,
+            _fake: fake,
+            _kubelet: kubelet,
+            _node: node,
+        }
+    }
+
+    /// The latest export request that has all three allocations.
+    fn request(&self) -> ExportMetricsServiceRequest {
+        let got = self
+            .sink
+            .wait_until(Duration::from_secs(30), |r| {
+                r.metrics
+                    .iter()
+                    .any(|req| points(req, "nvidia.gpu.allocation").len() == 3)
+            })
+            .expect("the sink never received the three allocations");
+        got.metrics
+            .iter()
+            .rev()
+            .find(|req| points(req, "nvidia.gpu.allocation").len() == 3)
+            .unwrap()
+            .clone()
+    }
+}
+
 #[test]
 fn two_pods_sharing_gpu0_and_one_on_gpu1_get_their_own_series_and_no_device_total_is_copied() {
-    let (a, b, c) = (4_194_401u32, 4_194_402u32, 4_194_403u32);
-    let fake = FakeNvml::new(&format!(
-        "devices 2\n\
-         dev 0 proc {a} {} 40 5 trainer\n\
-         dev 0 proc {b} {} 10 2 notebook\n\
-         dev 1 proc {c} {} 70 30 infer",
-        1024 * MIB,
-        512 * MIB,
-        2048 * MIB
-    ));
-    let kubelet = FakeKubelet::start(Script::Respond(list(vec![
-        pod(
-            "ml",
-            "a",
-            vec![container(
-                "ta",
-                "nvidia.com/gpu",
-                &[&format!("{}::0", uuid(0))],
-            )],
-        ),
-        pod(
-            "ml",
-            "b",
-            vec![container(
-                "nb",
-                "nvidia.com/gpu",
-                &[&format!("{}::1", uuid(0))],
-            )],
-        ),
-        pod(
-            "ml",
-            "c",
-            vec![container("inf", "nvidia.com/gpu", &["nvidia1"])],
-        ),
-    ])));
-    let node = Node::new();
-    node.pod_dir("ml", "a", &pod_uid(1))
-        .pod_dir("ml", "b", &pod_uid(2))
-        .pod_dir("ml", "c", &pod_uid(3))
-        .pod_process(a, &pod_uid(1), &container_id(1))
-        .pod_process(b, &pod_uid(2), &container_id(2))
-        .pod_process(c, &pod_uid(3), &container_id(3));
-
-    let sink = OtlpSink::start().unwrap();
-    let proc_root = node.proc_root();
-    let pod_logs = node.pod_log_dir();
-    let mut cmd = Command::new(BIN);
-    cmd.args([
-        "--interval",
-        "1s",
-        "--families",
-        "gpu",
-        "--otlp-endpoint",
-        &sink.endpoint(),
-    ])
-    .arg("--nvml-lib")
-    .arg(&fake.lib)
-    .arg("--proc-root")
-    .arg(&proc_root)
-    .arg("--kubelet-socket")
-    .arg(&kubelet.socket)
-    .arg("--pod-log-dir")
-    .arg(&pod_logs)
-    .env_clear()
-    .env("RUST_LOG", "info")
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    let _agent = Agent(cmd.spawn().expect("start the agent"));
-
-    let got = sink
-        .wait_until(Duration::from_secs(30), |r| {
-            r.metrics
-                .iter()
-                .any(|req| points(req, "nvidia.gpu.allocation").len() == 3)
-        })
-        .expect("the sink never received the three allocations");
-    let req = got
-        .metrics
-        .iter()
-        .rev()
-        .find(|req| points(req, "nvidia.gpu.allocation").len() == 3)
-        .unwrap();
+    let scene = Scene::start(&[]);
+    let req = &scene.request();
 
     // Every pod that holds a GPU shows its allocation.
     let mut alloc: Vec<_> = points(req, "nvidia.gpu.allocation")
@@ -239,4 +269,50 @@ fn two_pods_sharing_gpu0_and_one_on_gpu1_get_their_own_series_and_no_device_tota
     // Nothing went wrong along the way.
     assert!(points(req, "otel_gpu_receiver.attribution.errors").is_empty());
     assert!(points(req, "otel_gpu_receiver.attribution.overflow").is_empty());
+}
+
+#[test]
+fn per_process_series_carry_pid_container_and_pod_end_to_end() {
+    let scene = Scene::start(&["--per-process"]);
+    let req = &scene.request();
+    let mut memory: Vec<_> = points(req, "process.gpu.memory.usage")
+        .into_iter()
+        .map(|(a, v)| {
+            (
+                get(&a, "process.pid").unwrap().to_owned(),
+                get(&a, "container.id").unwrap().to_owned(),
+                get(&a, "k8s.pod.name").unwrap().to_owned(),
+                get(&a, "process.executable.name").unwrap().to_owned(),
+                v as i64,
+            )
+        })
+        .collect();
+    memory.sort();
+    let (a, b, c) = PIDS;
+    assert_eq!(
+        memory,
+        vec![
+            (
+                a.to_string(),
+                container_id(1),
+                "a".into(),
+                "trainer".into(),
+                1024 * MIB
+            ),
+            (
+                b.to_string(),
+                container_id(2),
+                "b".into(),
+                "notebook".into(),
+                512 * MIB
+            ),
+            (
+                c.to_string(),
+                container_id(3),
+                "c".into(),
+                "infer".into(),
+                2048 * MIB
+            ),
+        ]
+    );
 }

@@ -550,4 +550,41 @@ mod tests {
             assert_eq!(resolve_device_id(id, &g), None, "{id:?}");
         }
     }
+
+    #[test]
+    fn dra_devices_of_an_nvidia_driver_count_and_others_do_not() {
+        use pb::{CdiDevice, ClaimResource, ContainerResources, DynamicResource, PodResources};
+        let claim = |driver: &str, device: &str, cdi: &str| ClaimResource {
+            cdi_devices: vec![CdiDevice { name: cdi.into() }],
+            driver_name: driver.into(),
+            pool_name: "node-1".into(),
+            device_name: device.into(),
+        };
+        let list = ListPodResourcesResponse {
+            pod_resources: vec![PodResources {
+                name: "p".into(),
+                namespace: "ns".into(),
+                containers: vec![ContainerResources {
+                    name: "c".into(),
+                    dynamic_resources: vec![DynamicResource {
+                        claim_name: "gpu".into(),
+                        claim_namespace: "ns".into(),
+                        claim_resources: vec![
+                            claim("gpu.nvidia.com", "gpu-1", "k8s.gpu.nvidia.com/device=gpu-1"),
+                            // The device name is not ours, the CDI name is: one match is enough.
+                            claim("gpu.nvidia.com", "odd-name", "k8s.gpu.nvidia.com/device=0"),
+                            claim("gpu.nvidia.com", "nope", "k8s.gpu.nvidia.com/device=nope"),
+                            claim("fpga.example.com", "gpu-0", "example.com/fpga=gpu-0"),
+                        ],
+                    }],
+                    ..Default::default()
+                }],
+            }],
+        };
+        let a = Allocations::from_list(&list, &gpus());
+        assert_eq!(a.holders("GPU-bbbb").len(), 1);
+        assert_eq!(a.holders("GPU-aaaa").len(), 1);
+        assert_eq!(a.holders("GPU-aaaa")[0].container, "c");
+        assert_eq!(a.unrecognised_ids, 1);
+    }
 }

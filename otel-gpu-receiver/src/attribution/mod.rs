@@ -309,7 +309,13 @@ impl Attributor {
     /// device-name IDs), `processes` what NVML reported per process this cycle.
     pub fn run(&mut self, gpus: &[GpuIdentity], processes: &[GpuProcess]) -> Attribution {
         self.cycle += 1;
-        let (allocations, kubelet_ok) = self.allocations(gpus);
+        // No GPU seen (no NVML, or none on this machine): nothing to ask the kubelet about,
+        // and no "attribution is off" line on every machine without one.
+        let (allocations, kubelet_ok) = if gpus.is_empty() && processes.is_empty() {
+            (Allocations::default(), false)
+        } else {
+            self.allocations(gpus)
+        };
 
         let mut groups: BTreeMap<GroupKey, Sums> = BTreeMap::new();
         for p in processes {
