@@ -164,17 +164,8 @@ impl KubeletClient {
         let path = self.socket.clone();
         // Probe once by hand: the error kinds (not found, permission denied) are what decides
         // between "attribution off" and "a failure", and tonic would wrap them.
-        match tokio::net::UnixStream::connect(&path).await {
-            Ok(_) => {}
-            Err(source)
-                if matches!(
-                    source.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
-                ) =>
-            {
-                return Err(KubeletError::Unavailable { path, source });
-            }
-            Err(source) => return Err(KubeletError::Connect { path, source }),
+        if let Err(source) = tokio::net::UnixStream::connect(&path).await {
+            return Err(connect_error(path, source));
         }
         // The URI is required by the API but never used: the connector dials the socket.
         // No tonic-level timeouts: `list` puts one deadline over connect and call together,
@@ -193,6 +184,24 @@ impl KubeletClient {
     }
 }
 
+/// Sorts a failed connect: no socket, or no permission, means "no kubelet for us" (attribution
+/// off, quietly); anything else is a failure worth counting.
+fn connect_error(path: PathBuf, source: std::io::Error) -> KubeletError {
+    match source.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
+            KubeletError::Unavailable { path, source }
+        }
+        _ => KubeletError::Connect { path, source },
+    }
+}
+
+/// What a failed call of this cycle left in the cache.
+#[derive(Debug, Clone, Copy)]
+enum CachedError {
+    Unavailable,
+    Failed(&'static str),
+}
+
 /// A [`KubeletClient`] on a thread of its own, for the synchronous collection cycle.
 ///
 /// `List` runs at most once per cycle; later calls in the same cycle get the cached answer.
@@ -207,7 +216,7 @@ pub struct KubeletSource {
     in_flight: bool,
     cached: Option<(
         u64,
-        Result<std::sync::Arc<ListPodResourcesResponse>, &'static str>,
+        Result<std::sync::Arc<ListPodResourcesResponse>, CachedError>,
     )>,
     calls: u64,
 }
@@ -240,8 +249,9 @@ impl KubeletSource {
     /// answer after that.
     ///
     /// # Errors
-    /// See [`KubeletClient::list`]; a cached failure is returned as
-    /// [`KubeletError::Rpc`] with the original kind in its message.
+    /// See [`KubeletClient::list`]. A cached failure is returned as
+    /// [`KubeletError::Unavailable`] again, or as [`KubeletError::Rpc`] with the original kind
+    /// in its message.
     pub fn list(
         &mut self,
         cycle: u64,
@@ -249,18 +259,24 @@ impl KubeletSource {
         if let Some((c, cached)) = &self.cached
             && *c == cycle
         {
-            return cached
-                .clone()
-                .map_err(|kind| KubeletError::Rpc(tonic::Status::unavailable(kind)));
+            return match cached {
+                Ok(list) => Ok(list.clone()),
+                Err(CachedError::Unavailable) => Err(KubeletError::Unavailable {
+                    path: self.socket.clone(),
+                    source: std::io::Error::other("unavailable earlier in this cycle"),
+                }),
+                Err(CachedError::Failed(kind)) => {
+                    Err(KubeletError::Rpc(tonic::Status::unavailable(*kind)))
+                }
+            };
         }
         let result = self.call().map(std::sync::Arc::new);
-        self.cached = Some((
-            cycle,
-            result
-                .as_ref()
-                .map(Clone::clone)
-                .map_err(KubeletError::kind),
-        ));
+        let cached = match &result {
+            Ok(list) => Ok(list.clone()),
+            Err(e) if e.is_unavailable() => Err(CachedError::Unavailable),
+            Err(e) => Err(CachedError::Failed(e.kind())),
+        };
+        self.cached = Some((cycle, cached));
         result
     }
 
@@ -586,5 +602,28 @@ mod tests {
         assert_eq!(a.holders("GPU-aaaa").len(), 1);
         assert_eq!(a.holders("GPU-aaaa")[0].container, "c");
         assert_eq!(a.unrecognised_ids, 1);
+    }
+
+    #[test]
+    fn no_socket_and_no_permission_turn_attribution_off_other_errors_count() {
+        use std::io::{Error, ErrorKind};
+        let p = PathBuf::from("/x.sock");
+        assert!(connect_error(p.clone(), Error::from(ErrorKind::NotFound)).is_unavailable());
+        // As root the permission case cannot be produced on a real socket; this is the sorting.
+        assert!(
+            connect_error(p.clone(), Error::from(ErrorKind::PermissionDenied)).is_unavailable()
+        );
+        let refused = connect_error(p, Error::from(ErrorKind::ConnectionRefused));
+        assert!(!refused.is_unavailable());
+        assert_eq!(refused.kind(), "kubelet_connect");
+    }
+
+    #[test]
+    fn a_cached_unavailable_answer_stays_unavailable_within_the_cycle() {
+        let dir = std::env::temp_dir().join("otel-gpu-receiver-no-such-dir-for-test");
+        let mut s = KubeletSource::new(dir.join("kubelet.sock"), Duration::from_secs(1));
+        assert!(s.list(1).unwrap_err().is_unavailable());
+        assert!(s.list(1).unwrap_err().is_unavailable());
+        assert_eq!(s.calls(), 1);
     }
 }
