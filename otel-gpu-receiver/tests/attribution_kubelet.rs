@@ -151,6 +151,29 @@ fn device_name_ids_are_recognised_without_a_flag() {
 }
 
 #[test]
+fn device_names_use_the_drivers_minor_numbers_when_nvml_gave_none() {
+    // The minor numbers run against the index here: /dev/nvidia0 is GPU 1.
+    let kubelet = FakeKubelet::start(Script::Respond(list(vec![pod(
+        "ml",
+        "a",
+        vec![container("c", "nvidia.com/gpu", &["nvidia0"])],
+    )])));
+    let node = Node::new();
+    node.driver_info("0000:18:00.0", GPU0, 1)
+        .driver_info("0000:28:00.0", GPU1, 0);
+    let mut a = attributor(&kubelet.socket, &node);
+    let no_minors: Vec<GpuIdentity> = gpus()
+        .into_iter()
+        .map(|g| GpuIdentity {
+            minor_number: None,
+            ..g
+        })
+        .collect();
+    let out = a.run(&no_minors, &[]);
+    assert_eq!(allocations(&out.series), vec![s(GPU1, "ml", "a", "c")]);
+}
+
+#[test]
 fn one_gpu_in_two_pods_gives_each_pod_its_own_share_and_no_device_owner() {
     // Time-slicing: NVIDIA's plugin hands out replicas `<uuid>::<n>` of the same GPU.
     let kubelet = FakeKubelet::start(Script::Respond(list(vec![

@@ -257,6 +257,9 @@ pub struct Attributor {
     config: AttributionConfig,
     cgroups: CgroupReader,
     pods: PodDirectory,
+    /// GPU UUID → minor number, from the driver's `/proc/driver/nvidia/gpus/*/information`.
+    minors: BTreeMap<String, u32>,
+    minors_read_in: Option<u64>,
     kubelet: Option<KubeletSource>,
     cycle: u64,
     overflow_total: u64,
@@ -282,6 +285,8 @@ impl Attributor {
             errors: BTreeMap::new(),
             logged: HashSet::new(),
             kubelet_off_logged: false,
+            minors: BTreeMap::new(),
+            minors_read_in: None,
         }
     }
 
@@ -314,7 +319,8 @@ impl Attributor {
         let (allocations, kubelet_ok) = if gpus.is_empty() && processes.is_empty() {
             (Allocations::default(), false)
         } else {
-            self.allocations(gpus)
+            let gpus = self.with_minor_numbers(gpus);
+            self.allocations(&gpus)
         };
 
         let mut groups: BTreeMap<GroupKey, Sums> = BTreeMap::new();
@@ -527,6 +533,25 @@ impl Attributor {
         }
     }
 
+    /// `gpus` with the minor numbers NVML did not give filled in from the driver's proc
+    /// files (read again, at most once per cycle, when a GPU is not known there yet). The
+    /// kubelet's `nvidia<N>` device IDs are minor numbers, which need not follow the index.
+    fn with_minor_numbers(&mut self, gpus: &[GpuIdentity]) -> Vec<GpuIdentity> {
+        let unknown = gpus
+            .iter()
+            .any(|g| g.minor_number.is_none() && !self.minors.contains_key(&g.uuid));
+        if unknown && self.minors_read_in != Some(self.cycle) {
+            self.minors_read_in = Some(self.cycle);
+            self.minors = read_minor_numbers(&self.config.proc_root);
+        }
+        gpus.iter()
+            .map(|g| GpuIdentity {
+                minor_number: g.minor_number.or_else(|| self.minors.get(&g.uuid).copied()),
+                ..g.clone()
+            })
+            .collect()
+    }
+
     fn count(&mut self, kind: &'static str) {
         *self.errors.entry(kind).or_insert(0) += 1;
     }
@@ -700,6 +725,32 @@ fn push_use(out: &mut Vec<Series>, attrs: Vec<KeyValue>, sums: &Sums) {
             value: SeriesValue::Float(v.min(1.0)),
         });
     }
+}
+
+/// GPU UUID → minor number from `<proc_root>/driver/nvidia/gpus/<pci>/information`, whose
+/// `GPU UUID:` and `Device Minor:` lines the NVIDIA driver writes. Missing files: empty.
+pub fn read_minor_numbers(proc_root: &std::path::Path) -> BTreeMap<String, u32> {
+    let mut out = BTreeMap::new();
+    let Ok(dirs) = std::fs::read_dir(proc_root.join("driver/nvidia/gpus")) else {
+        return out;
+    };
+    for d in dirs.flatten() {
+        let Ok(text) = std::fs::read_to_string(d.path().join("information")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim_start().strip_prefix(':'))
+                .map(str::trim)
+        };
+        if let (Some(uuid), Some(minor)) = (
+            field("GPU UUID"),
+            field("Device Minor").and_then(|m| m.parse().ok()),
+        ) {
+            out.insert(uuid.to_owned(), minor);
+        }
+    }
+    out
 }
 
 fn str_of(attrs: &[KeyValue], key: &str) -> Option<String> {

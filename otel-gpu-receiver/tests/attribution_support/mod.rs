@@ -294,6 +294,23 @@ impl Node {
         self
     }
 
+    /// The NVIDIA driver's `/proc/driver/nvidia/gpus/<pci>/information` for one GPU.
+    pub fn driver_info(&self, pci: &str, uuid: &str, minor: u32) -> &Self {
+        let d = self.proc_root().join("driver/nvidia/gpus").join(pci);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join("information"),
+            format!(
+                "Model: \t\t NVIDIA H100 80GB HBM3\nIRQ:   \t\t 140\nGPU UUID: \t {uuid}\n\
+                 Video BIOS: \t 96.00.74.00.01\nBus Type: \t PCIe\nDMA Size: \t 52 bits\n\
+                 DMA Mask: \t 0xfffffffffffff\nBus Location: \t {pci}\nDevice Minor: \t {minor}\n\
+                 GPU Excluded:\t No\n"
+            ),
+        )
+        .unwrap();
+        self
+    }
+
     /// The kubelet's log directory for a pod.
     pub fn pod_dir(&self, namespace: &str, name: &str, uid: &str) -> &Self {
         std::fs::create_dir_all(self.pod_log_dir().join(format!("{namespace}_{name}_{uid}")))
