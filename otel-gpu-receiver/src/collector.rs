@@ -21,6 +21,8 @@ struct Worker {
     family: Family,
     requests: Sender<u64>,
     busy: Arc<AtomicBool>,
+    /// The platform lacks this family: asked no more after the first answer.
+    unsupported: bool,
 }
 
 /// Runs the sources once per cycle and builds snapshots.
@@ -91,6 +93,7 @@ impl Collector {
             family,
             requests: tx,
             busy,
+            unsupported: false,
         });
         Ok(())
     }
@@ -109,6 +112,9 @@ impl Collector {
         let mut failed: Vec<(usize, CollectError)> = Vec::new();
         let mut pending = vec![false; self.workers.len()];
         for (i, w) in self.workers.iter().enumerate() {
+            if w.unsupported {
+                continue;
+            }
             if w.busy.swap(true, Ordering::AcqRel) {
                 failed.push((i, CollectError::Busy));
             } else if w.requests.send(cycle).is_err() {
@@ -151,6 +157,10 @@ impl Collector {
             }
         }
         for (i, e) in failed {
+            if matches!(e, CollectError::Unsupported) {
+                // Counted and logged once, then never asked again.
+                self.workers[i].unsupported = true;
+            }
             let source = self.workers[i].family.as_str();
             let kind = e.kind();
             self.stats.count_error(source, kind);
@@ -212,6 +222,34 @@ mod tests {
             out.push("system.uptime", vec![], 1.0);
             Ok(())
         }
+    }
+
+    #[derive(Debug)]
+    struct Unsupported;
+    impl Source for Unsupported {
+        fn family(&self) -> Family {
+            Family::Disk
+        }
+        fn collect(&mut self, _: &mut Points) -> Result<(), CollectError> {
+            Err(CollectError::Unsupported)
+        }
+    }
+
+    #[test]
+    fn an_unsupported_source_is_counted_once_and_not_asked_again() {
+        let mut c = Collector::new(
+            &[],
+            &Roots::default(),
+            Duration::from_secs(5),
+            SelfStats::default(),
+        )
+        .unwrap();
+        c.add(Box::new(Unsupported)).unwrap();
+        c.add(Box::new(Fine)).unwrap();
+        for _ in 0..3 {
+            assert_eq!(c.cycle().points("system.uptime").len(), 1);
+        }
+        assert_eq!(c.stats().errors.get(&("disk", "unsupported")), Some(&1));
     }
 
     #[test]

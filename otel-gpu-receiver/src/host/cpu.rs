@@ -126,6 +126,7 @@ impl CpuSource {
 
     #[cfg(not(target_os = "linux"))]
     fn read_stat(&self) -> Result<(Ticks, Vec<(u32, Ticks)>), CollectError> {
+        let _ = &self.roots;
         Err(CollectError::Unsupported)
     }
 

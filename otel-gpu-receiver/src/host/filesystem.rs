@@ -2,6 +2,7 @@
 //! Pseudo filesystems (proc, sysfs, cgroup, …) are excluded. A hung statvfs (a dead
 //! NFS mount) is bounded by the source's time budget in the collector.
 
+#[cfg(target_os = "linux")]
 use std::path::Path;
 
 use opentelemetry::KeyValue;
@@ -153,7 +154,7 @@ pub fn parse_mounts(text: &str) -> Vec<Mount> {
     out
 }
 
-#[cfg(unix)]
+#[cfg(target_os = "linux")]
 // The statvfs field types differ between platforms (u32 on some): keep the casts.
 #[allow(clippy::unnecessary_cast)]
 fn statvfs(path: &Path) -> std::io::Result<(u64, u64, u64)> {
@@ -215,13 +216,13 @@ impl FilesystemSource {
     /// Reads once through sysinfo.
     ///
     /// # Errors
-    /// Never; the signature matches Linux.
+    /// sysinfo does not support this platform.
     #[cfg(not(target_os = "linux"))]
     pub fn read(&mut self) -> Result<FilesystemReading, CollectError> {
         let _ = &self.roots;
-        let disks = sysinfo::Disks::new_with_refreshed_list();
+        let disks =
+            sysinfo::Disks::new_with_refreshed_list().map_err(|_| CollectError::Unsupported)?;
         let filesystems = disks
-            .list()
             .iter()
             .map(|d| FilesystemStats {
                 mount: Mount {
@@ -264,7 +265,7 @@ mod tests {
         assert!(m[1].read_only);
     }
 
-    #[cfg(unix)]
+    #[cfg(target_os = "linux")]
     #[test]
     fn statvfs_of_root_reports_a_size() {
         let (total, free, _) = statvfs(Path::new("/")).unwrap();

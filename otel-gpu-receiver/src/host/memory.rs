@@ -112,11 +112,11 @@ impl MemorySource {
     /// Reads once through sysinfo.
     ///
     /// # Errors
-    /// Never; the signature matches Linux.
+    /// sysinfo does not support this platform.
     #[cfg(not(target_os = "linux"))]
     pub fn read(&mut self) -> Result<MemoryReading, CollectError> {
         let _ = &self.roots;
-        let mut s = sysinfo::System::new();
+        let mut s = sysinfo::System::new().map_err(|_| CollectError::Unsupported)?;
         s.refresh_memory();
         let total = s.total_memory();
         let free = s.free_memory();

@@ -109,7 +109,7 @@ pub fn parse_net_dev(path: &Path, text: &str) -> Result<NetworkReading, CollectE
 pub struct NetworkSource {
     roots: Roots,
     #[cfg(not(target_os = "linux"))]
-    networks: sysinfo::Networks,
+    networks: Option<sysinfo::Networks>,
 }
 
 impl NetworkSource {
@@ -118,7 +118,7 @@ impl NetworkSource {
         Self {
             roots,
             #[cfg(not(target_os = "linux"))]
-            networks: sysinfo::Networks::new_with_refreshed_list(),
+            networks: sysinfo::Networks::new_with_refreshed_list().ok(),
         }
     }
 
@@ -135,16 +135,16 @@ impl NetworkSource {
     /// Reads once through sysinfo.
     ///
     /// # Errors
-    /// Never; the signature matches Linux.
+    /// sysinfo does not support this platform.
     #[cfg(not(target_os = "linux"))]
     pub fn read(&mut self) -> Result<NetworkReading, CollectError> {
         let _ = &self.roots;
-        self.networks.refresh(true);
-        let interfaces = self
-            .networks
+        let networks = self.networks.as_mut().ok_or(CollectError::Unsupported)?;
+        networks.refresh(true);
+        let interfaces = networks
             .iter()
             .map(|(name, d)| InterfaceStats {
-                name: name.clone(),
+                name: name.to_string_lossy().into_owned(),
                 rx_bytes: d.total_received(),
                 rx_packets: d.total_packets_received(),
                 rx_errors: d.total_errors_on_received(),

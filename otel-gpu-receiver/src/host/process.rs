@@ -131,7 +131,7 @@ impl ProcessSource {
         use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System};
         let _ = &self.roots;
         let pid = sysinfo::get_current_pid().map_err(|_| CollectError::Unsupported)?;
-        let mut s = System::new();
+        let mut s = System::new().map_err(|_| CollectError::Unsupported)?;
         s.refresh_processes_specifics(
             ProcessesToUpdate::Some(&[pid]),
             false,
