@@ -174,3 +174,32 @@ fn cumulative_counters_are_monotonic_across_cycles() {
         }
     }
 }
+
+#[test]
+fn headers_from_env_and_file_and_gzip_reach_the_collector() {
+    use std::io::Write as _;
+    let sink = OtlpSink::start().unwrap();
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(
+        file,
+        "interval = \"500ms\"\nfamilies = [\"memory\"]\n[otlp]\nendpoint = \"{}\"\nheaders = {{ x-tenant = \"from-file\" }}\n",
+        sink.endpoint()
+    )
+    .unwrap();
+    let _agent = start_agent(
+        &["--config", file.path().to_str().unwrap()],
+        &[
+            ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "api-key=from-env"),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+        ],
+    );
+    let got = sink
+        .wait_for_metric("system.memory.usage", Duration::from_secs(20))
+        .is_some();
+    assert!(got, "no gzip export arrived");
+    let headers = sink.received().headers;
+    let first = headers.first().expect("request headers");
+    // The signal-specific variable beats the file's generic headers.
+    assert_eq!(first.get("api-key").map(String::as_str), Some("from-env"));
+    assert_eq!(first.get("grpc-encoding").map(String::as_str), Some("gzip"));
+}
