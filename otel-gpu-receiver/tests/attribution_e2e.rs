@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use attribution_support::{FakeKubelet, Node, Script, container, container_id, list, pod, pod_uid};
 use fake_nvml::FakeNvml;
+use otel_gpu_receiver::catalogue::{self, Instrument};
 use otel_instrument::testing::proto::collector::metrics::v1::ExportMetricsServiceRequest;
-use otel_instrument::testing::proto::metrics::v1::{metric, number_data_point};
+use otel_instrument::testing::proto::metrics::v1::{Metric, metric, number_data_point};
 use otel_instrument::testing::{OtlpSink, attributes};
 
 const BIN: &str = env!("CARGO_BIN_EXE_otel-gpu-receiver");
@@ -59,6 +60,39 @@ fn points(req: &ExportMetricsServiceRequest, name: &str) -> Vec<(BTreeMap<String
     out
 }
 
+/// The metric `name` of one export request.
+fn metric<'a>(req: &'a ExportMetricsServiceRequest, name: &str) -> Option<&'a Metric> {
+    req.resource_metrics
+        .iter()
+        .flat_map(|rm| &rm.scope_metrics)
+        .flat_map(|sm| &sm.metrics)
+        .find(|m| m.name == name)
+}
+
+/// The metric arrived with the catalogue's unit and instrument, and attribute keys that the
+/// catalogue lists (plus the overflow marker, and `k8s.*` on device series).
+fn assert_catalogued(req: &ExportMetricsServiceRequest, name: &str) {
+    let desc = catalogue::find(name).unwrap_or_else(|| panic!("{name} is not catalogued"));
+    let m = metric(req, name).unwrap_or_else(|| panic!("{name} was not received"));
+    assert_eq!(m.unit, desc.unit, "unit of {name}");
+    let kind = match &m.data {
+        Some(metric::Data::Gauge(_)) => Instrument::Gauge,
+        Some(metric::Data::Sum(s)) if s.is_monotonic => Instrument::Counter,
+        Some(metric::Data::Sum(_)) => Instrument::UpDownCounter,
+        other => panic!("{name}: unexpected data {other:?}"),
+    };
+    assert_eq!(kind, desc.instrument, "instrument of {name}");
+    for (attrs, _) in points(req, name) {
+        for key in attrs.keys() {
+            assert!(
+                desc.attributes.contains(&key.as_str()) || key == "otel.metric.overflow",
+                "{name}: {key} is not in the catalogue's {:?}",
+                desc.attributes
+            );
+        }
+    }
+}
+
 fn get<'a>(attrs: &'a BTreeMap<String, String>, key: &str) -> Option<&'a str> {
     attrs.get(key).map(String::as_str)
 }
@@ -76,6 +110,11 @@ const PIDS: (u32, u32, u32) = (4_194_401, 4_194_402, 4_194_403);
 
 impl Scene {
     fn start(extra: &[&str]) -> Self {
+        Self::start_with(extra, |_| {})
+    }
+
+    /// Like [`start`](Self::start), with `tweak` applied to the node before the agent starts.
+    fn start_with(extra: &[&str], tweak: impl FnOnce(&Node)) -> Self {
         let (a, b, c) = PIDS;
         let fake = FakeNvml::new(&format!(
             "devices 2\n\
@@ -118,6 +157,7 @@ impl Scene {
             .pod_process(a, &pod_uid(1), &container_id(1))
             .pod_process(b, &pod_uid(2), &container_id(2))
             .pod_process(c, &pod_uid(3), &container_id(3));
+        tweak(&node);
 
         let sink = OtlpSink::start().unwrap();
         let proc_root = node.proc_root();
@@ -269,6 +309,15 @@ fn two_pods_sharing_gpu0_and_one_on_gpu1_get_their_own_series_and_no_device_tota
     // Nothing went wrong along the way.
     assert!(points(req, "otel_gpu_receiver.attribution.errors").is_empty());
     assert!(points(req, "otel_gpu_receiver.attribution.overflow").is_empty());
+
+    // What arrived matches the catalogue.
+    for name in [
+        "nvidia.gpu.allocation",
+        "process.gpu.memory.usage",
+        "process.gpu.utilization",
+    ] {
+        assert_catalogued(req, name);
+    }
 }
 
 #[test]
@@ -315,4 +364,52 @@ fn per_process_series_carry_pid_container_and_pod_end_to_end() {
             ),
         ]
     );
+}
+
+#[test]
+fn a_tiny_cap_and_a_malformed_cgroup_are_aggregated_and_counted_on_the_wire() {
+    let (_, _, c) = PIDS;
+    let scene = Scene::start_with(&["--attribution-max-series", "2"], |node| {
+        node.cgroup(c, "this is not a cgroup file\n");
+    });
+    let req = &scene.request();
+
+    // Two allocations fit; GPU 1's is folded into an overflow series.
+    let alloc = points(req, "nvidia.gpu.allocation");
+    let overflowed: Vec<_> = alloc
+        .iter()
+        .filter(|(a, _)| get(a, "otel.metric.overflow") == Some("true"))
+        .collect();
+    assert_eq!(overflowed.len(), 1, "{alloc:?}");
+    assert_eq!(get(&overflowed[0].0, "hw.id"), Some(uuid(1).as_str()));
+    assert_eq!(get(&overflowed[0].0, "k8s.pod.name"), None);
+    assert_eq!(overflowed[0].1, 1.0);
+
+    // Pods a and b no longer fit: their memory is summed per GPU, not lost. Process c's
+    // cgroup is unreadable, so it is in no pod and not reported in per-pod mode.
+    let memory = points(req, "process.gpu.memory.usage");
+    assert_eq!(memory.len(), 1, "{memory:?}");
+    assert_eq!(get(&memory[0].0, "otel.metric.overflow"), Some("true"));
+    assert_eq!(get(&memory[0].0, "hw.id"), Some(uuid(0).as_str()));
+    assert_eq!(memory[0].1 as i64, 1536 * MIB);
+
+    let overflow = points(req, "otel_gpu_receiver.attribution.overflow");
+    assert_eq!(overflow.len(), 1);
+    assert!(
+        overflow[0].1 >= 5.0,
+        "1 allocation + 2 memory + 2 utilization series per cycle"
+    );
+    let errors = points(req, "otel_gpu_receiver.attribution.errors");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(get(&errors[0].0, "error.type"), Some("cgroup_malformed"));
+    assert!(errors[0].1 >= 1.0);
+
+    for name in [
+        "nvidia.gpu.allocation",
+        "process.gpu.memory.usage",
+        "otel_gpu_receiver.attribution.overflow",
+        "otel_gpu_receiver.attribution.errors",
+    ] {
+        assert_catalogued(req, name);
+    }
 }
