@@ -527,7 +527,7 @@ fn per_process_series_carry_the_pid_the_container_and_the_pod() {
     let mut a = Attributor::new(AttributionConfig {
         kubelet_socket: kubelet.socket.clone(),
         proc_root: node.proc_root(),
-        pod_log_dir: node.pod_log_dir(),
+        pod_log_dir: node.dir.path().join("not-mounted"),
         per_process: true,
         ..AttributionConfig::default()
     });
@@ -557,4 +557,39 @@ fn per_process_series_carry_the_pid_the_container_and_the_pod() {
         assert_eq!(str_attr(m, "k8s.namespace.name").as_deref(), Some("ml"));
         assert_eq!(str_attr(m, "k8s.container.name").as_deref(), Some("ca"));
     }
+}
+
+#[test]
+fn a_pod_the_log_directory_does_not_know_is_not_guessed_from_the_allocations() {
+    // Pod `a` holds GPU0, but the process belongs to another pod (uid 9) that uses the GPU
+    // without holding it: with the log directory mounted, that is visible, so no guess.
+    let kubelet = FakeKubelet::start(Script::Respond(list(vec![pod(
+        "ml",
+        "a",
+        vec![container("ca", "nvidia.com/gpu", &[GPU0])],
+    )])));
+    let node = Node::new();
+    node.pod_dir("ml", "a", &pod_uid(1))
+        .pod_process(5, &pod_uid(9), &container_id(9));
+    let mut a = attributor(&kubelet.socket, &node);
+    let out = a.run(
+        &gpus(),
+        &[GpuProcess {
+            pid: 5,
+            gpu: GPU0.into(),
+            executable: None,
+            memory_used: Some(7),
+            utilization: vec![],
+        }],
+    );
+    let m = out
+        .series
+        .iter()
+        .find(|s| s.name == PROCESS_GPU_MEMORY_USAGE)
+        .unwrap();
+    assert_eq!(attr(m, "k8s.pod.name"), None, "not attributed to pod a");
+    assert_eq!(str_attr(m, "container.id"), Some(container_id(9)));
+    assert_eq!(m.value, SeriesValue::Int(7));
+    // The device still belongs to pod a alone.
+    assert_eq!(out.owners[GPU0].pod, "a");
 }

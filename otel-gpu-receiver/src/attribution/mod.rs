@@ -639,8 +639,13 @@ impl Attributor {
         let named = self.pods.lookup(uid, self.cycle).cloned();
         let (namespace, pod) = match named {
             Some(n) => (n.namespace, n.name),
+            // The pod log directory is readable and does not know this UID: whatever the
+            // allocations say, the process may be in a pod that uses the GPU without holding
+            // it (NVIDIA_VISIBLE_DEVICES=all). Do not guess.
+            None if self.pods.is_readable() => return placement,
             None => match sole_owner(holders) {
-                // The UID cannot be named, but only one pod holds this GPU: it is that pod.
+                // The UID cannot be named (no pod log directory), but only one pod holds
+                // this GPU: it is that pod.
                 Some(o) => (o.namespace, o.pod),
                 None => {
                     if !holders.is_empty() {

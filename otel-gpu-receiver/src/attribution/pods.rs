@@ -27,6 +27,7 @@ pub struct PodDirectory {
     root: PathBuf,
     by_uid: HashMap<String, PodName>,
     scanned_in: Option<u64>,
+    readable: bool,
 }
 
 impl PodDirectory {
@@ -37,6 +38,7 @@ impl PodDirectory {
             root: root.into(),
             by_uid: HashMap::new(),
             scanned_in: None,
+            readable: false,
         }
     }
 
@@ -55,11 +57,19 @@ impl PodDirectory {
         self.by_uid.get(uid)
     }
 
+    /// Whether the directory could be read at the last scan (it is mounted), so that a UID
+    /// missing from it is really unknown.
+    pub fn is_readable(&self) -> bool {
+        self.readable
+    }
+
     fn scan(&mut self) {
         self.by_uid.clear();
         let Ok(entries) = std::fs::read_dir(&self.root) else {
+            self.readable = false;
             return;
         };
+        self.readable = true;
         for entry in entries.flatten() {
             let name = entry.file_name();
             if let Some((uid, pod)) = name.to_str().and_then(parse_pod_dir) {
@@ -109,5 +119,6 @@ mod tests {
     fn a_missing_directory_is_an_empty_index() {
         let mut d = PodDirectory::new("/nonexistent/otel-gpu-receiver/pods");
         assert_eq!(d.lookup("x", 1), None);
+        assert!(!d.is_readable());
     }
 }
