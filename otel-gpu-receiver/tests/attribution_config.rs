@@ -150,3 +150,38 @@ fn the_binary_exits_2_on_a_bad_cap() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--attribution-max-series"), "{stderr}");
 }
+
+#[test]
+fn the_daemonset_in_kubernetes_md_passes_flags_the_agent_accepts() {
+    use clap::Parser as _;
+    let doc = include_str!("../KUBERNETES.md");
+    let yaml = doc
+        .split("```yaml")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("KUBERNETES.md has a yaml manifest");
+    for needed in [
+        "hostPID: true",
+        "readOnly: true",
+        "/var/lib/kubelet/pod-resources",
+    ] {
+        assert!(yaml.contains(needed), "the manifest lacks {needed}");
+    }
+    let args: Vec<&str> = yaml
+        .lines()
+        .map(str::trim)
+        .filter_map(|l| l.strip_prefix("- --"))
+        .collect();
+    assert!(args.len() >= 3, "{args:?}");
+    let argv = std::iter::once("otel-gpu-receiver".to_owned())
+        .chain(args.iter().map(|a| format!("--{a}")));
+    let flags = Flags::try_parse_from(argv).expect("the manifest's args parse");
+    let s = resolve(flags, &[]).unwrap();
+    let a = s.attribution.expect("attribution on");
+    assert_eq!(
+        a.kubelet_socket,
+        PathBuf::from("/var/lib/kubelet/pod-resources/kubelet.sock")
+    );
+    assert_eq!(a.proc_root, PathBuf::from("/host/proc"));
+    assert_eq!(a.pod_log_dir, PathBuf::from("/var/log/pods"));
+}
