@@ -33,6 +33,7 @@ pub(crate) struct Args {
     pub sample: Option<f64>,
     pub metrics: Option<bool>,
     pub span: Option<bool>,
+    span_kw: Option<Span>,
     pub krate: Option<Path>,
 }
 
@@ -230,6 +231,7 @@ impl Parse for Args {
                     return Err(duplicate(k.span, "span"));
                 }
                 args.span = Some(parse_bool(input)?);
+                args.span_kw = Some(k.span);
             } else if look.peek(Token![crate]) {
                 let k: Token![crate] = input.parse()?;
                 if args.krate.is_some() {
@@ -256,7 +258,7 @@ impl Parse for Args {
         }
         if args.metrics == Some(false) && args.span == Some(false) {
             return Err(syn::Error::new(
-                Span::call_site(),
+                args.span_kw.unwrap_or_else(Span::call_site),
                 "`metrics = false` with `span = false` leaves nothing to monitor",
             ));
         }

@@ -162,7 +162,8 @@ fn generate(args: Args, func: MaybeItemFn) -> syn::Result<TokenStream> {
     }
     if let Some(skips) = &args.skip {
         for s in skips {
-            if !params.iter().any(|p| p.unraw() == s.unraw()) {
+            // `self` is never recorded, so skipping it is always allowed.
+            if s != "self" && !params.iter().any(|p| p.unraw() == s.unraw()) {
                 return Err(syn::Error::new(
                     s.span(),
                     format!("`skip({s})`: this function has no parameter named `{s}`"),
@@ -250,6 +251,20 @@ fn generate(args: Args, func: MaybeItemFn) -> syn::Result<TokenStream> {
         ReturnType::Type(_, ty) if !mentions_impl(ty) => quote!(: #ty),
         _ => TokenStream::new(),
     };
+    // A never-taken early return of the declared type fixes the closure's or
+    // async block's return type, so a type error points at the user's code.
+    let fake_return = match &sig.output {
+        ReturnType::Type(_, ty) if !mentions_impl(ty) => quote_spanned! {ty.span()=>
+            #[allow(unreachable_code, clippy::diverging_sub_expression, clippy::needless_return)]
+            if false {
+                let __otel_fake_return: #ty = loop {};
+                return __otel_fake_return;
+            }
+        },
+        _ => TokenStream::new(),
+    };
+    let body_stream = body.stream();
+    let body = Group::new(Delimiter::Brace, quote!(#fake_return #body_stream));
     let classify = quote! {
         if let ::core::result::Result::Err(__otel_error) = &__otel_ret {
             #[allow(unused_imports)]

@@ -1,0 +1,6 @@
+use otel_instrument::monitored;
+
+#[monitored(crate = "otel_instrument")]
+fn f() {}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use otel_instrument::monitored;
+
+#[monitored(fields(= 3))]
+fn f() {}
+
+fn main() {}

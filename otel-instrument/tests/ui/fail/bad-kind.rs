@@ -1,0 +1,6 @@
+use otel_instrument::monitored;
+
+#[monitored(kind = sideways)]
+fn f() {}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use otel_instrument::monitored;
+
+#[monitored(level = "loud")]
+fn f() {}
+
+fn main() {}

@@ -1,0 +1,9 @@
+use otel_instrument::monitored;
+
+#[monitored]
+fn f() -> u32 {
+    let x = ;
+    1
+}
+
+fn main() {}

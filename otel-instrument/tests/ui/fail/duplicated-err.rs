@@ -1,0 +1,8 @@
+use otel_instrument::monitored;
+
+#[monitored(err, err = false)]
+fn f() -> Result<(), String> {
+    Ok(())
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use otel_instrument::monitored;
+
+#[monitored(fields(a = 1), fields(b = 2))]
+fn f() {}
+
+fn main() {}

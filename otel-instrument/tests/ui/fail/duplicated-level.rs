@@ -1,0 +1,6 @@
+use otel_instrument::monitored;
+
+#[monitored(level = info, level = debug)]
+fn f() {}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use otel_instrument::monitored;
+
+#[monitored(name = "a", name = "b")]
+fn f() {}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use otel_instrument::monitored;
+
+#[monitored(span = true, span = false)]
+fn f() {}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use otel_instrument::monitored;
+
+#[monitored(name = "")]
+fn f() {}
+
+fn main() {}

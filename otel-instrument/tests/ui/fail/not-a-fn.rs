@@ -1,0 +1,6 @@
+use otel_instrument::monitored;
+
+#[monitored]
+struct NotAFunction;
+
+fn main() {}

@@ -1,0 +1,6 @@
+use otel_instrument::monitored;
+
+#[monitored(metrics = false, span = false)]
+fn f() {}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use otel_instrument::monitored;
+
+#[monitored(sample = "half")]
+fn f() {}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use otel_instrument::monitored;
+
+#[monitored(span = "no")]
+fn f() {}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use otel_instrument::monitored;
+
+#[monitored(nmae = "x")]
+fn f() {}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use otel_instrument::monitored;
+
+#[monitored(crate = not_a_crate)]
+fn f() {}
+
+fn main() {}
