@@ -626,4 +626,112 @@ mod tests {
         assert!(s.list(1).unwrap_err().is_unavailable());
         assert_eq!(s.calls(), 1);
     }
+
+    /// Length-delimited field `num` (wire type 2) holding `body`.
+    fn ld(num: u32, body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        prost::encoding::encode_key(num, prost::encoding::WireType::LengthDelimited, &mut out);
+        prost::encoding::encode_varint(body.len() as u64, &mut out);
+        out.extend_from_slice(body);
+        out
+    }
+
+    #[test]
+    fn bytes_laid_out_with_the_kubelets_field_numbers_decode_into_our_types() {
+        use prost::Message as _;
+        // Encoded by hand from the published field numbers, not from our .proto: this is
+        // what a kubelet sends.
+        let mut numa = Vec::new();
+        prost::encoding::encode_key(1, prost::encoding::WireType::Varint, &mut numa);
+        prost::encoding::encode_varint(1, &mut numa); // NUMANode.ID = 1
+        let topology = ld(1, &numa); // TopologyInfo.nodes
+        let devices = [
+            ld(1, b"nvidia.com/gpu"), // ContainerDevices.resource_name
+            ld(2, b"GPU-aaaa"),       // ContainerDevices.device_ids
+            ld(3, &topology),         // ContainerDevices.topology
+        ]
+        .concat();
+        let claim = [
+            ld(1, &ld(1, b"k8s.gpu.nvidia.com/device=gpu-1")), // ClaimResource.cdi_devices
+            ld(2, b"gpu.nvidia.com"),                          // ClaimResource.driver_name
+            ld(3, b"node-1"),                                  // ClaimResource.pool_name
+            ld(4, b"gpu-1"),                                   // ClaimResource.device_name
+        ]
+        .concat();
+        let dynamic = [
+            ld(2, b"claim"), // DynamicResource.claim_name
+            ld(3, b"ml"),    // DynamicResource.claim_namespace
+            ld(4, &claim),   // DynamicResource.claim_resources
+        ]
+        .concat();
+        let mut cpu_ids = Vec::new();
+        prost::encoding::encode_varint(3, &mut cpu_ids);
+        prost::encoding::encode_varint(5, &mut cpu_ids);
+        let container = [
+            ld(1, b"main"),    // ContainerResources.name
+            ld(2, &devices),   // ContainerResources.devices
+            ld(3, &cpu_ids),   // ContainerResources.cpu_ids (packed)
+            ld(5, &dynamic),   // ContainerResources.dynamic_resources
+            ld(99, b"future"), // a field a later kubelet may add: skipped
+        ]
+        .concat();
+        let pod = [ld(1, b"trainer"), ld(2, b"ml"), ld(3, &container)].concat();
+        let bytes = ld(1, &pod); // ListPodResourcesResponse.pod_resources
+
+        let list = ListPodResourcesResponse::decode(bytes.as_slice()).unwrap();
+        let p = &list.pod_resources[0];
+        assert_eq!((p.name.as_str(), p.namespace.as_str()), ("trainer", "ml"));
+        let c = &p.containers[0];
+        assert_eq!(c.name, "main");
+        assert_eq!(c.cpu_ids, vec![3, 5]);
+        assert_eq!(c.devices[0].resource_name, "nvidia.com/gpu");
+        assert_eq!(c.devices[0].device_ids, vec!["GPU-aaaa".to_owned()]);
+        assert_eq!(c.devices[0].topology.as_ref().unwrap().nodes[0].id, 1);
+        let d = &c.dynamic_resources[0];
+        assert_eq!(
+            (d.claim_name.as_str(), d.claim_namespace.as_str()),
+            ("claim", "ml")
+        );
+        let r = &d.claim_resources[0];
+        assert_eq!(r.driver_name, "gpu.nvidia.com");
+        assert_eq!(r.pool_name, "node-1");
+        assert_eq!(r.device_name, "gpu-1");
+        assert_eq!(r.cdi_devices[0].name, "k8s.gpu.nvidia.com/device=gpu-1");
+
+        let a = Allocations::from_list(&list, &gpus());
+        assert_eq!(a.holders("GPU-aaaa")[0].pod, "trainer");
+        assert_eq!(a.holders("GPU-bbbb")[0].container, "main");
+    }
+
+    #[test]
+    fn get_and_allocatable_messages_use_the_kubelets_field_numbers() {
+        use prost::Message as _;
+        let req = [ld(1, b"trainer"), ld(2, b"ml")].concat();
+        let r = pb::GetPodResourcesRequest::decode(req.as_slice()).unwrap();
+        assert_eq!(
+            (r.pod_name.as_str(), r.pod_namespace.as_str()),
+            ("trainer", "ml")
+        );
+
+        let pod = [ld(1, b"trainer"), ld(2, b"ml")].concat();
+        let resp = pb::GetPodResourcesResponse::decode(ld(1, &pod).as_slice()).unwrap();
+        assert_eq!(resp.pod_resources.unwrap().name, "trainer");
+
+        let memory = [ld(1, b"hugepages-1Gi"), {
+            let mut v = Vec::new();
+            prost::encoding::encode_key(2, prost::encoding::WireType::Varint, &mut v);
+            prost::encoding::encode_varint(1 << 30, &mut v);
+            v
+        }]
+        .concat();
+        let alloc = [
+            ld(1, &[ld(1, b"nvidia.com/gpu"), ld(2, b"GPU-aaaa")].concat()),
+            ld(3, &memory),
+        ]
+        .concat();
+        let a = pb::AllocatableResourcesResponse::decode(alloc.as_slice()).unwrap();
+        assert_eq!(a.devices[0].device_ids, vec!["GPU-aaaa".to_owned()]);
+        assert_eq!(a.memory[0].memory_type, "hugepages-1Gi");
+        assert_eq!(a.memory[0].size, 1 << 30);
+    }
 }
