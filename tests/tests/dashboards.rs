@@ -184,7 +184,7 @@ fn fake_nvml(dir: &std::path::Path) -> Option<PathBuf> {
             .args(["-shared", "-fPIC", "-O1", "-o"])
             .arg(&out)
             .arg(&src)
-            .arg("-lpthread"),
+            .args(["-lpthread", "-ldl"]),
     );
     Some(out)
 }
@@ -274,7 +274,20 @@ fn every_panel_query_returns_data_against_a_real_prometheus() {
     );
 }
 
-/// Two fake GPUs with a process each, a throttle reason and queued Xid events.
+/// Three fake GPUs: one power- and thermally throttled with a training process, one
+/// with an inference process and an Xid 48, and one that is lost (Xid 79) from the
+/// third cycle on, so health, Xid and NVML-error panels have something to show.
 fn fake_nvml_script() -> String {
-    String::new()
+    [
+        "devices 3",
+        "dev 0 throttle 36",
+        "dev 0 proc 4242 1073741824 40 20 trainer",
+        "dev 1 proc 4343 536870912 10 5 inference",
+        "dev 1 enc 12",
+        "dev 1 dec 7",
+        "xid 1 1 48",
+        "xid 2 2 79",
+        "dev 2 lost 3 0",
+    ]
+    .join("\n")
 }
