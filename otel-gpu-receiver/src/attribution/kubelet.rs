@@ -526,6 +526,10 @@ mod tests {
             resolve_device_id("GPU-aaaa::3", &g).as_deref(),
             Some("GPU-aaaa")
         );
+        // A MIG instance (resource nvidia.com/mig-1g.10gb) is its own hw.id, known to NVML
+        // or not.
+        let mig = "MIG-0f3e5d8b-2a7c-4e1f-9b6d-3a8c5e2f7b4d";
+        assert_eq!(resolve_device_id(mig, &g).as_deref(), Some(mig));
         // nvidia<N> is the minor number, not the index.
         assert_eq!(
             resolve_device_id("nvidia1", &g).as_deref(),
