@@ -348,6 +348,7 @@ pub mod probe {
 }
 
 #[cfg(test)]
+#[allow(clippy::needless_borrow)] // autoref specialisation needs the exact references
 mod tests {
     use super::probe::{Probe, ViaAny as _, ViaCategorize as _, ViaError as _};
     use super::*;

@@ -70,10 +70,10 @@ impl<T: Instrument> InstrumentSite<T> {
         let generation = crate::monitored::generation();
         let p = self.cached.load(Ordering::Acquire);
         // SAFETY: `cached` holds null or a pointer from `Box::leak`, valid forever.
-        if let Some((g, instrument)) = unsafe { p.as_ref() } {
-            if *g == generation {
-                return instrument;
-            }
+        if let Some((g, instrument)) = unsafe { p.as_ref() }
+            && *g == generation
+        {
+            return instrument;
         }
         self.create(generation)
     }
@@ -83,10 +83,10 @@ impl<T: Instrument> InstrumentSite<T> {
         let _lock = CREATING.lock().unwrap_or_else(PoisonError::into_inner);
         let p = self.cached.load(Ordering::Acquire);
         // SAFETY: as in `get`.
-        if let Some((g, instrument)) = unsafe { p.as_ref() } {
-            if *g == generation {
-                return instrument;
-            }
+        if let Some((g, instrument)) = unsafe { p.as_ref() }
+            && *g == generation
+        {
+            return instrument;
         }
         let meter = opentelemetry::global::meter_with_scope(
             InstrumentationScope::builder(crate::monitored::SCOPE_NAME)

@@ -260,14 +260,13 @@ fn next_u64() -> u64 {
 }
 
 fn new_trace_id() -> u128 {
-    if CUSTOM_IDS.load(Ordering::Acquire) {
-        if let Some(g) = ID_GENERATOR
+    if CUSTOM_IDS.load(Ordering::Acquire)
+        && let Some(g) = ID_GENERATOR
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
-        {
-            return u128::from_be_bytes(g.new_trace_id().to_bytes());
-        }
+    {
+        return u128::from_be_bytes(g.new_trace_id().to_bytes());
     }
     let id = (u128::from(next_u64()) << 64) | u128::from(next_u64());
     if id == 0 { 1 } else { id }
@@ -563,10 +562,10 @@ impl Callsite {
         let p = self.bound.load(Ordering::Acquire);
         // SAFETY: `bound` only ever holds null or a pointer from `Box::leak`,
         // which is valid for the rest of the program.
-        if let Some(b) = unsafe { p.as_ref() } {
-            if b.generation == generation {
-                return b;
-            }
+        if let Some(b) = unsafe { p.as_ref() }
+            && b.generation == generation
+        {
+            return b;
         }
         self.bind(generation)
     }
@@ -576,10 +575,10 @@ impl Callsite {
         let _lock = BINDING.lock().unwrap_or_else(PoisonError::into_inner);
         let p = self.bound.load(Ordering::Acquire);
         // SAFETY: as in `bound`.
-        if let Some(b) = unsafe { p.as_ref() } {
-            if b.generation == generation {
-                return b;
-            }
+        if let Some(b) = unsafe { p.as_ref() }
+            && b.generation == generation
+        {
+            return b;
         }
         let meter = meter();
         let boundaries = {
@@ -731,10 +730,10 @@ fn tracer() -> &'static MonitoredTracer {
     let generation = generation();
     let p = TRACER.load(Ordering::Acquire);
     // SAFETY: `TRACER` holds null or a pointer from `Box::leak`, valid forever.
-    if let Some((g, t)) = unsafe { p.as_ref() } {
-        if *g == generation {
-            return t;
-        }
+    if let Some((g, t)) = unsafe { p.as_ref() }
+        && *g == generation
+    {
+        return t;
     }
     let _lock = BINDING.lock().unwrap_or_else(PoisonError::into_inner);
     let tracer = match SDK_TRACER

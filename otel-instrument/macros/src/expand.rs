@@ -54,15 +54,15 @@ pub(crate) fn monitored(args: TokenStream, item: TokenStream) -> TokenStream {
         Err(_) => {
             // Something that is not a fn at all gets a clear error; a fn whose
             // tokens do not parse is left to rustc as it is.
-            if let Ok(other) = syn::parse2::<syn::Item>(item.clone()) {
-                if !matches!(other, syn::Item::Fn(_) | syn::Item::Verbatim(_)) {
-                    let e = syn::Error::new_spanned(
-                        other.to_token_stream().into_iter().next(),
-                        "#[monitored] goes on a fn or method",
-                    )
-                    .to_compile_error();
-                    return quote!(#e #item);
-                }
+            if let Ok(other) = syn::parse2::<syn::Item>(item.clone())
+                && !matches!(other, syn::Item::Fn(_) | syn::Item::Verbatim(_))
+            {
+                let e = syn::Error::new_spanned(
+                    other.to_token_stream().into_iter().next(),
+                    "#[monitored] goes on a fn or method",
+                )
+                .to_compile_error();
+                return quote!(#e #item);
             }
             return item;
         }
@@ -154,10 +154,10 @@ fn generate(args: Args, func: MaybeItemFn) -> syn::Result<TokenStream> {
     // Parameters recorded on the span, by Debug, as #[tracing::instrument] does.
     let mut params = Vec::new();
     for input in &sig.inputs {
-        if let FnArg::Typed(pt) = input {
-            if let Pat::Ident(pi) = &*pt.pat {
-                params.push(pi.ident.clone());
-            }
+        if let FnArg::Typed(pt) = input
+            && let Pat::Ident(pi) = &*pt.pat
+        {
+            params.push(pi.ident.clone());
         }
     }
     if let Some(skips) = &args.skip {
@@ -255,7 +255,7 @@ fn generate(args: Args, func: MaybeItemFn) -> syn::Result<TokenStream> {
     // async block's return type, so a type error points at the user's code.
     let fake_return = match &sig.output {
         ReturnType::Type(_, ty) if !mentions_impl(ty) => quote_spanned! {ty.span()=>
-            #[allow(unreachable_code, clippy::diverging_sub_expression, clippy::needless_return)]
+            #[allow(unreachable_code, clippy::diverging_sub_expression, clippy::needless_return, clippy::empty_loop)]
             if false {
                 let __otel_fake_return: #ty = loop {};
                 return __otel_fake_return;
@@ -269,7 +269,9 @@ fn generate(args: Args, func: MaybeItemFn) -> syn::Result<TokenStream> {
         if let ::core::result::Result::Err(__otel_error) = &__otel_ret {
             #[allow(unused_imports)]
             use #support::{ViaAny as _, ViaCategorize as _, ViaError as _};
-            __otel_call.fail((&&&#support::Probe(__otel_error)).classify());
+            #[allow(clippy::needless_borrow)]
+            let __otel_class = (&&&#support::Probe(__otel_error)).classify();
+            __otel_call.fail(__otel_class);
         }
     };
 
