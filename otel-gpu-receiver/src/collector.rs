@@ -173,6 +173,7 @@ impl Collector {
             }
         }
         let host_series = points.len();
+        self.stats.watch_export();
         self.stats.cycles += 1;
         self.stats.last_duration = started.elapsed();
         self.stats.points(host_series, &mut points);

@@ -25,12 +25,49 @@ pub struct SelfStats {
     pub last_duration: Duration,
     /// The OTLP exporter's failure counts, when exporting.
     pub export: Option<Arc<ExportStats>>,
+    /// Export failures seen at the last check, and whether the outage was logged.
+    pub(crate) export_watch: ExportWatch,
+}
+
+/// State of [`SelfStats::watch_export`].
+#[derive(Debug, Default)]
+pub(crate) struct ExportWatch {
+    seen: u64,
+    quiet_cycles: u32,
+    warned: bool,
 }
 
 impl SelfStats {
     /// Counts one error of `source`.
     pub fn count_error(&mut self, source: &'static str, kind: &'static str) {
         *self.errors.entry((source, kind)).or_default() += 1;
+    }
+
+    /// Logs once when OTLP export starts failing and once when it has been quiet for a
+    /// few cycles again; the failures themselves are counted in
+    /// `otel_gpu_receiver.export.failures`. Called once per cycle.
+    pub fn watch_export(&mut self) {
+        let Some(now) = self.export.as_ref().map(|s| s.failures(Signal::Metrics)) else {
+            return;
+        };
+        if now > self.export_watch.seen {
+            self.export_watch.quiet_cycles = 0;
+            if !self.export_watch.warned {
+                self.export_watch.warned = true;
+                tracing::warn!(
+                    failures = now,
+                    "OTLP export is failing; collection goes on and failures are counted \
+                     (logged once until export recovers)"
+                );
+            }
+        } else if self.export_watch.warned {
+            self.export_watch.quiet_cycles += 1;
+            if self.export_watch.quiet_cycles >= 3 {
+                self.export_watch.warned = false;
+                tracing::info!(failures = now, "OTLP export recovered");
+            }
+        }
+        self.export_watch.seen = now;
     }
 
     /// Total errors counted for `source`.

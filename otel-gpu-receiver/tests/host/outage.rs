@@ -57,6 +57,9 @@ fn collector_down_then_up_collection_continues_memory_stays_bounded_and_export_r
         "RSS grew from {rss_start} to {rss_max} bytes during the outage"
     );
     let outage = down_since.elapsed();
+    // The outage is logged once, not once per failed export.
+    let log = agent.stderr();
+    assert_eq!(log.matches("OTLP export is failing").count(), 1, "{log}");
 
     // The collector returns on the same address.
     let sink = OtlpSink::start_at(addr).unwrap();
