@@ -4,6 +4,33 @@
 //! TOML file (`--config`) > defaults. Every source goes through the same validation
 //! here, and an error names the flag, variable or key with the bad value.
 //! The environment is read through an injectable lookup, so tests never set it.
+//!
+//! | flag | variable | TOML key | default |
+//! |---|---|---|---|
+//! | `--config` | `OTEL_GPU_RECEIVER_CONFIG` | | none |
+//! | `--interval` | `OTEL_GPU_RECEIVER_INTERVAL` | `interval` | `10s` (also the OTLP export interval unless `OTEL_METRIC_EXPORT_INTERVAL` is set) |
+//! | `--prometheus` | `OTEL_GPU_RECEIVER_PROMETHEUS` | `prometheus` | off; a bare port binds 127.0.0.1 |
+//! | `--families` / `--disable` | `OTEL_GPU_RECEIVER_FAMILIES` / `_DISABLE` | `families` / `disable` | all on |
+//! | `--proc-root` / `--sys-root` | `OTEL_GPU_RECEIVER_PROC_ROOT` / `_SYS_ROOT` | `proc_root` / `sys_root` | `/proc`, `/sys` |
+//! | `--source-timeout` | `OTEL_GPU_RECEIVER_SOURCE_TIMEOUT` | `source_timeout` | half the interval, at most 5 s |
+//! | `--instance-id` | `OTEL_GPU_RECEIVER_INSTANCE_ID` | `instance_id` | the host name |
+//! | `--otlp-endpoint` | `OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT` | `otlp.endpoint` | `http://localhost:4317` |
+//! | | `OTEL_EXPORTER_OTLP_[METRICS_]HEADERS` | `otlp.headers` (a table) | none |
+//! | | `OTEL_EXPORTER_OTLP_[METRICS_]TIMEOUT` (ms) | `otlp.timeout` (`10s`) | 10 s |
+//! | `--otlp-compression` | `OTEL_EXPORTER_OTLP_[METRICS_]COMPRESSION` | `otlp.compression` | none |
+//! | `--no-otlp` | | `otlp.enabled = false` | push on |
+//! | | `K8S_NODE_NAME` | | `k8s.node.name` resource attribute when set |
+//!
+//! ```toml
+//! interval = "10s"
+//! prometheus = "127.0.0.1:9464"
+//! disable = ["filesystem"]
+//!
+//! [otlp]
+//! endpoint = "https://collector.example:4317"
+//! headers = { api-key = "secret" }
+//! compression = "gzip"
+//! ```
 
 use std::collections::BTreeMap;
 use std::fmt;
