@@ -77,10 +77,10 @@ pub struct Flags {
     /// OTEL_METRIC_EXPORT_INTERVAL is set: `10s`, `500ms`, `1m`. Default: 10s.
     #[arg(long, value_name = "DURATION")]
     pub interval: Option<String>,
-    /// OTLP gRPC endpoint. Default: OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT, else http://localhost:4317.
+    /// OTLP gRPC endpoint. Default: `OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT`, else `http://localhost:4317`.
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
-    /// OTLP payload compression. Default: OTEL_EXPORTER_OTLP_[METRICS_]COMPRESSION, else none.
+    /// OTLP payload compression. Default: `OTEL_EXPORTER_OTLP_[METRICS_]COMPRESSION`, else none.
     #[arg(long, value_enum, value_name = "ALGORITHM")]
     pub otlp_compression: Option<CompressionArg>,
     /// Do not push over OTLP (for a pull-only setup).

@@ -1,7 +1,7 @@
 //! # otel-gpu-receiver
 //!
 //! A per-machine agent: a collection task reads host metric families (and, next,
-//! NVIDIA GPUs) once per interval into a [`Snapshot`](snapshot::Snapshot); the
+//! NVIDIA GPUs) once per interval into a [`snapshot::Snapshot`]; the
 //! OpenTelemetry SDK's observable instruments read the latest snapshot and export it
 //! over OTLP gRPC and, optionally, a Prometheus pull endpoint.
 //!

@@ -60,7 +60,7 @@ impl ProcessReading {
     }
 }
 
-/// The fields of /proc/<pid>/stat we use: (utime, stime, threads, vsize, rss pages).
+/// The fields of `/proc/<pid>/stat` we use: (utime, stime, threads, vsize, rss pages).
 ///
 /// # Errors
 /// The line is malformed.

@@ -1,6 +1,6 @@
 //! `system.process.count` by status and `system.process.created`, from /proc/stat's
 //! `procs_running`, `procs_blocked` and `processes` lines: one file, where a per-state
-//! count of every process would read /proc/<pid>/stat for each process.
+//! count of every process would read `/proc/<pid>/stat` for each process.
 
 use opentelemetry::KeyValue;
 use opentelemetry_semantic_conventions::attribute::PROCESS_STATE;
