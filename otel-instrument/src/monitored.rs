@@ -59,6 +59,8 @@ pub const FUNCTION: &str = "function";
 pub const MODULE: &str = "module";
 /// Label: `ok` or `error`.
 pub const RESULT: &str = "result";
+/// Label: the service, on all three metrics (the resource's `service.name`).
+pub const SERVICE_NAME_LABEL: &str = "service.name";
 /// Label: the calling monitored function (absent at a root).
 pub const CALLER_FUNCTION: &str = "caller.function";
 /// Label: the calling monitored function's module (absent at a root).
@@ -153,6 +155,24 @@ pub fn refresh_instruments() {
 /// all. `Telemetry::install` sets it; the default, `true`, is always correct.
 pub fn set_other_layers(present: bool) {
     OTHER_LAYERS.store(present, Ordering::Relaxed);
+}
+
+/// The `service.name` that autometrics' spec puts on every function metric.
+static SERVICE_NAME: RwLock<Option<opentelemetry::StringValue>> = RwLock::new(None);
+
+/// Sets the `service.name` label of the function metrics (autometrics spec
+/// v1.0.0 requires it on all three). `Telemetry` sets it from the resource.
+pub fn set_service_name(name: impl Into<String>) {
+    *SERVICE_NAME.write().unwrap_or_else(PoisonError::into_inner) = Some(name.into().into());
+    refresh_instruments();
+}
+
+fn service_name_label() -> Option<KeyValue> {
+    SERVICE_NAME
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+        .map(|name| KeyValue::new(SERVICE_NAME_LABEL, name))
 }
 
 /// The current instrument generation; cached instruments older than it are
@@ -605,12 +625,16 @@ impl Callsite {
             .with_unit("{call}")
             .with_description("#[monitored] function calls in flight")
             .build();
-        let fm = [
+        let mut fm = vec![
             KeyValue::new(FUNCTION, self.function),
             KeyValue::new(MODULE, self.module),
         ];
-        let with_result =
-            |result: &'static str| [fm[0].clone(), fm[1].clone(), KeyValue::new(RESULT, result)];
+        fm.extend(service_name_label());
+        let with_result = |result: &'static str| {
+            let mut labels = fm.clone();
+            labels.push(KeyValue::new(RESULT, result));
+            labels
+        };
         let bound: &'static Bound = Box::leak(Box::new(Bound {
             generation,
             duration: [
@@ -627,10 +651,11 @@ impl Callsite {
     }
 
     fn labels(&self, caller: Option<&'static Callsite>, result: &'static str) -> Vec<KeyValue> {
-        let mut labels = Vec::with_capacity(7);
+        let mut labels = Vec::with_capacity(8);
         labels.push(KeyValue::new(FUNCTION, self.function));
         labels.push(KeyValue::new(MODULE, self.module));
         labels.push(KeyValue::new(RESULT, result));
+        labels.extend(service_name_label());
         if let Some(c) = caller {
             labels.push(KeyValue::new(CALLER_FUNCTION, c.function));
             labels.push(KeyValue::new(CALLER_MODULE, c.module));

@@ -310,6 +310,10 @@ impl TelemetryBuilder {
         }
 
         let resource = self.resource(&config);
+        // #[monitored] integration: autometrics' spec wants service.name on the function metrics.
+        if let Some(name) = resource.get(&opentelemetry::Key::from_static_str("service.name")) {
+            monitored::set_service_name(name.to_string());
+        }
         let runtime = ExportRuntime::new()?;
 
         // Metrics first: the SDK's batch span processor binds its own

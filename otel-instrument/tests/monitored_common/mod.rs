@@ -66,6 +66,19 @@ pub fn points(r: &Received, name: &str, function: &str) -> Vec<Point> {
         _ => {}
     }
     out.retain(|p| p.attrs.get("function").map(String::as_str) == Some(function));
+    // Every function metric carries service.name (autometrics spec); the tests
+    // check it once here and compare the other labels exactly.
+    for p in &mut out {
+        if name.starts_with("function.calls") {
+            assert!(
+                p.attrs
+                    .remove("service.name")
+                    .is_some_and(|s| s.starts_with("monitored")),
+                "{name} lacks service.name: {:?}",
+                p.attrs
+            );
+        }
+    }
     out
 }
 
