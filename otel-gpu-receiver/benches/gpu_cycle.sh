@@ -68,3 +68,19 @@ printf '  host + 8 fake GPUs, --per-process:         '
 measure --nvml-lib "$work/libnvidia-ml.so.1" --per-process
 printf '  8 fake GPUs only (--families gpu), per-process: '
 measure --families gpu --nvml-lib "$work/libnvidia-ml.so.1" --per-process
+
+# The peer, in the same run: node_exporter's CPU per scrape (50 scrapes), when installed.
+ne=$(command -v prometheus-node-exporter || command -v node_exporter || true)
+if [ -n "$ne" ]; then
+    port=$((20000 + RANDOM % 20000))
+    "$ne" --web.listen-address="127.0.0.1:$port" >"$work/ne.log" 2>&1 &
+    nepid=$!
+    pids+=("$nepid")
+    sleep 1
+    curl -s "http://127.0.0.1:$port/metrics" >/dev/null # warm-up
+    a=$(awk '{print $14 + $15}' "/proc/$nepid/stat")
+    for _ in $(seq 50); do curl -s "http://127.0.0.1:$port/metrics" >/dev/null; done
+    b=$(awk '{print $14 + $15}' "/proc/$nepid/stat")
+    awk -v a="$a" -v b="$b" -v t="$ticks" \
+        'BEGIN { printf "  node_exporter, per scrape (50 scrapes):    %.2f ms CPU\n", (b - a) * 1000 / t / 50 }'
+fi

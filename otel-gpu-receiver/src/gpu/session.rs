@@ -398,14 +398,21 @@ impl GpuSession {
         };
         let parent_uuid = parent.map(|p| p.info.uuid.clone());
         let mut base = vec![
-            KeyValue::new(attr::HW_ID, uuid.clone()),
-            KeyValue::new(attr::HW_NAME, hw_name),
+            // Shared strings: every point clones these, and an Arc clone does not allocate.
+            KeyValue::new(attr::HW_ID, Value::from(Arc::<str>::from(uuid.as_str()))),
+            KeyValue::new(attr::HW_NAME, Value::from(Arc::<str>::from(hw_name))),
             KeyValue::new(attr::HW_VENDOR, "nvidia"),
-            KeyValue::new(attr::HW_MODEL, model.clone()),
+            KeyValue::new(
+                attr::HW_MODEL,
+                Value::from(Arc::<str>::from(model.as_str())),
+            ),
             KeyValue::new(ATTR_GPU_INDEX, i64::from(index)),
         ];
         if let Some(p) = &parent_uuid {
-            base.push(KeyValue::new(attr::HW_PARENT, p.clone()));
+            base.push(KeyValue::new(
+                attr::HW_PARENT,
+                Value::from(Arc::<str>::from(p.as_str())),
+            ));
         }
         let gpm_supported = match parent {
             Some(p) => p.gpm_supported.load(Ordering::Relaxed),

@@ -100,6 +100,8 @@ struct fake_dev {
 };
 
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+/* Signalled when a cycle starts: queued Xid events become deliverable then. */
+static pthread_cond_t g_cycle_cond = PTHREAD_COND_INITIALIZER;
 static int g_loaded;
 static int g_init_error;
 static unsigned g_devices;
@@ -417,6 +419,7 @@ nvmlReturn_t nvmlDeviceGetCount_v2(unsigned *count) {
     pthread_mutex_lock(&g_lock);
     write_stats(); /* counts up to the end of the previous cycle */
     g_cycle++;
+    pthread_cond_broadcast(&g_cycle_cond);
     count_call(__func__, -1);
     *count = current_count();
     pthread_mutex_unlock(&g_lock);
@@ -684,14 +687,19 @@ nvmlReturn_t nvmlDeviceRegisterEvents(void *h, unsigned long long types, void *s
     (void)set;
     pthread_mutex_lock(&g_lock);
     d->events_registered |= types;
+    pthread_cond_broadcast(&g_cycle_cond);
     pthread_mutex_unlock(&g_lock);
     return NVML_SUCCESS;
 }
 nvmlReturn_t nvmlEventSetWait_v2(void *set, nvmlEventData_t *data, unsigned timeout_ms) {
     (void)set;
-    unsigned waited = 0;
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += timeout_ms / 1000;
+    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) { deadline.tv_sec++; deadline.tv_nsec -= 1000000000L; }
+    pthread_mutex_lock(&g_lock);
     for (;;) {
-        pthread_mutex_lock(&g_lock);
         for (int i = 0; i < g_nxid; i++) {
             fake_dev *d = g_xid[i].dev >= 0 && g_xid[i].dev < MAX_DEV ? &g_dev[g_xid[i].dev] : NULL;
             if (!g_xid[i].delivered && d && g_cycle >= g_xid[i].cycle && (d->events_registered & 0x8)) {
@@ -706,11 +714,11 @@ nvmlReturn_t nvmlEventSetWait_v2(void *set, nvmlEventData_t *data, unsigned time
                 return NVML_SUCCESS;
             }
         }
-        pthread_mutex_unlock(&g_lock);
-        if (waited >= timeout_ms) return NVML_ERROR_TIMEOUT;
-        struct timespec ts = { 0, 5 * 1000000L };
-        nanosleep(&ts, NULL);
-        waited += 5;
+        /* Blocks like the driver does (no polling), until a cycle starts or time is up. */
+        if (pthread_cond_timedwait(&g_cycle_cond, &g_lock, &deadline) != 0) {
+            pthread_mutex_unlock(&g_lock);
+            return NVML_ERROR_TIMEOUT;
+        }
     }
 }
 
