@@ -498,3 +498,58 @@ fn the_otlp_sink_sees_gpu_health_xid_and_per_process_use_over_cycles() {
     assert!(cycles >= 5, "{cycles}");
     assert_eq!(fake.count("nvmlDeviceGetPowerUsage", 5), cycles);
 }
+
+#[test]
+fn nvml_lib_and_per_process_come_from_flags_env_or_the_config_file() {
+    let fake = FakeNvml::new("devices 1\ndev 0 proc 4194401 1073741824 55 20 trainer");
+    let lib = fake.lib.to_str().unwrap();
+    let missing = fake.dir.path().join("nowhere/libnvidia-ml.so.1");
+    let has_gpu = |out: &Output| String::from_utf8_lossy(&out.stderr).contains("GPUs: 1");
+    let per_process = |out: &Output| String::from_utf8_lossy(&out.stdout).contains("4194401");
+    let json = [
+        "--once",
+        "--format",
+        "json",
+        "--no-otlp",
+        "--families",
+        "gpu",
+    ];
+
+    // The TOML file.
+    let cfg = fake.dir.path().join("agent.toml");
+    std::fs::write(&cfg, format!("nvml_lib = {lib:?}\nper_process = true\n")).unwrap();
+    let mut args = json.to_vec();
+    args.extend(["--config", cfg.to_str().unwrap()]);
+    let out = agent(&args).output().unwrap();
+    assert!(out.status.success() && has_gpu(&out) && per_process(&out));
+
+    // The environment beats the file.
+    let out = agent(&args)
+        .env("OTEL_GPU_RECEIVER_NVML_LIB", &missing)
+        .env("OTEL_GPU_RECEIVER_PER_PROCESS", "false")
+        .output()
+        .unwrap();
+    assert!(out.status.success() && !has_gpu(&out) && !per_process(&out));
+
+    // A flag beats the environment.
+    let mut flagged = args.clone();
+    flagged.extend(["--nvml-lib", lib, "--per-process"]);
+    let out = agent(&flagged)
+        .env("OTEL_GPU_RECEIVER_NVML_LIB", &missing)
+        .env("OTEL_GPU_RECEIVER_PER_PROCESS", "false")
+        .output()
+        .unwrap();
+    assert!(out.status.success() && has_gpu(&out) && per_process(&out));
+
+    // A bad value exits 2 and names the variable and the value.
+    let out = agent(&json)
+        .env("OTEL_GPU_RECEIVER_PER_PROCESS", "maybe")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("OTEL_GPU_RECEIVER_PER_PROCESS") && stderr.contains("maybe"),
+        "{stderr}"
+    );
+}

@@ -5,13 +5,13 @@
 //!   while a known GPU is missing. Calls that answer NOT_SUPPORTED are remembered per
 //!   device and never made again. No library, no driver or no GPU: one warning (or none),
 //!   and the agent runs host-only.
-//! - [`calls`]: one NVML call each, converted to the catalogue's units (mW → W, mJ → J,
+//! - `calls`: one NVML call each, converted to the catalogue's units (mW → W, mJ → J,
 //!   MHz → Hz, % → ratio). A call that fails adds nothing, so one metric's error never
 //!   hides another and nothing is reported as 0 for lack of a reading.
-//! - [`watchdog`]: the calls run on a worker thread under a deadline per call and a
+//! - `watchdog`: the calls run on a worker thread under a deadline per call and a
 //!   budget per cycle; a hung call is counted in `otel_gpu_receiver.nvml.timeouts` and
 //!   the cycle goes on without it.
-//! - [`xid`]: critical Xid events from an NVML event set, on a thread of their own.
+//! - `xid`: critical Xid events from an NVML event set, on a thread of their own.
 //!
 //! Health (`hw.status`): GPU_IS_LOST, Xid 79 or a GPU that NVML no longer lists → `failed`
 //! (the other GPUs keep reporting); a pending page retirement or row remap →

@@ -559,7 +559,7 @@ impl GpuSession {
         v
     }
 
-    /// When the session last read its devices (for logs).
+    /// Cycles the session has run.
     pub fn cycles(&self) -> u64 {
         self.cycle
     }
