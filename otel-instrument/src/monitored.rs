@@ -830,7 +830,7 @@ struct Core {
 impl Core {
     /// Decides, sets the frame, starts the OTel span of a sampled call and
     /// makes a `tracing` span if some layer wants one.
-    #[inline]
+    #[inline(always)]
     fn open(
         callsite: &'static Callsite,
         make_span: impl FnOnce() -> tracing::Span,
@@ -948,7 +948,7 @@ pub struct Call {
 impl Call {
     /// Starts a sync call. `make_span` runs only when a `tracing` span is
     /// wanted, `make_attributes` only when the call is sampled.
-    #[inline]
+    #[inline(always)]
     pub fn enter(
         callsite: &'static Callsite,
         make_span: impl FnOnce() -> tracing::Span,
