@@ -606,7 +606,8 @@ fn per_process_memory_and_utilization_are_attributed_to_pid_and_name() {
     let script = "devices 2\n\
                   dev 0 proc 4194401 1073741824 55 20 trainer\n\
                   dev 0 proc 4194402 536870912 5 1 notebook\n\
-                  dev 1 proc 4194403 2147483648 70 30 infer";
+                  dev 1 proc 4194403 1073741824 70 30 infer\n\
+                  dev 1 proc 4194403 1073741824 70 30 infer";
     let mut run = Run::with(script, |c| c.per_process = true);
     let points = run.cycle();
     for (pid, name, gpu, bytes, sm) in [
@@ -628,7 +629,17 @@ fn per_process_memory_and_utilization_are_attributed_to_pid_and_name() {
         util.push(("hw.gpu.task", "general"));
         assert!(close(value(&points, "process.gpu.utilization", &util), sm));
     }
+    // A pid listed twice (one entry per MIG instance, say) is one series, summed.
     assert_eq!(select(&points, "process.gpu.memory.usage", &[]).len(), 3);
+    assert_eq!(
+        select(
+            &points,
+            "process.gpu.utilization",
+            &[("process.pid", "4194403"), ("hw.gpu.task", "general")]
+        )
+        .len(),
+        1
+    );
 
     // Opt-in: without --per-process there are no per-process series.
     let mut off = Run::new(script);

@@ -3,6 +3,7 @@
 //!
 //! A call that fails adds nothing: the cycle omits what failed and never emits 0 for it.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 use nvml_wrapper::bitmasks::device::ThrottleReasons;
@@ -12,7 +13,7 @@ use nvml_wrapper::enum_wrappers::device::{
 use nvml_wrapper::enums::device::{SampleValue, UsedGpuMemory};
 use nvml_wrapper::enums::gpm::GpmMetricId;
 use nvml_wrapper::error::NvmlError;
-use nvml_wrapper::struct_wrappers::device::FieldValueSample;
+use nvml_wrapper::struct_wrappers::device::{FieldValueSample, ProcessUtilizationSample};
 use nvml_wrapper::structs::device::FieldId;
 use opentelemetry::KeyValue;
 use opentelemetry_semantic_conventions::attribute as attr;
@@ -453,14 +454,18 @@ pub(crate) fn run(
         }
         Call::Gpm => gpm(dev, ctx, p)?,
         Call::Processes => {
+            // One series per pid: a process in several MIG instances is listed once each.
+            let mut by_pid: BTreeMap<u32, u64> = BTreeMap::new();
             for proc in d.running_compute_processes()? {
-                let UsedGpuMemory::Used(bytes) = proc.used_gpu_memory else {
-                    continue;
-                };
-                let name = ctx.process_name(proc.pid);
+                if let UsedGpuMemory::Used(bytes) = proc.used_gpu_memory {
+                    *by_pid.entry(proc.pid).or_default() += bytes;
+                }
+            }
+            for (pid, bytes) in by_pid {
+                let name = ctx.process_name(pid);
                 p.push(
                     PROCESS_GPU_MEMORY_USAGE,
-                    dev.process_attrs(proc.pid, name, None),
+                    dev.process_attrs(pid, name, None),
                     bytes,
                 );
             }
@@ -473,8 +478,18 @@ pub(crate) fn run(
                 r => r?,
             };
             let mut newest = since;
+            // The driver may return several samples of a pid since `since`: keep its latest.
+            let mut latest: BTreeMap<u32, ProcessUtilizationSample> = BTreeMap::new();
             for s in samples {
                 newest = newest.max(s.timestamp);
+                match latest.get(&s.pid) {
+                    Some(l) if l.timestamp >= s.timestamp => {}
+                    _ => {
+                        latest.insert(s.pid, s);
+                    }
+                }
+            }
+            for s in latest.into_values() {
                 let name = ctx.process_name(s.pid);
                 for (task, v) in [
                     ("general", s.sm_util),
