@@ -33,7 +33,7 @@ use opentelemetry::global::BoxedTracer;
 use opentelemetry::metrics::{BoundCounter, BoundHistogram, BoundUpDownCounter, Counter, Meter};
 use opentelemetry::trace::{
     Link, SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId,
-    TraceState, Tracer as _,
+    TraceState,
 };
 use opentelemetry::{Context, ContextGuard, InstrumentationScope, KeyValue};
 use opentelemetry_sdk::trace::{
@@ -783,6 +783,7 @@ fn tracer() -> &'static MonitoredTracer {
 #[cold]
 fn start_otel(
     callsite: &'static Callsite,
+    start: clock::Stamp,
     make_attributes: impl FnOnce(&mut Vec<KeyValue>),
 ) -> Context {
     let mut attributes = Vec::with_capacity(8);
@@ -793,19 +794,14 @@ fn start_otel(
         KeyValue::new("code.file.path", callsite.file),
         KeyValue::new("code.line.number", i64::from(callsite.line)),
     ]);
+    // Fields are set directly: `with_attributes` would collect into a new Vec.
+    let mut builder = opentelemetry::trace::SpanBuilder::from_name(callsite.function);
+    builder.span_kind = Some(callsite.span_kind());
+    builder.attributes = Some(attributes);
+    builder.start_time = Some(start.system_time());
     Context::map_current(|parent| match tracer() {
-        MonitoredTracer::Sdk(t) => parent.with_span(
-            t.span_builder(callsite.function)
-                .with_kind(callsite.span_kind())
-                .with_attributes(attributes)
-                .start_with_context(t, parent),
-        ),
-        MonitoredTracer::Global(t) => parent.with_span(
-            t.span_builder(callsite.function)
-                .with_kind(callsite.span_kind())
-                .with_attributes(attributes)
-                .start_with_context(t, parent),
-        ),
+        MonitoredTracer::Sdk(t) => parent.with_span(builder.start_with_context(t, parent)),
+        MonitoredTracer::Global(t) => parent.with_span(builder.start_with_context(t, parent)),
     })
 }
 
@@ -836,6 +832,7 @@ impl Core {
         make_span: impl FnOnce() -> tracing::Span,
         make_attributes: impl FnOnce(&mut Vec<KeyValue>),
     ) -> (Self, Frame, Option<tracing::Span>) {
+        let start = clock::now();
         let prev = current();
         let (trace, trace_id) = if callsite.span && prev.trace == Trace::Free {
             let (trace, trace_id) = decide_root(callsite);
@@ -861,7 +858,7 @@ impl Core {
             Trace::Unsampled => OTHER_LAYERS.load(Ordering::Relaxed),
             Trace::Sampled => {
                 if callsite.span {
-                    otel = Some(start_otel(callsite, make_attributes));
+                    otel = Some(start_otel(callsite, start, make_attributes));
                     // The SDK's id generator took the drawn trace id, if it wanted it.
                     PENDING_TRACE_ID.with(|p| p.set(0));
                 }
@@ -884,7 +881,7 @@ impl Core {
             bound,
             caller: prev.callsite,
             frame,
-            start: clock::now(),
+            start,
             error: None,
             otel,
             trace_id,
@@ -899,8 +896,9 @@ impl Core {
         } else {
             self.error
         };
+        let end = clock::now();
         if let Some(b) = self.bound {
-            let secs = self.start.elapsed_secs();
+            let secs = self.start.secs_until(end);
             match error {
                 None => {
                     self.callsite.count_ok(b, self.caller);
@@ -923,7 +921,7 @@ impl Core {
                 otel_span.set_attribute(KeyValue::new(ERROR_TYPE, error_type));
                 otel_span.set_attribute(KeyValue::new(ERROR_CATEGORY, category.as_str()));
             }
-            otel_span.end();
+            otel_span.end_with_timestamp(end.system_time());
         }
         if let (Some(span), Some((category, error_type))) = (span, error) {
             span.record("otel.status_code", "error");

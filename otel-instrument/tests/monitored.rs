@@ -309,6 +309,20 @@ fn children_of_a_sampled_root_export_with_their_parent_ids() {
     assert_eq!(grandchild.parent_span_id, child.span_id);
     assert_eq!(child.trace_id, root.trace_id);
     assert_eq!(grandchild.trace_id, root.trace_id);
+    // Timestamps come from the TSC clock: they nest and match the wall clock.
+    assert!(root.start_time_unix_nano <= child.start_time_unix_nano);
+    assert!(child.start_time_unix_nano <= grandchild.start_time_unix_nano);
+    assert!(grandchild.end_time_unix_nano <= child.end_time_unix_nano);
+    assert!(child.end_time_unix_nano <= root.end_time_unix_nano);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    assert!(
+        now.abs_diff(root.start_time_unix_nano) < 60_000_000_000,
+        "{now} vs {}",
+        root.start_time_unix_nano
+    );
 }
 
 #[monitored(name = "checkout", kind = server, level = "debug", skip(secret), fields(user.id = 7, cart = %"big"))]

@@ -6,8 +6,9 @@
 //! converts ticks to seconds with a factor calibrated once against `Instant`;
 //! elsewhere it falls back to `Instant`.
 
+use std::cell::Cell;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 #[derive(Debug)]
 enum Source {
@@ -87,17 +88,49 @@ pub(crate) fn now() -> Stamp {
     }
 }
 
+thread_local! {
+    /// A (stamp, wall-clock time) pair, refreshed every second so that span
+    /// timestamps follow the wall clock's NTP adjustments.
+    static ANCHOR: Cell<Option<(u64, SystemTime)>> = const { Cell::new(None) };
+}
+
+const ANCHOR_MAX_AGE_SECS: f64 = 1.0;
+
 impl Stamp {
-    /// Seconds since this stamp.
+    /// Seconds from this stamp to `later`.
     #[inline(always)]
-    pub(crate) fn elapsed_secs(self) -> f64 {
+    pub(crate) fn secs_until(self, later: Stamp) -> f64 {
+        let delta = later.0.saturating_sub(self.0) as f64;
         match source() {
             #[cfg(target_arch = "x86_64")]
-            Source::Tsc { secs_per_tick } => rdtsc().saturating_sub(self.0) as f64 * secs_per_tick,
-            Source::Monotonic { base } => {
-                (base.elapsed().as_nanos() as u64).saturating_sub(self.0) as f64 * 1e-9
-            }
+            Source::Tsc { secs_per_tick } => delta * secs_per_tick,
+            Source::Monotonic { .. } => delta * 1e-9,
         }
+    }
+
+    /// The wall-clock time of this stamp, for span timestamps, without a
+    /// `SystemTime::now()` per span: the stamp is placed relative to a
+    /// per-thread anchor that is at most a second old.
+    pub(crate) fn system_time(self) -> SystemTime {
+        ANCHOR.with(|anchor| {
+            let (at, wall) = match anchor.get() {
+                Some((at, wall))
+                    if self.0 >= at && Stamp(at).secs_until(self) < ANCHOR_MAX_AGE_SECS =>
+                {
+                    (at, wall)
+                }
+                _ => {
+                    let fresh = (now().0, SystemTime::now());
+                    anchor.set(Some(fresh));
+                    fresh
+                }
+            };
+            if self.0 >= at {
+                wall + Duration::from_secs_f64(Stamp(at).secs_until(self))
+            } else {
+                wall - Duration::from_secs_f64(self.secs_until(Stamp(at)))
+            }
+        })
     }
 }
 
@@ -106,10 +139,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn stamps_map_to_the_wall_clock() {
+        let before = SystemTime::now();
+        let stamp = now();
+        let after = SystemTime::now();
+        let t = stamp.system_time();
+        let slack = Duration::from_millis(5);
+        assert!(
+            t + slack >= before && t <= after + slack,
+            "{t:?} not in {before:?}..{after:?}"
+        );
+    }
+
+    #[test]
     fn the_clock_measures_a_sleep_within_ten_percent() {
         let start = now();
         std::thread::sleep(Duration::from_millis(50));
-        let secs = start.elapsed_secs();
+        let secs = start.secs_until(now());
         assert!((0.045..0.2).contains(&secs), "{secs}");
     }
 }
