@@ -31,11 +31,11 @@ pub mod testing;
 pub use config::{Compression, ConfigError, ParentRoot, Protocol, SamplerConfig};
 pub use setup::{InitError, Telemetry, TelemetryBuilder, TelemetryGuard};
 
-/// Instruments a function with a span and RED metrics; see [`monitored`](mod@monitored).
-pub use otel_instrument_macros::monitored;
 pub use errors::{Categorize, ErrorCategory};
 #[doc(hidden)]
 pub use opentelemetry as __opentelemetry;
+/// Instruments a function with a span and RED metrics; see [`monitored`](mod@monitored).
+pub use otel_instrument_macros::monitored;
 
 /// Sets up telemetry from the `OTEL_*` variables, with the calling crate's name
 /// and version as the default `service.name` and `service.version`, and installs
