@@ -9,6 +9,7 @@
 # for serving the scrapes) and per scrape (node_exporter: delta / scrapes) from
 # /proc/<pid>/stat, RSS after the run from /proc/<pid>/status, and the series count of
 # the last scrape. Prints a markdown table.
+# AGENT_ARGS adds flags to the agent (benches/gpu_cycle.sh passes 8 fake GPUs with it).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -29,7 +30,8 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
-RUST_LOG=warn "$AGENT" --interval 1s --no-otlp --prometheus "127.0.0.1:$OURS_PORT" &
+read -r -a AGENT_EXTRA <<< "${AGENT_ARGS:-}"
+RUST_LOG=warn "$AGENT" --interval 1s --no-otlp --prometheus "127.0.0.1:$OURS_PORT" "${AGENT_EXTRA[@]}" &
 pids+=($!); OURS=$!
 "$NODE_EXPORTER" --web.listen-address="127.0.0.1:$NE_PORT" >/dev/null 2>&1 &
 pids+=($!); NE=$!

@@ -7,6 +7,9 @@
 # agent runs with a short interval and no exporter (--no-otlp, no Prometheus), so the
 # figure is the collection cycle alone; CPU comes from /proc/<pid>/stat deltas.
 #
+# Then the footprint comparison of benches/footprint.sh (1 s interval, Prometheus
+# endpoint scraped 50 times, node_exporter beside it) with the same 8 fake GPUs.
+#
 # Usage: otel-gpu-receiver/benches/gpu_cycle.sh [CYCLES] [INTERVAL_MS]
 set -euo pipefail
 
@@ -84,3 +87,7 @@ if [ -n "$ne" ]; then
     awk -v a="$a" -v b="$b" -v t="$ticks" \
         'BEGIN { printf "  node_exporter, per scrape (50 scrapes):    %.2f ms CPU\n", (b - a) * 1000 / t / 50 }'
 fi
+
+echo
+echo "footprint.sh with 8 fake GPUs and --per-process (1 s interval, 50 scrapes):"
+AGENT_ARGS="--nvml-lib $work/libnvidia-ml.so.1 --per-process" otel-gpu-receiver/benches/footprint.sh
