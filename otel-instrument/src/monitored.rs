@@ -243,10 +243,12 @@ thread_local! {
     static UNSAMPLED_TRACE_ID: Cell<u128> = const { Cell::new(0) };
 }
 
+#[inline(always)]
 fn current() -> Frame {
     CURRENT.with(Cell::get)
 }
 
+#[inline(always)]
 fn set_current(frame: Frame) {
     CURRENT.with(|c| c.set(frame));
 }
@@ -818,9 +820,11 @@ struct Core {
     start: clock::Stamp,
     error: Option<(ErrorCategory, &'static str)>,
     /// The OTel span of a sampled call, started directly on the SDK.
-    otel: Option<Context>,
-    /// The trace id of an unsampled call, for propagation.
-    trace_id: u128,
+    /// Boxed: only sampled calls have one, and the guard stays small.
+    otel: Option<Box<Context>>,
+    /// The trace id of an unsampled call, for propagation (two words, not a
+    /// `u128`, to keep the guard 8-byte aligned: cheaper to move).
+    trace_id: [u64; 2],
 }
 
 impl Core {
@@ -858,7 +862,7 @@ impl Core {
             Trace::Unsampled => OTHER_LAYERS.load(Ordering::Relaxed),
             Trace::Sampled => {
                 if callsite.span {
-                    otel = Some(start_otel(callsite, start, make_attributes));
+                    otel = Some(Box::new(start_otel(callsite, start, make_attributes)));
                     // The SDK's id generator took the drawn trace id, if it wanted it.
                     PENDING_TRACE_ID.with(|p| p.set(0));
                 }
@@ -884,7 +888,7 @@ impl Core {
             start,
             error: None,
             otel,
-            trace_id,
+            trace_id: [(trace_id >> 64) as u64, trace_id as u64],
         };
         (core, prev, span)
     }
@@ -953,7 +957,7 @@ impl Call {
         make_attributes: impl FnOnce(&mut Vec<KeyValue>),
     ) -> Self {
         let (core, prev, span) = Core::open(callsite, make_span, make_attributes);
-        let attached = core.otel.as_ref().map(|cx| cx.clone().attach());
+        let attached = core.otel.as_ref().map(|cx| Context::clone(cx).attach());
         Self {
             core,
             prev,
@@ -970,7 +974,7 @@ impl Call {
 }
 
 impl Drop for Call {
-    #[inline]
+    #[inline(always)]
     fn drop(&mut self) {
         self.core.close(self.span.as_deref());
         drop(self.span.take());
@@ -1019,9 +1023,10 @@ impl AsyncCall {
         let prev = current();
         set_current(self.core.frame);
         if self.core.frame.trace == Trace::Unsampled {
-            UNSAMPLED_TRACE_ID.with(|t| t.set(self.core.trace_id));
+            let [hi, lo] = self.core.trace_id;
+            UNSAMPLED_TRACE_ID.with(|t| t.set((u128::from(hi) << 64) | u128::from(lo)));
         }
-        let _attached = self.core.otel.as_ref().map(|c| c.clone().attach());
+        let _attached = self.core.otel.as_ref().map(|c| Context::clone(c).attach());
         let poll = match &self.span {
             Some(span) => {
                 let _entered = span.enter();

@@ -23,6 +23,7 @@ enum Source {
 
 static SOURCE: OnceLock<Source> = OnceLock::new();
 
+#[inline(always)]
 fn source() -> &'static Source {
     SOURCE.get_or_init(calibrate)
 }
