@@ -1,0 +1,101 @@
+//! Nothing allocates on the unsampled path: a counting allocator watches the
+//! calling thread while monitored calls run in an unsampled trace.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use otel_instrument::testing::OtlpSink;
+use otel_instrument::{ParentRoot, SamplerConfig, Telemetry, monitored};
+
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: forwards to the system allocator; only counts on the side.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|a| a.set(a.get() + 1));
+        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller upholds `GlobalAlloc::dealloc`'s contract.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|a| a.set(a.get() + 1));
+        // SAFETY: the caller upholds `GlobalAlloc::realloc`'s contract.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations() -> u64 {
+    ALLOCATIONS.with(Cell::get)
+}
+
+#[monitored]
+fn unsampled_root(n: u64) -> u64 {
+    (0..n).map(unsampled_leaf).sum()
+}
+
+#[monitored]
+fn unsampled_leaf(x: u64) -> u64 {
+    x * 3
+}
+
+#[monitored(span = false)]
+fn metrics_only(x: u64) -> Result<u64, std::io::Error> {
+    Ok(x + 1)
+}
+
+#[monitored]
+async fn unsampled_async(x: u64) -> u64 {
+    unsampled_leaf(x)
+}
+
+#[test]
+fn unsampled_and_metrics_only_calls_allocate_nothing() {
+    let sink = OtlpSink::start().unwrap();
+    let _guard = Telemetry::builder()
+        .service_name("monitored-alloc-tests")
+        .endpoint(sink.endpoint())
+        .sampler(SamplerConfig::ParentBased(ParentRoot::AlwaysOff))
+        .fmt(false)
+        .filter("monitored_alloc=trace")
+        .install()
+        .unwrap();
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    let mut run_async = |x| {
+        let mut fut = std::pin::pin!(unsampled_async(x));
+        match fut.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(v) => v,
+            std::task::Poll::Pending => unreachable!("nothing awaits"),
+        }
+    };
+    // Warm up: the first call of each callsite binds its instruments.
+    assert_eq!(unsampled_root(3), 9);
+    assert_eq!(metrics_only(1).unwrap(), 2);
+    assert_eq!(run_async(2), 6);
+
+    let before = allocations();
+    let mut total = 0;
+    for i in 0..1000 {
+        total += unsampled_root(10);
+        total += metrics_only(i).unwrap();
+        total += run_async(i);
+    }
+    let allocated = allocations() - before;
+    assert!(total > 0);
+    assert_eq!(
+        allocated, 0,
+        "the unsampled path allocated {allocated} times"
+    );
+}
