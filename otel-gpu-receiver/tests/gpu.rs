@@ -728,3 +728,37 @@ fn a_gpu_that_appears_later_is_discovered() {
     assert!(has(&points, "hw.power", &[("hw.id", &uuid(1))]));
     assert_eq!(run.inventory.devices().len(), 2);
 }
+
+#[test]
+fn a_gpu_that_drops_off_the_list_is_failed_until_it_comes_back() {
+    // GPU 2 is not enumerated in cycles 3 and 4.
+    let mut run = Run::new("devices 3\ndevices_at 3 2\ndevices_at 5 3");
+    let g2 = uuid(2);
+    for cycle in 1..=6 {
+        let points = run.cycle();
+        if (3..5).contains(&cycle) {
+            assert_eq!(
+                status(&points, &g2),
+                vec![("failed".to_owned(), 1)],
+                "cycle {cycle}"
+            );
+            assert!(
+                !has(&points, "hw.power", &[("hw.id", &g2)]),
+                "cycle {cycle}"
+            );
+        } else {
+            assert_eq!(
+                status(&points, &g2),
+                vec![("ok".to_owned(), 1)],
+                "cycle {cycle}"
+            );
+            assert!(close(value(&points, "hw.power", &[("hw.id", &g2)]), 102.5));
+        }
+        assert_eq!(
+            status(&points, &uuid(0)),
+            vec![("ok".to_owned(), 1)],
+            "cycle {cycle}"
+        );
+    }
+    assert_eq!(run.inventory.devices().len(), 3);
+}

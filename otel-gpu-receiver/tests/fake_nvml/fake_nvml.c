@@ -13,7 +13,7 @@
  * a comment:
  *
  *   devices N                  device count (default 0)
- *   devices_at CYCLE N         device count from that cycle on (hot-plug)
+ *   devices_at CYCLE N         device count from that cycle on (hot-plug; repeatable)
  *   driver VERSION             nvmlSystemGetDriverVersion (default 550.54.15)
  *   init_error CODE            nvmlInit_v2 returns CODE (e.g. 9 = DRIVER_NOT_LOADED)
  *   stats PATH                 write call counts to PATH at every cycle start and at shutdown
@@ -105,8 +105,9 @@ static pthread_cond_t g_cycle_cond = PTHREAD_COND_INITIALIZER;
 static int g_loaded;
 static int g_init_error;
 static unsigned g_devices;
-static int g_devices_at_cycle = -1;
-static unsigned g_devices_at_count;
+#define MAX_AT 8
+static struct { int cycle; unsigned count; } g_devices_at[MAX_AT];
+static int g_ndevices_at;
 static char g_driver[64] = "550.54.15";
 static char g_stats[512];
 static int g_cycle;
@@ -186,7 +187,7 @@ static void set_key(fake_dev *d, const char *key, char *rest) {
     sscanf(rest, "%llu %llu", &a, &b);
 #define U(k, field) else if (!strcmp(key, k)) d->field = a
     if (!strcmp(key, "name")) { while (*rest == ' ') rest++; snprintf(d->name, sizeof d->name, "%s", rest); }
-    else if (!strcmp(key, "uuid")) { sscanf(rest, "%127s", s); snprintf(d->uuid, sizeof d->uuid, "%s", s); }
+    else if (!strcmp(key, "uuid")) { sscanf(rest, "%95s", s); snprintf(d->uuid, sizeof d->uuid, "%s", s); }
     U("util_gpu", util_gpu); U("util_mem", util_mem); U("enc", enc); U("dec", dec);
     U("mem_total", mem_total); U("mem_used", mem_used);
     U("power_mw", power_mw); U("power_limit_mw", power_limit_mw);
@@ -267,7 +268,10 @@ static void load_script(void) {
         if (sscanf(line, "%63s %n", word, &off) < 1) continue;
         char *rest = line + off;
         if (!strcmp(word, "devices")) g_devices = (unsigned)atoi(rest);
-        else if (!strcmp(word, "devices_at")) sscanf(rest, "%d %u", &g_devices_at_cycle, &g_devices_at_count);
+        else if (!strcmp(word, "devices_at") && g_ndevices_at < MAX_AT) {
+            sscanf(rest, "%d %u", &g_devices_at[g_ndevices_at].cycle, &g_devices_at[g_ndevices_at].count);
+            g_ndevices_at++;
+        }
         else if (!strcmp(word, "driver")) sscanf(rest, "%63s", g_driver);
         else if (!strcmp(word, "init_error")) g_init_error = atoi(rest);
         else if (!strcmp(word, "stats")) sscanf(rest, "%511s", g_stats);
@@ -292,8 +296,14 @@ static void load_script(void) {
 }
 
 static unsigned current_count(void) {
-    if (g_devices_at_cycle >= 0 && g_cycle >= g_devices_at_cycle) return g_devices_at_count;
-    return g_devices;
+    unsigned n = g_devices;
+    int best = -1;
+    for (int i = 0; i < g_ndevices_at; i++)
+        if (g_cycle >= g_devices_at[i].cycle && g_devices_at[i].cycle > best) {
+            best = g_devices_at[i].cycle;
+            n = g_devices_at[i].count;
+        }
+    return n > MAX_DEV ? MAX_DEV : n;
 }
 
 static void write_stats(void) {
