@@ -183,11 +183,10 @@ static void mig_defaults(fake_dev *parent, fake_dev *m, int k) {
 
 static void set_key(fake_dev *d, const char *key, char *rest) {
     unsigned long long a = 0, b = 0;
-    char s[128] = {0};
     sscanf(rest, "%llu %llu", &a, &b);
 #define U(k, field) else if (!strcmp(key, k)) d->field = a
     if (!strcmp(key, "name")) { while (*rest == ' ') rest++; snprintf(d->name, sizeof d->name, "%s", rest); }
-    else if (!strcmp(key, "uuid")) { sscanf(rest, "%95s", s); snprintf(d->uuid, sizeof d->uuid, "%s", s); }
+    else if (!strcmp(key, "uuid")) sscanf(rest, "%95s", d->uuid);
     U("util_gpu", util_gpu); U("util_mem", util_mem); U("enc", enc); U("dec", dec);
     U("mem_total", mem_total); U("mem_used", mem_used);
     U("power_mw", power_mw); U("power_limit_mw", power_limit_mw);
