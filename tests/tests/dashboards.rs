@@ -172,6 +172,21 @@ fn every_panel_query_parses_as_promql() {
     run_ok(Command::new(promtool).args(["check", "rules"]).arg(&path));
 }
 
+/// A /proc seen through symlinks, minus `uptime`: the uptime source fails every cycle
+/// (skipped and counted, the pipeline's "Source errors" panel) while every other
+/// family reads the real files.
+fn proc_without_uptime(dir: &std::path::Path) -> PathBuf {
+    let root = dir.join("proc");
+    std::fs::create_dir_all(&root).unwrap();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name();
+        if name != "uptime" {
+            std::os::unix::fs::symlink(entry.path(), root.join(&name)).unwrap();
+        }
+    }
+    root
+}
+
 /// Builds the fake libnvidia-ml from the receiver's test sources.
 fn fake_nvml(dir: &std::path::Path) -> Option<PathBuf> {
     let src = repo_root().join("otel-gpu-receiver/tests/fake_nvml/fake_nvml.c");
@@ -199,6 +214,8 @@ fn every_panel_query_returns_data_against_a_real_prometheus() {
     receiver
         .args(["--interval", "1s", "--no-otlp", "--prometheus"])
         .arg(receiver_addr.to_string())
+        .arg("--proc-root")
+        .arg(proc_without_uptime(work.path()))
         .env_clear()
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -275,8 +292,8 @@ fn every_panel_query_returns_data_against_a_real_prometheus() {
 }
 
 /// Three fake GPUs: one power- and thermally throttled with a training process, one
-/// with an inference process and an Xid 48, and one that is lost (Xid 79) from the
-/// third cycle on, so health, Xid and NVML-error panels have something to show.
+/// with an inference process, an Xid 48 and a hung NVML call, and one that is lost
+/// (Xid 79) from the third cycle on, so the health, Xid and NVML panels have data.
 fn fake_nvml_script() -> String {
     [
         "devices 3",
@@ -288,6 +305,8 @@ fn fake_nvml_script() -> String {
         "xid 1 1 48",
         "xid 2 2 79",
         "dev 2 lost 3 0",
+        // A hung call: the watchdog abandons it each cycle and counts it.
+        "dev 1 sleep nvmlDeviceGetFanSpeed_v2 1500",
     ]
     .join("\n")
 }
