@@ -487,6 +487,98 @@ impl<S> Filter<S> for OtelFilter {
     }
 }
 
+/// A layer that records `tracing` events inside a sampled monitored call as
+/// events of its OTel span. The tracing-opentelemetry layer only attaches
+/// events to spans it created, and a sampled monitored call's span is started
+/// on the SDK directly; events inside a plain `tracing` span are left to it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EventLayer;
+
+/// The layer to add next to the OTel layer; see [`EventLayer`].
+pub fn event_layer() -> EventLayer {
+    EventLayer
+}
+
+impl<S> tracing_subscriber::Layer<S> for EventLayer
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_event(&self, event: &tracing::Event<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        if current().trace != Trace::Sampled {
+            return;
+        }
+        let current_span = if event.is_contextual() {
+            ctx.lookup_current()
+        } else {
+            event.parent().and_then(|id| ctx.span(id))
+        };
+        if current_span.is_some_and(|s| s.metadata().fields().field(MONITORED_MARKER).is_none()) {
+            return; // a plain span: the OTel layer records the event on it
+        }
+        let meta = event.metadata();
+        let mut visitor = EventVisitor {
+            attributes: vec![
+                KeyValue::new("level", meta.level().as_str()),
+                KeyValue::new("target", meta.target().to_owned()),
+            ],
+            message: None,
+        };
+        event.record(&mut visitor);
+        let name = visitor
+            .message
+            .take()
+            .unwrap_or_else(|| meta.name().to_owned());
+        Context::map_current(|cx| {
+            let span = cx.span();
+            if span.span_context().is_sampled() {
+                span.add_event(name, visitor.attributes);
+            }
+        });
+    }
+}
+
+struct EventVisitor {
+    attributes: Vec<KeyValue>,
+    message: Option<String>,
+}
+
+impl tracing::field::Visit for EventVisitor {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.message = Some(value.to_owned());
+        } else {
+            self.attributes
+                .push(KeyValue::new(field.name(), value.to_owned()));
+        }
+    }
+
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.attributes.push(KeyValue::new(field.name(), value));
+    }
+
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.attributes
+            .push(KeyValue::new(field.name(), value as i64));
+    }
+
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        self.attributes.push(KeyValue::new(field.name(), value));
+    }
+
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.attributes.push(KeyValue::new(field.name(), value));
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.message = Some(format!("{value:?}"));
+        } else {
+            self.attributes
+                .push(KeyValue::new(field.name(), format!("{value:?}")));
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Per-callsite instruments.
 

@@ -501,10 +501,12 @@ impl Telemetry {
         S: tracing::Subscriber + for<'a> LookupSpan<'a>,
     {
         self.tracer.clone().map(|t| {
-            // #[monitored] integration: spans of unsampled monitored calls skip this layer.
+            // #[monitored] integration: spans of unsampled monitored calls skip this
+            // layer; events inside sampled monitored calls go to their OTel span.
             tracing_opentelemetry::layer()
                 .with_tracer(t)
                 .with_filter(monitored::otel_filter())
+                .and_then(monitored::event_layer())
         })
     }
 

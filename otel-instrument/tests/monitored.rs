@@ -501,3 +501,31 @@ fn the_metric_macros_export_with_their_labels() {
         vec![(map(&[("queue", "emails"), ("urgent", "true")]), 2.0)]
     );
 }
+
+#[monitored]
+fn logs_inside() {
+    tracing::info!(order = 7, "charging card");
+    tracing::info_span!("plain_child_with_log").in_scope(|| tracing::info!("inside plain"));
+}
+
+#[test]
+fn events_in_a_sampled_call_become_events_of_its_span_once() {
+    let p = pipeline();
+    logs_inside();
+    let r = flush_until(&p.sink, &p.guard, |r| {
+        !spans_named(r, "logs_inside").is_empty()
+            && !spans_named(r, "plain_child_with_log").is_empty()
+    });
+    let span = &spans_named(&r, "logs_inside")[0].span;
+    let names: Vec<&str> = span.events.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["charging card"], "{names:?}");
+    let attrs = otel_instrument::testing::attributes(&span.events[0].attributes);
+    assert_eq!(attrs.get("order").map(String::as_str), Some("7"));
+    let plain = &spans_named(&r, "plain_child_with_log")[0].span;
+    assert_eq!(
+        plain.parent_span_id, span.span_id,
+        "plain spans nest under the monitored one"
+    );
+    let plain_events: Vec<&str> = plain.events.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(plain_events, ["inside plain"]);
+}
