@@ -762,3 +762,31 @@ fn a_gpu_that_drops_off_the_list_is_failed_until_it_comes_back() {
     }
     assert_eq!(run.inventory.devices().len(), 3);
 }
+
+#[test]
+fn a_hung_device_lookup_is_abandoned_and_the_known_gpus_still_report() {
+    let mut run = Run::with("devices 2\ncount_sleep 2 30000", |c| {
+        c.call_timeout = Duration::from_millis(300);
+        c.budget = Duration::from_secs(5);
+    });
+    run.cycle();
+    let started = Instant::now();
+    let points = run.cycle(); // nvmlDeviceGetCount_v2 hangs for 30 s
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert_eq!(
+        value(
+            &points,
+            "otel_gpu_receiver.nvml.timeouts",
+            &[("nvml.call", "nvmlDeviceGetCount_v2")]
+        ),
+        1.0
+    );
+    for i in 0..2 {
+        assert_eq!(status(&points, &uuid(i)), vec![("ok".to_owned(), 1)]);
+        assert!(has(&points, "hw.power", &[("hw.id", &uuid(i))]));
+    }
+    // The next lookup answers again.
+    let points = run.cycle();
+    assert!(has(&points, "hw.power", &[("hw.id", &uuid(1))]));
+    assert_eq!(run.session.timeouts(), vec![("nvmlDeviceGetCount_v2", 1)]);
+}

@@ -8,9 +8,11 @@
 //! - `calls`: one NVML call each, converted to the catalogue's units (mW → W, mJ → J,
 //!   MHz → Hz, % → ratio). A call that fails adds nothing, so one metric's error never
 //!   hides another and nothing is reported as 0 for lack of a reading.
-//! - `watchdog`: the calls run on a worker thread under a deadline per call and a
-//!   budget per cycle; a hung call is counted in `otel_gpu_receiver.nvml.timeouts` and
-//!   the cycle goes on without it.
+//! - `watchdog`: the calls (device discovery included) run on a worker thread under a
+//!   deadline per call and a budget per cycle; a hung call is counted in
+//!   `otel_gpu_receiver.nvml.timeouts` and the cycle goes on without it. Only loading
+//!   the library (once, at the first cycle) runs outside it, under the cycle's own
+//!   per-source budget.
 //! - `xid`: critical Xid events from an NVML event set, on a thread of their own.
 //!
 //! Health (`hw.status`): GPU_IS_LOST, Xid 79 or a GPU that NVML no longer lists → `failed`

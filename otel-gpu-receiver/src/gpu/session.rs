@@ -233,7 +233,7 @@ impl GpuSession {
             return;
         };
         self.cycle += 1;
-        self.discover(&ctx);
+        self.rediscover(&ctx);
 
         let steps: Vec<(usize, Call)> = self
             .devices
@@ -252,88 +252,34 @@ impl GpuSession {
         self.finish(report, out);
     }
 
-    /// Looks the devices up: at the first cycle, whenever the count changes, every
-    /// `rediscover_every` cycles, and while a known device is missing (a GPU that comes back).
-    fn discover(&mut self, ctx: &Ctx) {
-        let nvml = ctx.nvml;
-        let count = match nvml.device_count() {
-            Ok(n) => n,
-            Err(e) => {
-                self.count_error("nvmlDeviceGetCount_v2", &e);
+    /// Runs [`discover`] on the NVML worker under a deadline and applies what it found.
+    /// When it hangs, the cycle goes on with the devices already known.
+    fn rediscover(&mut self, ctx: &Arc<Ctx>) {
+        let input = Discovery {
+            ctx: ctx.clone(),
+            old: self.devices.clone(),
+            gpu_count: self.gpu_count,
+            scheduled: self.cfg.rediscover_every > 0
+                && self.cycle.is_multiple_of(self.cfg.rediscover_every),
+            driver_version: self.driver_version.clone(),
+        };
+        let found = match self.watchdog.call(move || discover(input)) {
+            Ok(found) => found,
+            Err(why) => {
+                *self.stats.timeouts.entry(why).or_default() += 1;
                 return;
             }
         };
-        let due = self.gpu_count != Some(count)
-            || (self.cfg.rediscover_every > 0
-                && self.cycle.is_multiple_of(self.cfg.rediscover_every))
-            || self
-                .devices
-                .iter()
-                .any(|d| d.missing.load(Ordering::Relaxed));
-        if !due {
+        for (call, kind) in found.errors {
+            *self.stats.errors.entry((call, kind)).or_default() += 1;
+        }
+        if found.count.is_some() {
+            self.gpu_count = found.count;
+        }
+        let Some(devices) = found.devices else {
             return;
-        }
-        self.gpu_count = Some(count);
-        let old: HashMap<String, Arc<DeviceEntry>> = self
-            .devices
-            .drain(..)
-            .map(|d| (d.info.uuid.clone(), d))
-            .collect();
-        let mut seen = Vec::new();
-        let mut next = Vec::new();
-        for index in 0..count {
-            let dev = match nvml.device_by_index(index) {
-                Ok(d) => d,
-                Err(e) => {
-                    self.count_error("nvmlDeviceGetHandleByIndex_v2", &e);
-                    continue;
-                }
-            };
-            let uuid = match dev.uuid() {
-                Ok(u) => u,
-                Err(e) => {
-                    self.count_error("nvmlDeviceGetUUID", &e);
-                    continue;
-                }
-            };
-            seen.push(uuid.clone());
-            let gpu = match old.get(&uuid) {
-                Some(e) => {
-                    e.missing.store(false, Ordering::Relaxed);
-                    e.clone()
-                }
-                None => Arc::new(self.new_entry(dev, uuid.clone(), index, None)),
-            };
-            next.push(gpu.clone());
-            // MIG instances of this GPU.
-            if let Ok(mode) = gpu.handle.mig_mode()
-                && mode.current == 1
-            {
-                let max = gpu.handle.mig_device_count().unwrap_or(0);
-                for k in 0..max {
-                    let Ok(mig) = gpu.handle.mig_device_by_index(k) else {
-                        continue;
-                    };
-                    let Ok(mig_uuid) = mig.uuid() else { continue };
-                    seen.push(mig_uuid.clone());
-                    let entry = match old.get(&mig_uuid) {
-                        Some(e) => e.clone(),
-                        None => Arc::new(self.new_entry(mig, mig_uuid, index, Some(&gpu))),
-                    };
-                    next.push(entry);
-                }
-            }
-        }
-        // A device NVML no longer lists is kept, and reported as failed, until it returns.
-        for (uuid, e) in old {
-            if !seen.contains(&uuid) {
-                if !e.missing.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(uuid = %uuid, "GPU no longer enumerated by NVML; reporting it as failed");
-                }
-                next.push(e);
-            }
-        }
-        self.devices = next;
+        };
+        self.devices = devices;
         if let Some(x) = &self.xid {
             x.watch(
                 self.devices
@@ -347,105 +293,6 @@ impl GpuSession {
         }
         let list: Vec<GpuInfo> = self.devices.iter().map(|d| d.info.clone()).collect();
         *self.inventory.0.lock().unwrap_or_else(|e| e.into_inner()) = list;
-    }
-
-    fn new_entry(
-        &self,
-        handle: Device<'static>,
-        uuid: String,
-        index: u32,
-        parent: Option<&DeviceEntry>,
-    ) -> DeviceEntry {
-        let model = handle.name().unwrap_or_else(|_| "unknown".to_owned());
-        let serial = if parent.is_none() {
-            handle.serial().ok()
-        } else {
-            None
-        };
-        let vbios = if parent.is_none() {
-            handle.vbios_version().ok()
-        } else {
-            None
-        };
-        let lib = self.ctx.as_ref().map(|c| c.nvml.lib());
-        let (gpu_instance, compute_instance) = match (parent, lib) {
-            (Some(_), Some(lib)) => {
-                type IdFn = unsafe extern "C" fn(
-                    nvml_wrapper_sys::bindings::nvmlDevice_t,
-                    *mut std::os::raw::c_uint,
-                )
-                    -> nvml_wrapper_sys::bindings::nvmlReturn_t;
-                let get = |f: Option<&IdFn>| -> Option<u32> {
-                    let f = f?;
-                    let mut id = 0u32;
-                    // SAFETY: the handle belongs to this library instance; `id` is a valid out-pointer.
-                    let rc = unsafe { f(handle.handle(), &mut id) };
-                    (rc == 0).then_some(id)
-                };
-                (
-                    get(lib.nvmlDeviceGetGpuInstanceId.as_ref().ok()),
-                    get(lib.nvmlDeviceGetComputeInstanceId.as_ref().ok()),
-                )
-            }
-            _ => (None, None),
-        };
-        let profile =
-            parent.and_then(|_| model.rsplit_once("MIG ").map(|(_, p)| p.trim().to_owned()));
-        let mig_index = parent.map(|_| gpu_instance.unwrap_or(0));
-        let hw_name = match mig_index {
-            Some(gi) => format!("nvidia{index}/gi{gi}"),
-            None => format!("nvidia{index}"),
-        };
-        let parent_uuid = parent.map(|p| p.info.uuid.clone());
-        let mut base = vec![
-            // Shared strings: every point clones these, and an Arc clone does not allocate.
-            KeyValue::new(attr::HW_ID, Value::from(Arc::<str>::from(uuid.as_str()))),
-            KeyValue::new(attr::HW_NAME, Value::from(Arc::<str>::from(hw_name))),
-            KeyValue::new(attr::HW_VENDOR, "nvidia"),
-            KeyValue::new(
-                attr::HW_MODEL,
-                Value::from(Arc::<str>::from(model.as_str())),
-            ),
-            KeyValue::new(ATTR_GPU_INDEX, i64::from(index)),
-        ];
-        if let Some(p) = &parent_uuid {
-            base.push(KeyValue::new(
-                attr::HW_PARENT,
-                Value::from(Arc::<str>::from(p.as_str())),
-            ));
-        }
-        let gpm_supported = match parent {
-            Some(p) => p.gpm_supported.load(Ordering::Relaxed),
-            None => handle.gpm_support().unwrap_or(false),
-        };
-        DeviceEntry {
-            parent_handle: parent.map(|p| dup(&p.handle)),
-            handle,
-            info: GpuInfo {
-                index,
-                name: model,
-                uuid,
-                driver_version: self.driver_version.clone(),
-                parent_uuid,
-            },
-            gpu_instance,
-            compute_instance,
-            profile,
-            serial,
-            vbios,
-            base,
-            not_supported: AtomicU64::new(0),
-            logged: AtomicU64::new(0),
-            stuck: Mutex::new(Vec::new()),
-            gpm_supported: AtomicBool::new(gpm_supported),
-            gpm_prev: Mutex::new(None),
-            process_last_seen: AtomicU64::new(0),
-            missing: AtomicBool::new(false),
-        }
-    }
-
-    fn count_error(&mut self, call: &'static str, e: &NvmlError) {
-        *self.stats.errors.entry((call, error_type(e))).or_default() += 1;
     }
 
     /// Health per device, Xid counts and self-metrics, after the calls.
@@ -603,4 +450,219 @@ pub(crate) fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn new_entry(
+    ctx: &Ctx,
+    driver_version: &str,
+    handle: Device<'static>,
+    uuid: String,
+    index: u32,
+    parent: Option<&DeviceEntry>,
+) -> DeviceEntry {
+    let model = handle.name().unwrap_or_else(|_| "unknown".to_owned());
+    let serial = if parent.is_none() {
+        handle.serial().ok()
+    } else {
+        None
+    };
+    let vbios = if parent.is_none() {
+        handle.vbios_version().ok()
+    } else {
+        None
+    };
+    let lib = Some(ctx.nvml.lib());
+    let (gpu_instance, compute_instance) = match (parent, lib) {
+        (Some(_), Some(lib)) => {
+            type IdFn = unsafe extern "C" fn(
+                nvml_wrapper_sys::bindings::nvmlDevice_t,
+                *mut std::os::raw::c_uint,
+            )
+                -> nvml_wrapper_sys::bindings::nvmlReturn_t;
+            let get = |f: Option<&IdFn>| -> Option<u32> {
+                let f = f?;
+                let mut id = 0u32;
+                // SAFETY: the handle belongs to this library instance; `id` is a valid out-pointer.
+                let rc = unsafe { f(handle.handle(), &mut id) };
+                (rc == 0).then_some(id)
+            };
+            (
+                get(lib.nvmlDeviceGetGpuInstanceId.as_ref().ok()),
+                get(lib.nvmlDeviceGetComputeInstanceId.as_ref().ok()),
+            )
+        }
+        _ => (None, None),
+    };
+    let profile = parent.and_then(|_| model.rsplit_once("MIG ").map(|(_, p)| p.trim().to_owned()));
+    let mig_index = parent.map(|_| gpu_instance.unwrap_or(0));
+    let hw_name = match mig_index {
+        Some(gi) => format!("nvidia{index}/gi{gi}"),
+        None => format!("nvidia{index}"),
+    };
+    let parent_uuid = parent.map(|p| p.info.uuid.clone());
+    let mut base = vec![
+        // Shared strings: every point clones these, and an Arc clone does not allocate.
+        KeyValue::new(attr::HW_ID, Value::from(Arc::<str>::from(uuid.as_str()))),
+        KeyValue::new(attr::HW_NAME, Value::from(Arc::<str>::from(hw_name))),
+        KeyValue::new(attr::HW_VENDOR, "nvidia"),
+        KeyValue::new(
+            attr::HW_MODEL,
+            Value::from(Arc::<str>::from(model.as_str())),
+        ),
+        KeyValue::new(ATTR_GPU_INDEX, i64::from(index)),
+    ];
+    if let Some(p) = &parent_uuid {
+        base.push(KeyValue::new(
+            attr::HW_PARENT,
+            Value::from(Arc::<str>::from(p.as_str())),
+        ));
+    }
+    let gpm_supported = match parent {
+        Some(p) => p.gpm_supported.load(Ordering::Relaxed),
+        None => handle.gpm_support().unwrap_or(false),
+    };
+    DeviceEntry {
+        parent_handle: parent.map(|p| dup(&p.handle)),
+        handle,
+        info: GpuInfo {
+            index,
+            name: model,
+            uuid,
+            driver_version: driver_version.to_owned(),
+            parent_uuid,
+        },
+        gpu_instance,
+        compute_instance,
+        profile,
+        serial,
+        vbios,
+        base,
+        not_supported: AtomicU64::new(0),
+        logged: AtomicU64::new(0),
+        stuck: Mutex::new(Vec::new()),
+        gpm_supported: AtomicBool::new(gpm_supported),
+        gpm_prev: Mutex::new(None),
+        process_last_seen: AtomicU64::new(0),
+        missing: AtomicBool::new(false),
+    }
+}
+
+/// What discovery starts from.
+struct Discovery {
+    ctx: Arc<Ctx>,
+    old: Vec<Arc<DeviceEntry>>,
+    gpu_count: Option<u32>,
+    scheduled: bool,
+    driver_version: String,
+}
+
+/// What discovery found.
+#[derive(Default)]
+struct Discovered {
+    /// The device count, when NVML answered.
+    count: Option<u32>,
+    /// The new device table, when discovery was due.
+    devices: Option<Vec<Arc<DeviceEntry>>>,
+    errors: Vec<(&'static str, &'static str)>,
+}
+
+/// Counts the devices and, when due (the count changed, it is scheduled, or a known
+/// device is missing), looks them all up again, keeping what is remembered about the
+/// devices it knew (by UUID). Runs on the NVML worker, under a deadline.
+fn discover(input: Discovery) -> Discovered {
+    let nvml = input.ctx.nvml;
+    let mut out = Discovered::default();
+    let count = match nvml.device_count() {
+        Ok(n) => n,
+        Err(e) => {
+            out.errors.push(("nvmlDeviceGetCount_v2", error_type(&e)));
+            return out;
+        }
+    };
+    out.count = Some(count);
+    let due = input.gpu_count != Some(count)
+        || input.scheduled
+        || input.old.iter().any(|d| d.missing.load(Ordering::Relaxed));
+    if !due {
+        return out;
+    }
+    let old: HashMap<String, Arc<DeviceEntry>> = input
+        .old
+        .into_iter()
+        .map(|d| (d.info.uuid.clone(), d))
+        .collect();
+    let mut seen = Vec::new();
+    let mut next = Vec::new();
+    for index in 0..count {
+        let dev = match nvml.device_by_index(index) {
+            Ok(d) => d,
+            Err(e) => {
+                out.errors
+                    .push(("nvmlDeviceGetHandleByIndex_v2", error_type(&e)));
+                continue;
+            }
+        };
+        let uuid = match dev.uuid() {
+            Ok(u) => u,
+            Err(e) => {
+                out.errors.push(("nvmlDeviceGetUUID", error_type(&e)));
+                continue;
+            }
+        };
+        seen.push(uuid.clone());
+        let gpu = match old.get(&uuid) {
+            Some(e) => {
+                e.missing.store(false, Ordering::Relaxed);
+                e.clone()
+            }
+            None => Arc::new(new_entry(
+                &input.ctx,
+                &input.driver_version,
+                dev,
+                uuid.clone(),
+                index,
+                None,
+            )),
+        };
+        next.push(gpu.clone());
+        // MIG instances of this GPU.
+        if let Ok(mode) = gpu.handle.mig_mode()
+            && mode.current == 1
+        {
+            let max = gpu.handle.mig_device_count().unwrap_or(0);
+            for k in 0..max {
+                let Ok(mig) = gpu.handle.mig_device_by_index(k) else {
+                    continue;
+                };
+                let Ok(mig_uuid) = mig.uuid() else { continue };
+                seen.push(mig_uuid.clone());
+                let entry = match old.get(&mig_uuid) {
+                    Some(e) => {
+                        e.missing.store(false, Ordering::Relaxed);
+                        e.clone()
+                    }
+                    None => Arc::new(new_entry(
+                        &input.ctx,
+                        &input.driver_version,
+                        mig,
+                        mig_uuid,
+                        index,
+                        Some(&gpu),
+                    )),
+                };
+                next.push(entry);
+            }
+        }
+    }
+    // A device NVML no longer lists is kept, and reported as failed, until it returns.
+    for (uuid, e) in old {
+        if !seen.contains(&uuid) {
+            if !e.missing.swap(true, Ordering::Relaxed) {
+                tracing::warn!(uuid = %uuid, "GPU no longer enumerated by NVML; reporting it as failed");
+            }
+            next.push(e);
+        }
+    }
+    out.devices = Some(next);
+    out
 }

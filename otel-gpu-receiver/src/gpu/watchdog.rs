@@ -146,10 +146,25 @@ impl Job {
     }
 }
 
+/// Work for the NVML worker: a cycle's calls, or one closure (discovery).
+enum Msg {
+    Job(Arc<Job>),
+    Call(Box<dyn FnOnce() + Send>),
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Msg::Job(j) => write!(f, "Job({})", j.id),
+            Msg::Call(_) => f.write_str("Call"),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Worker {
     id: u64,
-    jobs: Sender<Arc<Job>>,
+    jobs: Sender<Msg>,
     busy: Arc<AtomicBool>,
     /// Set by the watchdog when it abandons the worker; cleared by the worker when
     /// its call finally returns.
@@ -186,7 +201,7 @@ impl Watchdog {
 
     fn spawn(&mut self) -> Option<&Worker> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (jobs, rx) = mpsc::channel::<Arc<Job>>();
+        let (jobs, rx) = mpsc::channel::<Msg>();
         let busy = Arc::new(AtomicBool::new(false));
         let stuck = Arc::new(AtomicBool::new(false));
         let (b, s, done) = (busy.clone(), stuck.clone(), self.done_tx.clone());
@@ -194,12 +209,21 @@ impl Watchdog {
             .name("nvml-worker".into())
             .stack_size(512 * 1024)
             .spawn(move || {
-                while let Ok(job) = rx.recv() {
-                    let finished = job.run(id);
-                    b.store(false, Ordering::Release);
-                    s.store(false, Ordering::Release);
-                    if finished {
-                        let _ = done.send(job.id);
+                while let Ok(msg) = rx.recv() {
+                    match msg {
+                        Msg::Job(job) => {
+                            let finished = job.run(id);
+                            b.store(false, Ordering::Release);
+                            s.store(false, Ordering::Release);
+                            if finished {
+                                let _ = done.send(job.id);
+                            }
+                        }
+                        Msg::Call(f) => {
+                            f();
+                            b.store(false, Ordering::Release);
+                            s.store(false, Ordering::Release);
+                        }
                     }
                 }
             });
@@ -232,6 +256,57 @@ impl Watchdog {
             w.stuck.store(false, Ordering::Release);
         }
         Some(w.stuck)
+    }
+
+    /// Runs `f` (NVML calls outside a device's cycle, such as discovery) on the worker
+    /// with one call's deadline.
+    ///
+    /// # Errors
+    /// `"nvmlDeviceGetCount_v2"` (the first call of discovery, the label it is counted
+    /// under) when `f` ran past the deadline and was abandoned, `"skipped"` when too
+    /// many workers are stuck to try, `"worker"` when no worker thread could be started.
+    pub(crate) fn call<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, &'static str> {
+        self.stuck.retain(|s| s.load(Ordering::Acquire));
+        if self
+            .worker
+            .as_ref()
+            .is_some_and(|w| w.busy.load(Ordering::Acquire))
+        {
+            self.abandon();
+        }
+        if self.stuck.len() >= MAX_STUCK {
+            return Err("skipped");
+        }
+        if self.worker.is_none() && self.spawn().is_none() {
+            return Err("worker");
+        }
+        let (tx, rx) = mpsc::channel();
+        let sent = self.worker.as_ref().is_some_and(|w| {
+            w.busy.store(true, Ordering::Release);
+            w.jobs
+                .send(Msg::Call(Box::new(move || {
+                    let _ = tx.send(f());
+                })))
+                .is_ok()
+        });
+        if !sent {
+            self.worker = None;
+            return Err("worker");
+        }
+        match rx.recv_timeout(self.call_timeout) {
+            Ok(v) => Ok(v),
+            Err(_) => {
+                tracing::warn!(
+                    timeout = ?self.call_timeout,
+                    "NVML device discovery ran past its deadline; the cycle goes on with the devices already known"
+                );
+                self.abandon();
+                Err("nvmlDeviceGetCount_v2")
+            }
+        }
     }
 
     /// Runs `steps` (device index, call) over `devices` and returns what they read.
@@ -370,7 +445,7 @@ impl Watchdog {
         };
         job.lock().owner = w.id;
         w.busy.store(true, Ordering::Release);
-        if w.jobs.send(job.clone()).is_err() {
+        if w.jobs.send(Msg::Job(job.clone())).is_err() {
             self.worker = None;
             return false;
         }

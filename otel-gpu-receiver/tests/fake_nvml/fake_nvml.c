@@ -16,6 +16,8 @@
  *   devices_at CYCLE N         device count from that cycle on (hot-plug; repeatable)
  *   driver VERSION             nvmlSystemGetDriverVersion (default 550.54.15)
  *   init_error CODE            nvmlInit_v2 returns CODE (e.g. 9 = DRIVER_NOT_LOADED)
+ *   count_sleep CYCLE MS       nvmlDeviceGetCount_v2 of that cycle sleeps MS milliseconds
+ *                              (after the cycle has started: other calls still answer)
  *   stats PATH                 write call counts to PATH at every cycle start and at shutdown
  *   xid CYCLE DEV CODE         queue a critical Xid event, deliverable from CYCLE on
  *   dev I|* KEY VALUE...       per-device value (see `set_key` for the keys)
@@ -104,6 +106,8 @@ static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t g_cycle_cond = PTHREAD_COND_INITIALIZER;
 static int g_loaded;
 static int g_init_error;
+static int g_count_sleep_cycle = -1;
+static unsigned g_count_sleep_ms;
 static unsigned g_devices;
 #define MAX_AT 8
 static struct { int cycle; unsigned count; } g_devices_at[MAX_AT];
@@ -273,6 +277,7 @@ static void load_script(void) {
         }
         else if (!strcmp(word, "driver")) sscanf(rest, "%63s", g_driver);
         else if (!strcmp(word, "init_error")) g_init_error = atoi(rest);
+        else if (!strcmp(word, "count_sleep")) sscanf(rest, "%d %u", &g_count_sleep_cycle, &g_count_sleep_ms);
         else if (!strcmp(word, "stats")) sscanf(rest, "%511s", g_stats);
         else if (!strcmp(word, "xid") && g_nxid < MAX_XID) {
             sscanf(rest, "%d %d %llu", &g_xid[g_nxid].cycle, &g_xid[g_nxid].dev, &g_xid[g_nxid].code);
@@ -431,7 +436,12 @@ nvmlReturn_t nvmlDeviceGetCount_v2(unsigned *count) {
     pthread_cond_broadcast(&g_cycle_cond);
     count_call(__func__, -1);
     *count = current_count();
+    unsigned sleep_ms = g_cycle == g_count_sleep_cycle ? g_count_sleep_ms : 0;
     pthread_mutex_unlock(&g_lock);
+    if (sleep_ms) {
+        struct timespec ts = { sleep_ms / 1000, (long)(sleep_ms % 1000) * 1000000L };
+        nanosleep(&ts, NULL);
+    }
     return NVML_SUCCESS;
 }
 
