@@ -452,6 +452,14 @@ fn the_otlp_sink_sees_gpu_health_xid_and_per_process_use_over_cycles() {
     let (unit, joules) = find(last, "hw.energy", &[("hw.id", &uuid(5))]).unwrap();
     assert_eq!(unit, "J");
     assert!(joules > 1005.0, "{joules}");
+    // Cumulative counters only grow from one export to the next.
+    let energy: Vec<f64> = reqs
+        .iter()
+        .filter_map(|q| find(q, "hw.energy", &[("hw.id", &uuid(5))]).map(|v| v.1))
+        .collect();
+    assert!(energy.len() >= 3, "{energy:?}");
+    assert!(energy.windows(2).all(|w| w[0] <= w[1]), "{energy:?}");
+    assert!(energy.last() > energy.first(), "{energy:?}");
     // NOT_SUPPORTED: omitted, never 0.
     assert_eq!(find(last, "hw.power", &[("hw.id", &uuid(0))]), None);
     // Xid counters and last time.

@@ -163,6 +163,8 @@ pub struct GpuSession {
     cycle: u64,
     watchdog: Watchdog,
     xid: Option<XidWatcher>,
+    /// The GPUs the Xid thread watches.
+    watched: Vec<String>,
     stats: GpuStats,
     inventory: Inventory,
 }
@@ -212,6 +214,7 @@ impl GpuSession {
             cycle: 0,
             watchdog,
             xid,
+            watched: Vec::new(),
             stats: GpuStats::default(),
             inventory,
         }
@@ -280,13 +283,19 @@ impl GpuSession {
             return;
         };
         self.devices = devices;
-        if let Some(x) = &self.xid {
-            x.watch(
-                self.devices
-                    .iter()
-                    .filter(|d| !d.is_mig() && !d.missing.load(Ordering::Relaxed))
-                    .map(|d| (dup(&d.handle), d.info.uuid.clone())),
-            );
+        // A new event set only when the GPUs to watch change: replacing the set would
+        // drop the events still queued on the old one.
+        let watch: Vec<&Arc<DeviceEntry>> = self
+            .devices
+            .iter()
+            .filter(|d| !d.is_mig() && !d.missing.load(Ordering::Relaxed))
+            .collect();
+        let uuids: Vec<String> = watch.iter().map(|d| d.info.uuid.clone()).collect();
+        if let Some(x) = &self.xid
+            && uuids != self.watched
+        {
+            x.watch(watch.iter().map(|d| (dup(&d.handle), d.info.uuid.clone())));
+            self.watched = uuids;
         }
         if self.cfg.per_process {
             ctx.forget_processes();
