@@ -878,10 +878,8 @@ fn tracer() -> &'static MonitoredTracer {
 fn start_otel(
     callsite: &'static Callsite,
     start: clock::Stamp,
-    make_attributes: impl FnOnce(&mut Vec<KeyValue>),
+    mut attributes: Vec<KeyValue>,
 ) -> Context {
-    let mut attributes = Vec::with_capacity(8);
-    make_attributes(&mut attributes);
     attributes.extend([
         KeyValue::new("code.function.name", callsite.function),
         KeyValue::new("code.module.name", callsite.module),
@@ -926,7 +924,7 @@ impl Core {
     fn open(
         callsite: &'static Callsite,
         make_span: impl FnOnce() -> tracing::Span,
-        make_attributes: impl FnOnce(&mut Vec<KeyValue>),
+        make_attributes: impl FnOnce(&mut Vec<KeyValue>) -> bool,
     ) -> (Self, Frame, Option<tracing::Span>) {
         let start = clock::now();
         let prev = current();
@@ -953,8 +951,10 @@ impl Core {
             Trace::Free => false,
             Trace::Unsampled => OTHER_LAYERS.load(Ordering::Relaxed),
             Trace::Sampled => {
-                if callsite.span {
-                    otel = Some(Box::new(start_otel(callsite, start, make_attributes)));
+                let mut attributes = Vec::new();
+                // `make_attributes` says whether the span's level is enabled.
+                if callsite.span && make_attributes(&mut attributes) {
+                    otel = Some(Box::new(start_otel(callsite, start, attributes)));
                     // The SDK's id generator took the drawn trace id, if it wanted it.
                     PENDING_TRACE_ID.with(|p| p.set(0));
                 }
@@ -1041,12 +1041,13 @@ pub struct Call {
 
 impl Call {
     /// Starts a sync call. `make_span` runs only when a `tracing` span is
-    /// wanted, `make_attributes` only when the call is sampled.
+    /// wanted, `make_attributes` only when the call is sampled; it returns
+    /// whether the span's level is enabled.
     #[inline(always)]
     pub fn enter(
         callsite: &'static Callsite,
         make_span: impl FnOnce() -> tracing::Span,
-        make_attributes: impl FnOnce(&mut Vec<KeyValue>),
+        make_attributes: impl FnOnce(&mut Vec<KeyValue>) -> bool,
     ) -> Self {
         let (core, prev, span) = Core::open(callsite, make_span, make_attributes);
         let attached = core.otel.as_ref().map(|cx| Context::clone(cx).attach());
@@ -1094,7 +1095,7 @@ impl AsyncCall {
     pub fn start(
         callsite: &'static Callsite,
         make_span: impl FnOnce() -> tracing::Span,
-        make_attributes: impl FnOnce(&mut Vec<KeyValue>),
+        make_attributes: impl FnOnce(&mut Vec<KeyValue>) -> bool,
     ) -> Self {
         let (core, prev, span) = Core::open(callsite, make_span, make_attributes);
         set_current(prev);

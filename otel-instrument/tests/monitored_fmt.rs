@@ -23,6 +23,9 @@ fn always_sampled_here() {
     tracing::info!("inside a sampled call");
 }
 
+#[monitored(sample = 1.0, level = "debug")]
+fn sampled_but_below_the_level_filter() {}
+
 #[test]
 fn fmt_keeps_the_span_of_an_unsampled_call_while_otel_exports_nothing() {
     let sink = OtlpSink::start().unwrap();
@@ -52,4 +55,17 @@ fn fmt_keeps_the_span_of_an_unsampled_call_while_otel_exports_nothing() {
         r.spans().is_empty(),
         "nothing of an unsampled trace is exported"
     );
+
+    // `sample = 1.0` overrides the root sampler for this function; its span is
+    // exported once, not a second time through the OTel layer that fmt's span
+    // reaches. A debug-level one is filtered out by `monitored_fmt=info`, sampled
+    // or not, while its call is still counted.
+    sampled_but_below_the_level_filter();
+    always_sampled_here();
+    let r = flush_until(&sink, &guard, |r| {
+        !spans_named(r, "always_sampled_here").is_empty()
+            && !points(r, "function.calls", "sampled_but_below_the_level_filter").is_empty()
+    });
+    assert_eq!(spans_named(&r, "always_sampled_here").len(), 1);
+    assert_eq!(r.spans().len(), 1, "{:?}", monitored_common::summary(&r));
 }

@@ -210,9 +210,19 @@ fn generate(args: Args, func: MaybeItemFn) -> syn::Result<TokenStream> {
         Some(quote!(#support::KeyValue::new(#key, #value)))
     });
     let attrs_expr = quote! {
-        |__otel_attrs: &mut ::std::vec::Vec<#support::KeyValue>| {
+        |__otel_attrs: &mut ::std::vec::Vec<#support::KeyValue>| -> bool {
+            // The OTel span honours the level filter as the tracing span would.
+            if !#tracing::enabled!(
+                kind: #tracing::metadata::Kind::HINT,
+                target: ::core::module_path!(),
+                #level
+            ) {
+                return false;
+            }
+            __otel_attrs.reserve(8);
             #(__otel_attrs.push(#user_attrs);)*
             #(__otel_attrs.push(#param_attrs);)*
+            true
         }
     };
     let span_expr = if want_span {
