@@ -4,7 +4,7 @@
 //! # The fast path
 //! Sampling is decided once, at the *local root*: the first monitored call on a
 //! thread or task with no monitored caller. The decision goes into a
-//! thread-local [`Frame`] that nested monitored calls inherit and that async
+//! thread-local frame that nested monitored calls inherit and that async
 //! fns carry across polls (and threads). An unsampled call therefore:
 //! - creates no OpenTelemetry span (the [`otel_filter`] keeps its `tracing` span,
 //!   if some other layer such as fmt wants one, away from the OTel layer, and the
@@ -13,6 +13,10 @@
 //!   (`BoundCounter`, `BoundHistogram`, `BoundUpDownCounter`), never a hash
 //!   lookup;
 //! - allocates nothing.
+//!
+//! A sampled call starts its OTel span directly on the SDK tracer
+//! ([`set_tracer`]) and attaches its context; its `tracing` span, if any layer
+//! wants one, is kept away from the OTel layer so nothing is exported twice.
 //!
 //! Outgoing propagation from an unsampled trace still carries the trace id with
 //! `sampled=0`: inject [`current_context`] rather than the tracing span's context.
