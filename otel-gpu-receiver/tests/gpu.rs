@@ -270,6 +270,11 @@ fn eight_gpus_report_distinct_values_in_the_right_units() {
             .iter()
             .any(|p| p.name == "otel_gpu_receiver.nvml.timeouts")
     );
+    // Every cycle's calls went to the one NVML worker: none was abandoned.
+    for _ in 0..10 {
+        run.cycle();
+    }
+    assert_eq!(run.session.workers_started(), 1);
 }
 
 #[test]
@@ -575,6 +580,8 @@ fn a_hung_call_is_abandoned_counted_and_the_cycle_goes_on() {
     );
     assert!(has(&points, "hw.energy", &[("hw.id", &g0)]));
     assert_eq!(run.session.timeouts(), vec![("nvmlDeviceGetPowerUsage", 1)]);
+    // One worker abandoned in the hung call, one that took over.
+    assert_eq!(run.session.workers_started(), 2);
 }
 
 #[test]

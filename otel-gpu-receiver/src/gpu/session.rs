@@ -415,6 +415,11 @@ impl GpuSession {
         v
     }
 
+    /// NVML worker threads started so far: 1, plus one per call abandoned past its deadline.
+    pub fn workers_started(&self) -> u64 {
+        self.watchdog.started
+    }
+
     /// Cycles the session has run.
     pub fn cycles(&self) -> u64 {
         self.cycle

@@ -146,10 +146,16 @@ impl Job {
     }
 }
 
+/// A closure for the worker; its argument marks the worker idle.
+type CallFn = Box<dyn FnOnce(&dyn Fn()) + Send>;
+
 /// Work for the NVML worker: a cycle's calls, or one closure (discovery).
 enum Msg {
     Job(Arc<Job>),
-    Call(Box<dyn FnOnce() + Send>),
+    /// The closure is given a function that marks the worker idle: it must call it
+    /// before it hands its result over, so that the caller never sees a worker that has
+    /// answered as still busy (and abandons it).
+    Call(CallFn),
 }
 
 impl std::fmt::Debug for Msg {
@@ -182,6 +188,8 @@ pub(crate) struct Watchdog {
     next_id: AtomicU64,
     stuck: Vec<Arc<AtomicBool>>,
     warned_full: bool,
+    /// Worker threads started so far (1 unless calls hung).
+    pub(crate) started: u64,
 }
 
 impl Watchdog {
@@ -196,6 +204,7 @@ impl Watchdog {
             next_id: AtomicU64::new(1),
             stuck: Vec::new(),
             warned_full: false,
+            started: 0,
         }
     }
 
@@ -219,16 +228,16 @@ impl Watchdog {
                                 let _ = done.send(job.id);
                             }
                         }
-                        Msg::Call(f) => {
-                            f();
+                        Msg::Call(f) => f(&|| {
                             b.store(false, Ordering::Release);
                             s.store(false, Ordering::Release);
-                        }
+                        }),
                     }
                 }
             });
         match spawned {
             Ok(_) => {
+                self.started += 1;
                 self.worker = Some(Worker {
                     id,
                     jobs,
@@ -287,8 +296,10 @@ impl Watchdog {
         let sent = self.worker.as_ref().is_some_and(|w| {
             w.busy.store(true, Ordering::Release);
             w.jobs
-                .send(Msg::Call(Box::new(move || {
-                    let _ = tx.send(f());
+                .send(Msg::Call(Box::new(move |idle: &dyn Fn()| {
+                    let v = f();
+                    idle();
+                    let _ = tx.send(v);
                 })))
                 .is_ok()
         });
