@@ -211,12 +211,10 @@ fn generate(args: Args, func: MaybeItemFn) -> syn::Result<TokenStream> {
     });
     let attrs_expr = quote! {
         |__otel_attrs: &mut ::std::vec::Vec<#support::KeyValue>| -> bool {
-            // The OTel span honours the level filter as the tracing span would.
-            if !#tracing::enabled!(
-                kind: #tracing::metadata::Kind::HINT,
-                target: ::core::module_path!(),
-                #level
-            ) {
+            // The OTel span honours the subscriber's maximum level. (A full
+            // `enabled!` with per-target directives costs more than the rest of
+            // a sampled call on a scoped dispatcher.)
+            if !#tracing::level_enabled!(#level) {
                 return false;
             }
             __otel_attrs.reserve(8);
