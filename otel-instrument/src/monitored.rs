@@ -1175,7 +1175,22 @@ macro_rules! field_value_as {
         }
     )*};
 }
-field_value_as!(i64 => i8, i16, i32, i64, u8, u16, u32, u64, isize, usize);
+field_value_as!(i64 => i8, i16, i32, i64, u8, u16, u32, isize);
+
+macro_rules! field_value_wide {
+    ($($t:ty),*) => {$(
+        impl FieldValue for $t {
+            /// As an integer where it fits, else as text (never wrapped).
+            fn into_otel_value(self) -> opentelemetry::Value {
+                match i64::try_from(self) {
+                    Ok(v) => opentelemetry::Value::from(v),
+                    Err(_) => opentelemetry::Value::from(self.to_string()),
+                }
+            }
+        }
+    )*};
+}
+field_value_wide!(u64, usize);
 field_value_as!(f64 => f32, f64);
 
 impl FieldValue for bool {
@@ -1209,6 +1224,33 @@ pub mod __macro_support {
     /// A `fields(..)` value as an attribute value.
     pub fn value(v: impl super::FieldValue) -> opentelemetry::Value {
         v.into_otel_value()
+    }
+
+    /// Wraps a parameter so that [`ViaFieldValue`] (a typed attribute, for
+    /// numbers, bools and strings) is picked over [`ViaDebug`].
+    #[derive(Debug)]
+    pub struct ParamProbe<'a, T: ?Sized>(pub &'a T);
+
+    /// Parameters whose type has a typed attribute value.
+    pub trait ViaFieldValue {
+        /// The attribute value.
+        fn param_value(&self) -> opentelemetry::Value;
+    }
+    impl<T: Copy + super::FieldValue> ViaFieldValue for &ParamProbe<'_, T> {
+        fn param_value(&self) -> opentelemetry::Value {
+            (*self.0).into_otel_value()
+        }
+    }
+
+    /// Any other parameter, by its `Debug` text (as `#[tracing::instrument]`).
+    pub trait ViaDebug {
+        /// The attribute value.
+        fn param_value(&self) -> opentelemetry::Value;
+    }
+    impl<T: std::fmt::Debug + ?Sized> ViaDebug for ParamProbe<'_, T> {
+        fn param_value(&self) -> opentelemetry::Value {
+            opentelemetry::Value::from(format!("{:?}", self.0))
+        }
     }
 
     /// A `?value` as its `Debug` text.

@@ -343,6 +343,17 @@ fn name_kind_fields_and_skip_shape_the_span() {
     assert_eq!(attrs.get("user.id").map(String::as_str), Some("7"));
     assert_eq!(attrs.get("cart").map(String::as_str), Some("big"));
     assert_eq!(attrs.get("order").map(String::as_str), Some("40"));
+    // Numbers, bools and strings are typed attributes, not Debug text.
+    let order = span
+        .span
+        .attributes
+        .iter()
+        .find(|kv| kv.key == "order")
+        .unwrap();
+    assert_eq!(
+        order.value.as_ref().and_then(|v| v.value.clone()),
+        Some(opentelemetry_proto::tonic::common::v1::any_value::Value::IntValue(40))
+    );
     assert!(
         !attrs.contains_key("secret"),
         "skipped parameters are not recorded"

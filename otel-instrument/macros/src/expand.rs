@@ -197,7 +197,13 @@ fn generate(args: Args, func: MaybeItemFn) -> syn::Result<TokenStream> {
     });
     let param_attrs = recorded.iter().map(|p| {
         let key = LitStr::new(&p.unraw().to_string(), p.span());
-        quote!(#support::KeyValue::new(#key, #support::debug_value(&#p)))
+        quote!(#support::KeyValue::new(#key, {
+            #[allow(unused_imports)]
+            use #support::{ViaDebug as _, ViaFieldValue as _};
+            #[allow(clippy::needless_borrow)]
+            let __otel_value = (&&#support::ParamProbe(&#p)).param_value();
+            __otel_value
+        }))
     });
     let user_attrs = args.fields.iter().flatten().filter_map(|f| {
         let key = &f.name;
