@@ -797,3 +797,42 @@ fn a_hung_device_lookup_is_abandoned_and_the_known_gpus_still_report() {
     assert!(has(&points, "hw.power", &[("hw.id", &uuid(1))]));
     assert_eq!(run.session.timeouts(), vec![("nvmlDeviceGetCount_v2", 1)]);
 }
+
+#[test]
+fn while_nvml_is_hung_the_gpus_health_is_not_guessed() {
+    // Every GPU's power call hangs: four abandoned workers is the limit.
+    let mut run = Run::with(
+        "devices 4\ndev * sleep nvmlDeviceGetPowerUsage 30000",
+        |c| {
+            c.call_timeout = Duration::from_millis(200);
+            c.budget = Duration::from_secs(5);
+        },
+    );
+    let started = Instant::now();
+    let points = run.cycle();
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert_eq!(
+        value(
+            &points,
+            "otel_gpu_receiver.nvml.timeouts",
+            &[("nvml.call", "nvmlDeviceGetPowerUsage")]
+        ),
+        4.0
+    );
+    // The next cycles skip NVML until those calls return, count the skip, and report
+    // no hw.status at all rather than a made-up "ok".
+    let started = Instant::now();
+    let points = run.cycle();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        value(
+            &points,
+            "otel_gpu_receiver.nvml.timeouts",
+            &[("nvml.call", "skipped")]
+        ),
+        1.0
+    );
+    assert!(!points.iter().any(|p| p.name == "hw.status"), "{points:#?}");
+    assert!(!points.iter().any(|p| p.name == "hw.power"));
+    assert_eq!(run.session.workers_started(), 4);
+}

@@ -268,6 +268,8 @@ impl GpuSession {
         };
         let found = match self.watchdog.call(move || discover(input)) {
             Ok(found) => found,
+            // "skipped" is counted once, by the readings that are skipped too.
+            Err("skipped") => return,
             Err(why) => {
                 *self.stats.timeouts.entry(why).or_default() += 1;
                 return;
@@ -324,6 +326,9 @@ impl GpuSession {
             let missing = d.missing.load(Ordering::Relaxed);
             let xid79 = xid.as_ref().is_some_and(|x| x.fatal.contains(&d.info.uuid));
             let failed = f.lost || missing || xid79;
+            // No call reached it this cycle (NVML hung, or the budget ran out first): its
+            // state is unknown, so hw.status is left out rather than guessed.
+            let known = failed || f.reached;
             let states = [
                 ("ok", !failed && !f.predicted_failure && !f.degraded),
                 ("degraded", !failed && f.degraded),
@@ -343,10 +348,12 @@ impl GpuSession {
                     status_attrs.push(KeyValue::new(attr::HW_SERIAL_NUMBER, s.clone()));
                 }
             }
-            for (state, on) in states {
-                let mut a = status_attrs.clone();
-                a.push(KeyValue::new(attr::HW_STATE, state));
-                points.push(sc::HW_STATUS, a, i64::from(on));
+            if known {
+                for (state, on) in states {
+                    let mut a = status_attrs.clone();
+                    a.push(KeyValue::new(attr::HW_STATE, state));
+                    points.push(sc::HW_STATUS, a, i64::from(on));
+                }
             }
             if d.is_mig() {
                 let mut a = d.attrs(&[]);

@@ -37,6 +37,9 @@ pub(crate) struct DevFlags {
     pub(crate) lost: bool,
     pub(crate) predicted_failure: bool,
     pub(crate) degraded: bool,
+    /// The cycle got to the device's calls (made them, or knew to skip them). When it did
+    /// not (NVML hung, budget spent), its health is unknown and not reported.
+    pub(crate) reached: bool,
 }
 
 /// What one cycle produced.
@@ -87,6 +90,7 @@ impl Job {
                         g.finished = true;
                         return true;
                     };
+                    g.report.flags[di].reached = true;
                     if g.report.flags[di].lost || self.devices[di].skips(call) {
                         g.cursor += 1;
                         continue;
