@@ -113,7 +113,7 @@ fn parse_order(id: u64) -> Result<Order, OrderError> {
 #[monitored(kind = "client")]
 async fn reserve_gpus(order: &Order) -> Result<(), std::io::Error> {
     tokio::time::sleep(Duration::from_millis(2 + pick(order.id, 2) % 40)).await;
-    if pick(order.id, 3) % 40 == 0 {
+    if pick(order.id, 3).is_multiple_of(40) {
         return Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             "scheduler did not answer",
@@ -129,7 +129,7 @@ impl Payments {
     #[monitored(kind = "client")]
     async fn charge(&self, order: &Order) -> Result<u64, PaymentError> {
         // A long tail: most charges are quick, a few take ~0.6 s.
-        let ms = if pick(order.id, 4) % 20 == 0 {
+        let ms = if pick(order.id, 4).is_multiple_of(20) {
             600
         } else {
             5 + pick(order.id, 5) % 60
@@ -206,7 +206,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             while let Ok(ok) = rx.try_recv() {
                 if ok { done += 1 } else { failed += 1 }
             }
-            if id % (rate * 10) == 0 {
+            if id.is_multiple_of(rate * 10) {
                 report(done, failed);
             }
         }
