@@ -25,4 +25,11 @@ if [ ! -x grafana/schema-check/node_modules/.bin/tsc ]; then
   (cd grafana/schema-check && npm ci --no-audit --no-fund --silent)
 fi
 
-cargo test --workspace --all-features --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --all-features --locked 2>&1 | tee "$log" || status=$?
+# One closing line for the whole run (cargo prints one per test binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "workspace: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
