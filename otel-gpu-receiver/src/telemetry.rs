@@ -235,81 +235,55 @@ impl Telemetry {
     }
 }
 
+/// Registers one observable instrument of the given builder that reads its
+/// points from the latest snapshot. The OTel API has one builder per number type
+/// and instrument kind, hence a macro rather than six copies of the callback.
+macro_rules! observe {
+    ($meter:expr, $builder:ident, $d:expr, $cell:expr, |$p:ident| $value:expr) => {{
+        let (name, cell) = ($d.name, $cell);
+        $meter
+            .$builder(name)
+            .with_unit($d.unit)
+            .with_description($d.description)
+            .with_callback(move |o| {
+                for $p in cell.load().points(name) {
+                    o.observe($value, &$p.attributes);
+                }
+            })
+            .build();
+    }};
+}
+
 /// Registers the observable instrument of one catalogue entry.
 fn register(meter: &Meter, d: &'static MetricDesc, cell: SnapshotCell) {
-    let name = d.name;
     match (d.instrument, d.number) {
         (Instrument::Counter, Number::Int) => {
-            meter
-                .u64_observable_counter(name)
-                .with_unit(d.unit)
-                .with_description(d.description)
-                .with_callback(move |o| {
-                    for p in cell.load().points(name) {
-                        o.observe(p.value.as_i64().max(0) as u64, &p.attributes);
-                    }
-                })
-                .build();
+            observe!(
+                meter,
+                u64_observable_counter,
+                d,
+                cell,
+                |p| p.value.as_i64().max(0) as u64
+            )
         }
         (Instrument::Counter, Number::Float) => {
-            meter
-                .f64_observable_counter(name)
-                .with_unit(d.unit)
-                .with_description(d.description)
-                .with_callback(move |o| {
-                    for p in cell.load().points(name) {
-                        o.observe(p.value.as_f64(), &p.attributes);
-                    }
-                })
-                .build();
+            observe!(meter, f64_observable_counter, d, cell, |p| p.value.as_f64())
         }
         (Instrument::UpDownCounter, Number::Int) => {
-            meter
-                .i64_observable_up_down_counter(name)
-                .with_unit(d.unit)
-                .with_description(d.description)
-                .with_callback(move |o| {
-                    for p in cell.load().points(name) {
-                        o.observe(p.value.as_i64(), &p.attributes);
-                    }
-                })
-                .build();
+            observe!(meter, i64_observable_up_down_counter, d, cell, |p| p
+                .value
+                .as_i64())
         }
         (Instrument::UpDownCounter, Number::Float) => {
-            meter
-                .f64_observable_up_down_counter(name)
-                .with_unit(d.unit)
-                .with_description(d.description)
-                .with_callback(move |o| {
-                    for p in cell.load().points(name) {
-                        o.observe(p.value.as_f64(), &p.attributes);
-                    }
-                })
-                .build();
+            observe!(meter, f64_observable_up_down_counter, d, cell, |p| p
+                .value
+                .as_f64())
         }
         (Instrument::Gauge, Number::Int) => {
-            meter
-                .i64_observable_gauge(name)
-                .with_unit(d.unit)
-                .with_description(d.description)
-                .with_callback(move |o| {
-                    for p in cell.load().points(name) {
-                        o.observe(p.value.as_i64(), &p.attributes);
-                    }
-                })
-                .build();
+            observe!(meter, i64_observable_gauge, d, cell, |p| p.value.as_i64())
         }
         (Instrument::Gauge, Number::Float) => {
-            meter
-                .f64_observable_gauge(name)
-                .with_unit(d.unit)
-                .with_description(d.description)
-                .with_callback(move |o| {
-                    for p in cell.load().points(name) {
-                        o.observe(p.value.as_f64(), &p.attributes);
-                    }
-                })
-                .build();
+            observe!(meter, f64_observable_gauge, d, cell, |p| p.value.as_f64())
         }
     }
 }
