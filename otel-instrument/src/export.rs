@@ -299,6 +299,34 @@ fn http_settings<B: opentelemetry_otlp::WithHttpConfig + WithExportConfig>(
     b
 }
 
+/// Builds an OTLP exporter from a signal's builder: gRPC inside the export runtime
+/// (tonic's channel lives there), HTTP outside it (the blocking client owns a runtime
+/// of its own). The span and metric builders are distinct types with the same
+/// methods, hence a macro.
+macro_rules! build_exporter {
+    ($builder:expr, $signal:expr, $rt:expr, $cfg:expr) => {{
+        let (builder, signal, cfg) = ($builder, $signal, $cfg);
+        let build_err = |source| ExportError::Build {
+            signal,
+            endpoint: cfg.endpoint.clone(),
+            source,
+        };
+        match cfg.protocol {
+            Protocol::Grpc => $rt.enter(|| {
+                tonic_settings(builder.with_tonic(), signal, cfg)?
+                    .build()
+                    .map_err(build_err)
+            })?,
+            #[cfg(feature = "http-proto")]
+            Protocol::HttpProtobuf => http_settings(builder.with_http(), cfg)
+                .build()
+                .map_err(build_err)?,
+            #[cfg(not(feature = "http-proto"))]
+            Protocol::HttpProtobuf => return Err(ExportError::HttpNotEnabled),
+        }
+    }};
+}
+
 /// Builds the OTLP span exporter for `cfg`, wrapped to count failures.
 ///
 /// # Errors
@@ -308,27 +336,8 @@ pub fn span_exporter(
     cfg: &ExporterConfig,
     stats: Arc<ExportStats>,
 ) -> Result<CountingSpanExporter<opentelemetry_otlp::SpanExporter>, ExportError> {
-    let signal = Signal::Traces;
-    let build_err = |source| ExportError::Build {
-        signal,
-        endpoint: cfg.endpoint.clone(),
-        source,
-    };
     let builder = opentelemetry_otlp::SpanExporter::builder();
-    let exporter = match cfg.protocol {
-        Protocol::Grpc => rt.enter(|| {
-            tonic_settings(builder.with_tonic(), signal, cfg)?
-                .build()
-                .map_err(build_err)
-        })?,
-        // The blocking HTTP client owns a runtime of its own: build it outside ours.
-        #[cfg(feature = "http-proto")]
-        Protocol::HttpProtobuf => http_settings(builder.with_http(), cfg)
-            .build()
-            .map_err(build_err)?,
-        #[cfg(not(feature = "http-proto"))]
-        Protocol::HttpProtobuf => return Err(ExportError::HttpNotEnabled),
-    };
+    let exporter = build_exporter!(builder, Signal::Traces, rt, cfg);
     Ok(CountingSpanExporter::new(exporter, stats))
 }
 
@@ -342,26 +351,8 @@ pub fn metric_exporter(
     cfg: &ExporterConfig,
     stats: Arc<ExportStats>,
 ) -> Result<CountingMetricExporter<opentelemetry_otlp::MetricExporter>, ExportError> {
-    let signal = Signal::Metrics;
-    let build_err = |source| ExportError::Build {
-        signal,
-        endpoint: cfg.endpoint.clone(),
-        source,
-    };
     let builder =
         opentelemetry_otlp::MetricExporter::builder().with_temporality(Temporality::Cumulative);
-    let exporter = match cfg.protocol {
-        Protocol::Grpc => rt.enter(|| {
-            tonic_settings(builder.with_tonic(), signal, cfg)?
-                .build()
-                .map_err(build_err)
-        })?,
-        #[cfg(feature = "http-proto")]
-        Protocol::HttpProtobuf => http_settings(builder.with_http(), cfg)
-            .build()
-            .map_err(build_err)?,
-        #[cfg(not(feature = "http-proto"))]
-        Protocol::HttpProtobuf => return Err(ExportError::HttpNotEnabled),
-    };
+    let exporter = build_exporter!(builder, Signal::Metrics, rt, cfg);
     Ok(CountingMetricExporter::new(exporter, stats))
 }
