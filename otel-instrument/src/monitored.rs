@@ -43,9 +43,11 @@ use opentelemetry::{Context, ContextGuard, InstrumentationScope, KeyValue};
 use opentelemetry_sdk::trace::{
     IdGenerator, SamplingDecision, SamplingResult, SdkTracer, ShouldSample,
 };
-use tracing_subscriber::layer::Filter;
-
 mod clock;
+mod layers;
+
+pub(crate) use layers::SdkScope;
+pub use layers::{EventLayer, MONITORED_MARKER, OtelFilter, event_layer, otel_filter};
 
 use crate::config::{ParentRoot, SamplerConfig};
 use crate::errors::ErrorCategory;
@@ -257,6 +259,36 @@ fn set_current(frame: Frame) {
     CURRENT.with(|c| c.set(frame));
 }
 
+/// Restores this thread's frame and unsampled trace id when it drops, on every
+/// path: a panic that the runtime catches (tokio does, per task) must not leave
+/// a dead call's frame on the worker thread for the next task to inherit.
+#[derive(Debug)]
+struct FrameGuard {
+    frame: Frame,
+    /// `UNSAMPLED_TRACE_ID` as it was, in two words (see `Core::trace_id`).
+    unsampled: [u64; 2],
+}
+
+impl FrameGuard {
+    #[inline(always)]
+    fn save() -> Self {
+        let id = UNSAMPLED_TRACE_ID.with(Cell::get);
+        Self {
+            frame: current(),
+            unsampled: [(id >> 64) as u64, id as u64],
+        }
+    }
+}
+
+impl Drop for FrameGuard {
+    #[inline(always)]
+    fn drop(&mut self) {
+        set_current(self.frame);
+        let [hi, lo] = self.unsampled;
+        UNSAMPLED_TRACE_ID.with(|t| t.set((u128::from(hi) << 64) | u128::from(lo)));
+    }
+}
+
 /// The name and module of the monitored function running on this thread or
 /// task, if any.
 pub fn current_function() -> Option<(&'static str, &'static str)> {
@@ -442,144 +474,6 @@ impl<G: IdGenerator> IdGenerator for MonitoredIdGenerator<G> {
 
     fn new_span_id(&self) -> SpanId {
         self.inner.new_span_id()
-    }
-}
-
-/// A per-layer filter for the `tracing-opentelemetry` layer. It skips the
-/// `tracing` spans of monitored calls (they exist only for other layers such as
-/// fmt: a sampled call starts its OTel span directly on the SDK, which costs far
-/// less), and every span inside an unsampled monitored call.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct OtelFilter;
-
-/// The filter to put on the OTel layer; see [`OtelFilter`].
-pub fn otel_filter() -> OtelFilter {
-    OtelFilter
-}
-
-/// The (never recorded) field that marks the `tracing` span of a `#[monitored]` call.
-pub const MONITORED_MARKER: &str = "otel_instrument.monitored";
-
-impl<S> Filter<S> for OtelFilter {
-    fn enabled(
-        &self,
-        meta: &tracing::Metadata<'_>,
-        _cx: &tracing_subscriber::layer::Context<'_, S>,
-    ) -> bool {
-        if !meta.is_span() {
-            return true;
-        }
-        let trace = current().trace;
-        if meta.fields().field(MONITORED_MARKER).is_some() {
-            // Sampled monitored calls start their OTel span themselves; only
-            // when #[monitored] does not decide does the OTel layer see them.
-            trace == Trace::Delegated
-        } else {
-            trace != Trace::Unsampled
-        }
-    }
-
-    fn callsite_enabled(
-        &self,
-        meta: &'static tracing::Metadata<'static>,
-    ) -> tracing_core::Interest {
-        if meta.is_span() {
-            tracing_core::Interest::sometimes()
-        } else {
-            tracing_core::Interest::always()
-        }
-    }
-}
-
-/// A layer that records `tracing` events inside a sampled monitored call as
-/// events of its OTel span. The tracing-opentelemetry layer only attaches
-/// events to spans it created, and a sampled monitored call's span is started
-/// on the SDK directly; events inside a plain `tracing` span are left to it.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct EventLayer;
-
-/// The layer to add next to the OTel layer; see [`EventLayer`].
-pub fn event_layer() -> EventLayer {
-    EventLayer
-}
-
-impl<S> tracing_subscriber::Layer<S> for EventLayer
-where
-    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-{
-    fn on_event(&self, event: &tracing::Event<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) {
-        if current().trace != Trace::Sampled {
-            return;
-        }
-        let current_span = if event.is_contextual() {
-            ctx.lookup_current()
-        } else {
-            event.parent().and_then(|id| ctx.span(id))
-        };
-        if current_span.is_some_and(|s| s.metadata().fields().field(MONITORED_MARKER).is_none()) {
-            return; // a plain span: the OTel layer records the event on it
-        }
-        let meta = event.metadata();
-        let mut visitor = EventVisitor {
-            attributes: vec![
-                KeyValue::new("level", meta.level().as_str()),
-                KeyValue::new("target", meta.target().to_owned()),
-            ],
-            message: None,
-        };
-        event.record(&mut visitor);
-        let name = visitor
-            .message
-            .take()
-            .unwrap_or_else(|| meta.name().to_owned());
-        Context::map_current(|cx| {
-            let span = cx.span();
-            if span.span_context().is_sampled() {
-                span.add_event(name, visitor.attributes);
-            }
-        });
-    }
-}
-
-struct EventVisitor {
-    attributes: Vec<KeyValue>,
-    message: Option<String>,
-}
-
-impl tracing::field::Visit for EventVisitor {
-    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        if field.name() == "message" {
-            self.message = Some(value.to_owned());
-        } else {
-            self.attributes
-                .push(KeyValue::new(field.name(), value.to_owned()));
-        }
-    }
-
-    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
-        self.attributes.push(KeyValue::new(field.name(), value));
-    }
-
-    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
-        self.attributes
-            .push(KeyValue::new(field.name(), value as i64));
-    }
-
-    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
-        self.attributes.push(KeyValue::new(field.name(), value));
-    }
-
-    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
-        self.attributes.push(KeyValue::new(field.name(), value));
-    }
-
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            self.message = Some(format!("{value:?}"));
-        } else {
-            self.attributes
-                .push(KeyValue::new(field.name(), format!("{value:?}")));
-        }
     }
 }
 
@@ -895,6 +789,7 @@ fn start_otel(
     builder.span_kind = Some(callsite.span_kind());
     builder.attributes = Some(attributes);
     builder.start_time = Some(start.system_time());
+    let _sdk = SdkScope::enter();
     Context::map_current(|parent| match tracer() {
         MonitoredTracer::Sdk(t) => parent.with_span(builder.start_with_context(t, parent)),
         MonitoredTracer::Global(t) => parent.with_span(builder.start_with_context(t, parent)),
@@ -929,9 +824,12 @@ impl Core {
         callsite: &'static Callsite,
         make_span: impl FnOnce() -> tracing::Span,
         make_attributes: impl FnOnce(&mut Vec<KeyValue>) -> bool,
-    ) -> (Self, Frame, Option<tracing::Span>) {
+    ) -> (Self, FrameGuard, Option<tracing::Span>) {
         let start = clock::now();
-        let prev = current();
+        // Restores the caller's frame if anything below panics (user field
+        // expressions run here), and when the call ends.
+        let restore = FrameGuard::save();
+        let prev = restore.frame;
         let (trace, trace_id) = if callsite.span && prev.trace == Trace::Free {
             let (trace, trace_id) = decide_root(callsite);
             if trace == Trace::Unsampled {
@@ -986,7 +884,7 @@ impl Core {
             otel,
             trace_id: [(trace_id >> 64) as u64, trace_id as u64],
         };
-        (core, prev, span)
+        (core, restore, span)
     }
 
     #[inline]
@@ -1015,6 +913,8 @@ impl Core {
             b.concurrent.add(-1);
         }
         if let Some(cx) = &self.otel {
+            // Span end runs the processors under the span's lock.
+            let _sdk = SdkScope::enter();
             let otel_span = cx.span();
             if let Some((category, error_type)) = error {
                 otel_span.set_status(Status::error(""));
@@ -1038,9 +938,10 @@ impl Core {
 #[must_use = "the call is measured until the guard drops"]
 pub struct Call {
     core: Core,
-    prev: Frame,
     span: Option<tracing::span::EnteredSpan>,
     attached: Option<ContextGuard>,
+    /// Dropped after the rest: the caller's frame comes back last.
+    _restore: FrameGuard,
 }
 
 impl Call {
@@ -1053,13 +954,13 @@ impl Call {
         make_span: impl FnOnce() -> tracing::Span,
         make_attributes: impl FnOnce(&mut Vec<KeyValue>) -> bool,
     ) -> Self {
-        let (core, prev, span) = Core::open(callsite, make_span, make_attributes);
+        let (core, restore, span) = Core::open(callsite, make_span, make_attributes);
         let attached = core.otel.as_ref().map(|cx| Context::clone(cx).attach());
         Self {
             core,
-            prev,
             span: span.map(tracing::Span::entered),
             attached,
+            _restore: restore,
         }
     }
 
@@ -1076,7 +977,7 @@ impl Drop for Call {
         self.core.close(self.span.as_deref());
         drop(self.span.take());
         drop(self.attached.take());
-        set_current(self.prev);
+        // `_restore` drops next and brings back the caller's frame.
     }
 }
 
@@ -1101,8 +1002,8 @@ impl AsyncCall {
         make_span: impl FnOnce() -> tracing::Span,
         make_attributes: impl FnOnce(&mut Vec<KeyValue>) -> bool,
     ) -> Self {
-        let (core, prev, span) = Core::open(callsite, make_span, make_attributes);
-        set_current(prev);
+        let (core, restore, span) = Core::open(callsite, make_span, make_attributes);
+        drop(restore);
         Self {
             core,
             span,
@@ -1117,22 +1018,20 @@ impl AsyncCall {
         fut: Pin<&mut F>,
         cx: &mut TaskContext<'_>,
     ) -> Poll<F::Output> {
-        let prev = current();
+        // Every piece of per-thread state is restored by a guard, so a body
+        // that panics (and a runtime that catches it) leaves the thread clean.
+        let _restore = FrameGuard::save();
         set_current(self.core.frame);
         if self.core.frame.trace == Trace::Unsampled {
             let [hi, lo] = self.core.trace_id;
             UNSAMPLED_TRACE_ID.with(|t| t.set((u128::from(hi) << 64) | u128::from(lo)));
         }
         let _attached = self.core.otel.as_ref().map(|c| Context::clone(c).attach());
-        let poll = match &self.span {
-            Some(span) => {
-                let _entered = span.enter();
-                fut.poll(cx)
-            }
-            None => fut.poll(cx),
-        };
-        set_current(prev);
-        poll
+        let _entered = self.span.as_ref().map(tracing::Span::enter);
+        // The runtime drops the future only after it has caught the panic, when
+        // `thread::panicking()` no longer tells; mark the call here.
+        let _panic = PanicMark(&mut self.core.error);
+        fut.poll(cx)
     }
 
     /// Marks the call as failed with the given category and `error.type`.
@@ -1156,6 +1055,18 @@ impl Drop for AsyncCall {
                 self.core.error = Some((ErrorCategory::Cancelled, "Cancelled"));
             }
             self.core.close(self.span.as_ref());
+        }
+    }
+}
+
+/// Marks a call as failed with `error.type="panic"` if its body unwinds.
+struct PanicMark<'a>(&'a mut Option<(ErrorCategory, &'static str)>);
+
+impl Drop for PanicMark<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        if self.0.is_none() && std::thread::panicking() {
+            *self.0 = Some((ErrorCategory::Internal, "panic"));
         }
     }
 }

@@ -540,3 +540,72 @@ fn events_in_a_sampled_call_become_events_of_its_span_once() {
     let plain_events: Vec<&str> = plain.events.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(plain_events, ["inside plain"]);
 }
+
+#[monitored]
+async fn panics_mid_poll() {
+    tokio::task::yield_now().await;
+    panic!("boom (this panic is expected by the test)");
+}
+
+#[monitored]
+async fn after_a_panic() -> u32 {
+    tokio::task::yield_now().await;
+    7
+}
+
+#[test]
+fn a_panic_caught_by_the_runtime_leaves_the_worker_thread_clean() {
+    let p = pipeline();
+    // One worker: the task after the panic runs on the thread that panicked.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let err = tokio::spawn(panics_mid_poll()).await.unwrap_err();
+        assert!(err.is_panic());
+        let (frame_before, value) = tokio::spawn(async {
+            (
+                otel_instrument::monitored::current_function(),
+                after_a_panic().await,
+            )
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            frame_before, None,
+            "the worker thread kept the panicked call's frame"
+        );
+        assert_eq!(value, 7);
+    });
+    let r = flush_until(&p.sink, &p.guard, |r| {
+        !points(r, "function.calls", "after_a_panic").is_empty()
+            && !points(r, "function.calls", "panics_mid_poll").is_empty()
+            && !spans_named(r, "after_a_panic").is_empty()
+            && !spans_named(r, "panics_mid_poll").is_empty()
+    });
+    // A fresh root: no caller labels, its own trace, no parent.
+    let pts = points(&r, "function.calls", "after_a_panic");
+    let root = map(&[
+        ("function", "after_a_panic"),
+        ("module", "monitored"),
+        ("result", "ok"),
+    ]);
+    assert_eq!(value_with(&pts, &root), Some(1.0), "{pts:#?}");
+    assert_eq!(pts.len(), 1, "{pts:#?}");
+    let after = &spans_named(&r, "after_a_panic")[0].span;
+    let boom = &spans_named(&r, "panics_mid_poll")[0].span;
+    assert!(after.parent_span_id.is_empty(), "must be a root span");
+    assert_ne!(after.trace_id, boom.trace_id, "must decide its own trace");
+    // The panic is an internal error, not a cancellation.
+    let pts = points(&r, "function.calls", "panics_mid_poll");
+    let failed = map(&[
+        ("function", "panics_mid_poll"),
+        ("module", "monitored"),
+        ("result", "error"),
+        ("error.category", "internal"),
+        ("error.type", "panic"),
+    ]);
+    assert_eq!(value_with(&pts, &failed), Some(1.0), "{pts:#?}");
+}

@@ -1,0 +1,212 @@
+//! The `tracing` layers that `#[monitored]` installs next to the OpenTelemetry
+//! layer, and the rule that keeps them from re-entering the SDK.
+//!
+//! # Re-entrancy
+//! The SDK runs callbacks while it holds a span's lock: a span processor's
+//! `on_end` runs inside `Span::end`, under the lock of the span that ends. Any
+//! `tracing` event emitted there (the SDK's own internal logs, ours, or a
+//! user's exporter) is dispatched synchronously on the same thread. A layer
+//! that then touches span or context state (adds the event to the current OTel
+//! span, say) waits on a lock its own thread holds, and the application
+//! freezes. So:
+//! - everything we call into the SDK from (starting and ending a monitored
+//!   call's span, our span processor) runs inside an [`SdkScope`]; while one is
+//!   open on a thread, [`EventLayer`] and the OTel layer (through
+//!   [`OtelFilter`]) ignore events;
+//! - events from the SDK's own crates (targets `opentelemetry*`) never reach
+//!   span state at all: they describe the pipeline, not the application, and
+//!   the fmt layer still prints them.
+
+use std::cell::Cell;
+
+use opentelemetry::trace::TraceContextExt as _;
+use opentelemetry::{Context, KeyValue};
+use tracing_subscriber::layer::Filter;
+
+use super::{Trace, current};
+
+thread_local! {
+    static IN_SDK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the current thread as inside an SDK call until it drops, so that
+/// events emitted from SDK callbacks are not recorded onto spans.
+#[derive(Debug)]
+#[must_use = "the scope ends when the guard drops"]
+pub(crate) struct SdkScope {
+    prev: bool,
+}
+
+impl SdkScope {
+    /// Opens the scope (nestable).
+    #[inline]
+    pub(crate) fn enter() -> Self {
+        Self {
+            prev: IN_SDK.with(|c| c.replace(true)),
+        }
+    }
+}
+
+impl Drop for SdkScope {
+    #[inline]
+    fn drop(&mut self) {
+        IN_SDK.with(|c| c.set(self.prev));
+    }
+}
+
+/// Whether this thread is inside an [`SdkScope`].
+#[inline]
+fn in_sdk() -> bool {
+    IN_SDK.with(Cell::get)
+}
+
+/// Whether an event comes from the OpenTelemetry crates' internal logging
+/// (their targets are their package names: `opentelemetry_sdk`,
+/// `opentelemetry-otlp`, ...).
+#[inline]
+fn is_sdk_target(target: &str) -> bool {
+    target.starts_with("opentelemetry")
+}
+
+/// A per-layer filter for the `tracing-opentelemetry` layer. It skips the
+/// `tracing` spans of monitored calls (they exist only for other layers such as
+/// fmt: a sampled call starts its OTel span directly on the SDK, which costs far
+/// less), and every span inside an unsampled monitored call.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OtelFilter;
+
+/// The filter to put on the OTel layer; see [`OtelFilter`].
+pub fn otel_filter() -> OtelFilter {
+    OtelFilter
+}
+
+/// The (never recorded) field that marks the `tracing` span of a `#[monitored]` call.
+pub const MONITORED_MARKER: &str = "otel_instrument.monitored";
+
+impl<S> Filter<S> for OtelFilter {
+    fn enabled(
+        &self,
+        meta: &tracing::Metadata<'_>,
+        _cx: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        if !meta.is_span() {
+            // An event from inside an SDK callback must not touch span state.
+            return !in_sdk();
+        }
+        let trace = current().trace;
+        if meta.fields().field(MONITORED_MARKER).is_some() {
+            // Sampled monitored calls start their OTel span themselves; only
+            // when #[monitored] does not decide does the OTel layer see them.
+            trace == Trace::Delegated
+        } else {
+            trace != Trace::Unsampled
+        }
+    }
+
+    fn callsite_enabled(
+        &self,
+        meta: &'static tracing::Metadata<'static>,
+    ) -> tracing_core::Interest {
+        if meta.is_span() {
+            tracing_core::Interest::sometimes()
+        } else if is_sdk_target(meta.target()) {
+            // The SDK's internal logs never become span events.
+            tracing_core::Interest::never()
+        } else {
+            tracing_core::Interest::sometimes()
+        }
+    }
+}
+
+/// A layer that records `tracing` events inside a sampled monitored call as
+/// events of its OTel span. The tracing-opentelemetry layer only attaches
+/// events to spans it created, and a sampled monitored call's span is started
+/// on the SDK directly; events inside a plain `tracing` span are left to it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EventLayer;
+
+/// The layer to add next to the OTel layer; see [`EventLayer`].
+pub fn event_layer() -> EventLayer {
+    EventLayer
+}
+
+impl<S> tracing_subscriber::Layer<S> for EventLayer
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_event(&self, event: &tracing::Event<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        if current().trace != Trace::Sampled || in_sdk() || is_sdk_target(event.metadata().target())
+        {
+            return;
+        }
+        let current_span = if event.is_contextual() {
+            ctx.lookup_current()
+        } else {
+            event.parent().and_then(|id| ctx.span(id))
+        };
+        if current_span.is_some_and(|s| s.metadata().fields().field(MONITORED_MARKER).is_none()) {
+            return; // a plain span: the OTel layer records the event on it
+        }
+        let meta = event.metadata();
+        let mut visitor = EventVisitor {
+            attributes: vec![
+                KeyValue::new("level", meta.level().as_str()),
+                KeyValue::new("target", meta.target().to_owned()),
+            ],
+            message: None,
+        };
+        event.record(&mut visitor);
+        let name = visitor
+            .message
+            .take()
+            .unwrap_or_else(|| meta.name().to_owned());
+        Context::map_current(|cx| {
+            let span = cx.span();
+            if span.span_context().is_sampled() {
+                span.add_event(name, visitor.attributes);
+            }
+        });
+    }
+}
+
+struct EventVisitor {
+    attributes: Vec<KeyValue>,
+    message: Option<String>,
+}
+
+impl tracing::field::Visit for EventVisitor {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.message = Some(value.to_owned());
+        } else {
+            self.attributes
+                .push(KeyValue::new(field.name(), value.to_owned()));
+        }
+    }
+
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.attributes.push(KeyValue::new(field.name(), value));
+    }
+
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.attributes
+            .push(KeyValue::new(field.name(), value as i64));
+    }
+
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        self.attributes.push(KeyValue::new(field.name(), value));
+    }
+
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.attributes.push(KeyValue::new(field.name(), value));
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.message = Some(format!("{value:?}"));
+        } else {
+            self.attributes
+                .push(KeyValue::new(field.name(), format!("{value:?}")));
+        }
+    }
+}
