@@ -246,6 +246,8 @@ pub struct Overrides {
     pub sampler: Option<SamplerConfig>,
     /// Metric export interval.
     pub metric_export_interval: Option<Duration>,
+    /// Capacity of the batch span queue.
+    pub span_queue_size: Option<usize>,
     /// Service name.
     pub service_name: Option<String>,
     /// Disables the SDK.
@@ -269,7 +271,13 @@ pub struct Config {
     pub sampler: SamplerConfig,
     /// `OTEL_METRIC_EXPORT_INTERVAL` in ms. Default: 60 s.
     pub metric_export_interval: Duration,
+    /// `OTEL_BSP_MAX_QUEUE_SIZE`: spans held while the collector is slow or
+    /// down; more are dropped and counted. Default: 2048.
+    pub span_queue_size: usize,
 }
+
+/// The SDK's default batch span queue capacity.
+pub const DEFAULT_SPAN_QUEUE_SIZE: usize = 2048;
 
 impl Config {
     /// Reads the process environment.
@@ -331,6 +339,23 @@ impl Config {
                 }
             },
         };
+        let span_queue_size = match overrides.span_queue_size {
+            Some(n) => n,
+            None => match non_empty(lookup("OTEL_BSP_MAX_QUEUE_SIZE")) {
+                None => DEFAULT_SPAN_QUEUE_SIZE,
+                Some(v) => match v.trim().parse::<usize>() {
+                    Ok(n) if n > 0 => n,
+                    _ => {
+                        return Err(ConfigError::invalid(
+                            "OTEL_BSP_MAX_QUEUE_SIZE",
+                            &v,
+                            "expected a whole number of spans greater than zero",
+                            "2048",
+                        ));
+                    }
+                },
+            },
+        };
         Ok(Self {
             disabled,
             service_name,
@@ -339,6 +364,7 @@ impl Config {
             metrics: ExporterConfig::resolve(Signal::Metrics, lookup, overrides)?,
             sampler,
             metric_export_interval,
+            span_queue_size,
         })
     }
 }
@@ -763,6 +789,15 @@ mod tests {
         rejected(&[("OTEL_SDK_DISABLED", "yes")]);
         rejected(&[("OTEL_METRIC_EXPORT_INTERVAL", "0")]);
         rejected(&[("OTEL_RESOURCE_ATTRIBUTES", "=x")]);
+        rejected(&[("OTEL_BSP_MAX_QUEUE_SIZE", "0")]);
+        rejected(&[("OTEL_BSP_MAX_QUEUE_SIZE", "lots")]);
+    }
+
+    #[test]
+    fn span_queue_size_is_read_and_defaults_to_the_sdk_default() {
+        assert_eq!(cfg(&[]).unwrap().span_queue_size, DEFAULT_SPAN_QUEUE_SIZE);
+        let c = cfg(&[("OTEL_BSP_MAX_QUEUE_SIZE", "64")]).unwrap();
+        assert_eq!(c.span_queue_size, 64);
     }
 
     #[test]

@@ -8,20 +8,27 @@
 //! span processor and periodic metric reader drive exports from their own threads.
 //!
 //! Both exporters are wrapped so that every failed export is counted in
-//! [`ExportStats`], which the setup publishes as metrics. Nothing is dropped silently.
+//! [`ExportStats`], which the setup publishes as metrics, and the batch span
+//! queue is bounded by [`QueueLimit`], which counts what it turns away. Nothing
+//! is dropped silently.
+//!
+//! Transient failures (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED with
+//! the collector's RetryInfo, ...) are retried by opentelemetry-otlp itself, with
+//! exponential backoff and jitter and within the export timeout ([`retry_policy`]),
+//! so a short outage whose spans fit in the queue loses nothing.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Meter;
-use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
+use opentelemetry_otlp::{RetryPolicy, WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::Temporality;
 use opentelemetry_sdk::metrics::data::ResourceMetrics;
 use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
-use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use opentelemetry_sdk::trace::{SpanData, SpanExporter, SpanProcessor};
 
 use crate::config::{Compression, ExporterConfig, Protocol, Signal};
 
@@ -120,6 +127,12 @@ pub struct ExportStats {
     trace_failures: AtomicU64,
     metric_failures: AtomicU64,
     spans_lost: AtomicU64,
+    spans_queue_full: AtomicU64,
+    /// Spans in the batch queue: accepted by [`QueueLimit`], not yet handed to
+    /// the exporter.
+    queued: AtomicUsize,
+    /// When the queue-full warning was last logged, in seconds since the epoch.
+    queue_warned_at: AtomicU64,
 }
 
 impl ExportStats {
@@ -136,11 +149,42 @@ impl ExportStats {
         self.spans_lost.load(Ordering::Relaxed)
     }
 
+    /// Spans turned away because the batch queue was full.
+    pub fn spans_queue_full(&self) -> u64 {
+        self.spans_queue_full.load(Ordering::Relaxed)
+    }
+
+    /// Every span that ended but will never reach the collector.
+    pub fn spans_dropped(&self) -> u64 {
+        self.spans_lost() + self.spans_queue_full()
+    }
+
+    /// Logs that the queue is full at most once a minute, with the running total.
+    #[cold]
+    fn warn_queue_full(&self, capacity: usize) {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.queue_warned_at.load(Ordering::Relaxed);
+        if now >= last.saturating_add(60)
+            && self
+                .queue_warned_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                dropped = self.spans_queue_full(),
+                capacity,
+                "the span queue is full (the collector is down or slow): spans are dropped and \
+                 counted in otel_instrument.spans.dropped{{reason=\"queue_full\"}}; raise \
+                 OTEL_BSP_MAX_QUEUE_SIZE to ride out longer outages"
+            );
+        }
+    }
+
     /// Registers observable counters over these stats on `meter`:
     /// `otel_instrument.export.failures{signal}` and
-    /// `otel_instrument.spans.dropped{reason="export_failed"}`.
-    /// Spans dropped because the batch queue was full are counted by the SDK itself
-    /// as `otel.sdk.processor.span.processed{error.type="queue_full"}`.
+    /// `otel_instrument.spans.dropped{reason}` (`queue_full`, `export_failed`).
     pub fn register(self: &Arc<Self>, meter: &Meter) {
         let stats = self.clone();
         meter
@@ -166,6 +210,10 @@ impl ExportStats {
                     stats.spans_lost(),
                     &[KeyValue::new("reason", "export_failed")],
                 );
+                o.observe(
+                    stats.spans_queue_full(),
+                    &[KeyValue::new("reason", "queue_full")],
+                );
             })
             .build();
     }
@@ -188,6 +236,13 @@ impl<E> CountingSpanExporter<E> {
 impl<E: SpanExporter> SpanExporter for CountingSpanExporter<E> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let n = batch.len() as u64;
+        // The batch has left the queue.
+        let _ = self
+            .stats
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                Some(q.saturating_sub(batch.len()))
+            });
         let result = self.inner.export(batch).await;
         if result.is_err() {
             self.stats.trace_failures.fetch_add(1, Ordering::Relaxed);
@@ -202,6 +257,65 @@ impl<E: SpanExporter> SpanExporter for CountingSpanExporter<E> {
 
     fn force_flush(&self) -> OTelSdkResult {
         self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// A span processor that bounds the batch queue in front of `inner` and counts
+/// every span it turns away (`otel_instrument.spans.dropped{reason="queue_full"}`).
+///
+/// The SDK's batch processor drops on a full queue too, but counts only into its
+/// own self-diagnostics and logs from inside `Span::end`. Here the queue's
+/// occupancy is known exactly (spans in, minus spans handed to
+/// [`CountingSpanExporter`]), so the inner queue, given the same capacity, never
+/// overflows, and the count matches what the collector never sees. Events logged
+/// from inside its callbacks never touch span state (see `monitored::layers`).
+#[derive(Debug)]
+pub struct QueueLimit<P> {
+    inner: P,
+    capacity: usize,
+    stats: Arc<ExportStats>,
+}
+
+impl<P> QueueLimit<P> {
+    /// Admits at most `capacity` spans into `inner` until the exporter takes them.
+    /// Give `inner` a queue of at least `capacity`, and [`CountingSpanExporter`]
+    /// with the same `stats`.
+    pub fn new(inner: P, capacity: usize, stats: Arc<ExportStats>) -> Self {
+        Self {
+            inner,
+            capacity,
+            stats,
+        }
+    }
+}
+
+impl<P: SpanProcessor> SpanProcessor for QueueLimit<P> {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &opentelemetry::Context) {
+        let _sdk = crate::monitored::SdkScope::enter();
+        self.inner.on_start(span, cx);
+    }
+
+    fn on_end(&self, span: SpanData) {
+        let _sdk = crate::monitored::SdkScope::enter();
+        if self.stats.queued.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            self.stats.queued.fetch_sub(1, Ordering::AcqRel);
+            self.stats.spans_queue_full.fetch_add(1, Ordering::Relaxed);
+            self.stats.warn_queue_full(self.capacity);
+            return;
+        }
+        self.inner.on_end(span);
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
     }
 
     fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
@@ -263,7 +377,24 @@ fn metadata(
     Ok(tonic::metadata::MetadataMap::from_headers(map))
 }
 
-/// Applies endpoint, timeout, headers, compression and TLS to a tonic builder.
+/// How transient export failures are retried: exponential backoff from 100 ms,
+/// doubling up to 1 s, with up to 100 ms of jitter; a collector's RetryInfo
+/// (throttling) raises the delay. opentelemetry-otlp classifies the codes as the
+/// OTLP specification says and stops when the export timeout
+/// (`OTEL_EXPORTER_OTLP_TIMEOUT`, 10 s by default) is spent, so the retry count is
+/// only a backstop; its own default gives up after about 0.7 s, too soon to ride
+/// out a collector restart. The cap is short because the queue stays full while
+/// the exporter sleeps: export resumes at most about a second after the
+/// collector is back.
+pub fn retry_policy() -> RetryPolicy {
+    RetryPolicy::recommended()
+        .with_max_retries(32)
+        .with_initial_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(1))
+        .with_max_jitter(Duration::from_millis(100))
+}
+
+/// Applies endpoint, timeout, headers, compression, TLS and retries to a tonic builder.
 fn tonic_settings<B: WithTonicConfig + WithExportConfig>(
     b: B,
     signal: Signal,
@@ -272,7 +403,8 @@ fn tonic_settings<B: WithTonicConfig + WithExportConfig>(
     let mut b = b
         .with_endpoint(cfg.endpoint.clone())
         .with_timeout(cfg.timeout)
-        .with_metadata(metadata(signal, cfg)?);
+        .with_metadata(metadata(signal, cfg)?)
+        .with_retry_policy(retry_policy());
     if let Some(Compression::Gzip) = cfg.compression {
         b = b.with_compression(opentelemetry_otlp::Compression::Gzip);
     }
@@ -292,7 +424,8 @@ fn http_settings<B: opentelemetry_otlp::WithHttpConfig + WithExportConfig>(
         .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
         .with_endpoint(cfg.endpoint.clone())
         .with_timeout(cfg.timeout)
-        .with_headers(cfg.headers.iter().cloned().collect());
+        .with_headers(cfg.headers.iter().cloned().collect())
+        .with_retry_policy(retry_policy());
     if let Some(Compression::Gzip) = cfg.compression {
         b = b.with_compression(opentelemetry_otlp::Compression::Gzip);
     }

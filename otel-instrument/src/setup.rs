@@ -22,7 +22,7 @@ use tracing_subscriber::{EnvFilter, Layer};
 use crate::config::{
     Compression, Config, ConfigError, Overrides, ParentRoot, Protocol, SamplerConfig,
 };
-use crate::export::{self, ExportError, ExportRuntime, ExportStats};
+use crate::export::{self, ExportError, ExportRuntime, ExportStats, QueueLimit};
 use crate::monitored::{self, DEFAULT_HISTOGRAM_BOUNDARIES, MonitoredSettings};
 
 /// Why telemetry could not be set up.
@@ -86,7 +86,6 @@ pub struct TelemetryBuilder {
     shutdown_timeout: Duration,
     histogram_boundaries: Vec<f64>,
     id_generator: Option<Box<dyn IdGenerator>>,
-    span_queue_size: Option<usize>,
     #[cfg(feature = "prometheus")]
     prometheus: Option<std::net::SocketAddr>,
 }
@@ -116,7 +115,6 @@ impl Default for TelemetryBuilder {
             shutdown_timeout: Duration::from_secs(5),
             histogram_boundaries: DEFAULT_HISTOGRAM_BOUNDARIES.to_vec(),
             id_generator: None,
-            span_queue_size: None,
             #[cfg(feature = "prometheus")]
             prometheus: None,
         }
@@ -254,9 +252,10 @@ impl TelemetryBuilder {
         self
     }
 
-    /// Capacity of the batch span queue. Default: the SDK's (2048).
+    /// Capacity of the batch span queue, beating `OTEL_BSP_MAX_QUEUE_SIZE`.
+    /// Default: 2048. Spans beyond it are dropped and counted.
     pub fn span_queue_size(mut self, size: usize) -> Self {
-        self.span_queue_size = Some(size);
+        self.overrides.span_queue_size = Some(size.max(1));
         self
     }
 
@@ -342,11 +341,16 @@ impl TelemetryBuilder {
         ));
 
         let span_exporter = export::span_exporter(&runtime, &config.traces, stats.clone())?;
-        let mut batch = BatchConfigBuilder::default();
-        if let Some(n) = self.span_queue_size {
-            batch = batch.with_max_queue_size(n);
-        }
-        let processor = BatchSpanProcessor::new(span_exporter, batch.build());
+        // The SDK's queue gets the same capacity as ours, so only `QueueLimit`
+        // ever drops (and counts) a span.
+        let batch = BatchConfigBuilder::default()
+            .with_max_queue_size(config.span_queue_size)
+            .build();
+        let processor = QueueLimit::new(
+            BatchSpanProcessor::new(span_exporter, batch),
+            config.span_queue_size,
+            stats.clone(),
+        );
         let mut tp = SdkTracerProvider::builder()
             .with_resource(resource)
             .with_sampler(monitored::sampler(sdk_sampler(config.sampler))) // #[monitored] integration

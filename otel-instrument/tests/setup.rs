@@ -371,14 +371,14 @@ fn export_resumes_after_the_collector_restarts_and_failures_are_counted() {
 }
 
 #[test]
-fn spans_dropped_by_a_full_queue_are_counted() {
+fn spans_dropped_by_a_full_queue_are_counted_exactly() {
     let _s = serial();
     let sink = OtlpSink::start().unwrap();
     let t = Telemetry::builder()
         .env_lookup(env(&[]))
         .endpoint(sink.endpoint())
         .span_queue_size(1)
-        .metric_export_interval(Duration::from_millis(200))
+        .metric_export_interval(Duration::from_secs(3600))
         .build()
         .unwrap();
     let sub = tracing_subscriber::registry().with(t.layer());
@@ -387,30 +387,32 @@ fn spans_dropped_by_a_full_queue_are_counted() {
             tracing::info_span!("flood").in_scope(|| {});
         }
     });
+    assert!(t.guard().flush(), "flush timed out");
+    let dropped = t.guard().stats().spans_queue_full();
     let got = sink
         .wait_until(WAIT, |r| {
             sum_value(
                 r,
-                "otel.sdk.processor.span.processed",
-                Some(("error.type", "queue_full")),
+                "otel_instrument.spans.dropped",
+                Some(("reason", "queue_full")),
             )
-            .is_some_and(|v| v > 0.0)
+            .is_some()
         })
-        .expect("queue-full drops must be exported as a metric");
-    let dropped = sum_value(
-        &got,
-        "otel.sdk.processor.span.processed",
-        Some(("error.type", "queue_full")),
-    )
-    .unwrap();
+        .expect("queue-full drops must be exported as otel_instrument.spans.dropped");
     let exported = got
         .spans()
         .iter()
         .filter(|s| s.span.name == "flood")
-        .count();
-    assert!(
-        dropped >= 1.0 && (exported as f64) < 2000.0,
-        "dropped {dropped}, exported {exported}"
+        .count() as u64;
+    assert!(dropped >= 1, "a queue of one must overflow");
+    assert_eq!(exported + dropped, 2000, "every span arrives or is counted");
+    assert_eq!(
+        sum_value(
+            &got,
+            "otel_instrument.spans.dropped",
+            Some(("reason", "queue_full"))
+        ),
+        Some(dropped as f64)
     );
     drop(t);
 }
