@@ -5,6 +5,11 @@
 //! wait for what they expect with a timeout. Because the sink owns its runtime, it
 //! works from sync tests and from any kind of async test alike.
 //!
+//! A sink can also play a collector in trouble ([`OtlpSink::set_behaviour`]):
+//! one that refuses (UNAVAILABLE), hangs, or answers slowly. A collector that is
+//! absent is a sink that was [shut down](OtlpSink::shutdown); one that comes back
+//! is [`OtlpSink::start_at`] on the same address.
+//!
 //! ```
 //! use otel_instrument::testing::OtlpSink;
 //! use std::time::Duration;
@@ -56,6 +61,26 @@ pub struct Received {
     pub logs: Vec<ExportLogsServiceRequest>,
     /// The gRPC metadata (headers) of every request, in arrival order.
     pub headers: Vec<BTreeMap<String, String>>,
+    /// Requests answered UNAVAILABLE by [`Behaviour::Refuse`] (and not kept).
+    pub refused: usize,
+}
+
+/// How an [`OtlpSink`] answers export requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Behaviour {
+    /// Keep every request and answer OK. The default.
+    #[default]
+    Accept,
+    /// Answer UNAVAILABLE and keep nothing, like a collector that is overloaded
+    /// or restarting.
+    Refuse,
+    /// Take the request and do not answer while this behaviour lasts, like a
+    /// collector stuck on a full pipeline. Held requests are then answered
+    /// under the next behaviour (unless the client gave up first).
+    Hang,
+    /// Keep the request, but answer only after the given delay.
+    Slow(Duration),
 }
 
 /// One received span with its resource and scope, flattened for assertions.
@@ -197,10 +222,21 @@ fn metadata_map(m: &tonic::metadata::MetadataMap) -> BTreeMap<String, String> {
         .collect()
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
     received: Mutex<Received>,
     changed: Condvar,
+    behaviour: tokio::sync::watch::Sender<Behaviour>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self {
+            received: Mutex::default(),
+            changed: Condvar::new(),
+            behaviour: tokio::sync::watch::Sender::new(Behaviour::Accept),
+        }
+    }
 }
 
 impl Shared {
@@ -213,6 +249,31 @@ impl Shared {
         f(&mut self.lock());
         self.changed.notify_all();
     }
+
+    /// Applies the current behaviour to one request: `Ok` means keep it and
+    /// answer OK.
+    async fn gate(&self) -> Result<(), tonic::Status> {
+        let mut rx = self.behaviour.subscribe();
+        loop {
+            let now = *rx.borrow_and_update();
+            match now {
+                Behaviour::Accept => return Ok(()),
+                Behaviour::Refuse => {
+                    self.push(|r| r.refused += 1);
+                    return Err(tonic::Status::unavailable("OtlpSink refuses (test)"));
+                }
+                Behaviour::Hang => {
+                    if rx.changed().await.is_err() {
+                        return Err(tonic::Status::unavailable("OtlpSink stopped"));
+                    }
+                }
+                Behaviour::Slow(delay) => {
+                    tokio::time::sleep(delay).await;
+                    return Ok(());
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -224,6 +285,7 @@ impl TraceService for Services {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.0.gate().await?;
         let headers = metadata_map(request.metadata());
         let req = request.into_inner();
         self.0.push(|r| {
@@ -242,6 +304,7 @@ impl MetricsService for Services {
         &self,
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        self.0.gate().await?;
         let headers = metadata_map(request.metadata());
         let req = request.into_inner();
         self.0.push(|r| {
@@ -260,6 +323,7 @@ impl LogsService for Services {
         &self,
         request: tonic::Request<ExportLogsServiceRequest>,
     ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        self.0.gate().await?;
         let headers = metadata_map(request.metadata());
         let req = request.into_inner();
         self.0.push(|r| {
@@ -363,6 +427,17 @@ impl OtlpSink {
         format!("http://{}", self.addr)
     }
 
+    /// Changes how the sink answers from now on. Requests held by
+    /// [`Behaviour::Hang`] are answered under the new behaviour.
+    pub fn set_behaviour(&self, behaviour: Behaviour) {
+        self.shared.behaviour.send_replace(behaviour);
+    }
+
+    /// How the sink answers now.
+    pub fn behaviour(&self) -> Behaviour {
+        *self.shared.behaviour.borrow()
+    }
+
     /// A copy of everything received so far.
     pub fn received(&self) -> Received {
         self.shared.lock().clone()
@@ -408,12 +483,16 @@ impl OtlpSink {
         got.last_metric(name)
     }
 
-    /// Stops the server and waits for its thread.
-    pub fn shutdown(mut self) {
+    /// Stops the server, waits for its thread and returns everything it received
+    /// (requests in flight when it stopped included).
+    pub fn shutdown(mut self) -> Received {
         self.stop_now();
+        self.received()
     }
 
     fn stop_now(&mut self) {
+        // Release held requests, so the server can stop.
+        self.shared.behaviour.send_replace(Behaviour::Refuse);
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
