@@ -386,7 +386,10 @@ impl OtlpSink {
                             return;
                         }
                     };
-                    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                    // TCP_NODELAY, as a real collector sets it: with Nagle on, small
+                    // answers wait for delayed ACKs and exports serialise on them.
+                    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+                        .with_nodelay(Some(true));
                     let result = tonic::transport::Server::builder()
                         .add_service(
                             TraceServiceServer::new(services.clone())
