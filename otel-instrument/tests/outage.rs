@@ -349,6 +349,11 @@ fn counter(r: &Received, name: &str, attr: Option<(&str, &str)>) -> Option<u64> 
     Some(total)
 }
 
+/// The calls of one monitored function counted in the latest report.
+fn counter_of(r: &Received, name: &str, function: &str) -> Option<u64> {
+    counter(r, name, Some(("function", function)))
+}
+
 /// Spans of our test functions that arrived, keyed by (name, i).
 fn arrived(r: &Received) -> (u64, HashSet<(String, u64)>) {
     let mut total = 0;
@@ -572,6 +577,12 @@ fn matrix_cell() {
     let (dropped, failures) = (stats.spans_dropped(), stats.failures(Signal::Traces));
     let (queue_full, lost) = (stats.spans_queue_full(), stats.spans_lost());
     let issued_spans = load.issued * 2;
+    let root_name = match flavour {
+        Flavour::NoRuntime => "root",
+        _ => "root_async",
+    };
+    // Metrics are cumulative: the outage costs no counts.
+    let calls_counted = |r: &Received| counter_of(r, "function.calls", root_name);
     let got = sink
         .wait_until(Duration::from_secs(10), |r| {
             counter(r, "otel_instrument.spans.dropped", None) == Some(dropped)
@@ -581,6 +592,7 @@ fn matrix_cell() {
                     Some(("signal", "traces")),
                 ) == Some(failures)
                 && earlier_count + arrived(r).0 + dropped >= issued_spans
+                && calls_counted(r) == Some(load.issued)
         })
         .unwrap_or_else(|| sink.received());
     let (received, mut seen) = arrived(&got);
@@ -610,12 +622,19 @@ fn matrix_cell() {
             "exported otel_instrument.export.failures{{signal=traces}} != counted {failures}"
         ));
     }
+    if calls_counted(&got) != Some(load.issued) {
+        problems.push(format!(
+            "function.calls{{function={root_name}}} is {:?} after the outage, {} calls were made",
+            calls_counted(&got),
+            load.issued
+        ));
+    }
     if timeout.is_some() && failures == 0 {
         problems.push("a hang beyond the export timeout must fail and count an export".into());
     }
-    let (root_name, leaf_name) = match flavour {
-        Flavour::NoRuntime => ("root", "leaf"),
-        _ => ("root_async", "leaf_async"),
+    let leaf_name = match flavour {
+        Flavour::NoRuntime => "leaf",
+        _ => "leaf_async",
     };
     // How completely the roots of a range arrived (root and leaf both).
     let missing = |range: std::ops::Range<u64>| -> Vec<u64> {
