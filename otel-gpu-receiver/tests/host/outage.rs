@@ -2,9 +2,9 @@ use std::time::{Duration, Instant};
 
 use otel_instrument::testing::proto::metrics::v1::metric::Data;
 use otel_instrument::testing::proto::metrics::v1::number_data_point::Value;
-use otel_instrument::testing::{OtlpSink, Received};
+use otel_instrument::testing::{Behaviour, OtlpSink, Received};
 
-use crate::common::{rss_bytes, start_agent};
+use crate::common::{free_port, http_get, poll, rss_bytes, start_agent};
 
 /// The last reported value of a single-series counter.
 fn last_value(r: &Received, name: &str) -> Option<f64> {
@@ -91,4 +91,88 @@ fn collector_down_then_up_collection_continues_memory_stays_bounded_and_export_r
     // ...and the failed exports were counted.
     let failures = last_value(&back, "otel_gpu_receiver.export.failures").unwrap();
     assert!(failures >= 1.0, "export failures counted: {failures}");
+}
+
+/// The value of a single-series counter in a Prometheus text exposition.
+fn scraped(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            (series == name || series.starts_with(&format!("{name}{{")))
+                .then(|| value.parse().ok())
+                .flatten()
+        })
+}
+
+#[test]
+fn a_hanging_collector_does_not_stop_collection_or_health_and_export_resumes() {
+    let sink = OtlpSink::start().unwrap();
+    let port = free_port();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    // The collector accepts connections but never answers: every export hangs
+    // until its timeout.
+    sink.set_behaviour(Behaviour::Hang);
+    let mut agent = start_agent(
+        &[
+            "--interval",
+            "1s",
+            "--otlp-endpoint",
+            &sink.endpoint(),
+            "--prometheus",
+            &addr.to_string(),
+        ],
+        &[("OTEL_EXPORTER_OTLP_TIMEOUT", "1000")],
+    );
+    let cycles = || {
+        http_get(addr, "/metrics")
+            .filter(|(status, _)| *status == 200)
+            .and_then(|(_, body)| scraped(&body, "otel_gpu_receiver_cycles_total"))
+    };
+    let first = poll(Duration::from_secs(20), cycles)
+        .unwrap_or_else(|| panic!("no cycles served:\n{}", agent.stderr()));
+    let hung_since = Instant::now();
+    let rss_start = rss_bytes(agent.pid());
+    let mut rss_max = rss_start;
+    while hung_since.elapsed() < Duration::from_secs(6) {
+        std::thread::sleep(Duration::from_millis(500));
+        rss_max = rss_max.max(rss_bytes(agent.pid()));
+        let health = http_get(addr, "/healthz").map(|(s, _)| s);
+        assert_eq!(
+            health,
+            Some(200),
+            "/healthz while the collector hangs:\n{}",
+            agent.stderr()
+        );
+    }
+    let during = cycles().expect("/metrics while the collector hangs");
+    assert!(
+        during - first >= 3.0,
+        "collection stalled behind a hanging collector: {first} -> {during} cycles in {:?}",
+        hung_since.elapsed()
+    );
+    assert!(
+        rss_max <= rss_start + 8 * 1024 * 1024,
+        "RSS grew from {rss_start} to {rss_max} bytes while the collector hung"
+    );
+    assert!(agent.alive(), "{}", agent.stderr());
+    assert!(
+        sink.received().metrics.is_empty(),
+        "a hanging collector must have kept nothing"
+    );
+
+    // The collector recovers: held and new exports are answered, and the
+    // exports that timed out meanwhile are counted.
+    sink.set_behaviour(Behaviour::Accept);
+    let back = sink
+        .wait_until(Duration::from_secs(5), |r| {
+            last_value(r, "otel_gpu_receiver.export.failures").is_some_and(|f| f >= 1.0)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "export did not resume with the failures counted:\n{}",
+                agent.stderr()
+            )
+        });
+    assert!(last_value(&back, "otel_gpu_receiver.cycles").is_some_and(|c| c >= during));
 }
