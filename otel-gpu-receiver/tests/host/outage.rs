@@ -95,14 +95,12 @@ fn collector_down_then_up_collection_continues_memory_stays_bounded_and_export_r
 
 /// The value of a single-series counter in a Prometheus text exposition.
 fn scraped(body: &str, name: &str) -> Option<f64> {
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            (series == name || series.starts_with(&format!("{name}{{")))
-                .then(|| value.parse().ok())
-                .flatten()
-        })
+    body.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        (series == name || series.starts_with(&format!("{name}{{")))
+            .then(|| value.parse().ok())
+            .flatten()
+    })
 }
 
 #[test]
