@@ -61,8 +61,12 @@ pub struct Received {
     pub logs: Vec<ExportLogsServiceRequest>,
     /// The gRPC metadata (headers) of every request, in arrival order.
     pub headers: Vec<BTreeMap<String, String>>,
-    /// Requests answered UNAVAILABLE by [`Behaviour::Refuse`] (and not kept).
+    /// Requests answered UNAVAILABLE by [`Behaviour::Refuse`] or
+    /// RESOURCE_EXHAUSTED by [`Behaviour::Throttle`] (and not kept).
     pub refused: usize,
+    /// When each request arrived, and its signal (`traces`, `metrics` or
+    /// `logs`), whatever the answer: retries and their backoff show here.
+    pub attempts: Vec<(&'static str, Instant)>,
 }
 
 /// How an [`OtlpSink`] answers export requests.
@@ -81,6 +85,10 @@ pub enum Behaviour {
     Hang,
     /// Keep the request, but answer only after the given delay.
     Slow(Duration),
+    /// Answer RESOURCE_EXHAUSTED with a gRPC `RetryInfo` asking the client to
+    /// wait the given delay before retrying (the OTLP throttling signal), and
+    /// keep nothing.
+    Throttle(Duration),
 }
 
 /// One received span with its resource and scope, flattened for assertions.
@@ -252,7 +260,8 @@ impl Shared {
 
     /// Applies the current behaviour to one request: `Ok` means keep it and
     /// answer OK.
-    async fn gate(&self) -> Result<(), tonic::Status> {
+    async fn gate(&self, signal: &'static str) -> Result<(), tonic::Status> {
+        self.push(|r| r.attempts.push((signal, Instant::now())));
         let mut rx = self.behaviour.subscribe();
         loop {
             let now = *rx.borrow_and_update();
@@ -271,6 +280,15 @@ impl Shared {
                     tokio::time::sleep(delay).await;
                     return Ok(());
                 }
+                Behaviour::Throttle(delay) => {
+                    use tonic_types::{ErrorDetails, StatusExt as _};
+                    self.push(|r| r.refused += 1);
+                    return Err(tonic::Status::with_error_details(
+                        tonic::Code::ResourceExhausted,
+                        "OtlpSink throttles (test)",
+                        ErrorDetails::with_retry_info(Some(delay)),
+                    ));
+                }
             }
         }
     }
@@ -285,7 +303,7 @@ impl TraceService for Services {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        self.0.gate().await?;
+        self.0.gate("traces").await?;
         let headers = metadata_map(request.metadata());
         let req = request.into_inner();
         self.0.push(|r| {
@@ -304,7 +322,7 @@ impl MetricsService for Services {
         &self,
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        self.0.gate().await?;
+        self.0.gate("metrics").await?;
         let headers = metadata_map(request.metadata());
         let req = request.into_inner();
         self.0.push(|r| {
@@ -323,7 +341,7 @@ impl LogsService for Services {
         &self,
         request: tonic::Request<ExportLogsServiceRequest>,
     ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
-        self.0.gate().await?;
+        self.0.gate("logs").await?;
         let headers = metadata_map(request.metadata());
         let req = request.into_inner();
         self.0.push(|r| {

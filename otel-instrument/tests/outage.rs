@@ -158,6 +158,12 @@ fn cases() -> Vec<Case> {
         env: vec![("OUTAGE_CELL", "fits".into())],
         expect_output: None,
     });
+    // A collector that throttles with RetryInfo: the client waits as asked.
+    out.push(Case {
+        name: "throttled with RetryInfo 1.5 s".into(),
+        env: vec![("OUTAGE_CELL", "throttle".into())],
+        expect_output: None,
+    });
     // A hang longer than the export timeout: the export fails, is counted, and
     // export resumes.
     out.push(Case {
@@ -199,6 +205,7 @@ fn main() {
         Ok("matrix") => matrix_cell(),
         Ok("reentrancy") => reentrancy_cell(),
         Ok("fits") => fits_cell(),
+        Ok("throttle") => throttle_cell(),
         Ok(other) => panic!("unknown OUTAGE_CELL {other}"),
         Err(_) => parent(),
     }
@@ -818,5 +825,65 @@ fn fits_cell() {
         "retries must ride it out"
     );
     assert_eq!(received, 2 * n, "every span arrives after the outage");
+    drop(guard);
+}
+
+/// A collector that answers RESOURCE_EXHAUSTED with a RetryInfo of 1.5 s: the
+/// retry waits that long (the backoff alone would retry after ~0.1 s), and
+/// nothing is lost.
+fn throttle_cell() {
+    const ASKED: Duration = Duration::from_millis(1500);
+    let sink = OtlpSink::start().expect("sink");
+    let guard = otel_instrument::builder!()
+        .endpoint(sink.endpoint())
+        .shutdown_timeout(SHUTDOWN)
+        .install()
+        .expect("install");
+    sink.set_behaviour(Behaviour::Throttle(ASKED));
+    let n = 100u64;
+    for i in 0..n {
+        assert_eq!(root(i).ok(), Some(i));
+    }
+    let flusher = std::thread::spawn({
+        let tp = guard.tracer_provider().cloned();
+        move || tp.map(|tp| tp.force_flush())
+    });
+    let trace_attempts = |r: &Received| -> Vec<Instant> {
+        r.attempts
+            .iter()
+            .filter(|(signal, _)| *signal == "traces")
+            .map(|(_, at)| *at)
+            .collect()
+    };
+    sink.wait_until(Duration::from_secs(10), |r| !trace_attempts(r).is_empty())
+        .expect("a first export attempt");
+    sink.set_behaviour(Behaviour::Accept);
+    let _ = flusher.join();
+    assert!(guard.flush(), "flush timed out");
+    let got = sink
+        .wait_until(Duration::from_secs(10), |r| arrived(r).0 >= 2 * n)
+        .unwrap_or_else(|| sink.received());
+    let attempts = trace_attempts(&got);
+    let gap = match attempts.as_slice() {
+        [first, second, ..] => second.duration_since(*first),
+        _ => Duration::ZERO,
+    };
+    let stats = guard.stats();
+    println!(
+        "RESULT {:>8} {:>9} {:>9} {:>9}   retry came {} ms after the throttled attempt (asked {} ms)",
+        2 * n,
+        arrived(&got).0,
+        stats.spans_queue_full(),
+        stats.failures(Signal::Traces),
+        gap.as_millis(),
+        ASKED.as_millis()
+    );
+    assert!(attempts.len() >= 2, "the throttled export must be retried");
+    assert!(
+        gap >= ASKED - Duration::from_millis(100),
+        "the retry came {gap:?} after a throttle asking {ASKED:?}"
+    );
+    assert_eq!(arrived(&got).0, 2 * n, "nothing may be lost");
+    assert_eq!(stats.spans_dropped(), 0);
     drop(guard);
 }
