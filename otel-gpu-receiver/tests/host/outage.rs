@@ -24,8 +24,16 @@ fn collector_down_then_up_collection_continues_memory_stays_bounded_and_export_r
     let interval = Duration::from_secs(1);
     let sink = OtlpSink::start().unwrap();
     let addr = sink.addr();
+    let health_addr: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let mut agent = start_agent(
-        &["--interval", "1s", "--otlp-endpoint", &sink.endpoint()],
+        &[
+            "--interval",
+            "1s",
+            "--otlp-endpoint",
+            &sink.endpoint(),
+            "--prometheus",
+            &health_addr.to_string(),
+        ],
         &[("OTEL_EXPORTER_OTLP_TIMEOUT", "500")],
     );
     let before = sink
@@ -44,6 +52,12 @@ fn collector_down_then_up_collection_continues_memory_stays_bounded_and_export_r
     while down_since.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(500));
         rss_max = rss_max.max(rss_bytes(agent.pid()));
+        assert_eq!(
+            http_get(health_addr, "/healthz").map(|(s, _)| s),
+            Some(200),
+            "/healthz while the collector is down:\n{}",
+            agent.stderr()
+        );
     }
     assert!(
         agent.alive(),
