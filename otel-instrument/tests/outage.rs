@@ -501,13 +501,13 @@ fn run_load(flavour: Flavour, mut pacer: Pacer) -> Load {
 
 /// Puts the sink (or its absence) into `mode`. Returns the sink, unless it is
 /// now absent; then it returns what the stopped sink had received.
-fn enter_outage(sink: OtlpSink, mode: Mode) -> Result<OtlpSink, Received> {
+fn enter_outage(sink: OtlpSink, mode: Mode) -> Result<OtlpSink, Box<Received>> {
     match mode {
         Mode::Refuse => sink.set_behaviour(Behaviour::Refuse),
         Mode::Hang => sink.set_behaviour(Behaviour::Hang),
         Mode::Slow => sink.set_behaviour(Behaviour::Slow(Duration::from_millis(300))),
         Mode::Absent => {
-            return Err(sink.shutdown());
+            return Err(Box::new(sink.shutdown()));
         }
     }
     Ok(sink)
@@ -564,7 +564,7 @@ fn matrix_cell() {
             let (sink, earlier) = match sink {
                 Ok(s) => {
                     s.set_behaviour(Behaviour::Accept);
-                    (s, Received::default())
+                    (s, Box::default())
                 }
                 Err(earlier) => (OtlpSink::start_at(addr).expect("restart sink"), earlier),
             };
