@@ -261,10 +261,12 @@ impl Shared {
     /// Applies the current behaviour to one request: `Ok` means keep it and
     /// answer OK.
     async fn gate(&self, signal: &'static str) -> Result<(), tonic::Status> {
-        self.push(|r| r.attempts.push((signal, Instant::now())));
         let mut rx = self.behaviour.subscribe();
+        // The behaviour is read before the attempt is published, so a test that
+        // changes it on seeing the attempt never changes this answer.
+        let mut now = *rx.borrow_and_update();
+        self.push(|r| r.attempts.push((signal, Instant::now())));
         loop {
-            let now = *rx.borrow_and_update();
             match now {
                 Behaviour::Accept => return Ok(()),
                 Behaviour::Refuse => {
@@ -275,6 +277,7 @@ impl Shared {
                     if rx.changed().await.is_err() {
                         return Err(tonic::Status::unavailable("OtlpSink stopped"));
                     }
+                    now = *rx.borrow_and_update();
                 }
                 Behaviour::Slow(delay) => {
                     tokio::time::sleep(delay).await;
