@@ -47,7 +47,9 @@ mod clock;
 mod layers;
 
 pub(crate) use layers::SdkScope;
-pub use layers::{EventLayer, MONITORED_MARKER, OtelFilter, event_layer, otel_filter};
+pub use layers::{
+    EventLayer, MONITORED_MARKER, MonitoredFormat, OtelFilter, event_layer, fmt_format, otel_filter,
+};
 
 use crate::config::{ParentRoot, SamplerConfig};
 use crate::errors::ErrorCategory;
@@ -287,6 +289,11 @@ impl Drop for FrameGuard {
         let [hi, lo] = self.unsampled;
         UNSAMPLED_TRACE_ID.with(|t| t.set((u128::from(hi) << 64) | u128::from(lo)));
     }
+}
+
+/// The trace id of the unsampled trace running on this thread (0 if none).
+fn unsampled_trace_id() -> u128 {
+    UNSAMPLED_TRACE_ID.with(Cell::get)
 }
 
 /// The name and module of the monitored function running on this thread or

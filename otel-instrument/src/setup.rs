@@ -400,23 +400,8 @@ impl TelemetryBuilder {
     /// As [`build`](Self::build), or another global subscriber is already set.
     pub fn install(self) -> Result<TelemetryGuard, InitError> {
         let telemetry = self.build()?;
-        let filter = EnvFilter::try_new(&telemetry.filter).map_err(|source| InitError::Filter {
-            value: telemetry.filter.clone(),
-            source,
-        })?;
-        let fmt = telemetry.fmt.then(|| {
-            // Colour only on a terminal: logs collected from containers stay plain.
-            use std::io::IsTerminal;
-            tracing_subscriber::fmt::layer()
-                .with_target(true)
-                .with_ansi(std::io::stdout().is_terminal())
-        });
-        // #[monitored] integration: without fmt, unsampled calls need no tracing span.
-        monitored::set_other_layers(telemetry.fmt);
-        tracing_subscriber::registry()
-            .with(filter)
-            .with(fmt)
-            .with(telemetry.layer())
+        telemetry
+            .subscriber()?
             .try_init()
             .map_err(InitError::SubscriberAlreadySet)?;
         Ok(telemetry.guard)
@@ -512,6 +497,39 @@ impl Telemetry {
                 .with_filter(monitored::otel_filter())
                 .and_then(monitored::event_layer())
         })
+    }
+
+    /// The `tracing` subscriber that [`TelemetryBuilder::install`] makes global:
+    /// `EnvFilter` (from `RUST_LOG`), the fmt layer (unless turned off) and
+    /// [`layer`](Self::layer). Use it with `tracing::subscriber::with_default`
+    /// to get exactly the default setup without a global subscriber.
+    ///
+    /// The fmt layer names the monitored call and trace context of each event
+    /// from `#[monitored]`'s own frame ([`monitored::MonitoredFormat`]), so no
+    /// layer needs a `tracing` span per monitored call and calls create none.
+    ///
+    /// # Errors
+    /// The filter directives do not parse.
+    pub fn subscriber(
+        &self,
+    ) -> Result<impl tracing::Subscriber + Send + Sync + 'static, InitError> {
+        let filter = EnvFilter::try_new(&self.filter).map_err(|source| InitError::Filter {
+            value: self.filter.clone(),
+            source,
+        })?;
+        let fmt = self.fmt.then(|| {
+            // Colour only on a terminal: logs collected from containers stay plain.
+            use std::io::IsTerminal;
+            tracing_subscriber::fmt::layer()
+                .event_format(monitored::fmt_format())
+                .with_ansi(std::io::stdout().is_terminal())
+        });
+        // #[monitored] integration: neither layer needs a tracing span per call.
+        monitored::set_other_layers(false);
+        Ok(tracing_subscriber::registry()
+            .with(filter)
+            .with(fmt)
+            .with(self.layer()))
     }
 
     /// The guard that flushes and shuts down on drop. Keep it alive.

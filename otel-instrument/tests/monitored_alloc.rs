@@ -63,11 +63,12 @@ async fn unsampled_async(x: u64) -> u64 {
 #[test]
 fn unsampled_and_metrics_only_calls_allocate_nothing() {
     let sink = OtlpSink::start().unwrap();
+    // The defaults, as init!() installs them (fmt on, RUST_LOG-style filter),
+    // with a sampler that samples nothing.
     let _guard = Telemetry::builder()
         .service_name("monitored-alloc-tests")
         .endpoint(sink.endpoint())
         .sampler(SamplerConfig::ParentBased(ParentRoot::AlwaysOff))
-        .fmt(false)
         .filter("monitored_alloc=trace")
         .install()
         .unwrap();

@@ -9,7 +9,7 @@ use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use otel_instrument::Telemetry;
 use otel_instrument::config::Signal;
-use otel_instrument::testing::{OtlpSink, Received};
+use otel_instrument::testing::{OtlpSink, Received, SpanRecord};
 use tracing_subscriber::layer::SubscriberExt;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -133,6 +133,32 @@ fn quickstart_spans_and_metrics_arrive_with_the_crate_as_service() {
         metrics[0].resource.get("service.name").map(String::as_str),
         Some("otel-instrument")
     );
+
+    // The default fmt lines name the monitored call and carry its trace
+    // context, the same ids as the exported span: logs and Jaeger join up.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let jobs: Vec<&SpanRecord> = spans
+        .iter()
+        .filter(|s| s.span.name == "process_job")
+        .collect();
+    assert!(!jobs.is_empty(), "process_job spans must arrive");
+    let lines: Vec<&str> = stdout.lines().filter(|l| l.contains("job done")).collect();
+    assert_eq!(lines.len(), jobs.len(), "{stdout}");
+    for job in jobs {
+        let ids = format!(
+            "function=process_job trace_id={} span_id={}",
+            hex(&job.span.trace_id),
+            hex(&job.span.span_id)
+        );
+        assert!(
+            lines.iter().any(|l| l.ends_with(&ids)),
+            "no log line ends with {ids:?}:\n{stdout}"
+        );
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[test]

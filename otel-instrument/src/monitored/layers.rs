@@ -210,3 +210,94 @@ impl tracing::field::Visit for EventVisitor {
         }
     }
 }
+
+/// The fmt layer's event format that `Telemetry::install` uses: tracing's
+/// default (`Full`) line, followed by the monitored call the event comes from
+/// and its trace context, `function=… trace_id=… span_id=…`.
+///
+/// The call is read from `#[monitored]`'s frame, so fmt needs no `tracing`
+/// span per monitored call: with this format installed, calls create none
+/// (see [`set_other_layers`](super::set_other_layers)), and logs still say
+/// where they came from and join up with the trace in Jaeger. An unsampled
+/// call shows its trace id (propagated with the sampled flag off) and no span
+/// id. Events outside any monitored call show the current OpenTelemetry
+/// context, if one is attached.
+#[derive(Debug, Clone)]
+pub struct MonitoredFormat {
+    plain: tracing_subscriber::fmt::format::Format,
+    ansi: tracing_subscriber::fmt::format::Format,
+}
+
+impl Default for MonitoredFormat {
+    fn default() -> Self {
+        let base = tracing_subscriber::fmt::format::Format::default().with_target(true);
+        Self {
+            plain: base.clone().with_ansi(false),
+            ansi: base.with_ansi(true),
+        }
+    }
+}
+
+/// The event format to give a fmt layer; see [`MonitoredFormat`].
+pub fn fmt_format() -> MonitoredFormat {
+    MonitoredFormat::default()
+}
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for MonitoredFormat
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let inner = if writer.has_ansi_escapes() {
+            &self.ansi
+        } else {
+            &self.plain
+        };
+        let mut line = String::new();
+        inner.format_event(
+            ctx,
+            tracing_subscriber::fmt::format::Writer::new(&mut line),
+            event,
+        )?;
+        writer.write_str(line.strip_suffix('\n').unwrap_or(&line))?;
+
+        let frame = current();
+        // A monitored call whose own `tracing` span is in the line already
+        // (when some layer asked for spans) is not named twice.
+        let named = ctx
+            .lookup_current()
+            .is_some_and(|s| s.metadata().fields().field(MONITORED_MARKER).is_some());
+        if let Some(callsite) = frame.callsite
+            && !named
+        {
+            write!(writer, " function={}", callsite.function())?;
+        }
+        match frame.trace {
+            Trace::Unsampled => {
+                write!(
+                    writer,
+                    " trace_id={}",
+                    opentelemetry::trace::TraceId::from(super::unsampled_trace_id())
+                )?;
+            }
+            _ => {
+                let sc = Context::map_current(|cx| cx.span().span_context().clone());
+                if sc.is_valid() {
+                    write!(
+                        writer,
+                        " trace_id={} span_id={}",
+                        sc.trace_id(),
+                        sc.span_id()
+                    )?;
+                }
+            }
+        }
+        writeln!(writer)
+    }
+}
