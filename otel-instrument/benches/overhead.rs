@@ -13,7 +13,10 @@
 //! - (e) `#[tracing::instrument]` + tracing-opentelemetry, batch processor, AlwaysOn;
 //! - (f) the same, AlwaysOff;
 //! - (g) fastrace `#[trace]` with a discarding reporter;
-//! - (h) autometrics `#[autometrics]` with its default (prometheus-client) backend.
+//! - (h) autometrics `#[autometrics]` with its default (prometheus-client) backend;
+//! - (i), (j), (k): (b), (c) and (d) with the defaults exactly as `init!()`
+//!   installs them (`Telemetry::subscriber`: EnvFilter, the fmt layer, the OTel
+//!   layer; real OTLP exporters to a live in-process collector).
 //!
 //! Run: `cargo bench -p otel-instrument --bench overhead`.
 
@@ -378,6 +381,60 @@ fn overhead(c: &mut Criterion) {
             })
         })
     });
+
+    // The defaults, exactly as init!() installs them. Last: building them
+    // replaces the global providers the variants above use.
+    {
+        let sink = otel_instrument::testing::OtlpSink::start().expect("sink");
+        let default_setup = |sampler: Option<SamplerConfig>| {
+            let mut b = otel_instrument::Telemetry::builder()
+                .env_lookup(|_| None)
+                .service_name("bench")
+                .endpoint(sink.endpoint());
+            if let Some(s) = sampler {
+                b = b.sampler(s).id_generator(NeverInRatio);
+            }
+            b.build().expect("default setup")
+        };
+
+        let t = default_setup(None);
+        tracing::subscriber::with_default(t.subscriber().expect("subscriber"), || {
+            g.bench_function("i_default_metrics_only", |b| {
+                b.iter(|| metrics_only::root(black_box(CALLS)))
+            });
+        });
+        drop(t);
+
+        let t = default_setup(Some(SamplerConfig::ParentBased(ParentRoot::TraceIdRatio(
+            0.01,
+        ))));
+        tracing::subscriber::with_default(t.subscriber().expect("subscriber"), || {
+            g.bench_function("j_default_ratio_0.01_unsampled", |b| {
+                b.iter(|| full::root(black_box(CALLS)))
+            });
+        });
+        assert!(t.guard().flush());
+        assert!(
+            sink.received().spans().is_empty(),
+            "(j) must export nothing"
+        );
+        drop(t);
+
+        let t = default_setup(None);
+        let mut ran = false;
+        tracing::subscriber::with_default(t.subscriber().expect("subscriber"), || {
+            g.bench_function("k_default_always_on", |b| {
+                ran = true;
+                b.iter(|| full::root(black_box(CALLS)))
+            });
+        });
+        assert!(t.guard().flush());
+        let dropped = t.guard().stats().spans_dropped();
+        let received = sink.received().spans().len();
+        eprintln!("(k): {received} spans exported, {dropped} dropped on a full queue");
+        assert!(!ran || received > 0, "(k) must export spans");
+        drop(t);
+    }
 
     g.finish();
     let _ = meter_provider.force_flush();
