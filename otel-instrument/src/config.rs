@@ -193,6 +193,8 @@ pub enum Signal {
     Traces,
     /// Metrics.
     Metrics,
+    /// Logs.
+    Logs,
 }
 
 impl Signal {
@@ -200,6 +202,7 @@ impl Signal {
         match self {
             Self::Traces => "TRACES_",
             Self::Metrics => "METRICS_",
+            Self::Logs => "LOGS_",
         }
     }
 
@@ -207,14 +210,16 @@ impl Signal {
         match self {
             Self::Traces => "v1/traces",
             Self::Metrics => "v1/metrics",
+            Self::Logs => "v1/logs",
         }
     }
 
-    /// The signal's name as used in attributes: `traces` or `metrics`.
+    /// The signal's name as used in attributes: `traces`, `metrics` or `logs`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Traces => "traces",
             Self::Metrics => "metrics",
+            Self::Logs => "logs",
         }
     }
 }
@@ -234,6 +239,10 @@ pub struct Overrides {
     pub traces_endpoint: Option<String>,
     /// Metrics endpoint.
     pub metrics_endpoint: Option<String>,
+    /// Logs endpoint.
+    pub logs_endpoint: Option<String>,
+    /// Whether `tracing` events are exported as OTLP logs.
+    pub logs_export: Option<bool>,
     /// Extra headers for both signals.
     pub headers: Option<Vec<(String, String)>>,
     /// Export timeout for both signals.
@@ -267,6 +276,11 @@ pub struct Config {
     pub traces: ExporterConfig,
     /// The metrics exporter.
     pub metrics: ExporterConfig,
+    /// The logs exporter.
+    pub logs: ExporterConfig,
+    /// `OTEL_LOGS_EXPORTER`: `otlp` exports `tracing` events (as filtered by
+    /// `RUST_LOG`) as OTLP logs, `none` does not. Default: `otlp`.
+    pub logs_export: bool,
     /// `OTEL_TRACES_SAMPLER` (+`_ARG`). Default: parentbased_always_on.
     pub sampler: SamplerConfig,
     /// `OTEL_METRIC_EXPORT_INTERVAL` in ms. Default: 60 s.
@@ -274,6 +288,8 @@ pub struct Config {
     /// `OTEL_BSP_MAX_QUEUE_SIZE`: spans held while the collector is slow or
     /// down; more are dropped and counted. Default: 2048.
     pub span_queue_size: usize,
+    /// `OTEL_BLRP_MAX_QUEUE_SIZE`: the same for log records. Default: 2048.
+    pub log_queue_size: usize,
 }
 
 /// The SDK's default batch span queue capacity.
@@ -339,32 +355,64 @@ impl Config {
                 }
             },
         };
-        let span_queue_size = match overrides.span_queue_size {
-            Some(n) => n,
-            None => match non_empty(lookup("OTEL_BSP_MAX_QUEUE_SIZE")) {
-                None => DEFAULT_SPAN_QUEUE_SIZE,
-                Some(v) => match v.trim().parse::<usize>() {
-                    Ok(n) if n > 0 => n,
+        let logs_export = match overrides.logs_export {
+            Some(on) => on,
+            None => match non_empty(lookup("OTEL_LOGS_EXPORTER")) {
+                None => true,
+                Some(v) => match v.trim().to_ascii_lowercase().as_str() {
+                    "otlp" => true,
+                    "none" => false,
+                    "console" => {
+                        return Err(ConfigError::invalid(
+                            "OTEL_LOGS_EXPORTER",
+                            &v,
+                            "console is not supported: the fmt layer already prints every \
+                             event; expected otlp or none",
+                            "otlp",
+                        ));
+                    }
                     _ => {
                         return Err(ConfigError::invalid(
-                            "OTEL_BSP_MAX_QUEUE_SIZE",
+                            "OTEL_LOGS_EXPORTER",
                             &v,
-                            "expected a whole number of spans greater than zero",
-                            "2048",
+                            "unknown exporter; expected otlp or none",
+                            "otlp",
                         ));
                     }
                 },
             },
         };
+        let queue_size = |var: &str| -> Result<usize, ConfigError> {
+            match non_empty(lookup(var)) {
+                None => Ok(DEFAULT_SPAN_QUEUE_SIZE),
+                Some(v) => match v.trim().parse::<usize>() {
+                    Ok(n) if n > 0 => Ok(n),
+                    _ => Err(ConfigError::invalid(
+                        var,
+                        &v,
+                        "expected a whole number of items greater than zero",
+                        "2048",
+                    )),
+                },
+            }
+        };
+        let span_queue_size = match overrides.span_queue_size {
+            Some(n) => n,
+            None => queue_size("OTEL_BSP_MAX_QUEUE_SIZE")?,
+        };
+        let log_queue_size = queue_size("OTEL_BLRP_MAX_QUEUE_SIZE")?;
         Ok(Self {
             disabled,
             service_name,
             resource_attributes,
             traces: ExporterConfig::resolve(Signal::Traces, lookup, overrides)?,
             metrics: ExporterConfig::resolve(Signal::Metrics, lookup, overrides)?,
+            logs: ExporterConfig::resolve(Signal::Logs, lookup, overrides)?,
+            logs_export,
             sampler,
             metric_export_interval,
             span_queue_size,
+            log_queue_size,
         })
     }
 }
@@ -403,6 +451,7 @@ impl ExporterConfig {
         let signal_override = match signal {
             Signal::Traces => overrides.traces_endpoint.as_ref(),
             Signal::Metrics => overrides.metrics_endpoint.as_ref(),
+            Signal::Logs => overrides.logs_endpoint.as_ref(),
         };
         let endpoint = if let Some(e) = signal_override.or(overrides.endpoint.as_ref()) {
             validate_endpoint("endpoint", e)?;
@@ -791,6 +840,32 @@ mod tests {
         rejected(&[("OTEL_RESOURCE_ATTRIBUTES", "=x")]);
         rejected(&[("OTEL_BSP_MAX_QUEUE_SIZE", "0")]);
         rejected(&[("OTEL_BSP_MAX_QUEUE_SIZE", "lots")]);
+        rejected(&[("OTEL_LOGS_EXPORTER", "console")]);
+        rejected(&[("OTEL_BLRP_MAX_QUEUE_SIZE", "-1")]);
+        rejected(&[("OTEL_LOGS_EXPORTER", "syslog")]);
+        rejected(&[("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "collector:4317")]);
+    }
+
+    #[test]
+    fn logs_are_exported_by_default_and_have_their_own_endpoint() {
+        let c = cfg(&[]).unwrap();
+        assert!(c.logs_export);
+        assert_eq!(c.logs.endpoint, DEFAULT_GRPC_ENDPOINT);
+        let c = cfg(&[
+            ("OTEL_LOGS_EXPORTER", "none"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "http://logs:4317"),
+        ])
+        .unwrap();
+        assert!(!c.logs_export);
+        assert_eq!(c.logs.endpoint, "http://logs:4317");
+        assert_eq!(c.traces.endpoint, "http://collector:4317");
+        let c = cfg(&[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+        ])
+        .unwrap();
+        assert_eq!(c.logs.endpoint, "http://collector:4318/v1/logs");
     }
 
     #[test]

@@ -25,6 +25,7 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::Meter;
 use opentelemetry_otlp::{RetryPolicy, WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::logs::{LogBatch, LogExporter, LogProcessor, SdkLogRecord};
 use opentelemetry_sdk::metrics::Temporality;
 use opentelemetry_sdk::metrics::data::ResourceMetrics;
 use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
@@ -70,6 +71,7 @@ fn signal_infix(s: Signal) -> &'static str {
     match s {
         Signal::Traces => "TRACES_",
         Signal::Metrics => "METRICS_",
+        Signal::Logs => "LOGS_",
     }
 }
 
@@ -121,37 +123,110 @@ impl Drop for ExportRuntime {
     }
 }
 
-/// Counts of what failed to export, shared by the exporters and published as metrics.
+/// What became of the items of one batched signal (spans or logs).
 #[derive(Debug, Default)]
-pub struct ExportStats {
-    trace_failures: AtomicU64,
-    metric_failures: AtomicU64,
-    spans_lost: AtomicU64,
-    spans_queue_full: AtomicU64,
-    /// Spans in the batch queue: accepted by [`QueueLimit`], not yet handed to
+struct Batched {
+    /// Export requests that failed (after retries).
+    failures: AtomicU64,
+    /// Items in batches whose export failed.
+    lost: AtomicU64,
+    /// Items turned away by a full queue.
+    queue_full: AtomicU64,
+    /// Items in the batch queue: admitted by [`QueueLimit`], not yet handed to
     /// the exporter.
     queued: AtomicUsize,
     /// When the queue-full warning was last logged, in seconds since the epoch.
-    queue_warned_at: AtomicU64,
+    warned_at: AtomicU64,
+}
+
+impl Batched {
+    /// Takes one item into a queue of `capacity`, or counts it as dropped.
+    #[inline]
+    fn admit(&self, capacity: usize) -> bool {
+        if self.queued.fetch_add(1, Ordering::AcqRel) < capacity {
+            return true;
+        }
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        self.queue_full.fetch_add(1, Ordering::Relaxed);
+        false
+    }
+
+    /// `n` items left the queue for the exporter.
+    fn handed_over(&self, n: usize) {
+        let _ = self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                Some(q.saturating_sub(n))
+            });
+    }
+
+    /// Counts a failed export of `n` items.
+    fn failed(&self, n: u64) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        self.lost.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Logs that the queue is full at most once a minute, with the running total.
+    #[cold]
+    fn warn_queue_full(&self, signal: Signal, capacity: usize) {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.warned_at.load(Ordering::Relaxed);
+        if now < last.saturating_add(60)
+            || self
+                .warned_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let dropped = self.queue_full.load(Ordering::Relaxed);
+        match signal {
+            Signal::Logs => tracing::warn!(
+                dropped,
+                capacity,
+                "the log queue is full (the collector is down or slow): log records are dropped \
+                 and counted in otel_instrument.logs.dropped{{reason=\"queue_full\"}}; raise \
+                 OTEL_BLRP_MAX_QUEUE_SIZE to ride out longer outages"
+            ),
+            _ => tracing::warn!(
+                dropped,
+                capacity,
+                "the span queue is full (the collector is down or slow): spans are dropped and \
+                 counted in otel_instrument.spans.dropped{{reason=\"queue_full\"}}; raise \
+                 OTEL_BSP_MAX_QUEUE_SIZE to ride out longer outages"
+            ),
+        }
+    }
+}
+
+/// Counts of what failed to export, shared by the exporters and published as metrics.
+#[derive(Debug, Default)]
+pub struct ExportStats {
+    spans: Batched,
+    logs: Batched,
+    metric_failures: AtomicU64,
 }
 
 impl ExportStats {
     /// Failed export requests for a signal.
     pub fn failures(&self, signal: Signal) -> u64 {
         match signal {
-            Signal::Traces => self.trace_failures.load(Ordering::Relaxed),
+            Signal::Traces => self.spans.failures.load(Ordering::Relaxed),
             Signal::Metrics => self.metric_failures.load(Ordering::Relaxed),
+            Signal::Logs => self.logs.failures.load(Ordering::Relaxed),
         }
     }
 
     /// Spans in batches whose export failed.
     pub fn spans_lost(&self) -> u64 {
-        self.spans_lost.load(Ordering::Relaxed)
+        self.spans.lost.load(Ordering::Relaxed)
     }
 
     /// Spans turned away because the batch queue was full.
     pub fn spans_queue_full(&self) -> u64 {
-        self.spans_queue_full.load(Ordering::Relaxed)
+        self.spans.queue_full.load(Ordering::Relaxed)
     }
 
     /// Every span that ended but will never reach the collector.
@@ -159,32 +234,25 @@ impl ExportStats {
         self.spans_lost() + self.spans_queue_full()
     }
 
-    /// Logs that the queue is full at most once a minute, with the running total.
-    #[cold]
-    fn warn_queue_full(&self, capacity: usize) {
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let last = self.queue_warned_at.load(Ordering::Relaxed);
-        if now >= last.saturating_add(60)
-            && self
-                .queue_warned_at
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            tracing::warn!(
-                dropped = self.spans_queue_full(),
-                capacity,
-                "the span queue is full (the collector is down or slow): spans are dropped and \
-                 counted in otel_instrument.spans.dropped{{reason=\"queue_full\"}}; raise \
-                 OTEL_BSP_MAX_QUEUE_SIZE to ride out longer outages"
-            );
-        }
+    /// Log records in batches whose export failed.
+    pub fn logs_lost(&self) -> u64 {
+        self.logs.lost.load(Ordering::Relaxed)
+    }
+
+    /// Log records turned away because the batch queue was full.
+    pub fn logs_queue_full(&self) -> u64 {
+        self.logs.queue_full.load(Ordering::Relaxed)
+    }
+
+    /// Every log record that was emitted but will never reach the collector.
+    pub fn logs_dropped(&self) -> u64 {
+        self.logs_lost() + self.logs_queue_full()
     }
 
     /// Registers observable counters over these stats on `meter`:
-    /// `otel_instrument.export.failures{signal}` and
-    /// `otel_instrument.spans.dropped{reason}` (`queue_full`, `export_failed`).
+    /// `otel_instrument.export.failures{signal}`,
+    /// `otel_instrument.spans.dropped{reason}` and
+    /// `otel_instrument.logs.dropped{reason}` (`queue_full`, `export_failed`).
     pub fn register(self: &Arc<Self>, meter: &Meter) {
         let stats = self.clone();
         meter
@@ -192,7 +260,7 @@ impl ExportStats {
             .with_unit("{request}")
             .with_description("OTLP export requests that failed, by signal")
             .with_callback(move |o| {
-                for signal in [Signal::Traces, Signal::Metrics] {
+                for signal in [Signal::Traces, Signal::Metrics, Signal::Logs] {
                     o.observe(
                         stats.failures(signal),
                         &[KeyValue::new("signal", signal.as_str())],
@@ -200,22 +268,45 @@ impl ExportStats {
                 }
             })
             .build();
-        let stats = self.clone();
-        meter
-            .u64_observable_counter(crate::names::SPANS_DROPPED)
-            .with_unit("{span}")
-            .with_description("Spans that never reached the collector, by reason")
-            .with_callback(move |o| {
-                o.observe(
-                    stats.spans_lost(),
-                    &[KeyValue::new("reason", "export_failed")],
-                );
-                o.observe(
-                    stats.spans_queue_full(),
-                    &[KeyValue::new("reason", "queue_full")],
-                );
-            })
-            .build();
+        for (name, unit, description, signal) in [
+            (
+                crate::names::SPANS_DROPPED,
+                "{span}",
+                "Spans that never reached the collector, by reason",
+                Signal::Traces,
+            ),
+            (
+                crate::names::LOGS_DROPPED,
+                "{log_record}",
+                "Log records that never reached the collector, by reason",
+                Signal::Logs,
+            ),
+        ] {
+            let stats = self.clone();
+            meter
+                .u64_observable_counter(name)
+                .with_unit(unit)
+                .with_description(description)
+                .with_callback(move |o| {
+                    let b = stats.batched(signal);
+                    o.observe(
+                        b.lost.load(Ordering::Relaxed),
+                        &[KeyValue::new("reason", "export_failed")],
+                    );
+                    o.observe(
+                        b.queue_full.load(Ordering::Relaxed),
+                        &[KeyValue::new("reason", "queue_full")],
+                    );
+                })
+                .build();
+        }
+    }
+
+    fn batched(&self, signal: Signal) -> &Batched {
+        match signal {
+            Signal::Logs => &self.logs,
+            _ => &self.spans,
+        }
     }
 }
 
@@ -235,18 +326,11 @@ impl<E> CountingSpanExporter<E> {
 
 impl<E: SpanExporter> SpanExporter for CountingSpanExporter<E> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let n = batch.len() as u64;
-        // The batch has left the queue.
-        let _ = self
-            .stats
-            .queued
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
-                Some(q.saturating_sub(batch.len()))
-            });
+        let n = batch.len();
+        self.stats.spans.handed_over(n);
         let result = self.inner.export(batch).await;
         if result.is_err() {
-            self.stats.trace_failures.fetch_add(1, Ordering::Relaxed);
-            self.stats.spans_lost.fetch_add(n, Ordering::Relaxed);
+            self.stats.spans.failed(n as u64);
         }
         result
     }
@@ -264,32 +348,56 @@ impl<E: SpanExporter> SpanExporter for CountingSpanExporter<E> {
     }
 }
 
-/// A span processor that bounds the batch queue in front of `inner` and counts
-/// every span it turns away (`otel_instrument.spans.dropped{reason="queue_full"}`).
+/// A span or log processor that bounds the batch queue in front of `inner` and
+/// counts every item it turns away (`otel_instrument.spans.dropped` or
+/// `otel_instrument.logs.dropped`, `{reason="queue_full"}`).
 ///
-/// The SDK's batch processor drops on a full queue too, but counts only into its
-/// own self-diagnostics and logs from inside `Span::end`. Here the queue's
-/// occupancy is known exactly (spans in, minus spans handed to
-/// [`CountingSpanExporter`]), so the inner queue, given the same capacity, never
-/// overflows, and the count matches what the collector never sees. Events logged
-/// from inside its callbacks never touch span state (see `monitored::layers`).
+/// The SDK's batch processors drop on a full queue too, but count only into
+/// their own self-diagnostics and log from inside `Span::end`. Here the queue's
+/// occupancy is known exactly (items in, minus items handed to
+/// [`CountingSpanExporter`] or [`CountingLogExporter`]), so the inner queue,
+/// given the same capacity, never overflows, and the count matches what the
+/// collector never sees. Events logged from inside its callbacks never touch
+/// span state (see `monitored::layers`).
 #[derive(Debug)]
 pub struct QueueLimit<P> {
     inner: P,
     capacity: usize,
     stats: Arc<ExportStats>,
+    signal: Signal,
 }
 
 impl<P> QueueLimit<P> {
-    /// Admits at most `capacity` spans into `inner` until the exporter takes them.
-    /// Give `inner` a queue of at least `capacity`, and [`CountingSpanExporter`]
-    /// with the same `stats`.
-    pub fn new(inner: P, capacity: usize, stats: Arc<ExportStats>) -> Self {
+    /// Admits at most `capacity` spans into `inner` until the exporter takes
+    /// them. Give `inner` a queue of at least `capacity`, and
+    /// [`CountingSpanExporter`] with the same `stats`.
+    pub fn spans(inner: P, capacity: usize, stats: Arc<ExportStats>) -> Self {
         Self {
             inner,
             capacity,
             stats,
+            signal: Signal::Traces,
         }
+    }
+
+    /// The same for log records, with [`CountingLogExporter`].
+    pub fn logs(inner: P, capacity: usize, stats: Arc<ExportStats>) -> Self {
+        Self {
+            inner,
+            capacity,
+            stats,
+            signal: Signal::Logs,
+        }
+    }
+
+    #[inline]
+    fn admit(&self) -> bool {
+        let b = self.stats.batched(self.signal);
+        let admitted = b.admit(self.capacity);
+        if !admitted {
+            b.warn_queue_full(self.signal, self.capacity);
+        }
+        admitted
     }
 }
 
@@ -301,17 +409,80 @@ impl<P: SpanProcessor> SpanProcessor for QueueLimit<P> {
 
     fn on_end(&self, span: SpanData) {
         let _sdk = crate::monitored::SdkScope::enter();
-        if self.stats.queued.fetch_add(1, Ordering::AcqRel) >= self.capacity {
-            self.stats.queued.fetch_sub(1, Ordering::AcqRel);
-            self.stats.spans_queue_full.fetch_add(1, Ordering::Relaxed);
-            self.stats.warn_queue_full(self.capacity);
-            return;
+        if self.admit() {
+            self.inner.on_end(span);
         }
-        self.inner.on_end(span);
     }
 
     fn force_flush(&self) -> OTelSdkResult {
         self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+impl<P: LogProcessor> LogProcessor for QueueLimit<P> {
+    fn emit(&self, record: &mut SdkLogRecord, scope: &opentelemetry::InstrumentationScope) {
+        let _sdk = crate::monitored::SdkScope::enter();
+        // A record inside an unsampled monitored call carries its trace id
+        // (the SDK only looks for an active span, which such a call has not).
+        if record.trace_context().is_none()
+            && let Some(trace_id) = crate::monitored::unsampled_trace()
+        {
+            use opentelemetry::logs::LogRecord as _;
+            record.set_trace_context(
+                trace_id,
+                opentelemetry::trace::SpanId::INVALID,
+                Some(opentelemetry::trace::TraceFlags::default()),
+            );
+        }
+        if self.admit() {
+            self.inner.emit(record, scope);
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// A log exporter that counts failed batches.
+#[derive(Debug)]
+pub struct CountingLogExporter<E> {
+    inner: E,
+    stats: Arc<ExportStats>,
+}
+
+impl<E> CountingLogExporter<E> {
+    /// Wraps `inner`, counting into `stats`.
+    pub fn new(inner: E, stats: Arc<ExportStats>) -> Self {
+        Self { inner, stats }
+    }
+}
+
+impl<E: LogExporter> LogExporter for CountingLogExporter<E> {
+    async fn export(&self, batch: LogBatch<'_>) -> OTelSdkResult {
+        let n = batch.iter().count();
+        self.stats.logs.handed_over(n);
+        let result = self.inner.export(batch).await;
+        if result.is_err() {
+            self.stats.logs.failed(n as u64);
+        }
+        result
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
@@ -488,4 +659,18 @@ pub fn metric_exporter(
         opentelemetry_otlp::MetricExporter::builder().with_temporality(Temporality::Cumulative);
     let exporter = build_exporter!(builder, Signal::Metrics, rt, cfg);
     Ok(CountingMetricExporter::new(exporter, stats))
+}
+
+/// Builds the OTLP log exporter for `cfg`, wrapped to count failures.
+///
+/// # Errors
+/// The settings are rejected by opentelemetry-otlp, or need a disabled feature.
+pub fn log_exporter(
+    rt: &ExportRuntime,
+    cfg: &ExporterConfig,
+    stats: Arc<ExportStats>,
+) -> Result<CountingLogExporter<opentelemetry_otlp::LogExporter>, ExportError> {
+    let builder = opentelemetry_otlp::LogExporter::builder();
+    let exporter = build_exporter!(builder, Signal::Logs, rt, cfg);
+    Ok(CountingLogExporter::new(exporter, stats))
 }

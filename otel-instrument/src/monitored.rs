@@ -48,7 +48,8 @@ mod layers;
 
 pub(crate) use layers::SdkScope;
 pub use layers::{
-    EventLayer, MONITORED_MARKER, MonitoredFormat, OtelFilter, event_layer, fmt_format, otel_filter,
+    EventLayer, LogFilter, MONITORED_MARKER, MonitoredFormat, OtelFilter, event_layer, fmt_format,
+    log_filter, otel_filter,
 };
 
 use crate::config::{ParentRoot, SamplerConfig};
@@ -294,6 +295,11 @@ impl Drop for FrameGuard {
 /// The trace id of the unsampled trace running on this thread (0 if none).
 fn unsampled_trace_id() -> u128 {
     UNSAMPLED_TRACE_ID.with(Cell::get)
+}
+
+/// The trace id of the current monitored call, when it is not sampled.
+pub(crate) fn unsampled_trace() -> Option<TraceId> {
+    (current().trace == Trace::Unsampled).then(|| TraceId::from(unsampled_trace_id()))
 }
 
 /// The name and module of the monitored function running on this thread or

@@ -4,5 +4,7 @@
 pub const EXPORT_FAILURES: &str = "otel_instrument.export.failures";
 /// Spans that never reached the collector, by `reason`.
 pub const SPANS_DROPPED: &str = "otel_instrument.spans.dropped";
+/// Log records that never reached the collector, by `reason`.
+pub const LOGS_DROPPED: &str = "otel_instrument.logs.dropped";
 /// The instrumentation scope of everything this crate records.
 pub const SCOPE: &str = "otel-instrument";

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::logs::{BatchLogProcessor, SdkLoggerProvider};
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
@@ -346,11 +347,32 @@ impl TelemetryBuilder {
         let batch = BatchConfigBuilder::default()
             .with_max_queue_size(config.span_queue_size)
             .build();
-        let processor = QueueLimit::new(
+        let processor = QueueLimit::spans(
             BatchSpanProcessor::new(span_exporter, batch),
             config.span_queue_size,
             stats.clone(),
         );
+        let logger_provider = if config.logs_export {
+            let log_exporter = export::log_exporter(&runtime, &config.logs, stats.clone())?;
+            let batch = opentelemetry_sdk::logs::BatchConfigBuilder::default()
+                .with_max_queue_size(config.log_queue_size)
+                .build();
+            let processor = QueueLimit::logs(
+                BatchLogProcessor::builder(log_exporter)
+                    .with_batch_config(batch)
+                    .build(),
+                config.log_queue_size,
+                stats.clone(),
+            );
+            Some(
+                SdkLoggerProvider::builder()
+                    .with_resource(resource.clone())
+                    .with_log_processor(processor)
+                    .build(),
+            )
+        } else {
+            None
+        };
         let mut tp = SdkTracerProvider::builder()
             .with_resource(resource)
             .with_sampler(monitored::sampler(sdk_sampler(config.sampler))) // #[monitored] integration
@@ -384,6 +406,7 @@ impl TelemetryBuilder {
             guard: TelemetryGuard {
                 tracer_provider: Some(tracer_provider),
                 meter_provider: Some(meter_provider),
+                logger_provider,
                 runtime: Some(runtime),
                 shutdown_timeout: self.shutdown_timeout,
                 stats,
@@ -489,6 +512,12 @@ impl Telemetry {
     where
         S: tracing::Subscriber + for<'a> LookupSpan<'a>,
     {
+        let logs = self.guard.logger_provider.as_ref().map(|p| {
+            // Events become OTLP log records, with the trace context of the
+            // monitored call (or span) they happen in; never the SDK's own.
+            opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge::new(p)
+                .with_filter(monitored::log_filter())
+        });
         self.tracer.clone().map(|t| {
             // #[monitored] integration: spans of unsampled monitored calls skip this
             // layer; events inside sampled monitored calls go to their OTel span.
@@ -496,6 +525,7 @@ impl Telemetry {
                 .with_tracer(t)
                 .with_filter(monitored::otel_filter())
                 .and_then(monitored::event_layer())
+                .and_then(logs)
         })
     }
 
@@ -550,6 +580,7 @@ impl Telemetry {
 pub struct TelemetryGuard {
     tracer_provider: Option<SdkTracerProvider>,
     meter_provider: Option<SdkMeterProvider>,
+    logger_provider: Option<SdkLoggerProvider>,
     runtime: Option<ExportRuntime>,
     shutdown_timeout: Duration,
     stats: Arc<ExportStats>,
@@ -562,6 +593,7 @@ impl TelemetryGuard {
         Self {
             tracer_provider: None,
             meter_provider: None,
+            logger_provider: None,
             runtime: None,
             shutdown_timeout: Duration::ZERO,
             stats,
@@ -591,15 +623,26 @@ impl TelemetryGuard {
         self.meter_provider.as_ref()
     }
 
+    /// The logger provider, unless the SDK is disabled or
+    /// `OTEL_LOGS_EXPORTER=none`.
+    pub fn logger_provider(&self) -> Option<&SdkLoggerProvider> {
+        self.logger_provider.as_ref()
+    }
+
     /// Exports everything pending now, waiting at most the shutdown timeout.
     /// Returns false when the deadline passed first.
     pub fn flush(&self) -> bool {
         let tp = self.tracer_provider.clone();
         let mp = self.meter_provider.clone();
+        let lp = self.logger_provider.clone();
         run_with_deadline(self.shutdown_timeout, move || {
             if let Some(tp) = tp {
                 let _ = tp.force_flush();
             }
+            if let Some(lp) = lp {
+                let _ = lp.force_flush();
+            }
+            // Last: the drop counters it exports are final once the others flushed.
             if let Some(mp) = mp {
                 let _ = mp.force_flush();
             }
@@ -615,13 +658,14 @@ impl TelemetryGuard {
     fn shutdown_now(&mut self) -> bool {
         let tp = self.tracer_provider.take();
         let mp = self.meter_provider.take();
+        let lp = self.logger_provider.take();
         let timeout = self.shutdown_timeout;
-        let done = if tp.is_none() && mp.is_none() {
+        let done = if tp.is_none() && mp.is_none() && lp.is_none() {
             true
         } else {
-            // Traces and metrics shut down side by side, so one slow signal does
-            // not eat the other's time. The SDK's meter provider ignores its
-            // timeout, hence the outer deadline.
+            // The signals shut down side by side, so one slow signal does not
+            // eat another's time. The SDK's meter provider ignores its timeout,
+            // hence the outer deadline.
             run_with_deadline(timeout, move || {
                 let traces = thread::Builder::new()
                     .name("otel-shutdown-traces".into())
@@ -630,10 +674,17 @@ impl TelemetryGuard {
                             let _ = tp.shutdown_with_timeout(timeout);
                         }
                     });
+                let logs = thread::Builder::new()
+                    .name("otel-shutdown-logs".into())
+                    .spawn(move || {
+                        if let Some(lp) = lp {
+                            let _ = lp.shutdown_with_timeout(timeout);
+                        }
+                    });
                 if let Some(mp) = mp {
                     let _ = mp.shutdown_with_timeout(timeout);
                 }
-                if let Ok(t) = traces {
+                for t in [traces, logs].into_iter().flatten() {
                     let _ = t.join();
                 }
             })

@@ -59,6 +59,13 @@ fn leaf(i: u64) -> Result<u64, std::io::Error> {
     Ok(std::hint::black_box(i))
 }
 
+/// A root that also logs, so the log pipeline fills up too.
+#[otel_instrument::monitored]
+fn logging_root(i: u64) -> Result<u64, std::io::Error> {
+    tracing::info!(i, "working");
+    leaf(i)
+}
+
 #[otel_instrument::monitored]
 async fn root_async(i: u64) -> Result<u64, std::io::Error> {
     leaf_async(i).await
@@ -762,9 +769,13 @@ fn reentrancy_cell() {
         .install()
         .expect("install");
     for i in 0..10_000 {
-        assert_eq!(root(i).ok(), Some(i));
+        assert_eq!(logging_root(i).ok(), Some(i));
     }
     let full = guard.stats().spans_queue_full();
+    assert!(
+        guard.stats().logs_queue_full() > 0,
+        "the log queue must overflow while refused"
+    );
     println!(
         "RESULT {:>8} {:>9} {:>9} {:>9}",
         20_000,

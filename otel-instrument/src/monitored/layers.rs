@@ -301,3 +301,35 @@ where
         writeln!(writer)
     }
 }
+
+/// A per-layer filter for the OTLP logs bridge: events only, never the SDK's
+/// own (targets `opentelemetry*`, which would feed back into the pipeline that
+/// logs them) and never one emitted from inside an SDK callback.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogFilter;
+
+/// The filter to put on the OTLP logs layer; see [`LogFilter`].
+pub fn log_filter() -> LogFilter {
+    LogFilter
+}
+
+impl<S> Filter<S> for LogFilter {
+    fn enabled(
+        &self,
+        meta: &tracing::Metadata<'_>,
+        _cx: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        meta.is_event() && !in_sdk()
+    }
+
+    fn callsite_enabled(
+        &self,
+        meta: &'static tracing::Metadata<'static>,
+    ) -> tracing_core::Interest {
+        if meta.is_span() || is_sdk_target(meta.target()) {
+            tracing_core::Interest::never()
+        } else {
+            tracing_core::Interest::sometimes()
+        }
+    }
+}
