@@ -24,6 +24,7 @@ pub mod monitored;
 pub mod names;
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
+pub mod resource;
 mod setup;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -20,7 +20,8 @@
 //! A cap bounds the attributed series per cycle: what exceeds it is folded into one series per
 //! metric and GPU marked `otel.metric.overflow=true`, and counted.
 
-pub mod cgroup;
+/// pid → container, shared with otel-instrument's own resource detection.
+pub use otel_instrument::resource::cgroup;
 pub mod kubelet;
 pub mod pods;
 

@@ -1,5 +1,6 @@
 //! pid → container: the container ID and the Kubernetes pod UID, read from a process's
-//! `<proc_root>/<pid>/cgroup`.
+//! `<proc_root>/<pid>/cgroup`. otel-instrument reads its own process's for
+//! `container.id`; otel-gpu-receiver reads every GPU process's.
 //!
 //! The file has one `hierarchy-id:controllers:path` line per hierarchy. cgroup v1 has one line
 //! per controller (`4:memory:/docker/<id>`), v2 a single `0::/path` line, and hybrid hosts
