@@ -61,6 +61,8 @@ pub const FUNCTION_CALLS: &str = "function.calls";
 pub const FUNCTION_CALLS_DURATION: &str = "function.calls.duration";
 /// Name of the in-flight calls up-down counter.
 pub const FUNCTION_CALLS_CONCURRENT: &str = "function.calls.concurrent";
+/// Name of autometrics' build information gauge (always 1; the labels matter).
+pub const BUILD_INFO: &str = "build_info";
 
 /// Label: the function's name as written in the source.
 pub const FUNCTION: &str = "function";

@@ -336,10 +336,10 @@ impl TelemetryBuilder {
         };
         let meter_provider = meter_provider.build();
         opentelemetry::global::set_meter_provider(meter_provider.clone());
-        stats.register(&opentelemetry::metrics::MeterProvider::meter(
-            &meter_provider,
-            crate::names::SCOPE,
-        ));
+        let own_meter =
+            opentelemetry::metrics::MeterProvider::meter(&meter_provider, crate::names::SCOPE);
+        stats.register(&own_meter);
+        register_build_info(&own_meter, &resource, &*self.lookup);
 
         let span_exporter = export::span_exporter(&runtime, &config.traces, stats.clone())?;
         // The SDK's queue gets the same capacity as ours, so only `QueueLimit`
@@ -444,10 +444,12 @@ impl TelemetryBuilder {
             .or(from_attrs)
             .or_else(|| self.default_service_name.clone())
             .unwrap_or_else(|| "unknown_service".to_owned());
+        // Later attributes win: detection < OTEL_RESOURCE_ATTRIBUTES < builder.
         let mut builder = Resource::builder_empty()
             .with_detector(Box::new(
                 opentelemetry_sdk::resource::TelemetryResourceDetector,
             ))
+            .with_attributes(crate::resource::detect(&*self.lookup))
             .with_attributes(
                 config
                     .resource_attributes
@@ -462,6 +464,43 @@ impl TelemetryBuilder {
             .with_service_name(name)
             .build()
     }
+}
+
+/// Autometrics' `build_info` (spec v1.0.0): a gauge of 1 whose labels say what
+/// runs, so its dashboards can join versions and commits to the function
+/// metrics. `version` is the resource's `service.version`; `commit`, `branch`
+/// and the repository come from `AUTOMETRICS_COMMIT`, `AUTOMETRICS_BRANCH`,
+/// `AUTOMETRICS_REPOSITORY_URL` and `AUTOMETRICS_REPOSITORY_PROVIDER` (empty
+/// when unset, as in autometrics-rs).
+fn register_build_info(
+    meter: &opentelemetry::metrics::Meter,
+    resource: &Resource,
+    lookup: &(dyn Fn(&str) -> Option<String> + Send + Sync),
+) {
+    let attr = |key: &'static str| {
+        resource
+            .get(&opentelemetry::Key::from_static_str(key))
+            .map(|v| v.to_string())
+            .unwrap_or_default()
+    };
+    let env = |var: &str| lookup(var).map(|v| v.trim().to_owned()).unwrap_or_default();
+    let labels = vec![
+        KeyValue::new("service.name", attr("service.name")),
+        KeyValue::new("version", attr("service.version")),
+        KeyValue::new("commit", env("AUTOMETRICS_COMMIT")),
+        KeyValue::new("branch", env("AUTOMETRICS_BRANCH")),
+        KeyValue::new("repository.url", env("AUTOMETRICS_REPOSITORY_URL")),
+        KeyValue::new(
+            "repository.provider",
+            env("AUTOMETRICS_REPOSITORY_PROVIDER"),
+        ),
+        KeyValue::new("autometrics.version", "1.0.0"),
+    ];
+    meter
+        .u64_observable_gauge(monitored::BUILD_INFO)
+        .with_description("Autometrics info metric for tracking software version and build details")
+        .with_callback(move |o| o.observe(1, &labels))
+        .build();
 }
 
 #[derive(Debug, Clone)]

@@ -80,9 +80,10 @@ fn quickstart_spans_and_metrics_arrive_with_the_crate_as_service() {
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", sink.endpoint())
         .env(
             "OTEL_RESOURCE_ATTRIBUTES",
-            "deployment.environment.name=ci,team=gpu%20infra",
+            "deployment.environment.name=ci,team=gpu%20infra,host.name=ci-host",
         )
         .env("RUST_LOG", "info")
+        .env("AUTOMETRICS_COMMIT", "0123abc")
         .output()
         .unwrap();
     assert!(
@@ -109,6 +110,20 @@ fn quickstart_spans_and_metrics_arrive_with_the_crate_as_service() {
         Some("ci")
     );
     assert_eq!(res.get("team").map(String::as_str), Some("gpu infra"));
+    // Detected attributes, with OTEL_RESOURCE_ATTRIBUTES winning over detection.
+    assert_eq!(res.get("host.name").map(String::as_str), Some("ci-host"));
+    let instance = res.get("service.instance.id").expect("service.instance.id");
+    assert_eq!(instance.len(), 36, "a UUID: {instance}");
+    assert_eq!(instance.as_bytes()[14], b'4', "version 4: {instance}");
+    assert!(
+        res.get("process.pid")
+            .is_some_and(|p| p.parse::<u32>().is_ok_and(|p| p > 0))
+    );
+    assert_eq!(
+        res.get("os.type").map(String::as_str),
+        Some(std::env::consts::OS)
+    );
+    assert!(res.contains_key("host.arch") && res.contains_key("process.runtime.name"));
     let failed: Vec<_> = spans
         .iter()
         .filter(|s| s.span.status.as_ref().map(|st| st.code) == Some(StatusCode::Error as i32))
@@ -129,6 +144,23 @@ fn quickstart_spans_and_metrics_arrive_with_the_crate_as_service() {
     assert!(ok >= 1, "the successful work must export spans too");
     let metrics = got.metrics();
     assert!(!metrics.is_empty(), "no metrics arrived");
+    // Autometrics' build_info: 1, with the version and commit.
+    let build_info = got.last_metric("build_info").expect("build_info");
+    let Some(opentelemetry_proto::tonic::metrics::v1::metric::Data::Gauge(g)) =
+        build_info.metric.data
+    else {
+        panic!("build_info must be a gauge");
+    };
+    let point = &g.data_points[0];
+    let labels = otel_instrument::testing::attributes(&point.attributes);
+    assert_eq!(
+        point.value,
+        Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(1))
+    );
+    assert_eq!(labels["service.name"], "otel-instrument");
+    assert_eq!(labels["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(labels["commit"], "0123abc");
+    assert_eq!(labels["autometrics.version"], "1.0.0");
     assert_eq!(
         metrics[0].resource.get("service.name").map(String::as_str),
         Some("otel-instrument")
