@@ -294,6 +294,17 @@ impl Drop for FrameGuard {
     }
 }
 
+/// Durations the latency clock measured with the end before the start
+/// (recorded as zero): cross-core TSC skew shows here.
+pub fn clock_backwards() -> u64 {
+    clock::backwards()
+}
+
+/// Whether the latency clock reads the TSC (false: `Instant`).
+pub fn clock_uses_tsc() -> bool {
+    clock::uses_tsc()
+}
+
 /// The trace id of the unsampled trace running on this thread (0 if none).
 fn unsampled_trace_id() -> u128 {
     UNSAMPLED_TRACE_ID.with(Cell::get)

@@ -6,5 +6,7 @@ pub const EXPORT_FAILURES: &str = "otel_instrument.export.failures";
 pub const SPANS_DROPPED: &str = "otel_instrument.spans.dropped";
 /// Log records that never reached the collector, by `reason`.
 pub const LOGS_DROPPED: &str = "otel_instrument.logs.dropped";
+/// Durations measured with the clock going backwards (recorded as zero).
+pub const CLOCK_BACKWARDS: &str = "otel_instrument.clock.backwards";
 /// The instrumentation scope of everything this crate records.
 pub const SCOPE: &str = "otel-instrument";

@@ -340,6 +340,14 @@ impl TelemetryBuilder {
             opentelemetry::metrics::MeterProvider::meter(&meter_provider, crate::names::SCOPE);
         stats.register(&own_meter);
         register_build_info(&own_meter, &resource, &*self.lookup);
+        own_meter
+            .u64_observable_counter(crate::names::CLOCK_BACKWARDS)
+            .with_unit("{measurement}")
+            .with_description(
+                "#[monitored] durations whose end read earlier than their start (cross-core clock skew), recorded as zero",
+            )
+            .with_callback(|o| o.observe(monitored::clock_backwards(), &[]))
+            .build();
 
         let span_exporter = export::span_exporter(&runtime, &config.traces, stats.clone())?;
         // The SDK's queue gets the same capacity as ours, so only `QueueLimit`
