@@ -6,43 +6,127 @@
 //! let queue = "emails";
 //! otel_instrument::counter!("jobs.done", 1, "queue" => queue);
 //! otel_instrument::histogram!("job.duration", 0.25, "queue" => queue, "ok" => true);
+//! otel_instrument::histogram!("payload.size", unit = "By", 4096.0);
 //! otel_instrument::gauge!("queue.depth", 12.0);
 //! otel_instrument::up_down!("jobs.running", -1, "queue" => queue);
 //! ```
+//!
+//! # Histogram units and buckets
+//! The SDK's default buckets (0, 5, 10 … 10,000) suit milliseconds. A
+//! histogram gets buckets that suit its unit: `unit = "s"` (and, when no unit
+//! is given, any name ending in `.duration`, the semantic conventions' way to
+//! name a duration in seconds) gets [`SECONDS`], `unit = "ms"` [`MILLISECONDS`],
+//! `unit = "By"` [`BYTES`]; any other unit keeps the SDK's defaults.
+//!
+//! # Label values
+//! A `&str` label value does not allocate per call: each thread keeps the
+//! values it has seen (at most 256; the set is cleared when full, so memory
+//! stays bounded whatever the cardinality).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicPtr, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, UpDownCounter};
-use opentelemetry::{InstrumentationScope, KeyValue, Value};
+use opentelemetry::{InstrumentationScope, KeyValue, StringValue, Value};
+
+/// Buckets for durations in seconds (autometrics', and `function.calls.duration`'s).
+pub const SECONDS: &[f64] = crate::monitored::DEFAULT_HISTOGRAM_BOUNDARIES;
+/// Buckets for durations in milliseconds.
+pub const MILLISECONDS: &[f64] = &[
+    5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 250.0, 500.0, 750.0, 1000.0, 2500.0, 5000.0, 7500.0,
+    10000.0,
+];
+/// Buckets for sizes in bytes: powers of four from 64 B to 1 GiB.
+pub const BYTES: &[f64] = &[
+    64.0,
+    256.0,
+    1024.0,
+    4096.0,
+    16384.0,
+    65536.0,
+    262_144.0,
+    1_048_576.0,
+    4_194_304.0,
+    16_777_216.0,
+    67_108_864.0,
+    268_435_456.0,
+    1_073_741_824.0,
+];
+
+/// The unit a histogram named `name` gets when none is given.
+pub const fn default_unit(name: &str) -> Option<&'static str> {
+    let (n, suffix) = (name.as_bytes(), b".duration");
+    if n.len() < suffix.len() {
+        return None;
+    }
+    let mut i = 0;
+    while i < suffix.len() {
+        if n[n.len() - suffix.len() + i] != suffix[i] {
+            return None;
+        }
+        i += 1;
+    }
+    Some("s")
+}
+
+/// The buckets that suit `unit`; `None`: the SDK's defaults.
+pub fn boundaries_for(unit: &str) -> Option<&'static [f64]> {
+    match unit {
+        "s" => Some(SECONDS),
+        "ms" => Some(MILLISECONDS),
+        "By" => Some(BYTES),
+        _ => None,
+    }
+}
 
 /// The instrument kinds the macros create.
 pub trait Instrument: Sized + Send + Sync + 'static {
-    /// Creates the instrument named `name` on `meter`.
-    fn create(meter: &Meter, name: &'static str) -> Self;
+    /// Creates the instrument named `name` on `meter`, in `unit` if given.
+    fn create(meter: &Meter, name: &'static str, unit: Option<&'static str>) -> Self;
 }
 
 impl Instrument for Counter<u64> {
-    fn create(meter: &Meter, name: &'static str) -> Self {
-        meter.u64_counter(name).build()
+    fn create(meter: &Meter, name: &'static str, unit: Option<&'static str>) -> Self {
+        let b = meter.u64_counter(name);
+        match unit {
+            Some(u) => b.with_unit(u).build(),
+            None => b.build(),
+        }
     }
 }
 
 impl Instrument for Histogram<f64> {
-    fn create(meter: &Meter, name: &'static str) -> Self {
-        meter.f64_histogram(name).build()
+    fn create(meter: &Meter, name: &'static str, unit: Option<&'static str>) -> Self {
+        let mut b = meter.f64_histogram(name);
+        if let Some(u) = unit {
+            b = b.with_unit(u);
+            if let Some(bounds) = boundaries_for(u) {
+                b = b.with_boundaries(bounds.to_vec());
+            }
+        }
+        b.build()
     }
 }
 
 impl Instrument for Gauge<f64> {
-    fn create(meter: &Meter, name: &'static str) -> Self {
-        meter.f64_gauge(name).build()
+    fn create(meter: &Meter, name: &'static str, unit: Option<&'static str>) -> Self {
+        let b = meter.f64_gauge(name);
+        match unit {
+            Some(u) => b.with_unit(u).build(),
+            None => b.build(),
+        }
     }
 }
 
 impl Instrument for UpDownCounter<i64> {
-    fn create(meter: &Meter, name: &'static str) -> Self {
-        meter.i64_up_down_counter(name).build()
+    fn create(meter: &Meter, name: &'static str, unit: Option<&'static str>) -> Self {
+        let b = meter.i64_up_down_counter(name);
+        match unit {
+            Some(u) => b.with_unit(u).build(),
+            None => b.build(),
+        }
     }
 }
 
@@ -50,6 +134,7 @@ impl Instrument for UpDownCounter<i64> {
 #[derive(Debug)]
 pub struct InstrumentSite<T> {
     name: &'static str,
+    unit: Option<&'static str>,
     cached: AtomicPtr<(u64, T)>,
 }
 
@@ -58,8 +143,14 @@ static CREATING: Mutex<()> = Mutex::new(());
 impl<T: Instrument> InstrumentSite<T> {
     /// An empty site for the instrument `name`.
     pub const fn new(name: &'static str) -> Self {
+        Self::with_unit(name, None)
+    }
+
+    /// An empty site for the instrument `name` in `unit`.
+    pub const fn with_unit(name: &'static str, unit: Option<&'static str>) -> Self {
         Self {
             name,
+            unit,
             cached: AtomicPtr::new(std::ptr::null_mut()),
         }
     }
@@ -93,8 +184,10 @@ impl<T: Instrument> InstrumentSite<T> {
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build(),
         );
-        let leaked: &'static (u64, T) =
-            Box::leak(Box::new((generation, T::create(&meter, self.name))));
+        let leaked: &'static (u64, T) = Box::leak(Box::new((
+            generation,
+            T::create(&meter, self.name, self.unit),
+        )));
         self.cached.store(
             leaked as *const (u64, T) as *mut (u64, T),
             Ordering::Release,
@@ -109,9 +202,28 @@ pub trait LabelValue {
     fn into_value(self) -> Value;
 }
 
+/// How many distinct `&str` label values a thread keeps before it starts over.
+const INTERNED_MAX: usize = 256;
+
+thread_local! {
+    static INTERNED: RefCell<HashMap<Box<str>, StringValue>> = RefCell::new(HashMap::new());
+}
+
 impl LabelValue for &str {
+    /// A shared copy of the string, made once per thread and value.
     fn into_value(self) -> Value {
-        Value::from(self.to_owned())
+        INTERNED.with(|cell| {
+            let mut seen = cell.borrow_mut();
+            if let Some(v) = seen.get(self) {
+                return Value::String(v.clone());
+            }
+            if seen.len() >= INTERNED_MAX {
+                seen.clear();
+            }
+            let v = StringValue::from(Arc::<str>::from(self));
+            seen.insert(self.into(), v.clone());
+            Value::String(v)
+        })
     }
 }
 impl LabelValue for String {
@@ -121,7 +233,7 @@ impl LabelValue for String {
 }
 impl LabelValue for &String {
     fn into_value(self) -> Value {
-        Value::from(self.clone())
+        self.as_str().into_value()
     }
 }
 impl LabelValue for bool {
@@ -162,13 +274,24 @@ macro_rules! counter {
     }};
 }
 
-/// Records into an `f64` histogram: `histogram!("job.duration", 0.25, "queue" => name)`.
+/// Records into an `f64` histogram: `histogram!("job.duration", 0.25, "queue" => name)`,
+/// or with a unit, `histogram!("payload.size", unit = "By", 4096.0)`. The
+/// buckets suit the unit (see the [module docs](crate::metrics)).
 #[macro_export]
 macro_rules! histogram {
+    ($name:literal, unit = $unit:literal, $value:expr $(, $k:literal => $v:expr)* $(,)?) => {{
+        static __OTEL_SITE: $crate::metrics::InstrumentSite<
+            $crate::__opentelemetry::metrics::Histogram<f64>,
+        > = $crate::metrics::InstrumentSite::with_unit($name, Some($unit));
+        __OTEL_SITE.get().record($value, &[$($crate::metrics::label($k, $v)),*]);
+    }};
     ($name:literal, $value:expr $(, $k:literal => $v:expr)* $(,)?) => {{
         static __OTEL_SITE: $crate::metrics::InstrumentSite<
             $crate::__opentelemetry::metrics::Histogram<f64>,
-        > = $crate::metrics::InstrumentSite::new($name);
+        > = $crate::metrics::InstrumentSite::with_unit(
+            $name,
+            $crate::metrics::default_unit($name),
+        );
         __OTEL_SITE.get().record($value, &[$($crate::metrics::label($k, $v)),*]);
     }};
 }
@@ -193,4 +316,40 @@ macro_rules! up_down {
         > = $crate::metrics::InstrumentSite::new($name);
         __OTEL_SITE.get().add($value, &[$($crate::metrics::label($k, $v)),*]);
     }};
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_default_to_seconds_and_units_pick_their_buckets() {
+        assert_eq!(default_unit("job.duration"), Some("s"));
+        assert_eq!(default_unit("http.server.request.duration"), Some("s"));
+        assert_eq!(default_unit("job.size"), None);
+        assert_eq!(default_unit("duration"), None);
+        assert_eq!(boundaries_for("s"), Some(SECONDS));
+        assert_eq!(boundaries_for("ms"), Some(MILLISECONDS));
+        assert_eq!(boundaries_for("By"), Some(BYTES));
+        assert_eq!(boundaries_for("{request}"), None);
+        for b in [SECONDS, MILLISECONDS, BYTES] {
+            assert!(b.windows(2).all(|w| w[0] < w[1]));
+        }
+    }
+
+    #[test]
+    fn a_str_label_value_is_shared_after_its_first_use_and_the_cache_is_bounded() {
+        let owned = String::from("emails");
+        let (Value::String(a), Value::String(b)) =
+            (owned.as_str().into_value(), owned.as_str().into_value())
+        else {
+            panic!("string values expected");
+        };
+        assert_eq!(a.as_str(), "emails");
+        assert!(std::ptr::eq(a.as_str(), b.as_str()), "the same shared copy");
+        for i in 0..(INTERNED_MAX * 3) {
+            let _ = format!("v{i}").as_str().into_value();
+        }
+        assert!(INTERNED.with(|c| c.borrow().len()) <= INTERNED_MAX);
+    }
 }

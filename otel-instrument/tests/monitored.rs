@@ -453,12 +453,14 @@ fn the_metric_macros_export_with_their_labels() {
         otel_instrument::counter!("test.jobs.done", 1, "queue" => &queue);
     }
     otel_instrument::histogram!("test.job.duration", 0.5, "queue" => "emails");
+    otel_instrument::histogram!("test.payload.size", unit = "By", 4096.0);
     otel_instrument::gauge!("test.queue.depth", 12.0);
     otel_instrument::up_down!("test.jobs.running", 2, "queue" => queue.as_str(), "urgent" => true);
     let r = flush_until(&p.sink, &p.guard, |r| {
         [
             "test.jobs.done",
             "test.job.duration",
+            "test.payload.size",
             "test.queue.depth",
             "test.jobs.running",
         ]
@@ -511,6 +513,19 @@ fn the_metric_macros_export_with_their_labels() {
         value("test.jobs.running"),
         vec![(map(&[("queue", "emails"), ("urgent", "true")]), 2.0)]
     );
+    // Histograms get buckets that suit their unit: a `.duration` is in
+    // seconds, a size in bytes.
+    for (name, unit, bounds) in [
+        ("test.job.duration", "s", otel_instrument::metrics::SECONDS),
+        ("test.payload.size", "By", otel_instrument::metrics::BYTES),
+    ] {
+        let m = r.last_metric(name).unwrap().metric;
+        assert_eq!(m.unit, unit, "{name}");
+        let Some(Data::Histogram(h)) = m.data else {
+            panic!("{name} must be a histogram");
+        };
+        assert_eq!(h.data_points[0].explicit_bounds, bounds, "{name}");
+    }
 }
 
 #[monitored]
