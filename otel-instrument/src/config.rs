@@ -281,6 +281,25 @@ pub struct Config {
     /// `OTEL_LOGS_EXPORTER`: `otlp` exports `tracing` events (as filtered by
     /// `RUST_LOG`) as OTLP logs, `none` does not. Default: `otlp`.
     pub logs_export: bool,
+    /// `OTEL_TRACES_EXPORTER`: `otlp` or `none`. Default: `otlp`.
+    pub traces_export: bool,
+    /// `OTEL_METRICS_EXPORTER`: `otlp` or `none` (the Prometheus endpoint, if
+    /// any, still serves). Default: `otlp`.
+    pub metrics_export: bool,
+    /// `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`: `cumulative`,
+    /// `delta` or `lowmemory`. Default: `cumulative` (an outage loses no counts).
+    pub metrics_temporality: opentelemetry_sdk::metrics::Temporality,
+    /// `OTEL_METRICS_EXEMPLAR_FILTER`: accepted (`always_on`, `always_off`,
+    /// `trace_based`) and validated; opentelemetry_sdk 0.33 records no
+    /// exemplars, so it has no effect yet. Default: `trace_based`.
+    pub exemplar_filter: String,
+    /// `OTEL_BSP_SCHEDULE_DELAY` (ms), `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`.
+    pub span_batch: BatchSettings,
+    /// `OTEL_BLRP_SCHEDULE_DELAY` (ms), `OTEL_BLRP_MAX_EXPORT_BATCH_SIZE`.
+    pub log_batch: BatchSettings,
+    /// Values that were read leniently, as the specification asks (an
+    /// unknown `OTEL_SDK_DISABLED`), to be logged once telemetry is up.
+    pub warnings: Vec<String>,
     /// `OTEL_TRACES_SAMPLER` (+`_ARG`). Default: parentbased_always_on.
     pub sampler: SamplerConfig,
     /// `OTEL_METRIC_EXPORT_INTERVAL` in ms. Default: 60 s.
@@ -294,6 +313,16 @@ pub struct Config {
 
 /// The SDK's default batch span queue capacity.
 pub const DEFAULT_SPAN_QUEUE_SIZE: usize = 2048;
+
+/// How a batch processor groups what it exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchSettings {
+    /// Longest wait before a partial batch is exported. Default: 5 s for
+    /// spans, 1 s for logs (the SDK's).
+    pub schedule_delay: Duration,
+    /// Largest batch. Default: 512.
+    pub max_export_batch_size: usize,
+}
 
 impl Config {
     /// Reads the process environment.
@@ -314,11 +343,23 @@ impl Config {
         lookup: &dyn Fn(&str) -> Option<String>,
         overrides: &Overrides,
     ) -> Result<Self, ConfigError> {
+        let mut warnings = Vec::new();
         let disabled = match overrides.disabled {
             Some(d) => d,
+            // The specification: only "true" (any case) disables; anything
+            // else is read as false with a warning, so a typo never stops a
+            // service.
             None => match non_empty(lookup("OTEL_SDK_DISABLED")) {
                 None => false,
-                Some(v) => parse_bool("OTEL_SDK_DISABLED", &v)?,
+                Some(v) if v.trim().eq_ignore_ascii_case("true") => true,
+                Some(v) if v.trim().eq_ignore_ascii_case("false") => false,
+                Some(v) => {
+                    warnings.push(format!(
+                        "OTEL_SDK_DISABLED={v:?} is not true or false; telemetry stays enabled. \
+                         Example of a valid value: OTEL_SDK_DISABLED=true"
+                    ));
+                    false
+                }
             },
         };
         let service_name = overrides
@@ -357,31 +398,69 @@ impl Config {
         };
         let logs_export = match overrides.logs_export {
             Some(on) => on,
-            None => match non_empty(lookup("OTEL_LOGS_EXPORTER")) {
-                None => true,
+            None => parse_exporter(lookup, "OTEL_LOGS_EXPORTER")?,
+        };
+        let traces_export = parse_exporter(lookup, "OTEL_TRACES_EXPORTER")?;
+        let metrics_export = parse_exporter(lookup, "OTEL_METRICS_EXPORTER")?;
+        let metrics_temporality =
+            match non_empty(lookup("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE")) {
+                None => opentelemetry_sdk::metrics::Temporality::Cumulative,
                 Some(v) => match v.trim().to_ascii_lowercase().as_str() {
-                    "otlp" => true,
-                    "none" => false,
-                    "console" => {
-                        return Err(ConfigError::invalid(
-                            "OTEL_LOGS_EXPORTER",
-                            &v,
-                            "console is not supported: the fmt layer already prints every \
-                             event; expected otlp or none",
-                            "otlp",
-                        ));
-                    }
+                    "cumulative" => opentelemetry_sdk::metrics::Temporality::Cumulative,
+                    "delta" => opentelemetry_sdk::metrics::Temporality::Delta,
+                    "lowmemory" => opentelemetry_sdk::metrics::Temporality::LowMemory,
                     _ => {
                         return Err(ConfigError::invalid(
-                            "OTEL_LOGS_EXPORTER",
+                            "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
                             &v,
-                            "unknown exporter; expected otlp or none",
-                            "otlp",
+                            "expected cumulative, delta or lowmemory",
+                            "cumulative",
                         ));
                     }
                 },
+            };
+        let exemplar_filter = match non_empty(lookup("OTEL_METRICS_EXEMPLAR_FILTER")) {
+            None => "trace_based".to_owned(),
+            Some(v) => match v.trim().to_ascii_lowercase().as_str() {
+                f @ ("always_on" | "always_off" | "trace_based") => f.to_owned(),
+                _ => {
+                    return Err(ConfigError::invalid(
+                        "OTEL_METRICS_EXEMPLAR_FILTER",
+                        &v,
+                        "expected always_on, always_off or trace_based",
+                        "trace_based",
+                    ));
+                }
             },
         };
+        let batch = |prefix: &str, delay_ms: u64| -> Result<BatchSettings, ConfigError> {
+            let delay_var = format!("{prefix}_SCHEDULE_DELAY");
+            let size_var = format!("{prefix}_MAX_EXPORT_BATCH_SIZE");
+            let schedule_delay = match non_empty(lookup(&delay_var)) {
+                None => Duration::from_millis(delay_ms),
+                Some(v) => parse_millis(&delay_var, &v, "5000")?,
+            };
+            let max_export_batch_size = match non_empty(lookup(&size_var)) {
+                None => 512,
+                Some(v) => match v.trim().parse::<usize>() {
+                    Ok(n) if n > 0 => n,
+                    _ => {
+                        return Err(ConfigError::invalid(
+                            &size_var,
+                            &v,
+                            "expected a whole number of items greater than zero",
+                            "512",
+                        ));
+                    }
+                },
+            };
+            Ok(BatchSettings {
+                schedule_delay,
+                max_export_batch_size,
+            })
+        };
+        let span_batch = batch("OTEL_BSP", 5000)?;
+        let log_batch = batch("OTEL_BLRP", 1000)?;
         let queue_size = |var: &str| -> Result<usize, ConfigError> {
             match non_empty(lookup(var)) {
                 None => Ok(DEFAULT_SPAN_QUEUE_SIZE),
@@ -413,6 +492,13 @@ impl Config {
             metric_export_interval,
             span_queue_size,
             log_queue_size,
+            traces_export,
+            metrics_export,
+            metrics_temporality,
+            exemplar_filter,
+            span_batch,
+            log_batch,
+            warnings,
         })
     }
 }
@@ -485,12 +571,31 @@ impl ExporterConfig {
             },
         };
 
+        // The processors' own export timeouts (OTEL_BSP_EXPORT_TIMEOUT,
+        // OTEL_METRIC_EXPORT_TIMEOUT, OTEL_BLRP_EXPORT_TIMEOUT) sit between the
+        // signal-specific and the generic OTLP timeout.
+        let processor_var = match signal {
+            Signal::Traces => "OTEL_BSP_EXPORT_TIMEOUT",
+            Signal::Metrics => "OTEL_METRIC_EXPORT_TIMEOUT",
+            Signal::Logs => "OTEL_BLRP_EXPORT_TIMEOUT",
+        };
         let timeout = match overrides.timeout {
             Some(t) => t,
-            None => match pick("TIMEOUT") {
-                None => Duration::from_secs(10),
-                Some((var, v)) => parse_millis(&var, &v, "10000")?,
-            },
+            None => {
+                let specific = non_empty(lookup(&signal_var("TIMEOUT")))
+                    .map(|v| (signal_var("TIMEOUT"), v))
+                    .or_else(|| {
+                        non_empty(lookup(processor_var)).map(|v| (processor_var.to_owned(), v))
+                    })
+                    .or_else(|| {
+                        non_empty(lookup(&generic_var("TIMEOUT")))
+                            .map(|v| (generic_var("TIMEOUT"), v))
+                    });
+                match specific {
+                    None => Duration::from_secs(10),
+                    Some((var, v)) => parse_millis(&var, &v, "10000")?,
+                }
+            }
         };
 
         let compression = match overrides.compression {
@@ -530,15 +635,26 @@ fn append_path(base: &str, path: &str) -> String {
     format!("{}/{path}", base.trim_end_matches('/'))
 }
 
-fn parse_bool(var: &str, value: &str) -> Result<bool, ConfigError> {
-    match value.trim().to_ascii_lowercase().as_str() {
-        "true" => Ok(true),
-        "false" => Ok(false),
+/// `OTEL_{TRACES,METRICS,LOGS}_EXPORTER`: whether the signal is exported over OTLP.
+fn parse_exporter(lookup: &dyn Fn(&str) -> Option<String>, var: &str) -> Result<bool, ConfigError> {
+    let Some(v) = non_empty(lookup(var)) else {
+        return Ok(true);
+    };
+    match v.trim().to_ascii_lowercase().as_str() {
+        "otlp" => Ok(true),
+        "none" => Ok(false),
+        "console" => Err(ConfigError::invalid(
+            var,
+            &v,
+            "console is not supported (the fmt layer prints events; the in-process \
+             OtlpSink shows the rest); expected otlp or none",
+            "otlp",
+        )),
         _ => Err(ConfigError::invalid(
             var,
-            value,
-            "expected true or false",
-            "true",
+            &v,
+            "unknown exporter; expected otlp or none",
+            "otlp",
         )),
     }
 }
@@ -835,7 +951,17 @@ mod tests {
         rejected(&[("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "bad key=1")]);
         rejected(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon")]);
         rejected(&[("OTEL_EXPORTER_OTLP_COMPRESSION", "brotli")]);
-        rejected(&[("OTEL_SDK_DISABLED", "yes")]);
+        rejected(&[("OTEL_TRACES_EXPORTER", "zipkin")]);
+        rejected(&[("OTEL_METRICS_EXPORTER", "console")]);
+        rejected(&[(
+            "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+            "sometimes",
+        )]);
+        rejected(&[("OTEL_METRICS_EXEMPLAR_FILTER", "all")]);
+        rejected(&[("OTEL_BSP_SCHEDULE_DELAY", "5s")]);
+        rejected(&[("OTEL_BLRP_MAX_EXPORT_BATCH_SIZE", "0")]);
+        rejected(&[("OTEL_BSP_EXPORT_TIMEOUT", "-1")]);
+        rejected(&[("OTEL_METRIC_EXPORT_TIMEOUT", "soon")]);
         rejected(&[("OTEL_METRIC_EXPORT_INTERVAL", "0")]);
         rejected(&[("OTEL_RESOURCE_ATTRIBUTES", "=x")]);
         rejected(&[("OTEL_BSP_MAX_QUEUE_SIZE", "0")]);
@@ -878,5 +1004,65 @@ mod tests {
     #[test]
     fn sdk_disabled_is_read() {
         assert!(cfg(&[("OTEL_SDK_DISABLED", "TRUE")]).unwrap().disabled);
+    }
+
+    #[test]
+    fn a_typo_in_sdk_disabled_never_stops_telemetry_but_warns() {
+        let c = cfg(&[("OTEL_SDK_DISABLED", "yes")]).unwrap();
+        assert!(!c.disabled);
+        assert_eq!(c.warnings.len(), 1);
+        assert!(
+            c.warnings[0].contains("OTEL_SDK_DISABLED"),
+            "{:?}",
+            c.warnings
+        );
+        let c = cfg(&[("OTEL_SDK_DISABLED", "false")]).unwrap();
+        assert!(!c.disabled && c.warnings.is_empty());
+    }
+
+    #[test]
+    fn exporters_temporality_and_batches_are_read() {
+        let c = cfg(&[]).unwrap();
+        assert!(c.traces_export && c.metrics_export && c.logs_export);
+        assert_eq!(
+            c.metrics_temporality,
+            opentelemetry_sdk::metrics::Temporality::Cumulative
+        );
+        assert_eq!(c.span_batch.schedule_delay, Duration::from_secs(5));
+        assert_eq!(c.log_batch.schedule_delay, Duration::from_secs(1));
+        assert_eq!(c.exemplar_filter, "trace_based");
+        let c = cfg(&[
+            ("OTEL_TRACES_EXPORTER", "none"),
+            ("OTEL_METRICS_EXPORTER", "NONE"),
+            ("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "Delta"),
+            ("OTEL_METRICS_EXEMPLAR_FILTER", "always_off"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "1024"),
+            ("OTEL_BLRP_SCHEDULE_DELAY", "50"),
+        ])
+        .unwrap();
+        assert!(!c.traces_export && !c.metrics_export);
+        assert_eq!(
+            c.metrics_temporality,
+            opentelemetry_sdk::metrics::Temporality::Delta
+        );
+        assert_eq!(c.exemplar_filter, "always_off");
+        assert_eq!(c.span_batch.schedule_delay, Duration::from_millis(200));
+        assert_eq!(c.span_batch.max_export_batch_size, 1024);
+        assert_eq!(c.log_batch.schedule_delay, Duration::from_millis(50));
+    }
+
+    #[test]
+    fn processor_export_timeouts_sit_between_signal_and_generic_timeouts() {
+        let c = cfg(&[
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "10000"),
+            ("OTEL_BSP_EXPORT_TIMEOUT", "3000"),
+            ("OTEL_METRIC_EXPORT_TIMEOUT", "4000"),
+            ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "2000"),
+        ])
+        .unwrap();
+        assert_eq!(c.traces.timeout, Duration::from_secs(3));
+        assert_eq!(c.metrics.timeout, Duration::from_secs(2));
+        assert_eq!(c.logs.timeout, Duration::from_secs(10));
     }
 }

@@ -655,8 +655,21 @@ pub fn metric_exporter(
     cfg: &ExporterConfig,
     stats: Arc<ExportStats>,
 ) -> Result<CountingMetricExporter<opentelemetry_otlp::MetricExporter>, ExportError> {
-    let builder =
-        opentelemetry_otlp::MetricExporter::builder().with_temporality(Temporality::Cumulative);
+    metric_exporter_with(rt, cfg, stats, Temporality::Cumulative)
+}
+
+/// [`metric_exporter`] with a chosen temporality
+/// (`OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`).
+///
+/// # Errors
+/// As [`metric_exporter`].
+pub fn metric_exporter_with(
+    rt: &ExportRuntime,
+    cfg: &ExporterConfig,
+    stats: Arc<ExportStats>,
+    temporality: Temporality,
+) -> Result<CountingMetricExporter<opentelemetry_otlp::MetricExporter>, ExportError> {
+    let builder = opentelemetry_otlp::MetricExporter::builder().with_temporality(temporality);
     let exporter = build_exporter!(builder, Signal::Metrics, rt, cfg);
     Ok(CountingMetricExporter::new(exporter, stats))
 }

@@ -305,6 +305,7 @@ impl TelemetryBuilder {
                 tracer: None,
                 filter,
                 fmt: self.fmt,
+                warnings: config.warnings,
                 guard: TelemetryGuard::empty(stats),
             });
         }
@@ -319,13 +320,20 @@ impl TelemetryBuilder {
         // Metrics first: the SDK's batch span processor binds its own
         // self-diagnostic counters (spans dropped on a full queue) to the global
         // meter provider when it is built.
-        let metric_exporter = export::metric_exporter(&runtime, &config.metrics, stats.clone())?;
-        let reader = PeriodicReader::builder(metric_exporter)
-            .with_interval(config.metric_export_interval)
-            .build();
-        let meter_provider = SdkMeterProvider::builder()
-            .with_resource(resource.clone())
-            .with_reader(reader);
+        let mut meter_provider = SdkMeterProvider::builder().with_resource(resource.clone());
+        if config.metrics_export {
+            let metric_exporter = export::metric_exporter_with(
+                &runtime,
+                &config.metrics,
+                stats.clone(),
+                config.metrics_temporality,
+            )?;
+            meter_provider = meter_provider.with_reader(
+                PeriodicReader::builder(metric_exporter)
+                    .with_interval(config.metric_export_interval)
+                    .build(),
+            );
+        }
         #[cfg(feature = "prometheus")]
         let (meter_provider, prometheus_addr) = match self.prometheus {
             Some(addr) => {
@@ -349,21 +357,41 @@ impl TelemetryBuilder {
             .with_callback(|o| o.observe(monitored::clock_backwards(), &[]))
             .build();
 
-        let span_exporter = export::span_exporter(&runtime, &config.traces, stats.clone())?;
-        // The SDK's queue gets the same capacity as ours, so only `QueueLimit`
-        // ever drops (and counts) a span.
-        let batch = BatchConfigBuilder::default()
-            .with_max_queue_size(config.span_queue_size)
-            .build();
-        let processor = QueueLimit::spans(
-            BatchSpanProcessor::new(span_exporter, batch),
-            config.span_queue_size,
-            stats.clone(),
-        );
+        let processor = if config.traces_export {
+            let span_exporter = export::span_exporter(&runtime, &config.traces, stats.clone())?;
+            // The SDK's queue gets the same capacity as ours, so only
+            // `QueueLimit` ever drops (and counts) a span. Every batch setting
+            // is set here, from our validated config: the SDK reads none behind
+            // our back.
+            let batch = BatchConfigBuilder::default()
+                .with_max_queue_size(config.span_queue_size)
+                .with_max_export_batch_size(
+                    config
+                        .span_batch
+                        .max_export_batch_size
+                        .min(config.span_queue_size),
+                )
+                .with_scheduled_delay(config.span_batch.schedule_delay)
+                .build();
+            Some(QueueLimit::spans(
+                BatchSpanProcessor::new(span_exporter, batch),
+                config.span_queue_size,
+                stats.clone(),
+            ))
+        } else {
+            None
+        };
         let logger_provider = if config.logs_export {
             let log_exporter = export::log_exporter(&runtime, &config.logs, stats.clone())?;
             let batch = opentelemetry_sdk::logs::BatchConfigBuilder::default()
                 .with_max_queue_size(config.log_queue_size)
+                .with_max_export_batch_size(
+                    config
+                        .log_batch
+                        .max_export_batch_size
+                        .min(config.log_queue_size),
+                )
+                .with_scheduled_delay(config.log_batch.schedule_delay)
                 .build();
             let processor = QueueLimit::logs(
                 BatchLogProcessor::builder(log_exporter)
@@ -383,8 +411,10 @@ impl TelemetryBuilder {
         };
         let mut tp = SdkTracerProvider::builder()
             .with_resource(resource)
-            .with_sampler(monitored::sampler(sdk_sampler(config.sampler))) // #[monitored] integration
-            .with_span_processor(processor);
+            .with_sampler(monitored::sampler(sdk_sampler(config.sampler))); // #[monitored] integration
+        if let Some(processor) = processor {
+            tp = tp.with_span_processor(processor);
+        }
         // #[monitored] integration (issue 3): the SDK follows #[monitored]'s
         // root decisions and uses the trace id it drew; both share one generator.
         let ids = match self.id_generator {
@@ -411,6 +441,7 @@ impl TelemetryBuilder {
             tracer: Some(tracer),
             filter,
             fmt: self.fmt,
+            warnings: config.warnings,
             guard: TelemetryGuard {
                 tracer_provider: Some(tracer_provider),
                 meter_provider: Some(meter_provider),
@@ -435,6 +466,9 @@ impl TelemetryBuilder {
             .subscriber()?
             .try_init()
             .map_err(InitError::SubscriberAlreadySet)?;
+        for warning in telemetry.warnings() {
+            tracing::warn!("{warning}");
+        }
         Ok(telemetry.guard)
     }
 
@@ -544,6 +578,7 @@ pub struct Telemetry {
     tracer: Option<SdkTracer>,
     filter: String,
     fmt: bool,
+    warnings: Vec<String>,
     guard: TelemetryGuard,
 }
 
@@ -607,6 +642,14 @@ impl Telemetry {
             .with(filter)
             .with(fmt)
             .with(self.layer()))
+    }
+
+    /// Settings that were read leniently, as the specification asks (for
+    /// example an `OTEL_SDK_DISABLED` that is neither true nor false): what
+    /// happened and what to write instead. [`TelemetryBuilder::install`] logs
+    /// them; log them yourself when you compose your own subscriber.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// The guard that flushes and shuts down on drop. Keep it alive.

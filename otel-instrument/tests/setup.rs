@@ -315,6 +315,54 @@ fn sdk_disabled_exports_nothing_and_is_not_an_error() {
     );
 }
 
+#[test]
+fn a_typo_in_sdk_disabled_keeps_telemetry_on_with_a_warning() {
+    let _s = serial();
+    let sink = OtlpSink::start().unwrap();
+    let t = Telemetry::builder()
+        .env_lookup(env(&[
+            ("OTEL_SDK_DISABLED", "yes"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &sink.endpoint()),
+        ]))
+        .build()
+        .expect("a typo must not stop the service");
+    assert_eq!(t.warnings().len(), 1);
+    assert!(t.warnings()[0].contains("OTEL_SDK_DISABLED=\"yes\""));
+    let sub = tracing_subscriber::registry().with(t.layer());
+    tracing::subscriber::with_default(sub, || {
+        tracing::info_span!("still_exported").in_scope(|| {});
+    });
+    assert!(t.guard().flush());
+    assert!(
+        sink.wait_for_span("still_exported", WAIT).is_some(),
+        "telemetry stays on"
+    );
+}
+
+#[test]
+fn traces_exporter_none_exports_metrics_but_no_spans() {
+    let _s = serial();
+    let sink = OtlpSink::start().unwrap();
+    let t = Telemetry::builder()
+        .env_lookup(env(&[
+            ("OTEL_TRACES_EXPORTER", "none"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &sink.endpoint()),
+        ]))
+        .build()
+        .unwrap();
+    let sub = tracing_subscriber::registry().with(t.layer());
+    tracing::subscriber::with_default(sub, || {
+        tracing::info_span!("not_exported").in_scope(|| {});
+    });
+    opentelemetry::global::meter("none-test")
+        .u64_counter("none_test.ticks")
+        .build()
+        .add(1, &[]);
+    assert!(t.guard().flush());
+    assert!(sink.wait_for_metric("none_test.ticks", WAIT).is_some());
+    assert!(sink.received().traces.is_empty(), "no span may be exported");
+}
+
 /// Emits a span and a metric, then times the guard's drop.
 fn drop_time_with_collector_absent(shutdown_timeout: Duration) -> Duration {
     let t = Telemetry::builder()
