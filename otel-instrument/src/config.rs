@@ -184,6 +184,19 @@ pub struct ExporterConfig {
     pub compression: Option<Compression>,
     /// Transport. Default: gRPC.
     pub protocol: Protocol,
+    /// TLS material for `https://` endpoints. Default: the system's roots, no
+    /// client certificate.
+    pub tls: TlsFiles,
+}
+
+/// PEM contents read from `OTEL_EXPORTER_OTLP_{,<SIGNAL>_}CERTIFICATE`,
+/// `..._CLIENT_CERTIFICATE` and `..._CLIENT_KEY`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// A CA certificate to trust besides the system's roots.
+    pub ca_certificate: Option<Vec<u8>>,
+    /// A client certificate and its key, for mTLS.
+    pub client_identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// Which signal a setting belongs to.
@@ -617,12 +630,57 @@ impl ExporterConfig {
             },
         };
 
+        let read = |var: String, path: String| -> Result<Vec<u8>, ConfigError> {
+            std::fs::read(path.trim()).map_err(|e| {
+                ConfigError::invalid(
+                    &var,
+                    &path,
+                    format!("cannot read the PEM file ({e})"),
+                    "/etc/otel/ca.pem",
+                )
+            })
+        };
+        let ca_certificate = match pick("CERTIFICATE") {
+            None => None,
+            Some((var, path)) => Some(read(var, path)?),
+        };
+        let client_identity = match (pick("CLIENT_CERTIFICATE"), pick("CLIENT_KEY")) {
+            (None, None) => None,
+            (Some((cv, cp)), Some((kv, kp))) => Some((read(cv, cp)?, read(kv, kp)?)),
+            (None, Some((var, path))) => {
+                return Err(ConfigError::invalid(
+                    &var,
+                    &path,
+                    format!(
+                        "a client key needs its certificate: set {} too",
+                        var.replace("CLIENT_KEY", "CLIENT_CERTIFICATE")
+                    ),
+                    "/etc/otel/client.key",
+                ));
+            }
+            (Some((var, path)), None) => {
+                return Err(ConfigError::invalid(
+                    &var,
+                    &path,
+                    format!(
+                        "a client certificate needs its key: set {} too",
+                        var.replace("CLIENT_CERTIFICATE", "CLIENT_KEY")
+                    ),
+                    "/etc/otel/client.pem",
+                ));
+            }
+        };
+
         Ok(Self {
             endpoint,
             headers,
             timeout,
             compression,
             protocol,
+            tls: TlsFiles {
+                ca_certificate,
+                client_identity,
+            },
         })
     }
 }

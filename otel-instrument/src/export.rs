@@ -580,7 +580,14 @@ fn tonic_settings<B: WithTonicConfig + WithExportConfig>(
         b = b.with_compression(opentelemetry_otlp::Compression::Gzip);
     }
     if cfg.endpoint.starts_with("https://") {
-        b = b.with_tls_config(tonic::transport::ClientTlsConfig::new().with_enabled_roots());
+        let mut tls = tonic::transport::ClientTlsConfig::new().with_enabled_roots();
+        if let Some(ca) = &cfg.tls.ca_certificate {
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(ca));
+        }
+        if let Some((cert, key)) = &cfg.tls.client_identity {
+            tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        b = b.with_tls_config(tls);
     }
     Ok(b)
 }

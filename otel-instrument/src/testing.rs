@@ -361,6 +361,7 @@ impl LogsService for Services {
 #[derive(Debug)]
 pub struct OtlpSink {
     addr: SocketAddr,
+    tls: bool,
     shared: Arc<Shared>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<thread::JoinHandle<()>>,
@@ -381,6 +382,41 @@ impl OtlpSink {
     /// # Errors
     /// The socket cannot be bound or the server thread cannot start.
     pub fn start_at(addr: SocketAddr) -> std::io::Result<Self> {
+        Self::spawn(addr, None)
+    }
+
+    /// Starts a sink on `127.0.0.1:0` that serves TLS with the given PEM
+    /// certificate and key; with `client_ca`, it also requires a client
+    /// certificate signed by that CA (mTLS). Its [`endpoint`](Self::endpoint)
+    /// is `https://127.0.0.1:<port>`.
+    ///
+    /// # Errors
+    /// The socket cannot be bound, the server thread cannot start, or the PEM
+    /// material is unusable.
+    pub fn start_tls(
+        cert_pem: &str,
+        key_pem: &str,
+        client_ca: Option<&str>,
+    ) -> std::io::Result<Self> {
+        let mut tls = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
+        if let Some(ca) = client_ca {
+            tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+        }
+        Self::spawn(SocketAddr::from(([127, 0, 0, 1], 0)), Some(tls))
+    }
+
+    fn spawn(
+        addr: SocketAddr,
+        tls: Option<tonic::transport::ServerTlsConfig>,
+    ) -> std::io::Result<Self> {
+        let is_tls = tls.is_some();
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            server = server
+                .tls_config(tls)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        }
         let std_listener = bind_reusable(addr)?;
         let addr = std_listener.local_addr()?;
         let shared = Arc::new(Shared::default());
@@ -411,7 +447,7 @@ impl OtlpSink {
                     // answers wait for delayed ACKs and exports serialise on them.
                     let incoming = tonic::transport::server::TcpIncoming::from(listener)
                         .with_nodelay(Some(true));
-                    let result = tonic::transport::Server::builder()
+                    let result = server
                         .add_service(
                             TraceServiceServer::new(services.clone())
                                 .accept_compressed(CompressionEncoding::Gzip),
@@ -435,6 +471,7 @@ impl OtlpSink {
             })?;
         Ok(Self {
             addr,
+            tls: is_tls,
             shared,
             stop: Some(stop_tx),
             thread: Some(thread),
@@ -446,9 +483,11 @@ impl OtlpSink {
         self.addr
     }
 
-    /// The endpoint to give an OTLP/gRPC exporter, `http://127.0.0.1:<port>`.
+    /// The endpoint to give an OTLP/gRPC exporter, `http://127.0.0.1:<port>`
+    /// (`https://` for a TLS sink).
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Changes how the sink answers from now on. Requests held by

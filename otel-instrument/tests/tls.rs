@@ -1,0 +1,206 @@
+//! OTLP over TLS on the real wire: certificates generated here (rcgen), a sink
+//! that serves TLS (and requires client certificates for mTLS), and the
+//! exporter configured only through `OTEL_EXPORTER_OTLP_*` variables.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use otel_instrument::Telemetry;
+use otel_instrument::config::Signal;
+use otel_instrument::testing::OtlpSink;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair,
+};
+use tracing_subscriber::layer::SubscriberExt;
+
+/// A certificate authority and what it signed, written as PEM files.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn pem(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path(name)).unwrap()
+    }
+}
+
+fn write(dir: &Path, name: &str, pem: &str) {
+    std::fs::write(dir.join(name), pem).unwrap();
+}
+
+/// `ca.pem`, `server.pem`/`server.key` (for 127.0.0.1) and `client.pem`/
+/// `client.key`, all signed by `ca.pem`.
+fn pki() -> Pki {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "otel-instrument test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    write(dir.path(), "ca.pem", &ca.pem());
+
+    for (name, sans, usage) in [
+        (
+            "server",
+            vec!["127.0.0.1".to_owned(), "localhost".to_owned()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        ),
+        ("client", Vec::new(), ExtendedKeyUsagePurpose::ClientAuth),
+    ] {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(sans).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![usage];
+        let cert = params.signed_by(&key, &ca).unwrap();
+        write(dir.path(), &format!("{name}.pem"), &cert.pem());
+        write(dir.path(), &format!("{name}.key"), &key.serialize_pem());
+    }
+    Pki { dir }
+}
+
+fn env(vars: Vec<(&'static str, String)>) -> impl Fn(&str) -> Option<String> + Send + Sync {
+    move |k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())
+}
+
+/// Sends one span through a pipeline built from `vars`; returns whether it
+/// arrived and how many trace exports failed.
+fn send_one(sink: &OtlpSink, vars: Vec<(&'static str, String)>, name: &str) -> (bool, u64) {
+    let t = Telemetry::builder()
+        .env_lookup(env(vars))
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("telemetry");
+    let sub = tracing_subscriber::registry().with(t.layer());
+    tracing::subscriber::with_default(sub, || {
+        tracing::info_span!("tls_span", which = name).in_scope(|| {});
+    });
+    t.guard().flush();
+    let arrived = sink
+        .wait_until(Duration::from_secs(3), |r| {
+            r.spans()
+                .iter()
+                .any(|s| s.attributes().get("which").map(String::as_str) == Some(name))
+        })
+        .is_some();
+    let failures = t.guard().stats().failures(Signal::Traces);
+    (arrived, failures)
+}
+
+#[test]
+fn a_custom_ca_mtls_and_a_wrong_ca_over_the_wire() {
+    let ours = pki();
+    let other = pki();
+
+    // Server-side TLS, trusted through OTEL_EXPORTER_OTLP_CERTIFICATE.
+    let sink = OtlpSink::start_tls(&ours.pem("server.pem"), &ours.pem("server.key"), None).unwrap();
+    assert!(sink.endpoint().starts_with("https://127.0.0.1:"));
+    let (arrived, failures) = send_one(
+        &sink,
+        vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", sink.endpoint()),
+            (
+                "OTEL_EXPORTER_OTLP_CERTIFICATE",
+                ours.path("ca.pem").display().to_string(),
+            ),
+        ],
+        "custom-ca",
+    );
+    assert!(arrived && failures == 0, "custom CA: {arrived} {failures}");
+
+    // A CA that did not sign the server's certificate: the export fails and
+    // is counted; nothing arrives.
+    let (arrived, failures) = send_one(
+        &sink,
+        vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", sink.endpoint()),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+                other.path("ca.pem").display().to_string(),
+            ),
+        ],
+        "wrong-ca",
+    );
+    assert!(!arrived, "a server the CA did not sign must not be trusted");
+    assert!(failures >= 1, "the failed export is counted");
+    drop(sink);
+
+    // mTLS: the sink requires a client certificate signed by our CA.
+    let sink = OtlpSink::start_tls(
+        &ours.pem("server.pem"),
+        &ours.pem("server.key"),
+        Some(&ours.pem("ca.pem")),
+    )
+    .unwrap();
+    let (arrived, failures) = send_one(
+        &sink,
+        vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", sink.endpoint()),
+            (
+                "OTEL_EXPORTER_OTLP_CERTIFICATE",
+                ours.path("ca.pem").display().to_string(),
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+                ours.path("client.pem").display().to_string(),
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+                ours.path("client.key").display().to_string(),
+            ),
+        ],
+        "mtls",
+    );
+    assert!(arrived && failures == 0, "mTLS: {arrived} {failures}");
+
+    // Without the client certificate, the same sink refuses the connection.
+    let (arrived, failures) = send_one(
+        &sink,
+        vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", sink.endpoint()),
+            (
+                "OTEL_EXPORTER_OTLP_CERTIFICATE",
+                ours.path("ca.pem").display().to_string(),
+            ),
+        ],
+        "no-client-cert",
+    );
+    assert!(
+        !arrived && failures >= 1,
+        "mTLS without a client cert: {arrived} {failures}"
+    );
+}
+
+#[test]
+fn unreadable_or_half_given_certificates_are_errors_naming_the_variable() {
+    let err = Telemetry::builder()
+        .env_lookup(env(vec![(
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            "/nonexistent/ca.pem".to_owned(),
+        )]))
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("OTEL_EXPORTER_OTLP_CERTIFICATE") && err.contains("/nonexistent/ca.pem"),
+        "{err}"
+    );
+    let pki = pki();
+    let err = Telemetry::builder()
+        .env_lookup(env(vec![(
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+            pki.path("client.key").display().to_string(),
+        )]))
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"),
+        "{err}"
+    );
+}
