@@ -478,6 +478,65 @@ impl OtlpSink {
         })
     }
 
+    /// Starts a sink on `127.0.0.1:0` that speaks OTLP over HTTP with protobuf
+    /// bodies (`POST /v1/traces`, `/v1/metrics`, `/v1/logs`, gzip accepted).
+    /// Its [`endpoint`](Self::endpoint) is the base URL to give an
+    /// `http/protobuf` exporter. Refusing answers 503, throttling 429 with
+    /// `Retry-After`, as the OTLP specification says.
+    ///
+    /// # Errors
+    /// The socket cannot be bound or the server thread cannot start.
+    pub fn start_http() -> std::io::Result<Self> {
+        let std_listener = bind_reusable(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let addr = std_listener.local_addr()?;
+        let shared = Arc::new(Shared::default());
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let state = shared.clone();
+        let thread = thread::Builder::new()
+            .name(format!("otlp-http-sink-{}", addr.port()))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        eprintln!("OtlpSink: cannot build a runtime: {e}");
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(std_listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            eprintln!("OtlpSink: cannot register the listener: {e}");
+                            return;
+                        }
+                    };
+                    let app = axum::Router::new()
+                        .route("/v1/traces", axum::routing::post(http_traces))
+                        .route("/v1/metrics", axum::routing::post(http_metrics))
+                        .route("/v1/logs", axum::routing::post(http_logs))
+                        .with_state(state);
+                    let result = axum::serve(listener, app)
+                        .with_graceful_shutdown(async {
+                            let _ = stop_rx.await;
+                        })
+                        .await;
+                    if let Err(e) = result {
+                        eprintln!("OtlpSink: HTTP server stopped: {e}");
+                    }
+                });
+            })?;
+        Ok(Self {
+            addr,
+            tls: false,
+            shared,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
     /// The socket address the sink listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
@@ -588,4 +647,127 @@ fn bind_reusable(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
             Err(e) => return Err(e),
         }
     }
+}
+
+/// An OTLP/HTTP request body, gunzipped if the client compressed it.
+fn http_body(headers: &http::HeaderMap, body: &[u8]) -> Result<Vec<u8>, http::StatusCode> {
+    let gzip = headers
+        .get(http::header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+    if !gzip {
+        return Ok(body.to_vec());
+    }
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(body), &mut out)
+        .map_err(|_| http::StatusCode::BAD_REQUEST)?;
+    Ok(out)
+}
+
+/// The HTTP answer for a refusal, as the OTLP/HTTP specification maps them.
+fn http_refusal(status: &tonic::Status) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    match status.code() {
+        tonic::Code::ResourceExhausted => {
+            use tonic_types::StatusExt as _;
+            let secs = status
+                .get_details_retry_info()
+                .and_then(|r| r.retry_delay)
+                .map_or(1, |d| d.as_secs().max(1));
+            (
+                http::StatusCode::TOO_MANY_REQUESTS,
+                [(http::header::RETRY_AFTER, secs.to_string())],
+            )
+                .into_response()
+        }
+        _ => http::StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
+}
+
+fn http_headers(headers: &http::HeaderMap) -> BTreeMap<String, String> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// One OTLP/HTTP export: gate, decode, keep.
+async fn http_export<M: prost::Message + Default>(
+    shared: &Shared,
+    signal: &'static str,
+    headers: http::HeaderMap,
+    body: axum::body::Bytes,
+    keep: impl FnOnce(&mut Received, M),
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    if let Err(status) = shared.gate(signal).await {
+        return http_refusal(&status);
+    }
+    let bytes = match http_body(&headers, &body) {
+        Ok(b) => b,
+        Err(code) => return code.into_response(),
+    };
+    let Ok(message) = M::decode(bytes.as_slice()) else {
+        return http::StatusCode::BAD_REQUEST.into_response();
+    };
+    let headers = http_headers(&headers);
+    shared.push(|r| {
+        r.headers.push(headers);
+        keep(r, message);
+    });
+    // An empty Export*ServiceResponse: full success.
+    (
+        [(http::header::CONTENT_TYPE, "application/x-protobuf")],
+        Vec::<u8>::new(),
+    )
+        .into_response()
+}
+
+async fn http_traces(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+    headers: http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    http_export(
+        &shared,
+        "traces",
+        headers,
+        body,
+        |r, m: ExportTraceServiceRequest| r.traces.push(m),
+    )
+    .await
+}
+
+async fn http_metrics(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+    headers: http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    http_export(
+        &shared,
+        "metrics",
+        headers,
+        body,
+        |r, m: ExportMetricsServiceRequest| r.metrics.push(m),
+    )
+    .await
+}
+
+async fn http_logs(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+    headers: http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    http_export(
+        &shared,
+        "logs",
+        headers,
+        body,
+        |r, m: ExportLogsServiceRequest| r.logs.push(m),
+    )
+    .await
 }
