@@ -10,7 +10,7 @@
 //! | `service.instance.id` | a random UUID (v4) per process, as the semantic conventions recommend; OTLP → Prometheus makes it `instance`, so replicas never collide |
 //! | `host.name` | `/proc/sys/kernel/hostname`, else `HOSTNAME` |
 //! | `host.arch`, `os.type` | the target the binary was built for, in semconv's spelling (`amd64`, `arm64`; `linux`, `darwin`, ...) |
-//! | `process.pid`, `process.executable.name`, `process.runtime.name` | this process; the runtime is `rust` |
+//! | `process.pid`, `process.executable.name`, `process.runtime.{name,version,description}` | this process; the runtime is `rust`, at the version of the compiler that built it |
 //! | `container.id` | this process's cgroup ([`cgroup`]: docker, containerd, CRI-O, podman, kubelet) |
 //! | `k8s.pod.uid` | the cgroup, else `K8S_POD_UID` |
 //! | `k8s.pod.name`, `k8s.namespace.name`, `k8s.node.name`, `k8s.container.name` | the downward-API variables `K8S_POD_NAME`, `K8S_NAMESPACE_NAME`, `K8S_NODE_NAME`, `K8S_CONTAINER_NAME` |
@@ -37,6 +37,14 @@ pub fn detect(lookup: &dyn Fn(&str) -> Option<String>) -> Vec<KeyValue> {
         KeyValue::new("os.type", os_type(std::env::consts::OS)),
         KeyValue::new("process.pid", i64::from(std::process::id())),
         KeyValue::new("process.runtime.name", "rust"),
+        KeyValue::new(
+            "process.runtime.version",
+            env!("OTEL_INSTRUMENT_RUSTC_VERSION"),
+        ),
+        KeyValue::new(
+            "process.runtime.description",
+            env!("OTEL_INSTRUMENT_RUSTC_DESCRIPTION"),
+        ),
     ];
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
@@ -166,5 +174,12 @@ mod tests {
         assert!(!got.contains_key("k8s.container.name"), "empty means unset");
         assert_eq!(got["process.pid"], std::process::id().to_string());
         assert_eq!(got["process.runtime.name"], "rust");
+        assert!(
+            got["process.runtime.version"]
+                .split('.')
+                .all(|p| p.chars().next().is_some_and(|c| c.is_ascii_digit())),
+            "{}",
+            got["process.runtime.version"]
+        );
     }
 }

@@ -556,4 +556,11 @@ fn prometheus_endpoint_serves_collector_style_names() {
     assert!(body.contains("jobs_done_total{"), "{body}");
     assert!(body.contains("work_duration_seconds_bucket{"), "{body}");
     assert!(body.contains("service_name=\"pull-test\""), "{body}");
+    // Autometrics' build_info on the pull path too, under its own name.
+    assert!(
+        body.lines().any(|l| l.starts_with("build_info{")
+            && l.contains("autometrics_version=\"1.0.0\"")
+            && l.ends_with(" 1")),
+        "{body}"
+    );
 }
