@@ -514,9 +514,18 @@ impl OtlpSink {
                         }
                     };
                     let app = axum::Router::new()
-                        .route("/v1/traces", axum::routing::post(http_traces))
-                        .route("/v1/metrics", axum::routing::post(http_metrics))
-                        .route("/v1/logs", axum::routing::post(http_logs))
+                        .route(
+                            "/v1/traces",
+                            axum::routing::post(http_export::<ExportTraceServiceRequest>),
+                        )
+                        .route(
+                            "/v1/metrics",
+                            axum::routing::post(http_export::<ExportMetricsServiceRequest>),
+                        )
+                        .route(
+                            "/v1/logs",
+                            axum::routing::post(http_export::<ExportLogsServiceRequest>),
+                        )
                         .with_state(state);
                     let result = axum::serve(listener, app)
                         .with_graceful_shutdown(async {
@@ -695,16 +704,43 @@ fn http_headers(headers: &http::HeaderMap) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// An OTLP export request the HTTP side of the sink accepts.
+trait HttpExport: prost::Message + Default + Send + 'static {
+    /// The signal, as [`Received::attempts`] names it.
+    const SIGNAL: &'static str;
+    /// Keeps the request.
+    fn keep(self, r: &mut Received);
+}
+
+impl HttpExport for ExportTraceServiceRequest {
+    const SIGNAL: &'static str = "traces";
+    fn keep(self, r: &mut Received) {
+        r.traces.push(self);
+    }
+}
+
+impl HttpExport for ExportMetricsServiceRequest {
+    const SIGNAL: &'static str = "metrics";
+    fn keep(self, r: &mut Received) {
+        r.metrics.push(self);
+    }
+}
+
+impl HttpExport for ExportLogsServiceRequest {
+    const SIGNAL: &'static str = "logs";
+    fn keep(self, r: &mut Received) {
+        r.logs.push(self);
+    }
+}
+
 /// One OTLP/HTTP export: gate, decode, keep.
-async fn http_export<M: prost::Message + Default>(
-    shared: &Shared,
-    signal: &'static str,
+async fn http_export<M: HttpExport>(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
     headers: http::HeaderMap,
     body: axum::body::Bytes,
-    keep: impl FnOnce(&mut Received, M),
 ) -> axum::response::Response {
     use axum::response::IntoResponse as _;
-    if let Err(status) = shared.gate(signal).await {
+    if let Err(status) = shared.gate(M::SIGNAL).await {
         return http_refusal(&status);
     }
     let bytes = match http_body(&headers, &body) {
@@ -717,7 +753,7 @@ async fn http_export<M: prost::Message + Default>(
     let headers = http_headers(&headers);
     shared.push(|r| {
         r.headers.push(headers);
-        keep(r, message);
+        message.keep(r);
     });
     // An empty Export*ServiceResponse: full success.
     (
@@ -725,49 +761,4 @@ async fn http_export<M: prost::Message + Default>(
         Vec::<u8>::new(),
     )
         .into_response()
-}
-
-async fn http_traces(
-    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
-    headers: http::HeaderMap,
-    body: axum::body::Bytes,
-) -> axum::response::Response {
-    http_export(
-        &shared,
-        "traces",
-        headers,
-        body,
-        |r, m: ExportTraceServiceRequest| r.traces.push(m),
-    )
-    .await
-}
-
-async fn http_metrics(
-    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
-    headers: http::HeaderMap,
-    body: axum::body::Bytes,
-) -> axum::response::Response {
-    http_export(
-        &shared,
-        "metrics",
-        headers,
-        body,
-        |r, m: ExportMetricsServiceRequest| r.metrics.push(m),
-    )
-    .await
-}
-
-async fn http_logs(
-    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
-    headers: http::HeaderMap,
-    body: axum::body::Bytes,
-) -> axum::response::Response {
-    http_export(
-        &shared,
-        "logs",
-        headers,
-        body,
-        |r, m: ExportLogsServiceRequest| r.logs.push(m),
-    )
-    .await
 }
