@@ -111,6 +111,7 @@ fn monitored_provider(
     monitored::configure(MonitoredSettings {
         sampler: config,
         histogram_boundaries: monitored::DEFAULT_HISTOGRAM_BOUNDARIES.to_vec(),
+        ..MonitoredSettings::default()
     });
     monitored::set_other_layers(false);
     let tp = SdkTracerProvider::builder()

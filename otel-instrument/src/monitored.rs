@@ -34,7 +34,9 @@ use std::sync::{Mutex, PoisonError, RwLock};
 use std::task::{Context as TaskContext, Poll};
 
 use opentelemetry::global::BoxedTracer;
-use opentelemetry::metrics::{BoundCounter, BoundHistogram, BoundUpDownCounter, Counter, Meter};
+use opentelemetry::metrics::{
+    BoundCounter, BoundHistogram, BoundUpDownCounter, Counter, Histogram, Meter,
+};
 use opentelemetry::trace::{
     Link, SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId,
     TraceState,
@@ -96,6 +98,8 @@ pub struct MonitoredSettings {
     pub sampler: SamplerConfig,
     /// Boundaries of `function.calls.duration`, in seconds.
     pub histogram_boundaries: Vec<f64>,
+    /// What a cancelled call counts as. Default: [`CancelledAs::Cancelled`].
+    pub cancelled: CancelledAs,
 }
 
 impl Default for MonitoredSettings {
@@ -103,7 +107,67 @@ impl Default for MonitoredSettings {
         Self {
             sampler: SamplerConfig::default(),
             histogram_boundaries: DEFAULT_HISTOGRAM_BOUNDARIES.to_vec(),
+            cancelled: CancelledAs::default(),
         }
+    }
+}
+
+/// `result` of a cancelled call under the default [`CancelledAs::Cancelled`].
+pub const RESULT_CANCELLED: &str = "cancelled";
+
+/// What a cancelled call counts as: an async monitored call whose future was
+/// dropped before it finished (a `select!` loser, a timeout, a client that
+/// went away).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum CancelledAs {
+    /// Its own `result="cancelled"`, with its own latency series. Error ratios
+    /// (autometrics' dashboards count `result="error"`) stay right, and the
+    /// span's status stays unset. The default.
+    #[default]
+    Cancelled,
+    /// `result="error"`, `error.category="cancelled"`, `error.type="Cancelled"`,
+    /// and an error span.
+    Error,
+    /// `result="ok"`.
+    Ok,
+}
+
+static CANCELLED_AS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+fn cancelled_as() -> CancelledAs {
+    match CANCELLED_AS.load(Ordering::Relaxed) {
+        1 => CancelledAs::Error,
+        2 => CancelledAs::Ok,
+        _ => CancelledAs::Cancelled,
+    }
+}
+
+/// How a call ended, as the metrics and the span record it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Ok,
+    Error(ErrorCategory, &'static str),
+    Cancelled,
+}
+
+/// The outcome of a call: a panic is an internal error, a cancellation
+/// counts as `mode` says, anything else as its error (if any).
+fn outcome(
+    error: Option<(ErrorCategory, &'static str)>,
+    panicking: bool,
+    cancelled: bool,
+    mode: CancelledAs,
+) -> Outcome {
+    match (error, cancelled) {
+        (Some((category, error_type)), _) => Outcome::Error(category, error_type),
+        (None, _) if panicking => Outcome::Error(ErrorCategory::Internal, "panic"),
+        (None, true) => match mode {
+            CancelledAs::Cancelled => Outcome::Cancelled,
+            CancelledAs::Error => Outcome::Error(ErrorCategory::Cancelled, "Cancelled"),
+            CancelledAs::Ok => Outcome::Ok,
+        },
+        (None, false) => Outcome::Ok,
     }
 }
 
@@ -145,6 +209,14 @@ pub fn configure(settings: MonitoredSettings) {
     };
     PARENT_BASED.store(parent_based, Ordering::Relaxed);
     ROOT_THRESHOLD.store(threshold(root), Ordering::Relaxed);
+    CANCELLED_AS.store(
+        match settings.cancelled {
+            CancelledAs::Cancelled => 0,
+            CancelledAs::Error => 1,
+            CancelledAs::Ok => 2,
+        },
+        Ordering::Relaxed,
+    );
     let mut boundaries = settings.histogram_boundaries;
     if boundaries.is_empty() {
         boundaries = DEFAULT_HISTOGRAM_BOUNDARIES.to_vec();
@@ -529,6 +601,9 @@ struct Bound {
     calls: Counter<u64>,
     /// `[ok, error]`.
     duration: [BoundHistogram<f64>; 2],
+    /// For the rare cancelled call, recorded with its labels (a bound series
+    /// would export an empty one for every function).
+    any_duration: Histogram<f64>,
     concurrent: BoundUpDownCounter<i64>,
     /// The ok-call counter per caller, bound on first use.
     ok_by_caller: [AtomicPtr<CallerCounter>; CALLER_SLOTS],
@@ -659,6 +734,7 @@ impl Callsite {
                 duration.bind(&with_result("ok")),
                 duration.bind(&with_result("error")),
             ],
+            any_duration: duration.clone(),
             concurrent: concurrent.bind(&fm),
             calls,
             ok_by_caller: Default::default(),
@@ -834,6 +910,8 @@ struct Core {
     frame: Frame,
     start: clock::Stamp,
     error: Option<(ErrorCategory, &'static str)>,
+    /// Dropped before it finished (async calls only).
+    cancelled: bool,
     /// The OTel span of a sampled call, started directly on the SDK.
     /// Boxed: only sampled calls have one, and the guard stays small.
     otel: Option<Box<Context>>,
@@ -907,6 +985,7 @@ impl Core {
             frame,
             start,
             error: None,
+            cancelled: false,
             otel,
             trace_id: [(trace_id >> 64) as u64, trace_id as u64],
         };
@@ -915,25 +994,41 @@ impl Core {
 
     #[inline]
     fn close(&self, span: Option<&tracing::Span>) {
-        let error = if self.error.is_none() && std::thread::panicking() {
-            Some((ErrorCategory::Internal, "panic"))
-        } else {
-            self.error
+        let outcome = outcome(
+            self.error,
+            std::thread::panicking(),
+            self.cancelled,
+            cancelled_as(),
+        );
+        let error = match outcome {
+            Outcome::Error(category, error_type) => Some((category, error_type)),
+            Outcome::Ok | Outcome::Cancelled => None,
         };
         let end = clock::now();
         if let Some(b) = self.bound {
             let secs = self.start.secs_until(end);
-            match error {
-                None => {
+            match outcome {
+                Outcome::Ok => {
                     self.callsite.count_ok(b, self.caller);
                     b.duration[0].record(secs);
                 }
-                Some((category, error_type)) => {
+                Outcome::Error(category, error_type) => {
                     let mut labels = self.callsite.labels(self.caller, "error");
                     labels.push(KeyValue::new(ERROR_CATEGORY, category.as_str()));
                     labels.push(KeyValue::new(ERROR_TYPE, error_type));
                     b.calls.add(1, &labels);
                     b.duration[1].record(secs);
+                }
+                Outcome::Cancelled => {
+                    let labels = self.callsite.labels(self.caller, RESULT_CANCELLED);
+                    b.calls.add(1, &labels);
+                    let mut histogram_labels = vec![
+                        KeyValue::new(FUNCTION, self.callsite.function),
+                        KeyValue::new(MODULE, self.callsite.module),
+                        KeyValue::new(RESULT, RESULT_CANCELLED),
+                    ];
+                    histogram_labels.extend(service_name_label());
+                    b.any_duration.record(secs, &histogram_labels);
                 }
             }
             b.concurrent.add(-1);
@@ -946,6 +1041,9 @@ impl Core {
                 otel_span.set_status(Status::error(""));
                 otel_span.set_attribute(KeyValue::new(ERROR_TYPE, error_type));
                 otel_span.set_attribute(KeyValue::new(ERROR_CATEGORY, category.as_str()));
+            }
+            if outcome == Outcome::Cancelled {
+                otel_span.set_attribute(KeyValue::new(RESULT, RESULT_CANCELLED));
             }
             otel_span.end_with_timestamp(end.system_time());
         }
@@ -1077,9 +1175,7 @@ impl AsyncCall {
 impl Drop for AsyncCall {
     fn drop(&mut self) {
         if !self.done {
-            if self.core.error.is_none() && !std::thread::panicking() {
-                self.core.error = Some((ErrorCategory::Cancelled, "Cancelled"));
-            }
+            self.core.cancelled = true;
             self.core.close(self.span.as_ref());
         }
     }
@@ -1212,6 +1308,29 @@ mod tests {
         let half = threshold(0.5);
         assert!(sampled_by(half, (1u128 << 64) | 2));
         assert!(!sampled_by(half, u128::from(u64::MAX)));
+    }
+
+    #[test]
+    fn a_cancelled_call_counts_as_configured_and_errors_and_panics_win() {
+        use CancelledAs::*;
+        let cancelled = |mode| outcome(None, false, true, mode);
+        assert_eq!(cancelled(Cancelled), Outcome::Cancelled);
+        assert_eq!(
+            cancelled(Error),
+            Outcome::Error(ErrorCategory::Cancelled, "Cancelled")
+        );
+        assert_eq!(cancelled(Ok), Outcome::Ok);
+        // An error the body returned before the drop, or a panic, is what it is.
+        let e = Some((ErrorCategory::Unavailable, "Unavailable"));
+        assert_eq!(
+            outcome(e, false, true, Cancelled),
+            Outcome::Error(ErrorCategory::Unavailable, "Unavailable")
+        );
+        assert_eq!(
+            outcome(None, true, true, Cancelled),
+            Outcome::Error(ErrorCategory::Internal, "panic")
+        );
+        assert_eq!(outcome(None, false, false, Error), Outcome::Ok);
     }
 
     #[test]

@@ -87,6 +87,7 @@ pub struct TelemetryBuilder {
     shutdown_timeout: Duration,
     histogram_boundaries: Vec<f64>,
     id_generator: Option<Box<dyn IdGenerator>>,
+    cancelled: monitored::CancelledAs,
     #[cfg(feature = "prometheus")]
     prometheus: Option<std::net::SocketAddr>,
 }
@@ -116,6 +117,7 @@ impl Default for TelemetryBuilder {
             shutdown_timeout: Duration::from_secs(5),
             histogram_boundaries: DEFAULT_HISTOGRAM_BOUNDARIES.to_vec(),
             id_generator: None,
+            cancelled: monitored::CancelledAs::default(),
             #[cfg(feature = "prometheus")]
             prometheus: None,
         }
@@ -247,6 +249,14 @@ impl TelemetryBuilder {
         self
     }
 
+    /// What a cancelled `#[monitored]` call (an async call dropped before it
+    /// finished) counts as. Default: its own `result="cancelled"`, so error
+    /// ratios stay right.
+    pub fn cancelled_calls(mut self, cancelled: monitored::CancelledAs) -> Self {
+        self.cancelled = cancelled;
+        self
+    }
+
     /// A custom trace/span id generator (tests use a fixed one).
     pub fn id_generator(mut self, generator: impl IdGenerator + 'static) -> Self {
         self.id_generator = Some(Box::new(generator));
@@ -297,6 +307,7 @@ impl TelemetryBuilder {
         monitored::configure(MonitoredSettings {
             sampler,
             histogram_boundaries: self.histogram_boundaries.clone(),
+            cancelled: self.cancelled,
         });
 
         let stats = Arc::new(ExportStats::default());

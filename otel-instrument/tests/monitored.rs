@@ -624,3 +624,46 @@ fn a_panic_caught_by_the_runtime_leaves_the_worker_thread_clean() {
     ]);
     assert_eq!(value_with(&pts, &failed), Some(1.0), "{pts:#?}");
 }
+
+#[monitored]
+async fn outlived_by_its_timeout() {
+    tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+}
+
+#[tokio::test]
+async fn a_call_dropped_by_a_timeout_counts_as_cancelled_not_as_an_error() {
+    let p = pipeline();
+    let timed_out = tokio::time::timeout(
+        std::time::Duration::from_millis(20),
+        outlived_by_its_timeout(),
+    )
+    .await;
+    assert!(timed_out.is_err(), "the timeout drops the call");
+    let r = flush_until(&p.sink, &p.guard, |r| {
+        !points(r, "function.calls", "outlived_by_its_timeout").is_empty()
+            && !spans_named(r, "outlived_by_its_timeout").is_empty()
+            && !points(r, "function.calls.duration", "outlived_by_its_timeout").is_empty()
+    });
+    let calls = points(&r, "function.calls", "outlived_by_its_timeout");
+    let cancelled = map(&[
+        ("function", "outlived_by_its_timeout"),
+        ("module", "monitored"),
+        ("result", "cancelled"),
+    ]);
+    assert_eq!(value_with(&calls, &cancelled), Some(1.0), "{calls:#?}");
+    assert_eq!(calls.len(), 1, "no error point: {calls:#?}");
+    let durations = points(&r, "function.calls.duration", "outlived_by_its_timeout");
+    assert_eq!(
+        value_with(&durations, &cancelled),
+        Some(1.0),
+        "{durations:#?}"
+    );
+    let span = &spans_named(&r, "outlived_by_its_timeout")[0].span;
+    assert_ne!(
+        span.status.as_ref().map(|s| s.code),
+        Some(StatusCode::Error as i32),
+        "a cancellation is not an error span"
+    );
+    let attrs = otel_instrument::testing::attributes(&span.attributes);
+    assert_eq!(attrs.get("result").map(String::as_str), Some("cancelled"));
+}
