@@ -336,24 +336,18 @@ fn set_current(frame: Frame) {
     CURRENT.with(|c| c.set(frame));
 }
 
-/// Restores this thread's frame and unsampled trace id when it drops, on every
-/// path: a panic that the runtime catches (tokio does, per task) must not leave
-/// a dead call's frame on the worker thread for the next task to inherit.
+/// Restores this thread's frame when it drops, on every path: a panic that
+/// the runtime catches (tokio does, per task) must not leave a dead call's
+/// frame on the worker thread for the next task to inherit.
 #[derive(Debug)]
 struct FrameGuard {
     frame: Frame,
-    /// `UNSAMPLED_TRACE_ID` as it was, in two words (see `Core::trace_id`).
-    unsampled: [u64; 2],
 }
 
 impl FrameGuard {
     #[inline(always)]
     fn save() -> Self {
-        let id = UNSAMPLED_TRACE_ID.with(Cell::get);
-        Self {
-            frame: current(),
-            unsampled: [(id >> 64) as u64, id as u64],
-        }
+        Self { frame: current() }
     }
 }
 
@@ -361,6 +355,34 @@ impl Drop for FrameGuard {
     #[inline(always)]
     fn drop(&mut self) {
         set_current(self.frame);
+    }
+}
+
+/// A [`FrameGuard`] that also restores the unsampled trace id, which a poll
+/// overwrites with its call's. (A sync call needs no such restore: it only sets
+/// the id when it is a new root, and then the frame it restores is free, so
+/// nobody reads the id.)
+#[derive(Debug)]
+struct PollGuard {
+    _frame: FrameGuard,
+    /// `UNSAMPLED_TRACE_ID` as it was, in two words (see `Core::trace_id`).
+    unsampled: [u64; 2],
+}
+
+impl PollGuard {
+    #[inline(always)]
+    fn save() -> Self {
+        let id = UNSAMPLED_TRACE_ID.with(Cell::get);
+        Self {
+            _frame: FrameGuard::save(),
+            unsampled: [(id >> 64) as u64, id as u64],
+        }
+    }
+}
+
+impl Drop for PollGuard {
+    #[inline(always)]
+    fn drop(&mut self) {
         let [hi, lo] = self.unsampled;
         UNSAMPLED_TRACE_ID.with(|t| t.set((u128::from(hi) << 64) | u128::from(lo)));
     }
@@ -1144,7 +1166,7 @@ impl AsyncCall {
     ) -> Poll<F::Output> {
         // Every piece of per-thread state is restored by a guard, so a body
         // that panics (and a runtime that catches it) leaves the thread clean.
-        let _restore = FrameGuard::save();
+        let _restore = PollGuard::save();
         set_current(self.core.frame);
         if self.core.frame.trace == Trace::Unsampled {
             let [hi, lo] = self.core.trace_id;
