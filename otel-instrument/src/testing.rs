@@ -417,65 +417,36 @@ impl OtlpSink {
                 .tls_config(tls)
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         }
-        let std_listener = bind_reusable(addr)?;
-        let addr = std_listener.local_addr()?;
-        let shared = Arc::new(Shared::default());
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let services = Services(shared.clone());
-        let thread = thread::Builder::new()
-            .name(format!("otlp-sink-{}", addr.port()))
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        eprintln!("OtlpSink: cannot build a runtime: {e}");
-                        return;
-                    }
-                };
-                rt.block_on(async move {
-                    let listener = match tokio::net::TcpListener::from_std(std_listener) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            eprintln!("OtlpSink: cannot register the listener: {e}");
-                            return;
-                        }
-                    };
-                    // TCP_NODELAY, as a real collector sets it: with Nagle on, small
-                    // answers wait for delayed ACKs and exports serialise on them.
-                    let incoming = tonic::transport::server::TcpIncoming::from(listener)
-                        .with_nodelay(Some(true));
-                    let result = server
-                        .add_service(
-                            TraceServiceServer::new(services.clone())
-                                .accept_compressed(CompressionEncoding::Gzip),
-                        )
-                        .add_service(
-                            MetricsServiceServer::new(services.clone())
-                                .accept_compressed(CompressionEncoding::Gzip),
-                        )
-                        .add_service(
-                            LogsServiceServer::new(services)
-                                .accept_compressed(CompressionEncoding::Gzip),
-                        )
-                        .serve_with_incoming_shutdown(incoming, async {
-                            let _ = stop_rx.await;
-                        })
-                        .await;
-                    if let Err(e) = result {
-                        eprintln!("OtlpSink: server stopped: {e}");
-                    }
-                });
-            })?;
-        Ok(Self {
+        Self::serve_on_thread(
             addr,
-            tls: is_tls,
-            shared,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        })
+            is_tls,
+            "otlp-sink",
+            move |listener, shared, stop| async move {
+                let services = Services(shared);
+                // TCP_NODELAY, as a real collector sets it: with Nagle on, small
+                // answers wait for delayed ACKs and exports serialise on them.
+                let incoming =
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                server
+                    .add_service(
+                        TraceServiceServer::new(services.clone())
+                            .accept_compressed(CompressionEncoding::Gzip),
+                    )
+                    .add_service(
+                        MetricsServiceServer::new(services.clone())
+                            .accept_compressed(CompressionEncoding::Gzip),
+                    )
+                    .add_service(
+                        LogsServiceServer::new(services)
+                            .accept_compressed(CompressionEncoding::Gzip),
+                    )
+                    .serve_with_incoming_shutdown(incoming, async {
+                        let _ = stop.await;
+                    })
+                    .await
+                    .map_err(|e| e.to_string())
+            },
+        )
     }
 
     /// Starts a sink on `127.0.0.1:0` that speaks OTLP over HTTP with protobuf
@@ -487,13 +458,57 @@ impl OtlpSink {
     /// # Errors
     /// The socket cannot be bound or the server thread cannot start.
     pub fn start_http() -> std::io::Result<Self> {
-        let std_listener = bind_reusable(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self::serve_on_thread(
+            addr,
+            false,
+            "otlp-http-sink",
+            |listener, shared, stop| async move {
+                let app = axum::Router::new()
+                    .route(
+                        "/v1/traces",
+                        axum::routing::post(http_export::<ExportTraceServiceRequest>),
+                    )
+                    .route(
+                        "/v1/metrics",
+                        axum::routing::post(http_export::<ExportMetricsServiceRequest>),
+                    )
+                    .route(
+                        "/v1/logs",
+                        axum::routing::post(http_export::<ExportLogsServiceRequest>),
+                    )
+                    .with_state(shared);
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = stop.await;
+                    })
+                    .await
+                    .map_err(|e| e.to_string())
+            },
+        )
+    }
+
+    /// Binds `addr` and runs `serve` on a current-thread runtime of its own, on
+    /// a thread named `<name>-<port>`, until the sink is stopped.
+    fn serve_on_thread<F, Fut>(
+        addr: SocketAddr,
+        tls: bool,
+        name: &str,
+        serve: F,
+    ) -> std::io::Result<Self>
+    where
+        F: FnOnce(tokio::net::TcpListener, Arc<Shared>, tokio::sync::oneshot::Receiver<()>) -> Fut
+            + Send
+            + 'static,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
+        let std_listener = bind_reusable(addr)?;
         let addr = std_listener.local_addr()?;
         let shared = Arc::new(Shared::default());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let state = shared.clone();
         let thread = thread::Builder::new()
-            .name(format!("otlp-http-sink-{}", addr.port()))
+            .name(format!("{name}-{}", addr.port()))
             .spawn(move || {
                 let rt = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -513,33 +528,14 @@ impl OtlpSink {
                             return;
                         }
                     };
-                    let app = axum::Router::new()
-                        .route(
-                            "/v1/traces",
-                            axum::routing::post(http_export::<ExportTraceServiceRequest>),
-                        )
-                        .route(
-                            "/v1/metrics",
-                            axum::routing::post(http_export::<ExportMetricsServiceRequest>),
-                        )
-                        .route(
-                            "/v1/logs",
-                            axum::routing::post(http_export::<ExportLogsServiceRequest>),
-                        )
-                        .with_state(state);
-                    let result = axum::serve(listener, app)
-                        .with_graceful_shutdown(async {
-                            let _ = stop_rx.await;
-                        })
-                        .await;
-                    if let Err(e) = result {
-                        eprintln!("OtlpSink: HTTP server stopped: {e}");
+                    if let Err(e) = serve(listener, state, stop_rx).await {
+                        eprintln!("OtlpSink: server stopped: {e}");
                     }
                 });
             })?;
         Ok(Self {
             addr,
-            tls: false,
+            tls,
             shared,
             stop: Some(stop_tx),
             thread: Some(thread),
