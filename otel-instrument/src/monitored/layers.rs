@@ -23,7 +23,7 @@ use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry::{Context, KeyValue};
 use tracing_subscriber::layer::Filter;
 
-use super::{Trace, current};
+use super::frame::{Trace, current, unsampled_trace_id};
 
 thread_local! {
     static IN_SDK: Cell<bool> = const { Cell::new(false) };
@@ -283,7 +283,7 @@ where
                 write!(
                     writer,
                     " trace_id={}",
-                    opentelemetry::trace::TraceId::from(super::unsampled_trace_id())
+                    opentelemetry::trace::TraceId::from(unsampled_trace_id())
                 )?;
             }
             _ => {

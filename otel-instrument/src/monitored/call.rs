@@ -1,0 +1,371 @@
+//! The guards a monitored call holds from start to finish: they set the
+//! frame, start and end the span, and record the metrics.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::task::{Context as TaskContext, Poll};
+
+use opentelemetry::trace::{Status, TraceContextExt as _};
+use opentelemetry::{Context, ContextGuard, KeyValue};
+
+use super::callsite::{Bound, Callsite};
+use super::frame::{
+    Frame, FrameGuard, PENDING_TRACE_ID, PollGuard, Trace, UNSAMPLED_TRACE_ID, set_current,
+};
+use super::sampling::decide_root;
+use super::tracer::start_otel;
+use super::{
+    CancelledAs, ERROR_CATEGORY, ERROR_TYPE, FUNCTION, MODULE, OTHER_LAYERS, RESULT,
+    RESULT_CANCELLED, SdkScope, cancelled_as, clock, service_name_label,
+};
+use crate::errors::ErrorCategory;
+
+/// How a call ended, as the metrics and the span record it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Ok,
+    Error(ErrorCategory, &'static str),
+    Cancelled,
+}
+
+/// The outcome of a call: a panic is an internal error, a cancellation
+/// counts as `mode` says, anything else as its error (if any).
+fn outcome(
+    error: Option<(ErrorCategory, &'static str)>,
+    panicking: bool,
+    cancelled: bool,
+    mode: CancelledAs,
+) -> Outcome {
+    match (error, cancelled) {
+        (Some((category, error_type)), _) => Outcome::Error(category, error_type),
+        (None, _) if panicking => Outcome::Error(ErrorCategory::Internal, "panic"),
+        (None, true) => match mode {
+            CancelledAs::Cancelled => Outcome::Cancelled,
+            CancelledAs::Error => Outcome::Error(ErrorCategory::Cancelled, "Cancelled"),
+            CancelledAs::Ok => Outcome::Ok,
+        },
+        (None, false) => Outcome::Ok,
+    }
+}
+
+/// The state a monitored call carries from start to finish.
+#[derive(Debug)]
+struct Core {
+    callsite: &'static Callsite,
+    bound: Option<&'static Bound>,
+    caller: Option<&'static Callsite>,
+    frame: Frame,
+    start: clock::Stamp,
+    error: Option<(ErrorCategory, &'static str)>,
+    /// Dropped before it finished (async calls only).
+    cancelled: bool,
+    /// The OTel span of a sampled call, started directly on the SDK.
+    /// Boxed: only sampled calls have one, and the guard stays small.
+    otel: Option<Box<Context>>,
+    /// The trace id of an unsampled call, for propagation (two words, not a
+    /// `u128`, to keep the guard 8-byte aligned: cheaper to move).
+    trace_id: [u64; 2],
+}
+
+impl Core {
+    /// Decides, sets the frame, starts the OTel span of a sampled call and
+    /// makes a `tracing` span if some layer wants one.
+    #[inline(always)]
+    fn open(
+        callsite: &'static Callsite,
+        make_span: impl FnOnce() -> tracing::Span,
+        make_attributes: impl FnOnce(&mut Vec<KeyValue>) -> bool,
+    ) -> (Self, FrameGuard, Option<tracing::Span>) {
+        let start = clock::now();
+        // Restores the caller's frame if anything below panics (user field
+        // expressions run here), and when the call ends.
+        let restore = FrameGuard::save();
+        let prev = restore.frame;
+        let (trace, trace_id) = if callsite.span && prev.trace == Trace::Free {
+            let (trace, trace_id) = decide_root(callsite);
+            if trace == Trace::Unsampled {
+                UNSAMPLED_TRACE_ID.with(|t| t.set(trace_id));
+            }
+            (trace, trace_id)
+        } else if prev.trace == Trace::Unsampled {
+            (Trace::Unsampled, UNSAMPLED_TRACE_ID.with(Cell::get))
+        } else {
+            (prev.trace, 0)
+        };
+        let frame = Frame {
+            callsite: Some(callsite),
+            trace,
+        };
+        // The frame must be current while spans start: the OTel filter and the
+        // SDK sampler read it.
+        set_current(frame);
+        let mut otel = None;
+        let wanted = match trace {
+            Trace::Free => false,
+            Trace::Unsampled => OTHER_LAYERS.load(Ordering::Relaxed),
+            Trace::Sampled => {
+                let mut attributes = Vec::new();
+                // `make_attributes` says whether the span's level is enabled.
+                if callsite.span && make_attributes(&mut attributes) {
+                    otel = Some(Box::new(start_otel(callsite, start, attributes)));
+                    // The SDK's id generator took the drawn trace id, if it wanted it.
+                    PENDING_TRACE_ID.with(|p| p.set(0));
+                }
+                OTHER_LAYERS.load(Ordering::Relaxed)
+            }
+            Trace::Delegated => true,
+        };
+        let span = if callsite.span && wanted {
+            let span = make_span();
+            (!span.is_disabled()).then_some(span)
+        } else {
+            None
+        };
+        let bound = callsite.metrics.then(|| callsite.bound());
+        if let Some(b) = bound {
+            b.concurrent.add(1);
+        }
+        let core = Core {
+            callsite,
+            bound,
+            caller: prev.callsite,
+            frame,
+            start,
+            error: None,
+            cancelled: false,
+            otel,
+            trace_id: [(trace_id >> 64) as u64, trace_id as u64],
+        };
+        (core, restore, span)
+    }
+
+    #[inline]
+    fn close(&self, span: Option<&tracing::Span>) {
+        let outcome = outcome(
+            self.error,
+            std::thread::panicking(),
+            self.cancelled,
+            cancelled_as(),
+        );
+        let error = match outcome {
+            Outcome::Error(category, error_type) => Some((category, error_type)),
+            Outcome::Ok | Outcome::Cancelled => None,
+        };
+        let end = clock::now();
+        if let Some(b) = self.bound {
+            let secs = self.start.secs_until(end);
+            match outcome {
+                Outcome::Ok => {
+                    self.callsite.count_ok(b, self.caller);
+                    b.duration[0].record(secs);
+                }
+                Outcome::Error(category, error_type) => {
+                    let mut labels = self.callsite.labels(self.caller, "error");
+                    labels.push(KeyValue::new(ERROR_CATEGORY, category.as_str()));
+                    labels.push(KeyValue::new(ERROR_TYPE, error_type));
+                    b.calls.add(1, &labels);
+                    b.duration[1].record(secs);
+                }
+                Outcome::Cancelled => {
+                    let labels = self.callsite.labels(self.caller, RESULT_CANCELLED);
+                    b.calls.add(1, &labels);
+                    let mut histogram_labels = vec![
+                        KeyValue::new(FUNCTION, self.callsite.function),
+                        KeyValue::new(MODULE, self.callsite.module),
+                        KeyValue::new(RESULT, RESULT_CANCELLED),
+                    ];
+                    histogram_labels.extend(service_name_label());
+                    b.any_duration.record(secs, &histogram_labels);
+                }
+            }
+            b.concurrent.add(-1);
+        }
+        if let Some(cx) = &self.otel {
+            // Span end runs the processors under the span's lock.
+            let _sdk = SdkScope::enter();
+            let otel_span = cx.span();
+            if let Some((category, error_type)) = error {
+                otel_span.set_status(Status::error(""));
+                otel_span.set_attribute(KeyValue::new(ERROR_TYPE, error_type));
+                otel_span.set_attribute(KeyValue::new(ERROR_CATEGORY, category.as_str()));
+            }
+            if outcome == Outcome::Cancelled {
+                otel_span.set_attribute(KeyValue::new(RESULT, RESULT_CANCELLED));
+            }
+            otel_span.end_with_timestamp(end.system_time());
+        }
+        if let (Some(span), Some((category, error_type))) = (span, error) {
+            span.record("otel.status_code", "error");
+            span.record(ERROR_TYPE, error_type);
+            span.record(ERROR_CATEGORY, category.as_str());
+        }
+    }
+}
+
+/// The guard of a sync monitored call: the frame (and, when sampled, the OTel
+/// context) is current and the span entered until it drops, which records the
+/// metrics.
+#[derive(Debug)]
+#[must_use = "the call is measured until the guard drops"]
+pub struct Call {
+    core: Core,
+    span: Option<tracing::span::EnteredSpan>,
+    attached: Option<ContextGuard>,
+    /// Dropped after the rest: the caller's frame comes back last.
+    _restore: FrameGuard,
+}
+
+impl Call {
+    /// Starts a sync call. `make_span` runs only when a `tracing` span is
+    /// wanted, `make_attributes` only when the call is sampled; it returns
+    /// whether the span's level is enabled.
+    #[inline(always)]
+    pub fn enter(
+        callsite: &'static Callsite,
+        make_span: impl FnOnce() -> tracing::Span,
+        make_attributes: impl FnOnce(&mut Vec<KeyValue>) -> bool,
+    ) -> Self {
+        let (core, restore, span) = Core::open(callsite, make_span, make_attributes);
+        let attached = core.otel.as_ref().map(|cx| Context::clone(cx).attach());
+        Self {
+            core,
+            span: span.map(tracing::Span::entered),
+            attached,
+            _restore: restore,
+        }
+    }
+
+    /// Marks the call as failed with the given category and `error.type`.
+    #[inline]
+    pub fn fail(&mut self, (category, error_type): (ErrorCategory, &'static str)) {
+        self.core.error = Some((category, error_type));
+    }
+}
+
+impl Drop for Call {
+    #[inline(always)]
+    fn drop(&mut self) {
+        self.core.close(self.span.as_deref());
+        drop(self.span.take());
+        drop(self.attached.take());
+        // `_restore` drops next and brings back the caller's frame.
+    }
+}
+
+/// The state of an async monitored call. It makes its frame (and OTel context)
+/// current and enters its span on every poll, on whichever thread polls it, and
+/// records the metrics when it finishes (or as `cancelled` when dropped
+/// unfinished).
+#[derive(Debug)]
+#[must_use = "the call is measured until it finishes"]
+pub struct AsyncCall {
+    core: Core,
+    span: Option<tracing::Span>,
+    done: bool,
+}
+
+impl AsyncCall {
+    /// Starts an async call (on its first poll). `make_span` runs only when a
+    /// `tracing` span is wanted, `make_attributes` only when it is sampled.
+    #[inline]
+    pub fn start(
+        callsite: &'static Callsite,
+        make_span: impl FnOnce() -> tracing::Span,
+        make_attributes: impl FnOnce(&mut Vec<KeyValue>) -> bool,
+    ) -> Self {
+        let (core, restore, span) = Core::open(callsite, make_span, make_attributes);
+        drop(restore);
+        Self {
+            core,
+            span,
+            done: false,
+        }
+    }
+
+    /// Polls the body with this call's frame current and its span entered.
+    #[inline]
+    pub fn poll<F: Future>(
+        &mut self,
+        fut: Pin<&mut F>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<F::Output> {
+        // Every piece of per-thread state is restored by a guard, so a body
+        // that panics (and a runtime that catches it) leaves the thread clean.
+        let _restore = PollGuard::save();
+        set_current(self.core.frame);
+        if self.core.frame.trace == Trace::Unsampled {
+            let [hi, lo] = self.core.trace_id;
+            UNSAMPLED_TRACE_ID.with(|t| t.set((u128::from(hi) << 64) | u128::from(lo)));
+        }
+        let _attached = self.core.otel.as_ref().map(|c| Context::clone(c).attach());
+        let _entered = self.span.as_ref().map(tracing::Span::enter);
+        // The runtime drops the future only after it has caught the panic, when
+        // `thread::panicking()` no longer tells; mark the call here.
+        let _panic = PanicMark(&mut self.core.error);
+        fut.poll(cx)
+    }
+
+    /// Marks the call as failed with the given category and `error.type`.
+    #[inline]
+    pub fn fail(&mut self, (category, error_type): (ErrorCategory, &'static str)) {
+        self.core.error = Some((category, error_type));
+    }
+
+    /// Records the finished call.
+    #[inline]
+    pub fn finish(mut self) {
+        self.done = true;
+        self.core.close(self.span.as_ref());
+    }
+}
+
+impl Drop for AsyncCall {
+    fn drop(&mut self) {
+        if !self.done {
+            self.core.cancelled = true;
+            self.core.close(self.span.as_ref());
+        }
+    }
+}
+
+/// Marks a call as failed with `error.type="panic"` if its body unwinds.
+struct PanicMark<'a>(&'a mut Option<(ErrorCategory, &'static str)>);
+
+impl Drop for PanicMark<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        if self.0.is_none() && std::thread::panicking() {
+            *self.0 = Some((ErrorCategory::Internal, "panic"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cancelled_call_counts_as_configured_and_errors_and_panics_win() {
+        use CancelledAs::*;
+        let cancelled = |mode| outcome(None, false, true, mode);
+        assert_eq!(cancelled(Cancelled), Outcome::Cancelled);
+        assert_eq!(
+            cancelled(Error),
+            Outcome::Error(ErrorCategory::Cancelled, "Cancelled")
+        );
+        assert_eq!(cancelled(Ok), Outcome::Ok);
+        // An error the body returned before the drop, or a panic, is what it is.
+        let e = Some((ErrorCategory::Unavailable, "Unavailable"));
+        assert_eq!(
+            outcome(e, false, true, Cancelled),
+            Outcome::Error(ErrorCategory::Unavailable, "Unavailable")
+        );
+        assert_eq!(
+            outcome(None, true, true, Cancelled),
+            Outcome::Error(ErrorCategory::Internal, "panic")
+        );
+        assert_eq!(outcome(None, false, false, Error), Outcome::Ok);
+    }
+}

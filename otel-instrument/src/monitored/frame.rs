@@ -1,0 +1,161 @@
+//! The thread/task-local frame: which monitored call is running, and in which
+//! trace state, so that nested calls know their caller and inherit the
+//! sampling decision.
+
+use std::cell::Cell;
+
+use opentelemetry::Context;
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+};
+
+use super::callsite::Callsite;
+use super::sampling::next_u64;
+
+/// The trace state a monitored call runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Trace {
+    /// No monitored call above: the next one is a local root.
+    Free,
+    /// `#[monitored]` does not decide; every call gets a span and the SDK decides.
+    Delegated,
+    /// Sampled: spans are created and exported.
+    Sampled,
+    /// Not sampled: no OTel span. The trace id, kept for propagation, is in
+    /// `UNSAMPLED_TRACE_ID` (not here: the frame is copied on every call and
+    /// stays two words).
+    Unsampled,
+}
+
+/// The current monitored call: the caller of the next one, and its trace state.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Frame {
+    pub(super) callsite: Option<&'static Callsite>,
+    pub(super) trace: Trace,
+}
+
+impl Frame {
+    pub(super) const ROOT: Frame = Frame {
+        callsite: None,
+        trace: Trace::Free,
+    };
+}
+
+thread_local! {
+    pub(super) static CURRENT: Cell<Frame> = const { Cell::new(Frame::ROOT) };
+    pub(super) static RNG: Cell<u64> = const { Cell::new(0) };
+    /// The trace id a sampled local root drew, for the SDK to use (see
+    /// [`MonitoredIdGenerator`]), so the exported trace id is the one decided on.
+    pub(super) static PENDING_TRACE_ID: Cell<u128> = const { Cell::new(0) };
+    /// The trace id of the unsampled trace running on this thread, if any.
+    pub(super) static UNSAMPLED_TRACE_ID: Cell<u128> = const { Cell::new(0) };
+}
+
+#[inline(always)]
+pub(super) fn current() -> Frame {
+    CURRENT.with(Cell::get)
+}
+
+#[inline(always)]
+pub(super) fn set_current(frame: Frame) {
+    CURRENT.with(|c| c.set(frame));
+}
+
+/// Restores this thread's frame when it drops, on every path: a panic that
+/// the runtime catches (tokio does, per task) must not leave a dead call's
+/// frame on the worker thread for the next task to inherit.
+#[derive(Debug)]
+pub(super) struct FrameGuard {
+    pub(super) frame: Frame,
+}
+
+impl FrameGuard {
+    #[inline(always)]
+    pub(super) fn save() -> Self {
+        Self { frame: current() }
+    }
+}
+
+impl Drop for FrameGuard {
+    #[inline(always)]
+    fn drop(&mut self) {
+        set_current(self.frame);
+    }
+}
+
+/// A [`FrameGuard`] that also restores the unsampled trace id, which a poll
+/// overwrites with its call's. (A sync call needs no such restore: it only sets
+/// the id when it is a new root, and then the frame it restores is free, so
+/// nobody reads the id.)
+#[derive(Debug)]
+pub(super) struct PollGuard {
+    _frame: FrameGuard,
+    /// `UNSAMPLED_TRACE_ID` as it was, in two words (see `Core::trace_id`).
+    unsampled: [u64; 2],
+}
+
+impl PollGuard {
+    #[inline(always)]
+    pub(super) fn save() -> Self {
+        let id = UNSAMPLED_TRACE_ID.with(Cell::get);
+        Self {
+            _frame: FrameGuard::save(),
+            unsampled: [(id >> 64) as u64, id as u64],
+        }
+    }
+}
+
+impl Drop for PollGuard {
+    #[inline(always)]
+    fn drop(&mut self) {
+        let [hi, lo] = self.unsampled;
+        UNSAMPLED_TRACE_ID.with(|t| t.set((u128::from(hi) << 64) | u128::from(lo)));
+    }
+}
+
+/// Durations the latency clock measured with the end before the start
+/// The trace id of the unsampled trace running on this thread (0 if none).
+pub(super) fn unsampled_trace_id() -> u128 {
+    UNSAMPLED_TRACE_ID.with(Cell::get)
+}
+
+/// The trace id of the current monitored call, when it is not sampled.
+pub(crate) fn unsampled_trace() -> Option<TraceId> {
+    (current().trace == Trace::Unsampled).then(|| TraceId::from(unsampled_trace_id()))
+}
+
+/// The name and module of the monitored function running on this thread or
+/// task, if any.
+pub fn current_function() -> Option<(&'static str, &'static str)> {
+    current().callsite.map(|c| (c.function, c.module))
+}
+
+/// Whether the current monitored call is in a trace that is not sampled.
+pub fn is_unsampled() -> bool {
+    current().trace == Trace::Unsampled
+}
+
+/// The OpenTelemetry context to propagate from here: inside an unsampled
+/// monitored call it carries the trace id with `sampled=0`; inside a sampled one
+/// it holds the call's span; elsewhere it is the current `tracing` span's context.
+pub fn current_context() -> Context {
+    match current().trace {
+        Trace::Unsampled => {
+            let trace_id = UNSAMPLED_TRACE_ID.with(Cell::get);
+            let span_id = next_u64().max(1);
+            Context::current().with_remote_span_context(SpanContext::new(
+                TraceId::from(trace_id),
+                SpanId::from(span_id),
+                TraceFlags::default(),
+                true,
+                TraceState::NONE,
+            ))
+        }
+        // A sampled monitored call attached its span's context.
+        Trace::Sampled => Context::current(),
+        Trace::Free | Trace::Delegated => {
+            use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+            tracing::Span::current().context()
+        }
+    }
+}

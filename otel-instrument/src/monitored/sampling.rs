@@ -1,0 +1,220 @@
+//! The sampling decision at a local root, and the SDK sampler and id
+//! generator that follow it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{PoisonError, RwLock};
+
+use opentelemetry::trace::{Link, SpanId, SpanKind, TraceContextExt as _, TraceId};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::trace::{IdGenerator, SamplingDecision, SamplingResult, ShouldSample};
+
+use super::INTEGRATED;
+use super::callsite::Callsite;
+use super::frame::{PENDING_TRACE_ID, RNG, Trace, current};
+
+/// Whether a sampled parent context decides for its children.
+pub(super) static PARENT_BASED: AtomicBool = AtomicBool::new(true);
+/// The root sampler, as a threshold on the trace id's low 63 bits.
+pub(super) static ROOT_THRESHOLD: AtomicU64 = AtomicU64::new(ALWAYS);
+static CUSTOM_IDS: AtomicBool = AtomicBool::new(false);
+#[allow(clippy::type_complexity)]
+static ID_GENERATOR: RwLock<Option<Box<dyn IdGenerator>>> = RwLock::new(None);
+
+const ALWAYS: u64 = u64::MAX;
+
+/// Sets the root sampler: whether a parent decides, and the ratio for roots.
+pub(super) fn set_root(parent_based: bool, ratio: f64) {
+    PARENT_BASED.store(parent_based, Ordering::Relaxed);
+    ROOT_THRESHOLD.store(threshold(ratio), Ordering::Relaxed);
+}
+
+/// Replaces the source of trace ids that `#[monitored]` draws at a local root
+/// to make its sampling decision (tests use a fixed one for exact counts).
+pub fn set_id_generator(generator: impl IdGenerator + 'static) {
+    *ID_GENERATOR.write().unwrap_or_else(PoisonError::into_inner) = Some(Box::new(generator));
+    CUSTOM_IDS.store(true, Ordering::Release);
+}
+
+/// The `TraceIdRatioBased` threshold, computed the way opentelemetry_sdk does.
+pub(super) fn threshold(ratio: f64) -> u64 {
+    if ratio >= 1.0 {
+        ALWAYS
+    } else {
+        (ratio.max(0.0) * (1u64 << 63) as f64) as u64
+    }
+}
+
+fn sampled_by(threshold: u64, trace_id: u128) -> bool {
+    threshold == ALWAYS || ((trace_id as u64) >> 1) < threshold
+}
+
+/// A fast per-thread generator (wyrand), seeded once from std's random keys.
+pub(super) fn next_u64() -> u64 {
+    RNG.with(|s| {
+        let mut state = s.get();
+        if state == 0 {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_usize(s as *const _ as usize);
+            state = h.finish() | 1;
+        }
+        state = state.wrapping_add(0xa076_1d64_78bd_642f);
+        s.set(state);
+        let t = u128::from(state) * u128::from(state ^ 0xe703_7ed1_a0b4_28db);
+        ((t >> 64) as u64) ^ (t as u64)
+    })
+}
+
+fn new_trace_id() -> u128 {
+    if CUSTOM_IDS.load(Ordering::Acquire)
+        && let Some(g) = ID_GENERATOR
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+    {
+        return u128::from_be_bytes(g.new_trace_id().to_bytes());
+    }
+    let id = (u128::from(next_u64()) << 64) | u128::from(next_u64());
+    if id == 0 { 1 } else { id }
+}
+
+/// Decides a local root: from the current OTel context's span if there is one
+/// (an incoming traceparent, or a plain `tracing` span with the OTel layer),
+/// else by drawing a trace id.
+pub(super) fn decide_root(callsite: &Callsite) -> (Trace, u128) {
+    if !INTEGRATED.load(Ordering::Acquire) {
+        return (Trace::Delegated, 0);
+    }
+    let parent = Context::map_current(|cx| {
+        let sc = cx.span().span_context().clone();
+        sc.is_valid().then(|| {
+            (
+                u128::from_be_bytes(sc.trace_id().to_bytes()),
+                sc.is_sampled(),
+            )
+        })
+    });
+    let (trace_id, sampled) = match parent {
+        Some((trace_id, parent_sampled)) if PARENT_BASED.load(Ordering::Relaxed) => {
+            (trace_id, parent_sampled)
+        }
+        Some((trace_id, _)) => (
+            trace_id,
+            sampled_by(ROOT_THRESHOLD.load(Ordering::Relaxed), trace_id),
+        ),
+        None => {
+            let trace_id = new_trace_id();
+            let threshold = match callsite.sample {
+                Some(r) => threshold(r),
+                None => ROOT_THRESHOLD.load(Ordering::Relaxed),
+            };
+            let sampled = sampled_by(threshold, trace_id);
+            if sampled {
+                PENDING_TRACE_ID.with(|p| p.set(trace_id));
+            }
+            (trace_id, sampled)
+        }
+    };
+    if sampled {
+        (Trace::Sampled, trace_id)
+    } else {
+        (Trace::Unsampled, trace_id)
+    }
+}
+
+/// An SDK sampler that follows `#[monitored]`'s decision for spans created
+/// inside a monitored call, and `inner` everywhere else. Install it in the
+/// `SdkTracerProvider` so a root that `#[monitored]` sampled is not sampled a
+/// second time by the SDK's ratio.
+#[derive(Debug, Clone)]
+pub struct MonitoredSampler<S> {
+    inner: S,
+}
+
+/// Wraps the configured SDK sampler; see [`MonitoredSampler`].
+pub fn sampler<S: ShouldSample + Clone + 'static>(inner: S) -> MonitoredSampler<S> {
+    MonitoredSampler { inner }
+}
+
+impl<S: ShouldSample + Clone + 'static> ShouldSample for MonitoredSampler<S> {
+    fn should_sample(
+        &self,
+        parent_context: Option<&Context>,
+        trace_id: TraceId,
+        name: &str,
+        span_kind: &SpanKind,
+        attributes: &[KeyValue],
+        links: &[Link],
+    ) -> SamplingResult {
+        let decision = match current().trace {
+            Trace::Sampled => SamplingDecision::RecordAndSample,
+            Trace::Unsampled => SamplingDecision::Drop,
+            Trace::Free | Trace::Delegated => {
+                return self.inner.should_sample(
+                    parent_context,
+                    trace_id,
+                    name,
+                    span_kind,
+                    attributes,
+                    links,
+                );
+            }
+        };
+        SamplingResult {
+            decision,
+            attributes: Vec::new(),
+            trace_state: parent_context
+                .map(|cx| cx.span().span_context().trace_state().clone())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// An SDK id generator that gives a root span started by `#[monitored]` the
+/// trace id `#[monitored]` drew to decide it, and asks `inner` otherwise. With
+/// it, the exported trace id is the one the ratio was applied to, so samplers
+/// downstream agree, and a fixed generator gives exact, predictable counts.
+#[derive(Debug, Clone)]
+pub struct MonitoredIdGenerator<G> {
+    inner: G,
+}
+
+/// Wraps the SDK's id generator; see [`MonitoredIdGenerator`].
+pub fn id_generator<G: IdGenerator>(inner: G) -> MonitoredIdGenerator<G> {
+    MonitoredIdGenerator { inner }
+}
+
+impl<G: IdGenerator> IdGenerator for MonitoredIdGenerator<G> {
+    fn new_trace_id(&self) -> TraceId {
+        match PENDING_TRACE_ID.with(|p| p.replace(0)) {
+            0 => self.inner.new_trace_id(),
+            id => TraceId::from(id),
+        }
+    }
+
+    fn new_span_id(&self) -> SpanId {
+        self.inner.new_span_id()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_threshold_matches_the_sdk_ratio_sampler() {
+        assert!(sampled_by(threshold(1.0), 0));
+        assert!(!sampled_by(threshold(0.0), 0));
+        let half = threshold(0.5);
+        assert!(sampled_by(half, (1u128 << 64) | 2));
+        assert!(!sampled_by(half, u128::from(u64::MAX)));
+    }
+
+    #[test]
+    fn generated_trace_ids_are_never_zero_and_differ() {
+        let a = new_trace_id();
+        let b = new_trace_id();
+        assert_ne!(a, 0);
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,88 @@
+//! The tracer that sampled calls start their spans on.
+
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::{PoisonError, RwLock};
+
+use opentelemetry::global::BoxedTracer;
+use opentelemetry::trace::TraceContextExt as _;
+use opentelemetry::{Context, InstrumentationScope, KeyValue};
+use opentelemetry_sdk::trace::SdkTracer;
+
+use super::callsite::{BINDING, Callsite};
+use super::{SCOPE_NAME, SdkScope, clock, generation, refresh_instruments};
+
+/// The SDK tracer that `Telemetry` hands over; without one, the global tracer.
+static SDK_TRACER: RwLock<Option<SdkTracer>> = RwLock::new(None);
+
+/// The tracer sampled calls start their spans on.
+#[derive(Debug)]
+enum MonitoredTracer {
+    /// Spans are `SdkSpan`s, with no boxing or dynamic dispatch.
+    Sdk(SdkTracer),
+    /// Whatever provider is global.
+    Global(BoxedTracer),
+}
+
+static TRACER: AtomicPtr<(u64, MonitoredTracer)> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Gives `#[monitored]` the SDK tracer to start sampled spans on. `Telemetry`
+/// calls this; without it, the global tracer provider is used, which costs a
+/// box and dynamic dispatch per span.
+pub fn set_tracer(tracer: SdkTracer) {
+    *SDK_TRACER.write().unwrap_or_else(PoisonError::into_inner) = Some(tracer);
+    refresh_instruments();
+}
+
+/// The tracer, re-fetched when the generation changes.
+fn tracer() -> &'static MonitoredTracer {
+    let generation = generation();
+    let p = TRACER.load(Ordering::Acquire);
+    // SAFETY: `TRACER` holds null or a pointer from `Box::leak`, valid forever.
+    if let Some((g, t)) = unsafe { p.as_ref() }
+        && *g == generation
+    {
+        return t;
+    }
+    let _lock = BINDING.lock().unwrap_or_else(PoisonError::into_inner);
+    let tracer = match SDK_TRACER
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+    {
+        Some(t) => MonitoredTracer::Sdk(t),
+        None => MonitoredTracer::Global(opentelemetry::global::tracer_with_scope(
+            InstrumentationScope::builder(SCOPE_NAME)
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build(),
+        )),
+    };
+    let fresh: &'static (u64, MonitoredTracer) = Box::leak(Box::new((generation, tracer)));
+    TRACER.store(fresh as *const _ as *mut _, Ordering::Release);
+    &fresh.1
+}
+
+/// Starts the OpenTelemetry span of a sampled call directly on the SDK, as a
+/// child of the current OTel context, and returns the context that holds it.
+#[cold]
+pub(super) fn start_otel(
+    callsite: &'static Callsite,
+    start: clock::Stamp,
+    mut attributes: Vec<KeyValue>,
+) -> Context {
+    attributes.extend([
+        KeyValue::new("code.function.name", callsite.function),
+        KeyValue::new("code.module.name", callsite.module),
+        KeyValue::new("code.file.path", callsite.file),
+        KeyValue::new("code.line.number", i64::from(callsite.line)),
+    ]);
+    // Fields are set directly: `with_attributes` would collect into a new Vec.
+    let mut builder = opentelemetry::trace::SpanBuilder::from_name(callsite.function);
+    builder.span_kind = Some(callsite.span_kind());
+    builder.attributes = Some(attributes);
+    builder.start_time = Some(start.system_time());
+    let _sdk = SdkScope::enter();
+    Context::map_current(|parent| match tracer() {
+        MonitoredTracer::Sdk(t) => parent.with_span(builder.start_with_context(t, parent)),
+        MonitoredTracer::Global(t) => parent.with_span(builder.start_with_context(t, parent)),
+    })
+}
