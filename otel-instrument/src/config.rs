@@ -315,6 +315,9 @@ pub struct Config {
     pub warnings: Vec<String>,
     /// `OTEL_TRACES_SAMPLER` (+`_ARG`). Default: parentbased_always_on.
     pub sampler: SamplerConfig,
+    /// `OTEL_PROPAGATORS`: `tracecontext`, `baggage`, or `none`, comma
+    /// separated. Default: `tracecontext,baggage`.
+    pub propagators: Vec<Propagator>,
     /// `OTEL_METRIC_EXPORT_INTERVAL` in ms. Default: 60 s.
     pub metric_export_interval: Duration,
     /// `OTEL_BSP_MAX_QUEUE_SIZE`: spans held while the collector is slow or
@@ -414,6 +417,7 @@ impl Config {
             None => parse_exporter(lookup, "OTEL_LOGS_EXPORTER")?,
         };
         let traces_export = parse_exporter(lookup, "OTEL_TRACES_EXPORTER")?;
+        let propagators = parse_propagators(lookup)?;
         let metrics_export = parse_exporter(lookup, "OTEL_METRICS_EXPORTER")?;
         let metrics_temporality =
             match non_empty(lookup("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE")) {
@@ -506,6 +510,7 @@ impl Config {
             span_queue_size,
             log_queue_size,
             traces_export,
+            propagators,
             metrics_export,
             metrics_temporality,
             exemplar_filter,
@@ -694,6 +699,80 @@ fn append_path(base: &str, path: &str) -> String {
 }
 
 /// `OTEL_{TRACES,METRICS,LOGS}_EXPORTER`: whether the signal is exported over OTLP.
+/// A context propagator that `OTEL_PROPAGATORS` can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Propagator {
+    /// W3C Trace Context: `traceparent` and `tracestate`.
+    TraceContext,
+    /// W3C Baggage: `baggage`.
+    Baggage,
+}
+
+/// `OTEL_PROPAGATORS`: a comma-separated list; `none` alone turns
+/// propagation off. The specification's other values (`b3`, `jaeger`, ...)
+/// are rejected by name rather than ignored, so a mesh that expects them is
+/// not silently cut off.
+fn parse_propagators(
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<Propagator>, ConfigError> {
+    const VAR: &str = "OTEL_PROPAGATORS";
+    const EXAMPLE: &str = "tracecontext,baggage";
+    let Some(v) = non_empty(lookup(VAR)) else {
+        return Ok(vec![Propagator::TraceContext, Propagator::Baggage]);
+    };
+    let mut out = Vec::new();
+    for name in v.split(',').map(|n| n.trim().to_ascii_lowercase()) {
+        let p = match name.as_str() {
+            "tracecontext" => Propagator::TraceContext,
+            "baggage" => Propagator::Baggage,
+            "none" => continue,
+            "" => {
+                return Err(ConfigError::invalid(
+                    VAR,
+                    &v,
+                    "empty entry in the list",
+                    EXAMPLE,
+                ));
+            }
+            "b3" | "b3multi" | "jaeger" | "xray" | "ottrace" => {
+                return Err(ConfigError::invalid(
+                    VAR,
+                    &v,
+                    format!(
+                        "the {name} propagator is not supported; supported: tracecontext, \
+                         baggage, none (the Collector can translate other formats at the edge)"
+                    ),
+                    EXAMPLE,
+                ));
+            }
+            _ => {
+                return Err(ConfigError::invalid(
+                    VAR,
+                    &v,
+                    format!("unknown propagator {name:?}; expected tracecontext, baggage or none"),
+                    EXAMPLE,
+                ));
+            }
+        };
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    if out.is_empty() || v.split(',').all(|n| n.trim().eq_ignore_ascii_case("none")) {
+        return Ok(Vec::new());
+    }
+    if v.split(',').any(|n| n.trim().eq_ignore_ascii_case("none")) {
+        return Err(ConfigError::invalid(
+            VAR,
+            &v,
+            "none cannot be combined with other propagators",
+            EXAMPLE,
+        ));
+    }
+    Ok(out)
+}
+
 fn parse_exporter(lookup: &dyn Fn(&str) -> Option<String>, var: &str) -> Result<bool, ConfigError> {
     let Some(v) = non_empty(lookup(var)) else {
         return Ok(true);
@@ -1010,6 +1089,13 @@ mod tests {
         rejected(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon")]);
         rejected(&[("OTEL_EXPORTER_OTLP_COMPRESSION", "brotli")]);
         rejected(&[("OTEL_TRACES_EXPORTER", "zipkin")]);
+        assert!(
+            rejected(&[("OTEL_PROPAGATORS", "tracecontext,b3")])
+                .contains("b3 propagator is not supported")
+        );
+        rejected(&[("OTEL_PROPAGATORS", "w3c")]);
+        rejected(&[("OTEL_PROPAGATORS", "none,baggage")]);
+        rejected(&[("OTEL_PROPAGATORS", "tracecontext,,baggage")]);
         rejected(&[("OTEL_METRICS_EXPORTER", "console")]);
         rejected(&[(
             "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
@@ -1122,5 +1208,21 @@ mod tests {
         assert_eq!(c.traces.timeout, Duration::from_secs(3));
         assert_eq!(c.metrics.timeout, Duration::from_secs(2));
         assert_eq!(c.logs.timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn propagators_default_to_tracecontext_and_baggage_and_none_turns_them_off() {
+        use Propagator::*;
+        assert_eq!(cfg(&[]).unwrap().propagators, [TraceContext, Baggage]);
+        let c = cfg(&[("OTEL_PROPAGATORS", " TraceContext ")]).unwrap();
+        assert_eq!(c.propagators, [TraceContext]);
+        let c = cfg(&[("OTEL_PROPAGATORS", "baggage,tracecontext,baggage")]).unwrap();
+        assert_eq!(c.propagators, [Baggage, TraceContext]);
+        assert!(
+            cfg(&[("OTEL_PROPAGATORS", "none")])
+                .unwrap()
+                .propagators
+                .is_empty()
+        );
     }
 }

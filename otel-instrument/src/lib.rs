@@ -24,12 +24,13 @@ pub mod monitored;
 pub mod names;
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
+pub mod propagation;
 pub mod resource;
 mod setup;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use config::{Compression, ConfigError, ParentRoot, Protocol, SamplerConfig};
+pub use config::{Compression, ConfigError, ParentRoot, Propagator, Protocol, SamplerConfig};
 pub use setup::{InitError, Telemetry, TelemetryBuilder, TelemetryGuard};
 
 pub use errors::{Categorize, ErrorCategory};

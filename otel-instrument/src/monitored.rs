@@ -34,13 +34,16 @@ use opentelemetry::KeyValue;
 mod call;
 mod callsite;
 mod clock;
+mod enrich;
 mod frame;
 mod layers;
 mod sampling;
+mod spawn;
 mod tracer;
 
 pub use call::{AsyncCall, Call};
 pub use callsite::Callsite;
+pub use enrich::{add_event, record_error, set_attribute};
 pub(crate) use frame::unsampled_trace;
 pub use frame::{current_context, current_function, is_unsampled};
 pub(crate) use layers::SdkScope;
@@ -51,7 +54,9 @@ pub use layers::{
 pub use sampling::{
     MonitoredIdGenerator, MonitoredSampler, id_generator, sampler, set_id_generator,
 };
+pub use spawn::{FutureExt, InTrace, TraceHandle, spawn};
 pub use tracer::set_tracer;
+pub(crate) use tracer::{end_span, start_span};
 
 use crate::config::{ParentRoot, SamplerConfig};
 

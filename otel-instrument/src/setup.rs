@@ -11,7 +11,6 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::logs::{BatchLogProcessor, SdkLoggerProvider};
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, IdGenerator, Sampler, SdkTracer, SdkTracerProvider,
 };
@@ -443,7 +442,7 @@ impl TelemetryBuilder {
         opentelemetry::global::set_tracer_provider(tracer_provider.clone());
         // Rebind #[monitored] instruments now that the meter provider is global.
         monitored::refresh_instruments();
-        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        crate::propagation::install(&config.propagators);
         let tracer = tracer_provider.tracer(crate::names::SCOPE);
         // #[monitored] integration: sampled calls start spans on this tracer directly.
         monitored::set_tracer(tracer.clone());

@@ -249,6 +249,13 @@ fn generate(args: Args, func: MaybeItemFn) -> syn::Result<TokenStream> {
         quote!(#tracing::Span::none())
     };
 
+    // `fields(k)` without a value is recorded later through the tracing span.
+    let deferred = args
+        .fields
+        .iter()
+        .flatten()
+        .any(|f| f.value.is_none())
+        .then(|| quote!(.with_deferred_fields()));
     let callsite = quote_spanned! {sig.ident.span()=>
         static __OTEL_CALLSITE: #monitored::Callsite = #monitored::Callsite::new(
             #name,
@@ -259,7 +266,7 @@ fn generate(args: Args, func: MaybeItemFn) -> syn::Result<TokenStream> {
             #sample,
             #metrics,
             #want_span,
-        );
+        )#deferred;
     };
     let annotation = match &sig.output {
         ReturnType::Type(_, ty) if !mentions_impl(ty) => quote!(: #ty),

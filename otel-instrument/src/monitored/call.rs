@@ -113,7 +113,7 @@ impl Core {
                     // The SDK's id generator took the drawn trace id, if it wanted it.
                     PENDING_TRACE_ID.with(|p| p.set(0));
                 }
-                OTHER_LAYERS.load(Ordering::Relaxed)
+                OTHER_LAYERS.load(Ordering::Relaxed) || callsite.deferred_fields
             }
             Trace::Delegated => true,
         };

@@ -31,6 +31,9 @@ pub struct Callsite {
     pub(super) sample: Option<f64>,
     pub(super) metrics: bool,
     pub(super) span: bool,
+    /// Declares `fields(k)` without a value, to be recorded later through
+    /// `tracing::Span::current().record(k, v)`.
+    pub(super) deferred_fields: bool,
     bound: AtomicPtr<Bound>,
 }
 
@@ -85,7 +88,18 @@ impl Callsite {
             sample,
             metrics,
             span,
+            deferred_fields: false,
             bound: AtomicPtr::new(std::ptr::null_mut()),
+        }
+    }
+
+    /// Marks a callsite that declares fields recorded later: a sampled call
+    /// then makes a `tracing` span (even with no other layer), so that
+    /// `Span::current().record(..)` reaches the exported span.
+    pub const fn with_deferred_fields(self) -> Self {
+        Self {
+            deferred_fields: true,
+            ..self
         }
     }
 

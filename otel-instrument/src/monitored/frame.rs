@@ -143,12 +143,24 @@ pub fn current_context() -> Context {
         Trace::Unsampled => {
             let trace_id = UNSAMPLED_TRACE_ID.with(Cell::get);
             let span_id = next_u64().max(1);
-            Context::current().with_remote_span_context(SpanContext::new(
+            let cx = Context::current();
+            // The caller's tracestate travels on (its vendors' entries are
+            // theirs to keep), when the unsampled trace came from there.
+            let state = {
+                let parent = cx.span();
+                let parent = parent.span_context();
+                if parent.trace_id() == TraceId::from(trace_id) {
+                    parent.trace_state().clone()
+                } else {
+                    TraceState::NONE
+                }
+            };
+            cx.with_remote_span_context(SpanContext::new(
                 TraceId::from(trace_id),
                 SpanId::from(span_id),
                 TraceFlags::default(),
                 true,
-                TraceState::NONE,
+                state,
             ))
         }
         // A sampled monitored call attached its span's context.

@@ -167,6 +167,48 @@ where
             }
         });
     }
+
+    /// `Span::current().record(k, v)` on a sampled monitored call's `tracing`
+    /// span (the declared `fields(k)`): the OTel layer never sees that span,
+    /// so the value goes to the call's OTel span here.
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let frame = current();
+        if frame.trace != Trace::Sampled || in_sdk() {
+            return;
+        }
+        let Some(span) = ctx.span(id) else { return };
+        let meta = span.metadata();
+        // Only the running call's own span holds the current OTel context.
+        if meta.fields().field(MONITORED_MARKER).is_none()
+            || frame.callsite.map(|c| c.function) != Some(meta.name())
+        {
+            return;
+        }
+        let mut visitor = EventVisitor {
+            attributes: Vec::new(),
+            message: None,
+        };
+        values.record(&mut visitor);
+        // Status and error fields are ours: the call's end sets them.
+        visitor.attributes.retain(|kv| {
+            let k = kv.key.as_str();
+            !k.starts_with("otel.") && k != "error.type" && k != "error.category"
+        });
+        if visitor.attributes.is_empty() {
+            return;
+        }
+        Context::map_current(|cx| {
+            let span = cx.span();
+            if span.span_context().is_sampled() {
+                span.set_attributes(visitor.attributes);
+            }
+        });
+    }
 }
 
 struct EventVisitor {

@@ -86,3 +86,21 @@ pub(super) fn start_otel(
         MonitoredTracer::Global(t) => parent.with_span(builder.start_with_context(t, parent)),
     })
 }
+
+/// Starts a span (a server or client span of the propagation layers) on the
+/// same tracer as a child of `parent`, and returns the context that holds it.
+/// The SDK's sampler decides, following `#[monitored]`'s frame if one is
+/// current.
+pub(crate) fn start_span(builder: opentelemetry::trace::SpanBuilder, parent: &Context) -> Context {
+    let _sdk = SdkScope::enter();
+    match tracer() {
+        MonitoredTracer::Sdk(t) => parent.with_span(builder.start_with_context(t, parent)),
+        MonitoredTracer::Global(t) => parent.with_span(builder.start_with_context(t, parent)),
+    }
+}
+
+/// Ends the span in `cx` (with the SDK's processors kept away from our layers).
+pub(crate) fn end_span(cx: &Context) {
+    let _sdk = SdkScope::enter();
+    cx.span().end();
+}

@@ -1,0 +1,60 @@
+//! Adding to the current monitored call's span from inside its body.
+//!
+//! Each function is a no-op in an unsampled call (there is no span to add
+//! to) and costs one thread-local read there. Outside any monitored call they
+//! act on the current `tracing` span's OpenTelemetry span.
+
+use std::borrow::Cow;
+use std::error::Error;
+
+use opentelemetry::trace::TraceContextExt as _;
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_semantic_conventions::attribute::{EXCEPTION_MESSAGE, EXCEPTION_TYPE};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use super::frame::{Trace, current};
+
+/// Which span the current code adds to.
+fn with_span(
+    monitored: impl FnOnce(&opentelemetry::trace::SpanRef<'_>),
+    plain: impl FnOnce(&tracing::Span),
+) {
+    match current().trace {
+        // A sampled call attached its span's context.
+        Trace::Sampled => Context::map_current(|cx| monitored(&cx.span())),
+        Trace::Unsampled => {}
+        Trace::Free | Trace::Delegated => plain(&tracing::Span::current()),
+    }
+}
+
+/// Sets an attribute on the current call's span.
+pub fn set_attribute(attribute: KeyValue) {
+    with_span(
+        |s| s.set_attribute(attribute.clone()),
+        |s| s.set_attribute(attribute.key.clone(), attribute.value.clone()),
+    );
+}
+
+/// Adds an event to the current call's span.
+pub fn add_event(name: impl Into<Cow<'static, str>>, attributes: Vec<KeyValue>) {
+    let name = name.into();
+    with_span(
+        |s| s.add_event(name.clone(), attributes.clone()),
+        |s| s.add_event(name.clone(), attributes.clone()),
+    );
+}
+
+/// Records `error` on the current call's span as an `exception` event with
+/// `exception.type` and `exception.message` (OpenTelemetry semantic
+/// conventions). It does not decide the call's outcome: the returned `Err`
+/// (or a panic) does.
+pub fn record_error<E: Error + ?Sized>(error: &E) {
+    if current().trace == Trace::Unsampled {
+        return;
+    }
+    let attributes = vec![
+        KeyValue::new(EXCEPTION_TYPE, crate::errors::short_type_name::<E>()),
+        KeyValue::new(EXCEPTION_MESSAGE, error.to_string()),
+    ];
+    add_event("exception", attributes);
+}
