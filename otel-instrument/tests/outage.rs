@@ -184,6 +184,13 @@ fn cases() -> Vec<Case> {
         ],
         expect_output: None,
     });
+    // A real axum router behind the server layer, whose handler calls out
+    // through the client layer, while the collector hangs.
+    out.push(Case {
+        name: "layers: axum + client, hang".into(),
+        env: vec![("OUTAGE_CELL", "layers".into())],
+        expect_output: None,
+    });
     for mode in [Mode::Refuse, Mode::Hang, Mode::Slow, Mode::Absent] {
         for flavour in [
             Flavour::NoRuntime,
@@ -213,6 +220,7 @@ fn main() {
         Ok("reentrancy") => reentrancy_cell(),
         Ok("fits") => fits_cell(),
         Ok("throttle") => throttle_cell(),
+        Ok("layers") => layers_cell(),
         Ok(other) => panic!("unknown OUTAGE_CELL {other}"),
         Err(_) => parent(),
     }
@@ -897,5 +905,122 @@ fn throttle_cell() {
     );
     assert_eq!(arrived(&got).0, 2 * n, "nothing may be lost");
     assert_eq!(stats.spans_dropped(), 0);
+    drop(guard);
+}
+
+#[otel_instrument::monitored(skip_all)]
+async fn gateway_handler(
+    axum::extract::Path(id): axum::extract::Path<u64>,
+) -> Result<String, axum::http::StatusCode> {
+    use tower::{Layer as _, ServiceExt as _};
+    let upstream = tower::service_fn(|_req: axum::http::Request<String>| async {
+        Ok::<_, std::convert::Infallible>(
+            axum::http::Response::builder()
+                .status(if id % 10 == 0 { 503 } else { 200 })
+                .body(String::new())
+                .unwrap(),
+        )
+    });
+    let client = otel_instrument::propagation::ClientLayer::new().layer(upstream);
+    let req = axum::http::Request::get("http://backend:9000/x")
+        .body(String::new())
+        .unwrap();
+    let Ok(resp) = client.oneshot(req).await;
+    if resp.status().is_server_error() {
+        return Err(axum::http::StatusCode::BAD_GATEWAY);
+    }
+    Ok(id.to_string())
+}
+
+/// The propagation layers on a real axum router (server span, monitored
+/// handler, client span per request) while the collector hangs: every request
+/// completes, spans beyond the queue are dropped and counted, and export
+/// resumes when the collector is back.
+fn layers_cell() {
+    use tower::ServiceExt as _;
+    let sink = OtlpSink::start().expect("sink");
+    let guard = otel_instrument::builder!()
+        .endpoint(sink.endpoint())
+        .shutdown_timeout(SHUTDOWN)
+        .install()
+        .expect("install");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let router = axum::Router::new()
+        .route("/items/{id}", axum::routing::get(gateway_handler))
+        .layer(otel_instrument::propagation::ServerLayer::new());
+    let run = |from: u64, n: u64| {
+        rt.block_on(async {
+            let mut ok = 0u64;
+            for i in from..from + n {
+                let req = axum::http::Request::get(format!("/items/{i}"))
+                    .header(
+                        "traceparent",
+                        format!("00-{:032x}-00f067aa0ba902b7-01", i + 1),
+                    )
+                    .body(axum::body::Body::empty())
+                    .unwrap();
+                let resp = router.clone().oneshot(req).await.unwrap();
+                let status = resp.status();
+                drop(
+                    axum::body::to_bytes(resp.into_body(), 1 << 16)
+                        .await
+                        .unwrap(),
+                );
+                if status.is_success() {
+                    ok += 1;
+                }
+            }
+            ok
+        })
+    };
+    let before = Instant::now();
+    assert_eq!(run(1, 500), 450);
+    let per_request_before = before.elapsed() / 500;
+    sink.set_behaviour(Behaviour::Hang);
+    let outage = Instant::now();
+    assert_eq!(
+        run(10_001, 10_000),
+        9_000,
+        "every request completes during the outage"
+    );
+    let per_request_outage = outage.elapsed() / 10_000;
+    sink.set_behaviour(Behaviour::Accept);
+    let stats = guard.stats();
+    let dropped = stats.spans_dropped();
+    // Three spans a request (server, handler, client): 30,000 cannot fit a
+    // queue of 2,048 while nothing drains it.
+    assert!(
+        dropped > 0,
+        "the outage must overflow the queue, and count it"
+    );
+    std::thread::sleep(SETTLE + Duration::from_millis(1000));
+    let marker = 900_001u64;
+    run(marker, 100);
+    assert!(guard.flush(), "flush timed out");
+    let wanted = format!("{:032x}", marker + 1);
+    let got = sink.wait_until(Duration::from_secs(10), |r| {
+        r.spans().iter().any(|s| {
+            s.span
+                .trace_id
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+                == wanted
+        })
+    });
+    println!(
+        "RESULT {:>8} {:>9} {:>9} {:>9}   per request {:?} before, {:?} during the outage",
+        31_800,
+        "-",
+        dropped,
+        stats.failures(Signal::Traces),
+        per_request_before,
+        per_request_outage,
+    );
+    assert!(got.is_some(), "spans flow again once the collector is back");
     drop(guard);
 }
