@@ -10,7 +10,6 @@ use opentelemetry::trace::{
 };
 
 use super::callsite::Callsite;
-use super::sampling::next_u64;
 
 /// The trace state a monitored call runs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,4 +169,21 @@ pub fn current_context() -> Context {
             tracing::Span::current().context()
         }
     }
+}
+
+/// A fast per-thread generator (wyrand), seeded once from std's random keys.
+pub(super) fn next_u64() -> u64 {
+    RNG.with(|s| {
+        let mut state = s.get();
+        if state == 0 {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_usize(s as *const _ as usize);
+            state = h.finish() | 1;
+        }
+        state = state.wrapping_add(0xa076_1d64_78bd_642f);
+        s.set(state);
+        let t = u128::from(state) * u128::from(state ^ 0xe703_7ed1_a0b4_28db);
+        ((t >> 64) as u64) ^ (t as u64)
+    })
 }

@@ -10,7 +10,7 @@ use opentelemetry_sdk::trace::{IdGenerator, SamplingDecision, SamplingResult, Sh
 
 use super::INTEGRATED;
 use super::callsite::Callsite;
-use super::frame::{PENDING_TRACE_ID, RNG, Trace, current};
+use super::frame::{PENDING_TRACE_ID, Trace, current, next_u64};
 
 /// Whether a sampled parent context decides for its children.
 pub(super) static PARENT_BASED: AtomicBool = AtomicBool::new(true);
@@ -46,23 +46,6 @@ pub(super) fn threshold(ratio: f64) -> u64 {
 
 fn sampled_by(threshold: u64, trace_id: u128) -> bool {
     threshold == ALWAYS || ((trace_id as u64) >> 1) < threshold
-}
-
-/// A fast per-thread generator (wyrand), seeded once from std's random keys.
-pub(super) fn next_u64() -> u64 {
-    RNG.with(|s| {
-        let mut state = s.get();
-        if state == 0 {
-            use std::hash::{BuildHasher, Hasher};
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_usize(s as *const _ as usize);
-            state = h.finish() | 1;
-        }
-        state = state.wrapping_add(0xa076_1d64_78bd_642f);
-        s.set(state);
-        let t = u128::from(state) * u128::from(state ^ 0xe703_7ed1_a0b4_28db);
-        ((t >> 64) as u64) ^ (t as u64)
-    })
 }
 
 fn new_trace_id() -> u128 {
