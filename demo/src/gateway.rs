@@ -218,3 +218,44 @@ pub fn main(settings: &Settings) -> Result<(), RunError> {
     guard.shutdown();
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_codes_become_http_statuses_and_categories() {
+        let cases = [
+            (
+                tonic::Code::NotFound,
+                404,
+                ErrorCategory::NotFound,
+                "NotFound",
+            ),
+            (
+                tonic::Code::Unavailable,
+                503,
+                ErrorCategory::Unavailable,
+                "Unavailable",
+            ),
+            (
+                tonic::Code::Internal,
+                502,
+                ErrorCategory::Internal,
+                "Backend",
+            ),
+        ];
+        for (code, status, category, error_type) in cases {
+            let e = AppError::from(tonic::Status::new(code, "x"));
+            assert_eq!(e.status().as_u16(), status, "{code:?}");
+            assert_eq!(e.category(), category, "{code:?}");
+            assert_eq!(e.error_type(), error_type, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn a_backend_url_needs_a_scheme_and_a_host() {
+        assert!(backend_client("demo-backend:50051").is_err());
+        assert!(backend_client("ftp://demo-backend:50051").is_err());
+    }
+}

@@ -201,3 +201,23 @@ pub fn parse_url(
         _ => Err(bad()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_need_http_or_https_and_a_host() {
+        assert!(parse_url("--x", "http://127.0.0.1:8080", "e").is_ok());
+        assert!(parse_url("--x", "https://gw", "e").is_ok());
+        for bad in ["127.0.0.1:8080", "ftp://gw", "http://", "not a url"] {
+            let e = parse_url("--x", bad, "http://gw:8080").unwrap_err();
+            let message = e.to_string();
+            assert!(
+                message.contains("--x") && message.contains("http://gw:8080"),
+                "{bad}: {message}"
+            );
+            assert_eq!(e.exit_code(), ExitCode::from(2));
+        }
+    }
+}

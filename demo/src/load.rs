@@ -211,3 +211,28 @@ pub fn main(settings: &Settings) -> Result<(), RunError> {
     guard.shutdown();
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_mix_has_every_outcome_in_fixed_proportions() {
+        let mix = default_mix();
+        let count = |id: &str| mix.iter().filter(|m| *m == id).count();
+        assert_eq!(mix.len(), 20);
+        assert_eq!(ids::KNOWN.iter().map(|k| count(k)).sum::<usize>(), 13);
+        assert_eq!(count(ids::MISSING), 3);
+        assert_eq!(count(ids::OFFLINE), 2);
+        assert_eq!(count(ids::SLOW), 2);
+    }
+
+    #[test]
+    fn a_failed_visit_is_categorised_by_its_http_status() {
+        let e = VisitError::Status(http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.category(), ErrorCategory::Unavailable);
+        assert_eq!(e.error_type(), "Service Unavailable");
+        let e = VisitError::Status(http::StatusCode::NOT_FOUND);
+        assert_eq!(e.category(), ErrorCategory::NotFound);
+    }
+}
