@@ -1,5 +1,6 @@
-//! The example service of the compose stack: a long-running workload of
-//! `#[monitored]` functions with varied latency and categorised errors.
+//! A single-process example: a long-running workload of `#[monitored]`
+//! functions with varied latency and categorised errors. (The compose stack
+//! runs the demo in `demo/` instead: three services and one trace across them.)
 //!
 //! ```sh
 //! OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317 cargo run -p otel-instrument --example service
@@ -8,7 +9,7 @@
 //! Settings (environment):
 //! - `EXAMPLE_RATE`: requests per second, default 20;
 //! - `EXAMPLE_DURATION_SECS`: stop after this long, default: run until killed;
-//! - `EXAMPLE_PROMETHEUS_ADDR`: also serve `/metrics` here (feature `prometheus`).
+//! - `EXAMPLE_PROMETHEUS_ADDR`: also serve `/metrics` here (`--features prometheus`).
 
 use std::time::Duration;
 

@@ -1,8 +1,9 @@
 //! The bundled Grafana dashboards: raw provisioning JSON, typed against
 //! `@grafana/schema`, PromQL that parses, and panels that return data against a
-//! real Prometheus fed by our own receiver and example service.
+//! real Prometheus fed by our own receiver and the demo's three processes.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -232,44 +233,84 @@ fn every_panel_query_returns_data_against_a_real_prometheus() {
     }
     let _receiver = KillOnDrop(receiver.spawn().expect("start the receiver"));
 
-    // The example service, exporting only through its pull endpoint.
-    let service_addr = free_addr();
-    let _service = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_e2e-example-service"))
-            .env_clear()
-            .env("EXAMPLE_PROMETHEUS_ADDR", service_addr.to_string())
-            .env("EXAMPLE_RATE", "50")
-            .env("OTEL_SERVICE_NAME", "example-service")
-            .env(
-                "OTEL_EXPORTER_OTLP_ENDPOINT",
-                format!("http://{}", free_addr()),
-            )
+    // The demo (load -> gateway -> backend), each serving /metrics. Their OTLP
+    // endpoint has no collector, so the pipeline panels see failed exports.
+    let dead_otlp = format!("http://{}", free_addr());
+    let demo = |bin: &str, service: &str, prometheus: SocketAddr| {
+        let mut cmd = Command::new(bin);
+        cmd.env_clear()
+            .env("DEMO_PROMETHEUS_ADDR", prometheus.to_string())
+            .env("OTEL_SERVICE_NAME", service)
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &dead_otlp)
             .env("OTEL_METRIC_EXPORT_INTERVAL", "1000")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the example service"),
+            .stderr(Stdio::null());
+        cmd
+    };
+    let (backend_metrics, gateway_metrics, load_metrics) = (free_addr(), free_addr(), free_addr());
+    let backend_addr = free_addr();
+    let gateway_addr = free_addr();
+    let _backend = KillOnDrop(
+        demo(
+            env!("CARGO_BIN_EXE_e2e-demo-backend"),
+            "demo-backend",
+            backend_metrics,
+        )
+        .env("DEMO_BACKEND_ADDR", backend_addr.to_string())
+        .spawn()
+        .expect("start demo-backend"),
     );
-    for addr in [receiver_addr, service_addr] {
+    let _gateway = KillOnDrop(
+        demo(
+            env!("CARGO_BIN_EXE_e2e-demo-gateway"),
+            "demo-gateway",
+            gateway_metrics,
+        )
+        .env("DEMO_GATEWAY_ADDR", gateway_addr.to_string())
+        .env("DEMO_BACKEND_URL", format!("http://{backend_addr}"))
+        .spawn()
+        .expect("start demo-gateway"),
+    );
+    let _load = KillOnDrop(
+        demo(
+            env!("CARGO_BIN_EXE_e2e-demo-load"),
+            "demo-load",
+            load_metrics,
+        )
+        .env("DEMO_GATEWAY_URL", format!("http://{gateway_addr}"))
+        .env("DEMO_LOAD_RATE", "50")
+        .spawn()
+        .expect("start demo-load"),
+    );
+    let targets = [
+        ("otel-gpu-receiver", receiver_addr),
+        ("demo-backend", backend_metrics),
+        ("demo-gateway", gateway_metrics),
+        ("demo-load", load_metrics),
+    ];
+    for (job, addr) in targets {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !matches!(http_get(addr, "/metrics"), Ok((200, _))) {
-            assert!(Instant::now() < deadline, "no /metrics on {addr}");
+            assert!(
+                Instant::now() < deadline,
+                "no /metrics from {job} on {addr}"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
 
     // Scrape job names equal the service names, so `job` matches the OTLP path.
-    let config = format!(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n\
-         \x20 - job_name: otel-gpu-receiver\n    static_configs:\n      - targets: ['{receiver_addr}']\n\
-         \x20 - job_name: example-service\n    static_configs:\n      - targets: ['{service_addr}']\n"
+    let mut config = String::from(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n",
     );
+    for (job, addr) in targets {
+        config.push_str(&format!(
+            "  - job_name: {job}\n    static_configs:\n      - targets: ['{addr}']\n"
+        ));
+    }
     let prom = Prometheus::start(&config);
-    prom.wait_targets_up(
-        &["otel-gpu-receiver", "example-service"],
-        Duration::from_secs(30),
-    );
+    prom.wait_targets_up(&targets.map(|(job, _)| job), Duration::from_secs(30));
 
     // Rates need a few samples; give every query up to 40 s to see data.
     let queries = queries();
@@ -278,6 +319,11 @@ fn every_panel_query_returns_data_against_a_real_prometheus() {
     while !empty.is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_secs(2));
         empty.retain(|q| prom.query_len(&q.expr) == 0);
+    }
+    // Each demo process feeds the functions dashboard, not just one of them.
+    for job in ["demo-backend", "demo-gateway", "demo-load"] {
+        let expr = format!("function_calls_total{{job=\"{job}\"}}");
+        assert!(prom.query_len(&expr) > 0, "no {expr} in Prometheus");
     }
     let report: Vec<String> = empty
         .iter()
