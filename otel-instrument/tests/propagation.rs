@@ -321,3 +321,21 @@ fn the_current_span_can_be_enriched_from_inside() {
         Some("disk on fire")
     );
 }
+
+/// Below the subscriber's level (the pipeline runs at the default `info`).
+#[monitored(level = "debug")]
+fn quiet_root() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    otel_instrument::propagation::inject(&mut headers);
+    headers
+}
+
+#[test]
+fn a_sampled_root_whose_span_the_level_turns_off_still_propagates_its_trace() {
+    pipeline();
+    let headers = quiet_root();
+    let traceparent = headers["traceparent"].to_str().unwrap().to_owned();
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_ne!(parts[1], "0".repeat(32), "a real trace id: {traceparent}");
+    assert_eq!(parts[3], "01", "the root's sampled decision: {traceparent}");
+}

@@ -117,6 +117,12 @@ impl Core {
             }
             Trace::Delegated => true,
         };
+        if trace == Trace::Sampled && otel.is_none() && trace_id != 0 {
+            // A sampled root whose span the level filter turned off (say
+            // `RUST_LOG=warn` and an info-level function): keep its trace id
+            // for propagation, as for an unsampled one.
+            UNSAMPLED_TRACE_ID.with(|t| t.set(trace_id));
+        }
         let span = if callsite.span && wanted {
             let span = make_span();
             (!span.is_disabled()).then_some(span)
@@ -295,7 +301,10 @@ impl AsyncCall {
         // that panics (and a runtime that catches it) leaves the thread clean.
         let _restore = PollGuard::save();
         set_current(self.core.frame);
-        if self.core.frame.trace == Trace::Unsampled {
+        let spanless_root = self.core.frame.trace == Trace::Sampled
+            && self.core.otel.is_none()
+            && self.core.trace_id != [0, 0];
+        if self.core.frame.trace == Trace::Unsampled || spanless_root {
             let [hi, lo] = self.core.trace_id;
             UNSAMPLED_TRACE_ID.with(|t| t.set((u128::from(hi) << 64) | u128::from(lo)));
         }

@@ -46,7 +46,8 @@ thread_local! {
     /// The trace id a sampled local root drew, for the SDK to use (see
     /// [`MonitoredIdGenerator`]), so the exported trace id is the one decided on.
     pub(super) static PENDING_TRACE_ID: Cell<u128> = const { Cell::new(0) };
-    /// The trace id of the unsampled trace running on this thread, if any.
+    /// The trace id of the spanless trace running on this thread, if any: an
+    /// unsampled one, or a sampled root whose span the level filter turned off.
     pub(super) static UNSAMPLED_TRACE_ID: Cell<u128> = const { Cell::new(0) };
 }
 
@@ -162,8 +163,23 @@ pub fn current_context() -> Context {
                 state,
             ))
         }
-        // A sampled monitored call attached its span's context.
-        Trace::Sampled => Context::current(),
+        Trace::Sampled => {
+            // A sampled monitored call attached its span's context, unless the
+            // level filter turned its span off: then the root's trace id goes
+            // on, sampled, so downstream services stay in the trace.
+            let cx = Context::current();
+            let trace_id = UNSAMPLED_TRACE_ID.with(Cell::get);
+            if cx.span().span_context().is_valid() || trace_id == 0 {
+                return cx;
+            }
+            cx.with_remote_span_context(SpanContext::new(
+                TraceId::from(trace_id),
+                SpanId::from(next_u64().max(1)),
+                TraceFlags::SAMPLED,
+                true,
+                TraceState::NONE,
+            ))
+        }
         Trace::Free | Trace::Delegated => {
             use tracing_opentelemetry::OpenTelemetrySpanExt as _;
             tracing::Span::current().context()
