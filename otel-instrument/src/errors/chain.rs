@@ -108,6 +108,10 @@ fn inspect(e: &(dyn Error + 'static)) -> Option<Verdict> {
     if let Some(e) = e.downcast_ref::<hyper::Error>() {
         return Some(super::http::hyper_verdict(e));
     }
+    #[cfg(feature = "reqwest")]
+    if let Some(e) = e.downcast_ref::<reqwest::Error>() {
+        return Some(super::http::reqwest_verdict(e));
+    }
     if let Some(e) = e.downcast_ref::<tokio::time::error::Elapsed>() {
         return Some(super::io::elapsed_verdict(e));
     }

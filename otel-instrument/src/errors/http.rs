@@ -95,6 +95,40 @@ impl Categorize for hyper::Error {
     }
 }
 
+/// `error.type` of a `reqwest::Error` that carries no status code.
+#[cfg(feature = "reqwest")]
+const REQWEST_ERROR: &str = "reqwest::Error";
+
+/// A status error is its status code; a timeout is `timeout`; a bad URL or
+/// request (`is_builder`) and an undecodable body are `invalid_argument`; a
+/// failed connection or request defers to its cause, else `unavailable`.
+#[cfg(feature = "reqwest")]
+pub(super) fn reqwest_verdict(e: &reqwest::Error) -> Verdict {
+    if let Some(status) = e.status() {
+        Verdict::Decided(status.category(), status.error_type())
+    } else if e.is_timeout() {
+        Verdict::Decided(C::Timeout, REQWEST_ERROR)
+    } else if e.is_builder() || e.is_decode() {
+        Verdict::Decided(C::InvalidArgument, REQWEST_ERROR)
+    } else if e.is_connect() || e.is_request() || e.is_body() {
+        Verdict::Fallback(C::Unavailable, REQWEST_ERROR)
+    } else {
+        Verdict::Fallback(C::Unknown, REQWEST_ERROR)
+    }
+}
+
+/// See [`reqwest_verdict`]; `error.type` is the status code (`"503"`), else
+/// the deepest known cause (`"ConnectionRefused"`), else `"reqwest::Error"`.
+#[cfg(feature = "reqwest")]
+impl Categorize for reqwest::Error {
+    fn category(&self) -> C {
+        classify_known(self, reqwest_verdict).0
+    }
+    fn error_type(&self) -> &'static str {
+        classify_known(self, reqwest_verdict).1
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -228,5 +262,64 @@ mod tests {
             (e.category(), e.error_type()),
             (C::Cancelled, "hyper::Error")
         );
+    }
+
+    #[cfg(feature = "reqwest")]
+    mod reqwest_errors {
+        use super::*;
+
+        #[test]
+        fn a_status_error_is_its_status_code() {
+            let response = http::Response::builder().status(503).body("").unwrap();
+            let e = reqwest::Response::from(response)
+                .error_for_status()
+                .unwrap_err();
+            assert_eq!((e.category(), e.error_type()), (C::Unavailable, "503"));
+        }
+
+        #[test]
+        fn a_bad_url_is_an_invalid_argument() {
+            let e = reqwest::Client::new().get("not a url").build().unwrap_err();
+            assert!(e.is_builder(), "{e:?}");
+            assert_eq!(
+                (e.category(), e.error_type()),
+                (C::InvalidArgument, "reqwest::Error")
+            );
+        }
+
+        #[tokio::test]
+        async fn a_refused_connection_is_unavailable_and_named_by_its_cause() {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let e = reqwest::get(format!("http://127.0.0.1:{port}/"))
+                .await
+                .unwrap_err();
+            assert!(e.is_connect(), "{e:?}");
+            assert_eq!(
+                (e.category(), e.error_type()),
+                (C::Unavailable, "ConnectionRefused")
+            );
+        }
+
+        #[tokio::test]
+        async fn a_request_timeout_is_a_timeout() {
+            // The kernel completes the handshake; nobody ever answers.
+            let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let url = format!("http://{}/", silent.local_addr().unwrap());
+            let e = reqwest::Client::new()
+                .get(url)
+                .timeout(Duration::from_millis(50))
+                .send()
+                .await
+                .unwrap_err();
+            assert!(e.is_timeout(), "{e:?}");
+            assert_eq!(
+                (e.category(), e.error_type()),
+                (C::Timeout, "reqwest::Error")
+            );
+        }
     }
 }
