@@ -1,12 +1,13 @@
 //! Error classification for `#[monitored]`: a closed set of categories, the
-//! [`Categorize`] trait for error types that know what they mean, and a walk
-//! of the `source()` chain for the rest.
+//! [`Categorize`](trait@Categorize) trait (and its derive) for error types
+//! that know what they mean, and a walk of the `source()` chain for the rest.
 //!
 //! # What is classified, and how
 //! - A type that implements `Categorize` says so itself: `std::io::Error` (by
 //!   kind), `tonic::Status` and `tonic::Code`, `http::StatusCode`,
 //!   `hyper::Error`, `tonic::transport::Error`, `tokio::time::error::Elapsed`,
-//!   the std and `http` parse errors, and your own types.
+//!   the std and `http` parse errors, `reqwest::Error` (feature `reqwest`), and
+//!   your own types through `#[derive(Categorize)]`.
 //! - `anyhow::Error` and `Box<dyn Error (+ Send + Sync)>` are classified by the
 //!   most specific known error in their chain.
 //! - Any other `std::error::Error` is classified by walking its `source()` chain
@@ -25,6 +26,29 @@
 //! anything else is its type or variant name (`"ParseIntError"`). A dynamic
 //! wrapper reports the most specific known type in its chain, else
 //! `"anyhow::Error"` or `"Box<dyn Error>"`.
+//!
+//! # Your own errors
+//! ```
+//! use otel_instrument::errors::{Categorize, ErrorCategory};
+//!
+//! #[derive(Debug, thiserror::Error, Categorize)]
+//! #[category(internal)] // the default for variants without their own
+//! enum StoreError {
+//!     #[error("no such key")]
+//!     #[category(not_found)]
+//!     Missing,
+//!     #[error("reading the store")]
+//!     #[category(source)] // classified by the io::Error it wraps
+//!     Disk(#[from] std::io::Error),
+//!     #[error("index out of date")]
+//!     Stale,
+//! }
+//!
+//! let e = StoreError::from(std::io::Error::from(std::io::ErrorKind::TimedOut));
+//! assert_eq!((e.category(), e.error_type()), (ErrorCategory::Timeout, "Disk"));
+//! assert_eq!(StoreError::Missing.category(), ErrorCategory::NotFound);
+//! assert_eq!(StoreError::Stale.category(), ErrorCategory::Internal);
+//! ```
 
 use std::fmt;
 
@@ -35,6 +59,8 @@ mod io;
 mod parse;
 
 pub use chain::{categorize_chain, classify_chain};
+/// Derives [`Categorize`](trait@Categorize); see the [module docs](self#your-own-errors).
+pub use otel_instrument_macros::Categorize;
 
 /// What kind of failure an error is, modelled on gRPC status codes.
 ///
