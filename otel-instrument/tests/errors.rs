@@ -48,6 +48,11 @@ struct RateLimited;
 #[category(source)]
 struct ConfigError(#[from] IoError);
 
+/// The derive is also at the crate root, next to the trait.
+#[derive(Debug, otel_instrument::Categorize)]
+#[category(unauthenticated)]
+struct NoToken;
+
 /// A service error that wraps the repository's: its variants speak for it.
 #[derive(Debug, thiserror::Error, Categorize)]
 #[category(transparent)]
@@ -76,6 +81,10 @@ fn derived_variants_have_their_category_and_name() {
     assert_eq!(
         (RateLimited.category(), RateLimited.error_type()),
         (ErrorCategory::ResourceExhausted, "RateLimited")
+    );
+    assert_eq!(
+        (NoToken.category(), NoToken.error_type()),
+        (ErrorCategory::Unauthenticated, "NoToken")
     );
 }
 
