@@ -18,6 +18,7 @@
 //! - `crate = path`: where `otel_instrument` is, for re-exports.
 
 mod attr;
+mod derive;
 mod expand;
 
 use proc_macro::TokenStream;
@@ -26,4 +27,33 @@ use proc_macro::TokenStream;
 #[proc_macro_attribute]
 pub fn monitored(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::monitored(args.into(), item.into()).into()
+}
+
+/// Derives `Categorize` (`otel_instrument::errors::Categorize`) for an error
+/// enum or struct. Use it as `otel_instrument::errors::Categorize`.
+///
+/// - `#[category(name)]` on a variant gives its category; `name` is an
+///   `error.category` value: `cancelled`, `invalid_argument`, `not_found`,
+///   `already_exists`, `permission_denied`, `unauthenticated`,
+///   `resource_exhausted`, `failed_precondition`, `aborted`, `timeout`,
+///   `unavailable`, `unimplemented`, `internal`, `data_loss` or `unknown`.
+/// - `#[category(name)]` on the enum is the default for variants without one;
+///   on a struct it is the struct's category. A variant with neither is a
+///   compile error, so nothing falls into `unknown` by accident.
+/// - `#[category(source)]` classifies a variant by the error it wraps (the
+///   field marked `#[source]` or `#[from]`, else its only field, else the field
+///   named `source`), with `Categorize` if that error has it, else its
+///   `source()` chain. `error.type` stays the variant name.
+/// - `#[category(transparent)]` takes `error.type` from the wrapped error too,
+///   like thiserror's `#[error(transparent)]`.
+/// - A wrapped error of a generic type is classified only as far as the type's
+///   bounds tell (`T: Categorize`, or `T: Error + 'static` for its chain);
+///   without one it is `unknown`.
+/// - `#[category(crate = path)]` on the type: where `otel_instrument` is, for
+///   re-exports (default `::otel_instrument`).
+///
+/// `error_type()` is the variant's name (the struct's name for a struct).
+#[proc_macro_derive(Categorize, attributes(category))]
+pub fn derive_categorize(item: TokenStream) -> TokenStream {
+    derive::categorize(item.into()).into()
 }

@@ -1,0 +1,6 @@
+use otel_instrument::errors::Categorize;
+
+#[derive(Categorize)]
+struct Oops;
+
+fn main() {}

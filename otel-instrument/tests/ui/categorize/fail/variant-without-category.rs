@@ -1,0 +1,11 @@
+use otel_instrument::errors::Categorize;
+
+#[derive(Categorize)]
+enum E {
+    #[category(not_found)]
+    Missing,
+    Broken,
+    Gone,
+}
+
+fn main() {}
