@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use otel_instrument::propagation::ServerLayer;
-use otel_instrument::{Categorize, ErrorCategory, monitored};
+use otel_instrument::{Categorize, monitored};
 use tonic::{Request, Response, Status};
 
 use crate::proto::inventory_server::{Inventory, InventoryServer};
@@ -49,23 +49,13 @@ pub struct Store {
 }
 
 /// Why the warehouse could not give a stock level.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, Categorize)]
+#[category(unavailable)]
 #[non_exhaustive]
 pub enum WarehouseError {
     /// The warehouse did not answer.
     #[error("warehouse for {0} is offline")]
     Offline(String),
-}
-
-impl Categorize for WarehouseError {
-    fn category(&self) -> ErrorCategory {
-        ErrorCategory::Unavailable
-    }
-    fn error_type(&self) -> &'static str {
-        match self {
-            Self::Offline(_) => "Offline",
-        }
-    }
 }
 
 /// The catalogue entry for `id`, or `NOT_FOUND`.

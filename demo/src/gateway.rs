@@ -13,7 +13,7 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use otel_instrument::propagation::{ClientLayer, ServerLayer, TracedClient};
-use otel_instrument::{Categorize, ErrorCategory, monitored};
+use otel_instrument::{Categorize, monitored};
 use tonic::transport::Channel;
 use tower::Layer as _;
 
@@ -69,17 +69,21 @@ pub struct ItemView {
 }
 
 /// Why a gateway request failed; each maps to one HTTP status.
-#[derive(Debug, thiserror::Error)]
+/// `error.type` is the variant's name.
+#[derive(Debug, thiserror::Error, Categorize)]
 #[non_exhaustive]
 pub enum AppError {
     /// The backend has no such item: 404.
     #[error("no such item")]
+    #[category(not_found)]
     NotFound(#[source] tonic::Status),
     /// The backend or its dependency is down: 503.
     #[error("the inventory is unavailable")]
+    #[category(unavailable)]
     Unavailable(#[source] tonic::Status),
-    /// Any other backend failure: 502.
+    /// Any other backend failure: 502, categorised by the backend's status.
     #[error("the inventory failed")]
+    #[category(source)]
     Backend(#[source] tonic::Status),
 }
 
@@ -89,23 +93,6 @@ impl From<tonic::Status> for AppError {
             tonic::Code::NotFound => Self::NotFound(status),
             tonic::Code::Unavailable => Self::Unavailable(status),
             _ => Self::Backend(status),
-        }
-    }
-}
-
-impl Categorize for AppError {
-    fn category(&self) -> ErrorCategory {
-        match self {
-            Self::NotFound(_) => ErrorCategory::NotFound,
-            Self::Unavailable(_) => ErrorCategory::Unavailable,
-            Self::Backend(s) => s.category(),
-        }
-    }
-    fn error_type(&self) -> &'static str {
-        match self {
-            Self::NotFound(_) => "NotFound",
-            Self::Unavailable(_) => "Unavailable",
-            Self::Backend(_) => "Backend",
         }
     }
 }
@@ -222,6 +209,7 @@ pub fn main(settings: &Settings) -> Result<(), RunError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use otel_instrument::ErrorCategory;
 
     #[test]
     fn grpc_codes_become_http_statuses_and_categories() {

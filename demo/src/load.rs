@@ -103,7 +103,7 @@ impl Categorize for VisitError {
     }
     fn error_type(&self) -> &'static str {
         match self {
-            // "Not Found", "Service Unavailable": the status's reason.
+            // "404", "503": the status code, as the semantic conventions ask.
             Self::Status(code) => code.error_type(),
             Self::Transport(_) => "Transport",
         }
@@ -231,7 +231,7 @@ mod tests {
     fn a_failed_visit_is_categorised_by_its_http_status() {
         let e = VisitError::Status(http::StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(e.category(), ErrorCategory::Unavailable);
-        assert_eq!(e.error_type(), "Service Unavailable");
+        assert_eq!(e.error_type(), "503");
         let e = VisitError::Status(http::StatusCode::NOT_FOUND);
         assert_eq!(e.category(), ErrorCategory::NotFound);
     }

@@ -312,13 +312,13 @@ fn slow_calls(r: &Received, svc: &str, function: &str) -> u64 {
 /// The expected error points on `function.calls`: (service, function,
 /// error.category, error.type).
 const ERROR_POINTS: [(&str, &str, &str, &str); 7] = [
-    (BACKEND, "get_item", "not_found", "NotFound"),
-    (BACKEND, "get_item", "unavailable", "Unavailable"),
+    (BACKEND, "get_item", "not_found", "NOT_FOUND"),
+    (BACKEND, "get_item", "unavailable", "UNAVAILABLE"),
     (BACKEND, "read_stock", "unavailable", "Offline"),
     (GATEWAY, "show_item", "not_found", "NotFound"),
     (GATEWAY, "show_item", "unavailable", "Unavailable"),
-    (LOAD, "visit", "not_found", "Not Found"),
-    (LOAD, "visit", "unavailable", "Service Unavailable"),
+    (LOAD, "visit", "not_found", "404"),
+    (LOAD, "visit", "unavailable", "503"),
 ];
 
 /// The caller links on `function.calls`: (service, callee, caller).
@@ -574,7 +574,7 @@ fn the_demo_traces_and_measures_a_request_across_three_processes() {
         attr(be_handler, "error.category").as_deref(),
         Some("not_found")
     );
-    assert_eq!(attr(be_handler, "error.type").as_deref(), Some("NotFound"));
+    assert_eq!(attr(be_handler, "error.type").as_deref(), Some("NOT_FOUND"));
     assert_eq!(
         attr(
             get(&not_found, BACKEND, GET_ITEM_RPC),

@@ -238,7 +238,11 @@ impl Ending {
                 _ => code != 0,
             };
             if error {
-                span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, code.to_string()));
+                // The code's name, as `errors` gives it for a `tonic::Status`.
+                let name = crate::errors::Categorize::error_type(&tonic::Code::from(
+                    i32::try_from(code).unwrap_or(2),
+                ));
+                span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, name));
                 span.set_status(Status::error(""));
             }
         }
