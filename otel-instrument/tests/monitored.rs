@@ -667,3 +667,94 @@ async fn a_call_dropped_by_a_timeout_counts_as_cancelled_not_as_an_error() {
     let attrs = otel_instrument::testing::attributes(&span.attributes);
     assert_eq!(attrs.get("result").map(String::as_str), Some("cancelled"));
 }
+
+type IoResult<T> = Result<T, std::io::Error>;
+
+#[monitored]
+fn aliased_lookup(id: u32) -> IoResult<u32> {
+    if id == 0 {
+        return Err(std::io::Error::from(std::io::ErrorKind::NotFound));
+    }
+    Ok(id)
+}
+
+#[test]
+fn an_err_behind_a_result_alias_is_counted_as_an_error() {
+    let p = pipeline();
+    assert!(aliased_lookup(0).is_err());
+    assert_eq!(aliased_lookup(1).unwrap(), 1);
+    let r = flush_until(&p.sink, &p.guard, |r| {
+        points(r, "function.calls", "aliased_lookup").len() == 2
+    });
+    let pts = points(&r, "function.calls", "aliased_lookup");
+    let failed = map(&[
+        ("function", "aliased_lookup"),
+        ("module", "monitored"),
+        ("result", "error"),
+        ("error.category", "not_found"),
+        ("error.type", "NotFound"),
+    ]);
+    let ok = map(&[
+        ("function", "aliased_lookup"),
+        ("module", "monitored"),
+        ("result", "ok"),
+    ]);
+    assert_eq!(value_with(&pts, &failed), Some(1.0), "{pts:#?}");
+    assert_eq!(value_with(&pts, &ok), Some(1.0), "{pts:#?}");
+}
+
+/// Neither `Categorize` nor `std::error::Error` (like many axum error types).
+#[derive(Debug)]
+struct AppError;
+
+#[monitored]
+fn render(n: u32) -> Result<impl std::fmt::Display, AppError> {
+    if n == 0 {
+        return Err(AppError);
+    }
+    Ok(n)
+}
+
+#[monitored]
+async fn render_async(n: u32) -> Result<impl std::fmt::Display + Send, AppError> {
+    tokio::task::yield_now().await;
+    if n == 0 {
+        return Err(AppError);
+    }
+    Ok(format!("#{n}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_err_next_to_an_impl_trait_ok_is_an_unknown_error_named_by_its_type() {
+    let p = pipeline();
+    assert!(render(0).is_err());
+    assert_eq!(render(2).ok().unwrap().to_string(), "2");
+    assert!(render_async(0).await.is_err());
+    let r = tokio::task::block_in_place(|| {
+        flush_until(&p.sink, &p.guard, |r| {
+            points(r, "function.calls", "render").len() == 2
+                && !points(r, "function.calls", "render_async").is_empty()
+                && !spans_named(r, "render_async").is_empty()
+        })
+    });
+    for function in ["render", "render_async"] {
+        let pts = points(&r, "function.calls", function);
+        let failed = map(&[
+            ("function", function),
+            ("module", "monitored"),
+            ("result", "error"),
+            ("error.category", "unknown"),
+            ("error.type", "AppError"),
+        ]);
+        assert_eq!(value_with(&pts, &failed), Some(1.0), "{function}: {pts:#?}");
+    }
+    let span = &spans_named(&r, "render_async")[0];
+    assert_eq!(
+        span.span.status.as_ref().map(|s| s.code),
+        Some(StatusCode::Error as i32)
+    );
+    assert_eq!(
+        span.attributes().get("error.type").map(String::as_str),
+        Some("AppError")
+    );
+}
