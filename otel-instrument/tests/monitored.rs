@@ -758,3 +758,119 @@ async fn an_err_next_to_an_impl_trait_ok_is_an_unknown_error_named_by_its_type()
         Some("AppError")
     );
 }
+
+#[tonic::async_trait]
+trait Backend: Send + Sync {
+    async fn slow_get(&self, id: u32) -> Result<u32, tonic::Status>;
+    async fn failing_get(&self, id: u32) -> Result<u32, tonic::Status>;
+}
+
+struct SlowBackend;
+
+#[tonic::async_trait]
+impl Backend for SlowBackend {
+    #[monitored(kind = server)]
+    async fn slow_get(&self, id: u32) -> Result<u32, tonic::Status> {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        after_the_sleep();
+        Ok(id)
+    }
+
+    #[monitored(kind = server)]
+    async fn failing_get(&self, id: u32) -> Result<u32, tonic::Status> {
+        tokio::task::yield_now().await;
+        Err(tonic::Status::unavailable(format!("{id} is down")))
+    }
+}
+
+#[monitored]
+fn after_the_sleep() {}
+
+/// The sum of the `function.calls.duration` points of `function`, in seconds.
+fn duration_sum(r: &otel_instrument::testing::Received, function: &str) -> Option<f64> {
+    let m = r.last_metric("function.calls.duration")?.metric;
+    let Some(Data::Histogram(h)) = m.data else {
+        return None;
+    };
+    let sums: Vec<f64> = h
+        .data_points
+        .iter()
+        .filter(|p| {
+            otel_instrument::testing::attributes(&p.attributes)
+                .get("function")
+                .map(String::as_str)
+                == Some(function)
+        })
+        .map(|p| p.sum.unwrap_or(0.0))
+        .collect();
+    (!sums.is_empty()).then(|| sums.iter().sum())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_trait_method_is_measured_over_its_awaited_body() {
+    let p = pipeline();
+    let backend: Box<dyn Backend> = Box::new(SlowBackend);
+    assert_eq!(backend.slow_get(7).await.unwrap(), 7);
+    let r = tokio::task::block_in_place(|| {
+        flush_until(&p.sink, &p.guard, |r| {
+            duration_sum(r, "slow_get").is_some()
+                && !spans_named(r, "slow_get").is_empty()
+                && !spans_named(r, "after_the_sleep").is_empty()
+        })
+    });
+    let seconds = duration_sum(&r, "slow_get").unwrap();
+    assert!(
+        seconds >= 0.050,
+        "the duration misses the awaited body: {seconds} s"
+    );
+    let span = &spans_named(&r, "slow_get")[0].span;
+    let child = &spans_named(&r, "after_the_sleep")[0].span;
+    assert!(
+        span.end_time_unix_nano - span.start_time_unix_nano >= 50_000_000,
+        "the span ended before the body ran: {span:?}"
+    );
+    assert_eq!(span.kind, SpanKind::Server as i32);
+    assert_eq!(
+        child.parent_span_id, span.span_id,
+        "the body runs in the span"
+    );
+    assert!(child.start_time_unix_nano >= span.start_time_unix_nano + 50_000_000);
+    assert!(child.end_time_unix_nano <= span.end_time_unix_nano);
+    let pts = points(&r, "function.calls", "slow_get");
+    let ok = map(&[
+        ("function", "slow_get"),
+        ("module", "monitored"),
+        ("result", "ok"),
+    ]);
+    assert_eq!(value_with(&pts, &ok), Some(1.0), "{pts:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_err_from_an_async_trait_method_is_an_error() {
+    let p = pipeline();
+    let backend: Box<dyn Backend> = Box::new(SlowBackend);
+    assert_eq!(
+        backend.failing_get(3).await.unwrap_err().code(),
+        tonic::Code::Unavailable
+    );
+    let r = tokio::task::block_in_place(|| {
+        flush_until(&p.sink, &p.guard, |r| {
+            !points(r, "function.calls", "failing_get").is_empty()
+                && !spans_named(r, "failing_get").is_empty()
+        })
+    });
+    let pts = points(&r, "function.calls", "failing_get");
+    let failed = map(&[
+        ("function", "failing_get"),
+        ("module", "monitored"),
+        ("result", "error"),
+        ("error.category", "unavailable"),
+        ("error.type", "Unavailable"),
+    ]);
+    assert_eq!(value_with(&pts, &failed), Some(1.0), "{pts:#?}");
+    let span = &spans_named(&r, "failing_get")[0].span;
+    assert_eq!(
+        span.status.as_ref().map(|s| s.code),
+        Some(StatusCode::Error as i32)
+    );
+}

@@ -7,7 +7,8 @@ use syn::parse::{Parse, ParseStream};
 use syn::spanned::Spanned as _;
 use syn::visit_mut::VisitMut;
 use syn::{
-    Attribute, Expr, FnArg, Ident, LitStr, Pat, ReturnType, Signature, Token, Type, Visibility,
+    Attribute, Block, Expr, ExprAsync, FnArg, GenericArgument, Ident, LitStr, Pat, PathArguments,
+    ReturnType, Signature, Stmt, Token, Type, TypeParamBound, Visibility,
 };
 
 use crate::attr::Args;
@@ -144,6 +145,85 @@ impl VisitMut for ImplToInfer {
         } else {
             syn::visit_mut::visit_type_mut(self, ty);
         }
+    }
+}
+
+/// The `T` of the `Future<Output = T>` somewhere in a return type such as
+/// `Pin<Box<dyn Future<Output = T> + Send + 'async_trait>>`.
+fn future_output(ty: &Type) -> Option<&Type> {
+    fn in_path(path: &syn::Path) -> Option<&Type> {
+        for seg in &path.segments {
+            let PathArguments::AngleBracketed(args) = &seg.arguments else {
+                continue;
+            };
+            for arg in &args.args {
+                match arg {
+                    GenericArgument::AssocType(a) if a.ident == "Output" => return Some(&a.ty),
+                    GenericArgument::Type(t) => {
+                        if let Some(found) = future_output(t) {
+                            return Some(found);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        None
+    }
+    match ty {
+        Type::Path(p) => in_path(&p.path),
+        Type::TraitObject(t) => t.bounds.iter().find_map(|b| match b {
+            TypeParamBound::Trait(t) => in_path(&t.path),
+            _ => None,
+        }),
+        Type::ImplTrait(t) => t.bounds.iter().find_map(|b| match b {
+            TypeParamBound::Trait(t) => in_path(&t.path),
+            _ => None,
+        }),
+        Type::Paren(p) => future_output(&p.elem),
+        Type::Group(g) => future_output(&g.elem),
+        _ => None,
+    }
+}
+
+/// A sync fn whose body ends in `Box::pin(async move { .. })`: what
+/// `#[async_trait]` makes of an `async fn` (async-trait 0.1 puts the whole body,
+/// parameter moves included, inside the async block), and what hand-written
+/// boxed-future methods look like. The async block is the real body.
+struct BoxedAsync {
+    before: Vec<Stmt>,
+    pin: Expr,
+    block: ExprAsync,
+}
+
+impl BoxedAsync {
+    fn find(body: &Group) -> Option<Self> {
+        let block: Block = syn::parse2(TokenTree::Group(body.clone()).into()).ok()?;
+        let mut before = block.stmts;
+        let Some(Stmt::Expr(Expr::Call(call), None)) = before.pop() else {
+            return None;
+        };
+        let Expr::Path(path) = &*call.func else {
+            return None;
+        };
+        let segments: Vec<String> = path
+            .path
+            .segments
+            .iter()
+            .map(|s| s.ident.to_string())
+            .collect();
+        if !segments.ends_with(&["Box".to_owned(), "pin".to_owned()]) || call.args.len() != 1 {
+            return None;
+        }
+        let Some(Expr::Async(block)) = call.args.first() else {
+            return None;
+        };
+        block.capture?;
+        Some(Self {
+            before,
+            pin: (*call.func).clone(),
+            block: block.clone(),
+        })
     }
 }
 
@@ -434,7 +514,19 @@ fn generate(args: &Args, func: MaybeItemFn) -> syn::Result<TokenStream> {
         }
     };
 
-    let output = Output::of_return(&sig.output);
+    // `#[async_trait]` ran first when a sync fn ends in `Box::pin(async move
+    // {..})`: the future's body is what is measured, so the call spans the
+    // awaited work and the future's output is classified.
+    let boxed = if sig.asyncness.is_none() {
+        BoxedAsync::find(&body)
+    } else {
+        None
+    };
+    let output = match (&boxed, &sig.output) {
+        (Some(_), ReturnType::Type(_, ty)) => Output::of(future_output(ty)),
+        (Some(_), ReturnType::Default) => Output::Type(None),
+        (None, output) => Output::of_return(output),
+    };
     if let Some((true, span)) = args.err
         && matches!(output, Output::Unit | Output::Never)
     {
@@ -447,6 +539,17 @@ fn generate(args: &Args, func: MaybeItemFn) -> syn::Result<TokenStream> {
     let block = if sig.asyncness.is_some() {
         let body = with_fake_return(&body, &output);
         async_block(body, &output)
+    } else if let Some(BoxedAsync { before, pin, block }) = boxed {
+        let inner = match block.block.to_token_stream().into_iter().next() {
+            Some(TokenTree::Group(g)) => g,
+            _ => Group::new(Delimiter::Brace, TokenStream::new()),
+        };
+        let instrumented = async_block(inner, &output);
+        let async_attrs = &block.attrs;
+        quote! {
+            #(#before)*
+            #pin(#(#async_attrs)* async move { #instrumented })
+        }
     } else {
         let classify = classify(&output);
         if classify.is_empty() {
