@@ -874,3 +874,63 @@ async fn an_err_from_an_async_trait_method_is_an_error() {
         Some(StatusCode::Error as i32)
     );
 }
+
+struct Accounts {
+    names: Vec<String>,
+}
+
+#[monitored(skip_all)]
+impl Accounts {
+    fn lookup(&self, i: usize) -> IoResult<&str> {
+        self.names
+            .get(i)
+            .map(String::as_str)
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
+    }
+
+    #[monitored(name = "accounts_add", skip(user), fields(account.user = user))]
+    fn add(&mut self, user: String) -> usize {
+        self.names.push(user);
+        self.names.len()
+    }
+
+    #[monitored(off)]
+    fn unmonitored_len(&self) -> usize {
+        self.names.len()
+    }
+}
+
+#[test]
+fn an_impl_block_monitors_its_methods_and_a_method_can_override_or_opt_out() {
+    let p = pipeline();
+    let mut accounts = Accounts { names: Vec::new() };
+    assert_eq!(accounts.add("ann".to_owned()), 1);
+    assert_eq!(accounts.lookup(0).unwrap(), "ann");
+    assert!(accounts.lookup(5).is_err());
+    assert_eq!(accounts.unmonitored_len(), 1);
+    let r = flush_until(&p.sink, &p.guard, |r| {
+        points(r, "function.calls", "lookup").len() == 2
+            && !points(r, "function.calls", "accounts_add").is_empty()
+            && !spans_named(r, "accounts_add").is_empty()
+    });
+    let pts = points(&r, "function.calls", "lookup");
+    let failed = map(&[
+        ("function", "lookup"),
+        ("module", "monitored"),
+        ("result", "error"),
+        ("error.category", "not_found"),
+        ("error.type", "NotFound"),
+    ]);
+    assert_eq!(value_with(&pts, &failed), Some(1.0), "{pts:#?}");
+    // The method's own arguments replace the block's: `user` is recorded
+    // (by reference: the body still owns it), and the name is its own.
+    let span = &spans_named(&r, "accounts_add")[0];
+    let attrs = span.attributes();
+    assert_eq!(
+        attrs.get("account.user").map(String::as_str),
+        Some("ann"),
+        "{attrs:?}"
+    );
+    assert!(!attrs.contains_key("user"), "{attrs:?}");
+    assert!(points(&r, "function.calls", "unmonitored_len").is_empty());
+}

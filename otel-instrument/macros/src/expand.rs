@@ -7,8 +7,9 @@ use syn::parse::{Parse, ParseStream};
 use syn::spanned::Spanned as _;
 use syn::visit_mut::VisitMut;
 use syn::{
-    Attribute, Block, Expr, ExprAsync, FnArg, GenericArgument, Ident, LitStr, Pat, PathArguments,
-    ReturnType, Signature, Stmt, Token, Type, TypeParamBound, Visibility,
+    Attribute, Block, Expr, ExprAsync, FnArg, GenericArgument, Ident, ImplItem, ImplItemFn,
+    ItemImpl, LitStr, Pat, PathArguments, ReturnType, Signature, Stmt, Token, Type, TypeParamBound,
+    Visibility,
 };
 
 use crate::attr::Args;
@@ -43,6 +44,21 @@ impl Parse for MaybeItemFn {
     }
 }
 
+/// A fn without a body: a trait's required method (or a foreign fn).
+struct Bodiless {
+    sig: Signature,
+}
+
+impl Parse for Bodiless {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        input.call(Attribute::parse_outer)?;
+        input.parse::<Visibility>()?;
+        let sig: Signature = input.parse()?;
+        input.parse::<Token![;]>()?;
+        Ok(Self { sig })
+    }
+}
+
 /// Entry point: never panics; errors become `compile_error!` next to the
 /// unchanged item so that no second error about a missing fn follows.
 pub(crate) fn monitored(args: TokenStream, item: TokenStream) -> TokenStream {
@@ -53,16 +69,28 @@ pub(crate) fn monitored(args: TokenStream, item: TokenStream) -> TokenStream {
             return quote!(#e #item);
         }
     };
+    if args.off.is_some() {
+        return item;
+    }
     let result = if let Ok(func) = syn::parse2::<MaybeItemFn>(item.clone()) {
-        generate(&args, func)
+        generate(&args, func, true)
+    } else if let Ok(decl) = syn::parse2::<Bodiless>(item.clone()) {
+        // Nothing would run in a declaration; saying nothing would leave the
+        // user believing the trait's implementations are monitored.
+        Err(syn::Error::new(
+            decl.sig.ident.span(),
+            "#[monitored] needs a function body; put it on the impl's method",
+        ))
+    } else if let Ok(block) = syn::parse2::<ItemImpl>(item.clone()) {
+        expand_impl(&args, block)
     } else {
-        // Something that is not a fn at all gets a clear error; a fn whose
-        // tokens do not parse is left to rustc as it is.
+        // Something that is not a fn at all gets a clear error; a fn (or an impl
+        // block) whose tokens do not parse is left to rustc as it is.
         match syn::parse2::<syn::Item>(item.clone()) {
             Ok(other) if !matches!(other, syn::Item::Fn(_) | syn::Item::Verbatim(_)) => {
                 Err(syn::Error::new_spanned(
                     other.to_token_stream().into_iter().next(),
-                    "#[monitored] goes on a fn or method",
+                    "#[monitored] goes on a fn, a method or an impl block",
                 ))
             }
             _ => return item,
@@ -75,6 +103,71 @@ pub(crate) fn monitored(args: TokenStream, item: TokenStream) -> TokenStream {
             quote!(#e #item)
         }
     }
+}
+
+/// Whether an attribute is `#[monitored]` or `#[some::path::monitored(..)]`.
+fn is_monitored(attr: &Attribute) -> bool {
+    attr.path()
+        .segments
+        .last()
+        .is_some_and(|s| s.ident == "monitored")
+}
+
+/// `#[monitored(..)]` on an impl block: every method with a body, with the
+/// block's arguments. A method's own `#[monitored(..)]` replaces them (and
+/// `#[monitored(off)]` leaves the method alone); const fns are left alone,
+/// since they cannot be monitored.
+fn expand_impl(args: &Args, mut block: ItemImpl) -> syn::Result<TokenStream> {
+    if let Some(span) = args.name_kw {
+        return Err(syn::Error::new(
+            span,
+            "`name` on an impl block would give every method the same name; \
+             put `#[monitored(name = ..)]` on the method",
+        ));
+    }
+    let methods = block.items.iter().filter_map(|item| match item {
+        ImplItem::Fn(f) if takes_block_args(f) => Some(&f.sig),
+        _ => None,
+    });
+    // `skip(x)` on a block skips `x` wherever it is a parameter; a name that
+    // no method has is a typo.
+    if let Some(skips) = &args.skip {
+        let names: Vec<Ident> = methods.flat_map(param_names).collect();
+        for s in skips {
+            if s != "self" && !names.iter().any(|p| p.unraw() == s.unraw()) {
+                return Err(syn::Error::new(
+                    s.span(),
+                    format!(
+                        "`skip({s})`: no method of this impl block has a parameter named `{s}`"
+                    ),
+                ));
+            }
+        }
+    }
+    for item in &mut block.items {
+        let ImplItem::Fn(f) = item else { continue };
+        if !takes_block_args(f) {
+            continue;
+        }
+        let Some(TokenTree::Group(body)) = f.block.to_token_stream().into_iter().next() else {
+            continue;
+        };
+        let func = MaybeItemFn {
+            attrs: f.attrs.clone(),
+            vis: f.vis.clone(),
+            sig: f.sig.clone(),
+            body,
+        };
+        *item = ImplItem::Verbatim(generate(args, func, false)?);
+    }
+    Ok(block.into_token_stream())
+}
+
+/// Whether a method of a monitored impl block is monitored with the block's
+/// arguments: not when it has its own `#[monitored(..)]`, not a const fn (it
+/// cannot be), not a `default fn` (specialization, nightly).
+fn takes_block_args(f: &ImplItemFn) -> bool {
+    f.sig.constness.is_none() && f.defaultness.is_none() && !f.attrs.iter().any(is_monitored)
 }
 
 /// The names of the parameters bound to a plain identifier.
@@ -256,8 +349,9 @@ fn is_place(expr: &Expr) -> bool {
     }
 }
 
-/// Generates one monitored fn.
-fn generate(args: &Args, func: MaybeItemFn) -> syn::Result<TokenStream> {
+/// Generates one monitored fn. `check_skip`: reject `skip(x)` for an `x` this
+/// fn lacks (an impl block checks its `skip` against all its methods instead).
+fn generate(args: &Args, func: MaybeItemFn, check_skip: bool) -> syn::Result<TokenStream> {
     let MaybeItemFn {
         attrs,
         vis,
@@ -304,7 +398,7 @@ fn generate(args: &Args, func: MaybeItemFn) -> syn::Result<TokenStream> {
 
     // Parameters recorded on the span, by Debug, as #[tracing::instrument] does.
     let params = param_names(&sig);
-    if let Some(skips) = &args.skip {
+    if check_skip && let Some(skips) = &args.skip {
         for s in skips {
             // `self` is never recorded, so skipping it is always allowed.
             if s != "self" && !params.iter().any(|p| p.unraw() == s.unraw()) {
