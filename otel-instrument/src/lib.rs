@@ -22,6 +22,7 @@ pub mod export;
 pub mod metrics;
 pub mod monitored;
 pub mod names;
+pub mod outcome;
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
 pub mod propagation;
@@ -38,6 +39,7 @@ pub use errors::{Categorize, ErrorCategory};
 pub use opentelemetry as __opentelemetry;
 /// Instruments a function with a span and RED metrics; see [`monitored`](mod@monitored).
 pub use otel_instrument_macros::monitored;
+pub use outcome::Fallible;
 
 /// Sets up telemetry from the `OTEL_*` variables, with the calling crate's name
 /// and version as the default `service.name` and `service.version`, and installs

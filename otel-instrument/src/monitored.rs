@@ -295,6 +295,7 @@ impl FieldValue for &String {
 #[doc(hidden)]
 pub mod __macro_support {
     pub use crate::errors::probe::{Probe, ViaAny, ViaCategorize, ViaError};
+    pub use crate::outcome::probe::*;
     pub use opentelemetry::KeyValue;
     pub use tracing;
 

@@ -667,3 +667,270 @@ async fn a_call_dropped_by_a_timeout_counts_as_cancelled_not_as_an_error() {
     let attrs = otel_instrument::testing::attributes(&span.attributes);
     assert_eq!(attrs.get("result").map(String::as_str), Some("cancelled"));
 }
+
+type IoResult<T> = Result<T, std::io::Error>;
+
+#[monitored]
+fn aliased_lookup(id: u32) -> IoResult<u32> {
+    if id == 0 {
+        return Err(std::io::Error::from(std::io::ErrorKind::NotFound));
+    }
+    Ok(id)
+}
+
+#[test]
+fn an_err_behind_a_result_alias_is_counted_as_an_error() {
+    let p = pipeline();
+    assert!(aliased_lookup(0).is_err());
+    assert_eq!(aliased_lookup(1).unwrap(), 1);
+    let r = flush_until(&p.sink, &p.guard, |r| {
+        points(r, "function.calls", "aliased_lookup").len() == 2
+    });
+    let pts = points(&r, "function.calls", "aliased_lookup");
+    let failed = map(&[
+        ("function", "aliased_lookup"),
+        ("module", "monitored"),
+        ("result", "error"),
+        ("error.category", "not_found"),
+        ("error.type", "NotFound"),
+    ]);
+    let ok = map(&[
+        ("function", "aliased_lookup"),
+        ("module", "monitored"),
+        ("result", "ok"),
+    ]);
+    assert_eq!(value_with(&pts, &failed), Some(1.0), "{pts:#?}");
+    assert_eq!(value_with(&pts, &ok), Some(1.0), "{pts:#?}");
+}
+
+/// Neither `Categorize` nor `std::error::Error` (like many axum error types).
+#[derive(Debug)]
+struct AppError;
+
+#[monitored]
+fn render(n: u32) -> Result<impl std::fmt::Display, AppError> {
+    if n == 0 {
+        return Err(AppError);
+    }
+    Ok(n)
+}
+
+#[monitored]
+async fn render_async(n: u32) -> Result<impl std::fmt::Display + Send, AppError> {
+    tokio::task::yield_now().await;
+    if n == 0 {
+        return Err(AppError);
+    }
+    Ok(format!("#{n}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_err_next_to_an_impl_trait_ok_is_an_unknown_error_named_by_its_type() {
+    let p = pipeline();
+    assert!(render(0).is_err());
+    assert_eq!(render(2).ok().unwrap().to_string(), "2");
+    assert!(render_async(0).await.is_err());
+    let r = tokio::task::block_in_place(|| {
+        flush_until(&p.sink, &p.guard, |r| {
+            points(r, "function.calls", "render").len() == 2
+                && !points(r, "function.calls", "render_async").is_empty()
+                && !spans_named(r, "render_async").is_empty()
+        })
+    });
+    for function in ["render", "render_async"] {
+        let pts = points(&r, "function.calls", function);
+        let failed = map(&[
+            ("function", function),
+            ("module", "monitored"),
+            ("result", "error"),
+            ("error.category", "unknown"),
+            ("error.type", "AppError"),
+        ]);
+        assert_eq!(value_with(&pts, &failed), Some(1.0), "{function}: {pts:#?}");
+    }
+    let span = &spans_named(&r, "render_async")[0];
+    assert_eq!(
+        span.span.status.as_ref().map(|s| s.code),
+        Some(StatusCode::Error as i32)
+    );
+    assert_eq!(
+        span.attributes().get("error.type").map(String::as_str),
+        Some("AppError")
+    );
+}
+
+#[tonic::async_trait]
+trait Backend: Send + Sync {
+    async fn slow_get(&self, id: u32) -> Result<u32, tonic::Status>;
+    async fn failing_get(&self, id: u32) -> Result<u32, tonic::Status>;
+}
+
+struct SlowBackend;
+
+#[tonic::async_trait]
+impl Backend for SlowBackend {
+    #[monitored(kind = server)]
+    async fn slow_get(&self, id: u32) -> Result<u32, tonic::Status> {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        after_the_sleep();
+        Ok(id)
+    }
+
+    #[monitored(kind = server)]
+    async fn failing_get(&self, id: u32) -> Result<u32, tonic::Status> {
+        tokio::task::yield_now().await;
+        Err(tonic::Status::unavailable(format!("{id} is down")))
+    }
+}
+
+#[monitored]
+fn after_the_sleep() {}
+
+/// The sum of the `function.calls.duration` points of `function`, in seconds.
+fn duration_sum(r: &otel_instrument::testing::Received, function: &str) -> Option<f64> {
+    let m = r.last_metric("function.calls.duration")?.metric;
+    let Some(Data::Histogram(h)) = m.data else {
+        return None;
+    };
+    let sums: Vec<f64> = h
+        .data_points
+        .iter()
+        .filter(|p| {
+            otel_instrument::testing::attributes(&p.attributes)
+                .get("function")
+                .map(String::as_str)
+                == Some(function)
+        })
+        .map(|p| p.sum.unwrap_or(0.0))
+        .collect();
+    (!sums.is_empty()).then(|| sums.iter().sum())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_trait_method_is_measured_over_its_awaited_body() {
+    let p = pipeline();
+    let backend: Box<dyn Backend> = Box::new(SlowBackend);
+    assert_eq!(backend.slow_get(7).await.unwrap(), 7);
+    let r = tokio::task::block_in_place(|| {
+        flush_until(&p.sink, &p.guard, |r| {
+            duration_sum(r, "slow_get").is_some()
+                && !spans_named(r, "slow_get").is_empty()
+                && !spans_named(r, "after_the_sleep").is_empty()
+        })
+    });
+    let seconds = duration_sum(&r, "slow_get").unwrap();
+    assert!(
+        seconds >= 0.050,
+        "the duration misses the awaited body: {seconds} s"
+    );
+    let span = &spans_named(&r, "slow_get")[0].span;
+    let child = &spans_named(&r, "after_the_sleep")[0].span;
+    assert!(
+        span.end_time_unix_nano - span.start_time_unix_nano >= 50_000_000,
+        "the span ended before the body ran: {span:?}"
+    );
+    assert_eq!(span.kind, SpanKind::Server as i32);
+    assert_eq!(
+        child.parent_span_id, span.span_id,
+        "the body runs in the span"
+    );
+    assert!(child.start_time_unix_nano >= span.start_time_unix_nano + 50_000_000);
+    assert!(child.end_time_unix_nano <= span.end_time_unix_nano);
+    let pts = points(&r, "function.calls", "slow_get");
+    let ok = map(&[
+        ("function", "slow_get"),
+        ("module", "monitored"),
+        ("result", "ok"),
+    ]);
+    assert_eq!(value_with(&pts, &ok), Some(1.0), "{pts:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_err_from_an_async_trait_method_is_an_error() {
+    let p = pipeline();
+    let backend: Box<dyn Backend> = Box::new(SlowBackend);
+    assert_eq!(
+        backend.failing_get(3).await.unwrap_err().code(),
+        tonic::Code::Unavailable
+    );
+    let r = tokio::task::block_in_place(|| {
+        flush_until(&p.sink, &p.guard, |r| {
+            !points(r, "function.calls", "failing_get").is_empty()
+                && !spans_named(r, "failing_get").is_empty()
+        })
+    });
+    let pts = points(&r, "function.calls", "failing_get");
+    let failed = map(&[
+        ("function", "failing_get"),
+        ("module", "monitored"),
+        ("result", "error"),
+        ("error.category", "unavailable"),
+        ("error.type", "Unavailable"),
+    ]);
+    assert_eq!(value_with(&pts, &failed), Some(1.0), "{pts:#?}");
+    let span = &spans_named(&r, "failing_get")[0].span;
+    assert_eq!(
+        span.status.as_ref().map(|s| s.code),
+        Some(StatusCode::Error as i32)
+    );
+}
+
+struct Accounts {
+    names: Vec<String>,
+}
+
+#[monitored(skip_all)]
+impl Accounts {
+    fn lookup(&self, i: usize) -> IoResult<&str> {
+        self.names
+            .get(i)
+            .map(String::as_str)
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
+    }
+
+    #[monitored(name = "accounts_add", skip(user), fields(account.user = user))]
+    fn add(&mut self, user: String) -> usize {
+        self.names.push(user);
+        self.names.len()
+    }
+
+    #[monitored(off)]
+    fn unmonitored_len(&self) -> usize {
+        self.names.len()
+    }
+}
+
+#[test]
+fn an_impl_block_monitors_its_methods_and_a_method_can_override_or_opt_out() {
+    let p = pipeline();
+    let mut accounts = Accounts { names: Vec::new() };
+    assert_eq!(accounts.add("ann".to_owned()), 1);
+    assert_eq!(accounts.lookup(0).unwrap(), "ann");
+    assert!(accounts.lookup(5).is_err());
+    assert_eq!(accounts.unmonitored_len(), 1);
+    let r = flush_until(&p.sink, &p.guard, |r| {
+        points(r, "function.calls", "lookup").len() == 2
+            && !points(r, "function.calls", "accounts_add").is_empty()
+            && !spans_named(r, "accounts_add").is_empty()
+    });
+    let pts = points(&r, "function.calls", "lookup");
+    let failed = map(&[
+        ("function", "lookup"),
+        ("module", "monitored"),
+        ("result", "error"),
+        ("error.category", "not_found"),
+        ("error.type", "NotFound"),
+    ]);
+    assert_eq!(value_with(&pts, &failed), Some(1.0), "{pts:#?}");
+    // The method's own arguments replace the block's: `user` is recorded
+    // (by reference: the body still owns it), and the name is its own.
+    let span = &spans_named(&r, "accounts_add")[0];
+    let attrs = span.attributes();
+    assert_eq!(
+        attrs.get("account.user").map(String::as_str),
+        Some("ann"),
+        "{attrs:?}"
+    );
+    assert!(!attrs.contains_key("user"), "{attrs:?}");
+    assert!(points(&r, "function.calls", "unmonitored_len").is_empty());
+}

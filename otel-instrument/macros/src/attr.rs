@@ -18,12 +18,15 @@ mod kw {
     syn::custom_keyword!(sample);
     syn::custom_keyword!(metrics);
     syn::custom_keyword!(span);
+    syn::custom_keyword!(off);
 }
 
 /// Every argument `#[monitored]` accepts, each at most once.
 #[derive(Default)]
 pub(crate) struct Args {
     pub name: Option<LitStr>,
+    /// Where `name` was written: an impl block rejects it.
+    pub name_kw: Option<Span>,
     pub kind: Option<(&'static str, Span)>,
     pub level: Option<(&'static str, Span)>,
     pub skip: Option<Vec<Ident>>,
@@ -35,6 +38,9 @@ pub(crate) struct Args {
     pub span: Option<bool>,
     span_kw: Option<Span>,
     pub krate: Option<Path>,
+    /// `#[monitored(off)]`: leave this fn (or a method of a monitored impl
+    /// block) as it is. It takes no other argument.
+    pub off: Option<Span>,
 }
 
 /// One `fields(..)` entry: `a.b = expr`, `a = ?expr`, `a = %expr`, `"a.b" = expr` or `a`.
@@ -125,6 +131,7 @@ impl Parse for Args {
                     return Err(syn::Error::new(lit.span(), "`name` must not be empty"));
                 }
                 args.name = Some(lit);
+                args.name_kw = Some(k.span);
             } else if look.peek(kw::kind) {
                 let k: kw::kind = input.parse()?;
                 if args.kind.is_some() {
@@ -232,6 +239,12 @@ impl Parse for Args {
                 }
                 args.span = Some(parse_bool(input)?);
                 args.span_kw = Some(k.span);
+            } else if look.peek(kw::off) {
+                let k: kw::off = input.parse()?;
+                if args.off.is_some() {
+                    return Err(duplicate(k.span, "off"));
+                }
+                args.off = Some(k.span);
             } else if look.peek(Token![crate]) {
                 let k: Token![crate] = input.parse()?;
                 if args.krate.is_some() {
@@ -245,7 +258,7 @@ impl Parse for Args {
                     unknown.span(),
                     format!(
                         "unknown argument `{unknown}`; expected one of name, kind, level, skip, \
-                         skip_all, fields, err, sample, metrics, span, crate"
+                         skip_all, fields, err, sample, metrics, span, crate, off"
                     ),
                 ));
             } else {
@@ -255,6 +268,24 @@ impl Parse for Args {
                 break;
             }
             input.parse::<Token![,]>()?;
+        }
+        if let Some(off) = args.off
+            && (args.name.is_some()
+                || args.kind.is_some()
+                || args.level.is_some()
+                || args.skip.is_some()
+                || args.skip_all.is_some()
+                || args.fields.is_some()
+                || args.err.is_some()
+                || args.sample.is_some()
+                || args.metrics.is_some()
+                || args.span.is_some()
+                || args.krate.is_some())
+        {
+            return Err(syn::Error::new(
+                off,
+                "`off` leaves the function unmonitored; it takes no other argument",
+            ));
         }
         if args.metrics == Some(false) && args.span == Some(false) {
             return Err(syn::Error::new(

@@ -5,4 +5,12 @@ fn f() -> u32 {
     1
 }
 
-fn main() {}
+#[monitored(err)]
+async fn g() -> Option<u32> {
+    None
+}
+
+fn main() {
+    f();
+    let _ = g();
+}

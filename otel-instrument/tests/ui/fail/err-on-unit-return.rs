@@ -1,0 +1,8 @@
+use otel_instrument::monitored;
+
+#[monitored(err)]
+fn f() {}
+
+fn main() {
+    f();
+}
