@@ -865,7 +865,7 @@ async fn an_err_from_an_async_trait_method_is_an_error() {
         ("module", "monitored"),
         ("result", "error"),
         ("error.category", "unavailable"),
-        ("error.type", "Unavailable"),
+        ("error.type", "UNAVAILABLE"),
     ]);
     assert_eq!(value_with(&pts, &failed), Some(1.0), "{pts:#?}");
     let span = &spans_named(&r, "failing_get")[0].span;
