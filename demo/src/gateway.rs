@@ -128,8 +128,8 @@ async fn record_view(id: String) {
 /// `GET /items/{id}`: the item from the backend; 404 when it has none, 503
 /// when it is unavailable.
 ///
-/// A concrete `Result<JsonBody<ItemView>, AppError>`: `#[monitored]` on this
-/// branch does not yet accept `Result<impl IntoResponse, _>`.
+/// The axum shape `Result<impl IntoResponse, AppError>`: the error type is
+/// known from the signature, so an `Err` is classified by `AppError`.
 ///
 /// # Errors
 /// [`AppError`], answered with its status.
@@ -137,7 +137,7 @@ async fn record_view(id: String) {
 pub async fn show_item(
     State(backend): State<Backend>,
     Path(id): Path<String>,
-) -> Result<JsonBody<ItemView>, AppError> {
+) -> Result<impl IntoResponse, AppError> {
     let mut backend = backend;
     let item = backend.get_item(GetItemRequest { id }).await?.into_inner();
     otel_instrument::monitored::spawn(record_view(item.id.clone()));
