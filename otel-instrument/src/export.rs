@@ -128,6 +128,8 @@ impl Drop for ExportRuntime {
 struct Batched {
     /// Export requests that failed (after retries).
     failures: AtomicU64,
+    /// Export requests that succeeded.
+    ok: AtomicU64,
     /// Items in batches whose export failed.
     lost: AtomicU64,
     /// Items turned away by a full queue.
@@ -158,6 +160,15 @@ impl Batched {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
                 Some(q.saturating_sub(n))
             });
+    }
+
+    /// Counts the result of one export of `n` items.
+    fn exported(&self, result: &OTelSdkResult, n: u64) {
+        if result.is_ok() {
+            self.ok.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.failed(n);
+        }
     }
 
     /// Counts a failed export of `n` items.
@@ -207,6 +218,7 @@ pub struct ExportStats {
     spans: Batched,
     logs: Batched,
     metric_failures: AtomicU64,
+    metric_ok: AtomicU64,
 }
 
 impl ExportStats {
@@ -216,6 +228,16 @@ impl ExportStats {
             Signal::Traces => self.spans.failures.load(Ordering::Relaxed),
             Signal::Metrics => self.metric_failures.load(Ordering::Relaxed),
             Signal::Logs => self.logs.failures.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Export requests that succeeded, for a signal: with [`Self::failures`], this tells
+    /// an outage that goes on (failures grow, successes do not) from one that is over.
+    pub fn successes(&self, signal: Signal) -> u64 {
+        match signal {
+            Signal::Traces => self.spans.ok.load(Ordering::Relaxed),
+            Signal::Metrics => self.metric_ok.load(Ordering::Relaxed),
+            Signal::Logs => self.logs.ok.load(Ordering::Relaxed),
         }
     }
 
@@ -329,9 +351,7 @@ impl<E: SpanExporter> SpanExporter for CountingSpanExporter<E> {
         let n = batch.len();
         self.stats.spans.handed_over(n);
         let result = self.inner.export(batch).await;
-        if result.is_err() {
-            self.stats.spans.failed(n as u64);
-        }
+        self.stats.spans.exported(&result, n as u64);
         result
     }
 
@@ -479,9 +499,7 @@ impl<E: LogExporter> LogExporter for CountingLogExporter<E> {
         let n = batch.iter().count();
         self.stats.logs.handed_over(n);
         let result = self.inner.export(batch).await;
-        if result.is_err() {
-            self.stats.logs.failed(n as u64);
-        }
+        self.stats.logs.exported(&result, n as u64);
         result
     }
 
@@ -511,9 +529,12 @@ impl<E> CountingMetricExporter<E> {
 impl<E: PushMetricExporter> PushMetricExporter for CountingMetricExporter<E> {
     async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
         let result = self.inner.export(metrics).await;
-        if result.is_err() {
-            self.stats.metric_failures.fetch_add(1, Ordering::Relaxed);
-        }
+        let counter = if result.is_ok() {
+            &self.stats.metric_ok
+        } else {
+            &self.stats.metric_failures
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         result
     }
 
