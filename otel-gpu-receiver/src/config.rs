@@ -134,6 +134,12 @@ pub struct Flags {
     #[arg(long, value_name = "N")]
     pub attribution_max_series: Option<String>,
     // --- end attribution ---
+    /// Test-only (soak tests): accept an `--interval` below 100ms (`0.01ms`: cycles back
+    /// to back), and a
+    /// `--source-timeout` longer than the interval, so that a day of cycles runs in
+    /// minutes. Hidden from `--help`: at such intervals the agent measures itself.
+    #[arg(long, hide = true)]
+    pub allow_short_interval: bool,
     /// Collect one snapshot, print it and exit.
     #[arg(long)]
     pub once: bool,
@@ -371,7 +377,7 @@ impl Settings {
             file.interval.as_ref(),
             "interval",
         ) {
-            Some((o, v)) => parse_interval(&o.to_string(), &v)?,
+            Some((o, v)) => parse_interval(&o.to_string(), &v, flags.allow_short_interval)?,
             None => Duration::from_secs(10),
         };
 
@@ -400,7 +406,7 @@ impl Settings {
         ) {
             Some((o, v)) => {
                 let d = parse_duration(&o.to_string(), &v, "2s")?;
-                if d > interval {
+                if d > interval && !flags.allow_short_interval {
                     return Err(ConfigError::invalid(
                         o.to_string(),
                         v,
@@ -748,9 +754,17 @@ fn parse_duration(culprit: &str, value: &str, example: &str) -> Result<Duration,
     }
 }
 
-fn parse_interval(culprit: &str, value: &str) -> Result<Duration, ConfigError> {
+/// The shortest interval a user may set: shorter ones cost more CPU than they are worth.
+/// `--allow-short-interval` (soak tests only) lifts it: any interval above zero, so that
+/// cycles can run back to back.
+pub const SHORTEST_INTERVAL: Duration = Duration::from_millis(100);
+
+fn parse_interval(culprit: &str, value: &str, short: bool) -> Result<Duration, ConfigError> {
     let d = parse_duration(culprit, value, "10s")?;
-    if d < Duration::from_millis(100) {
+    if short {
+        return Ok(d);
+    }
+    if d < SHORTEST_INTERVAL {
         return Err(ConfigError::invalid(
             culprit,
             value,
@@ -906,5 +920,26 @@ mod tests {
     fn source_timeout_cannot_exceed_the_interval() {
         let e = resolve(&["--interval", "1s", "--source-timeout", "2s"], &[]).unwrap_err();
         assert!(e.to_string().contains("--source-timeout"));
+    }
+
+    #[test]
+    fn only_the_hidden_test_flag_allows_intervals_below_100ms() {
+        let e = resolve(&["--interval", "1ms"], &[]).unwrap_err();
+        assert!(e.to_string().contains("at least 100ms"), "{e}");
+        let s = resolve(
+            &[
+                "--allow-short-interval",
+                "--interval",
+                "1ms",
+                "--source-timeout",
+                "2s",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.interval, Duration::from_millis(1));
+        assert_eq!(s.source_timeout, Duration::from_secs(2));
+        let e = resolve(&["--allow-short-interval", "--interval", "0ms"], &[]).unwrap_err();
+        assert!(e.to_string().contains("--interval"), "{e}");
     }
 }

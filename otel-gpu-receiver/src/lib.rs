@@ -22,6 +22,7 @@ pub mod gpu;
 pub mod host;
 pub mod names;
 pub mod output;
+pub mod quiet;
 pub mod selfmon;
 pub mod snapshot;
 pub mod telemetry;

@@ -153,7 +153,8 @@ impl Telemetry {
         health: Arc<Health>,
     ) -> Result<Self, TelemetryError> {
         let runtime = ExportRuntime::new()?;
-        let stats = Arc::new(ExportStats::default());
+        // The collection loop logs outages itself (selfmon), in the agent's words.
+        let stats = Arc::new(ExportStats::without_outage_log());
         let mut builder = SdkMeterProvider::builder().with_resource(resource(settings));
         if let Some(cfg) = &settings.otlp {
             let exporter = otel_instrument::export::metric_exporter(&runtime, cfg, stats.clone())?;

@@ -836,3 +836,32 @@ fn while_nvml_is_hung_the_gpus_health_is_not_guessed() {
     assert!(!points.iter().any(|p| p.name == "hw.power"));
     assert_eq!(run.session.workers_started(), 4);
 }
+
+#[test]
+fn reconfigured_mig_instances_are_forgotten_so_the_device_table_stays_bounded() {
+    // New MIG UUIDs every 3 cycles, one instance fewer every other time; rediscovery
+    // every cycle, so each reconfiguration is seen.
+    let mut run = Run::with("devices 1\ndev 0 mig 2\ndev 0 mig_churn 3", |c| {
+        c.rediscover_every = 1;
+    });
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..60 {
+        let points = run.cycle();
+        let devices = run.inventory.devices();
+        let migs: Vec<_> = devices.iter().filter(|d| d.parent_uuid.is_some()).collect();
+        assert!(migs.len() <= 2, "{devices:#?}");
+        seen.extend(migs.iter().map(|d| d.uuid.clone()));
+        // A vanished instance is not reported as a failed device.
+        assert!(
+            select(&points, "hw.status", &[("hw.state", "failed")])
+                .iter()
+                .all(|p| p.value == Value::Int(0)),
+            "{points:#?}"
+        );
+        assert_eq!(
+            value(&points, "otel_gpu_receiver.gpu.devices", &[]),
+            devices.len() as f64
+        );
+    }
+    assert!(seen.len() >= 20, "the MIG UUIDs changed: {seen:?}");
+}

@@ -18,7 +18,7 @@
 //! so a short outage whose spans fit in the queue loses nothing.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use opentelemetry::KeyValue;
@@ -123,11 +123,85 @@ impl Drop for ExportRuntime {
     }
 }
 
+/// The shortest time between two log lines about one ongoing problem (an export
+/// outage, a full queue): a collector down for a night writes a dozen lines an hour.
+pub const SUMMARY_EVERY_SECS: u64 = 5 * 60;
+
+fn unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Logs an export outage of one signal: once when it starts, a summary at most every
+/// [`SUMMARY_EVERY_SECS`] while it lasts, once when an export succeeds again (with
+/// the count). Every failure is counted in `otel_instrument.export.failures` anyway.
+#[derive(Debug, Default)]
+struct OutageLog {
+    failing: AtomicBool,
+    /// Failures counted before the outage started.
+    base: AtomicU64,
+    /// When it started and when the last line was written, seconds since the epoch.
+    since: AtomicU64,
+    logged_at: AtomicU64,
+}
+
+impl OutageLog {
+    /// One more failed export; `failures` is the count including it.
+    #[cold]
+    fn failed(&self, signal: Signal, failures: u64) {
+        let _sdk = crate::monitored::SdkScope::enter();
+        let now = unix_secs();
+        if !self.failing.swap(true, Ordering::AcqRel) {
+            self.base.store(failures - 1, Ordering::Relaxed);
+            self.since.store(now, Ordering::Relaxed);
+            self.logged_at.store(now, Ordering::Relaxed);
+            tracing::warn!(
+                signal = signal.as_str(),
+                "OTLP export is failing (the collector is down, hanging or refusing); failures \
+                 are counted in otel_instrument.export.failures (logged again when export \
+                 recovers, and every 5 minutes until then)"
+            );
+            return;
+        }
+        let last = self.logged_at.load(Ordering::Relaxed);
+        if now >= last.saturating_add(SUMMARY_EVERY_SECS)
+            && self
+                .logged_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                signal = signal.as_str(),
+                failures = failures - self.base.load(Ordering::Relaxed),
+                for_s = now.saturating_sub(self.since.load(Ordering::Relaxed)),
+                "OTLP export is still failing"
+            );
+        }
+    }
+
+    /// An export succeeded; `failures` is the signal's failure count.
+    #[inline]
+    fn succeeded(&self, signal: Signal, failures: u64) {
+        if self.failing.load(Ordering::Relaxed) && self.failing.swap(false, Ordering::AcqRel) {
+            let _sdk = crate::monitored::SdkScope::enter();
+            tracing::info!(
+                signal = signal.as_str(),
+                failures = failures - self.base.load(Ordering::Relaxed),
+                lasted_s = unix_secs().saturating_sub(self.since.load(Ordering::Relaxed)),
+                "OTLP export recovered"
+            );
+        }
+    }
+}
+
 /// What became of the items of one batched signal (spans or logs).
 #[derive(Debug, Default)]
 struct Batched {
     /// Export requests that failed (after retries).
     failures: AtomicU64,
+    /// Export requests that succeeded.
+    ok: AtomicU64,
     /// Items in batches whose export failed.
     lost: AtomicU64,
     /// Items turned away by a full queue.
@@ -137,6 +211,7 @@ struct Batched {
     queued: AtomicUsize,
     /// When the queue-full warning was last logged, in seconds since the epoch.
     warned_at: AtomicU64,
+    outage: OutageLog,
 }
 
 impl Batched {
@@ -160,20 +235,37 @@ impl Batched {
             });
     }
 
+    /// Counts (and, at an outage's start and end, logs) the result of one export of
+    /// `n` items.
+    fn exported(&self, signal: Signal, result: &OTelSdkResult, n: u64, log: bool) {
+        if result.is_ok() {
+            self.ok.fetch_add(1, Ordering::Relaxed);
+            if log {
+                self.outage
+                    .succeeded(signal, self.failures.load(Ordering::Relaxed));
+            }
+        } else {
+            self.failed(n);
+            if log {
+                self.outage
+                    .failed(signal, self.failures.load(Ordering::Relaxed));
+            }
+        }
+    }
+
     /// Counts a failed export of `n` items.
     fn failed(&self, n: u64) {
         self.failures.fetch_add(1, Ordering::Relaxed);
         self.lost.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Logs that the queue is full at most once a minute, with the running total.
+    /// Logs that the queue is full at most every [`SUMMARY_EVERY_SECS`], with the
+    /// running total.
     #[cold]
     fn warn_queue_full(&self, signal: Signal, capacity: usize) {
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = unix_secs();
         let last = self.warned_at.load(Ordering::Relaxed);
-        if now < last.saturating_add(60)
+        if now < last.saturating_add(SUMMARY_EVERY_SECS)
             || self
                 .warned_at
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
@@ -207,15 +299,39 @@ pub struct ExportStats {
     spans: Batched,
     logs: Batched,
     metric_failures: AtomicU64,
+    metric_ok: AtomicU64,
+    metric_outage: OutageLog,
+    /// The owner logs outages itself (from [`Self::failures`] and [`Self::successes`]).
+    outages_logged_elsewhere: bool,
 }
 
 impl ExportStats {
+    /// Stats whose exporters count but do not log outages, for an owner that logs them
+    /// itself from [`Self::failures`] and [`Self::successes`] (the GPU receiver does, in
+    /// its own words).
+    pub fn without_outage_log() -> Self {
+        Self {
+            outages_logged_elsewhere: true,
+            ..Self::default()
+        }
+    }
+
     /// Failed export requests for a signal.
     pub fn failures(&self, signal: Signal) -> u64 {
         match signal {
             Signal::Traces => self.spans.failures.load(Ordering::Relaxed),
             Signal::Metrics => self.metric_failures.load(Ordering::Relaxed),
             Signal::Logs => self.logs.failures.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Export requests that succeeded, for a signal: with [`Self::failures`], this tells
+    /// an outage that goes on (failures grow, successes do not) from one that is over.
+    pub fn successes(&self, signal: Signal) -> u64 {
+        match signal {
+            Signal::Traces => self.spans.ok.load(Ordering::Relaxed),
+            Signal::Metrics => self.metric_ok.load(Ordering::Relaxed),
+            Signal::Logs => self.logs.ok.load(Ordering::Relaxed),
         }
     }
 
@@ -329,9 +445,10 @@ impl<E: SpanExporter> SpanExporter for CountingSpanExporter<E> {
         let n = batch.len();
         self.stats.spans.handed_over(n);
         let result = self.inner.export(batch).await;
-        if result.is_err() {
-            self.stats.spans.failed(n as u64);
-        }
+        let log = !self.stats.outages_logged_elsewhere;
+        self.stats
+            .spans
+            .exported(Signal::Traces, &result, n as u64, log);
         result
     }
 
@@ -479,9 +596,10 @@ impl<E: LogExporter> LogExporter for CountingLogExporter<E> {
         let n = batch.iter().count();
         self.stats.logs.handed_over(n);
         let result = self.inner.export(batch).await;
-        if result.is_err() {
-            self.stats.logs.failed(n as u64);
-        }
+        let log = !self.stats.outages_logged_elsewhere;
+        self.stats
+            .logs
+            .exported(Signal::Logs, &result, n as u64, log);
         result
     }
 
@@ -511,8 +629,18 @@ impl<E> CountingMetricExporter<E> {
 impl<E: PushMetricExporter> PushMetricExporter for CountingMetricExporter<E> {
     async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
         let result = self.inner.export(metrics).await;
-        if result.is_err() {
-            self.stats.metric_failures.fetch_add(1, Ordering::Relaxed);
+        let s = &self.stats;
+        if result.is_ok() {
+            s.metric_ok.fetch_add(1, Ordering::Relaxed);
+            if !s.outages_logged_elsewhere {
+                s.metric_outage
+                    .succeeded(Signal::Metrics, s.metric_failures.load(Ordering::Relaxed));
+            }
+        } else {
+            let failures = s.metric_failures.fetch_add(1, Ordering::Relaxed) + 1;
+            if !s.outages_logged_elsewhere {
+                s.metric_outage.failed(Signal::Metrics, failures);
+            }
         }
         result
     }
@@ -693,4 +821,73 @@ pub fn log_exporter(
     let builder = opentelemetry_otlp::LogExporter::builder();
     let exporter = build_exporter!(builder, Signal::Logs, rt, cfg);
     Ok(CountingLogExporter::new(exporter, stats))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Runs `f` with a fmt subscriber that writes into a string, and returns it.
+    fn logged(f: impl FnOnce()) -> String {
+        let buf = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || BufWriter(writer.clone()))
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = buf.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    struct BufWriter(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for BufWriter {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_outage_logs_when_it_starts_and_when_it_ends_with_its_count() {
+        let b = Batched::default();
+        let failed: OTelSdkResult = Err(opentelemetry_sdk::error::OTelSdkError::InternalFailure(
+            "down".into(),
+        ));
+        let log = logged(|| {
+            b.exported(Signal::Traces, &Ok(()), 10, true);
+            for _ in 0..100 {
+                b.exported(Signal::Traces, &failed, 10, true);
+            }
+            b.exported(Signal::Traces, &Ok(()), 10, true);
+            b.exported(Signal::Traces, &Ok(()), 10, true);
+        });
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.len(), 2, "{log}");
+        assert!(lines[0].contains("OTLP export is failing"), "{log}");
+        assert!(
+            lines[1].contains("OTLP export recovered") && lines[1].contains("failures=100"),
+            "{log}"
+        );
+        assert_eq!(b.failures.load(Ordering::Relaxed), 100);
+        assert_eq!(b.ok.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn an_owner_that_logs_outages_itself_gets_no_lines_from_the_exporters() {
+        let b = Batched::default();
+        let failed: OTelSdkResult = Err(opentelemetry_sdk::error::OTelSdkError::InternalFailure(
+            "down".into(),
+        ));
+        let log = logged(|| {
+            b.exported(Signal::Logs, &failed, 1, false);
+            b.exported(Signal::Logs, &Ok(()), 1, false);
+        });
+        assert_eq!(log, "");
+        assert!(ExportStats::without_outage_log().outages_logged_elsewhere);
+    }
 }

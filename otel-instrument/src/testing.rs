@@ -50,6 +50,8 @@ use tonic::codec::CompressionEncoding;
 
 pub use opentelemetry_proto::tonic as proto;
 
+pub mod soak;
+
 /// Everything the sink has received, request by request.
 #[derive(Debug, Clone, Default)]
 pub struct Received {

@@ -2,12 +2,12 @@
 //! instances, rediscovered periodically), the per-device memo of calls that are not
 //! supported, and the cycle that reads them all under the watchdog.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::{Device, GpmSample, Nvml};
@@ -20,6 +20,7 @@ use super::names::*;
 use super::watchdog::{CycleReport, Watchdog};
 use super::xid::XidWatcher;
 use super::{GpuConfig, GpuInfo, Inventory};
+use crate::quiet::RateLimit;
 use crate::snapshot::Points;
 
 /// What every NVML call needs besides its device.
@@ -93,6 +94,11 @@ pub(crate) struct DeviceEntry {
     pub(crate) process_last_seen: AtomicU64,
     /// No longer enumerated by NVML: reported as failed until it comes back.
     missing: AtomicBool,
+    /// Since when (discovery's count) it is missing, to evict the oldest first.
+    missing_since: AtomicU64,
+    /// Losses of this GPU (lost, or no longer enumerated) that reach the log: a GPU
+    /// that flaps gets one line per [`crate::quiet::SUMMARY_EVERY`], not one per flap.
+    pub(crate) losses: Mutex<RateLimit>,
 }
 
 impl DeviceEntry {
@@ -285,6 +291,10 @@ impl GpuSession {
             return;
         };
         self.devices = devices;
+        if let Some(x) = &self.xid {
+            let known: HashSet<&str> = self.devices.iter().map(|d| d.info.uuid.as_str()).collect();
+            x.retain(&known);
+        }
         // A new event set only when the GPUs to watch change: replacing the set would
         // drop the events still queued on the old one.
         let watch: Vec<&Arc<DeviceEntry>> = self
@@ -565,8 +575,15 @@ fn new_entry(
         gpm_prev: Mutex::new(None),
         process_last_seen: AtomicU64::new(0),
         missing: AtomicBool::new(false),
+        missing_since: AtomicU64::new(0),
+        losses: Mutex::new(RateLimit::default()),
     }
 }
+
+/// At most this many GPUs that NVML no longer lists are kept (and reported as failed);
+/// beyond it the one missing for longest is forgotten. More than any machine holds, so
+/// a real failure stays visible, while GPUs replaced over months do not pile up.
+pub(crate) const MAX_MISSING_GPUS: usize = 16;
 
 /// What discovery starts from.
 struct Discovery {
@@ -601,6 +618,7 @@ fn discover(input: Discovery) -> Discovered {
         }
     };
     out.count = Some(count);
+    let discovery = DISCOVERIES.fetch_add(1, Ordering::Relaxed);
     let due = input.gpu_count != Some(count)
         || input.scheduled
         || input.old.iter().any(|d| d.missing.load(Ordering::Relaxed));
@@ -633,7 +651,12 @@ fn discover(input: Discovery) -> Discovered {
         seen.push(uuid.clone());
         let gpu = match old.get(&uuid) {
             Some(e) => {
-                e.missing.store(false, Ordering::Relaxed);
+                if e.missing.swap(false, Ordering::Relaxed)
+                    && e.logged.fetch_and(!LOGGED_MISSING, Ordering::Relaxed) & LOGGED_MISSING != 0
+                {
+                    let discoveries = discovery - e.missing_since.load(Ordering::Relaxed);
+                    tracing::info!(uuid = %uuid, missing_for_discoveries = discoveries, "GPU enumerated by NVML again");
+                }
                 e.clone()
             }
             None => Arc::new(new_entry(
@@ -675,15 +698,71 @@ fn discover(input: Discovery) -> Discovered {
             }
         }
     }
-    // A device NVML no longer lists is kept, and reported as failed, until it returns.
+    // A GPU NVML no longer lists is kept, and reported as failed, until it returns (at
+    // most MAX_MISSING_GPUS of them). A MIG instance that is no longer listed was
+    // reconfigured away (or its GPU is lost, which the GPU reports): it is forgotten.
+    let mut missing = Vec::new();
     for (uuid, e) in old {
-        if !seen.contains(&uuid) {
-            if !e.missing.swap(true, Ordering::Relaxed) {
-                tracing::warn!(uuid = %uuid, "GPU no longer enumerated by NVML; reporting it as failed");
-            }
-            next.push(e);
+        if seen.contains(&uuid) {
+            continue;
         }
+        if e.is_mig() {
+            tracing::debug!(uuid = %uuid, "MIG instance no longer listed; forgotten");
+            continue;
+        }
+        if !e.missing.swap(true, Ordering::Relaxed) {
+            e.missing_since.store(discovery, Ordering::Relaxed);
+            let logged = e
+                .losses
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .hit(Instant::now());
+            if let Some(unlogged) = logged {
+                e.logged.fetch_or(LOGGED_MISSING, Ordering::Relaxed);
+                tracing::warn!(uuid = %uuid, earlier_losses_not_logged = unlogged, "GPU no longer enumerated by NVML; reporting it as failed");
+            }
+        }
+        missing.push(e);
     }
+    let missing = missing
+        .into_iter()
+        .map(|e| (e.missing_since.load(Ordering::Relaxed), e))
+        .collect();
+    next.extend(most_recent(missing, MAX_MISSING_GPUS));
     out.devices = Some(next);
     out
+}
+
+/// The `max` items with the highest keys (the most recently lost GPUs), newest first.
+fn most_recent<T>(mut items: Vec<(u64, T)>, max: usize) -> impl Iterator<Item = T> {
+    items.sort_by_key(|(since, _)| std::cmp::Reverse(*since));
+    items.into_iter().take(max).map(|(_, item)| item)
+}
+
+/// Bit in [`DeviceEntry::logged`]: that the GPU is no longer enumerated was logged, so
+/// its return is logged too.
+const LOGGED_MISSING: u64 = 1 << 61;
+
+/// Discoveries so far (the order in which GPUs went missing).
+static DISCOVERIES: AtomicU64 = AtomicU64::new(1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_most_recently_lost_gpus_are_kept() {
+        let lost: Vec<(u64, String)> = (0..40u64)
+            .map(|i| ((i * 7) % 40, format!("GPU-{i}")))
+            .collect();
+        let kept: Vec<String> = most_recent(lost, MAX_MISSING_GPUS).collect();
+        assert_eq!(kept.len(), MAX_MISSING_GPUS);
+        // Keys 39 down to 24: the GPUs lost in the 16 latest discoveries.
+        let keys: Vec<u64> = kept
+            .iter()
+            .map(|u| (u[4..].parse::<u64>().unwrap() * 7) % 40)
+            .collect();
+        assert_eq!(keys, (24..40).rev().collect::<Vec<_>>());
+        assert_eq!(most_recent(vec![(1, "a")], 16).count(), 1);
+    }
 }

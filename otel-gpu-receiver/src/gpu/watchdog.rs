@@ -28,8 +28,10 @@ use crate::snapshot::Points;
 /// of the cycle is skipped until one of them returns.
 pub(crate) const MAX_STUCK: usize = 4;
 
-/// Bit in [`DeviceEntry::logged`] for "lost" (above every [`Call`] bit).
+/// Bit in [`DeviceEntry::logged`]: the loss was logged (above every [`Call`] bit).
 const LOGGED_LOST: u64 = 1 << 63;
+/// Bit in [`DeviceEntry::logged`]: the device is lost (logged or not).
+const LOST: u64 = 1 << 62;
 
 /// Health hints of one device in one cycle.
 #[derive(Debug, Clone, Copy, Default)]
@@ -117,7 +119,12 @@ impl Job {
                     let f = &mut g.report.flags[di];
                     f.predicted_failure |= out.predicted_failure;
                     f.degraded |= out.degraded;
-                    if dev.logged.fetch_and(!LOGGED_LOST, Ordering::Relaxed) & LOGGED_LOST != 0 {
+                    if dev
+                        .logged
+                        .fetch_and(!(LOGGED_LOST | LOST), Ordering::Relaxed)
+                        & LOGGED_LOST
+                        != 0
+                    {
                         tracing::info!(uuid = %dev.info.uuid, "GPU answers again");
                     }
                 }
@@ -136,8 +143,17 @@ impl Job {
             }
             NvmlError::GpuLost => {
                 g.report.flags[di].lost = true;
-                if dev.logged.fetch_or(LOGGED_LOST, Ordering::Relaxed) & LOGGED_LOST == 0 {
-                    tracing::warn!(uuid = %dev.info.uuid, index = dev.info.index, "GPU is lost (fell off the bus?); reporting it as failed, the others continue");
+                // Once per loss, and for a GPU that flaps at most once per summary
+                // window; its recovery is logged only when its loss was.
+                if dev.logged.fetch_or(LOST, Ordering::Relaxed) & LOST == 0
+                    && let Some(unlogged) = dev
+                        .losses
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .hit(Instant::now())
+                {
+                    dev.logged.fetch_or(LOGGED_LOST, Ordering::Relaxed);
+                    tracing::warn!(uuid = %dev.info.uuid, index = dev.info.index, earlier_losses_not_logged = unlogged, "GPU is lost (fell off the bus?); reporting it as failed, the others continue");
                 }
             }
             _ => {

@@ -1,5 +1,11 @@
 //! Xid events: an NVML event set on a thread of its own, waiting for critical Xid
 //! errors. Counts per (GPU, code) and the time of the last one are read by the cycle.
+//!
+//! A GPU in trouble can raise thousands of Xid events (an Xid storm). Each is counted;
+//! the log gets the first event of each (GPU, code) and then a summary at most every
+//! [`SUMMARY_EVERY`](crate::quiet::SUMMARY_EVERY). The counts are kept for the GPUs
+//! in the device table only ([`XidWatcher::retain`]), so GPUs that come and go, and
+//! MIG reconfigurations, never grow them.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +19,7 @@ use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::{Device, EventSet, Nvml};
 
 use super::session::unix_now;
+use crate::quiet::RateLimit;
 
 /// Xid 79: the GPU has fallen off the bus.
 pub(crate) const XID_FELL_OFF_THE_BUS: u64 = 79;
@@ -27,6 +34,19 @@ pub(crate) struct XidState {
     pub(crate) counts: HashMap<(String, u64), (u64, f64)>,
     /// GPUs that reported Xid 79 since the last cycle.
     pub(crate) fatal: HashSet<String>,
+    /// Per (GPU UUID, Xid code): what the log was told.
+    logged: HashMap<(String, u64), RateLimit>,
+}
+
+impl XidState {
+    /// Keeps what is known about the GPUs in `uuids` only.
+    fn retain(&mut self, uuids: &HashSet<&str>) {
+        self.counts
+            .retain(|(uuid, _), _| uuids.contains(uuid.as_str()));
+        self.logged
+            .retain(|(uuid, _), _| uuids.contains(uuid.as_str()));
+        self.fatal.retain(|uuid| uuids.contains(uuid.as_str()));
+    }
 }
 
 type Watch = Vec<(Device<'static>, String)>;
@@ -72,7 +92,16 @@ impl XidWatcher {
         XidState {
             counts: g.counts.clone(),
             fatal: std::mem::take(&mut g.fatal),
+            logged: HashMap::new(),
         }
+    }
+
+    /// Forgets the counts of GPUs that are no longer in the device table.
+    pub(crate) fn retain(&self, uuids: &HashSet<&str>) {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(uuids);
     }
 
     /// Stops the thread (within one wait).
@@ -161,13 +190,22 @@ fn run(
                 let Some(uuid) = by_handle.get(&key) else {
                     continue;
                 };
-                tracing::warn!(uuid = %uuid, xid = code, "Xid event");
                 let mut g = state.lock().unwrap_or_else(|e| e.into_inner());
                 let e = g.counts.entry((uuid.clone(), code)).or_insert((0, 0.0));
                 e.0 += 1;
                 e.1 = unix_now();
+                let total = e.0;
                 if code == XID_FELL_OFF_THE_BUS {
                     g.fatal.insert(uuid.clone());
+                }
+                let limit = g.logged.entry((uuid.clone(), code)).or_default();
+                if let Some(unlogged) = limit.hit(std::time::Instant::now()) {
+                    drop(g);
+                    if total == 1 {
+                        tracing::warn!(uuid = %uuid, xid = code, "Xid event (more of this code on this GPU are counted in nvidia.gpu.xid.events and summarised every 5 minutes)");
+                    } else {
+                        tracing::warn!(uuid = %uuid, xid = code, total, unlogged, "Xid events since the last report");
+                    }
                 }
             }
             Err(NvmlError::Timeout) => {}
@@ -176,5 +214,41 @@ fn run(
                 thread::sleep(std::time::Duration::from_millis(u64::from(WAIT_MS)));
             }
         }
+        summarise(&state);
+    }
+}
+
+/// Logs the summaries that are due: events of a (GPU, code) not logged for a while.
+fn summarise(state: &Mutex<XidState>) {
+    let now = std::time::Instant::now();
+    let mut g = state.lock().unwrap_or_else(|e| e.into_inner());
+    let XidState { counts, logged, .. } = &mut *g;
+    for ((uuid, code), limit) in logged.iter_mut() {
+        if let Some(unlogged) = limit.due(now) {
+            let total = counts.get(&(uuid.clone(), *code)).map_or(0, |c| c.0);
+            tracing::warn!(uuid = %uuid, xid = *code, total, unlogged, "Xid events since the last report");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_counts_of_gpus_that_left_the_table_are_forgotten() {
+        let mut s = XidState::default();
+        for (uuid, code) in [("GPU-a", 13), ("GPU-a", 79), ("GPU-b", 48), ("MIG-c", 13)] {
+            s.counts.insert((uuid.to_owned(), code), (1, 0.0));
+            s.logged
+                .insert((uuid.to_owned(), code), RateLimit::default());
+            s.fatal.insert(uuid.to_owned());
+        }
+        s.retain(&["GPU-a"].into_iter().collect());
+        let left: Vec<_> = s.counts.keys().map(|(u, c)| (u.as_str(), *c)).collect();
+        assert_eq!(left.len(), 2);
+        assert!(left.iter().all(|(u, _)| *u == "GPU-a"));
+        assert_eq!(s.logged.len(), 2);
+        assert_eq!(s.fatal.len(), 1);
     }
 }

@@ -28,6 +28,16 @@
  *   dev I proc PID BYTES SM MEM NAME   a compute process with its memory and utilisation
  *   dev I mig N                MIG mode on, with N instances (default values)
  *
+ * Churn, for soak tests (everything repeats, so a long run sees it thousands of times):
+ *
+ *   dev I flap PERIOD DOWN     lost (GPU_IS_LOST) for DOWN cycles out of every PERIOD,
+ *                              from cycle PERIOD on: a GPU lost and found again
+ *   dev I pid_churn EVERY SPAN every EVERY cycles the device's processes get new pids
+ *                              (the scripted pid plus a step that cycles through SPAN values)
+ *   dev I mig_churn EVERY      every EVERY cycles the MIG instances are reconfigured: new
+ *                              UUIDs, and one instance fewer every other time
+ *   xid_storm EVERY DEV CODE N every EVERY cycles, N Xid events of CODE on device DEV
+ *
  * A "cycle" is one call of nvmlDeviceGetCount_v2: the receiver calls it once at the
  * start of every collection cycle.
  */
@@ -98,6 +108,9 @@ struct fake_dev {
     int nsleep;
     struct { char fn[64]; unsigned ms; } sleeps[MAX_RULES];
     int lost_from, lost_until;
+    unsigned flap_period, flap_down;
+    unsigned pid_every, pid_span;
+    unsigned mig_every, mig_full;
     unsigned long long events_registered;
 };
 
@@ -121,6 +134,9 @@ static struct { int cycle; int dev; unsigned long long code; int delivered; } g_
 static int g_nxid;
 static struct { char fn[64]; int dev; unsigned long long n; } g_counts[MAX_COUNTED];
 static int g_ncounts;
+#define MAX_STORMS 4
+static struct { unsigned every; int dev; unsigned long long code; unsigned n; unsigned pending; } g_storm[MAX_STORMS];
+static int g_nstorms;
 
 static void defaults(fake_dev *d, int i) {
     memset(d, 0, sizeof *d);
@@ -222,6 +238,9 @@ static void set_key(fake_dev *d, const char *key, char *rest) {
         d->nsleep++;
     }
     else if (!strcmp(key, "lost")) { d->lost_from = (int)a; d->lost_until = (int)b; }
+    else if (!strcmp(key, "flap")) { d->flap_period = (unsigned)a; d->flap_down = (unsigned)b; }
+    else if (!strcmp(key, "pid_churn")) { d->pid_every = (unsigned)a; d->pid_span = b ? (unsigned)b : 1; }
+    else if (!strcmp(key, "mig_churn")) d->mig_every = (unsigned)a;
     else if (!strcmp(key, "proc") && d->nproc < MAX_PROC) {
         unsigned pid = 0, sm = 0, mem = 0; unsigned long long bytes = 0; char name[64] = {0};
         sscanf(rest, "%u %llu %u %u %63s", &pid, &bytes, &sm, &mem, name);
@@ -279,6 +298,11 @@ static void load_script(void) {
         else if (!strcmp(word, "init_error")) g_init_error = atoi(rest);
         else if (!strcmp(word, "count_sleep")) sscanf(rest, "%d %u", &g_count_sleep_cycle, &g_count_sleep_ms);
         else if (!strcmp(word, "stats")) sscanf(rest, "%511s", g_stats);
+        else if (!strcmp(word, "xid_storm") && g_nstorms < MAX_STORMS) {
+            sscanf(rest, "%u %d %llu %u", &g_storm[g_nstorms].every, &g_storm[g_nstorms].dev,
+                   &g_storm[g_nstorms].code, &g_storm[g_nstorms].n);
+            g_nstorms++;
+        }
         else if (!strcmp(word, "xid") && g_nxid < MAX_XID) {
             sscanf(rest, "%d %d %llu", &g_xid[g_nxid].cycle, &g_xid[g_nxid].dev, &g_xid[g_nxid].code);
             g_nxid++;
@@ -336,6 +360,37 @@ static void count_call(const char *fn, int dev) {
 
 static fake_dev *root(fake_dev *d) { return d->parent ? d->parent : d; }
 
+/* pid_churn: what is added to the scripted pids this cycle (a multiple of 16, so the
+ * processes of one device never collide). */
+static unsigned pid_offset(const fake_dev *d) {
+    if (!d->pid_every) return 0;
+    return 16u * (((unsigned)g_cycle / d->pid_every) % d->pid_span);
+}
+
+/* mig_churn: a new set of MIG instances, with UUIDs of this generation. */
+static void mig_reconfigure(fake_dev *d, unsigned generation) {
+    if (!d->mig_full) d->mig_full = d->nmig;
+    unsigned n = generation % 2 ? d->mig_full - (d->mig_full > 1) : d->mig_full;
+    for (unsigned k = 0; k < n; k++) {
+        mig_defaults(d, &g_mig[d->index][k], (int)k);
+        snprintf(g_mig[d->index][k].uuid, sizeof g_mig[d->index][k].uuid,
+                 "MIG-%08u-0000-4000-8000-%06d%06d", generation, d->index, k);
+        d->mig[k] = &g_mig[d->index][k];
+    }
+    d->nmig = n;
+}
+
+/* Called at the start of every cycle, under g_lock. */
+static void churn(void) {
+    for (int i = 0; i < MAX_DEV; i++) {
+        fake_dev *d = &g_dev[i];
+        if (d->mig_every && g_cycle % d->mig_every == 0)
+            mig_reconfigure(d, (unsigned)g_cycle / d->mig_every);
+    }
+    for (int s = 0; s < g_nstorms; s++)
+        if (g_storm[s].every && g_cycle % g_storm[s].every == 0) g_storm[s].pending += g_storm[s].n;
+}
+
 /*
  * Common entry for every per-device call: counts it, applies NOT_SUPPORTED,
  * GPU_IS_LOST and sleep rules. Returns NVML_SUCCESS when the call should answer.
@@ -349,6 +404,8 @@ static nvmlReturn_t enter(void *handle, const char *fn, fake_dev **out) {
     count_call(fn, r->index);
     nvmlReturn_t rc = NVML_SUCCESS;
     if (r->lost_from >= 0 && g_cycle >= r->lost_from && (r->lost_until == 0 || g_cycle < r->lost_until))
+        rc = NVML_ERROR_GPU_IS_LOST;
+    if (r->flap_period && (unsigned)g_cycle >= r->flap_period && (unsigned)g_cycle % r->flap_period < r->flap_down)
         rc = NVML_ERROR_GPU_IS_LOST;
     for (int i = 0; rc == NVML_SUCCESS && i < r->nnotsup; i++)
         if (!strcmp(r->notsup[i], fn)) rc = NVML_ERROR_NOT_SUPPORTED;
@@ -421,7 +478,7 @@ nvmlReturn_t nvmlSystemGetProcessName(unsigned pid, char *name, unsigned length)
     const char *found = NULL;
     for (unsigned i = 0; i < MAX_DEV && !found; i++)
         for (unsigned p = 0; p < g_dev[i].nproc; p++)
-            if (g_dev[i].proc[p].pid == pid) { found = g_dev[i].proc[p].name; break; }
+            if (g_dev[i].proc[p].pid + pid_offset(&g_dev[i]) == pid) { found = g_dev[i].proc[p].name; break; }
     pthread_mutex_unlock(&g_lock);
     if (!found) return NVML_ERROR_NOT_FOUND;
     return copy_str(name, length, found);
@@ -433,6 +490,7 @@ nvmlReturn_t nvmlDeviceGetCount_v2(unsigned *count) {
     pthread_mutex_lock(&g_lock);
     write_stats(); /* counts up to the end of the previous cycle */
     g_cycle++;
+    churn();
     pthread_cond_broadcast(&g_cycle_cond);
     count_call(__func__, -1);
     *count = current_count();
@@ -658,7 +716,7 @@ nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(void *h, unsigned *count, n
         return d->nproc ? NVML_ERROR_INSUFFICIENT_SIZE : NVML_SUCCESS;
     }
     for (unsigned i = 0; i < d->nproc; i++) {
-        infos[i].pid = d->proc[i].pid;
+        infos[i].pid = d->proc[i].pid + pid_offset(d);
         infos[i].usedGpuMemory = d->proc[i].bytes;
         infos[i].gpuInstanceId = 0xFFFFFFFF;
         infos[i].computeInstanceId = 0xFFFFFFFF;
@@ -674,7 +732,7 @@ nvmlReturn_t nvmlDeviceGetProcessUtilization(void *h, nvmlProcessUtilizationSamp
     if (!d->nproc) return NVML_ERROR_NOT_FOUND; /* what the driver answers when there are no samples */
     if (!s || *count < d->nproc) { *count = d->nproc; return NVML_ERROR_INSUFFICIENT_SIZE; }
     for (unsigned i = 0; i < d->nproc; i++) {
-        s[i].pid = d->proc[i].pid;
+        s[i].pid = d->proc[i].pid + pid_offset(d);
         s[i].timeStamp = 1700000000000000ULL + (unsigned long long)g_cycle;
         s[i].smUtil = d->proc[i].sm;
         s[i].memUtil = d->proc[i].mem;
@@ -719,6 +777,20 @@ nvmlReturn_t nvmlEventSetWait_v2(void *set, nvmlEventData_t *data, unsigned time
     if (deadline.tv_nsec >= 1000000000L) { deadline.tv_sec++; deadline.tv_nsec -= 1000000000L; }
     pthread_mutex_lock(&g_lock);
     for (;;) {
+        for (int s = 0; s < g_nstorms; s++) {
+            fake_dev *d = g_storm[s].dev >= 0 && g_storm[s].dev < MAX_DEV ? &g_dev[g_storm[s].dev] : NULL;
+            if (g_storm[s].pending && d && (d->events_registered & 0x8)) {
+                g_storm[s].pending--;
+                data->device = d;
+                data->eventType = 0x8;
+                data->eventData = g_storm[s].code;
+                data->gpuInstanceId = 0xFFFFFFFF;
+                data->computeInstanceId = 0xFFFFFFFF;
+                count_call(__func__, d->index);
+                pthread_mutex_unlock(&g_lock);
+                return NVML_SUCCESS;
+            }
+        }
         for (int i = 0; i < g_nxid; i++) {
             fake_dev *d = g_xid[i].dev >= 0 && g_xid[i].dev < MAX_DEV ? &g_dev[g_xid[i].dev] : NULL;
             if (!g_xid[i].delivered && d && g_cycle >= g_xid[i].cycle && (d->events_registered & 0x8)) {

@@ -71,6 +71,17 @@ impl FakeNvml {
         Self { dir, lib, stats }
     }
 
+    /// Like [`FakeNvml::new`] without the call counts: the fake then writes no file
+    /// per cycle, for soak runs of a hundred thousand cycles.
+    pub fn without_stats(script: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let lib = dir.path().join("libnvidia-ml.so.1");
+        std::fs::copy(built(), &lib).unwrap();
+        std::fs::write(dir.path().join("fake_nvml.script"), format!("{script}\n")).unwrap();
+        let stats = dir.path().join("stats.txt");
+        Self { dir, lib, stats }
+    }
+
     /// Calls per (NVML function, device index) up to the start of the latest cycle
     /// (the fake writes them when a cycle starts and at shutdown).
     pub fn calls(&self) -> HashMap<(String, i64), u64> {
