@@ -1,6 +1,10 @@
 //! The static catalogue of every metric the agent can emit: name, instrument, unit,
 //! description and the family that produces it. One observable instrument is
 //! registered per entry; it reads its points from the latest [`Snapshot`](crate::snapshot::Snapshot).
+//!
+//! The catalogue is a leaf: it uses only the name modules ([`crate::names`],
+//! [`crate::gpu::names`]) and the semantic conventions, so every family can depend on
+//! it without a cycle.
 
 use std::fmt;
 use std::str::FromStr;
@@ -443,9 +447,9 @@ pub static CATALOGUE: &[MetricDesc] = &[
     m(g::NVIDIA_GPU_MIG_INFO, UpDownCounter, Int, "1", "1 per MIG instance, with its parent, profile and instance ids (where supported)", GPU, GPU_MIG),
     m(g::PROCESS_GPU_MEMORY_USAGE, UpDownCounter, Int, "By", "GPU memory per pod and container (sums, the default), or per process with --per-process (running_compute_processes())", GPU, GPU_PROC),
     m(g::PROCESS_GPU_UTILIZATION, Gauge, Float, "1", "GPU use per pod and container (sums, at most 1), or per process with --per-process, by task (process_utilization_stats())", GPU, GPU_PROC_TASK),
-    m(crate::attribution::GPU_ALLOCATION, UpDownCounter, Int, "1", "1 per GPU and container the kubelet gave it to, busy or idle; needs the kubelet pod-resources socket (where supported)", GPU, GPU_ALLOCATION),
-    m(crate::attribution::ATTRIBUTION_OVERFLOW, Counter, Int, "{series}", "Attributed GPU series folded into `otel.metric.overflow` series by the cap (from the first error)", GPU, &[]),
-    m(crate::attribution::ATTRIBUTION_ERRORS, Counter, Int, "{error}", "Attribution problems: malformed cgroup files, kubelet timeouts and errors, unknown device IDs (from the first error)", GPU, &[a::ERROR_TYPE]),
+    m(names::GPU_ALLOCATION, UpDownCounter, Int, "1", "1 per GPU and container the kubelet gave it to, busy or idle; needs the kubelet pod-resources socket (where supported)", GPU, GPU_ALLOCATION),
+    m(names::ATTRIBUTION_OVERFLOW, Counter, Int, "{series}", "Attributed GPU series folded into `otel.metric.overflow` series by the cap (from the first error)", GPU, &[]),
+    m(names::ATTRIBUTION_ERRORS, Counter, Int, "{error}", "Attribution problems: malformed cgroup files, kubelet timeouts and errors, unknown device IDs (from the first error)", GPU, &[a::ERROR_TYPE]),
     m(g::NVML_TIMEOUTS, Counter, Int, "{call}", "NVML calls abandoned past their deadline; the cycle went on without them (from the first error)", GPU, &[g::ATTR_NVML_CALL]),
     m(g::NVML_ERRORS, Counter, Int, "{error}", "NVML calls that failed, NOT_SUPPORTED excluded (from the first error)", GPU, &[g::ATTR_NVML_CALL, a::ERROR_TYPE]),
     m(g::GPU_DEVICES, UpDownCounter, Int, "{device}", "GPUs and MIG instances known to the NVML session", GPU, &[]),

@@ -10,9 +10,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::catalogue::Family;
-use crate::host::{self, CollectError, Roots, Source};
+use crate::host::{self, Roots};
 use crate::selfmon::SelfStats;
 use crate::snapshot::{Points, Snapshot};
+use crate::source::{CollectError, Source};
 
 type Reply = (usize, u64, Result<Points, CollectError>);
 
@@ -23,6 +24,21 @@ struct Worker {
     busy: Arc<AtomicBool>,
     /// The platform lacks this family: asked no more after the first answer.
     unsupported: bool,
+}
+
+/// The source of `family`: a host family, or the GPU source with the default library
+/// (the agent adds its GPU source with the configured settings instead, see
+/// [`crate::gpu::source`]).
+fn source(family: Family, roots: &Roots) -> Box<dyn Source> {
+    host::source(family, roots).unwrap_or_else(|| {
+        Box::new(crate::gpu::GpuSource::new(
+            crate::gpu::GpuConfig {
+                proc_root: roots.proc.clone(),
+                ..crate::gpu::GpuConfig::default()
+            },
+            crate::gpu::Inventory::default(),
+        ))
+    })
 }
 
 /// Runs the sources once per cycle and builds snapshots.
@@ -60,7 +76,7 @@ impl Collector {
             logged: HashSet::new(),
         };
         for &f in families {
-            c.add(host::source(f, roots))?;
+            c.add(source(f, roots))?;
         }
         Ok(c)
     }

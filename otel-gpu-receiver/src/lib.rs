@@ -24,6 +24,7 @@ pub mod names;
 pub mod output;
 pub mod selfmon;
 pub mod snapshot;
+pub mod source;
 pub mod telemetry;
 
 use std::sync::mpsc;

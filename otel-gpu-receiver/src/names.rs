@@ -24,6 +24,15 @@ pub const EXPORT_FAILURES: &str = "otel_gpu_receiver.export.failures";
 /// Series (points) in the last snapshot.
 pub const SERIES: &str = "otel_gpu_receiver.series";
 
+/// `nvidia.gpu.allocation`: 1 per GPU and container that the kubelet gave it to.
+pub const GPU_ALLOCATION: &str = "nvidia.gpu.allocation";
+/// Self-metric: attributed series folded into overflow series because of the cap.
+pub const ATTRIBUTION_OVERFLOW: &str = "otel_gpu_receiver.attribution.overflow";
+/// Self-metric: attribution problems by `error.type` (malformed cgroup file, kubelet timeout…).
+pub const ATTRIBUTION_ERRORS: &str = "otel_gpu_receiver.attribution.errors";
+
+/// The attribute that marks an overflow series (the OpenTelemetry SDK's own convention).
+pub const ATTR_OVERFLOW: &str = "otel.metric.overflow";
 /// Attribute: the source (family) a self-metric is about.
 pub const ATTR_SOURCE: &str = "source";
 /// Attribute: the signal of an export failure.

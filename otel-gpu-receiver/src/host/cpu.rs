@@ -6,9 +6,10 @@ use opentelemetry::KeyValue;
 use opentelemetry_semantic_conventions::attribute::{CPU_LOGICAL_NUMBER, CPU_MODE};
 use opentelemetry_semantic_conventions::metric as sc;
 
-use super::{CollectError, Roots, Source};
+use super::roots::Roots;
 use crate::catalogue::Family;
 use crate::snapshot::Points;
+use crate::source::{CollectError, Source};
 
 /// The /proc/stat columns we report, as `cpu.mode` values, in column order.
 pub const MODES: [&str; 8] = [
@@ -121,7 +122,7 @@ impl CpuSource {
     #[cfg(target_os = "linux")]
     fn read_stat(&self) -> Result<(Ticks, Vec<(u32, Ticks)>), CollectError> {
         let path = self.roots.proc("stat");
-        parse_stat(&path, &super::read(&path)?)
+        parse_stat(&path, &super::roots::read(&path)?)
     }
 
     #[cfg(not(target_os = "linux"))]
@@ -197,7 +198,7 @@ impl CpuSource {
 
 #[cfg(unix)]
 fn tick_rate() -> f64 {
-    super::clock_ticks()
+    super::roots::clock_ticks()
 }
 
 #[cfg(not(unix))]
@@ -236,7 +237,7 @@ pub fn parse_stat(
         for t in &mut ticks {
             // Older kernels lack the last columns: they count as zero.
             *t = match it.next() {
-                Some(s) => super::field(path, line, Some(s))?,
+                Some(s) => super::roots::field(path, line, Some(s))?,
                 None => 0,
             };
         }

@@ -12,9 +12,10 @@ use opentelemetry_semantic_conventions::attribute::{
 };
 use opentelemetry_semantic_conventions::metric as sc;
 
-use super::{CollectError, Roots, Source};
+use super::roots::Roots;
 use crate::catalogue::Family;
 use crate::snapshot::Points;
+use crate::source::{CollectError, Source};
 
 /// Filesystem types that hold no user data (node_exporter's default exclusions).
 pub const PSEUDO_TYPES: &[&str] = &[
@@ -196,7 +197,7 @@ impl FilesystemSource {
     #[cfg(target_os = "linux")]
     pub fn read(&mut self) -> Result<FilesystemReading, CollectError> {
         let path = self.roots.proc("mounts");
-        let mounts = parse_mounts(&super::read(&path)?);
+        let mounts = parse_mounts(&super::roots::read(&path)?);
         let filesystems = mounts
             .into_iter()
             .filter_map(|mount| {

@@ -7,9 +7,10 @@ use opentelemetry::KeyValue;
 use opentelemetry_semantic_conventions::attribute::SYSTEM_MEMORY_STATE;
 use opentelemetry_semantic_conventions::metric as sc;
 
-use super::{CollectError, Roots, Source};
+use super::roots::Roots;
 use crate::catalogue::Family;
 use crate::snapshot::Points;
+use crate::source::{CollectError, Source};
 
 /// One cycle's memory reading, in bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -106,7 +107,7 @@ impl MemorySource {
     #[cfg(target_os = "linux")]
     pub fn read(&mut self) -> Result<MemoryReading, CollectError> {
         let path = self.roots.proc("meminfo");
-        MemoryReading::from_meminfo(&path, &parse_meminfo(&super::read(&path)?))
+        MemoryReading::from_meminfo(&path, &parse_meminfo(&super::roots::read(&path)?))
     }
 
     /// Reads once through sysinfo.

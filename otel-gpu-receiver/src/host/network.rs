@@ -7,9 +7,10 @@ use opentelemetry::KeyValue;
 use opentelemetry_semantic_conventions::attribute::{NETWORK_INTERFACE_NAME, NETWORK_IO_DIRECTION};
 use opentelemetry_semantic_conventions::metric as sc;
 
-use super::{CollectError, Roots, Source};
+use super::roots::Roots;
 use crate::catalogue::Family;
 use crate::snapshot::Points;
+use crate::source::{CollectError, Source};
 
 /// Counters of one interface since it came up.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -88,7 +89,7 @@ pub fn parse_net_dev(path: &Path, text: &str) -> Result<NetworkReading, CollectE
             continue;
         };
         let f: Vec<&str> = rest.split_ascii_whitespace().collect();
-        let n = |i: usize| super::field(path, line, f.get(i).copied());
+        let n = |i: usize| super::roots::field(path, line, f.get(i).copied());
         interfaces.push(InterfaceStats {
             name: name.trim().to_owned(),
             rx_bytes: n(0)?,
@@ -129,7 +130,7 @@ impl NetworkSource {
     #[cfg(target_os = "linux")]
     pub fn read(&mut self) -> Result<NetworkReading, CollectError> {
         let path = self.roots.proc("net/dev");
-        parse_net_dev(&path, &super::read(&path)?)
+        parse_net_dev(&path, &super::roots::read(&path)?)
     }
 
     /// Reads once through sysinfo.
