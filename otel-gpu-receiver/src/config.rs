@@ -12,8 +12,9 @@
 //! | `--prometheus` | `OTEL_GPU_RECEIVER_PROMETHEUS` | `prometheus` | off; a bare port binds 127.0.0.1 |
 //! | `--families` / `--disable` | `OTEL_GPU_RECEIVER_FAMILIES` / `_DISABLE` | `families` / `disable` | all on |
 //! | `--proc-root` / `--sys-root` | `OTEL_GPU_RECEIVER_PROC_ROOT` / `_SYS_ROOT` | `proc_root` / `sys_root` | `/proc`, `/sys` |
+//! | `--rootfs` | `OTEL_GPU_RECEIVER_ROOTFS` | `rootfs` | `/` (the host's root filesystem: statvfs, hostname, machine id) |
 //! | `--source-timeout` | `OTEL_GPU_RECEIVER_SOURCE_TIMEOUT` | `source_timeout` | half the interval, at most 5 s |
-//! | `--instance-id` | `OTEL_GPU_RECEIVER_INSTANCE_ID` | `instance_id` | the host name |
+//! | `--instance-id` | `OTEL_GPU_RECEIVER_INSTANCE_ID` | `instance_id` | `K8S_NODE_NAME`, else the host's hostname under `--rootfs`, else its machine id |
 //! | `--otlp-endpoint` | `OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT` | `otlp.endpoint` | `http://localhost:4317` |
 //! | | `OTEL_EXPORTER_OTLP_[METRICS_]HEADERS` | `otlp.headers` (a table) | none |
 //! | | `OTEL_EXPORTER_OTLP_[METRICS_]TIMEOUT` (ms) | `otlp.timeout` (`10s`) | 10 s |
@@ -102,10 +103,16 @@ pub struct Flags {
     /// sysfs root. Default: /sys.
     #[arg(long, value_name = "PATH")]
     pub sys_root: Option<PathBuf>,
+    /// Where the host's root filesystem is mounted (read-only) in a container: mount
+    /// points are statvfs'ed, and the hostname and machine id read, under it.
+    /// Env: OTEL_GPU_RECEIVER_ROOTFS. Default: /.
+    #[arg(long, value_name = "PATH")]
+    pub rootfs: Option<PathBuf>,
     /// Time budget of one source per cycle. Default: half the interval, at most 5s.
     #[arg(long, value_name = "DURATION")]
     pub source_timeout: Option<String>,
-    /// service.instance.id. Default: the host name.
+    /// service.instance.id. Default: K8S_NODE_NAME, else the host's hostname under
+    /// --rootfs, else its machine id (stable across restarts on one host).
     #[arg(long, value_name = "ID")]
     pub instance_id: Option<String>,
     /// The NVML library to load (for example /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1).
@@ -161,6 +168,8 @@ pub struct FileConfig {
     pub proc_root: Option<PathBuf>,
     /// Like `--sys-root`.
     pub sys_root: Option<PathBuf>,
+    /// Like `--rootfs`.
+    pub rootfs: Option<PathBuf>,
     /// Like `--source-timeout`.
     pub source_timeout: Option<String>,
     /// Like `--instance-id`.
@@ -262,11 +271,12 @@ pub struct Settings {
     pub prometheus: Option<SocketAddr>,
     /// Enabled families. Default: all.
     pub families: Vec<Family>,
-    /// /proc and /sys. Default: the real ones.
+    /// /proc, /sys and the host's root filesystem. Default: `/proc`, `/sys`, `/`.
     pub roots: Roots,
     /// Time budget of one source per cycle. Default: half the interval, at most 5 s.
     pub source_timeout: Duration,
-    /// `service.instance.id`. Default: the host name.
+    /// `service.instance.id` when given; otherwise it is derived from the host's
+    /// identity (see [`crate::identity`]). Default: none.
     pub instance_id: Option<String>,
     /// `k8s.node.name`, from `K8S_NODE_NAME`. Default: none.
     pub k8s_node_name: Option<String>,
@@ -444,6 +454,19 @@ impl Settings {
             .or_else(|| file.sys_root.clone())
         {
             roots.sys = p;
+        }
+        if let Some((o, p)) = flags
+            .rootfs
+            .clone()
+            .map(|p| (Origin::Flag("--rootfs"), p))
+            .or_else(|| env("ROOTFS").map(|(n, v)| (Origin::Env(n), PathBuf::from(v))))
+            .or_else(|| {
+                file.rootfs
+                    .clone()
+                    .map(|p| (Origin::File(fpath, "rootfs"), p))
+            })
+        {
+            roots.rootfs = parse_rootfs(&o.to_string(), p)?;
         }
 
         let instance_id = flags
@@ -748,6 +771,30 @@ fn parse_duration(culprit: &str, value: &str, example: &str) -> Result<Duration,
     }
 }
 
+/// `--rootfs` must be an absolute path to a directory: a relative or missing one would
+/// silently make every mount point fail statvfs and the identity fall back.
+fn parse_rootfs(culprit: &str, p: PathBuf) -> Result<PathBuf, ConfigError> {
+    let example = "/host (with the host's / mounted there read-only: -v /:/host:ro)";
+    if !p.is_absolute() {
+        return Err(ConfigError::invalid(
+            culprit,
+            p.display().to_string(),
+            "the host's root filesystem must be an absolute path",
+            example,
+        ));
+    }
+    if !p.is_dir() {
+        return Err(ConfigError::invalid(
+            culprit,
+            p.display().to_string(),
+            "not a directory here; mount the host's / into the container and name \
+             where it is mounted",
+            example,
+        ));
+    }
+    Ok(p)
+}
+
 fn parse_interval(culprit: &str, value: &str) -> Result<Duration, ConfigError> {
     let d = parse_duration(culprit, value, "10s")?;
     if d < Duration::from_millis(100) {
@@ -900,6 +947,37 @@ mod tests {
         let s = resolve(&["--no-otlp", "--prometheus", ":9464"], &[]).unwrap();
         assert!(s.otlp.is_none());
         assert_eq!(s.prometheus.unwrap().to_string(), "127.0.0.1:9464");
+    }
+
+    #[test]
+    fn rootfs_comes_from_flag_env_or_file_and_must_be_an_existing_absolute_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().to_str().unwrap();
+        assert_eq!(resolve(&[], &[]).unwrap().roots.rootfs, Path::new("/"));
+        let s = resolve(&[], &[("OTEL_GPU_RECEIVER_ROOTFS", dir)]).unwrap();
+        assert_eq!(s.roots.rootfs, d.path());
+        let f = file(&format!("rootfs = \"{dir}\"\n"));
+        let s = resolve(&["--config", f.path().to_str().unwrap()], &[]).unwrap();
+        assert_eq!(s.roots.rootfs, d.path());
+
+        let e = resolve(&["--rootfs", "host"], &[]).unwrap_err().to_string();
+        assert!(e.contains("--rootfs") && e.contains("absolute"), "{e}");
+        let missing = d.path().join("nope");
+        let e = resolve(
+            &[],
+            &[("OTEL_GPU_RECEIVER_ROOTFS", missing.to_str().unwrap())],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("OTEL_GPU_RECEIVER_ROOTFS") && e.contains("not a directory"),
+            "{e}"
+        );
+        let f = file("rootfs = \"/definitely/not/here\"\n");
+        let e = resolve(&["--config", f.path().to_str().unwrap()], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("key `rootfs`"), "{e}");
     }
 
     #[test]

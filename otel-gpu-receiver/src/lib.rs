@@ -20,6 +20,7 @@ pub mod collector;
 pub mod config;
 pub mod gpu;
 pub mod host;
+pub mod identity;
 pub mod names;
 pub mod output;
 pub mod selfmon;

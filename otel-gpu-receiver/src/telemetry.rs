@@ -81,25 +81,30 @@ impl Health {
     }
 }
 
-/// The resource: service, host and (when set) Kubernetes node attributes.
+/// The resource: service, host and (when set) Kubernetes node attributes. The host's
+/// identity is read under `--rootfs` ([`crate::identity`]), so that it is the host's
+/// and not the container's, and `service.instance.id` is stable across restarts.
 pub fn resource(settings: &Settings) -> Resource {
-    let host = sysinfo::System::host_name().unwrap_or_else(|_| "unknown".to_owned());
+    let id = crate::identity::HostIdentity::detect(
+        &settings.roots.rootfs,
+        settings.instance_id.as_deref(),
+        settings.k8s_node_name.as_deref(),
+        &|| sysinfo::System::host_name().ok(),
+    );
+    id.log(&settings.roots.rootfs);
     let mut attrs = vec![
         KeyValue::new(res::SERVICE_NAME, names::SERVICE_NAME),
         KeyValue::new(res::SERVICE_VERSION, env!("CARGO_PKG_VERSION")),
-        KeyValue::new(
-            res::SERVICE_INSTANCE_ID,
-            settings.instance_id.clone().unwrap_or_else(|| host.clone()),
-        ),
-        KeyValue::new(res::HOST_NAME, host),
+        KeyValue::new(res::SERVICE_INSTANCE_ID, id.instance_id),
+        KeyValue::new(res::HOST_NAME, id.host_name),
         KeyValue::new(res::HOST_ARCH, host_arch()),
         KeyValue::new(res::OS_TYPE, os_type()),
     ];
-    if let Some(id) = machine_id() {
-        attrs.push(KeyValue::new(res::HOST_ID, id));
+    if let Some(host_id) = id.host_id {
+        attrs.push(KeyValue::new(res::HOST_ID, host_id));
     }
-    if let Some(node) = &settings.k8s_node_name {
-        attrs.push(KeyValue::new(res::K8S_NODE_NAME, node.clone()));
+    if let Some(node) = id.node_name {
+        attrs.push(KeyValue::new(res::K8S_NODE_NAME, node));
     }
     Resource::builder_empty().with_attributes(attrs).build()
 }
@@ -122,14 +127,6 @@ fn os_type() -> &'static str {
         "macos" => "darwin",
         other => other,
     }
-}
-
-fn machine_id() -> Option<String> {
-    ["/etc/machine-id", "/var/lib/dbus/machine-id"]
-        .iter()
-        .find_map(|p| std::fs::read_to_string(p).ok())
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
 }
 
 /// The running export pipeline.

@@ -338,6 +338,7 @@ mod tests {
         let roots = Roots {
             proc: dir.path().to_owned(),
             sys: dir.path().join("sys"),
+            ..Roots::default()
         };
         std::fs::write(dir.path().join("stat"), STAT).unwrap();
         let mut src = CpuSource::new(roots);

@@ -1,17 +1,20 @@
-//! Where /proc and /sys are, and how the families read files under them. Tests point
-//! [`Roots`] at fixture trees.
+//! Where /proc, /sys and the host's root filesystem are, and how the families read
+//! files under them. Tests point [`Roots`] at fixture trees.
 
 use std::path::{Path, PathBuf};
 
 use crate::source::CollectError;
 
-/// Where /proc and /sys are. Tests point these at fixture trees.
+/// Where /proc, /sys and the host's `/` are. Tests point these at fixture trees.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Roots {
     /// The procfs root. Default: `/proc`.
     pub proc: PathBuf,
     /// The sysfs root. Default: `/sys`.
     pub sys: PathBuf,
+    /// Where the host's root filesystem is mounted (`--rootfs`): mount points are
+    /// `statvfs`ed, and the hostname and machine id read, under it. Default: `/`.
+    pub rootfs: PathBuf,
 }
 
 impl Default for Roots {
@@ -19,6 +22,7 @@ impl Default for Roots {
         Self {
             proc: PathBuf::from("/proc"),
             sys: PathBuf::from("/sys"),
+            rootfs: PathBuf::from("/"),
         }
     }
 }
@@ -32,6 +36,17 @@ impl Roots {
     /// Path of `rel` under the sysfs root.
     pub fn sys(&self, rel: &str) -> PathBuf {
         self.sys.join(rel)
+    }
+
+    /// Where the host's absolute path `host_path` (a mount point, say) is seen from
+    /// here: under `--rootfs`.
+    pub fn host_path(&self, host_path: &str) -> PathBuf {
+        let rel = host_path.trim_start_matches('/');
+        if rel.is_empty() {
+            self.rootfs.clone()
+        } else {
+            self.rootfs.join(rel)
+        }
     }
 }
 

@@ -5,6 +5,7 @@ mod catalogue_doc;
 mod common;
 mod config_errors;
 mod failing_source;
+mod host_view;
 mod once;
 mod otlp;
 mod outage;
