@@ -10,7 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::catalogue::Family;
-use crate::host::{self, Roots};
+use crate::host::{self, HostConfig, Roots};
 use crate::selfmon::SelfStats;
 use crate::snapshot::{Points, Snapshot};
 use crate::source::{CollectError, Source};
@@ -29,8 +29,9 @@ struct Worker {
 /// The source of `family`: a host family, or the GPU source with the default library
 /// (the agent adds its GPU source with the configured settings instead, see
 /// [`crate::gpu::source`]).
-fn source(family: Family, roots: &Roots) -> Box<dyn Source> {
-    host::source(family, roots).unwrap_or_else(|| {
+fn source(family: Family, host: &HostConfig) -> Box<dyn Source> {
+    let roots = &host.roots;
+    host::source_with(family, host).unwrap_or_else(|| {
         Box::new(crate::gpu::GpuSource::new(
             crate::gpu::GpuConfig {
                 proc_root: roots.proc.clone(),
@@ -55,13 +56,27 @@ pub struct Collector {
 }
 
 impl Collector {
-    /// Starts one worker per enabled family. `budget` bounds each source per cycle.
+    /// Starts one worker per enabled family, with the host families' default settings.
+    /// `budget` bounds each source per cycle.
     ///
     /// # Errors
     /// A worker thread cannot be spawned.
     pub fn new(
         families: &[Family],
         roots: &Roots,
+        budget: Duration,
+        stats: SelfStats,
+    ) -> std::io::Result<Self> {
+        Self::with_host(families, &HostConfig::from(roots.clone()), budget, stats)
+    }
+
+    /// Like [`Collector::new`], with the host families' settings of `host`.
+    ///
+    /// # Errors
+    /// A worker thread cannot be spawned.
+    pub fn with_host(
+        families: &[Family],
+        host: &HostConfig,
         budget: Duration,
         stats: SelfStats,
     ) -> std::io::Result<Self> {
@@ -76,7 +91,7 @@ impl Collector {
             logged: HashSet::new(),
         };
         for &f in families {
-            c.add(source(f, roots))?;
+            c.add(source(f, host))?;
         }
         Ok(c)
     }

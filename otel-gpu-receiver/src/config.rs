@@ -14,6 +14,10 @@
 //! | `--proc-root` / `--sys-root` | `OTEL_GPU_RECEIVER_PROC_ROOT` / `_SYS_ROOT` | `proc_root` / `sys_root` | `/proc`, `/sys` |
 //! | `--rootfs` | `OTEL_GPU_RECEIVER_ROOTFS` | `rootfs` | `/` (the host's root filesystem: statvfs, hostname, machine id) |
 //! | `--source-timeout` | `OTEL_GPU_RECEIVER_SOURCE_TIMEOUT` | `source_timeout` | half the interval, at most 5 s |
+//! | `--fs-types-exclude` | `OTEL_GPU_RECEIVER_FS_TYPES_EXCLUDE` | `fs_types_exclude` (a list) | overlay, tmpfs, squashfs, nsfs, proc, sysfs, `cgroup*`, … |
+//! | `--mount-points-exclude` | `OTEL_GPU_RECEIVER_MOUNT_POINTS_EXCLUDE` | `mount_points_exclude` (a list) | `/dev`, `/proc`, `/sys`, `/var/lib/kubelet/pods/*`, `/run/containerd/*`, … |
+//! | `--interfaces-exclude` | `OTEL_GPU_RECEIVER_INTERFACES_EXCLUDE` | `interfaces_exclude` (a list) | `veth*`, `cali*`, `flannel*`, `cni*`, `docker*` |
+//! | `--statvfs-timeout` | `OTEL_GPU_RECEIVER_STATVFS_TIMEOUT` | `statvfs_timeout` | 1 s, at most half the filesystem budget (80% of the source budget) |
 //! | `--instance-id` | `OTEL_GPU_RECEIVER_INSTANCE_ID` | `instance_id` | `K8S_NODE_NAME`, else the host's hostname under `--rootfs`, else its machine id |
 //! | `--otlp-endpoint` | `OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT` | `otlp.endpoint` | `http://localhost:4317` |
 //! | | `OTEL_EXPORTER_OTLP_[METRICS_]HEADERS` | `otlp.headers` (a table) | none |
@@ -42,7 +46,10 @@ use std::time::Duration;
 use otel_instrument::config::{Compression, ExporterConfig, Overrides, Signal};
 
 use crate::catalogue::Family;
-use crate::host::Roots;
+use crate::host::exclude::{Kind, Patterns};
+use crate::host::filesystem::FilesystemConfig;
+use crate::host::network::NetworkConfig;
+use crate::host::{HostConfig, Roots};
 
 /// Output format of `--once`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -111,6 +118,28 @@ pub struct Flags {
     /// Time budget of one source per cycle. Default: half the interval, at most 5s.
     #[arg(long, value_name = "DURATION")]
     pub source_timeout: Option<String>,
+    /// Filesystem types to leave out, comma-separated (`*` matches any characters); the
+    /// list replaces the default one, and `none` keeps every type.
+    /// Env: OTEL_GPU_RECEIVER_FS_TYPES_EXCLUDE. Default: overlay, tmpfs, squashfs,
+    /// nsfs, proc, sysfs, cgroup* and other pseudo filesystems (see CATALOGUE.md).
+    #[arg(long, value_name = "LIST")]
+    pub fs_types_exclude: Option<String>,
+    /// Mount points to leave out, comma-separated: a path excludes itself and what is
+    /// under it, `*` matches any characters; the list replaces the default one, and
+    /// `none` keeps every mount. Env: OTEL_GPU_RECEIVER_MOUNT_POINTS_EXCLUDE.
+    /// Default: /dev, /proc, /sys, /var/lib/kubelet/pods/*, /run/containerd/*, … (see CATALOGUE.md).
+    #[arg(long, value_name = "LIST")]
+    pub mount_points_exclude: Option<String>,
+    /// Network interfaces to leave out, comma-separated (`*` matches any characters);
+    /// the list replaces the default one, and `none` keeps every interface.
+    /// Env: OTEL_GPU_RECEIVER_INTERFACES_EXCLUDE. Default: veth*,cali*,flannel*,cni*,docker*.
+    #[arg(long, value_name = "LIST")]
+    pub interfaces_exclude: Option<String>,
+    /// Deadline of one statvfs; a mount past it is skipped until it answers again.
+    /// Env: OTEL_GPU_RECEIVER_STATVFS_TIMEOUT. Default: 1s (at most half the
+    /// filesystem family's budget, which is 80% of --source-timeout).
+    #[arg(long, value_name = "DURATION")]
+    pub statvfs_timeout: Option<String>,
     /// service.instance.id. Default: K8S_NODE_NAME, else the host's hostname under
     /// --rootfs, else its machine id (stable across restarts on one host).
     #[arg(long, value_name = "ID")]
@@ -172,6 +201,14 @@ pub struct FileConfig {
     pub rootfs: Option<PathBuf>,
     /// Like `--source-timeout`.
     pub source_timeout: Option<String>,
+    /// Like `--fs-types-exclude`, as a list.
+    pub fs_types_exclude: Option<Vec<String>>,
+    /// Like `--mount-points-exclude`, as a list.
+    pub mount_points_exclude: Option<Vec<String>>,
+    /// Like `--interfaces-exclude`, as a list.
+    pub interfaces_exclude: Option<Vec<String>>,
+    /// Like `--statvfs-timeout`.
+    pub statvfs_timeout: Option<String>,
     /// Like `--instance-id`.
     pub instance_id: Option<String>,
     /// Like `--nvml-lib`.
@@ -275,6 +312,11 @@ pub struct Settings {
     pub roots: Roots,
     /// Time budget of one source per cycle. Default: half the interval, at most 5 s.
     pub source_timeout: Duration,
+    /// The filesystem family's excludes and `statvfs` deadlines. Default: see
+    /// [`FilesystemConfig`], with a budget of 80% of `source_timeout`.
+    pub filesystem: FilesystemConfig,
+    /// The network family's excludes. Default: see [`NetworkConfig`].
+    pub network: NetworkConfig,
     /// `service.instance.id` when given; otherwise it is derived from the host's
     /// identity (see [`crate::identity`]). Default: none.
     pub instance_id: Option<String>,
@@ -437,6 +479,8 @@ impl Settings {
         };
 
         let families = resolve_families(&flags, &env, &file, fpath)?;
+        let (filesystem, network) =
+            resolve_host_families(&flags, &env, &file, fpath, source_timeout)?;
 
         let mut roots = Roots::default();
         if let Some(p) = flags
@@ -515,6 +559,8 @@ impl Settings {
             families,
             roots,
             source_timeout,
+            filesystem,
+            network,
             instance_id,
             k8s_node_name,
             nvml_lib,
@@ -524,6 +570,144 @@ impl Settings {
             format: flags.format,
         })
     }
+}
+
+impl Settings {
+    /// The host families' settings, for the collector.
+    pub fn host(&self) -> HostConfig {
+        HostConfig {
+            roots: self.roots.clone(),
+            filesystem: self.filesystem.clone(),
+            network: self.network.clone(),
+        }
+    }
+}
+
+/// The filesystem and network families' excludes and the statvfs deadline:
+/// flags > env > file > defaults.
+fn resolve_host_families(
+    flags: &Flags,
+    env: &dyn Fn(&str) -> Option<(String, String)>,
+    file: &FileConfig,
+    fpath: &Path,
+    source_timeout: Duration,
+) -> Result<(FilesystemConfig, NetworkConfig), ConfigError> {
+    let list = |kind: Kind,
+                flag: Option<&String>,
+                fname: &'static str,
+                suffix: &str,
+                fval: Option<&Vec<String>>,
+                key: &'static str,
+                example: &str|
+     -> Result<Patterns, ConfigError> {
+        let (culprit, value, items): (String, String, Vec<String>) = if let Some(v) = flag {
+            (fname.to_owned(), v.clone(), split_list(v))
+        } else if let Some((n, v)) = env(suffix) {
+            let items = split_list(&v);
+            (n, v, items)
+        } else if let Some(items) = fval {
+            (
+                Origin::File(fpath, key).to_string(),
+                format!("{items:?}"),
+                items.clone(),
+            )
+        } else {
+            return Ok(Patterns::default_for(kind));
+        };
+        if items.is_empty() || (items.len() == 1 && items[0].eq_ignore_ascii_case("none")) {
+            return Ok(Patterns::none(kind));
+        }
+        Patterns::parse(kind, &items).map_err(|e| {
+            ConfigError::invalid(
+                culprit,
+                value,
+                format!(
+                    "{e}; separate patterns with commas, use * for any characters, \
+                     or give `none` to exclude nothing"
+                ),
+                example,
+            )
+        })
+    };
+    let fs_types_exclude = list(
+        Kind::FsType,
+        flags.fs_types_exclude.as_ref(),
+        "--fs-types-exclude",
+        "FS_TYPES_EXCLUDE",
+        file.fs_types_exclude.as_ref(),
+        "fs_types_exclude",
+        "overlay,tmpfs,squashfs,nsfs,proc,sysfs,cgroup*",
+    )?;
+    let mount_points_exclude = list(
+        Kind::MountPoint,
+        flags.mount_points_exclude.as_ref(),
+        "--mount-points-exclude",
+        "MOUNT_POINTS_EXCLUDE",
+        file.mount_points_exclude.as_ref(),
+        "mount_points_exclude",
+        "/dev,/proc,/sys,/var/lib/kubelet/pods/*,/run/containerd/*",
+    )?;
+    let interfaces_exclude = list(
+        Kind::Interface,
+        flags.interfaces_exclude.as_ref(),
+        "--interfaces-exclude",
+        "INTERFACES_EXCLUDE",
+        file.interfaces_exclude.as_ref(),
+        "interfaces_exclude",
+        "veth*,cali*,flannel*,cni*,docker*",
+    )?;
+
+    // The filesystem family's calls get 80% of the source budget, so that the
+    // collector never counts the family as timed out because of one hung mount.
+    let budget = source_timeout.mul_f64(0.8);
+    let statvfs_timeout = match (&flags.statvfs_timeout, env("STATVFS_TIMEOUT")) {
+        (Some(v), _) => Some(("--statvfs-timeout".to_owned(), v.clone())),
+        (None, Some((n, v))) => Some((n, v)),
+        (None, None) => file
+            .statvfs_timeout
+            .clone()
+            .map(|v| (Origin::File(fpath, "statvfs_timeout").to_string(), v)),
+    };
+    let statvfs_timeout = match statvfs_timeout {
+        Some((culprit, v)) => {
+            let d = parse_duration(&culprit, &v, "1s")?;
+            if d > budget / 2 {
+                return Err(ConfigError::invalid(
+                    culprit,
+                    v,
+                    format!(
+                        "the statvfs deadline must be at most half the filesystem budget \
+                         ({:?}, 80% of the source time budget {source_timeout:?}), so that \
+                         a hung mount leaves time for the others; lower it or raise \
+                         --source-timeout",
+                        budget / 2
+                    ),
+                    "1s",
+                ));
+            }
+            d
+        }
+        None => Duration::from_secs(1).min(budget / 2),
+    };
+    Ok((
+        FilesystemConfig {
+            fs_types_exclude,
+            mount_points_exclude,
+            statvfs_timeout,
+            budget,
+            ..FilesystemConfig::default()
+        },
+        NetworkConfig { interfaces_exclude },
+    ))
+}
+
+/// Splits a comma-separated list, dropping empty items.
+fn split_list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// GPU attribution settings (issue 6): flags > env > file > defaults.
@@ -978,6 +1162,75 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("key `rootfs`"), "{e}");
+    }
+
+    #[test]
+    fn exclude_lists_come_from_flag_env_or_file_and_replace_the_defaults() {
+        let s = resolve(&[], &[]).unwrap();
+        assert!(s.filesystem.fs_types_exclude.matches("overlay"));
+        assert!(
+            s.filesystem
+                .mount_points_exclude
+                .matches("/var/lib/kubelet/pods/x")
+        );
+        assert!(s.network.interfaces_exclude.matches("veth1"));
+        assert_eq!(s.filesystem.statvfs_timeout, Duration::from_secs(1));
+        assert_eq!(s.filesystem.budget, Duration::from_secs(4));
+
+        let s = resolve(&["--interfaces-exclude", "lo,eth*"], &[]).unwrap();
+        assert!(s.network.interfaces_exclude.matches("eth0"));
+        assert!(!s.network.interfaces_exclude.matches("veth1"));
+        let s = resolve(&[], &[("OTEL_GPU_RECEIVER_FS_TYPES_EXCLUDE", "none")]).unwrap();
+        assert!(!s.filesystem.fs_types_exclude.matches("overlay"));
+        let s = resolve(&["--mount-points-exclude", ""], &[]).unwrap();
+        assert!(!s.filesystem.mount_points_exclude.matches("/proc"));
+        let f = file("mount_points_exclude = [\"/srv\"]\nstatvfs_timeout = \"250ms\"\n");
+        let s = resolve(&["--config", f.path().to_str().unwrap()], &[]).unwrap();
+        assert!(s.filesystem.mount_points_exclude.matches("/srv/x"));
+        assert!(!s.filesystem.mount_points_exclude.matches("/proc"));
+        assert_eq!(s.filesystem.statvfs_timeout, Duration::from_millis(250));
+        // The env beats the file, the flag beats the env.
+        let s = resolve(
+            &["--config", f.path().to_str().unwrap()],
+            &[("OTEL_GPU_RECEIVER_MOUNT_POINTS_EXCLUDE", "/data")],
+        )
+        .unwrap();
+        assert!(s.filesystem.mount_points_exclude.matches("/data"));
+        assert!(!s.filesystem.mount_points_exclude.matches("/srv"));
+    }
+
+    #[test]
+    fn bad_exclude_patterns_and_statvfs_timeouts_name_the_flag_variable_or_key() {
+        let e = resolve(&["--mount-points-exclude", "/proc,var/lib"], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--mount-points-exclude") && e.contains("var/lib") && e.contains("absolute"),
+            "{e}"
+        );
+        let e = resolve(&[], &[("OTEL_GPU_RECEIVER_FS_TYPES_EXCLUDE", "ext4 xfs")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("OTEL_GPU_RECEIVER_FS_TYPES_EXCLUDE") && e.contains("commas"),
+            "{e}"
+        );
+        let f = file("interfaces_exclude = [\"eth 0\"]\n");
+        let e = resolve(&["--config", f.path().to_str().unwrap()], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("key `interfaces_exclude`"), "{e}");
+        let e = resolve(&["--statvfs-timeout", "3s"], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--statvfs-timeout") && e.contains("half"), "{e}");
+        let e = resolve(&[], &[("OTEL_GPU_RECEIVER_STATVFS_TIMEOUT", "soon")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("OTEL_GPU_RECEIVER_STATVFS_TIMEOUT"), "{e}");
+        // A short interval shrinks the default deadline with it.
+        let s = resolve(&["--interval", "1s"], &[]).unwrap();
+        assert_eq!(s.filesystem.statvfs_timeout, Duration::from_millis(200));
     }
 
     #[test]

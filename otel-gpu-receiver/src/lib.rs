@@ -86,7 +86,7 @@ fn collector(
         .copied()
         .filter(|f| *f != catalogue::Family::Gpu)
         .collect();
-    let mut c = Collector::new(&host, &settings.roots, settings.source_timeout, stats)
+    let mut c = Collector::with_host(&host, &settings.host(), settings.source_timeout, stats)
         .map_err(RunError::Spawn)?;
     if settings.families.contains(&catalogue::Family::Gpu) {
         // Attribution (issue 6): process -> container -> pod, over the GPU source's points.

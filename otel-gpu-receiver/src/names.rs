@@ -24,6 +24,13 @@ pub const EXPORT_FAILURES: &str = "otel_gpu_receiver.export.failures";
 /// Series (points) in the last snapshot.
 pub const SERIES: &str = "otel_gpu_receiver.series";
 
+/// Filesystem family: 1 per mount whose `statvfs` is hung now (skipped until it answers).
+pub const FILESYSTEM_STUCK: &str = "otel_gpu_receiver.filesystem.stuck";
+/// Filesystem family: `statvfs` calls abandoned past their deadline.
+pub const FILESYSTEM_TIMEOUTS: &str = "otel_gpu_receiver.filesystem.timeouts";
+/// Filesystem family: mounts not asked in a cycle, by why (stuck, budget, hung_limit).
+pub const FILESYSTEM_SKIPPED: &str = "otel_gpu_receiver.filesystem.skipped";
+
 /// `nvidia.gpu.allocation`: 1 per GPU and container that the kubelet gave it to.
 pub const GPU_ALLOCATION: &str = "nvidia.gpu.allocation";
 /// Self-metric: attributed series folded into overflow series because of the cap.

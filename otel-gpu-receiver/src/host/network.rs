@@ -14,10 +14,27 @@ use opentelemetry::KeyValue;
 use opentelemetry_semantic_conventions::attribute::{NETWORK_INTERFACE_NAME, NETWORK_IO_DIRECTION};
 use opentelemetry_semantic_conventions::metric as sc;
 
+use super::exclude::{Kind, Patterns};
 use super::roots::Roots;
 use crate::catalogue::Family;
 use crate::snapshot::Points;
 use crate::source::{CollectError, Source};
+
+/// Settings of the network family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkConfig {
+    /// Interfaces left out. Default: [`super::exclude::DEFAULT_INTERFACES`] (veth, cali,
+    /// flannel, cni, docker).
+    pub interfaces_exclude: Patterns,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            interfaces_exclude: Patterns::default_for(Kind::Interface),
+        }
+    }
+}
 
 /// Counters of one interface since it came up.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -116,6 +133,7 @@ pub fn parse_net_dev(path: &Path, text: &str) -> Result<NetworkReading, CollectE
 #[derive(Debug)]
 pub struct NetworkSource {
     roots: Roots,
+    cfg: NetworkConfig,
     /// The fallback to the agent's own namespace was logged.
     warned: bool,
     #[cfg(not(target_os = "linux"))]
@@ -123,10 +141,16 @@ pub struct NetworkSource {
 }
 
 impl NetworkSource {
-    /// A source reading under `roots`.
+    /// A source reading under `roots`, with the default excludes.
     pub fn new(roots: Roots) -> Self {
+        Self::with_config(roots, NetworkConfig::default())
+    }
+
+    /// A source reading under `roots` with `cfg`.
+    pub fn with_config(roots: Roots, cfg: NetworkConfig) -> Self {
         Self {
             roots,
+            cfg,
             warned: false,
             #[cfg(not(target_os = "linux"))]
             networks: sysinfo::Networks::new_with_refreshed_list().ok(),
@@ -199,7 +223,10 @@ impl Source for NetworkSource {
     }
 
     fn collect(&mut self, out: &mut Points) -> Result<(), CollectError> {
-        self.read()?.points(out);
+        let mut r = self.read()?;
+        r.interfaces
+            .retain(|i| !self.cfg.interfaces_exclude.matches(&i.name));
+        r.points(out);
         Ok(())
     }
 }
@@ -237,6 +264,47 @@ mod tests {
             proc: proc.to_owned(),
             ..Roots::default()
         })
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn pod_interfaces_are_excluded_by_default_and_the_list_is_configurable() {
+        let d = namespaced_proc();
+        std::fs::write(
+            d.path().join("1/net/dev"),
+            format!("{HEADER}    lo: 5 5 0 0 0 0 0 0 5 5 0 0 0 0 0 0\n  eno1: 7 7 0 0 0 0 0 0 8 8 0 0 0 0 0 0\n  veth3f2a: 1 1 0 0 0 0 0 0 1 1 0 0 0 0 0 0\n  cali8d1e: 1 1 0 0 0 0 0 0 1 1 0 0 0 0 0 0\n  flannel.1: 1 1 0 0 0 0 0 0 1 1 0 0 0 0 0 0\n  cni0: 1 1 0 0 0 0 0 0 1 1 0 0 0 0 0 0\n  docker0: 1 1 0 0 0 0 0 0 1 1 0 0 0 0 0 0\n"),
+        )
+        .unwrap();
+        let ifaces = |s: &mut NetworkSource| -> Vec<String> {
+            let mut out = Points::default();
+            s.collect(&mut out).unwrap();
+            let snap = crate::snapshot::Snapshot::new(out);
+            let mut v: Vec<String> = snap
+                .points(sc::SYSTEM_NETWORK_IO)
+                .iter()
+                .filter(|p| p.attributes.iter().any(|kv| kv.value.as_str() == "receive"))
+                .flat_map(|p| p.attributes.iter())
+                .filter(|kv| kv.key.as_str() == NETWORK_INTERFACE_NAME)
+                .map(|kv| kv.value.as_str().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(ifaces(&mut source(d.path())), ["eno1", "lo"]);
+        let cfg = NetworkConfig {
+            interfaces_exclude: Patterns::parse(Kind::Interface, &["lo", "docker*"]).unwrap(),
+        };
+        let mut s = NetworkSource::with_config(
+            Roots {
+                proc: d.path().to_owned(),
+                ..Roots::default()
+            },
+            cfg,
+        );
+        assert_eq!(
+            ifaces(&mut s),
+            ["cali8d1e", "cni0", "eno1", "flannel.1", "veth3f2a"]
+        );
     }
 
     #[cfg(target_os = "linux")]

@@ -10,3 +10,4 @@ mod once;
 mod otlp;
 mod outage;
 mod prometheus;
+mod stuck_mount;
