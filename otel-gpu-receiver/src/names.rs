@@ -13,6 +13,10 @@ pub const SYSTEM_CPU_LOAD_AVERAGE_5M: &str = "system.cpu.load_average.5m";
 /// 15-minute load average (hostmetrics receiver name).
 pub const SYSTEM_CPU_LOAD_AVERAGE_15M: &str = "system.cpu.load_average.15m";
 
+/// Inodes used and free per filesystem. Not in the semantic conventions: the
+/// Collector hostmetrics receiver's name, with `system.filesystem.state` (used, free).
+pub const SYSTEM_FILESYSTEM_INODES_USAGE: &str = "system.filesystem.inodes.usage";
+
 /// Duration of the last collection cycle.
 pub const CYCLE_DURATION: &str = "otel_gpu_receiver.cycle.duration";
 /// Collection cycles completed.

@@ -85,6 +85,10 @@ pub struct FilesystemStats {
     pub free: u64,
     /// Reserved for root.
     pub reserved: u64,
+    /// Inodes in all (0 where the filesystem has no fixed inode table, like btrfs).
+    pub inodes: u64,
+    /// Inodes free.
+    pub inodes_free: u64,
 }
 
 /// One cycle's filesystem reading.
@@ -123,6 +127,16 @@ impl FilesystemReading {
                 out.push(sc::SYSTEM_FILESYSTEM_USAGE, a, v);
             }
             out.push(sc::SYSTEM_FILESYSTEM_LIMIT, base(), f.total);
+            // A filesystem without an inode table reports 0 inodes: no series, rather
+            // than one that says it is full.
+            if f.inodes > 0 {
+                let used = f.inodes.saturating_sub(f.inodes_free);
+                for (state, v) in [("used", used), ("free", f.inodes_free)] {
+                    let mut a = base();
+                    a.push(KeyValue::new(SYSTEM_FILESYSTEM_STATE, state));
+                    out.push(names::SYSTEM_FILESYSTEM_INODES_USAGE, a, v);
+                }
+            }
             if f.total > 0 {
                 out.push(
                     sc::SYSTEM_FILESYSTEM_UTILIZATION,
@@ -338,6 +352,8 @@ impl FilesystemSource {
                             total: st.total,
                             free: st.free,
                             reserved: st.reserved,
+                            inodes: st.inodes,
+                            inodes_free: st.inodes_free,
                         },
                     ));
                 }
@@ -400,6 +416,8 @@ impl FilesystemSource {
                 total: d.total_space(),
                 free: d.available_space(),
                 reserved: 0,
+                inodes: 0,
+                inodes_free: 0,
             })
             .filter(|f| {
                 !self.cfg.fs_types_exclude.matches(&f.mount.fstype)
@@ -685,6 +703,66 @@ broken line
             ["/", "/mnt/hung-a", "/mnt/hung-b", "/srv/ok"]
         );
         assert!(r.stuck.is_empty());
+    }
+
+    #[test]
+    fn inodes_are_reported_used_and_free_where_the_filesystem_has_an_inode_table() {
+        let mount = |m: &str| Mount {
+            device: "/dev/x".into(),
+            mountpoint: m.into(),
+            fstype: "ext4".into(),
+            read_only: false,
+        };
+        let r = FilesystemReading {
+            filesystems: vec![
+                FilesystemStats {
+                    mount: mount("/"),
+                    total: 1000,
+                    free: 400,
+                    reserved: 100,
+                    inodes: 64,
+                    inodes_free: 24,
+                },
+                // btrfs: no inode table.
+                FilesystemStats {
+                    mount: mount("/data"),
+                    total: 1000,
+                    free: 400,
+                    reserved: 0,
+                    inodes: 0,
+                    inodes_free: 0,
+                },
+            ],
+            ..FilesystemReading::default()
+        };
+        let mut out = Points::default();
+        r.points(&mut out);
+        let s = crate::snapshot::Snapshot::new(out);
+        let p = s.points(names::SYSTEM_FILESYSTEM_INODES_USAGE);
+        let by_state: BTreeMap<String, i64> = p
+            .iter()
+            .map(|p| {
+                let state = p
+                    .attributes
+                    .iter()
+                    .find(|kv| kv.key.as_str() == SYSTEM_FILESYSTEM_STATE)
+                    .map(|kv| kv.value.as_str().into_owned())
+                    .unwrap();
+                (state, p.value.as_i64())
+            })
+            .collect();
+        assert_eq!(
+            by_state,
+            BTreeMap::from([("free".into(), 24), ("used".into(), 40)])
+        );
+        let attrs: BTreeSet<&str> = p[0].attributes.iter().map(|kv| kv.key.as_str()).collect();
+        let want: BTreeSet<&str> = crate::catalogue::find(names::SYSTEM_FILESYSTEM_INODES_USAGE)
+            .unwrap()
+            .attributes
+            .iter()
+            .copied()
+            .collect();
+        assert_eq!(attrs, want);
     }
 
     #[cfg(target_os = "linux")]

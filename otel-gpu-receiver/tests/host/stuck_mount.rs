@@ -168,6 +168,16 @@ enum Setup {
 
 /// Values of `name` in the last request, by the value of attribute `key`.
 fn last_values(r: &Received, name: &str, key: &str) -> Option<BTreeMap<String, f64>> {
+    last_values_where(r, name, key, |_| true)
+}
+
+/// Like [`last_values`], for the points whose attributes pass `keep`.
+fn last_values_where(
+    r: &Received,
+    name: &str,
+    key: &str,
+    keep: impl Fn(&BTreeMap<String, String>) -> bool,
+) -> Option<BTreeMap<String, f64>> {
     let req = r.metrics.last()?;
     let mut out = BTreeMap::new();
     for m in req
@@ -189,7 +199,9 @@ fn last_values(r: &Received, name: &str, key: &str) -> Option<BTreeMap<String, f
                 None => continue,
             };
             let attrs = attributes(&p.attributes);
-            out.insert(attrs.get(key).cloned().unwrap_or_default(), v);
+            if keep(&attrs) {
+                out.insert(attrs.get(key).cloned().unwrap_or_default(), v);
+            }
         }
     }
     Some(out)
@@ -337,6 +349,18 @@ fn a_mount_that_never_answers_never_stalls_the_agent_and_is_read_again_once_it_a
         )
         .unwrap();
         assert!(stuck_now.is_empty(), "{stuck_now:?}");
+        // Its inodes as its statfs gives them: 100 in all, 40 free.
+        let inodes = last_values_where(
+            &back,
+            "system.filesystem.inodes.usage",
+            "system.filesystem.state",
+            |a| a.get("system.filesystem.mountpoint") == Some(&mnt_s),
+        )
+        .unwrap();
+        assert_eq!(
+            inodes,
+            BTreeMap::from([("free".to_owned(), 40.0), ("used".to_owned(), 60.0)])
+        );
         let log = agent.stderr();
         assert!(log.contains("statvfs did not answer"), "{log}");
         assert!(log.contains("statvfs answers again"), "{log}");
