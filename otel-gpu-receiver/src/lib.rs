@@ -15,6 +15,7 @@
 //! ```
 
 pub mod attribution;
+pub mod cardinality;
 pub mod catalogue;
 pub mod collector;
 pub mod config;
@@ -113,6 +114,8 @@ pub fn run(settings: &Settings) -> Result<(), RunError> {
         ..SelfStats::default()
     };
     let mut collector = collector(settings, stats, &gpu::Inventory::default())?;
+    // The SDK folds series beyond an instrument's limit: count them per metric.
+    collector.set_limits(telemetry.limits());
 
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     telemetry.runtime().handle().spawn(async move {

@@ -44,6 +44,11 @@ pub const ATTRIBUTION_ERRORS: &str = "otel_gpu_receiver.attribution.errors";
 
 /// The attribute that marks an overflow series (the OpenTelemetry SDK's own convention).
 pub const ATTR_OVERFLOW: &str = "otel.metric.overflow";
+/// Series folded into `otel.metric.overflow` by the SDK's per-instrument cardinality
+/// limit, per metric.
+pub const SERIES_OVERFLOW: &str = "otel_gpu_receiver.series.overflow";
+/// Attribute: the metric a self-metric is about.
+pub const ATTR_METRIC_NAME: &str = "metric.name";
 /// Attribute: the source (family) a self-metric is about.
 pub const ATTR_SOURCE: &str = "source";
 /// Attribute: the signal of an export failure.

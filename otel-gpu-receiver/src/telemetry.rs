@@ -133,6 +133,7 @@ fn os_type() -> &'static str {
 #[derive(Debug)]
 pub struct Telemetry {
     provider: SdkMeterProvider,
+    limits: Arc<crate::cardinality::Limits>,
     runtime: ExportRuntime,
     stats: Arc<ExportStats>,
     prometheus: Option<SocketAddr>,
@@ -151,7 +152,12 @@ impl Telemetry {
     ) -> Result<Self, TelemetryError> {
         let runtime = ExportRuntime::new()?;
         let stats = Arc::new(ExportStats::default());
-        let mut builder = SdkMeterProvider::builder().with_resource(resource(settings));
+        // Per-instrument cardinality limits from the host's shape (the SDK's default of
+        // 2000 series would fold a big host's system.cpu.time into overflow).
+        let limits = Arc::new(crate::cardinality::Limits::estimate(settings));
+        let mut builder = SdkMeterProvider::builder()
+            .with_resource(resource(settings))
+            .with_view(limits.view());
         if let Some(cfg) = &settings.otlp {
             let exporter = otel_instrument::export::metric_exporter(&runtime, cfg, stats.clone())?;
             let reader = PeriodicReader::builder(exporter)
@@ -203,10 +209,16 @@ impl Telemetry {
         }
         Ok(Self {
             provider,
+            limits,
             runtime,
             stats,
             prometheus,
         })
+    }
+
+    /// The per-instrument cardinality limits the provider was built with.
+    pub fn limits(&self) -> Arc<crate::cardinality::Limits> {
+        self.limits.clone()
     }
 
     /// Failure counts of the OTLP exporter.

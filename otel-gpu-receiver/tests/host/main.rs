@@ -1,6 +1,7 @@
 //! Integration tests of the host-metrics agent against real interfaces: the real
 //! binary, an in-process OTLP sink, a real Prometheus.
 
+mod cardinality;
 mod catalogue_doc;
 mod common;
 mod config_errors;
