@@ -317,6 +317,9 @@ pub struct Settings {
     pub filesystem: FilesystemConfig,
     /// The network family's excludes. Default: see [`NetworkConfig`].
     pub network: NetworkConfig,
+    /// The flag, variable or file key that set `roots.rootfs`, to name it in
+    /// [`Settings::check_host_paths`]'s error. Default: none (the default `/`).
+    pub rootfs_origin: Option<String>,
     /// `service.instance.id` when given; otherwise it is derived from the host's
     /// identity (see [`crate::identity`]). Default: none.
     pub instance_id: Option<String>,
@@ -499,6 +502,7 @@ impl Settings {
         {
             roots.sys = p;
         }
+        let mut rootfs_origin = None;
         if let Some((o, p)) = flags
             .rootfs
             .clone()
@@ -511,6 +515,7 @@ impl Settings {
             })
         {
             roots.rootfs = parse_rootfs(&o.to_string(), p)?;
+            rootfs_origin = Some(o.to_string());
         }
 
         let instance_id = flags
@@ -561,6 +566,7 @@ impl Settings {
             source_timeout,
             filesystem,
             network,
+            rootfs_origin,
             instance_id,
             k8s_node_name,
             nvml_lib,
@@ -955,28 +961,43 @@ fn parse_duration(culprit: &str, value: &str, example: &str) -> Result<Duration,
     }
 }
 
-/// `--rootfs` must be an absolute path to a directory: a relative or missing one would
-/// silently make every mount point fail statvfs and the identity fall back.
+const ROOTFS_EXAMPLE: &str = "/host (with the host's / mounted there read-only: -v /:/host:ro)";
+
+/// `--rootfs` must be an absolute path: a relative one would depend on the working
+/// directory. Whether it exists is checked where the agent runs
+/// ([`Settings::check_host_paths`]), so that a manifest's settings can be validated
+/// anywhere.
 fn parse_rootfs(culprit: &str, p: PathBuf) -> Result<PathBuf, ConfigError> {
-    let example = "/host (with the host's / mounted there read-only: -v /:/host:ro)";
     if !p.is_absolute() {
         return Err(ConfigError::invalid(
             culprit,
             p.display().to_string(),
             "the host's root filesystem must be an absolute path",
-            example,
-        ));
-    }
-    if !p.is_dir() {
-        return Err(ConfigError::invalid(
-            culprit,
-            p.display().to_string(),
-            "not a directory here; mount the host's / into the container and name \
-             where it is mounted",
-            example,
+            ROOTFS_EXAMPLE,
         ));
     }
     Ok(p)
+}
+
+impl Settings {
+    /// Checks, on the machine where the agent runs, that the paths the settings name
+    /// are there: a missing `--rootfs` would make every mount point fail `statvfs` and
+    /// the identity fall back, without a word.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the flag, variable or key and the fix.
+    pub fn check_host_paths(&self) -> Result<(), ConfigError> {
+        if !self.roots.rootfs.is_dir() {
+            return Err(ConfigError::invalid(
+                self.rootfs_origin.as_deref().unwrap_or("--rootfs"),
+                self.roots.rootfs.display().to_string(),
+                "not a directory here; mount the host's / into the container and name \
+                 where it is mounted",
+                ROOTFS_EXAMPLE,
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn parse_interval(culprit: &str, value: &str) -> Result<Duration, ConfigError> {
@@ -1146,21 +1167,23 @@ mod tests {
 
         let e = resolve(&["--rootfs", "host"], &[]).unwrap_err().to_string();
         assert!(e.contains("--rootfs") && e.contains("absolute"), "{e}");
+        // A path that is not here parses (a manifest can be checked anywhere), and
+        // the check where the agent runs names where it came from.
+        assert!(resolve(&[], &[]).unwrap().check_host_paths().is_ok());
         let missing = d.path().join("nope");
-        let e = resolve(
+        let s = resolve(
             &[],
             &[("OTEL_GPU_RECEIVER_ROOTFS", missing.to_str().unwrap())],
         )
-        .unwrap_err()
-        .to_string();
+        .unwrap();
+        let e = s.check_host_paths().unwrap_err().to_string();
         assert!(
             e.contains("OTEL_GPU_RECEIVER_ROOTFS") && e.contains("not a directory"),
             "{e}"
         );
         let f = file("rootfs = \"/definitely/not/here\"\n");
-        let e = resolve(&["--config", f.path().to_str().unwrap()], &[])
-            .unwrap_err()
-            .to_string();
+        let s = resolve(&["--config", f.path().to_str().unwrap()], &[]).unwrap();
+        let e = s.check_host_paths().unwrap_err().to_string();
         assert!(e.contains("key `rootfs`"), "{e}");
     }
 
