@@ -24,7 +24,7 @@
 //! | | `OTEL_EXPORTER_OTLP_[METRICS_]TIMEOUT` (ms) | `otlp.timeout` (`10s`) | 10 s |
 //! | `--otlp-compression` | `OTEL_EXPORTER_OTLP_[METRICS_]COMPRESSION` | `otlp.compression` | none |
 //! | `--no-otlp` | | `otlp.enabled = false` | push on |
-//! | | `K8S_NODE_NAME` | | `k8s.node.name` resource attribute when set |
+//! | | `K8S_NODE_NAME` | | `k8s.node.name` and `service.instance.id` when set |
 //!
 //! ```toml
 //! interval = "10s"

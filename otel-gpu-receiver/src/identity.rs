@@ -113,6 +113,15 @@ impl HostIdentity {
                  with every restart; mount the host's / read-only and pass --rootfs, or set \
                  K8S_NODE_NAME or --instance-id"
             );
+        } else if self.host_name_source == NameSource::Container {
+            tracing::warn!(
+                rootfs = %rootfs.display(),
+                host.name = %self.host_name,
+                service.instance.id = %self.instance_id,
+                "no etc/hostname under the rootfs and no K8S_NODE_NAME: host.name is this \
+                 container's hostname (service.instance.id is the host's machine id, so it \
+                 stays stable)"
+            );
         } else {
             tracing::debug!(
                 host.name = %self.host_name,
