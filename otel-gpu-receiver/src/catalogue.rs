@@ -1,6 +1,10 @@
 //! The static catalogue of every metric the agent can emit: name, instrument, unit,
 //! description and the family that produces it. One observable instrument is
 //! registered per entry; it reads its points from the latest [`Snapshot`](crate::snapshot::Snapshot).
+//!
+//! The catalogue is a leaf: it uses only the name modules ([`crate::names`],
+//! [`crate::gpu::names`]) and the semantic conventions, so every family can depend on
+//! it without a cycle.
 
 use std::fmt;
 use std::str::FromStr;
@@ -381,6 +385,7 @@ pub static CATALOGUE: &[MetricDesc] = &[
     m(sc::SYSTEM_MEMORY_USAGE, UpDownCounter, Int, "By", "Memory in use per state", MEMORY, &[a::SYSTEM_MEMORY_STATE]),
     m(sc::SYSTEM_MEMORY_LIMIT, UpDownCounter, Int, "By", "Total memory", MEMORY, &[]),
     m(sc::SYSTEM_MEMORY_UTILIZATION, Gauge, Float, "1", "Share of memory per state", MEMORY, &[a::SYSTEM_MEMORY_STATE]),
+    m(sc::SYSTEM_MEMORY_LINUX_AVAILABLE, UpDownCounter, Int, "By", "Memory available to new applications without swapping (MemAvailable)", MEMORY, &[]),
     m(sc::SYSTEM_PAGING_USAGE, UpDownCounter, Int, "By", "Swap space used and free", PAGING, &[a::SYSTEM_PAGING_STATE]),
     m(sc::SYSTEM_PAGING_UTILIZATION, Gauge, Float, "1", "Share of swap space used and free", PAGING, &[a::SYSTEM_PAGING_STATE]),
     m(sc::SYSTEM_PAGING_FAULTS, Counter, Int, "{fault}", "Page faults by type (/proc/vmstat)", PAGING, &[a::SYSTEM_PAGING_FAULT_TYPE]),
@@ -393,6 +398,10 @@ pub static CATALOGUE: &[MetricDesc] = &[
     m(sc::SYSTEM_FILESYSTEM_USAGE, UpDownCounter, Int, "By", "Filesystem space used, free and reserved", FILESYSTEM, FS_STATE),
     m(sc::SYSTEM_FILESYSTEM_LIMIT, UpDownCounter, Int, "By", "Filesystem size", FILESYSTEM, FS),
     m(sc::SYSTEM_FILESYSTEM_UTILIZATION, Gauge, Float, "1", "Share of the filesystem in use", FILESYSTEM, FS),
+    m(names::SYSTEM_FILESYSTEM_INODES_USAGE, UpDownCounter, Int, "{inode}", "Inodes used and free per filesystem with an inode table, from statvfs (where supported)", FILESYSTEM, FS_STATE),
+    m(names::FILESYSTEM_STUCK, UpDownCounter, Int, "{mount}", "1 per mount whose statvfs is hung; it is skipped, without a call, until it answers (from the first error)", FILESYSTEM, &[a::SYSTEM_FILESYSTEM_MOUNTPOINT]),
+    m(names::FILESYSTEM_TIMEOUTS, Counter, Int, "{call}", "statvfs calls abandoned past --statvfs-timeout (from the first error)", FILESYSTEM, &[]),
+    m(names::FILESYSTEM_SKIPPED, Counter, Int, "{mount}", "Mounts not read in a cycle: stuck, budget (the family's time ran out), hung_limit (too many calls still hung) (from the first error)", FILESYSTEM, &[a::ERROR_TYPE]),
     m(sc::SYSTEM_NETWORK_IO, Counter, Int, "By", "Bytes received and sent per interface", NETWORK, NET),
     m(sc::SYSTEM_NETWORK_PACKET_COUNT, Counter, Int, "{packet}", "Packets received and sent per interface", NETWORK, NET),
     m(sc::SYSTEM_NETWORK_ERRORS, Counter, Int, "{error}", "Receive and transmit errors per interface", NETWORK, NET),
@@ -414,6 +423,7 @@ pub static CATALOGUE: &[MetricDesc] = &[
     m(names::ERRORS, Counter, Int, "{error}", "Source failures by source and error type; a failing source is skipped (from the first error)", SELF, &[names::ATTR_SOURCE, a::ERROR_TYPE]),
     m(names::EXPORT_FAILURES, Counter, Int, "{request}", "OTLP export requests that failed", SELF, &[names::ATTR_SIGNAL]),
     m(names::SERIES, Gauge, Int, "{series}", "Series in the last snapshot", SELF, &[]),
+    m(names::SERIES_OVERFLOW, Counter, Int, "{series}", "Series beyond their instrument's cardinality limit, which the SDK folds into `otel.metric.overflow`, summed over cycles (from the first error)", SELF, &[names::ATTR_METRIC_NAME]),
     m(sc::HW_GPU_UTILIZATION, Gauge, Float, "1", "GPU busy share per task: general (utilization_rates().gpu), encoder, decoder", GPU, GPU_TASK),
     m(sc::HW_GPU_MEMORY_USAGE, UpDownCounter, Int, "By", "GPU memory in use (memory_info().used), per GPU and MIG instance", GPU, GPU_ID),
     m(sc::HW_GPU_MEMORY_LIMIT, UpDownCounter, Int, "By", "GPU memory size (memory_info().total), per GPU and MIG instance", GPU, GPU_ID),
@@ -443,9 +453,9 @@ pub static CATALOGUE: &[MetricDesc] = &[
     m(g::NVIDIA_GPU_MIG_INFO, UpDownCounter, Int, "1", "1 per MIG instance, with its parent, profile and instance ids (where supported)", GPU, GPU_MIG),
     m(g::PROCESS_GPU_MEMORY_USAGE, UpDownCounter, Int, "By", "GPU memory per pod and container (sums, the default), or per process with --per-process (running_compute_processes())", GPU, GPU_PROC),
     m(g::PROCESS_GPU_UTILIZATION, Gauge, Float, "1", "GPU use per pod and container (sums, at most 1), or per process with --per-process, by task (process_utilization_stats())", GPU, GPU_PROC_TASK),
-    m(crate::attribution::GPU_ALLOCATION, UpDownCounter, Int, "1", "1 per GPU and container the kubelet gave it to, busy or idle; needs the kubelet pod-resources socket (where supported)", GPU, GPU_ALLOCATION),
-    m(crate::attribution::ATTRIBUTION_OVERFLOW, Counter, Int, "{series}", "Attributed GPU series folded into `otel.metric.overflow` series by the cap (from the first error)", GPU, &[]),
-    m(crate::attribution::ATTRIBUTION_ERRORS, Counter, Int, "{error}", "Attribution problems: malformed cgroup files, kubelet timeouts and errors, unknown device IDs (from the first error)", GPU, &[a::ERROR_TYPE]),
+    m(names::GPU_ALLOCATION, UpDownCounter, Int, "1", "1 per GPU and container the kubelet gave it to, busy or idle; needs the kubelet pod-resources socket (where supported)", GPU, GPU_ALLOCATION),
+    m(names::ATTRIBUTION_OVERFLOW, Counter, Int, "{series}", "Attributed GPU series folded into `otel.metric.overflow` series by the cap (from the first error)", GPU, &[]),
+    m(names::ATTRIBUTION_ERRORS, Counter, Int, "{error}", "Attribution problems: malformed cgroup files, kubelet timeouts and errors, unknown device IDs (from the first error)", GPU, &[a::ERROR_TYPE]),
     m(g::NVML_TIMEOUTS, Counter, Int, "{call}", "NVML calls abandoned past their deadline; the cycle went on without them (from the first error)", GPU, &[g::ATTR_NVML_CALL]),
     m(g::NVML_ERRORS, Counter, Int, "{error}", "NVML calls that failed, NOT_SUPPORTED excluded (from the first error)", GPU, &[g::ATTR_NVML_CALL, a::ERROR_TYPE]),
     m(g::GPU_DEVICES, UpDownCounter, Int, "{device}", "GPUs and MIG instances known to the NVML session", GPU, &[]),

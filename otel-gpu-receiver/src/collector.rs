@@ -2,17 +2,22 @@
 //! time budget, so one hung call (statfs on a dead NFS mount) cannot stall the
 //! cycle. A failing source logs once, counts an error and is skipped.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use opentelemetry::KeyValue;
+
+use crate::cardinality::Limits;
 use crate::catalogue::Family;
-use crate::host::{self, CollectError, Roots, Source};
+use crate::host::{self, HostConfig, Roots};
+use crate::names;
 use crate::selfmon::SelfStats;
 use crate::snapshot::{Points, Snapshot};
+use crate::source::{CollectError, Source};
 
 type Reply = (usize, u64, Result<Points, CollectError>);
 
@@ -23,6 +28,22 @@ struct Worker {
     busy: Arc<AtomicBool>,
     /// The platform lacks this family: asked no more after the first answer.
     unsupported: bool,
+}
+
+/// The source of `family`: a host family, or the GPU source with the default library
+/// (the agent adds its GPU source with the configured settings instead, see
+/// [`crate::gpu::source`]).
+fn source(family: Family, host: &HostConfig) -> Box<dyn Source> {
+    let roots = &host.roots;
+    host::source_with(family, host).unwrap_or_else(|| {
+        Box::new(crate::gpu::GpuSource::new(
+            crate::gpu::GpuConfig {
+                proc_root: roots.proc.clone(),
+                ..crate::gpu::GpuConfig::default()
+            },
+            crate::gpu::Inventory::default(),
+        ))
+    })
 }
 
 /// Runs the sources once per cycle and builds snapshots.
@@ -36,16 +57,34 @@ pub struct Collector {
     stats: SelfStats,
     /// (source, error.type) pairs already logged; cleared when the source recovers.
     logged: HashSet<(&'static str, &'static str)>,
+    /// The SDK's per-instrument limits, when exporting through it.
+    limits: Option<Arc<Limits>>,
+    /// Series beyond their instrument's limit, per metric, since start.
+    overflow: BTreeMap<&'static str, u64>,
 }
 
 impl Collector {
-    /// Starts one worker per enabled family. `budget` bounds each source per cycle.
+    /// Starts one worker per enabled family, with the host families' default settings.
+    /// `budget` bounds each source per cycle.
     ///
     /// # Errors
     /// A worker thread cannot be spawned.
     pub fn new(
         families: &[Family],
         roots: &Roots,
+        budget: Duration,
+        stats: SelfStats,
+    ) -> std::io::Result<Self> {
+        Self::with_host(families, &HostConfig::from(roots.clone()), budget, stats)
+    }
+
+    /// Like [`Collector::new`], with the host families' settings of `host`.
+    ///
+    /// # Errors
+    /// A worker thread cannot be spawned.
+    pub fn with_host(
+        families: &[Family],
+        host: &HostConfig,
         budget: Duration,
         stats: SelfStats,
     ) -> std::io::Result<Self> {
@@ -58,9 +97,11 @@ impl Collector {
             cycle: 0,
             stats,
             logged: HashSet::new(),
+            limits: None,
+            overflow: BTreeMap::new(),
         };
         for &f in families {
-            c.add(host::source(f, roots))?;
+            c.add(source(f, host))?;
         }
         Ok(c)
     }
@@ -96,6 +137,17 @@ impl Collector {
             unsupported: false,
         });
         Ok(())
+    }
+
+    /// Counts, from now on, the series of each metric beyond its instrument's limit
+    /// in `limits`: the series the SDK folds into `otel.metric.overflow`.
+    pub fn set_limits(&mut self, limits: Arc<Limits>) {
+        self.limits = Some(limits);
+    }
+
+    /// Series beyond their instrument's limit, per metric, since start.
+    pub fn overflow(&self) -> &BTreeMap<&'static str, u64> {
+        &self.overflow
     }
 
     /// The self-monitoring counters.
@@ -171,6 +223,29 @@ impl Collector {
                     "source failed; skipping it (logged once until it recovers)"
                 );
             }
+        }
+        if let Some(limits) = &self.limits {
+            for (name, n) in limits.excess(&points) {
+                let total = self.overflow.entry(name).or_default();
+                if *total == 0 {
+                    tracing::warn!(
+                        metric = name,
+                        series = n,
+                        limit = limits.get(name),
+                        "more series than the instrument's cardinality limit: the excess is \
+                         folded into otel.metric.overflow and counted in \
+                         otel_gpu_receiver.series.overflow (logged once per metric)"
+                    );
+                }
+                *total += n;
+            }
+        }
+        for (name, n) in &self.overflow {
+            points.push(
+                names::SERIES_OVERFLOW,
+                vec![KeyValue::new(names::ATTR_METRIC_NAME, *name)],
+                *n,
+            );
         }
         let host_series = points.len();
         self.stats.watch_export();
@@ -251,6 +326,55 @@ mod tests {
             assert_eq!(c.cycle().points("system.uptime").len(), 1);
         }
         assert_eq!(c.stats().errors.get(&("disk", "unsupported")), Some(&1));
+    }
+
+    #[derive(Debug)]
+    struct Wide(usize);
+    impl Source for Wide {
+        fn family(&self) -> Family {
+            Family::Network
+        }
+        fn collect(&mut self, out: &mut Points) -> Result<(), CollectError> {
+            for i in 0..self.0 {
+                out.push(
+                    "system.network.io",
+                    vec![KeyValue::new("network.interface.name", format!("if{i}"))],
+                    1u64,
+                );
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn series_beyond_the_cardinality_limit_are_counted_per_metric_and_exported() {
+        let mut c = Collector::new(
+            &[],
+            &Roots::default(),
+            Duration::from_secs(5),
+            SelfStats::default(),
+        )
+        .unwrap();
+        c.add(Box::new(Wide(2003))).unwrap();
+        // Without limits (`--once`: no SDK) nothing is counted.
+        assert!(c.cycle().points(names::SERIES_OVERFLOW).is_empty());
+        let shape = crate::cardinality::Shape {
+            cpus: 1,
+            disks: 1,
+            mounts: 1,
+            interfaces: 1,
+        };
+        c.set_limits(Arc::new(Limits::for_shape(&shape, 0)));
+        c.cycle();
+        let s = c.cycle();
+        let p = s.points(names::SERIES_OVERFLOW);
+        assert_eq!(p.len(), 1);
+        assert_eq!(
+            p[0].attributes,
+            [KeyValue::new(names::ATTR_METRIC_NAME, "system.network.io")]
+        );
+        assert_eq!(p[0].value, crate::snapshot::Value::Int(6));
+        assert_eq!(c.overflow().get("system.network.io"), Some(&6));
     }
 
     #[test]

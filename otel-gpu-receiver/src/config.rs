@@ -12,14 +12,19 @@
 //! | `--prometheus` | `OTEL_GPU_RECEIVER_PROMETHEUS` | `prometheus` | off; a bare port binds 127.0.0.1 |
 //! | `--families` / `--disable` | `OTEL_GPU_RECEIVER_FAMILIES` / `_DISABLE` | `families` / `disable` | all on |
 //! | `--proc-root` / `--sys-root` | `OTEL_GPU_RECEIVER_PROC_ROOT` / `_SYS_ROOT` | `proc_root` / `sys_root` | `/proc`, `/sys` |
+//! | `--rootfs` | `OTEL_GPU_RECEIVER_ROOTFS` | `rootfs` | `/` (the host's root filesystem: statvfs, hostname, machine id) |
 //! | `--source-timeout` | `OTEL_GPU_RECEIVER_SOURCE_TIMEOUT` | `source_timeout` | half the interval, at most 5 s |
-//! | `--instance-id` | `OTEL_GPU_RECEIVER_INSTANCE_ID` | `instance_id` | the host name |
+//! | `--fs-types-exclude` | `OTEL_GPU_RECEIVER_FS_TYPES_EXCLUDE` | `fs_types_exclude` (a list) | overlay, tmpfs, squashfs, nsfs, proc, sysfs, `cgroup*`, … |
+//! | `--mount-points-exclude` | `OTEL_GPU_RECEIVER_MOUNT_POINTS_EXCLUDE` | `mount_points_exclude` (a list) | `/dev`, `/proc`, `/sys`, `/var/lib/kubelet/pods/*`, `/run/containerd/*`, … |
+//! | `--interfaces-exclude` | `OTEL_GPU_RECEIVER_INTERFACES_EXCLUDE` | `interfaces_exclude` (a list) | `veth*`, `cali*`, `flannel*`, `cni*`, `docker*` |
+//! | `--statvfs-timeout` | `OTEL_GPU_RECEIVER_STATVFS_TIMEOUT` | `statvfs_timeout` | 1 s, at most half the filesystem budget (80% of the source budget) |
+//! | `--instance-id` | `OTEL_GPU_RECEIVER_INSTANCE_ID` | `instance_id` | `K8S_NODE_NAME`, else the host's hostname under `--rootfs`, else its machine id |
 //! | `--otlp-endpoint` | `OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT` | `otlp.endpoint` | `http://localhost:4317` |
 //! | | `OTEL_EXPORTER_OTLP_[METRICS_]HEADERS` | `otlp.headers` (a table) | none |
 //! | | `OTEL_EXPORTER_OTLP_[METRICS_]TIMEOUT` (ms) | `otlp.timeout` (`10s`) | 10 s |
 //! | `--otlp-compression` | `OTEL_EXPORTER_OTLP_[METRICS_]COMPRESSION` | `otlp.compression` | none |
 //! | `--no-otlp` | | `otlp.enabled = false` | push on |
-//! | | `K8S_NODE_NAME` | | `k8s.node.name` resource attribute when set |
+//! | | `K8S_NODE_NAME` | | `k8s.node.name` and `service.instance.id` when set |
 //!
 //! ```toml
 //! interval = "10s"
@@ -41,7 +46,10 @@ use std::time::Duration;
 use otel_instrument::config::{Compression, ExporterConfig, Overrides, Signal};
 
 use crate::catalogue::Family;
-use crate::host::Roots;
+use crate::host::exclude::{Kind, Patterns};
+use crate::host::filesystem::FilesystemConfig;
+use crate::host::network::NetworkConfig;
+use crate::host::{HostConfig, Roots};
 
 /// Output format of `--once`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -102,10 +110,38 @@ pub struct Flags {
     /// sysfs root. Default: /sys.
     #[arg(long, value_name = "PATH")]
     pub sys_root: Option<PathBuf>,
+    /// Where the host's root filesystem is mounted (read-only) in a container: mount
+    /// points are statvfs'ed, and the hostname and machine id read, under it.
+    /// Env: OTEL_GPU_RECEIVER_ROOTFS. Default: /.
+    #[arg(long, value_name = "PATH")]
+    pub rootfs: Option<PathBuf>,
     /// Time budget of one source per cycle. Default: half the interval, at most 5s.
     #[arg(long, value_name = "DURATION")]
     pub source_timeout: Option<String>,
-    /// service.instance.id. Default: the host name.
+    /// Filesystem types to leave out, comma-separated (`*` matches any characters); the
+    /// list replaces the default one, and `none` keeps every type.
+    /// Env: OTEL_GPU_RECEIVER_FS_TYPES_EXCLUDE. Default: overlay, tmpfs, squashfs,
+    /// nsfs, proc, sysfs, cgroup* and other pseudo filesystems (see CATALOGUE.md).
+    #[arg(long, value_name = "LIST")]
+    pub fs_types_exclude: Option<String>,
+    /// Mount points to leave out, comma-separated: a path excludes itself and what is
+    /// under it, `*` matches any characters; the list replaces the default one, and
+    /// `none` keeps every mount. Env: OTEL_GPU_RECEIVER_MOUNT_POINTS_EXCLUDE.
+    /// Default: /dev, /proc, /sys, /var/lib/kubelet/pods/*, /run/containerd/*, … (see CATALOGUE.md).
+    #[arg(long, value_name = "LIST")]
+    pub mount_points_exclude: Option<String>,
+    /// Network interfaces to leave out, comma-separated (`*` matches any characters);
+    /// the list replaces the default one, and `none` keeps every interface.
+    /// Env: OTEL_GPU_RECEIVER_INTERFACES_EXCLUDE. Default: veth*,cali*,flannel*,cni*,docker*.
+    #[arg(long, value_name = "LIST")]
+    pub interfaces_exclude: Option<String>,
+    /// Deadline of one statvfs; a mount past it is skipped until it answers again.
+    /// Env: OTEL_GPU_RECEIVER_STATVFS_TIMEOUT. Default: 1s (at most half the
+    /// filesystem family's budget, which is 80% of --source-timeout).
+    #[arg(long, value_name = "DURATION")]
+    pub statvfs_timeout: Option<String>,
+    /// service.instance.id. Default: K8S_NODE_NAME, else the host's hostname under
+    /// --rootfs, else its machine id (stable across restarts on one host).
     #[arg(long, value_name = "ID")]
     pub instance_id: Option<String>,
     /// The NVML library to load (for example /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1).
@@ -167,8 +203,18 @@ pub struct FileConfig {
     pub proc_root: Option<PathBuf>,
     /// Like `--sys-root`.
     pub sys_root: Option<PathBuf>,
+    /// Like `--rootfs`.
+    pub rootfs: Option<PathBuf>,
     /// Like `--source-timeout`.
     pub source_timeout: Option<String>,
+    /// Like `--fs-types-exclude`, as a list.
+    pub fs_types_exclude: Option<Vec<String>>,
+    /// Like `--mount-points-exclude`, as a list.
+    pub mount_points_exclude: Option<Vec<String>>,
+    /// Like `--interfaces-exclude`, as a list.
+    pub interfaces_exclude: Option<Vec<String>>,
+    /// Like `--statvfs-timeout`.
+    pub statvfs_timeout: Option<String>,
     /// Like `--instance-id`.
     pub instance_id: Option<String>,
     /// Like `--nvml-lib`.
@@ -268,11 +314,20 @@ pub struct Settings {
     pub prometheus: Option<SocketAddr>,
     /// Enabled families. Default: all.
     pub families: Vec<Family>,
-    /// /proc and /sys. Default: the real ones.
+    /// /proc, /sys and the host's root filesystem. Default: `/proc`, `/sys`, `/`.
     pub roots: Roots,
     /// Time budget of one source per cycle. Default: half the interval, at most 5 s.
     pub source_timeout: Duration,
-    /// `service.instance.id`. Default: the host name.
+    /// The filesystem family's excludes and `statvfs` deadlines. Default: see
+    /// [`FilesystemConfig`], with a budget of 80% of `source_timeout`.
+    pub filesystem: FilesystemConfig,
+    /// The network family's excludes. Default: see [`NetworkConfig`].
+    pub network: NetworkConfig,
+    /// The flag, variable or file key that set `roots.rootfs`, to name it in
+    /// [`Settings::check_host_paths`]'s error. Default: none (the default `/`).
+    pub rootfs_origin: Option<String>,
+    /// `service.instance.id` when given; otherwise it is derived from the host's
+    /// identity (see [`crate::identity`]). Default: none.
     pub instance_id: Option<String>,
     /// `k8s.node.name`, from `K8S_NODE_NAME`. Default: none.
     pub k8s_node_name: Option<String>,
@@ -433,6 +488,8 @@ impl Settings {
         };
 
         let families = resolve_families(&flags, &env, &file, fpath)?;
+        let (filesystem, network) =
+            resolve_host_families(&flags, &env, &file, fpath, source_timeout)?;
 
         let mut roots = Roots::default();
         if let Some(p) = flags
@@ -450,6 +507,21 @@ impl Settings {
             .or_else(|| file.sys_root.clone())
         {
             roots.sys = p;
+        }
+        let mut rootfs_origin = None;
+        if let Some((o, p)) = flags
+            .rootfs
+            .clone()
+            .map(|p| (Origin::Flag("--rootfs"), p))
+            .or_else(|| env("ROOTFS").map(|(n, v)| (Origin::Env(n), PathBuf::from(v))))
+            .or_else(|| {
+                file.rootfs
+                    .clone()
+                    .map(|p| (Origin::File(fpath, "rootfs"), p))
+            })
+        {
+            roots.rootfs = parse_rootfs(&o.to_string(), p)?;
+            rootfs_origin = Some(o.to_string());
         }
 
         let instance_id = flags
@@ -498,6 +570,9 @@ impl Settings {
             families,
             roots,
             source_timeout,
+            filesystem,
+            network,
+            rootfs_origin,
             instance_id,
             k8s_node_name,
             nvml_lib,
@@ -507,6 +582,144 @@ impl Settings {
             format: flags.format,
         })
     }
+}
+
+impl Settings {
+    /// The host families' settings, for the collector.
+    pub fn host(&self) -> HostConfig {
+        HostConfig {
+            roots: self.roots.clone(),
+            filesystem: self.filesystem.clone(),
+            network: self.network.clone(),
+        }
+    }
+}
+
+/// The filesystem and network families' excludes and the statvfs deadline:
+/// flags > env > file > defaults.
+fn resolve_host_families(
+    flags: &Flags,
+    env: &dyn Fn(&str) -> Option<(String, String)>,
+    file: &FileConfig,
+    fpath: &Path,
+    source_timeout: Duration,
+) -> Result<(FilesystemConfig, NetworkConfig), ConfigError> {
+    let list = |kind: Kind,
+                flag: Option<&String>,
+                fname: &'static str,
+                suffix: &str,
+                fval: Option<&Vec<String>>,
+                key: &'static str,
+                example: &str|
+     -> Result<Patterns, ConfigError> {
+        let (culprit, value, items): (String, String, Vec<String>) = if let Some(v) = flag {
+            (fname.to_owned(), v.clone(), split_list(v))
+        } else if let Some((n, v)) = env(suffix) {
+            let items = split_list(&v);
+            (n, v, items)
+        } else if let Some(items) = fval {
+            (
+                Origin::File(fpath, key).to_string(),
+                format!("{items:?}"),
+                items.clone(),
+            )
+        } else {
+            return Ok(Patterns::default_for(kind));
+        };
+        if items.is_empty() || (items.len() == 1 && items[0].eq_ignore_ascii_case("none")) {
+            return Ok(Patterns::none(kind));
+        }
+        Patterns::parse(kind, &items).map_err(|e| {
+            ConfigError::invalid(
+                culprit,
+                value,
+                format!(
+                    "{e}; separate patterns with commas, use * for any characters, \
+                     or give `none` to exclude nothing"
+                ),
+                example,
+            )
+        })
+    };
+    let fs_types_exclude = list(
+        Kind::FsType,
+        flags.fs_types_exclude.as_ref(),
+        "--fs-types-exclude",
+        "FS_TYPES_EXCLUDE",
+        file.fs_types_exclude.as_ref(),
+        "fs_types_exclude",
+        "overlay,tmpfs,squashfs,nsfs,proc,sysfs,cgroup*",
+    )?;
+    let mount_points_exclude = list(
+        Kind::MountPoint,
+        flags.mount_points_exclude.as_ref(),
+        "--mount-points-exclude",
+        "MOUNT_POINTS_EXCLUDE",
+        file.mount_points_exclude.as_ref(),
+        "mount_points_exclude",
+        "/dev,/proc,/sys,/var/lib/kubelet/pods/*,/run/containerd/*",
+    )?;
+    let interfaces_exclude = list(
+        Kind::Interface,
+        flags.interfaces_exclude.as_ref(),
+        "--interfaces-exclude",
+        "INTERFACES_EXCLUDE",
+        file.interfaces_exclude.as_ref(),
+        "interfaces_exclude",
+        "veth*,cali*,flannel*,cni*,docker*",
+    )?;
+
+    // The filesystem family's calls get 80% of the source budget, so that the
+    // collector never counts the family as timed out because of one hung mount.
+    let budget = source_timeout.mul_f64(0.8);
+    let statvfs_timeout = match (&flags.statvfs_timeout, env("STATVFS_TIMEOUT")) {
+        (Some(v), _) => Some(("--statvfs-timeout".to_owned(), v.clone())),
+        (None, Some((n, v))) => Some((n, v)),
+        (None, None) => file
+            .statvfs_timeout
+            .clone()
+            .map(|v| (Origin::File(fpath, "statvfs_timeout").to_string(), v)),
+    };
+    let statvfs_timeout = match statvfs_timeout {
+        Some((culprit, v)) => {
+            let d = parse_duration(&culprit, &v, "1s")?;
+            if d > budget / 2 {
+                return Err(ConfigError::invalid(
+                    culprit,
+                    v,
+                    format!(
+                        "the statvfs deadline must be at most half the filesystem budget \
+                         ({:?}, 80% of the source time budget {source_timeout:?}), so that \
+                         a hung mount leaves time for the others; lower it or raise \
+                         --source-timeout",
+                        budget / 2
+                    ),
+                    "1s",
+                ));
+            }
+            d
+        }
+        None => Duration::from_secs(1).min(budget / 2),
+    };
+    Ok((
+        FilesystemConfig {
+            fs_types_exclude,
+            mount_points_exclude,
+            statvfs_timeout,
+            budget,
+            ..FilesystemConfig::default()
+        },
+        NetworkConfig { interfaces_exclude },
+    ))
+}
+
+/// Splits a comma-separated list, dropping empty items.
+fn split_list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// GPU attribution settings (issue 6): flags > env > file > defaults.
@@ -754,6 +967,45 @@ fn parse_duration(culprit: &str, value: &str, example: &str) -> Result<Duration,
     }
 }
 
+const ROOTFS_EXAMPLE: &str = "/host (with the host's / mounted there read-only: -v /:/host:ro)";
+
+/// `--rootfs` must be an absolute path: a relative one would depend on the working
+/// directory. Whether it exists is checked where the agent runs
+/// ([`Settings::check_host_paths`]), so that a manifest's settings can be validated
+/// anywhere.
+fn parse_rootfs(culprit: &str, p: PathBuf) -> Result<PathBuf, ConfigError> {
+    if !p.is_absolute() {
+        return Err(ConfigError::invalid(
+            culprit,
+            p.display().to_string(),
+            "the host's root filesystem must be an absolute path",
+            ROOTFS_EXAMPLE,
+        ));
+    }
+    Ok(p)
+}
+
+impl Settings {
+    /// Checks, on the machine where the agent runs, that the paths the settings name
+    /// are there: a missing `--rootfs` would make every mount point fail `statvfs` and
+    /// the identity fall back, without a word.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the flag, variable or key and the fix.
+    pub fn check_host_paths(&self) -> Result<(), ConfigError> {
+        if !self.roots.rootfs.is_dir() {
+            return Err(ConfigError::invalid(
+                self.rootfs_origin.as_deref().unwrap_or("--rootfs"),
+                self.roots.rootfs.display().to_string(),
+                "not a directory here; mount the host's / into the container and name \
+                 where it is mounted",
+                ROOTFS_EXAMPLE,
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The shortest interval a user may set: shorter ones cost more CPU than they are worth.
 /// `--allow-short-interval` (soak tests only) lifts it: any interval above zero, so that
 /// cycles can run back to back.
@@ -914,6 +1166,108 @@ mod tests {
         let s = resolve(&["--no-otlp", "--prometheus", ":9464"], &[]).unwrap();
         assert!(s.otlp.is_none());
         assert_eq!(s.prometheus.unwrap().to_string(), "127.0.0.1:9464");
+    }
+
+    #[test]
+    fn rootfs_comes_from_flag_env_or_file_and_must_be_an_existing_absolute_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().to_str().unwrap();
+        assert_eq!(resolve(&[], &[]).unwrap().roots.rootfs, Path::new("/"));
+        let s = resolve(&[], &[("OTEL_GPU_RECEIVER_ROOTFS", dir)]).unwrap();
+        assert_eq!(s.roots.rootfs, d.path());
+        let f = file(&format!("rootfs = \"{dir}\"\n"));
+        let s = resolve(&["--config", f.path().to_str().unwrap()], &[]).unwrap();
+        assert_eq!(s.roots.rootfs, d.path());
+
+        let e = resolve(&["--rootfs", "host"], &[]).unwrap_err().to_string();
+        assert!(e.contains("--rootfs") && e.contains("absolute"), "{e}");
+        // A path that is not here parses (a manifest can be checked anywhere), and
+        // the check where the agent runs names where it came from.
+        assert!(resolve(&[], &[]).unwrap().check_host_paths().is_ok());
+        let missing = d.path().join("nope");
+        let s = resolve(
+            &[],
+            &[("OTEL_GPU_RECEIVER_ROOTFS", missing.to_str().unwrap())],
+        )
+        .unwrap();
+        let e = s.check_host_paths().unwrap_err().to_string();
+        assert!(
+            e.contains("OTEL_GPU_RECEIVER_ROOTFS") && e.contains("not a directory"),
+            "{e}"
+        );
+        let f = file("rootfs = \"/definitely/not/here\"\n");
+        let s = resolve(&["--config", f.path().to_str().unwrap()], &[]).unwrap();
+        let e = s.check_host_paths().unwrap_err().to_string();
+        assert!(e.contains("key `rootfs`"), "{e}");
+    }
+
+    #[test]
+    fn exclude_lists_come_from_flag_env_or_file_and_replace_the_defaults() {
+        let s = resolve(&[], &[]).unwrap();
+        assert!(s.filesystem.fs_types_exclude.matches("overlay"));
+        assert!(
+            s.filesystem
+                .mount_points_exclude
+                .matches("/var/lib/kubelet/pods/x")
+        );
+        assert!(s.network.interfaces_exclude.matches("veth1"));
+        assert_eq!(s.filesystem.statvfs_timeout, Duration::from_secs(1));
+        assert_eq!(s.filesystem.budget, Duration::from_secs(4));
+
+        let s = resolve(&["--interfaces-exclude", "lo,eth*"], &[]).unwrap();
+        assert!(s.network.interfaces_exclude.matches("eth0"));
+        assert!(!s.network.interfaces_exclude.matches("veth1"));
+        let s = resolve(&[], &[("OTEL_GPU_RECEIVER_FS_TYPES_EXCLUDE", "none")]).unwrap();
+        assert!(!s.filesystem.fs_types_exclude.matches("overlay"));
+        let s = resolve(&["--mount-points-exclude", ""], &[]).unwrap();
+        assert!(!s.filesystem.mount_points_exclude.matches("/proc"));
+        let f = file("mount_points_exclude = [\"/srv\"]\nstatvfs_timeout = \"250ms\"\n");
+        let s = resolve(&["--config", f.path().to_str().unwrap()], &[]).unwrap();
+        assert!(s.filesystem.mount_points_exclude.matches("/srv/x"));
+        assert!(!s.filesystem.mount_points_exclude.matches("/proc"));
+        assert_eq!(s.filesystem.statvfs_timeout, Duration::from_millis(250));
+        // The env beats the file, the flag beats the env.
+        let s = resolve(
+            &["--config", f.path().to_str().unwrap()],
+            &[("OTEL_GPU_RECEIVER_MOUNT_POINTS_EXCLUDE", "/data")],
+        )
+        .unwrap();
+        assert!(s.filesystem.mount_points_exclude.matches("/data"));
+        assert!(!s.filesystem.mount_points_exclude.matches("/srv"));
+    }
+
+    #[test]
+    fn bad_exclude_patterns_and_statvfs_timeouts_name_the_flag_variable_or_key() {
+        let e = resolve(&["--mount-points-exclude", "/proc,var/lib"], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--mount-points-exclude") && e.contains("var/lib") && e.contains("absolute"),
+            "{e}"
+        );
+        let e = resolve(&[], &[("OTEL_GPU_RECEIVER_FS_TYPES_EXCLUDE", "ext4 xfs")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("OTEL_GPU_RECEIVER_FS_TYPES_EXCLUDE") && e.contains("commas"),
+            "{e}"
+        );
+        let f = file("interfaces_exclude = [\"eth 0\"]\n");
+        let e = resolve(&["--config", f.path().to_str().unwrap()], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("key `interfaces_exclude`"), "{e}");
+        let e = resolve(&["--statvfs-timeout", "3s"], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--statvfs-timeout") && e.contains("half"), "{e}");
+        let e = resolve(&[], &[("OTEL_GPU_RECEIVER_STATVFS_TIMEOUT", "soon")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("OTEL_GPU_RECEIVER_STATVFS_TIMEOUT"), "{e}");
+        // A short interval shrinks the default deadline with it.
+        let s = resolve(&["--interval", "1s"], &[]).unwrap();
+        assert_eq!(s.filesystem.statvfs_timeout, Duration::from_millis(200));
     }
 
     #[test]

@@ -15,16 +15,19 @@
 //! ```
 
 pub mod attribution;
+pub mod cardinality;
 pub mod catalogue;
 pub mod collector;
 pub mod config;
 pub mod gpu;
 pub mod host;
+pub mod identity;
 pub mod names;
 pub mod output;
 pub mod quiet;
 pub mod selfmon;
 pub mod snapshot;
+pub mod source;
 pub mod telemetry;
 
 use std::sync::mpsc;
@@ -85,7 +88,7 @@ fn collector(
         .copied()
         .filter(|f| *f != catalogue::Family::Gpu)
         .collect();
-    let mut c = Collector::new(&host, &settings.roots, settings.source_timeout, stats)
+    let mut c = Collector::with_host(&host, &settings.host(), settings.source_timeout, stats)
         .map_err(RunError::Spawn)?;
     if settings.families.contains(&catalogue::Family::Gpu) {
         // Attribution (issue 6): process -> container -> pod, over the GPU source's points.
@@ -112,6 +115,8 @@ pub fn run(settings: &Settings) -> Result<(), RunError> {
         ..SelfStats::default()
     };
     let mut collector = collector(settings, stats, &gpu::Inventory::default())?;
+    // The SDK folds series beyond an instrument's limit: count them per metric.
+    collector.set_limits(telemetry.limits());
 
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     telemetry.runtime().handle().spawn(async move {

@@ -14,7 +14,9 @@ fn main() -> ExitCode {
         print!("{}", otel_gpu_receiver::catalogue::markdown());
         return ExitCode::SUCCESS;
     }
-    let settings = match Settings::resolve(flags, &|k| std::env::var(k).ok()) {
+    let settings = match Settings::resolve(flags, &|k| std::env::var(k).ok())
+        .and_then(|s| s.check_host_paths().map(|()| s))
+    {
         Ok(s) => s,
         Err(e) => {
             eprintln!("otel-gpu-receiver: configuration error: {}", chain(&e));

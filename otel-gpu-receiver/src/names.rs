@@ -13,6 +13,10 @@ pub const SYSTEM_CPU_LOAD_AVERAGE_5M: &str = "system.cpu.load_average.5m";
 /// 15-minute load average (hostmetrics receiver name).
 pub const SYSTEM_CPU_LOAD_AVERAGE_15M: &str = "system.cpu.load_average.15m";
 
+/// Inodes used and free per filesystem. Not in the semantic conventions: the
+/// Collector hostmetrics receiver's name, with `system.filesystem.state` (used, free).
+pub const SYSTEM_FILESYSTEM_INODES_USAGE: &str = "system.filesystem.inodes.usage";
+
 /// Duration of the last collection cycle.
 pub const CYCLE_DURATION: &str = "otel_gpu_receiver.cycle.duration";
 /// Collection cycles completed.
@@ -24,6 +28,27 @@ pub const EXPORT_FAILURES: &str = "otel_gpu_receiver.export.failures";
 /// Series (points) in the last snapshot.
 pub const SERIES: &str = "otel_gpu_receiver.series";
 
+/// Filesystem family: 1 per mount whose `statvfs` is hung now (skipped until it answers).
+pub const FILESYSTEM_STUCK: &str = "otel_gpu_receiver.filesystem.stuck";
+/// Filesystem family: `statvfs` calls abandoned past their deadline.
+pub const FILESYSTEM_TIMEOUTS: &str = "otel_gpu_receiver.filesystem.timeouts";
+/// Filesystem family: mounts not asked in a cycle, by why (stuck, budget, hung_limit).
+pub const FILESYSTEM_SKIPPED: &str = "otel_gpu_receiver.filesystem.skipped";
+
+/// `nvidia.gpu.allocation`: 1 per GPU and container that the kubelet gave it to.
+pub const GPU_ALLOCATION: &str = "nvidia.gpu.allocation";
+/// Self-metric: attributed series folded into overflow series because of the cap.
+pub const ATTRIBUTION_OVERFLOW: &str = "otel_gpu_receiver.attribution.overflow";
+/// Self-metric: attribution problems by `error.type` (malformed cgroup file, kubelet timeout…).
+pub const ATTRIBUTION_ERRORS: &str = "otel_gpu_receiver.attribution.errors";
+
+/// The attribute that marks an overflow series (the OpenTelemetry SDK's own convention).
+pub const ATTR_OVERFLOW: &str = "otel.metric.overflow";
+/// Series folded into `otel.metric.overflow` by the SDK's per-instrument cardinality
+/// limit, per metric.
+pub const SERIES_OVERFLOW: &str = "otel_gpu_receiver.series.overflow";
+/// Attribute: the metric a self-metric is about.
+pub const ATTR_METRIC_NAME: &str = "metric.name";
 /// Attribute: the source (family) a self-metric is about.
 pub const ATTR_SOURCE: &str = "source";
 /// Attribute: the signal of an export failure.

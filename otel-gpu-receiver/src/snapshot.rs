@@ -91,6 +91,11 @@ impl Points {
         self.points.is_empty()
     }
 
+    /// The points so far, in insertion order.
+    pub fn iter(&self) -> impl Iterator<Item = &Point> + '_ {
+        self.points.iter()
+    }
+
     /// Moves every point out of `other` into `self`.
     pub fn append(&mut self, other: &mut Points) {
         self.points.append(&mut other.points);

@@ -81,25 +81,30 @@ impl Health {
     }
 }
 
-/// The resource: service, host and (when set) Kubernetes node attributes.
+/// The resource: service, host and (when set) Kubernetes node attributes. The host's
+/// identity is read under `--rootfs` ([`crate::identity`]), so that it is the host's
+/// and not the container's, and `service.instance.id` is stable across restarts.
 pub fn resource(settings: &Settings) -> Resource {
-    let host = sysinfo::System::host_name().unwrap_or_else(|_| "unknown".to_owned());
+    let id = crate::identity::HostIdentity::detect(
+        &settings.roots.rootfs,
+        settings.instance_id.as_deref(),
+        settings.k8s_node_name.as_deref(),
+        &|| sysinfo::System::host_name().ok(),
+    );
+    id.log(&settings.roots.rootfs);
     let mut attrs = vec![
         KeyValue::new(res::SERVICE_NAME, names::SERVICE_NAME),
         KeyValue::new(res::SERVICE_VERSION, env!("CARGO_PKG_VERSION")),
-        KeyValue::new(
-            res::SERVICE_INSTANCE_ID,
-            settings.instance_id.clone().unwrap_or_else(|| host.clone()),
-        ),
-        KeyValue::new(res::HOST_NAME, host),
+        KeyValue::new(res::SERVICE_INSTANCE_ID, id.instance_id),
+        KeyValue::new(res::HOST_NAME, id.host_name),
         KeyValue::new(res::HOST_ARCH, host_arch()),
         KeyValue::new(res::OS_TYPE, os_type()),
     ];
-    if let Some(id) = machine_id() {
-        attrs.push(KeyValue::new(res::HOST_ID, id));
+    if let Some(host_id) = id.host_id {
+        attrs.push(KeyValue::new(res::HOST_ID, host_id));
     }
-    if let Some(node) = &settings.k8s_node_name {
-        attrs.push(KeyValue::new(res::K8S_NODE_NAME, node.clone()));
+    if let Some(node) = id.node_name {
+        attrs.push(KeyValue::new(res::K8S_NODE_NAME, node));
     }
     Resource::builder_empty().with_attributes(attrs).build()
 }
@@ -124,18 +129,11 @@ fn os_type() -> &'static str {
     }
 }
 
-fn machine_id() -> Option<String> {
-    ["/etc/machine-id", "/var/lib/dbus/machine-id"]
-        .iter()
-        .find_map(|p| std::fs::read_to_string(p).ok())
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-}
-
 /// The running export pipeline.
 #[derive(Debug)]
 pub struct Telemetry {
     provider: SdkMeterProvider,
+    limits: Arc<crate::cardinality::Limits>,
     runtime: ExportRuntime,
     stats: Arc<ExportStats>,
     prometheus: Option<SocketAddr>,
@@ -155,7 +153,12 @@ impl Telemetry {
         let runtime = ExportRuntime::new()?;
         // The collection loop logs outages itself (selfmon), in the agent's words.
         let stats = Arc::new(ExportStats::without_outage_log());
-        let mut builder = SdkMeterProvider::builder().with_resource(resource(settings));
+        // Per-instrument cardinality limits from the host's shape (the SDK's default of
+        // 2000 series would fold a big host's system.cpu.time into overflow).
+        let limits = Arc::new(crate::cardinality::Limits::estimate(settings));
+        let mut builder = SdkMeterProvider::builder()
+            .with_resource(resource(settings))
+            .with_view(limits.view());
         if let Some(cfg) = &settings.otlp {
             let exporter = otel_instrument::export::metric_exporter(&runtime, cfg, stats.clone())?;
             let reader = PeriodicReader::builder(exporter)
@@ -207,10 +210,16 @@ impl Telemetry {
         }
         Ok(Self {
             provider,
+            limits,
             runtime,
             stats,
             prometheus,
         })
+    }
+
+    /// The per-instrument cardinality limits the provider was built with.
+    pub fn limits(&self) -> Arc<crate::cardinality::Limits> {
+        self.limits.clone()
     }
 
     /// Failure counts of the OTLP exporter.

@@ -39,18 +39,13 @@ use self::cgroup::{CgroupError, CgroupReader, ContainerInfo};
 use self::kubelet::{Allocations, GpuIdentity, Holder, KubeletSource};
 use self::pods::PodDirectory;
 
-/// `nvidia.gpu.allocation`: 1 per GPU and container that the kubelet gave it to.
-pub const GPU_ALLOCATION: &str = "nvidia.gpu.allocation";
 /// `process.gpu.memory.usage`, the GPU source's per-process series that attribution rewrites.
 pub use crate::gpu::names::PROCESS_GPU_MEMORY_USAGE;
 /// `process.gpu.utilization`, the GPU source's per-process series that attribution rewrites.
 pub use crate::gpu::names::PROCESS_GPU_UTILIZATION;
-/// Self-metric: attributed series folded into overflow series because of the cap.
-pub const ATTRIBUTION_OVERFLOW: &str = "otel_gpu_receiver.attribution.overflow";
-/// Self-metric: attribution problems by `error.type` (malformed cgroup file, kubelet timeout…).
-pub const ATTRIBUTION_ERRORS: &str = "otel_gpu_receiver.attribution.errors";
-/// The attribute that marks an overflow series (the OpenTelemetry SDK's own convention).
-pub const ATTR_OVERFLOW: &str = "otel.metric.overflow";
+/// The attribution metric names (they live in [`crate::names`], so that the catalogue
+/// needs nothing from this module).
+pub use crate::names::{ATTR_OVERFLOW, ATTRIBUTION_ERRORS, ATTRIBUTION_OVERFLOW, GPU_ALLOCATION};
 
 /// How attribution runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,7 +89,7 @@ pub struct AttributedSource<S> {
     attributor: Attributor,
 }
 
-impl<S: crate::host::Source> AttributedSource<S> {
+impl<S: crate::source::Source> AttributedSource<S> {
     /// Wraps `inner`.
     pub fn new(inner: S, config: AttributionConfig) -> Self {
         Self {
@@ -104,12 +99,12 @@ impl<S: crate::host::Source> AttributedSource<S> {
     }
 }
 
-impl<S: crate::host::Source + std::fmt::Debug> crate::host::Source for AttributedSource<S> {
+impl<S: crate::source::Source + std::fmt::Debug> crate::source::Source for AttributedSource<S> {
     fn family(&self) -> crate::catalogue::Family {
         self.inner.family()
     }
 
-    fn collect(&mut self, out: &mut Points) -> Result<(), crate::host::CollectError> {
+    fn collect(&mut self, out: &mut Points) -> Result<(), crate::source::CollectError> {
         let mut mine = Points::default();
         self.inner.collect(&mut mine)?;
         self.attributor.apply(&mut mine);
@@ -119,10 +114,10 @@ impl<S: crate::host::Source + std::fmt::Debug> crate::host::Source for Attribute
 }
 
 /// Wraps `source` in attribution when `config` is `Some` (attribution on).
-pub fn wrap<S: crate::host::Source + std::fmt::Debug>(
+pub fn wrap<S: crate::source::Source + std::fmt::Debug>(
     source: S,
     config: Option<&AttributionConfig>,
-) -> Box<dyn crate::host::Source> {
+) -> Box<dyn crate::source::Source> {
     match config {
         Some(c) => Box::new(AttributedSource::new(source, c.clone())),
         None => Box::new(source),

@@ -110,7 +110,7 @@ impl GpuSource {
     }
 }
 
-impl crate::host::Source for GpuSource {
+impl crate::source::Source for GpuSource {
     fn family(&self) -> crate::catalogue::Family {
         crate::catalogue::Family::Gpu
     }
@@ -118,7 +118,7 @@ impl crate::host::Source for GpuSource {
     fn collect(
         &mut self,
         out: &mut crate::snapshot::Points,
-    ) -> Result<(), crate::host::CollectError> {
+    ) -> Result<(), crate::source::CollectError> {
         if self.session.is_none()
             && let Some(cfg) = self.cfg.take()
         {

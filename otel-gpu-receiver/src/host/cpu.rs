@@ -1,14 +1,16 @@
 //! `system.cpu.*`: time per mode and logical CPU from /proc/stat (sysinfo has no
 //! per-mode time), utilization per mode from the delta between cycles, frequency
-//! from cpufreq or /proc/cpuinfo, and CPU counts.
+//! from cpufreq or /proc/cpuinfo, and CPU counts. `system.cpu.time` never decreases
+//! per CPU and mode ([`Clamp`]), so alerts on `rate()` never see a false reset.
 
 use opentelemetry::KeyValue;
 use opentelemetry_semantic_conventions::attribute::{CPU_LOGICAL_NUMBER, CPU_MODE};
 use opentelemetry_semantic_conventions::metric as sc;
 
-use super::{CollectError, Roots, Source};
+use super::roots::Roots;
 use crate::catalogue::Family;
 use crate::snapshot::Points;
+use crate::source::{CollectError, Source};
 
 /// The /proc/stat columns we report, as `cpu.mode` values, in column order.
 pub const MODES: [&str; 8] = [
@@ -97,12 +99,45 @@ pub fn utilization(prev: &Ticks, now: &Ticks) -> Option<[f64; 8]> {
     Some(d.map(|x| x as f64 / sum as f64))
 }
 
+/// Keeps each per-CPU, per-mode counter from going backwards, as node_exporter does.
+///
+/// The kernel's idle and iowait times are estimates that can step back (iowait is
+/// accounted per runqueue and reshuffled when tasks migrate), and a cumulative counter
+/// that decreases reads as a reset: `rate()` and `increase()` then report a jump of the
+/// whole counter. A value below the last one reported is replaced by the last one, so
+/// the series only stands still until the kernel catches up.
+#[derive(Debug, Default)]
+pub struct Clamp {
+    last: std::collections::HashMap<u32, Ticks>,
+}
+
+impl Clamp {
+    /// Raises every value of `per_cpu` that is below the last one reported to it, and
+    /// remembers the result. Returns how many values were raised.
+    pub fn apply(&mut self, per_cpu: &mut [(u32, Ticks)]) -> usize {
+        let mut raised = 0;
+        for (cpu, ticks) in per_cpu.iter_mut() {
+            let last = self.last.entry(*cpu).or_insert(*ticks);
+            for (now, prev) in ticks.iter_mut().zip(last.iter_mut()) {
+                if *now < *prev {
+                    *now = *prev;
+                    raised += 1;
+                } else {
+                    *prev = *now;
+                }
+            }
+        }
+        raised
+    }
+}
+
 /// Reads the CPU family.
 #[derive(Debug)]
 pub struct CpuSource {
     roots: Roots,
     prev: Option<Ticks>,
     physical: Option<usize>,
+    clamp: Clamp,
 }
 
 impl CpuSource {
@@ -113,6 +148,7 @@ impl CpuSource {
             roots,
             prev: None,
             physical,
+            clamp: Clamp::default(),
         };
         s.prev = s.read_stat().ok().map(|(total, _)| total);
         s
@@ -121,7 +157,7 @@ impl CpuSource {
     #[cfg(target_os = "linux")]
     fn read_stat(&self) -> Result<(Ticks, Vec<(u32, Ticks)>), CollectError> {
         let path = self.roots.proc("stat");
-        parse_stat(&path, &super::read(&path)?)
+        parse_stat(&path, &super::roots::read(&path)?)
     }
 
     #[cfg(not(target_os = "linux"))]
@@ -180,7 +216,8 @@ impl CpuSource {
     /// # Errors
     /// /proc/stat cannot be read or parsed.
     pub fn read(&mut self) -> Result<CpuReading, CollectError> {
-        let (total, per_cpu) = self.read_stat()?;
+        let (total, mut per_cpu) = self.read_stat()?;
+        self.clamp.apply(&mut per_cpu);
         let utilization = self.prev.as_ref().and_then(|p| utilization(p, &total));
         self.prev = Some(total);
         let frequency_hz = self.read_frequency(&per_cpu);
@@ -197,7 +234,7 @@ impl CpuSource {
 
 #[cfg(unix)]
 fn tick_rate() -> f64 {
-    super::clock_ticks()
+    super::roots::clock_ticks()
 }
 
 #[cfg(not(unix))]
@@ -236,7 +273,7 @@ pub fn parse_stat(
         for t in &mut ticks {
             // Older kernels lack the last columns: they count as zero.
             *t = match it.next() {
-                Some(s) => super::field(path, line, Some(s))?,
+                Some(s) => super::roots::field(path, line, Some(s))?,
                 None => 0,
             };
         }
@@ -274,6 +311,45 @@ mod tests {
         assert_eq!(u[0], 0.25);
         assert_eq!(u[3], 0.5);
         assert!(utilization(&[1; 8], &[1; 8]).is_none());
+    }
+
+    #[test]
+    fn cpu_time_per_mode_never_decreases_and_catches_up_when_the_kernel_does() {
+        let mut c = Clamp::default();
+        let mut first = vec![(0, [100, 0, 50, 800, 10, 5, 5, 0]), (1, [40; 8])];
+        assert_eq!(c.apply(&mut first), 0);
+        // idle and iowait of cpu0 step back (the kernel's estimates do), cpu1 moves on.
+        let mut second = vec![(0, [110, 0, 55, 790, 8, 5, 5, 0]), (1, [41; 8])];
+        assert_eq!(c.apply(&mut second), 2);
+        assert_eq!(second[0].1, [110, 0, 55, 800, 10, 5, 5, 0]);
+        assert_eq!(second[1].1, [41; 8]);
+        // Still below the clamp: held; above it: reported as read.
+        let mut third = vec![(0, [120, 0, 60, 799, 12, 5, 5, 0])];
+        assert_eq!(c.apply(&mut third), 1);
+        assert_eq!(third[0].1, [120, 0, 60, 800, 12, 5, 5, 0]);
+        let mut fourth = vec![(0, [121, 0, 61, 805, 12, 5, 5, 0])];
+        assert_eq!(c.apply(&mut fourth), 0);
+        assert_eq!(fourth[0].1, [121, 0, 61, 805, 12, 5, 5, 0]);
+    }
+
+    #[test]
+    fn the_source_reports_clamped_cpu_time_from_a_stat_file_that_goes_backwards() {
+        let dir = tempfile::tempdir().unwrap();
+        let roots = Roots {
+            proc: dir.path().to_owned(),
+            sys: dir.path().join("sys"),
+            ..Roots::default()
+        };
+        std::fs::write(dir.path().join("stat"), STAT).unwrap();
+        let mut src = CpuSource::new(roots);
+        let idle_of = |r: &CpuReading| r.per_cpu[0].1[3];
+        assert_eq!(idle_of(&src.read().unwrap()), 400);
+        std::fs::write(
+            dir.path().join("stat"),
+            "cpu  100 0 50 700 10 5 5 0 0 0\ncpu0 60 0 25 390 5 3 2 0 0 0\ncpu1 40 0 25 400 5 2 3 0 0 0\n",
+        )
+        .unwrap();
+        assert_eq!(idle_of(&src.read().unwrap()), 400);
     }
 
     #[test]

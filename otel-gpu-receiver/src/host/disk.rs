@@ -8,9 +8,10 @@ use opentelemetry::KeyValue;
 use opentelemetry_semantic_conventions::attribute::{DISK_IO_DIRECTION, SYSTEM_DEVICE};
 use opentelemetry_semantic_conventions::metric as sc;
 
-use super::{CollectError, Roots, Source};
+use super::roots::Roots;
 use crate::catalogue::Family;
 use crate::snapshot::Points;
+use crate::source::{CollectError, Source};
 
 /// Counters of one disk since boot.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -109,7 +110,7 @@ pub fn parse_diskstats(path: &Path, text: &str) -> Result<DiskReading, CollectEr
         if skipped(f[2]) {
             continue;
         }
-        let n = |i: usize| super::field(path, line, f.get(i).copied());
+        let n = |i: usize| super::roots::field(path, line, f.get(i).copied());
         disks.push(DiskStats {
             device: f[2].to_owned(),
             reads: n(3)?,
@@ -147,7 +148,7 @@ impl DiskSource {
             return Err(CollectError::Unsupported);
         }
         let path = self.roots.proc("diskstats");
-        parse_diskstats(&path, &super::read(&path)?)
+        parse_diskstats(&path, &super::roots::read(&path)?)
     }
 }
 

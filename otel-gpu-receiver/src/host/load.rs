@@ -1,10 +1,11 @@
 //! Load averages from /proc/loadavg (sysinfo elsewhere). The conventions define no
 //! load metric; the names are the Collector hostmetrics receiver's.
 
-use super::{CollectError, Roots, Source};
+use super::roots::Roots;
 use crate::catalogue::Family;
 use crate::names;
 use crate::snapshot::Points;
+use crate::source::{CollectError, Source};
 
 /// One cycle's load averages.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -45,7 +46,7 @@ impl LoadSource {
     #[cfg(target_os = "linux")]
     pub fn read(&mut self) -> Result<LoadReading, CollectError> {
         let path = self.roots.proc("loadavg");
-        let text = super::read(&path)?;
+        let text = super::roots::read(&path)?;
         let mut it = text.split_ascii_whitespace().map(str::parse::<f64>);
         let mut next = || {
             it.next()

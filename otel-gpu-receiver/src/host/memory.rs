@@ -7,9 +7,10 @@ use opentelemetry::KeyValue;
 use opentelemetry_semantic_conventions::attribute::SYSTEM_MEMORY_STATE;
 use opentelemetry_semantic_conventions::metric as sc;
 
-use super::{CollectError, Roots, Source};
+use super::roots::Roots;
 use crate::catalogue::Family;
 use crate::snapshot::Points;
+use crate::source::{CollectError, Source};
 
 /// One cycle's memory reading, in bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -24,12 +25,18 @@ pub struct MemoryReading {
     pub buffers: u64,
     /// Page cache and reclaimable slab.
     pub cached: u64,
+    /// The kernel's estimate of what new applications can use without swapping
+    /// (`MemAvailable`, Linux 3.14 and later).
+    pub available: Option<u64>,
 }
 
 impl MemoryReading {
     /// Converts the reading to points.
     pub fn points(&self, out: &mut Points) {
         out.push(sc::SYSTEM_MEMORY_LIMIT, vec![], self.total);
+        if let Some(a) = self.available {
+            out.push(sc::SYSTEM_MEMORY_LINUX_AVAILABLE, vec![], a);
+        }
         for (state, v) in [
             ("used", self.used),
             ("free", self.free),
@@ -70,6 +77,7 @@ impl MemoryReading {
             free,
             buffers,
             cached,
+            available: m.get("MemAvailable").copied(),
         })
     }
 }
@@ -106,7 +114,7 @@ impl MemorySource {
     #[cfg(target_os = "linux")]
     pub fn read(&mut self) -> Result<MemoryReading, CollectError> {
         let path = self.roots.proc("meminfo");
-        MemoryReading::from_meminfo(&path, &parse_meminfo(&super::read(&path)?))
+        MemoryReading::from_meminfo(&path, &parse_meminfo(&super::roots::read(&path)?))
     }
 
     /// Reads once through sysinfo.
@@ -127,6 +135,7 @@ impl MemorySource {
             free,
             buffers: 0,
             cached: total.saturating_sub(used + free),
+            available: Some(s.available_memory()),
         })
     }
 }
@@ -155,6 +164,32 @@ mod tests {
         assert_eq!(r.total, 1000 * 1024);
         assert_eq!(r.used, 600 * 1024);
         assert_eq!(r.cached, 250 * 1024);
+        assert_eq!(r.available, None);
+    }
+
+    #[test]
+    fn mem_available_is_reported_as_system_memory_linux_available() {
+        let m = parse_meminfo(
+            "MemTotal: 1000 kB\nMemFree: 100 kB\nMemAvailable: 700 kB\nBuffers: 50 kB\nCached: 200 kB\n",
+        );
+        let r = MemoryReading::from_meminfo("meminfo".as_ref(), &m).unwrap();
+        assert_eq!(r.available, Some(700 * 1024));
+        let mut out = Points::default();
+        r.points(&mut out);
+        let s = crate::snapshot::Snapshot::new(out);
+        let p = s.points(sc::SYSTEM_MEMORY_LINUX_AVAILABLE);
+        assert_eq!(p.len(), 1);
+        assert!(p[0].attributes.is_empty());
+        assert_eq!(p[0].value, crate::snapshot::Value::Int(700 * 1024));
+        // A kernel without MemAvailable: no series rather than a made-up value.
+        let old = MemoryReading {
+            available: None,
+            ..r
+        };
+        let mut out = Points::default();
+        old.points(&mut out);
+        let s = crate::snapshot::Snapshot::new(out);
+        assert!(s.points(sc::SYSTEM_MEMORY_LINUX_AVAILABLE).is_empty());
     }
 
     #[test]

@@ -7,9 +7,10 @@ use opentelemetry_semantic_conventions::attribute::{
 };
 use opentelemetry_semantic_conventions::metric as sc;
 
-use super::{CollectError, Roots, Source};
+use super::roots::Roots;
 use crate::catalogue::Family;
 use crate::snapshot::Points;
+use crate::source::{CollectError, Source};
 
 /// One cycle's paging reading.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -79,9 +80,9 @@ impl PagingSource {
     #[cfg(target_os = "linux")]
     pub fn read(&mut self) -> Result<PagingReading, CollectError> {
         let mpath = self.roots.proc("meminfo");
-        let m = super::memory::parse_meminfo(&super::read(&mpath)?);
+        let m = super::memory::parse_meminfo(&super::roots::read(&mpath)?);
         let vpath = self.roots.proc("vmstat");
-        let vm = super::read(&vpath)?;
+        let vm = super::roots::read(&vpath)?;
         let get = |k: &str| -> Result<u64, CollectError> {
             vm.lines()
                 .find_map(|l| l.strip_prefix(k)?.strip_prefix(' ')?.trim().parse().ok())

@@ -7,9 +7,10 @@ use opentelemetry::KeyValue;
 use opentelemetry_semantic_conventions::attribute::CPU_MODE;
 use opentelemetry_semantic_conventions::metric as sc;
 
-use super::{CollectError, Roots, Source};
+use super::roots::Roots;
 use crate::catalogue::Family;
 use crate::snapshot::Points;
+use crate::source::{CollectError, Source};
 
 static STARTED: OnceLock<Instant> = OnceLock::new();
 
@@ -75,7 +76,7 @@ pub fn parse_pid_stat(
         .ok_or_else(|| CollectError::parse(path, "no ')' after the command name"))?;
     let f: Vec<&str> = rest.split_ascii_whitespace().collect();
     // Field N of proc(5) is f[N - 3].
-    let n = |i: usize| super::field(path, text, f.get(i - 3).copied());
+    let n = |i: usize| super::roots::field(path, text, f.get(i - 3).copied());
     Ok((n(14)?, n(15)?, n(20)?, n(23)?, n(24)?))
 }
 
@@ -104,8 +105,8 @@ impl ProcessSource {
     pub fn read(&mut self) -> Result<ProcessReading, CollectError> {
         let path = self.roots.proc("self/stat");
         let (utime, stime, threads, vsize, rss_pages) =
-            parse_pid_stat(&path, &super::read(&path)?)?;
-        let tick = super::clock_ticks();
+            parse_pid_stat(&path, &super::roots::read(&path)?)?;
+        let tick = super::roots::clock_ticks();
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
         let fds = std::fs::read_dir(self.roots.proc("self/fd"))

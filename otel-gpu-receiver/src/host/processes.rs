@@ -6,9 +6,10 @@ use opentelemetry::KeyValue;
 use opentelemetry_semantic_conventions::attribute::PROCESS_STATE;
 use opentelemetry_semantic_conventions::metric as sc;
 
-use super::{CollectError, Roots, Source};
+use super::roots::Roots;
 use crate::catalogue::Family;
 use crate::snapshot::Points;
+use crate::source::{CollectError, Source};
 
 /// One cycle's process counts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -56,7 +57,7 @@ impl ProcessesSource {
             return Err(CollectError::Unsupported);
         }
         let path = self.roots.proc("stat");
-        let text = super::read(&path)?;
+        let text = super::roots::read(&path)?;
         let get = |k: &str| -> Result<u64, CollectError> {
             text.lines()
                 .find_map(|l| l.strip_prefix(k)?.strip_prefix(' ')?.trim().parse().ok())

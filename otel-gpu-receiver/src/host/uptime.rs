@@ -2,9 +2,10 @@
 
 use opentelemetry_semantic_conventions::metric as sc;
 
-use super::{CollectError, Roots, Source};
+use super::roots::Roots;
 use crate::catalogue::Family;
 use crate::snapshot::Points;
+use crate::source::{CollectError, Source};
 
 /// Seconds since boot.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -39,7 +40,7 @@ impl UptimeSource {
     #[cfg(target_os = "linux")]
     pub fn read(&mut self) -> Result<UptimeReading, CollectError> {
         let path = self.roots.proc("uptime");
-        let text = super::read(&path)?;
+        let text = super::roots::read(&path)?;
         let seconds = text
             .split_ascii_whitespace()
             .next()

@@ -86,3 +86,33 @@ fn a_bad_value_in_the_toml_file_names_the_key() {
         "{err}"
     );
 }
+
+#[test]
+fn a_bad_exclude_list_or_statvfs_timeout_exits_2_naming_the_flag_and_the_fix() {
+    let err = fails_with_2(
+        &["--once", "--mount-points-exclude", "/proc,var/lib/kubelet"],
+        &[],
+    );
+    assert!(
+        err.contains("--mount-points-exclude")
+            && err.contains("var/lib/kubelet")
+            && err.contains("absolute"),
+        "{err}"
+    );
+    let err = fails_with_2(
+        &["--once"],
+        &[("OTEL_GPU_RECEIVER_INTERFACES_EXCLUDE", "veth* cali*")],
+    );
+    assert!(
+        err.contains("OTEL_GPU_RECEIVER_INTERFACES_EXCLUDE") && err.contains("commas"),
+        "{err}"
+    );
+    let f = toml_file("fs_types_exclude = [\"overlay\", \"ext4/xfs\"]\n");
+    let err = fails_with_2(&["--once", "--config", f.path().to_str().unwrap()], &[]);
+    assert!(err.contains("key `fs_types_exclude`"), "{err}");
+    let err = fails_with_2(&["--once", "--statvfs-timeout", "10s"], &[]);
+    assert!(
+        err.contains("--statvfs-timeout") && err.contains("--source-timeout"),
+        "{err}"
+    );
+}

@@ -55,3 +55,65 @@ fn once_prints_a_table_by_default() {
     assert!(lines.next().unwrap().starts_with("NAME"));
     assert!(text.contains("system.memory.usage"), "{text}");
 }
+
+/// The value of the one row of `name` whose attributes include `attrs`.
+fn value(rows: &[serde_json::Value], name: &str, attrs: &[(&str, &str)]) -> Option<f64> {
+    rows.iter()
+        .find(|r| r["name"] == name && attrs.iter().all(|(k, v)| r["attributes"][*k] == *v))
+        .and_then(|r| r["value"].as_f64())
+}
+
+#[test]
+fn once_reports_mem_available_from_meminfo_and_inodes_from_statvfs() {
+    let dir = tempfile::tempdir().unwrap();
+    let proc = dir.path().join("proc");
+    std::fs::create_dir_all(proc.join("1")).unwrap();
+    std::fs::write(
+        proc.join("meminfo"),
+        "MemTotal: 8000 kB\nMemFree: 1000 kB\nMemAvailable: 5000 kB\nBuffers: 100 kB\nCached: 2000 kB\n",
+    )
+    .unwrap();
+    // One mount: the temp dir itself, statvfs'ed under the rootfs `/`.
+    let at = dir.path().display().to_string();
+    std::fs::write(
+        proc.join("1/mountinfo"),
+        format!("40 1 259:2 / {at} rw - ext4 /dev/fixture rw\n"),
+    )
+    .unwrap();
+    let rows = once_json(&[
+        "--families",
+        "memory,filesystem",
+        "--proc-root",
+        proc.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        value(&rows, "system.memory.linux.available", &[]),
+        Some(5000.0 * 1024.0)
+    );
+    let mp = ("system.filesystem.mountpoint", at.as_str());
+    let used = value(
+        &rows,
+        "system.filesystem.inodes.usage",
+        &[mp, ("system.filesystem.state", "used")],
+    );
+    let free = value(
+        &rows,
+        "system.filesystem.inodes.usage",
+        &[mp, ("system.filesystem.state", "free")],
+    );
+    // What statvfs says here: none where the filesystem has no inode table (btrfs).
+    let c = std::ffi::CString::new(at.clone()).unwrap();
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: a valid NUL-terminated path and a writable statvfs.
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) }, 0);
+    // SAFETY: statvfs returned 0.
+    let st = unsafe { st.assume_init() };
+    if st.f_files == 0 {
+        assert_eq!((used, free), (None, None));
+        return;
+    }
+    let (used, free) = (used.expect("inodes used"), free.expect("inodes free"));
+    assert!(used > 0.0 && free > 0.0, "used {used}, free {free}");
+    // Files come and go on a shared temp filesystem: the total is what is stable.
+    assert_eq!(used + free, st.f_files as f64);
+}
