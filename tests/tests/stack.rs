@@ -237,11 +237,6 @@ fn collector_pipelines_use_only_defined_components_and_compose_endpoints() {
     );
     let prom_cmd = str_list(&compose["services"]["prometheus"]["command"]);
     assert!(prom_cmd.iter().any(|c| c == "--web.enable-otlp-receiver"));
-    assert!(
-        prom_cmd
-            .iter()
-            .any(|c| c == "--enable-feature=exemplar-storage")
-    );
     // Every service that exports OTLP sends it to the collector.
     for (name, svc) in compose["services"].as_mapping().unwrap() {
         if let Some(ep) = svc["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"].as_str() {
@@ -353,5 +348,56 @@ fn alert_rules_pass_promtool_and_every_alert_has_a_unit_test() {
     ];
     for r in required {
         assert!(alerts.iter().any(|a| a == r), "missing alert {r}");
+    }
+}
+
+/// opentelemetry_sdk 0.33.1 exports every histogram point with `exemplars: vec![]`, so
+/// nothing in the stack may promise them: no exemplar storage, no exemplar queries, no
+/// exemplar-to-trace links, no panel text that says they link anywhere.
+#[test]
+fn nothing_promises_exemplars_the_sdk_cannot_send() {
+    let compose = yaml("docker-compose.yml");
+    let prom_cmd = str_list(&compose["services"]["prometheus"]["command"]);
+    assert!(
+        !prom_cmd.iter().any(|c| c.contains("exemplar")),
+        "Prometheus stores exemplars that never come: {prom_cmd:?}"
+    );
+    let datasources = yaml("grafana/provisioning/datasources/datasources.yaml");
+    for ds in datasources["datasources"].as_sequence().unwrap() {
+        let keys = map_keys(&ds["jsonData"]);
+        assert!(
+            !keys.iter().any(|k| k.to_lowercase().contains("exemplar")),
+            "datasource {:?} links exemplars that never come: {keys:?}",
+            ds["name"]
+        );
+    }
+    let dir = repo_root().join("grafana/dashboards");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let d: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let mut stack = vec![&d];
+        while let Some(v) = stack.pop() {
+            match v {
+                serde_json::Value::Object(m) => {
+                    assert!(
+                        m.get("exemplar") != Some(&serde_json::Value::Bool(true)),
+                        "{}: a query asks for exemplars: {}",
+                        path.display(),
+                        m.get("expr").unwrap_or(&serde_json::Value::Null)
+                    );
+                    if let Some(title) = m.get("title").and_then(|t| t.as_str()) {
+                        assert!(
+                            !title.to_lowercase().contains("exemplar"),
+                            "{}: panel {title:?} promises exemplars",
+                            path.display()
+                        );
+                    }
+                    stack.extend(m.values());
+                }
+                serde_json::Value::Array(a) => stack.extend(a),
+                _ => {}
+            }
+        }
     }
 }
