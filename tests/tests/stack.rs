@@ -401,3 +401,265 @@ fn nothing_promises_exemplars_the_sdk_cannot_send() {
         }
     }
 }
+
+/// Grafana's basic roles, weakest first.
+const ROLES: [&str; 3] = ["Viewer", "Editor", "Admin"];
+
+fn role_rank(role: &str) -> usize {
+    ROLES
+        .iter()
+        .position(|r| *r == role)
+        .unwrap_or_else(|| panic!("unknown Grafana role {role:?}"))
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap();
+                out.push(u8::from_str_radix(hex, 16).expect("bad percent escape"));
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// Every link a dashboard carries: its own links, panel links and data links
+/// (field defaults and overrides), as (where, link object).
+fn dashboard_links(d: &serde_json::Value) -> Vec<(String, serde_json::Value)> {
+    let mut out = Vec::new();
+    for l in d["links"].as_array().into_iter().flatten() {
+        out.push(("dashboard links".to_owned(), l.clone()));
+    }
+    let mut panels: Vec<&serde_json::Value> =
+        d["panels"].as_array().into_iter().flatten().collect();
+    while let Some(p) = panels.pop() {
+        panels.extend(p["panels"].as_array().into_iter().flatten());
+        let title = p["title"].as_str().unwrap_or("?").to_owned();
+        for l in p["links"].as_array().into_iter().flatten() {
+            out.push((format!("panel {title:?}"), l.clone()));
+        }
+        let fc = &p["fieldConfig"];
+        for l in fc["defaults"]["links"].as_array().into_iter().flatten() {
+            out.push((format!("panel {title:?} data link"), l.clone()));
+        }
+        for o in fc["overrides"].as_array().into_iter().flatten() {
+            for prop in o["properties"].as_array().into_iter().flatten() {
+                if prop["id"] == "links" {
+                    for l in prop["value"].as_array().into_iter().flatten() {
+                        out.push((format!("panel {title:?} override link"), l.clone()));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The role a relative Grafana URL needs, checking that what it opens exists:
+/// `/d/<uid>` needs Viewer and one of our dashboards; `/explore` needs Editor
+/// (Grafana 12+ has no `viewers_can_edit`) and provisioned datasources.
+fn role_needed_by(
+    url: &str,
+    dashboard_uids: &BTreeSet<String>,
+    datasource_uids: &BTreeSet<String>,
+) -> &'static str {
+    assert!(
+        url.starts_with('/'),
+        "{url:?}: use a path inside Grafana; an absolute URL breaks when the host port changes"
+    );
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    if let Some(rest) = path.strip_prefix("/d/") {
+        let uid = rest.split('/').next().unwrap();
+        assert!(
+            dashboard_uids.contains(uid),
+            "{url:?} opens unknown dashboard {uid}"
+        );
+        return "Viewer";
+    }
+    if path == "/dashboards" {
+        return "Viewer";
+    }
+    assert_eq!(
+        path, "/explore",
+        "{url:?}: a Grafana route this test does not know"
+    );
+    let mut panes = 0;
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k != "panes" && k != "left" {
+            continue;
+        }
+        let state: serde_json::Value = serde_json::from_str(&percent_decode(v))
+            .unwrap_or_else(|e| panic!("{url:?}: {k} is not JSON: {e}"));
+        let states: Vec<&serde_json::Value> = if k == "panes" {
+            state.as_object().unwrap().values().collect()
+        } else {
+            vec![&state]
+        };
+        for pane in states {
+            panes += 1;
+            let mut uids = vec![pane["datasource"].as_str().unwrap_or_default().to_owned()];
+            for q in pane["queries"].as_array().into_iter().flatten() {
+                if let Some(uid) = q["datasource"]["uid"].as_str() {
+                    uids.push(uid.to_owned());
+                }
+            }
+            for uid in uids {
+                assert!(
+                    datasource_uids.contains(&uid),
+                    "{url:?} explores datasource {uid:?}, which is not provisioned"
+                );
+            }
+        }
+    }
+    assert!(panes > 0, "{url:?} opens Explore without a datasource");
+    "Editor"
+}
+
+/// The README promises that anonymous users can follow every link; the compose file
+/// and provisioning must grant what those links need, and nothing more than a
+/// localhost-bound stack can afford.
+#[test]
+fn anonymous_users_can_open_every_dashboard_link() {
+    let compose = yaml("docker-compose.yml");
+    let grafana = &compose["services"]["grafana"];
+    let env = &grafana["environment"];
+    assert_eq!(env["GF_AUTH_ANONYMOUS_ENABLED"].as_str(), Some("true"));
+    let granted = env["GF_AUTH_ANONYMOUS_ORG_ROLE"]
+        .as_str()
+        .expect("GF_AUTH_ANONYMOUS_ORG_ROLE is set");
+    assert!(
+        role_rank(granted) < role_rank("Admin"),
+        "anonymous users must not administer Grafana"
+    );
+    if role_rank(granted) > role_rank("Viewer") {
+        // More than Viewer is only safe on loopback, with dashboards that stay as the
+        // files say.
+        for port in str_list(&grafana["ports"]) {
+            assert!(
+                port.starts_with("127.0.0.1:"),
+                "Grafana published on {port}"
+            );
+        }
+        let providers = yaml("grafana/provisioning/dashboards/dashboards.yaml");
+        for p in providers["providers"].as_sequence().unwrap() {
+            assert_eq!(
+                p["allowUiUpdates"].as_bool(),
+                Some(false),
+                "{:?}",
+                p["name"]
+            );
+            assert_eq!(
+                p["disableDeletion"].as_bool(),
+                Some(true),
+                "{:?}",
+                p["name"]
+            );
+        }
+    }
+
+    let datasources = yaml("grafana/provisioning/datasources/datasources.yaml");
+    let datasource_uids: BTreeSet<String> = datasources["datasources"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["uid"].as_str().map(str::to_owned))
+        .collect();
+    let mut dashboards = Vec::new();
+    for entry in std::fs::read_dir(repo_root().join("grafana/dashboards")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let d: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            dashboards.push((path, d));
+        }
+    }
+    let dashboard_uids: BTreeSet<String> = dashboards
+        .iter()
+        .filter_map(|(_, d)| d["uid"].as_str().map(str::to_owned))
+        .collect();
+    let tags: BTreeSet<String> = dashboards
+        .iter()
+        .flat_map(|(_, d)| d["tags"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t.as_str().map(str::to_owned))
+        .collect();
+
+    let mut checked = 0;
+    for (path, d) in &dashboards {
+        let name = path.file_name().unwrap().to_string_lossy();
+        for (place, link) in dashboard_links(d) {
+            let needed = if link["type"] == "dashboards" {
+                let wanted = str_list(&serde_yaml_ng::to_value(&link["tags"]).unwrap());
+                assert!(
+                    wanted.iter().any(|t| tags.contains(t)),
+                    "{name}: {place} lists dashboards tagged {wanted:?}, and none is"
+                );
+                "Viewer"
+            } else {
+                let url = link["url"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{name}: {place} has no url"));
+                role_needed_by(url, &dashboard_uids, &datasource_uids)
+            };
+            assert!(
+                role_rank(granted) >= role_rank(needed),
+                "{name}: {place} ({}) needs {needed}; anonymous users are {granted}",
+                link["title"]
+            );
+            checked += 1;
+        }
+    }
+    // Datasource links (exemplar or derived-field trace links) land in Explore too.
+    for ds in datasources["datasources"].as_sequence().unwrap() {
+        for key in ["exemplarTraceIdDestinations", "derivedFields"] {
+            for l in ds["jsonData"][key].as_sequence().into_iter().flatten() {
+                let target = l["datasourceUid"].as_str().unwrap_or_default();
+                assert!(
+                    datasource_uids.contains(target),
+                    "{:?} links to {target:?}",
+                    ds["name"]
+                );
+                assert!(
+                    role_rank(granted) >= role_rank("Editor"),
+                    "{:?}: {key} needs Editor",
+                    ds["name"]
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(
+        checked > 0,
+        "no dashboard link was checked: the link finder is broken"
+    );
+
+    // The link checker can fail: an Explore link for a Viewer, and a link to a
+    // dashboard that does not exist.
+    let explore = dashboards
+        .iter()
+        .flat_map(|(_, d)| dashboard_links(d))
+        .filter_map(|(_, l)| l["url"].as_str().map(str::to_owned))
+        .find(|u| u.starts_with("/explore"))
+        .expect("the functions dashboard links to traces in Explore");
+    assert!(
+        role_rank("Viewer")
+            < role_rank(role_needed_by(&explore, &dashboard_uids, &datasource_uids))
+    );
+    let missing = std::panic::catch_unwind(|| {
+        role_needed_by("/d/no-such-dashboard", &dashboard_uids, &datasource_uids)
+    });
+    assert!(missing.is_err(), "a link to a missing dashboard passed");
+}
