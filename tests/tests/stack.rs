@@ -663,3 +663,126 @@ fn anonymous_users_can_open_every_dashboard_link() {
     });
     assert!(missing.is_err(), "a link to a missing dashboard passed");
 }
+
+/// A compose memory size (`512M`, `1G`, `64m`, `1gb`, bytes) in bytes.
+fn compose_bytes(s: &str) -> u64 {
+    let s = s.trim().to_ascii_lowercase();
+    let s = s.strip_suffix('b').unwrap_or(&s);
+    let (num, mult) = match s.chars().last() {
+        Some('k') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('m') => (&s[..s.len() - 1], 1 << 20),
+        Some('g') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    let n: f64 = num
+        .parse()
+        .unwrap_or_else(|e| panic!("bad memory size {s:?}: {e}"));
+    (n * mult as f64) as u64
+}
+
+/// Go's GOMEMLIMIT (`410MiB`, `1GiB`, bytes) in bytes.
+fn go_bytes(s: &str) -> u64 {
+    for (suffix, mult) in [
+        ("KiB", 1u64 << 10),
+        ("MiB", 1 << 20),
+        ("GiB", 1 << 30),
+        ("B", 1),
+    ] {
+        if let Some(n) = s.strip_suffix(suffix) {
+            return n.parse::<u64>().expect("GOMEMLIMIT number") * mult;
+        }
+    }
+    s.parse().expect("GOMEMLIMIT in bytes")
+}
+
+fn memory_limit(svc: &Value) -> Option<u64> {
+    svc["deploy"]["resources"]["limits"]["memory"]
+        .as_str()
+        .or_else(|| svc["mem_limit"].as_str())
+        .map(compose_bytes)
+}
+
+/// The receiver's largest RSS in BENCHMARKS.md ("RSS after the run" rows, our column).
+fn receiver_rss_from_benchmarks() -> u64 {
+    let text = std::fs::read_to_string(repo_root().join("BENCHMARKS.md")).unwrap();
+    let rss: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with("| RSS after the run |"))
+        .filter_map(|l| l.split('|').nth(2))
+        .filter_map(|cell| cell.trim().strip_suffix(" MB"))
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    assert!(
+        !rss.is_empty(),
+        "BENCHMARKS.md has no `| RSS after the run | <n> MB |` row for the receiver"
+    );
+    (rss.iter().cloned().fold(0.0, f64::max) * 1e6) as u64
+}
+
+#[test]
+fn every_service_has_a_memory_limit_and_memory_limiter_stays_below_the_collectors() {
+    let compose = yaml("docker-compose.yml");
+    let services = compose["services"].as_mapping().unwrap();
+    for (name, svc) in services {
+        let limit = memory_limit(svc).unwrap_or_else(|| {
+            panic!("service {name:?} has no memory limit (deploy.resources.limits.memory)")
+        });
+        assert!(
+            limit >= 32 << 20,
+            "service {name:?}: {limit} bytes is too small to start"
+        );
+    }
+
+    // The receiver: several times what BENCHMARKS.md measured, not an arbitrary number.
+    let receiver = memory_limit(&compose["services"]["otel-gpu-receiver"]).unwrap();
+    let measured = receiver_rss_from_benchmarks();
+    assert!(
+        receiver >= 4 * measured && receiver <= 16 * measured,
+        "receiver limit {receiver} bytes vs {measured} bytes measured RSS: keep it 4-16x"
+    );
+
+    // The collector: memory_limiter in absolute MiB below the container's limit, and
+    // first in every pipeline so it refuses before anything else allocates.
+    let collector = memory_limit(&compose["services"]["otel-collector"]).unwrap();
+    let col = yaml("stack/otel-collector.yaml");
+    let ml = &col["processors"]["memory_limiter"];
+    for pct in ["limit_percentage", "spike_limit_percentage"] {
+        assert!(
+            ml[pct].is_null(),
+            "memory_limiter: use limit_mib; {pct} is relative to a limit nobody checks"
+        );
+    }
+    let limit_mib = ml["limit_mib"].as_u64().expect("memory_limiter.limit_mib");
+    let spike_mib = ml["spike_limit_mib"]
+        .as_u64()
+        .expect("memory_limiter.spike_limit_mib");
+    assert!(ml["check_interval"].as_str().is_some());
+    let limiter = limit_mib << 20;
+    assert!(
+        limiter < collector && limiter * 100 <= collector * 85,
+        "memory_limiter.limit_mib {limit_mib} MiB must stay under 85% of the collector's {collector} bytes"
+    );
+    assert!(
+        spike_mib > 0 && spike_mib * 100 <= limit_mib * 30,
+        "spike_limit_mib {spike_mib} should be up to 30% of limit_mib {limit_mib}"
+    );
+    if let Some(gomem) = compose["services"]["otel-collector"]["environment"]["GOMEMLIMIT"].as_str()
+    {
+        let gomem = go_bytes(gomem);
+        assert!(
+            gomem >= limiter && gomem < collector,
+            "GOMEMLIMIT {gomem} should sit between memory_limiter ({limiter}) and the container limit ({collector})"
+        );
+    }
+    for (pipeline, def) in col["service"]["pipelines"].as_mapping().unwrap() {
+        assert_eq!(
+            str_list(&def["processors"]).first().map(String::as_str),
+            Some("memory_limiter"),
+            "pipeline {pipeline:?}: memory_limiter must come first"
+        );
+    }
+    // The parsers agree with the units they claim.
+    assert_eq!(compose_bytes("512M"), 512 << 20);
+    assert_eq!(compose_bytes("1gb"), 1 << 30);
+    assert_eq!(go_bytes("410MiB"), 410 << 20);
+}
