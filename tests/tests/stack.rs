@@ -786,3 +786,234 @@ fn every_service_has_a_memory_limit_and_memory_limiter_stays_below_the_collector
     assert_eq!(compose_bytes("1gb"), 1 << 30);
     assert_eq!(go_bytes("410MiB"), 410 << 20);
 }
+
+/// Whether `.dockerignore` patterns exclude `path` (or a folder above it), with
+/// Docker's semantics for what this repository uses: root-relative paths, `**/`
+/// prefixes, `*` within a name, `!` exceptions, last match wins.
+fn docker_ignores(patterns: &[String], path: &str) -> bool {
+    fn glob(pat: &str, name: &str) -> bool {
+        match pat.split_once('*') {
+            None => pat == name,
+            Some((pre, post)) => {
+                name.len() >= pre.len() + post.len()
+                    && name.starts_with(pre)
+                    && name.ends_with(post)
+            }
+        }
+    }
+    fn matches(pat: &[&str], path: &[&str]) -> bool {
+        match (pat.first(), path.first()) {
+            (None, _) => true, // a folder above the path matched
+            (Some(&"**"), _) => (0..=path.len()).any(|i| matches(&pat[1..], &path[i..])),
+            (Some(p), Some(n)) => glob(p, n) && matches(&pat[1..], &path[1..]),
+            (Some(_), None) => false,
+        }
+    }
+    let parts: Vec<&str> = path.split('/').collect();
+    let mut ignored = false;
+    for raw in patterns {
+        let (negated, pat) = match raw.strip_prefix('!') {
+            Some(p) => (true, p),
+            None => (false, raw.as_str()),
+        };
+        let pat: Vec<&str> = pat.trim_matches('/').split('/').collect();
+        if matches(&pat, &parts) {
+            ignored = !negated;
+        }
+    }
+    ignored
+}
+
+/// The Dockerfile's instructions, continuation lines joined, comments dropped.
+fn dockerfile_instructions(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('#') || (trimmed.is_empty() && cur.is_empty()) {
+            continue;
+        }
+        match trimmed.strip_suffix('\\') {
+            Some(part) => {
+                cur.push_str(part);
+                cur.push(' ');
+            }
+            None => {
+                cur.push_str(trimmed);
+                if !cur.trim().is_empty() {
+                    out.push(cur.trim().to_owned());
+                }
+                cur.clear();
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn image_builds_send_a_lean_context_cache_dependencies_and_build_each_image_once() {
+    let root = repo_root();
+    let patterns: Vec<String> = std::fs::read_to_string(root.join(".dockerignore"))
+        .expect(".dockerignore exists")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    // Heavy or irrelevant paths stay out of the build context...
+    for heavy in [
+        ".git",
+        "target",
+        "target/release/otel-gpu-receiver",
+        "demo/target",
+        "grafana/schema-check/node_modules",
+        "grafana/schema-check/node_modules/@grafana/schema/package.json",
+        "grafana/schema-check/generated",
+        "node_modules",
+        "otel-instrument/default_1.profraw",
+        "grafana/dashboards/host.json",
+        "tests/tests/dashboards.rs",
+    ] {
+        assert!(
+            docker_ignores(&patterns, heavy),
+            ".dockerignore lets {heavy} into the build context"
+        );
+    }
+    // ...and what the images build from stays in.
+    let compose = yaml("docker-compose.yml");
+    let mut needed = vec![
+        "Cargo.lock".to_owned(),
+        "proto/demo/v1/inventory.proto".to_owned(),
+    ];
+    for member in str_list(&yaml_toml_members()) {
+        needed.push(format!("{member}/Cargo.toml"));
+        needed.push(format!("{member}/src/lib.rs"));
+    }
+    let mut dockerfiles = BTreeSet::new();
+    for (_, svc) in compose["services"].as_mapping().unwrap() {
+        if let Some(b) = svc["build"].as_mapping() {
+            dockerfiles.insert(
+                b.get("dockerfile")
+                    .and_then(Value::as_str)
+                    .unwrap()
+                    .to_owned(),
+            );
+        }
+    }
+    needed.extend(dockerfiles.iter().cloned());
+    for path in &needed {
+        if root.join(path).exists() {
+            assert!(
+                !docker_ignores(&patterns, path),
+                ".dockerignore drops {path}, which the build needs"
+            );
+        }
+    }
+    // The matcher itself can say no.
+    assert!(!docker_ignores(
+        &["target".to_owned()],
+        "demo/src/target.rs"
+    ));
+    assert!(!docker_ignores(
+        &["stack".to_owned(), "!stack/Dockerfile".to_owned()],
+        "stack/Dockerfile"
+    ));
+
+    // Each image is built by one service; services that share it only name it.
+    let mut built: BTreeSet<String> = BTreeSet::new();
+    for (name, svc) in compose["services"].as_mapping().unwrap() {
+        let image = svc["image"].as_str().unwrap_or_default().to_owned();
+        if svc["build"].is_mapping() {
+            assert!(
+                built.insert(image.clone()),
+                "{name:?} builds {image} again: build it once and name the image elsewhere"
+            );
+        }
+    }
+    for (name, svc) in compose["services"].as_mapping().unwrap() {
+        let image = svc["image"].as_str().unwrap_or_default();
+        if built.contains(image) && !svc["build"].is_mapping() {
+            assert_eq!(
+                svc["pull_policy"].as_str(),
+                Some("never"),
+                "{name:?} runs the locally built {image}: it must never be pulled"
+            );
+        }
+    }
+    let demo: Vec<_> = ["demo-backend", "demo-gateway", "demo-load"]
+        .iter()
+        .map(|s| compose["services"][*s]["image"].as_str().unwrap())
+        .collect();
+    assert!(demo.iter().all(|i| *i == demo[0]), "the demo is one image");
+
+    // Dependencies compile before any source is copied in: the first `cargo build`
+    // sees only manifests (or a stub skeleton copied from an earlier stage), and the
+    // sources arrive later for a second `cargo build`.
+    for dockerfile in &dockerfiles {
+        let text = std::fs::read_to_string(root.join(dockerfile)).unwrap();
+        let steps = dockerfile_instructions(&text);
+        let builds: Vec<usize> = steps
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.starts_with("RUN") && s.contains("cargo build"))
+            .map(|(i, _)| i)
+            .collect();
+        assert!(
+            builds.len() >= 2,
+            "{dockerfile}: expected a dependency build and a source build, found {builds:?}"
+        );
+        let stage_start = steps[..builds[0]]
+            .iter()
+            .rposition(|s| s.starts_with("FROM"))
+            .unwrap();
+        let from = &steps[stage_start];
+        assert!(
+            from.contains("rust:"),
+            "{dockerfile}: the dependency build starts from {from:?}, not a plain Rust image"
+        );
+        for step in &steps[stage_start..builds[0]] {
+            if let Some(args) = step.strip_prefix("COPY") {
+                let args: Vec<&str> = args.split_whitespace().collect();
+                let from_stage = args.iter().any(|a| a.starts_with("--from="));
+                let sources = &args[..args.len() - 1];
+                let manifests_only = sources
+                    .iter()
+                    .filter(|a| !a.starts_with("--"))
+                    .all(|a| a.ends_with("Cargo.toml") || a.ends_with("Cargo.lock"));
+                assert!(
+                    from_stage || manifests_only,
+                    "{dockerfile}: {step:?} copies sources before the dependency build"
+                );
+            }
+        }
+        let source_copy = (stage_start..steps.len())
+            .find(|&i| steps[i] == "COPY . ." || steps[i].starts_with("COPY . /"))
+            .unwrap_or_else(|| panic!("{dockerfile}: no source COPY after the dependency stage"));
+        assert!(
+            builds[0] < source_copy && builds.iter().any(|&b| b > source_copy),
+            "{dockerfile}: the sources must be copied after the dependency build and built after it"
+        );
+        // Every target compose asks for exists.
+        for (_, svc) in compose["services"].as_mapping().unwrap() {
+            if let Some(target) = svc["build"]["target"].as_str() {
+                assert!(
+                    steps
+                        .iter()
+                        .any(|s| s.starts_with("FROM") && s.ends_with(&format!(" AS {target}"))),
+                    "{dockerfile} has no stage {target}"
+                );
+            }
+        }
+    }
+}
+
+/// The workspace members, from the root Cargo.toml (as a YAML sequence).
+fn yaml_toml_members() -> Value {
+    let text = std::fs::read_to_string(repo_root().join("Cargo.toml")).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("members"))
+        .expect("Cargo.toml lists its members");
+    let list = line.split_once('=').unwrap().1.trim();
+    serde_yaml_ng::from_str(list).expect("members is a flow list")
+}
