@@ -1017,3 +1017,114 @@ fn yaml_toml_members() -> Value {
     let list = line.split_once('=').unwrap().1.trim();
     serde_yaml_ng::from_str(list).expect("members is a flow list")
 }
+
+/// `stack/smoke.sh` needs a Docker engine, which these machines lack: it must say so
+/// and exit 2 at once, before building or starting anything.
+#[test]
+fn smoke_script_fails_cleanly_without_a_docker_engine() {
+    let root = repo_root();
+    let script = root.join("stack/smoke.sh");
+    run_ok(Command::new("bash").arg("-n").arg(&script));
+    match Command::new("shellcheck").arg(&script).output() {
+        Ok(out) => assert!(
+            out.status.success(),
+            "shellcheck:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        ),
+        Err(_) => eprintln!("shellcheck is not installed: skipped (bash -n passed)"),
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    // An engine address where nothing listens, whatever this machine has.
+    let out = Command::new(&script)
+        .current_dir(dir.path())
+        .env(
+            "DOCKER_HOST",
+            format!("unix://{}/docker.sock", dir.path().display()),
+        )
+        .output()
+        .expect("run stack/smoke.sh");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if String::from_utf8_lossy(
+        &Command::new("sh")
+            .args(["-c", "command -v docker || true"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .trim()
+    .is_empty()
+    {
+        assert!(stderr.contains("no docker client"), "{stderr}");
+    } else {
+        assert!(
+            stderr.contains("no Docker engine is reachable") && stderr.contains("./test.sh"),
+            "unclear message: {stderr}"
+        );
+    }
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert!(
+        !stdout.contains("building") && !stderr.contains("compose"),
+        "it went on without an engine: {stdout}{stderr}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
+
+/// `docker compose up --wait` waits on healthchecks, so each must run with what its
+/// image has: busybox wget in Jaeger's (Alpine) and Prometheus's images, curl in
+/// Grafana's, bash in our debian-slim demo image. The collector's image is distroless
+/// and the receiver and load client listen on nothing: they have none, and say why.
+#[test]
+fn healthchecks_use_tools_their_images_have() {
+    let tools = [
+        ("jaegertracing/jaeger:", "wget"),
+        ("prom/prometheus:", "wget"),
+        ("grafana/grafana:", "curl"),
+        ("otel-gpu/demo:", "bash"),
+    ];
+    let exempt = ["otel-collector", "otel-gpu-receiver", "demo-load"];
+    let compose = yaml("docker-compose.yml");
+    let text = std::fs::read_to_string(repo_root().join("docker-compose.yml")).unwrap();
+    for (name, svc) in compose["services"].as_mapping().unwrap() {
+        let name = name.as_str().unwrap();
+        let image = svc["image"].as_str().unwrap_or_default();
+        let test = str_list(&svc["healthcheck"]["test"]);
+        if exempt.contains(&name) {
+            assert!(
+                test.is_empty(),
+                "{name} now has a healthcheck: update this test"
+            );
+            let block = text.split(&format!("\n  {name}:\n")).nth(1).unwrap();
+            let block = block.split("\n\n").next().unwrap();
+            assert!(
+                block.contains("# No healthcheck:"),
+                "{name}: say why it has no healthcheck"
+            );
+            continue;
+        }
+        assert_eq!(
+            test.first().map(String::as_str),
+            Some("CMD"),
+            "{name}: healthcheck test must be an exec form [\"CMD\", ...]"
+        );
+        let tool = tools
+            .iter()
+            .find(|(prefix, _)| image.starts_with(prefix))
+            .map(|(_, t)| *t)
+            .unwrap_or_else(|| panic!("{name}: which tools does {image} have?"));
+        assert_eq!(
+            test.get(1).map(String::as_str),
+            Some(tool),
+            "{name}: {image} has {tool}"
+        );
+        assert!(
+            test.iter().any(|a| a.contains("127.0.0.1")),
+            "{name}: check the service itself, on loopback inside its container"
+        );
+    }
+}
