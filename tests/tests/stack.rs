@@ -345,6 +345,10 @@ fn alert_rules_pass_promtool_and_every_alert_has_a_unit_test() {
         "GpuReceiverDown",
         "GpuReceiverCycleStale",
         "TelemetryDropped",
+        "CollectorRefusingTelemetry",
+        "CollectorExportFailing",
+        "CollectorDroppingTelemetry",
+        "CollectorSendingQueueFilling",
     ];
     for r in required {
         assert!(alerts.iter().any(|a| a == r), "missing alert {r}");
