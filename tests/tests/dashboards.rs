@@ -3,12 +3,15 @@
 //! real Prometheus fed by our own receiver and the demo's three processes.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use e2e::{KillOnDrop, Prometheus, free_addr, http_get, repo_root, run_ok, tool};
+use e2e::{KillOnDrop, Prometheus, free_addr, http_get, repo_root, run_ok, tool, urlencode};
 use serde_json::Value;
 
 struct Query {
@@ -209,11 +212,22 @@ fn fake_nvml(dir: &std::path::Path) -> Option<PathBuf> {
 fn every_panel_query_returns_data_against_a_real_prometheus() {
     let work = tempfile::tempdir().unwrap();
 
-    // Our receiver, with fake GPUs when the fake NVML exists, on a pull endpoint.
+    // Every OTLP export below goes to an address where nothing listens, so the
+    // pipeline panels see real failures: export failures and dropped spans and logs.
+    let dead_otlp = format!("http://{}", free_addr());
+
+    // Our receiver, with fake GPUs when the fake NVML exists, on a pull endpoint; its
+    // OTLP push fails (the receiver's export-failure series).
     let receiver_addr = free_addr();
     let mut receiver = Command::new(env!("CARGO_BIN_EXE_e2e-otel-gpu-receiver"));
     receiver
-        .args(["--interval", "1s", "--no-otlp", "--prometheus"])
+        .args([
+            "--interval",
+            "1s",
+            "--otlp-endpoint",
+            &dead_otlp,
+            "--prometheus",
+        ])
         .arg(receiver_addr.to_string())
         .arg("--proc-root")
         .arg(proc_without_uptime(work.path()))
@@ -235,7 +249,6 @@ fn every_panel_query_returns_data_against_a_real_prometheus() {
 
     // The demo (load -> gateway -> backend), each serving /metrics. Their OTLP
     // endpoint has no collector, so the pipeline panels see failed exports.
-    let dead_otlp = format!("http://{}", free_addr());
     let demo = |bin: &str, service: &str, prometheus: SocketAddr| {
         let mut cmd = Command::new(bin);
         cmd.env_clear()
@@ -269,6 +282,8 @@ fn every_panel_query_returns_data_against_a_real_prometheus() {
         )
         .env("DEMO_GATEWAY_ADDR", gateway_addr.to_string())
         .env("DEMO_BACKEND_URL", format!("http://{backend_addr}"))
+        // Its debug event per view becomes an OTLP log record, so logs are dropped too.
+        .env("RUST_LOG", "info,demo=debug")
         .spawn()
         .expect("start demo-gateway"),
     );
@@ -283,11 +298,15 @@ fn every_panel_query_returns_data_against_a_real_prometheus() {
         .spawn()
         .expect("start demo-load"),
     );
+    // No collector runs here: an offline stand-in serves what the pinned collector's
+    // own /metrics serves while Jaeger is down and memory_limiter refuses (below).
+    let collector = FakeCollectorMetrics::start();
     let targets = [
         ("otel-gpu-receiver", receiver_addr),
         ("demo-backend", backend_metrics),
         ("demo-gateway", gateway_metrics),
         ("demo-load", load_metrics),
+        ("otel-collector", collector.addr),
     ];
     for (job, addr) in targets {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -335,6 +354,217 @@ fn every_panel_query_returns_data_against_a_real_prometheus() {
         gpus.is_some(),
         report.join("\n")
     );
+
+    // Data is not enough for the pipeline panels: each must show its failure, not a
+    // flat zero, or a panel that can never move would pass.
+    let pipeline: Vec<&Query> = queries
+        .iter()
+        .filter(|q| q.dashboard == "pipeline.json")
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut flat: Vec<&str> = FAILURE_PANELS.to_vec();
+    while !flat.is_empty() && Instant::now() < deadline {
+        flat.retain(|title| {
+            let exprs: Vec<&&Query> = pipeline.iter().filter(|q| q.panel == *title).collect();
+            assert!(!exprs.is_empty(), "no pipeline panel is titled {title:?}");
+            !exprs.iter().any(|q| query_max(&prom, &q.expr) > 0.0)
+        });
+        if !flat.is_empty() {
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+    assert!(
+        flat.is_empty(),
+        "pipeline panels that never showed their failure: {flat:?}"
+    );
+    assert!(
+        collector.scrapes() > 0,
+        "Prometheus never scraped the stand-in"
+    );
+}
+
+/// Pipeline panels that a failure in this test must move above zero.
+const FAILURE_PANELS: [&str; 7] = [
+    "Spans dropped",
+    "Export failures",
+    "Log records dropped",
+    "Collector: refused at its receivers",
+    "Collector: export failures",
+    "Collector: dropped, sending queue full",
+    "Collector: sending queue fill",
+];
+
+/// The largest sample of an instant query (0 when it returns nothing).
+fn query_max(prom: &Prometheus, expr: &str) -> f64 {
+    let (_, body) = http_get(
+        prom.addr,
+        &format!("/api/v1/query?query={}", urlencode(expr)),
+    )
+    .expect("query prometheus");
+    let json: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{expr}: {e}: {body}"));
+    json["data"]["result"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["value"][1].as_str()?.parse::<f64>().ok())
+        .filter(|v| v.is_finite())
+        .fold(0.0, f64::max)
+}
+
+/// An OFFLINE STAND-IN for the collector's own `/metrics` (no collector binary or
+/// Docker engine here): the series names, labels and types that
+/// opentelemetry-collector-contrib 0.157.0 serves with the stack's telemetry config
+/// (its Prometheus reader defaults to no `_total` suffix, no units, no scope labels;
+/// attributes `receiver`/`transport`, `exporter`, `data_type` as in its receiverhelper
+/// and exporterhelper), in the state of a real outage: Jaeger is unreachable, so the
+/// traces exporter fails every send and its 1000-batch queue is full and drops, while
+/// memory_limiter makes the OTLP receiver refuse. Counters grow on every scrape. It
+/// proves the panels and their queries, not the collector; `stack/smoke.sh` checks a
+/// real one where Docker runs.
+struct FakeCollectorMetrics {
+    addr: SocketAddr,
+    scrapes: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeCollectorMetrics {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the stand-in");
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let scrapes = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (n, halt) = (scrapes.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !halt.load(Ordering::Relaxed) {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                let _ = conn.set_nonblocking(false);
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => req.extend_from_slice(&buf[..k]),
+                    }
+                }
+                let scrape = n.fetch_add(1, Ordering::Relaxed) + 1;
+                let body = fake_collector_exposition(scrape);
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        Self {
+            addr,
+            scrapes,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn scrapes(&self) -> u64 {
+        self.scrapes.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for FakeCollectorMetrics {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The stand-in's exposition at its `n`th scrape (see [`FakeCollectorMetrics`]).
+fn fake_collector_exposition(n: u64) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, series: &[(&str, u64)]| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (labels, value) in series {
+            out.push_str(&format!("{name}{{{labels}}} {value}\n"));
+        }
+    };
+    let otlp = r#"receiver="otlp",transport="grpc""#;
+    let (jaeger, prom, logs) = (
+        r#"exporter="otlp_grpc/jaeger""#,
+        r#"exporter="otlp_http/prometheus""#,
+        r#"exporter="debug/logs""#,
+    );
+    family(
+        "target_info",
+        "gauge",
+        "Target metadata",
+        &[(
+            r#"service_instance_id="6f1c2a7e-0000-4000-8000-000000000001",service_name="otelcol-contrib",service_version="0.157.0""#,
+            1,
+        )],
+    );
+    let signals = [
+        ("spans", "traces", jaeger, 40, 5, 7, 3),
+        ("metric_points", "metrics", prom, 200, 20, 0, 0),
+        ("log_records", "logs", logs, 30, 2, 0, 0),
+    ];
+    for (items, _, exporter, accepted, refused, failed, dropped) in signals {
+        family(
+            &format!("otelcol_receiver_accepted_{items}"),
+            "counter",
+            "Number of items successfully pushed into the pipeline. [Alpha]",
+            &[(otlp, accepted * n)],
+        );
+        family(
+            &format!("otelcol_receiver_refused_{items}"),
+            "counter",
+            "Number of items that could not be pushed into the pipeline. [Alpha]",
+            &[(otlp, refused * n)],
+        );
+        family(
+            &format!("otelcol_exporter_sent_{items}"),
+            "counter",
+            "Number of items successfully sent to destination. [Alpha]",
+            &[(exporter, if failed > 0 { 0 } else { accepted * n })],
+        );
+        family(
+            &format!("otelcol_exporter_send_failed_{items}"),
+            "counter",
+            "Number of items in failed attempts to send to destination. [Alpha]",
+            &[(exporter, failed * n)],
+        );
+        // A real collector creates this series with the first drop; the outage has
+        // dropped spans already, the others show it at zero.
+        family(
+            &format!("otelcol_exporter_enqueue_failed_{items}"),
+            "counter",
+            "Number of items failed to be added to the sending queue. [Alpha]",
+            &[(exporter, dropped * n)],
+        );
+    }
+    let queue = |exporter: &str, data_type: &str| format!(r#"data_type="{data_type}",{exporter}"#);
+    let (jq, pq, lq) = (
+        queue(jaeger, "traces"),
+        queue(prom, "metrics"),
+        queue(logs, "logs"),
+    );
+    family(
+        "otelcol_exporter_queue_size",
+        "gauge",
+        "Current size of the retry queue (in batches). [Alpha]",
+        &[(&jq, 1000), (&pq, n % 3), (&lq, 0)],
+    );
+    family(
+        "otelcol_exporter_queue_capacity",
+        "gauge",
+        "Fixed capacity of the retry queue (in batches). [Alpha]",
+        &[(&jq, 1000), (&pq, 1000), (&lq, 1000)],
+    );
+    out
 }
 
 /// Three fake GPUs: one power- and thermally throttled with a training process, one

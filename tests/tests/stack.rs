@@ -237,11 +237,6 @@ fn collector_pipelines_use_only_defined_components_and_compose_endpoints() {
     );
     let prom_cmd = str_list(&compose["services"]["prometheus"]["command"]);
     assert!(prom_cmd.iter().any(|c| c == "--web.enable-otlp-receiver"));
-    assert!(
-        prom_cmd
-            .iter()
-            .any(|c| c == "--enable-feature=exemplar-storage")
-    );
     // Every service that exports OTLP sends it to the collector.
     for (name, svc) in compose["services"].as_mapping().unwrap() {
         if let Some(ep) = svc["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"].as_str() {
@@ -350,8 +345,790 @@ fn alert_rules_pass_promtool_and_every_alert_has_a_unit_test() {
         "GpuReceiverDown",
         "GpuReceiverCycleStale",
         "TelemetryDropped",
+        "CollectorRefusingTelemetry",
+        "CollectorExportFailing",
+        "CollectorDroppingTelemetry",
+        "CollectorSendingQueueFilling",
     ];
     for r in required {
         assert!(alerts.iter().any(|a| a == r), "missing alert {r}");
+    }
+}
+
+/// opentelemetry_sdk 0.33.1 exports every histogram point with `exemplars: vec![]`, so
+/// nothing in the stack may promise them: no exemplar storage, no exemplar queries, no
+/// exemplar-to-trace links, no panel text that says they link anywhere.
+#[test]
+fn nothing_promises_exemplars_the_sdk_cannot_send() {
+    let compose = yaml("docker-compose.yml");
+    let prom_cmd = str_list(&compose["services"]["prometheus"]["command"]);
+    assert!(
+        !prom_cmd.iter().any(|c| c.contains("exemplar")),
+        "Prometheus stores exemplars that never come: {prom_cmd:?}"
+    );
+    let datasources = yaml("grafana/provisioning/datasources/datasources.yaml");
+    for ds in datasources["datasources"].as_sequence().unwrap() {
+        let keys = map_keys(&ds["jsonData"]);
+        assert!(
+            !keys.iter().any(|k| k.to_lowercase().contains("exemplar")),
+            "datasource {:?} links exemplars that never come: {keys:?}",
+            ds["name"]
+        );
+    }
+    let dir = repo_root().join("grafana/dashboards");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let d: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let mut stack = vec![&d];
+        while let Some(v) = stack.pop() {
+            match v {
+                serde_json::Value::Object(m) => {
+                    assert!(
+                        m.get("exemplar") != Some(&serde_json::Value::Bool(true)),
+                        "{}: a query asks for exemplars: {}",
+                        path.display(),
+                        m.get("expr").unwrap_or(&serde_json::Value::Null)
+                    );
+                    if let Some(title) = m.get("title").and_then(|t| t.as_str()) {
+                        assert!(
+                            !title.to_lowercase().contains("exemplar"),
+                            "{}: panel {title:?} promises exemplars",
+                            path.display()
+                        );
+                    }
+                    stack.extend(m.values());
+                }
+                serde_json::Value::Array(a) => stack.extend(a),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Grafana's basic roles, weakest first.
+const ROLES: [&str; 3] = ["Viewer", "Editor", "Admin"];
+
+fn role_rank(role: &str) -> usize {
+    ROLES
+        .iter()
+        .position(|r| *r == role)
+        .unwrap_or_else(|| panic!("unknown Grafana role {role:?}"))
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap();
+                out.push(u8::from_str_radix(hex, 16).expect("bad percent escape"));
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// Every link a dashboard carries: its own links, panel links and data links
+/// (field defaults and overrides), as (where, link object).
+fn dashboard_links(d: &serde_json::Value) -> Vec<(String, serde_json::Value)> {
+    let mut out = Vec::new();
+    for l in d["links"].as_array().into_iter().flatten() {
+        out.push(("dashboard links".to_owned(), l.clone()));
+    }
+    let mut panels: Vec<&serde_json::Value> =
+        d["panels"].as_array().into_iter().flatten().collect();
+    while let Some(p) = panels.pop() {
+        panels.extend(p["panels"].as_array().into_iter().flatten());
+        let title = p["title"].as_str().unwrap_or("?").to_owned();
+        for l in p["links"].as_array().into_iter().flatten() {
+            out.push((format!("panel {title:?}"), l.clone()));
+        }
+        let fc = &p["fieldConfig"];
+        for l in fc["defaults"]["links"].as_array().into_iter().flatten() {
+            out.push((format!("panel {title:?} data link"), l.clone()));
+        }
+        for o in fc["overrides"].as_array().into_iter().flatten() {
+            for prop in o["properties"].as_array().into_iter().flatten() {
+                if prop["id"] == "links" {
+                    for l in prop["value"].as_array().into_iter().flatten() {
+                        out.push((format!("panel {title:?} override link"), l.clone()));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The role a relative Grafana URL needs, checking that what it opens exists:
+/// `/d/<uid>` needs Viewer and one of our dashboards; `/explore` needs Editor
+/// (Grafana 12+ has no `viewers_can_edit`) and provisioned datasources.
+fn role_needed_by(
+    url: &str,
+    dashboard_uids: &BTreeSet<String>,
+    datasource_uids: &BTreeSet<String>,
+) -> &'static str {
+    assert!(
+        url.starts_with('/'),
+        "{url:?}: use a path inside Grafana; an absolute URL breaks when the host port changes"
+    );
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    if let Some(rest) = path.strip_prefix("/d/") {
+        let uid = rest.split('/').next().unwrap();
+        assert!(
+            dashboard_uids.contains(uid),
+            "{url:?} opens unknown dashboard {uid}"
+        );
+        return "Viewer";
+    }
+    if path == "/dashboards" {
+        return "Viewer";
+    }
+    assert_eq!(
+        path, "/explore",
+        "{url:?}: a Grafana route this test does not know"
+    );
+    let mut panes = 0;
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k != "panes" && k != "left" {
+            continue;
+        }
+        let state: serde_json::Value = serde_json::from_str(&percent_decode(v))
+            .unwrap_or_else(|e| panic!("{url:?}: {k} is not JSON: {e}"));
+        let states: Vec<&serde_json::Value> = if k == "panes" {
+            state.as_object().unwrap().values().collect()
+        } else {
+            vec![&state]
+        };
+        for pane in states {
+            panes += 1;
+            let mut uids = vec![pane["datasource"].as_str().unwrap_or_default().to_owned()];
+            for q in pane["queries"].as_array().into_iter().flatten() {
+                if let Some(uid) = q["datasource"]["uid"].as_str() {
+                    uids.push(uid.to_owned());
+                }
+            }
+            for uid in uids {
+                assert!(
+                    datasource_uids.contains(&uid),
+                    "{url:?} explores datasource {uid:?}, which is not provisioned"
+                );
+            }
+        }
+    }
+    assert!(panes > 0, "{url:?} opens Explore without a datasource");
+    "Editor"
+}
+
+/// The README promises that anonymous users can follow every link; the compose file
+/// and provisioning must grant what those links need, and nothing more than a
+/// localhost-bound stack can afford.
+#[test]
+fn anonymous_users_can_open_every_dashboard_link() {
+    let compose = yaml("docker-compose.yml");
+    let grafana = &compose["services"]["grafana"];
+    let env = &grafana["environment"];
+    assert_eq!(env["GF_AUTH_ANONYMOUS_ENABLED"].as_str(), Some("true"));
+    let granted = env["GF_AUTH_ANONYMOUS_ORG_ROLE"]
+        .as_str()
+        .expect("GF_AUTH_ANONYMOUS_ORG_ROLE is set");
+    assert!(
+        role_rank(granted) < role_rank("Admin"),
+        "anonymous users must not administer Grafana"
+    );
+    if role_rank(granted) > role_rank("Viewer") {
+        // More than Viewer is only safe on loopback, with dashboards that stay as the
+        // files say.
+        for port in str_list(&grafana["ports"]) {
+            assert!(
+                port.starts_with("127.0.0.1:"),
+                "Grafana published on {port}"
+            );
+        }
+        let providers = yaml("grafana/provisioning/dashboards/dashboards.yaml");
+        for p in providers["providers"].as_sequence().unwrap() {
+            assert_eq!(
+                p["allowUiUpdates"].as_bool(),
+                Some(false),
+                "{:?}",
+                p["name"]
+            );
+            assert_eq!(
+                p["disableDeletion"].as_bool(),
+                Some(true),
+                "{:?}",
+                p["name"]
+            );
+        }
+    }
+
+    let datasources = yaml("grafana/provisioning/datasources/datasources.yaml");
+    let datasource_uids: BTreeSet<String> = datasources["datasources"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["uid"].as_str().map(str::to_owned))
+        .collect();
+    let mut dashboards = Vec::new();
+    for entry in std::fs::read_dir(repo_root().join("grafana/dashboards")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let d: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            dashboards.push((path, d));
+        }
+    }
+    let dashboard_uids: BTreeSet<String> = dashboards
+        .iter()
+        .filter_map(|(_, d)| d["uid"].as_str().map(str::to_owned))
+        .collect();
+    let tags: BTreeSet<String> = dashboards
+        .iter()
+        .flat_map(|(_, d)| d["tags"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t.as_str().map(str::to_owned))
+        .collect();
+
+    let mut checked = 0;
+    for (path, d) in &dashboards {
+        let name = path.file_name().unwrap().to_string_lossy();
+        for (place, link) in dashboard_links(d) {
+            let needed = if link["type"] == "dashboards" {
+                let wanted = str_list(&serde_yaml_ng::to_value(&link["tags"]).unwrap());
+                assert!(
+                    wanted.iter().any(|t| tags.contains(t)),
+                    "{name}: {place} lists dashboards tagged {wanted:?}, and none is"
+                );
+                "Viewer"
+            } else {
+                let url = link["url"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{name}: {place} has no url"));
+                role_needed_by(url, &dashboard_uids, &datasource_uids)
+            };
+            assert!(
+                role_rank(granted) >= role_rank(needed),
+                "{name}: {place} ({}) needs {needed}; anonymous users are {granted}",
+                link["title"]
+            );
+            checked += 1;
+        }
+    }
+    // Datasource links (exemplar or derived-field trace links) land in Explore too.
+    for ds in datasources["datasources"].as_sequence().unwrap() {
+        for key in ["exemplarTraceIdDestinations", "derivedFields"] {
+            for l in ds["jsonData"][key].as_sequence().into_iter().flatten() {
+                let target = l["datasourceUid"].as_str().unwrap_or_default();
+                assert!(
+                    datasource_uids.contains(target),
+                    "{:?} links to {target:?}",
+                    ds["name"]
+                );
+                assert!(
+                    role_rank(granted) >= role_rank("Editor"),
+                    "{:?}: {key} needs Editor",
+                    ds["name"]
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(
+        checked > 0,
+        "no dashboard link was checked: the link finder is broken"
+    );
+
+    // The link checker can fail: an Explore link for a Viewer, and a link to a
+    // dashboard that does not exist.
+    let explore = dashboards
+        .iter()
+        .flat_map(|(_, d)| dashboard_links(d))
+        .filter_map(|(_, l)| l["url"].as_str().map(str::to_owned))
+        .find(|u| u.starts_with("/explore"))
+        .expect("the functions dashboard links to traces in Explore");
+    assert!(
+        role_rank("Viewer")
+            < role_rank(role_needed_by(&explore, &dashboard_uids, &datasource_uids))
+    );
+    let missing = std::panic::catch_unwind(|| {
+        role_needed_by("/d/no-such-dashboard", &dashboard_uids, &datasource_uids)
+    });
+    assert!(missing.is_err(), "a link to a missing dashboard passed");
+}
+
+/// A compose memory size (`512M`, `1G`, `64m`, `1gb`, bytes) in bytes.
+fn compose_bytes(s: &str) -> u64 {
+    let s = s.trim().to_ascii_lowercase();
+    let s = s.strip_suffix('b').unwrap_or(&s);
+    let (num, mult) = match s.chars().last() {
+        Some('k') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('m') => (&s[..s.len() - 1], 1 << 20),
+        Some('g') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    let n: f64 = num
+        .parse()
+        .unwrap_or_else(|e| panic!("bad memory size {s:?}: {e}"));
+    (n * mult as f64) as u64
+}
+
+/// Go's GOMEMLIMIT (`410MiB`, `1GiB`, bytes) in bytes.
+fn go_bytes(s: &str) -> u64 {
+    for (suffix, mult) in [
+        ("KiB", 1u64 << 10),
+        ("MiB", 1 << 20),
+        ("GiB", 1 << 30),
+        ("B", 1),
+    ] {
+        if let Some(n) = s.strip_suffix(suffix) {
+            return n.parse::<u64>().expect("GOMEMLIMIT number") * mult;
+        }
+    }
+    s.parse().expect("GOMEMLIMIT in bytes")
+}
+
+fn memory_limit(svc: &Value) -> Option<u64> {
+    svc["deploy"]["resources"]["limits"]["memory"]
+        .as_str()
+        .or_else(|| svc["mem_limit"].as_str())
+        .map(compose_bytes)
+}
+
+/// The receiver's largest RSS in BENCHMARKS.md ("RSS after the run" rows, our column).
+fn receiver_rss_from_benchmarks() -> u64 {
+    let text = std::fs::read_to_string(repo_root().join("BENCHMARKS.md")).unwrap();
+    let rss: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with("| RSS after the run |"))
+        .filter_map(|l| l.split('|').nth(2))
+        .filter_map(|cell| cell.trim().strip_suffix(" MB"))
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    assert!(
+        !rss.is_empty(),
+        "BENCHMARKS.md has no `| RSS after the run | <n> MB |` row for the receiver"
+    );
+    (rss.iter().cloned().fold(0.0, f64::max) * 1e6) as u64
+}
+
+#[test]
+fn every_service_has_a_memory_limit_and_memory_limiter_stays_below_the_collectors() {
+    let compose = yaml("docker-compose.yml");
+    let services = compose["services"].as_mapping().unwrap();
+    for (name, svc) in services {
+        let limit = memory_limit(svc).unwrap_or_else(|| {
+            panic!("service {name:?} has no memory limit (deploy.resources.limits.memory)")
+        });
+        assert!(
+            limit >= 32 << 20,
+            "service {name:?}: {limit} bytes is too small to start"
+        );
+    }
+
+    // The receiver: several times what BENCHMARKS.md measured, not an arbitrary number.
+    let receiver = memory_limit(&compose["services"]["otel-gpu-receiver"]).unwrap();
+    let measured = receiver_rss_from_benchmarks();
+    assert!(
+        receiver >= 4 * measured && receiver <= 16 * measured,
+        "receiver limit {receiver} bytes vs {measured} bytes measured RSS: keep it 4-16x"
+    );
+
+    // The collector: memory_limiter in absolute MiB below the container's limit, and
+    // first in every pipeline so it refuses before anything else allocates.
+    let collector = memory_limit(&compose["services"]["otel-collector"]).unwrap();
+    let col = yaml("stack/otel-collector.yaml");
+    let ml = &col["processors"]["memory_limiter"];
+    for pct in ["limit_percentage", "spike_limit_percentage"] {
+        assert!(
+            ml[pct].is_null(),
+            "memory_limiter: use limit_mib; {pct} is relative to a limit nobody checks"
+        );
+    }
+    let limit_mib = ml["limit_mib"].as_u64().expect("memory_limiter.limit_mib");
+    let spike_mib = ml["spike_limit_mib"]
+        .as_u64()
+        .expect("memory_limiter.spike_limit_mib");
+    assert!(ml["check_interval"].as_str().is_some());
+    let limiter = limit_mib << 20;
+    assert!(
+        limiter < collector && limiter * 100 <= collector * 85,
+        "memory_limiter.limit_mib {limit_mib} MiB must stay under 85% of the collector's {collector} bytes"
+    );
+    assert!(
+        spike_mib > 0 && spike_mib * 100 <= limit_mib * 30,
+        "spike_limit_mib {spike_mib} should be up to 30% of limit_mib {limit_mib}"
+    );
+    if let Some(gomem) = compose["services"]["otel-collector"]["environment"]["GOMEMLIMIT"].as_str()
+    {
+        let gomem = go_bytes(gomem);
+        assert!(
+            gomem >= limiter && gomem < collector,
+            "GOMEMLIMIT {gomem} should sit between memory_limiter ({limiter}) and the container limit ({collector})"
+        );
+    }
+    for (pipeline, def) in col["service"]["pipelines"].as_mapping().unwrap() {
+        assert_eq!(
+            str_list(&def["processors"]).first().map(String::as_str),
+            Some("memory_limiter"),
+            "pipeline {pipeline:?}: memory_limiter must come first"
+        );
+    }
+    // The parsers agree with the units they claim.
+    assert_eq!(compose_bytes("512M"), 512 << 20);
+    assert_eq!(compose_bytes("1gb"), 1 << 30);
+    assert_eq!(go_bytes("410MiB"), 410 << 20);
+}
+
+/// Whether `.dockerignore` patterns exclude `path` (or a folder above it), with
+/// Docker's semantics for what this repository uses: root-relative paths, `**/`
+/// prefixes, `*` within a name, `!` exceptions, last match wins.
+fn docker_ignores(patterns: &[String], path: &str) -> bool {
+    fn glob(pat: &str, name: &str) -> bool {
+        match pat.split_once('*') {
+            None => pat == name,
+            Some((pre, post)) => {
+                name.len() >= pre.len() + post.len()
+                    && name.starts_with(pre)
+                    && name.ends_with(post)
+            }
+        }
+    }
+    fn matches(pat: &[&str], path: &[&str]) -> bool {
+        match (pat.first(), path.first()) {
+            (None, _) => true, // a folder above the path matched
+            (Some(&"**"), _) => (0..=path.len()).any(|i| matches(&pat[1..], &path[i..])),
+            (Some(p), Some(n)) => glob(p, n) && matches(&pat[1..], &path[1..]),
+            (Some(_), None) => false,
+        }
+    }
+    let parts: Vec<&str> = path.split('/').collect();
+    let mut ignored = false;
+    for raw in patterns {
+        let (negated, pat) = match raw.strip_prefix('!') {
+            Some(p) => (true, p),
+            None => (false, raw.as_str()),
+        };
+        let pat: Vec<&str> = pat.trim_matches('/').split('/').collect();
+        if matches(&pat, &parts) {
+            ignored = !negated;
+        }
+    }
+    ignored
+}
+
+/// The Dockerfile's instructions, continuation lines joined, comments dropped.
+fn dockerfile_instructions(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('#') || (trimmed.is_empty() && cur.is_empty()) {
+            continue;
+        }
+        match trimmed.strip_suffix('\\') {
+            Some(part) => {
+                cur.push_str(part);
+                cur.push(' ');
+            }
+            None => {
+                cur.push_str(trimmed);
+                if !cur.trim().is_empty() {
+                    out.push(cur.trim().to_owned());
+                }
+                cur.clear();
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn image_builds_send_a_lean_context_cache_dependencies_and_build_each_image_once() {
+    let root = repo_root();
+    let patterns: Vec<String> = std::fs::read_to_string(root.join(".dockerignore"))
+        .expect(".dockerignore exists")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    // Heavy or irrelevant paths stay out of the build context...
+    for heavy in [
+        ".git",
+        "target",
+        "target/release/otel-gpu-receiver",
+        "demo/target",
+        "grafana/schema-check/node_modules",
+        "grafana/schema-check/node_modules/@grafana/schema/package.json",
+        "grafana/schema-check/generated",
+        "node_modules",
+        "otel-instrument/default_1.profraw",
+        "grafana/dashboards/host.json",
+        "tests/tests/dashboards.rs",
+    ] {
+        assert!(
+            docker_ignores(&patterns, heavy),
+            ".dockerignore lets {heavy} into the build context"
+        );
+    }
+    // ...and what the images build from stays in.
+    let compose = yaml("docker-compose.yml");
+    let mut needed = vec![
+        "Cargo.lock".to_owned(),
+        "proto/demo/v1/inventory.proto".to_owned(),
+    ];
+    for member in str_list(&yaml_toml_members()) {
+        needed.push(format!("{member}/Cargo.toml"));
+        needed.push(format!("{member}/src/lib.rs"));
+    }
+    let mut dockerfiles = BTreeSet::new();
+    for (_, svc) in compose["services"].as_mapping().unwrap() {
+        if let Some(b) = svc["build"].as_mapping() {
+            dockerfiles.insert(
+                b.get("dockerfile")
+                    .and_then(Value::as_str)
+                    .unwrap()
+                    .to_owned(),
+            );
+        }
+    }
+    needed.extend(dockerfiles.iter().cloned());
+    for path in &needed {
+        if root.join(path).exists() {
+            assert!(
+                !docker_ignores(&patterns, path),
+                ".dockerignore drops {path}, which the build needs"
+            );
+        }
+    }
+    // The matcher itself can say no.
+    assert!(!docker_ignores(
+        &["target".to_owned()],
+        "demo/src/target.rs"
+    ));
+    assert!(!docker_ignores(
+        &["stack".to_owned(), "!stack/Dockerfile".to_owned()],
+        "stack/Dockerfile"
+    ));
+
+    // Each image is built by one service; services that share it only name it.
+    let mut built: BTreeSet<String> = BTreeSet::new();
+    for (name, svc) in compose["services"].as_mapping().unwrap() {
+        let image = svc["image"].as_str().unwrap_or_default().to_owned();
+        if svc["build"].is_mapping() {
+            assert!(
+                built.insert(image.clone()),
+                "{name:?} builds {image} again: build it once and name the image elsewhere"
+            );
+        }
+    }
+    for (name, svc) in compose["services"].as_mapping().unwrap() {
+        let image = svc["image"].as_str().unwrap_or_default();
+        if built.contains(image) && !svc["build"].is_mapping() {
+            assert_eq!(
+                svc["pull_policy"].as_str(),
+                Some("never"),
+                "{name:?} runs the locally built {image}: it must never be pulled"
+            );
+        }
+    }
+    let demo: Vec<_> = ["demo-backend", "demo-gateway", "demo-load"]
+        .iter()
+        .map(|s| compose["services"][*s]["image"].as_str().unwrap())
+        .collect();
+    assert!(demo.iter().all(|i| *i == demo[0]), "the demo is one image");
+
+    // Dependencies compile before any source is copied in: the first `cargo build`
+    // sees only manifests (or a stub skeleton copied from an earlier stage), and the
+    // sources arrive later for a second `cargo build`.
+    for dockerfile in &dockerfiles {
+        let text = std::fs::read_to_string(root.join(dockerfile)).unwrap();
+        let steps = dockerfile_instructions(&text);
+        let builds: Vec<usize> = steps
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.starts_with("RUN") && s.contains("cargo build"))
+            .map(|(i, _)| i)
+            .collect();
+        assert!(
+            builds.len() >= 2,
+            "{dockerfile}: expected a dependency build and a source build, found {builds:?}"
+        );
+        let stage_start = steps[..builds[0]]
+            .iter()
+            .rposition(|s| s.starts_with("FROM"))
+            .unwrap();
+        let from = &steps[stage_start];
+        assert!(
+            from.contains("rust:"),
+            "{dockerfile}: the dependency build starts from {from:?}, not a plain Rust image"
+        );
+        for step in &steps[stage_start..builds[0]] {
+            if let Some(args) = step.strip_prefix("COPY") {
+                let args: Vec<&str> = args.split_whitespace().collect();
+                let from_stage = args.iter().any(|a| a.starts_with("--from="));
+                let sources = &args[..args.len() - 1];
+                let manifests_only = sources
+                    .iter()
+                    .filter(|a| !a.starts_with("--"))
+                    .all(|a| a.ends_with("Cargo.toml") || a.ends_with("Cargo.lock"));
+                assert!(
+                    from_stage || manifests_only,
+                    "{dockerfile}: {step:?} copies sources before the dependency build"
+                );
+            }
+        }
+        let source_copy = (stage_start..steps.len())
+            .find(|&i| steps[i] == "COPY . ." || steps[i].starts_with("COPY . /"))
+            .unwrap_or_else(|| panic!("{dockerfile}: no source COPY after the dependency stage"));
+        assert!(
+            builds[0] < source_copy && builds.iter().any(|&b| b > source_copy),
+            "{dockerfile}: the sources must be copied after the dependency build and built after it"
+        );
+        // Every target compose asks for exists.
+        for (_, svc) in compose["services"].as_mapping().unwrap() {
+            if let Some(target) = svc["build"]["target"].as_str() {
+                assert!(
+                    steps
+                        .iter()
+                        .any(|s| s.starts_with("FROM") && s.ends_with(&format!(" AS {target}"))),
+                    "{dockerfile} has no stage {target}"
+                );
+            }
+        }
+    }
+}
+
+/// The workspace members, from the root Cargo.toml (as a YAML sequence).
+fn yaml_toml_members() -> Value {
+    let text = std::fs::read_to_string(repo_root().join("Cargo.toml")).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("members"))
+        .expect("Cargo.toml lists its members");
+    let list = line.split_once('=').unwrap().1.trim();
+    serde_yaml_ng::from_str(list).expect("members is a flow list")
+}
+
+/// `stack/smoke.sh` needs a Docker engine, which these machines lack: it must say so
+/// and exit 2 at once, before building or starting anything.
+#[test]
+fn smoke_script_fails_cleanly_without_a_docker_engine() {
+    let root = repo_root();
+    let script = root.join("stack/smoke.sh");
+    run_ok(Command::new("bash").arg("-n").arg(&script));
+    match Command::new("shellcheck").arg(&script).output() {
+        Ok(out) => assert!(
+            out.status.success(),
+            "shellcheck:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        ),
+        Err(_) => eprintln!("shellcheck is not installed: skipped (bash -n passed)"),
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    // An engine address where nothing listens, whatever this machine has.
+    let out = Command::new(&script)
+        .current_dir(dir.path())
+        .env(
+            "DOCKER_HOST",
+            format!("unix://{}/docker.sock", dir.path().display()),
+        )
+        .output()
+        .expect("run stack/smoke.sh");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if String::from_utf8_lossy(
+        &Command::new("sh")
+            .args(["-c", "command -v docker || true"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .trim()
+    .is_empty()
+    {
+        assert!(stderr.contains("no docker client"), "{stderr}");
+    } else {
+        assert!(
+            stderr.contains("no Docker engine is reachable") && stderr.contains("./test.sh"),
+            "unclear message: {stderr}"
+        );
+    }
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert!(
+        !stdout.contains("building") && !stderr.contains("compose"),
+        "it went on without an engine: {stdout}{stderr}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
+
+/// `docker compose up --wait` waits on healthchecks, so each must run with what its
+/// image has: busybox wget in Jaeger's (Alpine) and Prometheus's images, curl in
+/// Grafana's, bash in our debian-slim demo image. The collector's image is distroless
+/// and the receiver and load client listen on nothing: they have none, and say why.
+#[test]
+fn healthchecks_use_tools_their_images_have() {
+    let tools = [
+        ("jaegertracing/jaeger:", "wget"),
+        ("prom/prometheus:", "wget"),
+        ("grafana/grafana:", "curl"),
+        ("otel-gpu/demo:", "bash"),
+    ];
+    let exempt = ["otel-collector", "otel-gpu-receiver", "demo-load"];
+    let compose = yaml("docker-compose.yml");
+    let text = std::fs::read_to_string(repo_root().join("docker-compose.yml")).unwrap();
+    for (name, svc) in compose["services"].as_mapping().unwrap() {
+        let name = name.as_str().unwrap();
+        let image = svc["image"].as_str().unwrap_or_default();
+        let test = str_list(&svc["healthcheck"]["test"]);
+        if exempt.contains(&name) {
+            assert!(
+                test.is_empty(),
+                "{name} now has a healthcheck: update this test"
+            );
+            let block = text.split(&format!("\n  {name}:\n")).nth(1).unwrap();
+            let block = block.split("\n\n").next().unwrap();
+            assert!(
+                block.contains("# No healthcheck:"),
+                "{name}: say why it has no healthcheck"
+            );
+            continue;
+        }
+        assert_eq!(
+            test.first().map(String::as_str),
+            Some("CMD"),
+            "{name}: healthcheck test must be an exec form [\"CMD\", ...]"
+        );
+        let tool = tools
+            .iter()
+            .find(|(prefix, _)| image.starts_with(prefix))
+            .map(|(_, t)| *t)
+            .unwrap_or_else(|| panic!("{name}: which tools does {image} have?"));
+        assert_eq!(
+            test.get(1).map(String::as_str),
+            Some(tool),
+            "{name}: {image} has {tool}"
+        );
+        assert!(
+            test.iter().any(|a| a.contains("127.0.0.1")),
+            "{name}: check the service itself, on loopback inside its container"
+        );
     }
 }
