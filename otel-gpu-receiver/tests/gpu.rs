@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use fake_nvml::FakeNvml;
 use opentelemetry::Value as AttrValue;
-use otel_gpu_receiver::gpu::{GpuConfig, GpuSession, Inventory};
+use otel_gpu_receiver::gpu::{GpuConfig, GpuSession, Inventory, SourceState};
 use otel_gpu_receiver::snapshot::{Point, Points, Value};
 
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
@@ -92,6 +92,21 @@ fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * b.abs().max(1.0)
 }
 
+/// The one state of the GPU source that is 1 (and checks that exactly one is).
+fn source_state(points: &[Point]) -> String {
+    let on: Vec<_> = select(points, "otel_gpu_receiver.gpu.source.state", &[])
+        .into_iter()
+        .filter(|p| p.value == Value::Int(1))
+        .collect();
+    assert_eq!(on.len(), 1, "{points:#?}");
+    assert_eq!(
+        select(points, "otel_gpu_receiver.gpu.source.state", &[]).len(),
+        5,
+        "one series per state"
+    );
+    attr(on[0], "state").unwrap()
+}
+
 fn status(points: &[Point], id: &str) -> Vec<(String, i64)> {
     let mut v: Vec<_> = select(points, "hw.status", &[("hw.id", id)])
         .into_iter()
@@ -158,8 +173,18 @@ fn eight_gpus_report_distinct_values_in_the_right_units() {
                 (base + f) / 100.0
             ));
         }
+        // The fan is a component of its own, whose parent is the GPU.
+        let fan = format!("{id}:fan0");
         assert!(close(
-            g("nvidia.gpu.fan.speed", &[("nvidia.gpu.fan", "0")]),
+            value(
+                &points,
+                "hw.fan.speed_ratio",
+                &[
+                    ("hw.id", fan.as_str()),
+                    ("hw.parent", id.as_str()),
+                    ("hw.name", &format!("nvidia{i}/fan0"))
+                ]
+            ),
             (30.0 + f) / 100.0
         ));
         // °C.
@@ -194,11 +219,12 @@ fn eight_gpus_report_distinct_values_in_the_right_units() {
                 (base + f) * 1e6
             ));
         }
-        // ns → s.
+        // ns → s; the power violation counter is the software power cap, the same
+        // reason (and the same word) as in nvidia.gpu.throttle.active.
         assert!(close(
             g(
                 "nvidia.gpu.throttle.time",
-                &[("nvidia.gpu.throttle.reason", "power")]
+                &[("nvidia.gpu.throttle.reason", "sw_power_cap")]
             ),
             f + 1.0
         ));
@@ -210,11 +236,74 @@ fn eight_gpus_report_distinct_values_in_the_right_units() {
             0.5 * (f + 1.0)
         ));
         // Counters.
+        // ECC: volatile (since the driver loaded) and aggregate (the GPU's lifetime).
+        let ecc = |kind: &str, counter: &str| {
+            g(
+                "hw.errors",
+                &[("error.type", kind), ("nvidia.gpu.ecc.counter", counter)],
+            )
+        };
+        assert!(close(ecc("corrected", "volatile"), 10.0 * f));
+        assert!(close(ecc("uncorrected", "volatile"), f));
+        assert!(close(ecc("corrected", "aggregate"), 1000.0 + 10.0 * f));
+        assert!(close(ecc("uncorrected", "aggregate"), 2.0 + f));
+        // Retired pages and the remap-failure flag (field values).
         assert!(close(
-            g("hw.errors", &[("error.type", "corrected")]),
-            10.0 * f
+            g(
+                "nvidia.gpu.memory.retired_pages",
+                &[("nvidia.gpu.memory.retirement.cause", "single_bit")]
+            ),
+            f
         ));
-        assert!(close(g("hw.errors", &[("error.type", "uncorrected")]), f));
+        assert!(close(
+            g(
+                "nvidia.gpu.memory.retired_pages",
+                &[("nvidia.gpu.memory.retirement.cause", "double_bit")]
+            ),
+            0.0
+        ));
+        assert!(close(g("nvidia.gpu.memory.remap_failure", &[]), 0.0));
+        // PCIe link, current and max.
+        for (name, state, v) in [
+            ("nvidia.gpu.pcie.link.generation", "current", 4.0),
+            ("nvidia.gpu.pcie.link.generation", "max", 5.0),
+            ("nvidia.gpu.pcie.link.width", "current", 8.0),
+            ("nvidia.gpu.pcie.link.width", "max", 16.0),
+        ] {
+            assert!(close(g(name, &[("nvidia.gpu.pcie.link.state", state)]), v));
+        }
+        // Max clocks for all four; application clocks where the GPU has them.
+        for (clock, mhz) in [
+            ("graphics", 1980.0 + f),
+            ("sm", 1980.0 + f),
+            ("memory", 2619.0),
+            ("video", 1755.0),
+        ] {
+            assert!(close(
+                g(
+                    "nvidia.gpu.clock.frequency.max",
+                    &[("nvidia.gpu.clock", clock)]
+                ),
+                mhz * 1e6
+            ));
+        }
+        assert!(close(
+            g(
+                "nvidia.gpu.clock.frequency.application",
+                &[("nvidia.gpu.clock", "graphics")]
+            ),
+            (1755.0 + f) * 1e6
+        ));
+        assert_eq!(
+            select(
+                &points,
+                "nvidia.gpu.clock.frequency.application",
+                &[("hw.id", &id)]
+            )
+            .len(),
+            2,
+            "no SM or video application clocks on this GPU"
+        );
         assert!(close(
             g("hw.errors", &[("error.type", "pcie_replay")]),
             100.0 + f
@@ -270,6 +359,7 @@ fn eight_gpus_report_distinct_values_in_the_right_units() {
             .iter()
             .any(|p| p.name == "otel_gpu_receiver.nvml.timeouts")
     );
+    assert_eq!(source_state(&points), "up");
     // Every cycle's calls went to the one NVML worker: none was abandoned.
     for _ in 0..10 {
         run.cycle();
@@ -343,10 +433,14 @@ fn a_gpu_lost_at_cycle_3_is_failed_while_the_others_continue_and_it_recovers() {
                 vec![("failed".to_owned(), 1)],
                 "cycle {cycle}"
             );
-            // Nothing else is reported for it, and no 0s.
+            // Nothing else is reported for it, and no 0s: only its Xid counters, which
+            // go on counting.
             let others: Vec<_> = points
                 .iter()
-                .filter(|p| p.name != "hw.status")
+                .filter(|p| p.name != "hw.status" && !p.name.starts_with("nvidia.gpu.xid."))
+                .filter(|p| {
+                    !(p.name == "hw.errors" && attr(p, "error.type").as_deref() == Some("xid"))
+                })
                 .filter(|p| attr(p, "hw.id").as_deref() == Some(g1.as_str()))
                 .collect();
             assert!(others.is_empty(), "cycle {cycle}: {others:#?}");
@@ -407,9 +501,19 @@ fn xid_79_and_48_are_counted_with_their_last_time() {
         ),
         1.0
     );
+    // Xid 48 never happened on GPU 1: its series is there at 0 (it was from discovery on),
+    // with no last time.
+    assert_eq!(
+        value(
+            &points,
+            "nvidia.gpu.xid.events",
+            &[("hw.id", &g1), ("nvidia.gpu.xid.code", "48")]
+        ),
+        0.0
+    );
     assert!(!has(
         &points,
-        "nvidia.gpu.xid.events",
+        "nvidia.gpu.xid.last_time",
         &[("hw.id", &g1), ("nvidia.gpu.xid.code", "48")]
     ));
     for (g, code) in [(&g0, "48"), (&g1, "79")] {
@@ -591,12 +695,29 @@ fn a_missing_library_means_no_gpu_readings_and_no_failure() {
         nvml_lib: Some(dir.path().join("libnvidia-ml.so.1")),
         ..GpuConfig::default()
     };
-    let mut session = GpuSession::open(cfg, Inventory::default());
+    let inventory = Inventory::default();
+    let mut session = GpuSession::open(cfg, inventory.clone());
     assert!(!session.is_loaded());
-    let mut p = Points::default();
-    session.collect(&mut p);
-    session.collect(&mut p);
-    assert!(p.is_empty());
+    for _ in 0..2 {
+        let mut p = Points::default();
+        session.collect(&mut p);
+        let points = p.into_vec();
+        // No GPU series, only the source's own: its state says why.
+        assert!(
+            points
+                .iter()
+                .all(|p| p.name.starts_with("otel_gpu_receiver.")),
+            "{points:#?}"
+        );
+        assert_eq!(source_state(&points), "no_library");
+        assert_eq!(value(&points, "otel_gpu_receiver.gpu.devices", &[]), 0.0);
+    }
+    assert_eq!(inventory.state(), Some(SourceState::NoLibrary));
+    assert!(
+        inventory
+            .degraded()
+            .is_some_and(|d| d.contains("no_library"))
+    );
 }
 
 #[test]
@@ -604,7 +725,25 @@ fn a_driver_that_is_not_loaded_means_host_only() {
     // nvmlInit_v2 answers NVML_ERROR_DRIVER_NOT_LOADED.
     let mut run = Run::new("devices 2\ninit_error 9");
     assert!(!run.session.is_loaded());
-    assert!(run.cycle().is_empty());
+    let points = run.cycle();
+    assert!(
+        points
+            .iter()
+            .all(|p| p.name.starts_with("otel_gpu_receiver.")),
+        "{points:#?}"
+    );
+    assert_eq!(source_state(&points), "no_driver");
+    assert_eq!(
+        value(
+            &points,
+            "otel_gpu_receiver.nvml.errors",
+            &[
+                ("nvml.call", "nvmlInit_v2"),
+                ("error.type", "driver_not_loaded")
+            ]
+        ),
+        1.0
+    );
 }
 
 #[test]

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use nvml_wrapper::error::NvmlError;
 
 use super::calls::{self, Call, StepOut};
+use super::lifecycle::driver_gone;
 use super::session::{Ctx, DeviceEntry, error_type};
 use crate::snapshot::Points;
 
@@ -40,6 +41,9 @@ pub(crate) struct DevFlags {
     /// The cycle got to the device's calls (made them, or knew to skip them). When it did
     /// not (NVML hung, budget spent), its health is unknown and not reported.
     pub(crate) reached: bool,
+    /// A MIG instance whose handle no longer answers (INVALID_ARGUMENT, NOT_FOUND): a
+    /// reconfiguration removed it. Its other calls are skipped.
+    pub(crate) vanished: bool,
 }
 
 /// What one cycle produced.
@@ -51,6 +55,12 @@ pub(crate) struct CycleReport {
     pub(crate) timeouts: Vec<&'static str>,
     /// (NVML function, error.type) of calls that failed this cycle.
     pub(crate) errors: Vec<(&'static str, &'static str)>,
+    /// A call found the driver gone (DRIVER_NOT_LOADED, UNINITIALIZED): (NVML function,
+    /// error.type). The job stops there: NVML has to be initialised again.
+    pub(crate) driver_gone: Option<(&'static str, &'static str)>,
+    /// The devices should be looked up again next cycle (a MIG instance vanished, or a
+    /// process runs in one not known yet).
+    pub(crate) rediscover: bool,
 }
 
 #[derive(Debug)]
@@ -91,7 +101,8 @@ impl Job {
                         return true;
                     };
                     g.report.flags[di].reached = true;
-                    if g.report.flags[di].lost || self.devices[di].skips(call) {
+                    let f = &g.report.flags[di];
+                    if f.lost || f.vanished || self.devices[di].skips(call) {
                         g.cursor += 1;
                         continue;
                     }
@@ -114,6 +125,8 @@ impl Job {
             match r {
                 Ok(()) => {
                     g.report.points.append(&mut out.points);
+                    g.report.errors.append(&mut out.errors);
+                    g.report.rediscover |= out.rediscover;
                     let f = &mut g.report.flags[di];
                     f.predicted_failure |= out.predicted_failure;
                     f.degraded |= out.degraded;
@@ -123,12 +136,27 @@ impl Job {
                 }
                 Err(e) => self.failed(&mut g, di, call, &e),
             }
+            if g.report.driver_gone.is_some() {
+                // Every other call would fail the same way: stop here.
+                g.finished = true;
+                return true;
+            }
         }
     }
 
     fn failed(&self, g: &mut JobState, di: usize, call: Call, e: &NvmlError) {
         let dev = &self.devices[di];
         match e {
+            // Counted by the session, which initialises NVML again.
+            e if driver_gone(e) => {
+                g.report.driver_gone = Some((call.nvml_name(), error_type(e)));
+            }
+            // A stale MIG handle: the instance was removed. Not an error, and not a
+            // failure of the GPU: rediscovery drops it.
+            NvmlError::InvalidArg | NvmlError::NotFound if dev.info.parent_uuid.is_some() => {
+                g.report.flags[di].vanished = true;
+                g.report.rediscover = true;
+            }
             // Remembered, never retried on this device, logged once at debug level.
             NvmlError::NotSupported | NvmlError::FailedToLoadSymbol(_) => {
                 dev.not_supported.fetch_or(call.bit(), Ordering::Relaxed);
@@ -185,7 +213,6 @@ struct Worker {
 #[derive(Debug)]
 pub(crate) struct Watchdog {
     call_timeout: Duration,
-    budget: Duration,
     worker: Option<Worker>,
     done_tx: Sender<u64>,
     done_rx: Receiver<u64>,
@@ -197,11 +224,10 @@ pub(crate) struct Watchdog {
 }
 
 impl Watchdog {
-    pub(crate) fn new(call_timeout: Duration, budget: Duration) -> Self {
+    pub(crate) fn new(call_timeout: Duration) -> Self {
         let (done_tx, done_rx) = mpsc::channel();
         Self {
             call_timeout,
-            budget,
             worker: None,
             done_tx,
             done_rx,
@@ -271,15 +297,17 @@ impl Watchdog {
         Some(w.stuck)
     }
 
-    /// Runs `f` (NVML calls outside a device's cycle, such as discovery) on the worker
-    /// with one call's deadline.
+    /// Runs `f` (NVML calls outside a device's cycle: initialisation, discovery) on the
+    /// worker, abandoning it after `timeout`.
     ///
     /// # Errors
-    /// `"nvmlDeviceGetCount_v2"` (the first call of discovery, the label it is counted
-    /// under) when `f` ran past the deadline and was abandoned, `"skipped"` when too
-    /// many workers are stuck to try, `"worker"` when no worker thread could be started.
+    /// `label` (the NVML function it is counted under) when `f` ran past `timeout` and
+    /// was abandoned, `"skipped"` when too many workers are stuck to try, `"worker"` when
+    /// no worker thread could be started.
     pub(crate) fn call<T: Send + 'static>(
         &mut self,
+        label: &'static str,
+        timeout: Duration,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, &'static str> {
         self.stuck.retain(|s| s.load(Ordering::Acquire));
@@ -311,28 +339,29 @@ impl Watchdog {
             self.worker = None;
             return Err("worker");
         }
-        match rx.recv_timeout(self.call_timeout) {
+        match rx.recv_timeout(timeout) {
             Ok(v) => Ok(v),
             Err(_) => {
                 tracing::warn!(
-                    timeout = ?self.call_timeout,
-                    "NVML device discovery ran past its deadline; the cycle goes on with the devices already known"
+                    call = label,
+                    ?timeout,
+                    "NVML call ran past its deadline; the cycle goes on without it"
                 );
                 self.abandon();
-                Err("nvmlDeviceGetCount_v2")
+                Err(label)
             }
         }
     }
 
-    /// Runs `steps` (device index, call) over `devices` and returns what they read.
+    /// Runs `steps` (device index, call) over `devices` until `deadline` and returns what
+    /// they read. Steps not begun by then are dropped and counted as `"budget"`.
     pub(crate) fn run(
         &mut self,
         ctx: &Arc<Ctx>,
         devices: &[Arc<DeviceEntry>],
         steps: Vec<(usize, Call)>,
+        deadline: Instant,
     ) -> CycleReport {
-        let started = Instant::now();
-        let deadline = started + self.budget;
         self.stuck.retain(|s| s.load(Ordering::Acquire));
         let mut report = CycleReport {
             flags: vec![DevFlags::default(); devices.len()],
@@ -359,6 +388,11 @@ impl Watchdog {
         }
         self.warned_full = false;
         if steps.is_empty() {
+            return report;
+        }
+        if Instant::now() >= deadline {
+            // Initialisation or discovery spent the budget: nothing is begun.
+            report.timeouts.push("budget");
             return report;
         }
         let job = Arc::new(Job {
@@ -437,7 +471,7 @@ impl Watchdog {
                         // Out of budget: the worker stops after its current call.
                         g.cancelled = true;
                         timeouts.push("budget");
-                        tracing::debug!(budget = ?self.budget, "GPU cycle budget spent");
+                        tracing::debug!("GPU cycle budget spent");
                         break;
                     }
                 }
