@@ -209,8 +209,9 @@ pub(crate) struct StepOut {
     /// A part that answers NOT_SUPPORTED is left out and not counted, and never
     /// remembered: only a whole call's NOT_SUPPORTED is.
     pub(crate) errors: Vec<(&'static str, &'static str)>,
-    /// A process runs in a MIG instance the session does not know yet.
-    pub(crate) rediscover: bool,
+    /// MIG instances (gpu, compute instance id) that processes run in but the session does
+    /// not know yet.
+    pub(crate) unknown_instances: Vec<(u32, Option<u32>)>,
 }
 
 impl StepOut {
@@ -921,7 +922,7 @@ fn processes(dev: &DeviceEntry, ctx: &Ctx, out: &mut StepOut) -> Result<(), Nvml
         });
         if found.is_none() {
             // An instance created since the last discovery.
-            out.rediscover = true;
+            out.unknown_instances.push((gi, p.compute_instance_id));
         }
         found
     };

@@ -217,6 +217,10 @@ pub struct GpuSession {
     cycle: u64,
     /// Look the devices up again next cycle (a MIG instance vanished or appeared).
     rediscover_next: bool,
+    /// Unknown MIG instances (gpu, compute instance id) that processes ran in and that
+    /// were already looked for: each one asks for one rediscovery, not one per cycle,
+    /// until the next scheduled rediscovery.
+    looked_for: std::collections::HashSet<(u32, Option<u32>)>,
     watchdog: Watchdog,
     /// The Xid thread, and the library it was started with.
     xid: Option<(XidWatcher, usize)>,
@@ -248,6 +252,7 @@ impl GpuSession {
             gpu_count: None,
             cycle: 0,
             rediscover_next: false,
+            looked_for: std::collections::HashSet::new(),
             xid: None,
             xid_carry: HashMap::new(),
             watched: Vec::new(),
@@ -465,12 +470,16 @@ impl GpuSession {
             *self.stats.timeouts.entry("budget").or_default() += 1;
             return;
         }
+        let scheduled =
+            self.cfg.rediscover_every > 0 && self.cycle.is_multiple_of(self.cfg.rediscover_every);
+        if scheduled {
+            self.looked_for.clear();
+        }
         let input = Discovery {
             ctx: ctx.clone(),
             old: self.devices.clone(),
             gpu_count: self.gpu_count,
-            scheduled: self.cfg.rediscover_every > 0
-                && self.cycle.is_multiple_of(self.cfg.rediscover_every),
+            scheduled,
             forced: self.rediscover_next,
             driver_version: self.driver_version.clone(),
         };
@@ -544,6 +553,7 @@ impl GpuSession {
             errors,
             driver_gone,
             rediscover,
+            unknown_instances,
         } = report;
         for c in &timeouts {
             *self.stats.timeouts.entry(c).or_default() += 1;
@@ -553,6 +563,11 @@ impl GpuSession {
         }
         if rediscover {
             self.rediscover_next = true;
+        }
+        for id in unknown_instances {
+            if self.looked_for.insert(id) {
+                self.rediscover_next = true;
+            }
         }
         if let Some((call, kind)) = driver_gone {
             // What was read before the driver went is real; the devices' health is not

@@ -58,9 +58,11 @@ pub(crate) struct CycleReport {
     /// A call found the driver gone (DRIVER_NOT_LOADED, UNINITIALIZED): (NVML function,
     /// error.type). The job stops there: NVML has to be initialised again.
     pub(crate) driver_gone: Option<(&'static str, &'static str)>,
-    /// The devices should be looked up again next cycle (a MIG instance vanished, or a
-    /// process runs in one not known yet).
+    /// The devices should be looked up again next cycle: a MIG instance vanished.
     pub(crate) rediscover: bool,
+    /// MIG instances that processes run in but that are not known (created since the
+    /// last discovery?).
+    pub(crate) unknown_instances: Vec<(u32, Option<u32>)>,
 }
 
 #[derive(Debug)]
@@ -126,7 +128,9 @@ impl Job {
                 Ok(()) => {
                     g.report.points.append(&mut out.points);
                     g.report.errors.append(&mut out.errors);
-                    g.report.rediscover |= out.rediscover;
+                    g.report
+                        .unknown_instances
+                        .append(&mut out.unknown_instances);
                     let f = &mut g.report.flags[di];
                     f.predicted_failure |= out.predicted_failure;
                     f.degraded |= out.degraded;

@@ -37,12 +37,14 @@
  *                              the next N attempts, and the attempt after them brings it back
  *   mig_at CYCLE DEV N         from CYCLE on, GPU DEV has N MIG instances (0: MIG off); handles
  *                              of removed instances answer INVALID_ARGUMENT
- *   dev I|* fail FUNCTION CODE [FROM [UNTIL]]   FUNCTION returns CODE in cycles FROM <= c < UNTIL
- *                              (FROM 0: from the start, UNTIL 0: forever)
+ *   dev I|* fail FUNCTION CODE [FROM [UNTIL]]   FUNCTION returns CODE on the GPU's own handle
+ *                              (not its MIG instances') in cycles FROM <= c < UNTIL (FROM 0:
+ *                              from the start, UNTIL 0: forever)
  *   dev I|* field_error ID|* CODE [FROM [UNTIL]] field ID (or every field) of
  *                              nvmlDeviceGetFieldValues fails on its own with CODE, while the
  *                              call itself succeeds (what a GPU reset looks like)
- *   dev I proc PID BYTES SM MEM NAME [GI CI]    a process, in MIG instance GI/CI when given
+ *   dev I proc PID BYTES SM MEM NAME [GI CI [FROM]]   a process, in MIG instance GI/CI when given
+ *                              (NO_ID 4294967295: none), running from cycle FROM on
  *   dev I mps PID BYTES NAME [GI CI]            an MPS client (nvmlDeviceGetMPSComputeRunningProcesses_v3)
  *   dev I nvlink_errors REPLAY RECOVERY CRC_FLIT CRC_DATA   link L reports each times (L + 1)
  *
@@ -115,7 +117,7 @@ struct fake_dev {
     unsigned nmig;
     fake_dev *mig[MAX_MIG];
     unsigned nproc;
-    struct { unsigned pid; unsigned long long bytes; unsigned sm, mem; char name[64]; unsigned gi, ci; } proc[MAX_PROC];
+    struct { unsigned pid; unsigned long long bytes; unsigned sm, mem; char name[64]; unsigned gi, ci; int from; } proc[MAX_PROC];
     int nnotsup;
     char notsup[MAX_RULES][64];
     int nsleep;
@@ -299,7 +301,9 @@ static void set_key(fake_dev *d, const char *key, char *rest) {
     else if (!strcmp(key, "lost")) { d->lost_from = (int)a; d->lost_until = (int)b; }
     else if (!strcmp(key, "proc") && d->nproc < MAX_PROC) {
         unsigned pid = 0, sm = 0, mem = 0, gi = NO_ID, ci = NO_ID; unsigned long long bytes = 0; char name[64] = {0};
-        sscanf(rest, "%u %llu %u %u %63s %u %u", &pid, &bytes, &sm, &mem, name, &gi, &ci);
+        int from = 0;
+        sscanf(rest, "%u %llu %u %u %63s %u %u %d", &pid, &bytes, &sm, &mem, name, &gi, &ci, &from);
+        d->proc[d->nproc].from = from;
         d->proc[d->nproc].pid = pid; d->proc[d->nproc].bytes = bytes;
         d->proc[d->nproc].sm = sm; d->proc[d->nproc].mem = mem;
         d->proc[d->nproc].gi = gi; d->proc[d->nproc].ci = ci;
@@ -462,7 +466,7 @@ static nvmlReturn_t enter(void *handle, const char *fn, fake_dev **out) {
         rc = g_gone_code; /* the driver went away: nothing answers until NVML is initialised again */
     else if (d->parent && !d->present)
         rc = NVML_ERROR_INVALID_ARGUMENT; /* a MIG instance removed by a reconfiguration */
-    for (int i = 0; rc == NVML_SUCCESS && i < r->nfail; i++)
+    for (int i = 0; rc == NVML_SUCCESS && !d->parent && i < r->nfail; i++)
         if (!strcmp(r->fails[i].fn, fn) && in_window(r->fails[i].from, r->fails[i].until)) rc = r->fails[i].code;
     if (rc == NVML_SUCCESS && r->lost_from >= 0 && g_cycle >= r->lost_from && (r->lost_until == 0 || g_cycle < r->lost_until))
         rc = NVML_ERROR_GPU_IS_LOST;
@@ -837,18 +841,19 @@ nvmlReturn_t nvmlDeviceGetComputeInstanceId(void *h, unsigned *id) {
 typedef struct { unsigned pid; unsigned long long usedGpuMemory; unsigned gpuInstanceId, computeInstanceId; } nvmlProcessInfo_t;
 /* On a GPU: every process, with its MIG instance ids; on a MIG instance: its own processes. */
 static int in_instance(fake_dev *d, unsigned gi, unsigned ci) { return !d->parent || (gi == d->gi && ci == d->ci); }
+static int running(fake_dev *r, unsigned i) { return g_cycle >= r->proc[i].from; }
 nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(void *h, unsigned *count, nvmlProcessInfo_t *infos) {
     ENTER(h);
     fake_dev *r = root(d);
     unsigned n = 0;
-    for (unsigned i = 0; i < r->nproc; i++) n += in_instance(d, r->proc[i].gi, r->proc[i].ci);
+    for (unsigned i = 0; i < r->nproc; i++) n += running(r, i) && in_instance(d, r->proc[i].gi, r->proc[i].ci);
     if (!infos || *count < n) {
         *count = n;
         return n ? NVML_ERROR_INSUFFICIENT_SIZE : NVML_SUCCESS;
     }
     unsigned k = 0;
     for (unsigned i = 0; i < r->nproc; i++) {
-        if (!in_instance(d, r->proc[i].gi, r->proc[i].ci)) continue;
+        if (!running(r, i) || !in_instance(d, r->proc[i].gi, r->proc[i].ci)) continue;
         infos[k].pid = r->proc[i].pid;
         infos[k].usedGpuMemory = r->proc[i].bytes;
         infos[k].gpuInstanceId = d->parent ? NO_ID : r->proc[i].gi;
