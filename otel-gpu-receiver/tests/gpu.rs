@@ -1671,4 +1671,13 @@ fn when_the_budget_runs_out_every_gpu_still_reports_its_health() {
         ),
         1.0
     );
+    // The worker finishes the call it was in and stays usable: cycle after cycle, the
+    // same worker (none dies or is given up on), every GPU's health, and the source up.
+    for cycle in 2..=4 {
+        std::thread::sleep(Duration::from_millis(600));
+        let points = run.cycle();
+        assert_eq!(states_on(&points).len(), 4, "cycle {cycle}");
+        assert_eq!(source_state(&points), "up");
+    }
+    assert_eq!(run.session.workers_started(), 1);
 }

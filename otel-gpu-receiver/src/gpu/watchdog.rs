@@ -102,9 +102,14 @@ impl Job {
                         g.finished = true;
                         return true;
                     };
-                    g.report.flags[di].reached = true;
-                    let f = &g.report.flags[di];
-                    if f.lost || f.vanished || self.devices[di].skips(call) {
+                    let skip = match g.report.flags.get_mut(di) {
+                        Some(f) => {
+                            f.reached = true;
+                            f.lost || f.vanished
+                        }
+                        None => true,
+                    };
+                    if skip || self.devices[di].skips(call) {
                         g.cursor += 1;
                         continue;
                     }
@@ -118,8 +123,10 @@ impl Job {
             let mut out = StepOut::default();
             let r = calls::run(call, dev, &self.ctx, &mut out);
             let mut g = self.lock();
-            if g.owner != me {
-                // Abandoned while in the call: the new worker owns the job now.
+            if g.owner != me || g.cancelled {
+                // Abandoned while in the call (the new worker owns the job now), or the
+                // cycle's budget ran out meanwhile (the watchdog has taken the report):
+                // this answer is too late either way.
                 return false;
             }
             g.running_since = None;
@@ -131,9 +138,10 @@ impl Job {
                     g.report
                         .unknown_instances
                         .append(&mut out.unknown_instances);
-                    let f = &mut g.report.flags[di];
-                    f.predicted_failure |= out.predicted_failure;
-                    f.degraded |= out.degraded;
+                    if let Some(f) = g.report.flags.get_mut(di) {
+                        f.predicted_failure |= out.predicted_failure;
+                        f.degraded |= out.degraded;
+                    }
                     if dev.logged.fetch_and(!LOGGED_LOST, Ordering::Relaxed) & LOGGED_LOST != 0 {
                         tracing::info!(uuid = %dev.info.uuid, "GPU answers again");
                     }
@@ -158,7 +166,9 @@ impl Job {
             // A stale MIG handle: the instance was removed. Not an error, and not a
             // failure of the GPU: rediscovery drops it.
             NvmlError::InvalidArg | NvmlError::NotFound if dev.info.parent_uuid.is_some() => {
-                g.report.flags[di].vanished = true;
+                if let Some(f) = g.report.flags.get_mut(di) {
+                    f.vanished = true;
+                }
                 g.report.rediscover = true;
             }
             // Remembered, never retried on this device, logged once at debug level.
@@ -167,7 +177,9 @@ impl Job {
                 tracing::debug!(uuid = %dev.info.uuid, call = call.nvml_name(), "not supported; not asked again");
             }
             NvmlError::GpuLost => {
-                g.report.flags[di].lost = true;
+                if let Some(f) = g.report.flags.get_mut(di) {
+                    f.lost = true;
+                }
                 if dev.logged.fetch_or(LOGGED_LOST, Ordering::Relaxed) & LOGGED_LOST == 0 {
                     tracing::warn!(uuid = %dev.info.uuid, index = dev.info.index, "GPU is lost (fell off the bus?); reporting it as failed, the others continue");
                 }
