@@ -792,3 +792,27 @@ fn the_otlp_sink_follows_a_late_driver_and_a_driver_reload() {
         "{stderr}"
     );
 }
+
+#[test]
+fn every_flag_in_the_kubernetes_snippets_is_one_the_agent_accepts() {
+    use clap::Parser as _;
+    let doc = include_str!("../KUBERNETES.md");
+    let mut checked = 0;
+    for block in doc.split("```yaml").skip(1) {
+        let yaml = block.split("```").next().unwrap();
+        let args: Vec<String> = yaml
+            .lines()
+            .map(str::trim)
+            .filter_map(|l| l.strip_prefix("- --"))
+            .map(|a| format!("--{a}"))
+            .collect();
+        let argv = std::iter::once("otel-gpu-receiver".to_owned()).chain(args.iter().cloned());
+        otel_gpu_receiver::config::Flags::try_parse_from(argv)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        checked += args.len();
+    }
+    // The DaemonSet's and the late-driver snippet's.
+    assert!(checked >= 5, "{checked}");
+    assert!(doc.contains("--nvml-lib=/run/nvidia/driver/"));
+    assert!(doc.contains("mountPropagation: HostToContainer"));
+}
