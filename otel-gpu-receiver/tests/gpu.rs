@@ -1681,3 +1681,38 @@ fn when_the_budget_runs_out_every_gpu_still_reports_its_health() {
     }
     assert_eq!(run.session.workers_started(), 1);
 }
+
+#[test]
+fn an_initialisation_that_hangs_is_abandoned_and_tried_again() {
+    // The first nvmlInit_v2 takes 5 s; the call deadline is 300 ms.
+    let started = Instant::now();
+    let mut run = Run::with("devices 1\ninit_sleep 1 5000", |c| {
+        no_backoff(c);
+        c.call_timeout = Duration::from_millis(300);
+        c.budget = Duration::from_secs(2);
+    });
+    let points = run.cycle();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(source_state(&points), "hung");
+    assert_eq!(
+        value(
+            &points,
+            "otel_gpu_receiver.nvml.timeouts",
+            &[("nvml.call", "nvmlInit_v2")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        run.inventory.degraded().map(|d| d.contains("hung")),
+        Some(true)
+    );
+    // The next attempt, on a fresh worker, answers.
+    let points = run.cycle();
+    assert_eq!(source_state(&points), "up");
+    assert_eq!(states_on(&points), vec![(uuid(0), "ok".into())]);
+    assert_eq!(run.session.workers_started(), 2);
+}

@@ -32,6 +32,7 @@
  *
  *   init_fail N CODE           the first N nvmlInit_v2 calls return CODE (9 = DRIVER_NOT_LOADED,
  *                              12 = LIBRARY_NOT_FOUND): the driver appears late
+ *   init_sleep N MS            the first N nvmlInit_v2 calls sleep MS milliseconds first
  *   driver_gone CYCLE N [CODE] from CYCLE on every call returns CODE (default 1 = UNINITIALIZED;
  *                              9 = DRIVER_NOT_LOADED), nvmlInit_v2 returns DRIVER_NOT_LOADED for
  *                              the next N attempts, and the attempt after them brings it back
@@ -160,6 +161,8 @@ static struct { char fn[64]; int dev; unsigned long long n; } g_counts[MAX_COUNT
 static int g_ncounts;
 /* issue 13: the driver appears late, goes away and comes back; MIG is reconfigured. */
 static int g_init_fail_left, g_init_fail_code;
+static int g_init_sleep_left;
+static unsigned g_init_sleep_ms;
 #define MAX_GONE 4
 static struct { int cycle, attempts, code; } g_gone_at[MAX_GONE];
 static int g_ngone;
@@ -381,6 +384,7 @@ static void load_script(void) {
         else if (!strcmp(word, "driver")) sscanf(rest, "%63s", g_driver);
         else if (!strcmp(word, "init_error")) g_init_error = atoi(rest);
         else if (!strcmp(word, "init_fail")) sscanf(rest, "%d %d", &g_init_fail_left, &g_init_fail_code);
+        else if (!strcmp(word, "init_sleep")) sscanf(rest, "%d %u", &g_init_sleep_left, &g_init_sleep_ms);
         else if (!strcmp(word, "driver_gone") && g_ngone < MAX_GONE) {
             int code = NVML_ERROR_UNINITIALIZED;
             sscanf(rest, "%d %d %d", &g_gone_at[g_ngone].cycle, &g_gone_at[g_ngone].attempts, &code);
@@ -516,8 +520,17 @@ nvmlReturn_t nvmlInit_v2(void) {
             g_gone_code = 0; /* the driver is back */
         }
     }
+    unsigned sleep_ms = 0;
+    if (g_init_sleep_left > 0) {
+        g_init_sleep_left--;
+        sleep_ms = g_init_sleep_ms;
+    }
     write_stats(); /* a test waiting for the driver reads the attempts from here */
     pthread_mutex_unlock(&g_lock);
+    if (sleep_ms) {
+        struct timespec ts = { sleep_ms / 1000, (long)(sleep_ms % 1000) * 1000000L };
+        nanosleep(&ts, NULL);
+    }
     return err;
 }
 
