@@ -712,6 +712,20 @@ fn a_missing_library_means_no_gpu_readings_and_no_failure() {
         assert_eq!(source_state(&points), "no_library");
         assert_eq!(value(&points, "otel_gpu_receiver.gpu.devices", &[]), 0.0);
     }
+    // One failed attempt, counted (the backoff's first wait is 1 s).
+    let mut p = Points::default();
+    session.collect(&mut p);
+    assert_eq!(
+        value(
+            &p.into_vec(),
+            "otel_gpu_receiver.nvml.errors",
+            &[
+                ("nvml.call", "nvmlInit_v2"),
+                ("error.type", "library_not_found")
+            ]
+        ),
+        1.0
+    );
     assert_eq!(inventory.state(), Some(SourceState::NoLibrary));
     assert!(
         inventory

@@ -747,6 +747,8 @@ pub(crate) fn error_type(e: &NvmlError) -> &'static str {
         NvmlError::FailedToLoadSymbol(_) => "missing_symbol",
         NvmlError::InsufficientPower => "insufficient_power",
         NvmlError::ResetRequired => "reset_required",
+        NvmlError::LibloadingError(_) | NvmlError::LibraryNotFound => "library_not_found",
+        NvmlError::LibRmVersionMismatch => "version_mismatch",
         NvmlError::Unknown => "unknown",
         _ => "other",
     }
