@@ -261,6 +261,7 @@ const GPU_LIMIT: &[&str] = &[
     a::HW_SENSOR_LOCATION,
     a::HW_LIMIT_TYPE,
 ];
+// `nvidia.gpu.ecc.counter` on the ECC series only.
 const GPU_ERRORS: &[&str] = &[
     a::HW_ID,
     a::HW_NAME,
@@ -269,6 +270,7 @@ const GPU_ERRORS: &[&str] = &[
     g::ATTR_GPU_INDEX,
     a::HW_TYPE,
     a::ERROR_TYPE,
+    g::ATTR_ECC_COUNTER,
 ];
 const GPU_STATUS: &[&str] = &[
     a::HW_ID,
@@ -324,13 +326,46 @@ const GPU_REMAP: &[&str] = &[
     g::ATTR_GPU_INDEX,
     g::ATTR_REMAP_KIND,
 ];
+// A fan is a component of its own (`hw.id` = `<gpu uuid>:fan<i>`), its GPU the `hw.parent`.
 const GPU_FAN: &[&str] = &[
     a::HW_ID,
     a::HW_NAME,
     a::HW_VENDOR,
     a::HW_MODEL,
     g::ATTR_GPU_INDEX,
-    g::ATTR_FAN,
+    a::HW_PARENT,
+];
+const GPU_RETIRED: &[&str] = &[
+    a::HW_ID,
+    a::HW_NAME,
+    a::HW_VENDOR,
+    a::HW_MODEL,
+    g::ATTR_GPU_INDEX,
+    g::ATTR_RETIREMENT_CAUSE,
+];
+const GPU_BASE: &[&str] = &[
+    a::HW_ID,
+    a::HW_NAME,
+    a::HW_VENDOR,
+    a::HW_MODEL,
+    g::ATTR_GPU_INDEX,
+];
+const GPU_NVLINK_ERRORS: &[&str] = &[
+    a::HW_ID,
+    a::HW_NAME,
+    a::HW_VENDOR,
+    a::HW_MODEL,
+    g::ATTR_GPU_INDEX,
+    g::ATTR_NVLINK,
+    a::ERROR_TYPE,
+];
+const GPU_PCIE: &[&str] = &[
+    a::HW_ID,
+    a::HW_NAME,
+    a::HW_VENDOR,
+    a::HW_MODEL,
+    g::ATTR_GPU_INDEX,
+    g::ATTR_PCIE_LINK_STATE,
 ];
 const GPU_MIG: &[&str] = &[
     a::HW_ID,
@@ -433,7 +468,7 @@ pub static CATALOGUE: &[MetricDesc] = &[
     m(sc::HW_ENERGY, Counter, Float, "J", "GPU energy since driver load (total_energy_consumption() mJ ÷ 1000)", GPU, GPU_TYPE),
     m(sc::HW_TEMPERATURE, Gauge, Float, "Cel", "GPU die and memory temperature (memory: where supported)", GPU, GPU_SENSOR),
     m(sc::HW_TEMPERATURE_LIMIT, Gauge, Float, "Cel", "Slowdown (throttled) and shutdown (high.critical) temperatures", GPU, GPU_LIMIT),
-    m(sc::HW_ERRORS, Counter, Int, "{error}", "ECC corrected/uncorrected (volatile), PCIe replays, Xid events per GPU", GPU, GPU_ERRORS),
+    m(sc::HW_ERRORS, Counter, Int, "{error}", "ECC corrected/uncorrected (volatile and aggregate, nvidia.gpu.ecc.counter), PCIe replays, Xid events (from 0 at discovery) per GPU", GPU, GPU_ERRORS),
     m(sc::HW_STATUS, UpDownCounter, Int, "1", "1 for the GPU's state (ok, degraded, failed, predicted_failure), 0 for the others; driver, VBIOS and serial on whole GPUs", GPU, GPU_STATUS),
     m(g::NVIDIA_GPU_CLOCK_FREQUENCY, Gauge, Float, "Hz", "Graphics, SM, memory and video clocks (clock_info() MHz × 1e6)", GPU, GPU_CLOCK),
     m(g::NVIDIA_GPU_POWER_LIMIT, Gauge, Float, "W", "Enforced power limit (enforced_power_limit() mW ÷ 1000)", GPU, GPU_ID),
@@ -441,14 +476,14 @@ pub static CATALOGUE: &[MetricDesc] = &[
     m(g::NVIDIA_GPU_THROTTLE_ACTIVE, Gauge, Int, "1", "1 while a clock throttle reason is active; one series per reason of a fixed set", GPU, GPU_THROTTLE),
     m(g::NVIDIA_GPU_THROTTLE_TIME, Counter, Float, "s", "Time throttled per reason (violation_status() ns ÷ 1e9)", GPU, GPU_THROTTLE),
     m(g::NVIDIA_GPU_NVLINK_IO, Counter, Int, "By", "NVLink data bytes per link and direction (where supported)", GPU, GPU_NVLINK),
-    m(g::NVIDIA_GPU_XID_EVENTS, Counter, Int, "{event}", "Critical Xid events per code, from an NVML event set (from the first error)", GPU, GPU_XID),
+    m(g::NVIDIA_GPU_XID_EVENTS, Counter, Int, "{event}", "Critical Xid events per code, from an NVML event set; the codes to act on start at 0 at discovery, others at their first event", GPU, GPU_XID),
     m(g::NVIDIA_GPU_XID_LAST_TIME, Gauge, Float, "s", "Unix time of the last Xid event per code (from the first error)", GPU, GPU_XID),
     m(g::NVIDIA_GPU_MEMORY_REMAPPED_ROWS, UpDownCounter, Int, "{row}", "Remapped memory rows per kind (where supported)", GPU, GPU_REMAP),
     m(g::NVIDIA_GPU_SM_ACTIVITY, Gauge, Float, "1", "GPM: share of time SMs were active, per GPU and MIG instance (where supported)", GPU, GPU_ID),
     m(g::NVIDIA_GPU_SM_OCCUPANCY, Gauge, Float, "1", "GPM: SM occupancy (where supported)", GPU, GPU_ID),
     m(g::NVIDIA_GPU_TENSOR_ACTIVITY, Gauge, Float, "1", "GPM: share of time a tensor pipe was active (where supported)", GPU, GPU_ID),
     m(g::NVIDIA_GPU_DRAM_ACTIVITY, Gauge, Float, "1", "GPM: DRAM bandwidth used ÷ peak (where supported)", GPU, GPU_ID),
-    m(g::NVIDIA_GPU_FAN_SPEED, Gauge, Float, "1", "Fan speed ÷ its maximum, per fan (where supported)", GPU, GPU_FAN),
+    m(sc::HW_FAN_SPEED_RATIO, Gauge, Float, "1", "Fan speed ÷ its maximum, per fan of a GPU (fan_speed(); where supported)", GPU, GPU_FAN),
     m(g::NVIDIA_GPU_PERFORMANCE_STATE, Gauge, Int, "1", "Performance state, 0 (P0, fastest) to 15", GPU, GPU_ID),
     m(g::NVIDIA_GPU_MIG_INFO, UpDownCounter, Int, "1", "1 per MIG instance, with its parent, profile and instance ids (where supported)", GPU, GPU_MIG),
     m(g::PROCESS_GPU_MEMORY_USAGE, UpDownCounter, Int, "By", "GPU memory per pod and container (sums, the default), or per process with --per-process (running_compute_processes())", GPU, GPU_PROC),
@@ -459,6 +494,14 @@ pub static CATALOGUE: &[MetricDesc] = &[
     m(g::NVML_TIMEOUTS, Counter, Int, "{call}", "NVML calls abandoned past their deadline; the cycle went on without them (from the first error)", GPU, &[g::ATTR_NVML_CALL]),
     m(g::NVML_ERRORS, Counter, Int, "{error}", "NVML calls that failed, NOT_SUPPORTED excluded (from the first error)", GPU, &[g::ATTR_NVML_CALL, a::ERROR_TYPE]),
     m(g::GPU_DEVICES, UpDownCounter, Int, "{device}", "GPUs and MIG instances known to the NVML session", GPU, &[]),
+    m(g::NVIDIA_GPU_MEMORY_RETIRED_PAGES, UpDownCounter, Int, "{page}", "Memory pages retired after single- and double-bit ECC errors (RETIRED_SBE/DBE field values; where supported)", GPU, GPU_RETIRED),
+    m(g::NVIDIA_GPU_MEMORY_REMAP_FAILURE, Gauge, Int, "1", "1 when a row remapping failed and the GPU needs servicing (REMAPPED_FAILURE field value; where supported)", GPU, GPU_BASE),
+    m(g::NVIDIA_GPU_NVLINK_ERRORS, Counter, Int, "{error}", "NVLink data-link errors per link: crc_flit, crc_data, replay, recovery (error_counter(); where supported)", GPU, GPU_NVLINK_ERRORS),
+    m(g::NVIDIA_GPU_PCIE_LINK_GENERATION, Gauge, Int, "1", "PCIe link generation, current and max (where supported)", GPU, GPU_PCIE),
+    m(g::NVIDIA_GPU_PCIE_LINK_WIDTH, Gauge, Int, "1", "PCIe link width in lanes, current and max (where supported)", GPU, GPU_PCIE),
+    m(g::NVIDIA_GPU_CLOCK_FREQUENCY_MAX, Gauge, Float, "Hz", "Highest graphics, SM, memory and video clocks (max_clock_info() MHz × 1e6; where supported)", GPU, GPU_CLOCK),
+    m(g::NVIDIA_GPU_CLOCK_FREQUENCY_APPLICATION, Gauge, Float, "Hz", "Application clocks (applications_clock() MHz × 1e6; where supported)", GPU, GPU_CLOCK),
+    m(g::GPU_SOURCE_STATE, UpDownCounter, Int, "{state}", "1 for the GPU source's state (up, no_library, no_driver, init_failed, hung), 0 for the others", GPU, &[g::ATTR_SOURCE_STATE]),
 ];
 
 /// Marks entries that a platform may not provide; the catalogue test tolerates their absence.

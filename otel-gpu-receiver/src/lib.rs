@@ -91,10 +91,12 @@ fn collector(
     let mut c = Collector::with_host(&host, &settings.host(), settings.source_timeout, stats)
         .map_err(RunError::Spawn)?;
     if settings.families.contains(&catalogue::Family::Gpu) {
-        // Attribution (issue 6): process -> container -> pod, over the GPU source's points.
-        c.add(attribution::wrap(
+        // Attribution (issue 6): process -> container -> pod, over the GPU source's points,
+        // NVML and the kubelet inside one budget (issue 13).
+        c.add(attribution::wrap_within(
             gpu::source(settings, inventory.clone()),
             settings.attribution.as_ref(),
+            gpu::source_budget(settings),
         ))
         .map_err(RunError::Spawn)?;
     }
@@ -114,7 +116,8 @@ pub fn run(settings: &Settings) -> Result<(), RunError> {
         export: Some(telemetry.export_stats()),
         ..SelfStats::default()
     };
-    let mut collector = collector(settings, stats, &gpu::Inventory::default())?;
+    let inventory = gpu::Inventory::default();
+    let mut collector = collector(settings, stats, &inventory)?;
     // The SDK folds series beyond an instrument's limit: count them per metric.
     collector.set_limits(telemetry.limits());
 
@@ -134,6 +137,8 @@ pub fn run(settings: &Settings) -> Result<(), RunError> {
     loop {
         cell.store(collector.cycle());
         health.beat();
+        // An agent without its GPU source stays alive, and says it is degraded (issue 13).
+        health.set_degraded(inventory.degraded());
         next += settings.interval;
         let now = Instant::now();
         if next < now {

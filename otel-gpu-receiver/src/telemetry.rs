@@ -50,6 +50,8 @@ pub enum TelemetryError {
 pub struct Health {
     last_cycle_ms: AtomicU64,
     interval: Duration,
+    /// Why the agent runs degraded (its GPU source is down), if it does.
+    degraded: std::sync::Mutex<Option<&'static str>>,
 }
 
 impl Health {
@@ -58,6 +60,7 @@ impl Health {
         let h = Arc::new(Self {
             last_cycle_ms: AtomicU64::new(0),
             interval,
+            degraded: std::sync::Mutex::new(None),
         });
         h.beat();
         h
@@ -78,6 +81,16 @@ impl Health {
     pub fn healthy(&self) -> bool {
         let age = Self::now_ms().saturating_sub(self.last_cycle_ms.load(Ordering::Relaxed));
         Duration::from_millis(age) <= self.interval * 3
+    }
+
+    /// Records whether (and why) the agent runs degraded.
+    pub fn set_degraded(&self, why: Option<&'static str>) {
+        *self.degraded.lock().unwrap_or_else(|e| e.into_inner()) = why;
+    }
+
+    /// Why the agent runs degraded, if it does.
+    pub fn degraded(&self) -> Option<&'static str> {
+        *self.degraded.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -318,13 +331,19 @@ async fn metrics(State(s): State<Arc<ServerState>>) -> axum::response::Response 
     }
 }
 
-async fn healthz(State(s): State<Arc<ServerState>>) -> (StatusCode, &'static str) {
+/// 503 only when cycles stop (a restart may help); a degraded agent (no GPU driver) is
+/// 200 with a `degraded: …` body: restarting it brings no driver back, and a DaemonSet
+/// pod that is never ready would hold up every rollout. KUBERNETES.md has the probes.
+async fn healthz(State(s): State<Arc<ServerState>>) -> (StatusCode, String) {
     if s.health.healthy() {
-        (StatusCode::OK, "ok\n")
+        match s.health.degraded() {
+            Some(why) => (StatusCode::OK, format!("degraded: {why}\n")),
+            None => (StatusCode::OK, "ok\n".to_owned()),
+        }
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "no collection cycle completed in the last 3 intervals\n",
+            "no collection cycle completed in the last 3 intervals\n".to_owned(),
         )
     }
 }

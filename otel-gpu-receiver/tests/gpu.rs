@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use fake_nvml::FakeNvml;
 use opentelemetry::Value as AttrValue;
-use otel_gpu_receiver::gpu::{GpuConfig, GpuSession, Inventory};
+use otel_gpu_receiver::gpu::{GpuConfig, GpuSession, Inventory, SourceState};
 use otel_gpu_receiver::snapshot::{Point, Points, Value};
 
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
@@ -92,6 +92,21 @@ fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * b.abs().max(1.0)
 }
 
+/// The one state of the GPU source that is 1 (and checks that exactly one is).
+fn source_state(points: &[Point]) -> String {
+    let on: Vec<_> = select(points, "otel_gpu_receiver.gpu.source.state", &[])
+        .into_iter()
+        .filter(|p| p.value == Value::Int(1))
+        .collect();
+    assert_eq!(on.len(), 1, "{points:#?}");
+    assert_eq!(
+        select(points, "otel_gpu_receiver.gpu.source.state", &[]).len(),
+        5,
+        "one series per state"
+    );
+    attr(on[0], "state").unwrap()
+}
+
 fn status(points: &[Point], id: &str) -> Vec<(String, i64)> {
     let mut v: Vec<_> = select(points, "hw.status", &[("hw.id", id)])
         .into_iter()
@@ -158,8 +173,18 @@ fn eight_gpus_report_distinct_values_in_the_right_units() {
                 (base + f) / 100.0
             ));
         }
+        // The fan is a component of its own, whose parent is the GPU.
+        let fan = format!("{id}:fan0");
         assert!(close(
-            g("nvidia.gpu.fan.speed", &[("nvidia.gpu.fan", "0")]),
+            value(
+                &points,
+                "hw.fan.speed_ratio",
+                &[
+                    ("hw.id", fan.as_str()),
+                    ("hw.parent", id.as_str()),
+                    ("hw.name", &format!("nvidia{i}/fan0"))
+                ]
+            ),
             (30.0 + f) / 100.0
         ));
         // °C.
@@ -194,11 +219,12 @@ fn eight_gpus_report_distinct_values_in_the_right_units() {
                 (base + f) * 1e6
             ));
         }
-        // ns → s.
+        // ns → s; the power violation counter is the software power cap, the same
+        // reason (and the same word) as in nvidia.gpu.throttle.active.
         assert!(close(
             g(
                 "nvidia.gpu.throttle.time",
-                &[("nvidia.gpu.throttle.reason", "power")]
+                &[("nvidia.gpu.throttle.reason", "sw_power_cap")]
             ),
             f + 1.0
         ));
@@ -210,11 +236,74 @@ fn eight_gpus_report_distinct_values_in_the_right_units() {
             0.5 * (f + 1.0)
         ));
         // Counters.
+        // ECC: volatile (since the driver loaded) and aggregate (the GPU's lifetime).
+        let ecc = |kind: &str, counter: &str| {
+            g(
+                "hw.errors",
+                &[("error.type", kind), ("nvidia.gpu.ecc.counter", counter)],
+            )
+        };
+        assert!(close(ecc("corrected", "volatile"), 10.0 * f));
+        assert!(close(ecc("uncorrected", "volatile"), f));
+        assert!(close(ecc("corrected", "aggregate"), 1000.0 + 10.0 * f));
+        assert!(close(ecc("uncorrected", "aggregate"), 2.0 + f));
+        // Retired pages and the remap-failure flag (field values).
         assert!(close(
-            g("hw.errors", &[("error.type", "corrected")]),
-            10.0 * f
+            g(
+                "nvidia.gpu.memory.retired_pages",
+                &[("nvidia.gpu.memory.retirement.cause", "single_bit")]
+            ),
+            f
         ));
-        assert!(close(g("hw.errors", &[("error.type", "uncorrected")]), f));
+        assert!(close(
+            g(
+                "nvidia.gpu.memory.retired_pages",
+                &[("nvidia.gpu.memory.retirement.cause", "double_bit")]
+            ),
+            0.0
+        ));
+        assert!(close(g("nvidia.gpu.memory.remap_failure", &[]), 0.0));
+        // PCIe link, current and max.
+        for (name, state, v) in [
+            ("nvidia.gpu.pcie.link.generation", "current", 4.0),
+            ("nvidia.gpu.pcie.link.generation", "max", 5.0),
+            ("nvidia.gpu.pcie.link.width", "current", 8.0),
+            ("nvidia.gpu.pcie.link.width", "max", 16.0),
+        ] {
+            assert!(close(g(name, &[("nvidia.gpu.pcie.link.state", state)]), v));
+        }
+        // Max clocks for all four; application clocks where the GPU has them.
+        for (clock, mhz) in [
+            ("graphics", 1980.0 + f),
+            ("sm", 1980.0 + f),
+            ("memory", 2619.0),
+            ("video", 1755.0),
+        ] {
+            assert!(close(
+                g(
+                    "nvidia.gpu.clock.frequency.max",
+                    &[("nvidia.gpu.clock", clock)]
+                ),
+                mhz * 1e6
+            ));
+        }
+        assert!(close(
+            g(
+                "nvidia.gpu.clock.frequency.application",
+                &[("nvidia.gpu.clock", "graphics")]
+            ),
+            (1755.0 + f) * 1e6
+        ));
+        assert_eq!(
+            select(
+                &points,
+                "nvidia.gpu.clock.frequency.application",
+                &[("hw.id", &id)]
+            )
+            .len(),
+            2,
+            "no SM or video application clocks on this GPU"
+        );
         assert!(close(
             g("hw.errors", &[("error.type", "pcie_replay")]),
             100.0 + f
@@ -270,6 +359,7 @@ fn eight_gpus_report_distinct_values_in_the_right_units() {
             .iter()
             .any(|p| p.name == "otel_gpu_receiver.nvml.timeouts")
     );
+    assert_eq!(source_state(&points), "up");
     // Every cycle's calls went to the one NVML worker: none was abandoned.
     for _ in 0..10 {
         run.cycle();
@@ -343,10 +433,14 @@ fn a_gpu_lost_at_cycle_3_is_failed_while_the_others_continue_and_it_recovers() {
                 vec![("failed".to_owned(), 1)],
                 "cycle {cycle}"
             );
-            // Nothing else is reported for it, and no 0s.
+            // Nothing else is reported for it, and no 0s: only its Xid counters, which
+            // go on counting.
             let others: Vec<_> = points
                 .iter()
-                .filter(|p| p.name != "hw.status")
+                .filter(|p| p.name != "hw.status" && !p.name.starts_with("nvidia.gpu.xid."))
+                .filter(|p| {
+                    !(p.name == "hw.errors" && attr(p, "error.type").as_deref() == Some("xid"))
+                })
                 .filter(|p| attr(p, "hw.id").as_deref() == Some(g1.as_str()))
                 .collect();
             assert!(others.is_empty(), "cycle {cycle}: {others:#?}");
@@ -407,9 +501,19 @@ fn xid_79_and_48_are_counted_with_their_last_time() {
         ),
         1.0
     );
+    // Xid 48 never happened on GPU 1: its series is there at 0 (it was from discovery on),
+    // with no last time.
+    assert_eq!(
+        value(
+            &points,
+            "nvidia.gpu.xid.events",
+            &[("hw.id", &g1), ("nvidia.gpu.xid.code", "48")]
+        ),
+        0.0
+    );
     assert!(!has(
         &points,
-        "nvidia.gpu.xid.events",
+        "nvidia.gpu.xid.last_time",
         &[("hw.id", &g1), ("nvidia.gpu.xid.code", "48")]
     ));
     for (g, code) in [(&g0, "48"), (&g1, "79")] {
@@ -591,12 +695,43 @@ fn a_missing_library_means_no_gpu_readings_and_no_failure() {
         nvml_lib: Some(dir.path().join("libnvidia-ml.so.1")),
         ..GpuConfig::default()
     };
-    let mut session = GpuSession::open(cfg, Inventory::default());
+    let inventory = Inventory::default();
+    let mut session = GpuSession::open(cfg, inventory.clone());
     assert!(!session.is_loaded());
+    for _ in 0..2 {
+        let mut p = Points::default();
+        session.collect(&mut p);
+        let points = p.into_vec();
+        // No GPU series, only the source's own: its state says why.
+        assert!(
+            points
+                .iter()
+                .all(|p| p.name.starts_with("otel_gpu_receiver.")),
+            "{points:#?}"
+        );
+        assert_eq!(source_state(&points), "no_library");
+        assert_eq!(value(&points, "otel_gpu_receiver.gpu.devices", &[]), 0.0);
+    }
+    // One failed attempt, counted (the backoff's first wait is 1 s).
     let mut p = Points::default();
     session.collect(&mut p);
-    session.collect(&mut p);
-    assert!(p.is_empty());
+    assert_eq!(
+        value(
+            &p.into_vec(),
+            "otel_gpu_receiver.nvml.errors",
+            &[
+                ("nvml.call", "nvmlInit_v2"),
+                ("error.type", "library_not_found")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(inventory.state(), Some(SourceState::NoLibrary));
+    assert!(
+        inventory
+            .degraded()
+            .is_some_and(|d| d.contains("no_library"))
+    );
 }
 
 #[test]
@@ -604,7 +739,25 @@ fn a_driver_that_is_not_loaded_means_host_only() {
     // nvmlInit_v2 answers NVML_ERROR_DRIVER_NOT_LOADED.
     let mut run = Run::new("devices 2\ninit_error 9");
     assert!(!run.session.is_loaded());
-    assert!(run.cycle().is_empty());
+    let points = run.cycle();
+    assert!(
+        points
+            .iter()
+            .all(|p| p.name.starts_with("otel_gpu_receiver.")),
+        "{points:#?}"
+    );
+    assert_eq!(source_state(&points), "no_driver");
+    assert_eq!(
+        value(
+            &points,
+            "otel_gpu_receiver.nvml.errors",
+            &[
+                ("nvml.call", "nvmlInit_v2"),
+                ("error.type", "driver_not_loaded")
+            ]
+        ),
+        1.0
+    );
 }
 
 #[test]
@@ -864,4 +1017,745 @@ fn reconfigured_mig_instances_are_forgotten_so_the_device_table_stays_bounded() 
         );
     }
     assert!(seen.len() >= 20, "the MIG UUIDs changed: {seen:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Issue 13: NVML comes and goes, MIG and MPS, transient errors, Xid from 0, the budget.
+
+/// Retries at once, so that each cycle makes one initialisation attempt.
+fn no_backoff(c: &mut GpuConfig) {
+    c.init_backoff = Duration::ZERO;
+    c.init_backoff_max = Duration::ZERO;
+}
+
+/// The `hw.status` series that are 1, per GPU (or MIG instance) UUID.
+fn states_on(points: &[Point]) -> Vec<(String, String)> {
+    let mut v: Vec<_> = select(points, "hw.status", &[])
+        .into_iter()
+        .filter(|p| p.value == Value::Int(1))
+        .map(|p| (attr(p, "hw.id").unwrap(), attr(p, "hw.state").unwrap()))
+        .collect();
+    v.sort();
+    v
+}
+
+fn nvml_errors(points: &[Point], call: &str, kind: &str) -> f64 {
+    select(
+        points,
+        "otel_gpu_receiver.nvml.errors",
+        &[("nvml.call", call), ("error.type", kind)],
+    )
+    .first()
+    .map_or(0.0, |p| p.value.as_f64())
+}
+
+#[test]
+fn a_driver_that_loads_late_is_picked_up_by_the_retries() {
+    // nvmlInit_v2 answers DRIVER_NOT_LOADED three times (the GPU Operator is still
+    // installing the driver), then succeeds.
+    let mut run = Run::with("devices 2\ninit_fail 3 9", no_backoff);
+    assert!(!run.session.is_loaded());
+    let mut states = Vec::new();
+    let mut points = Vec::new();
+    for cycle in 1..=4 {
+        points = run.cycle();
+        states.push(source_state(&points));
+        if cycle < 4 {
+            assert!(
+                !points.iter().any(|p| p.name.starts_with("hw.")),
+                "cycle {cycle}"
+            );
+            assert_eq!(run.inventory.state(), Some(SourceState::NoDriver));
+        }
+    }
+    assert_eq!(states, ["no_driver", "no_driver", "no_driver", "up"]);
+    assert!(run.session.is_loaded());
+    assert_eq!(run.inventory.state(), Some(SourceState::Up));
+    assert_eq!(run.inventory.degraded(), None);
+    assert_eq!(
+        states_on(&points),
+        vec![(uuid(0), "ok".into()), (uuid(1), "ok".into())]
+    );
+    assert_eq!(run.inventory.devices().len(), 2);
+    // Each failed attempt counted; one attempt per cycle (the first made when opening).
+    assert_eq!(
+        nvml_errors(&points, "nvmlInit_v2", "driver_not_loaded"),
+        3.0
+    );
+    assert_eq!(run.fake.count("nvmlInit_v2", -1), 4);
+
+    // NVML's LIBRARY_NOT_FOUND is a missing library, not a missing driver.
+    let mut run = Run::with("devices 1\ninit_fail 1 12", no_backoff);
+    assert_eq!(source_state(&run.cycle()), "no_library");
+    let points = run.cycle();
+    assert_eq!(source_state(&points), "up");
+    assert_eq!(states_on(&points), vec![(uuid(0), "ok".into())]);
+}
+
+#[test]
+fn a_library_that_appears_late_is_loaded() {
+    let fake = FakeNvml::new("devices 1");
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join("libnvidia-ml.so.1");
+    let inventory = Inventory::default();
+    let mut cfg = GpuConfig {
+        nvml_lib: Some(lib.clone()),
+        ..GpuConfig::default()
+    };
+    no_backoff(&mut cfg);
+    let mut session = GpuSession::open(cfg, inventory.clone());
+    let mut cycle = || {
+        let mut p = Points::default();
+        session.collect(&mut p);
+        p.into_vec()
+    };
+    for _ in 0..2 {
+        let points = cycle();
+        assert_eq!(source_state(&points), "no_library");
+        assert!(!points.iter().any(|p| p.name.starts_with("hw.")));
+    }
+    assert!(inventory.degraded().is_some());
+    // The driver container mounts the library.
+    std::fs::copy(&fake.lib, &lib).unwrap();
+    std::fs::copy(
+        fake.dir.path().join("fake_nvml.script"),
+        dir.path().join("fake_nvml.script"),
+    )
+    .unwrap();
+    let points = cycle();
+    assert_eq!(source_state(&points), "up");
+    assert_eq!(states_on(&points), vec![(uuid(0), "ok".into())]);
+    assert!(has(&points, "hw.power", &[("hw.id", &uuid(0))]));
+    assert_eq!(inventory.degraded(), None);
+}
+
+#[test]
+fn while_the_driver_is_missing_attempts_back_off() {
+    // 100 ms, 200 ms, then 400 ms between attempts, against a cycle every ~20 ms.
+    let mut run = Run::with("devices 1\ninit_error 9", |c| {
+        c.init_backoff = Duration::from_millis(100);
+        c.init_backoff_max = Duration::from_millis(400);
+    });
+    let started = Instant::now();
+    let mut cycles = 0;
+    while started.elapsed() < Duration::from_millis(1500) {
+        assert_eq!(source_state(&run.cycle()), "no_driver");
+        cycles += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Attempts at about 0, 0.1, 0.3, 0.7 and 1.1 s.
+    let attempts = run.fake.count("nvmlInit_v2", -1);
+    assert!(
+        (3..=7).contains(&attempts),
+        "{attempts} attempts in {cycles} cycles"
+    );
+    assert!(cycles >= 20, "{cycles}");
+}
+
+#[test]
+fn a_driver_that_goes_away_mid_run_is_initialised_again_when_it_returns() {
+    // From cycle 3 every call answers UNINITIALIZED (the driver was unloaded), and
+    // nvmlInit_v2 answers DRIVER_NOT_LOADED twice before the driver is back.
+    let mut run = Run::with("devices 2\ndriver_gone 3 2 1", no_backoff);
+    let mut seen = Vec::new();
+    let mut energy = Vec::new();
+    let mut last = Vec::new();
+    for _ in 1..=7 {
+        let points = run.cycle();
+        seen.push((source_state(&points), states_on(&points).len()));
+        if let Some(p) = select(&points, "hw.energy", &[("hw.id", &uuid(0))]).first() {
+            energy.push(p.value.as_f64());
+        }
+        last = points;
+    }
+    let expect: Vec<(String, usize)> = [
+        ("up", 2),
+        ("up", 2),
+        ("no_driver", 0),
+        ("no_driver", 0),
+        ("no_driver", 0),
+        ("up", 2),
+        ("up", 2),
+    ]
+    .into_iter()
+    .map(|(s, n)| (s.to_owned(), n))
+    .collect();
+    assert_eq!(seen, expect);
+    // The GPUs were looked up again with the new library state, and their counters go on.
+    assert_eq!(run.inventory.devices().len(), 2);
+    assert_eq!(energy.len(), 4, "{energy:?}");
+    assert!(energy.windows(2).all(|w| w[0] < w[1]), "{energy:?}");
+    assert_eq!(
+        states_on(&last),
+        vec![(uuid(0), "ok".into()), (uuid(1), "ok".into())]
+    );
+    assert_eq!(
+        value(
+            &last,
+            "hw.errors",
+            &[("hw.id", &uuid(1)), ("error.type", "xid")]
+        ),
+        0.0
+    );
+    // The loss and the refused attempts were counted.
+    assert_eq!(
+        nvml_errors(&last, "nvmlDeviceGetCount_v2", "uninitialized"),
+        1.0
+    );
+    assert_eq!(nvml_errors(&last, "nvmlInit_v2", "driver_not_loaded"), 2.0);
+    assert_eq!(run.fake.count("nvmlInit_v2", -1), 4);
+}
+
+#[test]
+fn a_call_that_finds_the_driver_gone_stops_the_cycle_and_nvml_is_initialised_again() {
+    // GPU 1's power reading answers DRIVER_NOT_LOADED in cycle 3 only.
+    let mut run = Run::with(
+        "devices 2\ndev 1 fail nvmlDeviceGetPowerUsage 9 3 4",
+        no_backoff,
+    );
+    run.cycle();
+    run.cycle();
+    let points = run.cycle();
+    assert_eq!(source_state(&points), "no_driver");
+    // What was read before is kept; health is not guessed.
+    assert!(has(&points, "hw.power", &[("hw.id", &uuid(0))]));
+    assert!(states_on(&points).is_empty());
+    assert_eq!(
+        nvml_errors(&points, "nvmlDeviceGetPowerUsage", "driver_not_loaded"),
+        1.0
+    );
+    // The calls after it were not made: 36 errors would have followed otherwise.
+    assert!(!has(
+        &points,
+        "nvidia.gpu.performance_state",
+        &[("hw.id", &uuid(1))]
+    ));
+    let points = run.cycle();
+    assert_eq!(source_state(&points), "up");
+    assert_eq!(
+        states_on(&points),
+        vec![(uuid(0), "ok".into()), (uuid(1), "ok".into())]
+    );
+    assert!(has(&points, "hw.power", &[("hw.id", &uuid(1))]));
+    assert_eq!(run.fake.count("nvmlInit_v2", -1), 2);
+}
+
+#[test]
+fn a_mig_instance_removed_by_a_reconfiguration_is_removed_not_failed() {
+    // At cycle 3 GPU 0 goes from two MIG instances to one.
+    let mut run = Run::new("devices 1\ndev 0 mig 2\nmig_at 3 0 1");
+    let (m0, m1) = (mig_uuid(0, 0), mig_uuid(0, 1));
+    for _ in 0..2 {
+        let points = run.cycle();
+        assert_eq!(
+            states_on(&points),
+            vec![
+                (uuid(0), "ok".into()),
+                (m0.clone(), "ok".into()),
+                (m1.clone(), "ok".into())
+            ]
+        );
+    }
+    // Cycle 3: its handle no longer answers; it is neither ok nor failed.
+    let points = run.cycle();
+    assert_eq!(
+        states_on(&points),
+        vec![(uuid(0), "ok".into()), (m0.clone(), "ok".into())]
+    );
+    // Cycle 4 looks the devices up again: it is gone for good.
+    for cycle in 4..=9 {
+        let points = run.cycle();
+        assert!(
+            !points
+                .iter()
+                .any(|p| attr(p, "hw.id").as_deref() == Some(m1.as_str())),
+            "cycle {cycle}"
+        );
+        assert!(
+            !select(&points, "hw.status", &[("hw.state", "failed")])
+                .iter()
+                .any(|p| p.value == Value::Int(1)),
+            "cycle {cycle}"
+        );
+        assert_eq!(value(&points, "otel_gpu_receiver.gpu.devices", &[]), 2.0);
+        assert_eq!(select(&points, "nvidia.gpu.mig.info", &[]).len(), 1);
+        assert!(
+            !points
+                .iter()
+                .any(|p| p.name == "otel_gpu_receiver.nvml.errors"),
+            "a removed instance is not an error"
+        );
+        if cycle == 5 {
+            // (The fake's counts are written as a cycle starts: these are up to cycle 4.)
+            assert_eq!(run.fake.count("nvmlDeviceGetHandleByIndex_v2", -1), 2);
+        }
+    }
+    // No full rediscovery every cycle: the devices were looked up at cycle 1 and 4 only.
+    assert_eq!(run.fake.count("nvmlDeviceGetHandleByIndex_v2", -1), 2);
+    assert_eq!(run.inventory.devices().len(), 2);
+}
+
+#[test]
+fn not_supported_is_asked_again_at_the_scheduled_rediscovery() {
+    // The power reading answers NOT_SUPPORTED in cycles 1 and 2 (a firmware that is
+    // still coming up, say), and works from cycle 3. Rediscovery every 4 cycles.
+    let mut run = Run::with("devices 1\ndev 0 fail nvmlDeviceGetPowerUsage 3 0 3", |c| {
+        c.rediscover_every = 4
+    });
+    for cycle in 1..=3 {
+        assert!(
+            !has(&run.cycle(), "hw.power", &[("hw.id", &uuid(0))]),
+            "cycle {cycle}"
+        );
+    }
+    // Remembered: asked once in cycles 1 to 3.
+    let points = run.cycle();
+    assert_eq!(run.fake.count("nvmlDeviceGetPowerUsage", 0), 1);
+    // Cycle 4 is a scheduled rediscovery: asked again, and it answers.
+    assert!(close(
+        value(&points, "hw.power", &[("hw.id", &uuid(0))]),
+        100.5
+    ));
+    run.cycle();
+    assert_eq!(run.fake.count("nvmlDeviceGetPowerUsage", 0), 2);
+}
+
+#[test]
+fn a_gpu_that_leaves_mig_mode_reports_its_utilization_again() {
+    // MIG mode (no utilisation rates) until cycle 3, when it is switched off.
+    let mut run = Run::new("devices 1\ndev 0 mig 2\nmig_at 3 0 0");
+    let general = |points: &[Point]| {
+        select(
+            points,
+            "hw.gpu.utilization",
+            &[("hw.id", &uuid(0)), ("hw.gpu.task", "general")],
+        )
+        .len()
+    };
+    for _ in 0..3 {
+        assert_eq!(general(&run.cycle()), 0);
+    }
+    let points = run.cycle();
+    assert_eq!(general(&points), 1);
+    assert!(close(
+        value(
+            &points,
+            "hw.gpu.utilization",
+            &[("hw.id", &uuid(0)), ("hw.gpu.task", "general")]
+        ),
+        0.10
+    ));
+    assert_eq!(states_on(&points), vec![(uuid(0), "ok".into())]);
+    assert!(select(&points, "nvidia.gpu.mig.info", &[]).is_empty());
+}
+
+/// pid → hw.id of the process.gpu.memory.usage series.
+fn process_gpu(points: &[Point]) -> Vec<(String, String, f64)> {
+    let mut v: Vec<_> = select(points, "process.gpu.memory.usage", &[])
+        .into_iter()
+        .map(|p| {
+            (
+                attr(p, "process.pid").unwrap(),
+                attr(p, "hw.id").unwrap(),
+                p.value.as_f64(),
+            )
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+const MIG_PROCS: &str = "devices 1\n\
+                         dev 0 mig 2\n\
+                         dev 0 proc 4194401 1073741824 0 0 trainer 2 0\n\
+                         dev 0 proc 4194402 536870912 0 0 infer 1 0\n\
+                         dev 0 mps 4194403 268435456 client 2 0";
+
+#[test]
+fn processes_in_mig_instances_and_mps_clients_carry_the_instance_uuid() {
+    let expect = vec![
+        ("4194401".to_owned(), mig_uuid(0, 1), GIB),
+        ("4194402".to_owned(), mig_uuid(0, 0), GIB / 2.0),
+        ("4194403".to_owned(), mig_uuid(0, 1), GIB / 4.0),
+    ];
+    let mut run = Run::with(MIG_PROCS, |c| c.per_process = true);
+    assert_eq!(process_gpu(&run.cycle()), expect);
+
+    // Without the privileges for the GPU's own list, each instance lists its processes.
+    let mut run = Run::with(
+        &format!("{MIG_PROCS}\ndev 0 fail nvmlDeviceGetComputeRunningProcesses_v3 4"),
+        |c| c.per_process = true,
+    );
+    let points = run.cycle();
+    assert_eq!(process_gpu(&points), expect);
+    assert!(
+        !points
+            .iter()
+            .any(|p| p.name == "otel_gpu_receiver.nvml.errors")
+    );
+
+    // MPS clients are asked for once where NVML does not support them.
+    let mut run = Run::with(
+        &format!("{MIG_PROCS}\ndev 0 fail nvmlDeviceGetMPSComputeRunningProcesses_v3 3"),
+        |c| c.per_process = true,
+    );
+    for _ in 0..3 {
+        assert_eq!(process_gpu(&run.cycle()), expect[..2].to_vec());
+    }
+    run.cycle();
+    assert_eq!(
+        run.fake
+            .count("nvmlDeviceGetMPSComputeRunningProcesses_v3", 0),
+        1
+    );
+}
+
+#[test]
+fn a_process_in_a_mig_instance_created_since_discovery_is_found_at_the_next_cycle() {
+    // A third instance (gpu instance 3) is created at cycle 3, and a process starts in it.
+    // Another process claims an instance (5) that NVML never lists.
+    let mut run = Run::with(
+        "devices 1\n\
+         dev 0 mig 2\n\
+         mig_at 3 0 3\n\
+         dev 0 proc 4194404 1048576 0 0 late 3 0 3\n\
+         dev 0 proc 4194405 2048 0 0 ghost 5 0",
+        |c| c.per_process = true,
+    );
+    let ghost = ("4194405".to_owned(), uuid(0), 2048.0);
+    for _ in 0..2 {
+        assert_eq!(process_gpu(&run.cycle()), vec![ghost.clone()]);
+    }
+    // Cycle 3: the instance is not known yet; the process is reported on its GPU.
+    let points = run.cycle();
+    assert_eq!(
+        process_gpu(&points),
+        vec![("4194404".to_owned(), uuid(0), 1048576.0), ghost.clone()]
+    );
+    // Cycle 4 looked the devices up again.
+    let points = run.cycle();
+    assert_eq!(
+        process_gpu(&points),
+        vec![
+            ("4194404".to_owned(), mig_uuid(0, 2), 1048576.0),
+            ghost.clone()
+        ]
+    );
+    assert_eq!(value(&points, "otel_gpu_receiver.gpu.devices", &[]), 4.0);
+    assert_eq!(
+        states_on(&points).iter().filter(|(_, s)| s == "ok").count(),
+        4
+    );
+    // Each unknown instance asked for one rediscovery (the ghost's at cycle 2, the new
+    // instance's at cycle 4), not one per cycle.
+    for _ in 5..=9 {
+        run.cycle();
+    }
+    assert_eq!(run.fake.count("nvmlDeviceGetHandleByIndex_v2", -1), 3);
+}
+
+#[test]
+fn fields_that_fail_on_their_own_during_a_reset_are_asked_again_and_counted() {
+    // GPU 0: every field answers GPU_IS_LOST on its own in cycles 2 and 3 (a reset),
+    // while the call itself succeeds. GPU 1: every field is NOT_SUPPORTED then.
+    let mut run = Run::new(
+        "devices 2\n\
+         dev 0 nvlinks 2\n\
+         dev 0 field_error * 15 2 4\n\
+         dev 1 field_error * 3 2 4",
+    );
+    let field_series = |points: &[Point], id: &str| {
+        let mut n = 0;
+        for (name, with) in [
+            ("hw.temperature", vec![("hw.sensor_location", "memory")]),
+            ("hw.gpu.io", vec![]),
+            ("nvidia.gpu.memory.remapped_rows", vec![]),
+            ("nvidia.gpu.memory.retired_pages", vec![]),
+            ("nvidia.gpu.memory.remap_failure", vec![]),
+        ] {
+            let mut with = with;
+            with.push(("hw.id", id));
+            n += select(points, name, &with).len();
+        }
+        n
+    };
+    let nvlink = |points: &[Point]| select(points, "nvidia.gpu.nvlink.io", &[]).len();
+    // Memory temperature, PCIe bytes ×2, remapped rows ×2, remap failure, retired
+    // pages ×2 (the pending-remap field only decides hw.status).
+    let points = run.cycle();
+    assert_eq!(field_series(&points, &uuid(0)), 8);
+    assert_eq!(field_series(&points, &uuid(1)), 8);
+    assert_eq!(nvlink(&points), 4);
+    for cycle in 2..=3 {
+        let points = run.cycle();
+        assert_eq!(field_series(&points, &uuid(0)), 0, "cycle {cycle}");
+        assert_eq!(field_series(&points, &uuid(1)), 0, "cycle {cycle}");
+        // The link count failed too: no NVLink this cycle.
+        assert_eq!(nvlink(&points), 0, "cycle {cycle}");
+        // Nothing else of the GPUs is affected.
+        assert_eq!(
+            states_on(&points),
+            vec![(uuid(0), "ok".into()), (uuid(1), "ok".into())]
+        );
+        // 9 fields and the link count of GPU 0 per cycle; GPU 1's NOT_SUPPORTED is
+        // not an error.
+        assert_eq!(
+            nvml_errors(&points, "nvmlDeviceGetFieldValues", "gpu_lost"),
+            10.0 * f64::from(cycle - 1),
+            "cycle {cycle}"
+        );
+        assert_eq!(
+            nvml_errors(&points, "nvmlDeviceGetFieldValues", "not_supported"),
+            0.0
+        );
+    }
+    // Nothing was remembered as not supported: all back at cycle 4.
+    let points = run.cycle();
+    assert_eq!(field_series(&points, &uuid(0)), 8);
+    assert_eq!(field_series(&points, &uuid(1)), 8);
+    assert_eq!(nvlink(&points), 4);
+    assert_eq!(
+        select(&points, "nvidia.gpu.nvlink.errors", &[("hw.id", &uuid(0))]).len(),
+        8
+    );
+}
+
+#[test]
+fn nvlink_errors_aggregate_ecc_and_remap_failure_are_read() {
+    let mut run = Run::new(
+        "devices 2\n\
+         dev 0 nvlinks 2\n\
+         dev 0 nvlink_errors 3 1 20 5\n\
+         dev 1 remap_failure 1\n\
+         dev 1 retired_dbe 2",
+    );
+    let points = run.cycle();
+    let id0 = uuid(0);
+    for (link, mul) in [("0", 1.0), ("1", 2.0)] {
+        for (kind, base) in [
+            ("replay", 3.0),
+            ("recovery", 1.0),
+            ("crc_flit", 20.0),
+            ("crc_data", 5.0),
+        ] {
+            assert_eq!(
+                value(
+                    &points,
+                    "nvidia.gpu.nvlink.errors",
+                    &[
+                        ("hw.id", &id0),
+                        ("nvidia.gpu.nvlink.link", link),
+                        ("error.type", kind)
+                    ]
+                ),
+                base * mul
+            );
+        }
+    }
+    // A GPU without NVLink has no NVLink series.
+    assert!(!has(
+        &points,
+        "nvidia.gpu.nvlink.errors",
+        &[("hw.id", &uuid(1))]
+    ));
+    // A failed row remap: the flag, and the GPU predicted to fail.
+    let id1 = uuid(1);
+    assert_eq!(
+        value(
+            &points,
+            "nvidia.gpu.memory.remap_failure",
+            &[("hw.id", &id1)]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &points,
+            "nvidia.gpu.memory.retired_pages",
+            &[
+                ("hw.id", &id1),
+                ("nvidia.gpu.memory.retirement.cause", "double_bit")
+            ]
+        ),
+        2.0
+    );
+    assert_eq!(
+        status(&points, &id1),
+        vec![("predicted_failure".to_owned(), 1)]
+    );
+}
+
+#[test]
+fn process_utilization_follows_the_last_seen_timestamp_and_keeps_each_pids_latest_sample() {
+    // The first two queries fail, so the third one (last seen: 0) gets every sample the
+    // driver kept: three per process, the older ones at half the utilisation.
+    let mut run = Run::with(
+        "devices 2\n\
+         dev 0 proc 4194401 1073741824 60 20 trainer\n\
+         dev 0 fail nvmlDeviceGetProcessUtilization 999 1 3",
+        |c| c.per_process = true,
+    );
+    let util = |points: &[Point]| {
+        select(
+            points,
+            "process.gpu.utilization",
+            &[("process.pid", "4194401"), ("hw.gpu.task", "general")],
+        )
+        .iter()
+        .map(|p| p.value.as_f64())
+        .collect::<Vec<_>>()
+    };
+    for _ in 0..2 {
+        assert!(util(&run.cycle()).is_empty());
+    }
+    // Then one new sample per cycle, and always the latest value.
+    for cycle in 3..=6 {
+        let points = run.cycle();
+        assert_eq!(util(&points), [0.60], "cycle {cycle}");
+        // GPU 1 runs nothing: the driver answers NOT_FOUND, which is no error.
+        assert!(!has(
+            &points,
+            "process.gpu.utilization",
+            &[("hw.id", &uuid(1))]
+        ));
+        assert_eq!(
+            nvml_errors(&points, "nvmlDeviceGetProcessUtilization", "unknown"),
+            2.0
+        );
+        assert_eq!(
+            nvml_errors(&points, "nvmlDeviceGetProcessUtilization", "not_found"),
+            0.0
+        );
+    }
+}
+
+#[test]
+fn xid_counters_start_at_0_when_a_gpu_is_discovered() {
+    let mut run = Run::new("devices 2\nxid 3 1 79");
+    let points = run.cycle();
+    for i in 0..2 {
+        let id = uuid(i);
+        let codes: Vec<String> = select(&points, "nvidia.gpu.xid.events", &[("hw.id", &id)])
+            .iter()
+            .map(|p| {
+                assert_eq!(p.value, Value::Int(0));
+                attr(p, "nvidia.gpu.xid.code").unwrap()
+            })
+            .collect();
+        for code in [
+            "13", "31", "43", "48", "61", "62", "63", "64", "74", "79", "92", "94", "95",
+        ] {
+            assert!(codes.iter().any(|c| c == code), "{code} not in {codes:?}");
+        }
+        assert_eq!(
+            value(
+                &points,
+                "hw.errors",
+                &[("hw.id", &id), ("error.type", "xid")]
+            ),
+            0.0
+        );
+    }
+    assert!(select(&points, "nvidia.gpu.xid.last_time", &[]).is_empty());
+    // Then the first Xid 79 on GPU 1 turns its 0 into 1.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let points = loop {
+        let points = run.cycle();
+        if value(
+            &points,
+            "nvidia.gpu.xid.events",
+            &[("hw.id", &uuid(1)), ("nvidia.gpu.xid.code", "79")],
+        ) == 1.0
+        {
+            break points;
+        }
+        assert!(Instant::now() < deadline, "the Xid never arrived");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        value(
+            &points,
+            "hw.errors",
+            &[("hw.id", &uuid(1)), ("error.type", "xid")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &points,
+            "nvidia.gpu.xid.events",
+            &[("hw.id", &uuid(0)), ("nvidia.gpu.xid.code", "79")]
+        ),
+        0.0
+    );
+}
+
+#[test]
+fn when_the_budget_runs_out_every_gpu_still_reports_its_health() {
+    // Each power reading takes 400 ms: the 1 s budget covers two or three of them.
+    let mut run = Run::with("devices 4\ndev * sleep nvmlDeviceGetPowerUsage 400", |c| {
+        c.call_timeout = Duration::from_secs(1);
+        c.budget = Duration::from_secs(1);
+    });
+    let started = Instant::now();
+    let points = run.cycle();
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1600), "{took:?}");
+    // The health calls of every GPU came first.
+    assert_eq!(states_on(&points).len(), 4, "{:?}", states_on(&points));
+    assert!(states_on(&points).iter().all(|(_, s)| s == "ok"));
+    // The last GPU's other readings were not reached; the overrun is counted.
+    assert!(!has(&points, "hw.power", &[("hw.id", &uuid(3))]));
+    assert_eq!(
+        value(
+            &points,
+            "otel_gpu_receiver.nvml.timeouts",
+            &[("nvml.call", "budget")]
+        ),
+        1.0
+    );
+    // The worker finishes the call it was in and stays usable: cycle after cycle, the
+    // same worker (none dies or is given up on), every GPU's health, and the source up.
+    for cycle in 2..=4 {
+        std::thread::sleep(Duration::from_millis(600));
+        let points = run.cycle();
+        assert_eq!(states_on(&points).len(), 4, "cycle {cycle}");
+        assert_eq!(source_state(&points), "up");
+    }
+    assert_eq!(run.session.workers_started(), 1);
+}
+
+#[test]
+fn an_initialisation_that_hangs_is_abandoned_and_tried_again() {
+    // The first nvmlInit_v2 takes 5 s; the call deadline is 300 ms.
+    let started = Instant::now();
+    let mut run = Run::with("devices 1\ninit_sleep 1 5000", |c| {
+        no_backoff(c);
+        c.call_timeout = Duration::from_millis(300);
+        c.budget = Duration::from_secs(2);
+    });
+    let points = run.cycle();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(source_state(&points), "hung");
+    assert_eq!(
+        value(
+            &points,
+            "otel_gpu_receiver.nvml.timeouts",
+            &[("nvml.call", "nvmlInit_v2")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        run.inventory.degraded().map(|d| d.contains("hung")),
+        Some(true)
+    );
+    // The next attempt, on a fresh worker, answers.
+    let points = run.cycle();
+    assert_eq!(source_state(&points), "up");
+    assert_eq!(states_on(&points), vec![(uuid(0), "ok".into())]);
+    assert_eq!(run.session.workers_started(), 2);
 }

@@ -256,6 +256,20 @@ impl KubeletSource {
         &mut self,
         cycle: u64,
     ) -> Result<std::sync::Arc<ListPodResourcesResponse>, KubeletError> {
+        self.list_until(cycle, None)
+    }
+
+    /// Like [`list`](Self::list), waiting for the answer no later than `until`: the GPU
+    /// source's budget ends there. With no time left the kubelet is not asked, and that
+    /// counts as a timeout.
+    ///
+    /// # Errors
+    /// As [`list`](Self::list).
+    pub fn list_until(
+        &mut self,
+        cycle: u64,
+        until: Option<std::time::Instant>,
+    ) -> Result<std::sync::Arc<ListPodResourcesResponse>, KubeletError> {
         if let Some((c, cached)) = &self.cached
             && *c == cycle
         {
@@ -270,7 +284,7 @@ impl KubeletSource {
                 }
             };
         }
-        let result = self.call().map(std::sync::Arc::new);
+        let result = self.call(until).map(std::sync::Arc::new);
         let cached = match &result {
             Ok(list) => Ok(list.clone()),
             Err(e) if e.is_unavailable() => Err(CachedError::Unavailable),
@@ -280,7 +294,10 @@ impl KubeletSource {
         result
     }
 
-    fn call(&mut self) -> Result<ListPodResourcesResponse, KubeletError> {
+    fn call(
+        &mut self,
+        until: Option<std::time::Instant>,
+    ) -> Result<ListPodResourcesResponse, KubeletError> {
         if self.requests.is_none() {
             self.start()?;
         }
@@ -296,12 +313,20 @@ impl KubeletSource {
                 Err(mpsc::TryRecvError::Disconnected) => return self.gone(),
             }
         }
+        // The client enforces the deadline itself; the margin covers scheduling only. The
+        // wait never runs past the source's budget.
+        let wait = self.timeout + Duration::from_millis(500);
+        let wait = until.map_or(wait, |u| {
+            wait.min(u.saturating_duration_since(std::time::Instant::now()))
+        });
+        if wait.is_zero() {
+            return Err(KubeletError::Timeout(self.timeout));
+        }
         self.calls += 1;
         if requests.send(()).is_err() {
             return self.gone();
         }
-        // The client enforces the deadline itself; the margin covers scheduling only.
-        match replies.recv_timeout(self.timeout + Duration::from_millis(500)) {
+        match replies.recv_timeout(wait) {
             Ok(r) => r,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 self.in_flight = true;

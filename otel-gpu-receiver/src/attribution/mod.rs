@@ -87,6 +87,8 @@ impl Default for AttributionConfig {
 pub struct AttributedSource<S> {
     inner: S,
     attributor: Attributor,
+    /// The whole source's budget per cycle (inner source and kubelet together), if any.
+    budget: Option<Duration>,
 }
 
 impl<S: crate::source::Source> AttributedSource<S> {
@@ -95,7 +97,15 @@ impl<S: crate::source::Source> AttributedSource<S> {
         Self {
             inner,
             attributor: Attributor::new(config),
+            budget: None,
         }
+    }
+
+    /// Bounds each cycle, `inner` and the kubelet call together, by `budget`: the kubelet
+    /// is waited for only as long as `inner` left of it.
+    pub fn within(mut self, budget: Duration) -> Self {
+        self.budget = Some(budget);
+        self
     }
 }
 
@@ -105,8 +115,10 @@ impl<S: crate::source::Source + std::fmt::Debug> crate::source::Source for Attri
     }
 
     fn collect(&mut self, out: &mut Points) -> Result<(), crate::source::CollectError> {
+        let deadline = self.budget.map(|b| std::time::Instant::now() + b);
         let mut mine = Points::default();
         self.inner.collect(&mut mine)?;
+        self.attributor.deadline = deadline;
         self.attributor.apply(&mut mine);
         out.append(&mut mine);
         Ok(())
@@ -120,6 +132,19 @@ pub fn wrap<S: crate::source::Source + std::fmt::Debug>(
 ) -> Box<dyn crate::source::Source> {
     match config {
         Some(c) => Box::new(AttributedSource::new(source, c.clone())),
+        None => Box::new(source),
+    }
+}
+
+/// Like [`wrap`], with the source and the kubelet call bounded together by `budget` per
+/// cycle (see [`AttributedSource::within`]).
+pub fn wrap_within<S: crate::source::Source + std::fmt::Debug>(
+    source: S,
+    config: Option<&AttributionConfig>,
+    budget: Duration,
+) -> Box<dyn crate::source::Source> {
+    match config {
+        Some(c) => Box::new(AttributedSource::new(source, c.clone()).within(budget)),
         None => Box::new(source),
     }
 }
@@ -263,6 +288,8 @@ pub struct Attributor {
     /// Error kinds already logged; cleared when the source recovers.
     logged: HashSet<&'static str>,
     kubelet_off_logged: bool,
+    /// When this cycle's source budget ends: the kubelet is not waited for past it.
+    pub(crate) deadline: Option<std::time::Instant>,
 }
 
 impl Attributor {
@@ -283,6 +310,7 @@ impl Attributor {
             kubelet_off_logged: false,
             minors: BTreeMap::new(),
             minors_read_in: None,
+            deadline: None,
         }
     }
 
@@ -558,7 +586,7 @@ impl Attributor {
         let Some(kubelet) = self.kubelet.as_mut() else {
             return (Allocations::default(), false);
         };
-        match kubelet.list(cycle) {
+        match kubelet.list_until(cycle, self.deadline) {
             Ok(list) => {
                 if self.kubelet_off_logged || self.logged.iter().any(|k| k.starts_with("kubelet")) {
                     tracing::info!(socket = %kubelet.socket().display(), "kubelet pod-resources answers again; attribution to pods is on");

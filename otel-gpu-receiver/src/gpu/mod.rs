@@ -1,18 +1,23 @@
 //! NVIDIA GPUs through NVML (nvml-wrapper), as one more source of the collection cycle.
 //!
-//! - [`session`]: NVML is loaded once (`--nvml-lib` names the library); device handles are
-//!   kept and rediscovered when the count changes, every `rediscover_every` cycles and
-//!   while a known GPU is missing. Calls that answer NOT_SUPPORTED are remembered per
-//!   device and never made again. No library, no driver or no GPU: one warning (or none),
-//!   and the agent runs host-only.
+//! - [`session`]: NVML is loaded (`--nvml-lib` names the library) and initialised again
+//!   when the driver comes and goes ([`lifecycle`]): while the library or the driver is
+//!   missing, cycles retry with backoff (1 s, doubling, at most 5 min), and a call that
+//!   answers DRIVER_NOT_LOADED or UNINITIALIZED mid-run starts that over. Device handles
+//!   are kept and rediscovered when the count changes, every `rediscover_every` cycles,
+//!   while a known GPU is missing and when a MIG instance vanishes or appears. Calls
+//!   whose answer is NOT_SUPPORTED are remembered per device until the next scheduled
+//!   rediscovery. No library, no driver or no GPU: one warning (or none), the agent runs
+//!   host-only and says so in `otel_gpu_receiver.gpu.source.state` and `/healthz`.
 //! - `calls`: one NVML call each, converted to the catalogue's units (mW → W, mJ → J,
 //!   MHz → Hz, % → ratio). A call that fails adds nothing, so one metric's error never
 //!   hides another and nothing is reported as 0 for lack of a reading.
-//! - `watchdog`: the calls (device discovery included) run on a worker thread under a
-//!   deadline per call and a budget per cycle; a hung call is counted in
-//!   `otel_gpu_receiver.nvml.timeouts` and the cycle goes on without it. Only loading
-//!   the library (once, at the first cycle) runs outside it, under the cycle's own
-//!   per-source budget.
+//! - `watchdog`: the calls (initialisation and device discovery included) run on a
+//!   worker thread under a deadline per call and one budget per cycle, which leaves room
+//!   for the kubelet call of attribution inside the source's time budget; a hung call is
+//!   counted in `otel_gpu_receiver.nvml.timeouts` and the cycle goes on without it. The
+//!   health calls of every device come first, so a cycle cut short still reports every
+//!   `hw.status` it could.
 //! - `xid`: critical Xid events from an NVML event set, on a thread of their own.
 //!
 //! Health (`hw.status`): GPU_IS_LOST, Xid 79 or a GPU that NVML no longer lists → `failed`
@@ -20,6 +25,7 @@
 //! `predicted_failure`; hardware slowdown → `degraded`.
 
 pub(crate) mod calls;
+pub mod lifecycle;
 pub mod names;
 pub mod session;
 pub(crate) mod watchdog;
@@ -29,6 +35,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use lifecycle::SourceState;
 pub use session::GpuSession;
 
 /// Settings of the GPU source.
@@ -40,8 +47,14 @@ pub struct GpuConfig {
     pub per_process: bool,
     /// Deadline of one NVML call. Default: 1 s.
     pub call_timeout: Duration,
-    /// Budget of all NVML calls of one cycle. Default: 4 s.
+    /// Budget of one cycle's NVML work: initialisation (when due), discovery and the
+    /// calls. Default: 4 s.
     pub budget: Duration,
+    /// First wait before NVML initialisation is tried again, doubled after each failure.
+    /// Default: 1 s.
+    pub init_backoff: Duration,
+    /// The longest wait between initialisation attempts. Default: 5 min.
+    pub init_backoff_max: Duration,
     /// Look the devices up again every this many cycles (0: only when the count
     /// changes or a GPU is missing). Default: 30.
     pub rediscover_every: u64,
@@ -56,6 +69,8 @@ impl Default for GpuConfig {
             per_process: false,
             call_timeout: Duration::from_secs(1),
             budget: Duration::from_secs(4),
+            init_backoff: Duration::from_secs(1),
+            init_backoff_max: Duration::from_secs(300),
             rediscover_every: 30,
             proc_root: PathBuf::from("/proc"),
         }
@@ -78,14 +93,42 @@ pub struct GpuInfo {
     pub parent_uuid: Option<String>,
 }
 
-/// The devices the GPU source knows, shared with whoever wants to list them (`--once`).
+/// The devices the GPU source knows, and its state, shared with whoever wants to list
+/// them (`--once`) or report health (`/healthz`).
 #[derive(Debug, Clone, Default)]
-pub struct Inventory(Arc<Mutex<Vec<GpuInfo>>>);
+pub struct Inventory {
+    devices: Arc<Mutex<Vec<GpuInfo>>>,
+    state: Arc<lifecycle::SharedState>,
+}
 
 impl Inventory {
     /// The devices as of the last discovery.
     pub fn devices(&self) -> Vec<GpuInfo> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.devices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The GPU source's state; `None` before its first cycle.
+    pub fn state(&self) -> Option<SourceState> {
+        self.state.get()
+    }
+
+    /// Why the GPU source is degraded, for `/healthz`; `None` while it is up (or has not
+    /// run yet).
+    pub fn degraded(&self) -> Option<&'static str> {
+        match self.state()? {
+            SourceState::Up => None,
+            SourceState::NoLibrary => Some("gpu source: no_library (NVML cannot be loaded)"),
+            SourceState::NoDriver => Some("gpu source: no_driver (NVML has no driver)"),
+            SourceState::InitFailed => Some("gpu source: init_failed (NVML does not initialise)"),
+            SourceState::Hung => Some("gpu source: hung (NVML calls do not return)"),
+        }
+    }
+
+    pub(crate) fn set_devices(&self, devices: Vec<GpuInfo>) {
+        *self.devices.lock().unwrap_or_else(|e| e.into_inner()) = devices;
     }
 }
 
@@ -131,11 +174,28 @@ impl crate::source::Source for GpuSource {
     }
 }
 
-/// The GPU source configured from the agent's settings. Its NVML budget stays inside
-/// the source time budget of the cycle, so the cycle never counts the GPU source as
-/// timed out because of one hung call: the watchdog abandons the call first.
+/// The share of `--source-timeout` the GPU source plans to use: the rest is margin for
+/// handing points over, so the cycle never drops the GPU output for being late.
+pub const SOURCE_SHARE: f64 = 0.9;
+
+/// The GPU source's whole budget per cycle, NVML and kubelet together (see [`source`]).
+pub fn source_budget(settings: &crate::config::Settings) -> Duration {
+    settings.source_timeout.mul_f64(SOURCE_SHARE)
+}
+
+/// The GPU source configured from the agent's settings. Everything it does in a cycle
+/// fits in [`source_budget`]: NVML initialisation, discovery and calls get that budget
+/// less the kubelet's deadline (attribution asks the kubelet after NVML, and its wait is
+/// capped at what is left), so the cycle never drops the GPU output, `hw.status`
+/// included, for being late. A hung call is abandoned by the watchdog first.
 pub fn source(settings: &crate::config::Settings, inventory: Inventory) -> GpuSource {
-    let budget = settings.source_timeout.mul_f64(0.8);
+    let kubelet = settings
+        .attribution
+        .as_ref()
+        .filter(|a| a.kubelet)
+        .map_or(Duration::ZERO, |a| a.kubelet_timeout);
+    let total = source_budget(settings);
+    let budget = total.saturating_sub(kubelet).max(total / 2);
     GpuSource::new(
         GpuConfig {
             nvml_lib: settings.nvml_lib.clone(),

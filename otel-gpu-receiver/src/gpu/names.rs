@@ -30,8 +30,6 @@ pub const NVIDIA_GPU_SM_OCCUPANCY: &str = "nvidia.gpu.sm.occupancy";
 pub const NVIDIA_GPU_TENSOR_ACTIVITY: &str = "nvidia.gpu.tensor.activity";
 /// GPM: DRAM bandwidth used over the peak.
 pub const NVIDIA_GPU_DRAM_ACTIVITY: &str = "nvidia.gpu.dram.activity";
-/// Fan speed as a share of its maximum, per fan.
-pub const NVIDIA_GPU_FAN_SPEED: &str = "nvidia.gpu.fan.speed";
 /// Performance state (P0 = 0 is the fastest).
 pub const NVIDIA_GPU_PERFORMANCE_STATE: &str = "nvidia.gpu.performance_state";
 /// 1 per MIG instance, with its profile and instance ids.
@@ -60,8 +58,6 @@ pub const ATTR_NVLINK: &str = "nvidia.gpu.nvlink.link";
 pub const ATTR_XID_CODE: &str = "nvidia.gpu.xid.code";
 /// Attribute: remapped-row kind (`correctable`, `uncorrectable`).
 pub const ATTR_REMAP_KIND: &str = "nvidia.gpu.memory.remap.kind";
-/// Attribute: fan number.
-pub const ATTR_FAN: &str = "nvidia.gpu.fan";
 /// Attribute: MIG profile, such as `3g.40gb`.
 pub const ATTR_MIG_PROFILE: &str = "nvidia.gpu.mig.profile";
 /// Attribute: MIG GPU instance id.
@@ -70,3 +66,30 @@ pub const ATTR_MIG_GPU_INSTANCE: &str = "nvidia.gpu.mig.gpu_instance_id";
 pub const ATTR_MIG_COMPUTE_INSTANCE: &str = "nvidia.gpu.mig.compute_instance_id";
 /// Attribute: the NVML function a self-metric is about.
 pub const ATTR_NVML_CALL: &str = "nvml.call";
+
+/// Pages retired (blacklisted) after ECC errors, per cause.
+pub const NVIDIA_GPU_MEMORY_RETIRED_PAGES: &str = "nvidia.gpu.memory.retired_pages";
+/// 1 when a row remapping failed (the GPU needs servicing), else 0.
+pub const NVIDIA_GPU_MEMORY_REMAP_FAILURE: &str = "nvidia.gpu.memory.remap_failure";
+/// NVLink data-link errors per link and kind.
+pub const NVIDIA_GPU_NVLINK_ERRORS: &str = "nvidia.gpu.nvlink.errors";
+/// Self-metric: the GPU source's state, 1 for the current one and 0 for the others.
+pub const GPU_SOURCE_STATE: &str = "otel_gpu_receiver.gpu.source.state";
+
+/// Attribute: why pages were retired (`single_bit`, `double_bit`).
+pub const ATTR_RETIREMENT_CAUSE: &str = "nvidia.gpu.memory.retirement.cause";
+/// Attribute: which ECC counter (`volatile`: since the driver loaded; `aggregate`: the
+/// GPU's lifetime, kept in its infoROM).
+pub const ATTR_ECC_COUNTER: &str = "nvidia.gpu.ecc.counter";
+/// Attribute: the GPU source's state (`up`, `no_library`, `no_driver`, `init_failed`, `hung`).
+pub const ATTR_SOURCE_STATE: &str = "state";
+/// PCIe link generation, current and maximum.
+pub const NVIDIA_GPU_PCIE_LINK_GENERATION: &str = "nvidia.gpu.pcie.link.generation";
+/// PCIe link width in lanes, current and maximum.
+pub const NVIDIA_GPU_PCIE_LINK_WIDTH: &str = "nvidia.gpu.pcie.link.width";
+/// The highest clocks the GPU can run at, in Hz.
+pub const NVIDIA_GPU_CLOCK_FREQUENCY_MAX: &str = "nvidia.gpu.clock.frequency.max";
+/// The application (target) clocks, in Hz.
+pub const NVIDIA_GPU_CLOCK_FREQUENCY_APPLICATION: &str = "nvidia.gpu.clock.frequency.application";
+/// Attribute: which PCIe link value (`current`, `max`).
+pub const ATTR_PCIE_LINK_STATE: &str = "nvidia.gpu.pcie.link.state";

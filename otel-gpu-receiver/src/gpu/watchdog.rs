@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use nvml_wrapper::error::NvmlError;
 
 use super::calls::{self, Call, StepOut};
+use super::lifecycle::driver_gone;
 use super::session::{Ctx, DeviceEntry, error_type};
 use crate::snapshot::Points;
 
@@ -42,6 +43,9 @@ pub(crate) struct DevFlags {
     /// The cycle got to the device's calls (made them, or knew to skip them). When it did
     /// not (NVML hung, budget spent), its health is unknown and not reported.
     pub(crate) reached: bool,
+    /// A MIG instance whose handle no longer answers (INVALID_ARGUMENT, NOT_FOUND): a
+    /// reconfiguration removed it. Its other calls are skipped.
+    pub(crate) vanished: bool,
 }
 
 /// What one cycle produced.
@@ -53,6 +57,14 @@ pub(crate) struct CycleReport {
     pub(crate) timeouts: Vec<&'static str>,
     /// (NVML function, error.type) of calls that failed this cycle.
     pub(crate) errors: Vec<(&'static str, &'static str)>,
+    /// A call found the driver gone (DRIVER_NOT_LOADED, UNINITIALIZED): (NVML function,
+    /// error.type). The job stops there: NVML has to be initialised again.
+    pub(crate) driver_gone: Option<(&'static str, &'static str)>,
+    /// The devices should be looked up again next cycle: a MIG instance vanished.
+    pub(crate) rediscover: bool,
+    /// MIG instances that processes run in but that are not known (created since the
+    /// last discovery?).
+    pub(crate) unknown_instances: Vec<(u32, Option<u32>)>,
 }
 
 #[derive(Debug)]
@@ -92,8 +104,14 @@ impl Job {
                         g.finished = true;
                         return true;
                     };
-                    g.report.flags[di].reached = true;
-                    if g.report.flags[di].lost || self.devices[di].skips(call) {
+                    let skip = match g.report.flags.get_mut(di) {
+                        Some(f) => {
+                            f.reached = true;
+                            f.lost || f.vanished
+                        }
+                        None => true,
+                    };
+                    if skip || self.devices[di].skips(call) {
                         g.cursor += 1;
                         continue;
                     }
@@ -107,8 +125,10 @@ impl Job {
             let mut out = StepOut::default();
             let r = calls::run(call, dev, &self.ctx, &mut out);
             let mut g = self.lock();
-            if g.owner != me {
-                // Abandoned while in the call: the new worker owns the job now.
+            if g.owner != me || g.cancelled {
+                // Abandoned while in the call (the new worker owns the job now), or the
+                // cycle's budget ran out meanwhile (the watchdog has taken the report):
+                // this answer is too late either way.
                 return false;
             }
             g.running_since = None;
@@ -116,9 +136,14 @@ impl Job {
             match r {
                 Ok(()) => {
                     g.report.points.append(&mut out.points);
-                    let f = &mut g.report.flags[di];
-                    f.predicted_failure |= out.predicted_failure;
-                    f.degraded |= out.degraded;
+                    g.report.errors.append(&mut out.errors);
+                    g.report
+                        .unknown_instances
+                        .append(&mut out.unknown_instances);
+                    if let Some(f) = g.report.flags.get_mut(di) {
+                        f.predicted_failure |= out.predicted_failure;
+                        f.degraded |= out.degraded;
+                    }
                     if dev
                         .logged
                         .fetch_and(!(LOGGED_LOST | LOST), Ordering::Relaxed)
@@ -130,19 +155,38 @@ impl Job {
                 }
                 Err(e) => self.failed(&mut g, di, call, &e),
             }
+            if g.report.driver_gone.is_some() {
+                // Every other call would fail the same way: stop here.
+                g.finished = true;
+                return true;
+            }
         }
     }
 
     fn failed(&self, g: &mut JobState, di: usize, call: Call, e: &NvmlError) {
         let dev = &self.devices[di];
         match e {
+            // Counted by the session, which initialises NVML again.
+            e if driver_gone(e) => {
+                g.report.driver_gone = Some((call.nvml_name(), error_type(e)));
+            }
+            // A stale MIG handle: the instance was removed. Not an error, and not a
+            // failure of the GPU: rediscovery drops it.
+            NvmlError::InvalidArg | NvmlError::NotFound if dev.info.parent_uuid.is_some() => {
+                if let Some(f) = g.report.flags.get_mut(di) {
+                    f.vanished = true;
+                }
+                g.report.rediscover = true;
+            }
             // Remembered, never retried on this device, logged once at debug level.
             NvmlError::NotSupported | NvmlError::FailedToLoadSymbol(_) => {
                 dev.not_supported.fetch_or(call.bit(), Ordering::Relaxed);
                 tracing::debug!(uuid = %dev.info.uuid, call = call.nvml_name(), "not supported; not asked again");
             }
             NvmlError::GpuLost => {
-                g.report.flags[di].lost = true;
+                if let Some(f) = g.report.flags.get_mut(di) {
+                    f.lost = true;
+                }
                 // Once per loss, and for a GPU that flaps at most once per summary
                 // window; its recovery is logged only when its loss was.
                 if dev.logged.fetch_or(LOST, Ordering::Relaxed) & LOST == 0
@@ -201,7 +245,6 @@ struct Worker {
 #[derive(Debug)]
 pub(crate) struct Watchdog {
     call_timeout: Duration,
-    budget: Duration,
     worker: Option<Worker>,
     done_tx: Sender<u64>,
     done_rx: Receiver<u64>,
@@ -213,11 +256,10 @@ pub(crate) struct Watchdog {
 }
 
 impl Watchdog {
-    pub(crate) fn new(call_timeout: Duration, budget: Duration) -> Self {
+    pub(crate) fn new(call_timeout: Duration) -> Self {
         let (done_tx, done_rx) = mpsc::channel();
         Self {
             call_timeout,
-            budget,
             worker: None,
             done_tx,
             done_rx,
@@ -287,15 +329,17 @@ impl Watchdog {
         Some(w.stuck)
     }
 
-    /// Runs `f` (NVML calls outside a device's cycle, such as discovery) on the worker
-    /// with one call's deadline.
+    /// Runs `f` (NVML calls outside a device's cycle: initialisation, discovery) on the
+    /// worker, abandoning it after `timeout`.
     ///
     /// # Errors
-    /// `"nvmlDeviceGetCount_v2"` (the first call of discovery, the label it is counted
-    /// under) when `f` ran past the deadline and was abandoned, `"skipped"` when too
-    /// many workers are stuck to try, `"worker"` when no worker thread could be started.
+    /// `label` (the NVML function it is counted under) when `f` ran past `timeout` and
+    /// was abandoned, `"skipped"` when too many workers are stuck to try, `"worker"` when
+    /// no worker thread could be started.
     pub(crate) fn call<T: Send + 'static>(
         &mut self,
+        label: &'static str,
+        timeout: Duration,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, &'static str> {
         self.stuck.retain(|s| s.load(Ordering::Acquire));
@@ -327,28 +371,29 @@ impl Watchdog {
             self.worker = None;
             return Err("worker");
         }
-        match rx.recv_timeout(self.call_timeout) {
+        match rx.recv_timeout(timeout) {
             Ok(v) => Ok(v),
             Err(_) => {
                 tracing::warn!(
-                    timeout = ?self.call_timeout,
-                    "NVML device discovery ran past its deadline; the cycle goes on with the devices already known"
+                    call = label,
+                    ?timeout,
+                    "NVML call ran past its deadline; the cycle goes on without it"
                 );
                 self.abandon();
-                Err("nvmlDeviceGetCount_v2")
+                Err(label)
             }
         }
     }
 
-    /// Runs `steps` (device index, call) over `devices` and returns what they read.
+    /// Runs `steps` (device index, call) over `devices` until `deadline` and returns what
+    /// they read. Steps not begun by then are dropped and counted as `"budget"`.
     pub(crate) fn run(
         &mut self,
         ctx: &Arc<Ctx>,
         devices: &[Arc<DeviceEntry>],
         steps: Vec<(usize, Call)>,
+        deadline: Instant,
     ) -> CycleReport {
-        let started = Instant::now();
-        let deadline = started + self.budget;
         self.stuck.retain(|s| s.load(Ordering::Acquire));
         let mut report = CycleReport {
             flags: vec![DevFlags::default(); devices.len()],
@@ -375,6 +420,11 @@ impl Watchdog {
         }
         self.warned_full = false;
         if steps.is_empty() {
+            return report;
+        }
+        if Instant::now() >= deadline {
+            // Initialisation or discovery spent the budget: nothing is begun.
+            report.timeouts.push("budget");
             return report;
         }
         let job = Arc::new(Job {
@@ -453,7 +503,7 @@ impl Watchdog {
                         // Out of budget: the worker stops after its current call.
                         g.cancelled = true;
                         timeouts.push("budget");
-                        tracing::debug!(budget = ?self.budget, "GPU cycle budget spent");
+                        tracing::debug!("GPU cycle budget spent");
                         break;
                     }
                 }

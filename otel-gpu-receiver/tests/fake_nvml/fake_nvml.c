@@ -26,7 +26,32 @@
  *   dev I|* lost FROM UNTIL    every call on the device returns GPU_IS_LOST for cycles
  *                              FROM <= c < UNTIL (UNTIL 0: forever)
  *   dev I proc PID BYTES SM MEM NAME   a compute process with its memory and utilisation
- *   dev I mig N                MIG mode on, with N instances (default values)
+ *   dev I mig N                MIG mode on, with N instances (default values); 0: off
+ *
+ * NVML coming and going, MIG reconfiguration, failing fields (issue 13):
+ *
+ *   init_fail N CODE           the first N nvmlInit_v2 calls return CODE (9 = DRIVER_NOT_LOADED,
+ *                              12 = LIBRARY_NOT_FOUND): the driver appears late
+ *   init_sleep N MS            the first N nvmlInit_v2 calls sleep MS milliseconds first
+ *   driver_gone CYCLE N [CODE] from CYCLE on every call returns CODE (default 1 = UNINITIALIZED;
+ *                              9 = DRIVER_NOT_LOADED), nvmlInit_v2 returns DRIVER_NOT_LOADED for
+ *                              the next N attempts, and the attempt after them brings it back
+ *   mig_at CYCLE DEV N         from CYCLE on, GPU DEV has N MIG instances (0: MIG off); handles
+ *                              of removed instances answer INVALID_ARGUMENT
+ *   dev I|* fail FUNCTION CODE [FROM [UNTIL]]   FUNCTION returns CODE on the GPU's own handle
+ *                              (not its MIG instances') in cycles FROM <= c < UNTIL (FROM 0:
+ *                              from the start, UNTIL 0: forever)
+ *   dev I|* field_error ID|* CODE [FROM [UNTIL]] field ID (or every field) of
+ *                              nvmlDeviceGetFieldValues fails on its own with CODE, while the
+ *                              call itself succeeds (what a GPU reset looks like)
+ *   dev I proc PID BYTES SM MEM NAME [GI CI [FROM]]   a process, in MIG instance GI/CI when given
+ *                              (NO_ID 4294967295: none), running from cycle FROM on
+ *   dev I mps PID BYTES NAME [GI CI]            an MPS client (nvmlDeviceGetMPSComputeRunningProcesses_v3)
+ *   dev I nvlink_errors REPLAY RECOVERY CRC_FLIT CRC_DATA   link L reports each times (L + 1)
+ *
+ * nvmlDeviceGetProcessUtilization behaves as the driver does: it keeps the last 3 samples of
+ * each process (one per cycle, CPU timestamps in microseconds, older ones at half the
+ * utilisation), returns those newer than lastSeenTimeStamp, and NOT_FOUND when there are none.
  *
  * Churn, for soak tests (everything repeats, so a long run sees it thousands of times):
  *
@@ -59,6 +84,7 @@ enum {
     NVML_ERROR_NOT_SUPPORTED = 3,
     NVML_ERROR_NOT_FOUND = 6,
     NVML_ERROR_INSUFFICIENT_SIZE = 7,
+    NVML_ERROR_DRIVER_NOT_LOADED = 9,
     NVML_ERROR_TIMEOUT = 10,
     NVML_ERROR_GPU_IS_LOST = 15,
     NVML_ERROR_UNKNOWN = 999,
@@ -102,7 +128,7 @@ struct fake_dev {
     unsigned nmig;
     fake_dev *mig[MAX_MIG];
     unsigned nproc;
-    struct { unsigned pid; unsigned long long bytes; unsigned sm, mem; char name[64]; } proc[MAX_PROC];
+    struct { unsigned pid; unsigned long long bytes; unsigned sm, mem; char name[64]; unsigned gi, ci; int from; } proc[MAX_PROC];
     int nnotsup;
     char notsup[MAX_RULES][64];
     int nsleep;
@@ -112,6 +138,18 @@ struct fake_dev {
     unsigned pid_every, pid_span;
     unsigned mig_every, mig_full;
     unsigned long long events_registered;
+    /* issue 13 */
+    unsigned long long ecc_corr_agg, ecc_uncorr_agg;
+    unsigned retired_sbe, retired_dbe;
+    unsigned long long nvlink_err[4]; /* DL_REPLAY, DL_RECOVERY, DL_CRC_FLIT, DL_CRC_DATA */
+    int nfail;
+    struct { char fn[64]; int code, from, until; } fails[MAX_RULES];
+    int nfield_err;
+    struct { int field; int code, from, until; } field_errs[MAX_RULES]; /* field -1: every field */
+    unsigned nmps;
+    struct { unsigned pid; unsigned long long bytes; unsigned gi, ci; char name[64]; } mps[MAX_PROC];
+    unsigned pcie_gen, pcie_gen_max, pcie_width, pcie_width_max;
+    unsigned clk_max[4], clk_app[4]; /* graphics, sm, memory, video; 0: not supported */
 };
 
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -137,6 +175,18 @@ static int g_ncounts;
 #define MAX_STORMS 4
 static struct { unsigned every; int dev; unsigned long long code; unsigned n; unsigned pending; } g_storm[MAX_STORMS];
 static int g_nstorms;
+/* issue 13: the driver appears late, goes away and comes back; MIG is reconfigured. */
+static int g_init_fail_left, g_init_fail_code;
+static int g_init_sleep_left;
+static unsigned g_init_sleep_ms;
+#define MAX_GONE 4
+static struct { int cycle, attempts, code; } g_gone_at[MAX_GONE];
+static int g_ngone;
+static int g_gone_code, g_gone_attempts_left;
+#define MAX_MIG_AT 8
+static struct { int cycle, dev; unsigned n; } g_mig_at[MAX_MIG_AT];
+static int g_nmig_at;
+#define NO_ID 0xFFFFFFFFu
 
 static void defaults(fake_dev *d, int i) {
     memset(d, 0, sizeof *d);
@@ -179,6 +229,14 @@ static void defaults(fake_dev *d, int i) {
     d->gpm_tensor = 0.20 + 0.01 * i;
     d->gpm_dram = 0.10 + 0.01 * i;
     d->lost_from = -1;
+    d->ecc_corr_agg = 1000ULL + 10ULL * i;
+    d->ecc_uncorr_agg = 2ULL + i;
+    d->retired_sbe = i;
+    d->retired_dbe = 0;
+    d->nvlink_err[0] = 3; d->nvlink_err[1] = 1; d->nvlink_err[2] = 20; d->nvlink_err[3] = 5;
+    d->pcie_gen = 4; d->pcie_gen_max = 5; d->pcie_width = 8; d->pcie_width_max = 16;
+    d->clk_max[0] = 1980 + i; d->clk_max[1] = 1980 + i; d->clk_max[2] = 2619; d->clk_max[3] = 1755;
+    d->clk_app[0] = 1755 + i; d->clk_app[2] = 2619; /* no SM or video application clocks */
 }
 
 static void mig_defaults(fake_dev *parent, fake_dev *m, int k) {
@@ -199,6 +257,28 @@ static void mig_defaults(fake_dev *parent, fake_dev *m, int k) {
     m->gpm_tensor = 0.05;
     m->gpm_dram = 0.1;
     m->lost_from = -1;
+}
+
+/* MIG on with n instances (0: off). Instances keep their slot's UUID; removed ones stay
+ * allocated but answer INVALID_ARGUMENT, like a stale handle. */
+static void set_mig(fake_dev *d, unsigned n) {
+    if (d->parent) return;
+    if (n > MAX_MIG) n = MAX_MIG;
+    for (unsigned k = 0; k < MAX_MIG; k++) {
+        fake_dev *m = &g_mig[d->index][k];
+        if (k < n) {
+            if (!m->present) mig_defaults(d, m, (int)k);
+            d->mig[k] = m;
+        } else {
+            m->present = 0;
+            d->mig[k] = NULL;
+        }
+    }
+    d->nmig = n;
+}
+
+static int in_window(int from, int until) {
+    return g_cycle >= from && (until == 0 || g_cycle < until);
 }
 
 static void set_key(fake_dev *d, const char *key, char *rest) {
@@ -242,20 +322,46 @@ static void set_key(fake_dev *d, const char *key, char *rest) {
     else if (!strcmp(key, "pid_churn")) { d->pid_every = (unsigned)a; d->pid_span = b ? (unsigned)b : 1; }
     else if (!strcmp(key, "mig_churn")) d->mig_every = (unsigned)a;
     else if (!strcmp(key, "proc") && d->nproc < MAX_PROC) {
-        unsigned pid = 0, sm = 0, mem = 0; unsigned long long bytes = 0; char name[64] = {0};
-        sscanf(rest, "%u %llu %u %u %63s", &pid, &bytes, &sm, &mem, name);
+        unsigned pid = 0, sm = 0, mem = 0, gi = NO_ID, ci = NO_ID; unsigned long long bytes = 0; char name[64] = {0};
+        int from = 0;
+        sscanf(rest, "%u %llu %u %u %63s %u %u %d", &pid, &bytes, &sm, &mem, name, &gi, &ci, &from);
+        d->proc[d->nproc].from = from;
         d->proc[d->nproc].pid = pid; d->proc[d->nproc].bytes = bytes;
         d->proc[d->nproc].sm = sm; d->proc[d->nproc].mem = mem;
+        d->proc[d->nproc].gi = gi; d->proc[d->nproc].ci = ci;
         snprintf(d->proc[d->nproc].name, sizeof d->proc[d->nproc].name, "%s", name);
         d->nproc++;
     }
-    else if (!strcmp(key, "mig")) {
-        d->nmig = a > MAX_MIG ? MAX_MIG : (unsigned)a;
-        for (unsigned k = 0; k < d->nmig; k++) {
-            mig_defaults(d, &g_mig[d->index][k], (int)k);
-            d->mig[k] = &g_mig[d->index][k];
-        }
+    else if (!strcmp(key, "mig")) set_mig(d, (unsigned)a);
+    else if (!strcmp(key, "mps") && d->nmps < MAX_PROC) {
+        unsigned pid = 0, gi = NO_ID, ci = NO_ID; unsigned long long bytes = 0; char name[64] = {0};
+        sscanf(rest, "%u %llu %63s %u %u", &pid, &bytes, name, &gi, &ci);
+        d->mps[d->nmps].pid = pid; d->mps[d->nmps].bytes = bytes;
+        d->mps[d->nmps].gi = gi; d->mps[d->nmps].ci = ci;
+        snprintf(d->mps[d->nmps].name, sizeof d->mps[d->nmps].name, "%s", name);
+        d->nmps++;
     }
+    else if (!strcmp(key, "fail") && d->nfail < MAX_RULES) {
+        int code = 0, from = 0, until = 0;
+        sscanf(rest, "%63s %d %d %d", d->fails[d->nfail].fn, &code, &from, &until);
+        d->fails[d->nfail].code = code; d->fails[d->nfail].from = from; d->fails[d->nfail].until = until;
+        d->nfail++;
+    }
+    else if (!strcmp(key, "field_error") && d->nfield_err < MAX_RULES) {
+        char field[16] = {0}; int code = 0, from = 0, until = 0;
+        sscanf(rest, "%15s %d %d %d", field, &code, &from, &until);
+        d->field_errs[d->nfield_err].field = strcmp(field, "*") ? atoi(field) : -1;
+        d->field_errs[d->nfield_err].code = code;
+        d->field_errs[d->nfield_err].from = from;
+        d->field_errs[d->nfield_err].until = until;
+        d->nfield_err++;
+    }
+    else if (!strcmp(key, "nvlink_errors"))
+        sscanf(rest, "%llu %llu %llu %llu", &d->nvlink_err[0], &d->nvlink_err[1], &d->nvlink_err[2], &d->nvlink_err[3]);
+    U("ecc_corr_agg", ecc_corr_agg); U("ecc_uncorr_agg", ecc_uncorr_agg);
+    U("retired_sbe", retired_sbe); U("retired_dbe", retired_dbe);
+    U("pcie_gen", pcie_gen); U("pcie_gen_max", pcie_gen_max);
+    U("pcie_width", pcie_width); U("pcie_width_max", pcie_width_max);
     else fprintf(stderr, "fake_nvml: unknown key %s\n", key);
 #undef U
 }
@@ -296,6 +402,18 @@ static void load_script(void) {
         }
         else if (!strcmp(word, "driver")) sscanf(rest, "%63s", g_driver);
         else if (!strcmp(word, "init_error")) g_init_error = atoi(rest);
+        else if (!strcmp(word, "init_fail")) sscanf(rest, "%d %d", &g_init_fail_left, &g_init_fail_code);
+        else if (!strcmp(word, "init_sleep")) sscanf(rest, "%d %u", &g_init_sleep_left, &g_init_sleep_ms);
+        else if (!strcmp(word, "driver_gone") && g_ngone < MAX_GONE) {
+            int code = NVML_ERROR_UNINITIALIZED;
+            sscanf(rest, "%d %d %d", &g_gone_at[g_ngone].cycle, &g_gone_at[g_ngone].attempts, &code);
+            g_gone_at[g_ngone].code = code;
+            g_ngone++;
+        }
+        else if (!strcmp(word, "mig_at") && g_nmig_at < MAX_MIG_AT) {
+            sscanf(rest, "%d %d %u", &g_mig_at[g_nmig_at].cycle, &g_mig_at[g_nmig_at].dev, &g_mig_at[g_nmig_at].n);
+            g_nmig_at++;
+        }
         else if (!strcmp(word, "count_sleep")) sscanf(rest, "%d %u", &g_count_sleep_cycle, &g_count_sleep_ms);
         else if (!strcmp(word, "stats")) sscanf(rest, "%511s", g_stats);
         else if (!strcmp(word, "xid_storm") && g_nstorms < MAX_STORMS) {
@@ -403,7 +521,13 @@ static nvmlReturn_t enter(void *handle, const char *fn, fake_dev **out) {
     fake_dev *r = root(d);
     count_call(fn, r->index);
     nvmlReturn_t rc = NVML_SUCCESS;
-    if (r->lost_from >= 0 && g_cycle >= r->lost_from && (r->lost_until == 0 || g_cycle < r->lost_until))
+    if (g_gone_code)
+        rc = g_gone_code; /* the driver went away: nothing answers until NVML is initialised again */
+    else if (d->parent && !d->present)
+        rc = NVML_ERROR_INVALID_ARGUMENT; /* a MIG instance removed by a reconfiguration */
+    for (int i = 0; rc == NVML_SUCCESS && !d->parent && i < r->nfail; i++)
+        if (!strcmp(r->fails[i].fn, fn) && in_window(r->fails[i].from, r->fails[i].until)) rc = r->fails[i].code;
+    if (rc == NVML_SUCCESS && r->lost_from >= 0 && g_cycle >= r->lost_from && (r->lost_until == 0 || g_cycle < r->lost_until))
         rc = NVML_ERROR_GPU_IS_LOST;
     if (r->flap_period && (unsigned)g_cycle >= r->flap_period && (unsigned)g_cycle % r->flap_period < r->flap_down)
         rc = NVML_ERROR_GPU_IS_LOST;
@@ -441,7 +565,29 @@ nvmlReturn_t nvmlInit_v2(void) {
     load_script();
     count_call(__func__, -1);
     int err = g_init_error;
+    if (!err && g_init_fail_left > 0) {
+        g_init_fail_left--;
+        err = g_init_fail_code;
+    }
+    if (!err && g_gone_code) {
+        if (g_gone_attempts_left > 0) {
+            g_gone_attempts_left--;
+            err = NVML_ERROR_DRIVER_NOT_LOADED;
+        } else {
+            g_gone_code = 0; /* the driver is back */
+        }
+    }
+    unsigned sleep_ms = 0;
+    if (g_init_sleep_left > 0) {
+        g_init_sleep_left--;
+        sleep_ms = g_init_sleep_ms;
+    }
+    write_stats(); /* a test waiting for the driver reads the attempts from here */
     pthread_mutex_unlock(&g_lock);
+    if (sleep_ms) {
+        struct timespec ts = { sleep_ms / 1000, (long)(sleep_ms % 1000) * 1000000L };
+        nanosleep(&ts, NULL);
+    }
     return err;
 }
 
@@ -468,7 +614,9 @@ const char *nvmlErrorString(nvmlReturn_t r) {
 nvmlReturn_t nvmlSystemGetDriverVersion(char *version, unsigned length) {
     pthread_mutex_lock(&g_lock);
     count_call(__func__, -1);
+    int gone = g_gone_code;
     pthread_mutex_unlock(&g_lock);
+    if (gone) return gone;
     return copy_str(version, length, g_driver);
 }
 
@@ -493,6 +641,19 @@ nvmlReturn_t nvmlDeviceGetCount_v2(unsigned *count) {
     churn();
     pthread_cond_broadcast(&g_cycle_cond);
     count_call(__func__, -1);
+    for (int i = 0; i < g_ngone; i++)
+        if (g_gone_at[i].cycle == g_cycle) {
+            g_gone_code = g_gone_at[i].code;
+            g_gone_attempts_left = g_gone_at[i].attempts;
+        }
+    for (int i = 0; i < g_nmig_at; i++)
+        if (g_mig_at[i].cycle == g_cycle && g_mig_at[i].dev >= 0 && g_mig_at[i].dev < MAX_DEV)
+            set_mig(&g_dev[g_mig_at[i].dev], g_mig_at[i].n);
+    if (g_gone_code) {
+        int rc = g_gone_code;
+        pthread_mutex_unlock(&g_lock);
+        return rc;
+    }
     *count = current_count();
     unsigned sleep_ms = g_cycle == g_count_sleep_cycle ? g_count_sleep_ms : 0;
     pthread_mutex_unlock(&g_lock);
@@ -507,7 +668,9 @@ nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned index, void **device) {
     pthread_mutex_lock(&g_lock);
     count_call(__func__, -1);
     unsigned n = current_count();
+    int gone = g_gone_code;
     pthread_mutex_unlock(&g_lock);
+    if (gone) return gone;
     if (index >= n) return NVML_ERROR_INVALID_ARGUMENT;
     *device = &g_dev[index];
     return NVML_SUCCESS;
@@ -534,7 +697,8 @@ nvmlReturn_t nvmlDeviceGetIndex(void *h, unsigned *index) { ENTER(h); *index = (
 typedef struct { unsigned gpu, memory; } nvmlUtilization_t;
 nvmlReturn_t nvmlDeviceGetUtilizationRates(void *h, nvmlUtilization_t *u) {
     ENTER(h);
-    if (d->parent) return NVML_ERROR_NOT_SUPPORTED;
+    /* Neither a MIG instance nor a GPU in MIG mode has utilisation rates. */
+    if (d->parent || d->nmig) return NVML_ERROR_NOT_SUPPORTED;
     u->gpu = d->util_gpu;
     u->memory = d->util_mem;
     return NVML_SUCCESS;
@@ -582,8 +746,10 @@ nvmlReturn_t nvmlDeviceGetTemperatureThreshold(void *h, int type, unsigned *t) {
 
 nvmlReturn_t nvmlDeviceGetTotalEccErrors(void *h, int error_type, int counter_type, unsigned long long *n) {
     ENTER(h);
-    (void)counter_type;
-    *n = error_type == 0 ? d->ecc_corr : d->ecc_uncorr;
+    if (counter_type == 1) /* NVML_AGGREGATE_ECC: kept across driver reloads */
+        *n = error_type == 0 ? d->ecc_corr_agg : d->ecc_uncorr_agg;
+    else
+        *n = error_type == 0 ? d->ecc_corr : d->ecc_uncorr;
     return NVML_SUCCESS;
 }
 nvmlReturn_t nvmlDeviceGetPcieReplayCounter(void *h, unsigned *n) { ENTER(h); *n = d->pcie_replay; return NVML_SUCCESS; }
@@ -599,6 +765,25 @@ nvmlReturn_t nvmlDeviceGetClockInfo(void *h, int type, unsigned *mhz) {
     }
     return NVML_SUCCESS;
 }
+
+nvmlReturn_t nvmlDeviceGetMaxClockInfo(void *h, int type, unsigned *mhz) {
+    ENTER(h);
+    if (type < 0 || type > 3) return NVML_ERROR_INVALID_ARGUMENT;
+    if (!d->clk_max[type]) return NVML_ERROR_NOT_SUPPORTED;
+    *mhz = d->clk_max[type];
+    return NVML_SUCCESS;
+}
+nvmlReturn_t nvmlDeviceGetApplicationsClock(void *h, int type, unsigned *mhz) {
+    ENTER(h);
+    if (type < 0 || type > 3) return NVML_ERROR_INVALID_ARGUMENT;
+    if (!d->clk_app[type]) return NVML_ERROR_NOT_SUPPORTED;
+    *mhz = d->clk_app[type];
+    return NVML_SUCCESS;
+}
+nvmlReturn_t nvmlDeviceGetCurrPcieLinkGeneration(void *h, unsigned *v) { ENTER(h); *v = d->pcie_gen; return NVML_SUCCESS; }
+nvmlReturn_t nvmlDeviceGetMaxPcieLinkGeneration(void *h, unsigned *v) { ENTER(h); *v = d->pcie_gen_max; return NVML_SUCCESS; }
+nvmlReturn_t nvmlDeviceGetCurrPcieLinkWidth(void *h, unsigned *v) { ENTER(h); *v = d->pcie_width; return NVML_SUCCESS; }
+nvmlReturn_t nvmlDeviceGetMaxPcieLinkWidth(void *h, unsigned *v) { ENTER(h); *v = d->pcie_width_max; return NVML_SUCCESS; }
 
 nvmlReturn_t nvmlDeviceGetCurrentClocksThrottleReasons(void *h, unsigned long long *r) {
     ENTER(h); *r = d->throttle; return NVML_SUCCESS;
@@ -671,9 +856,25 @@ nvmlReturn_t nvmlDeviceGetFieldValues(void *h, int count, nvmlFieldValue_t *valu
         case 145: v->valueType = VT_UINT; v->value.uiVal = d->remap_failure; break;
         case 197: v->value.ullVal = d->pcie_tx; break;                                      /* PCIE_COUNT_TX_BYTES */
         case 198: v->value.ullVal = d->pcie_rx; break;                                      /* PCIE_COUNT_RX_BYTES */
+        case 29: v->valueType = VT_UINT; v->value.uiVal = d->retired_sbe; break;            /* RETIRED_SBE */
+        case 30: v->valueType = VT_UINT; v->value.uiVal = d->retired_dbe; break;            /* RETIRED_DBE */
         default: v->nvmlReturn = NVML_ERROR_NOT_SUPPORTED; break;
         }
+        fake_dev *r = root(d);
+        for (int k = 0; k < r->nfield_err; k++)
+            if ((r->field_errs[k].field < 0 || r->field_errs[k].field == (int)v->fieldId)
+                && in_window(r->field_errs[k].from, r->field_errs[k].until))
+                v->nvmlReturn = r->field_errs[k].code;
     }
+    return NVML_SUCCESS;
+}
+
+/* NVML_NVLINK_ERROR_DL_REPLAY, _RECOVERY, _CRC_FLIT, _CRC_DATA; ECC_DATA is not supported here. */
+nvmlReturn_t nvmlDeviceGetNvLinkErrorCounter(void *h, unsigned link, int counter, unsigned long long *value) {
+    ENTER(h);
+    if (link >= d->nvlinks) return NVML_ERROR_INVALID_ARGUMENT;
+    if (counter < 0 || counter > 3) return NVML_ERROR_NOT_SUPPORTED;
+    *value = d->nvlink_err[counter] * (link + 1ULL);
     return NVML_SUCCESS;
 }
 
@@ -709,37 +910,80 @@ nvmlReturn_t nvmlDeviceGetComputeInstanceId(void *h, unsigned *id) {
 /* ----------------------------------------------------------- processes */
 
 typedef struct { unsigned pid; unsigned long long usedGpuMemory; unsigned gpuInstanceId, computeInstanceId; } nvmlProcessInfo_t;
+/* On a GPU: every process, with its MIG instance ids; on a MIG instance: its own processes. */
+static int in_instance(fake_dev *d, unsigned gi, unsigned ci) { return !d->parent || (gi == d->gi && ci == d->ci); }
+static int running(fake_dev *r, unsigned i) { return g_cycle >= r->proc[i].from; }
 nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(void *h, unsigned *count, nvmlProcessInfo_t *infos) {
     ENTER(h);
-    if (!infos || *count < d->nproc) {
-        *count = d->nproc;
-        return d->nproc ? NVML_ERROR_INSUFFICIENT_SIZE : NVML_SUCCESS;
+    fake_dev *r = root(d);
+    unsigned n = 0;
+    for (unsigned i = 0; i < r->nproc; i++) n += running(r, i) && in_instance(d, r->proc[i].gi, r->proc[i].ci);
+    if (!infos || *count < n) {
+        *count = n;
+        return n ? NVML_ERROR_INSUFFICIENT_SIZE : NVML_SUCCESS;
     }
-    for (unsigned i = 0; i < d->nproc; i++) {
-        infos[i].pid = d->proc[i].pid + pid_offset(d);
-        infos[i].usedGpuMemory = d->proc[i].bytes;
-        infos[i].gpuInstanceId = 0xFFFFFFFF;
-        infos[i].computeInstanceId = 0xFFFFFFFF;
+    unsigned k = 0;
+    for (unsigned i = 0; i < r->nproc; i++) {
+        if (!running(r, i) || !in_instance(d, r->proc[i].gi, r->proc[i].ci)) continue;
+        infos[k].pid = r->proc[i].pid + pid_offset(r);
+        infos[k].usedGpuMemory = r->proc[i].bytes;
+        infos[k].gpuInstanceId = d->parent ? NO_ID : r->proc[i].gi;
+        infos[k].computeInstanceId = d->parent ? NO_ID : r->proc[i].ci;
+        k++;
     }
-    *count = d->nproc;
+    *count = n;
+    return NVML_SUCCESS;
+}
+nvmlReturn_t nvmlDeviceGetMPSComputeRunningProcesses_v3(void *h, unsigned *count, nvmlProcessInfo_t *infos) {
+    ENTER(h);
+    fake_dev *r = root(d);
+    unsigned n = 0;
+    for (unsigned i = 0; i < r->nmps; i++) n += in_instance(d, r->mps[i].gi, r->mps[i].ci);
+    if (!infos || *count < n) {
+        *count = n;
+        return n ? NVML_ERROR_INSUFFICIENT_SIZE : NVML_SUCCESS;
+    }
+    unsigned k = 0;
+    for (unsigned i = 0; i < r->nmps; i++) {
+        if (!in_instance(d, r->mps[i].gi, r->mps[i].ci)) continue;
+        infos[k].pid = r->mps[i].pid;
+        infos[k].usedGpuMemory = r->mps[i].bytes;
+        infos[k].gpuInstanceId = d->parent ? NO_ID : r->mps[i].gi;
+        infos[k].computeInstanceId = d->parent ? NO_ID : r->mps[i].ci;
+        k++;
+    }
+    *count = n;
     return NVML_SUCCESS;
 }
 
 typedef struct { unsigned pid; unsigned long long timeStamp; unsigned smUtil, memUtil, encUtil, decUtil; } nvmlProcessUtilizationSample_t;
+/* The driver samples each process once per cycle (CPU time in microseconds) and keeps the
+ * last SAMPLES_KEPT samples; older ones here show half the utilisation. */
+#define SAMPLES_KEPT 3
+static unsigned long long sample_time(int cycle) { return 1700000000000000ULL + (unsigned long long)cycle * 1000000ULL; }
 nvmlReturn_t nvmlDeviceGetProcessUtilization(void *h, nvmlProcessUtilizationSample_t *s, unsigned *count, unsigned long long last_seen) {
     ENTER(h);
-    (void)last_seen;
-    if (!d->nproc) return NVML_ERROR_NOT_FOUND; /* what the driver answers when there are no samples */
-    if (!s || *count < d->nproc) { *count = d->nproc; return NVML_ERROR_INSUFFICIENT_SIZE; }
-    for (unsigned i = 0; i < d->nproc; i++) {
-        s[i].pid = d->proc[i].pid + pid_offset(d);
-        s[i].timeStamp = 1700000000000000ULL + (unsigned long long)g_cycle;
-        s[i].smUtil = d->proc[i].sm;
-        s[i].memUtil = d->proc[i].mem;
-        s[i].encUtil = 0;
-        s[i].decUtil = 0;
-    }
-    *count = d->nproc;
+    if (d->parent || d->nmig) return NVML_ERROR_NOT_SUPPORTED; /* not in MIG mode */
+    unsigned n = 0;
+    for (unsigned i = 0; i < d->nproc; i++)
+        for (int c = g_cycle - SAMPLES_KEPT + 1; c <= g_cycle; c++)
+            n += c >= 1 && sample_time(c) > last_seen;
+    if (!n) return NVML_ERROR_NOT_FOUND; /* no sample newer than last_seen */
+    if (!s || *count < n) { *count = n; return NVML_ERROR_INSUFFICIENT_SIZE; }
+    unsigned k = 0;
+    for (unsigned i = 0; i < d->nproc; i++)
+        for (int c = g_cycle - SAMPLES_KEPT + 1; c <= g_cycle; c++) {
+            if (c < 1 || sample_time(c) <= last_seen) continue;
+            unsigned div = c == g_cycle ? 1 : 2;
+            s[k].pid = d->proc[i].pid + pid_offset(d);
+            s[k].timeStamp = sample_time(c);
+            s[k].smUtil = d->proc[i].sm / div;
+            s[k].memUtil = d->proc[i].mem / div;
+            s[k].encUtil = 0;
+            s[k].decUtil = 0;
+            k++;
+        }
+    *count = n;
     return NVML_SUCCESS;
 }
 
@@ -777,6 +1021,11 @@ nvmlReturn_t nvmlEventSetWait_v2(void *set, nvmlEventData_t *data, unsigned time
     if (deadline.tv_nsec >= 1000000000L) { deadline.tv_sec++; deadline.tv_nsec -= 1000000000L; }
     pthread_mutex_lock(&g_lock);
     for (;;) {
+        if (g_gone_code) {
+            int rc = g_gone_code;
+            pthread_mutex_unlock(&g_lock);
+            return rc;
+        }
         for (int s = 0; s < g_nstorms; s++) {
             fake_dev *d = g_storm[s].dev >= 0 && g_storm[s].dev < MAX_DEV ? &g_dev[g_storm[s].dev] : NULL;
             if (g_storm[s].pending && d && (d->events_registered & 0x8)) {

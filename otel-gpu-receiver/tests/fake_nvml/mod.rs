@@ -36,7 +36,11 @@ fn built() -> &'static Path {
             .get_compiler();
         let status = compiler
             .to_command()
-            .args(["-shared", "-fPIC", "-o"])
+            // `nodelete`: nvml-wrapper unloads the library when nvmlInit_v2 fails, and the
+            // agent loads it again at its next attempt. The fake's state (how many attempts
+            // it has refused, which cycle it is in) stands for the driver's, which outlives
+            // any one load of the library.
+            .args(["-shared", "-fPIC", "-Wl,-z,nodelete", "-o"])
             .arg(&out)
             .arg(&src)
             .args(["-lpthread", "-ldl"])
