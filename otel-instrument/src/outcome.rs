@@ -67,8 +67,8 @@ impl<T, E> Fallible for Result<T, E> {
 }
 
 /// The autoref probe that the code `#[monitored]` generates calls as
-/// `(&&Ret(&value)).failure()`: [`ViaFallible`] is picked when the (concrete)
-/// return type implements [`Fallible`], [`ViaInfallible`] otherwise. Not public
+/// `(&&Ret(&value)).failure()`: [`ViaFallible`](probe::ViaFallible) is picked when the (concrete)
+/// return type implements [`Fallible`], [`ViaInfallible`](probe::ViaInfallible) otherwise. Not public
 /// API.
 #[doc(hidden)]
 pub mod probe {

@@ -24,7 +24,9 @@
 //! (the other GPUs keep reporting); a pending page retirement or row remap →
 //! `predicted_failure`; hardware slowdown → `degraded`.
 
+pub(crate) mod call;
 pub(crate) mod calls;
+pub(crate) mod device;
 pub mod lifecycle;
 pub mod names;
 pub mod session;

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use nvml_wrapper::error::NvmlError;
 
 use super::calls::{self, Call, StepOut};
+use super::device::{Ctx, DeviceEntry, error_type};
 use super::lifecycle::driver_gone;
-use super::session::{Ctx, DeviceEntry, error_type};
 use crate::snapshot::Points;
 
 /// At most this many abandoned (stuck) NVML workers at once; beyond it, the GPU part

@@ -18,7 +18,7 @@ use nvml_wrapper::enums::event::XidError;
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::{Device, EventSet, Nvml};
 
-use super::session::unix_now;
+use super::device::unix_now;
 use crate::quiet::RateLimit;
 
 /// Xid 79: the GPU has fallen off the bus.
@@ -142,7 +142,7 @@ fn register(
                 let rest: Watch = devices
                     .iter()
                     .filter(|(_, u)| u != uuid)
-                    .map(|(d, u)| (super::session::dup(d), u.clone()))
+                    .map(|(d, u)| (super::device::dup(d), u.clone()))
                     .collect();
                 return register(nvml, &rest);
             }

@@ -3,6 +3,7 @@
 
 use std::error::Error;
 
+use super::verdict::Verdict;
 use super::{Categorize, ErrorCategory};
 
 /// `error.type` of a `dyn Error` whose chain holds no known error. Boxes are
@@ -14,34 +15,6 @@ const ANYHOW_ERROR: &str = "anyhow::Error";
 /// At most this many links are looked at: a `source()` that cycles back on
 /// itself must not hang the caller.
 const MAX_LINKS: usize = 64;
-
-/// What one known link of an error chain says about the failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Verdict {
-    /// This link decides: the walk stops here.
-    Decided(ErrorCategory, &'static str),
-    /// A generic wrapper (a transport error, `io::ErrorKind::Other`, gRPC
-    /// `UNKNOWN`): it counts only when no deeper link decides.
-    Fallback(ErrorCategory, &'static str),
-}
-
-impl Verdict {
-    /// The category and `error.type` this link gives.
-    pub(super) fn pair(self) -> (ErrorCategory, &'static str) {
-        match self {
-            Self::Decided(c, t) | Self::Fallback(c, t) => (c, t),
-        }
-    }
-
-    /// `Decided`, unless the category is unknown: then deeper links may know better.
-    pub(super) fn unless_unknown(category: ErrorCategory, name: &'static str) -> Self {
-        if category == ErrorCategory::Unknown {
-            Self::Fallback(category, name)
-        } else {
-            Self::Decided(category, name)
-        }
-    }
-}
 
 /// The category and `error.type` of the most specific known error in `err`'s
 /// chain (`err` itself included), or `None` when no link is known.
@@ -159,6 +132,85 @@ impl Categorize for anyhow::Error {
     }
     fn error_type(&self) -> &'static str {
         classify_chain(&**self).map_or(ANYHOW_ERROR, |(_, t)| t)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The known types whose own classification is the walk from themselves (a
+// status over a deeper cause, a transport error over a refused connection).
+
+/// By code (see `Code`'s impl); a status with code `UNKNOWN` by its source.
+impl Categorize for tonic::Status {
+    fn category(&self) -> ErrorCategory {
+        classify_known(self, super::grpc::status_verdict).0
+    }
+    fn error_type(&self) -> &'static str {
+        classify_known(self, super::grpc::status_verdict).1
+    }
+}
+
+/// `unavailable`, or what its cause says (an invalid URI is `invalid_argument`,
+/// a refused connection `unavailable` named `ConnectionRefused`).
+impl Categorize for tonic::transport::Error {
+    fn category(&self) -> ErrorCategory {
+        classify_known(self, super::grpc::transport_verdict).0
+    }
+    fn error_type(&self) -> &'static str {
+        classify_known(self, super::grpc::transport_verdict).1
+    }
+}
+
+/// `unavailable`, or what its cause says.
+impl Categorize for tonic::ConnectError {
+    fn category(&self) -> ErrorCategory {
+        classify_known(self, super::grpc::connect_verdict).0
+    }
+    fn error_type(&self) -> &'static str {
+        classify_known(self, super::grpc::connect_verdict).1
+    }
+}
+
+/// See `hyper_verdict`'s table; `error.type` is `"hyper::Error"` unless a
+/// deeper cause is known (`"ConnectionReset"`, or the service's own error).
+impl Categorize for hyper::Error {
+    fn category(&self) -> ErrorCategory {
+        classify_known(self, super::http::hyper_verdict).0
+    }
+    fn error_type(&self) -> &'static str {
+        classify_known(self, super::http::hyper_verdict).1
+    }
+}
+
+/// See `reqwest_verdict`; `error.type` is the status code (`"503"`), else
+/// the deepest known cause (`"ConnectionRefused"`), else `"reqwest::Error"`.
+#[cfg(feature = "reqwest")]
+impl Categorize for reqwest::Error {
+    fn category(&self) -> ErrorCategory {
+        classify_known(self, super::http::reqwest_verdict).0
+    }
+    fn error_type(&self) -> &'static str {
+        classify_known(self, super::http::reqwest_verdict).1
+    }
+}
+
+/// By kind; for `ErrorKind::Other`, by the error inside (`get_ref()`), which
+/// is how hyper, tonic and most libraries pass their errors through io.
+impl Categorize for std::io::Error {
+    fn category(&self) -> ErrorCategory {
+        classify_known(self, super::io::verdict).0
+    }
+    fn error_type(&self) -> &'static str {
+        classify_known(self, super::io::verdict).1
+    }
+}
+
+/// A request or response that could not be built from bad parts.
+impl Categorize for http::Error {
+    fn category(&self) -> ErrorCategory {
+        classify_known(self, super::parse::http_verdict).0
+    }
+    fn error_type(&self) -> &'static str {
+        classify_known(self, super::parse::http_verdict).1
     }
 }
 

@@ -3,7 +3,7 @@
 
 use tonic::Code;
 
-use super::chain::{Verdict, classify_known};
+use super::verdict::Verdict;
 use super::{Categorize, ErrorCategory as C};
 
 /// The categories mirror the codes one to one; `OUT_OF_RANGE` joins
@@ -66,46 +66,15 @@ pub(super) fn status_verdict(s: &tonic::Status) -> Verdict {
     Verdict::unless_unknown(code.category(), code.error_type())
 }
 
-/// By code (see [`Code`]'s impl); a status with code `UNKNOWN` by its source.
-impl Categorize for tonic::Status {
-    fn category(&self) -> C {
-        classify_known(self, status_verdict).0
-    }
-    fn error_type(&self) -> &'static str {
-        classify_known(self, status_verdict).1
-    }
-}
-
 /// The peer could not be reached or the connection failed, unless its cause
 /// (an io error, an invalid URI, ...) says more.
 pub(super) fn transport_verdict(_: &tonic::transport::Error) -> Verdict {
     Verdict::Fallback(C::Unavailable, "tonic::transport::Error")
 }
 
-/// `unavailable`, or what its cause says (an invalid URI is `invalid_argument`,
-/// a refused connection `unavailable` named `ConnectionRefused`).
-impl Categorize for tonic::transport::Error {
-    fn category(&self) -> C {
-        classify_known(self, transport_verdict).0
-    }
-    fn error_type(&self) -> &'static str {
-        classify_known(self, transport_verdict).1
-    }
-}
-
 /// Connecting failed: `unavailable`, unless the cause says more.
 pub(super) fn connect_verdict(_: &tonic::ConnectError) -> Verdict {
     Verdict::Fallback(C::Unavailable, "ConnectError")
-}
-
-/// `unavailable`, or what its cause says.
-impl Categorize for tonic::ConnectError {
-    fn category(&self) -> C {
-        classify_known(self, connect_verdict).0
-    }
-    fn error_type(&self) -> &'static str {
-        classify_known(self, connect_verdict).1
-    }
 }
 
 /// The request's deadline (`grpc-timeout`) passed.

@@ -1,6 +1,6 @@
 //! HTTP: `http::StatusCode` by code, and `hyper::Error` by what went wrong.
 
-use super::chain::{Verdict, classify_known};
+use super::verdict::Verdict;
 use super::{Categorize, ErrorCategory as C};
 
 /// Every status code's number, three digits each: code `n` is at `(n - 100) * 3`.
@@ -84,17 +84,6 @@ pub(super) fn hyper_verdict(e: &hyper::Error) -> Verdict {
     }
 }
 
-/// See [`hyper_verdict`]'s table; `error.type` is `"hyper::Error"` unless a
-/// deeper cause is known (`"ConnectionReset"`, or the service's own error).
-impl Categorize for hyper::Error {
-    fn category(&self) -> C {
-        classify_known(self, hyper_verdict).0
-    }
-    fn error_type(&self) -> &'static str {
-        classify_known(self, hyper_verdict).1
-    }
-}
-
 /// `error.type` of a `reqwest::Error` that carries no status code.
 #[cfg(feature = "reqwest")]
 const REQWEST_ERROR: &str = "reqwest::Error";
@@ -114,18 +103,6 @@ pub(super) fn reqwest_verdict(e: &reqwest::Error) -> Verdict {
         Verdict::Fallback(C::Unavailable, REQWEST_ERROR)
     } else {
         Verdict::Fallback(C::Unknown, REQWEST_ERROR)
-    }
-}
-
-/// See [`reqwest_verdict`]; `error.type` is the status code (`"503"`), else
-/// the deepest known cause (`"ConnectionRefused"`), else `"reqwest::Error"`.
-#[cfg(feature = "reqwest")]
-impl Categorize for reqwest::Error {
-    fn category(&self) -> C {
-        classify_known(self, reqwest_verdict).0
-    }
-    fn error_type(&self) -> &'static str {
-        classify_known(self, reqwest_verdict).1
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::io::ErrorKind as K;
 
-use super::chain::{Verdict, classify_known};
+use super::verdict::Verdict;
 use super::{Categorize, ErrorCategory as C};
 
 /// The category and `error.type` of each io error kind.
@@ -80,17 +80,6 @@ impl Categorize for K {
 pub(super) fn verdict(e: &std::io::Error) -> Verdict {
     let (category, name) = kind(e.kind());
     Verdict::unless_unknown(category, name)
-}
-
-/// By kind; for `ErrorKind::Other`, by the error inside (`get_ref()`), which
-/// is how hyper, tonic and most libraries pass their errors through io.
-impl Categorize for std::io::Error {
-    fn category(&self) -> C {
-        classify_known(self, verdict).0
-    }
-    fn error_type(&self) -> &'static str {
-        classify_known(self, verdict).1
-    }
 }
 
 pub(super) fn elapsed_verdict(_: &tokio::time::error::Elapsed) -> Verdict {

@@ -57,6 +57,7 @@ mod grpc;
 mod http;
 mod io;
 mod parse;
+mod verdict;
 
 pub use chain::{categorize_chain, classify_chain};
 /// Derives [`Categorize`](trait@Categorize); see the [module docs](self#your-own-errors).

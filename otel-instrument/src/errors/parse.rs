@@ -3,7 +3,7 @@
 
 use std::error::Error;
 
-use super::chain::{Verdict, classify_known};
+use super::verdict::Verdict;
 use super::{Categorize, ErrorCategory, short_type_name};
 
 macro_rules! malformed_input {
@@ -57,18 +57,8 @@ malformed_input!(
 
 /// `http::Error` only wraps one of the `Invalid*` errors above, which the walk
 /// finds (its `source()` skips it); it names the inner type.
-fn http_verdict(_: &http::Error) -> Verdict {
+pub(super) fn http_verdict(_: &http::Error) -> Verdict {
     Verdict::Fallback(ErrorCategory::InvalidArgument, "http::Error")
-}
-
-/// A request or response that could not be built from bad parts.
-impl Categorize for http::Error {
-    fn category(&self) -> ErrorCategory {
-        classify_known(self, http_verdict).0
-    }
-    fn error_type(&self) -> &'static str {
-        classify_known(self, http_verdict).1
-    }
 }
 
 #[cfg(test)]
