@@ -20,6 +20,10 @@ fi
 # check-jsonschema validates the compose files against the Compose specification.
 python3 -m check_jsonschema --version >/dev/null 2>&1 \
   || python3 -m pip install -q --disable-pip-version-check check-jsonschema==0.39.0
+# kubernetes-validate checks deploy/kubernetes against the Kubernetes schemas, which it
+# bundles (so it runs offline once installed).
+[ "$(python3 -m kubernetes_validate --version 2>/dev/null)" = 1.37.0 ] \
+  || python3 -m pip install -q --disable-pip-version-check kubernetes-validate==1.37.0
 # @grafana/schema and tsc type-check the dashboards (versions locked in package-lock.json).
 if [ ! -x grafana/schema-check/node_modules/.bin/tsc ]; then
   (cd grafana/schema-check && npm ci --no-audit --no-fund --silent)

@@ -24,6 +24,7 @@
 //! | | `OTEL_EXPORTER_OTLP_[METRICS_]TIMEOUT` (ms) | `otlp.timeout` (`10s`) | 10 s |
 //! | `--otlp-compression` | `OTEL_EXPORTER_OTLP_[METRICS_]COMPRESSION` | `otlp.compression` | none |
 //! | `--no-otlp` | | `otlp.enabled = false` | push on |
+//! | `--check-config` | | | validate the settings (not the host paths) and exit |
 //! | | `K8S_NODE_NAME` | | `k8s.node.name` and `service.instance.id` when set |
 //!
 //! ```toml
@@ -185,6 +186,12 @@ pub struct Flags {
     /// Print the metric catalogue as a markdown table and exit.
     #[arg(long)]
     pub catalogue: bool,
+    /// Validate the flags, environment and config file, then exit: 0 when they are
+    /// valid, 2 with the error otherwise. Starts nothing. Host paths (--rootfs) are
+    /// checked only when the agent starts, so a manifest's settings can be checked
+    /// on any machine.
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 /// The TOML file: the raw third layer. Every key is optional; unknown keys are errors.

@@ -14,15 +14,26 @@ fn main() -> ExitCode {
         print!("{}", otel_gpu_receiver::catalogue::markdown());
         return ExitCode::SUCCESS;
     }
-    let settings = match Settings::resolve(flags, &|k| std::env::var(k).ok())
-        .and_then(|s| s.check_host_paths().map(|()| s))
-    {
+    // --check-config validates what a manifest or a config file says, anywhere: the
+    // host paths are the running agent's to check.
+    let check_only = flags.check_config;
+    let settings = match Settings::resolve(flags, &|k| std::env::var(k).ok()).and_then(|s| {
+        if check_only {
+            Ok(s)
+        } else {
+            s.check_host_paths().map(|()| s)
+        }
+    }) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("otel-gpu-receiver: configuration error: {}", chain(&e));
             return ExitCode::from(2);
         }
     };
+    if check_only {
+        println!("otel-gpu-receiver: configuration ok");
+        return ExitCode::SUCCESS;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -812,8 +812,9 @@ fn every_flag_in_the_kubernetes_snippets_is_one_the_agent_accepts() {
             .unwrap_or_else(|e| panic!("{args:?}: {e}"));
         checked += args.len();
     }
-    // The DaemonSet's and the late-driver snippet's.
-    assert!(checked >= 5, "{checked}");
+    // The late-driver snippet's; the DaemonSet's own flags live in deploy/kubernetes,
+    // checked by attribution_config and `cargo test -p e2e --test kubernetes`.
+    assert!(checked >= 1, "{checked}");
     assert!(doc.contains("--nvml-lib=/run/nvidia/driver/"));
     assert!(doc.contains("mountPropagation: HostToContainer"));
 }
