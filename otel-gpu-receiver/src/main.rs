@@ -42,7 +42,6 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         // Colour only on a terminal, so logs collected from containers stay plain.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(&settings) {
         Ok(()) => ExitCode::SUCCESS,
