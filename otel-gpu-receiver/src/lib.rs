@@ -18,6 +18,7 @@ pub mod attribution;
 pub mod catalogue;
 pub mod collector;
 pub mod config;
+pub mod exposition;
 pub mod gpu;
 pub mod host;
 pub mod names;

@@ -2,7 +2,7 @@
 //! [`Point`]s; the instruments read their points from the latest [`Snapshot`].
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use opentelemetry::KeyValue;
@@ -159,20 +159,55 @@ impl Snapshot {
     }
 }
 
+/// Called with every snapshot stored, on the storing (collection) thread.
+type Subscriber = Box<dyn FnMut(&Snapshot) + Send>;
+
 /// The latest snapshot, shared by the collection task (writer) and the instruments (readers).
-#[derive(Debug, Clone, Default)]
-pub struct SnapshotCell(Arc<RwLock<Arc<Snapshot>>>);
+#[derive(Clone, Default)]
+pub struct SnapshotCell(Arc<Shared>);
+
+#[derive(Default)]
+struct Shared {
+    latest: RwLock<Arc<Snapshot>>,
+    subscribers: Mutex<Vec<Subscriber>>,
+}
+
+impl std::fmt::Debug for SnapshotCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotCell")
+            .field("series", &self.load().series())
+            .finish_non_exhaustive()
+    }
+}
 
 impl SnapshotCell {
-    /// Swaps in a new snapshot.
+    /// Swaps in a new snapshot, then hands it to the subscribers.
     pub fn store(&self, snapshot: Snapshot) {
         let new = Arc::new(snapshot);
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = new;
+        *self.0.latest.write().unwrap_or_else(|e| e.into_inner()) = new.clone();
+        let mut subscribers = self.0.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+        for s in subscribers.iter_mut() {
+            s(&new);
+        }
     }
 
     /// The latest snapshot (cheap: an `Arc` clone under a short read lock).
     pub fn load(&self) -> Arc<Snapshot> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.0
+            .latest
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Calls `f` with every snapshot stored from now on, on the thread that stores it,
+    /// after readers can see it (the Prometheus exposition renders here, once per cycle).
+    pub fn subscribe(&self, f: impl FnMut(&Snapshot) + Send + 'static) {
+        self.0
+            .subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Box::new(f));
     }
 }
 
