@@ -180,6 +180,11 @@ fn per_unit_name(unit: &str) -> Option<&'static str> {
 /// Appends `s` with `\`, `"` and newline escaped (label values; OpenMetrics HELP too).
 fn push_escaped(out: &mut Vec<u8>, s: &str, quote: bool) {
     let b = s.as_bytes();
+    // Nearly every value needs no escaping: check eight bytes at a time, then copy once.
+    if !needs_escape(b, quote) {
+        out.extend_from_slice(b);
+        return;
+    }
     let mut start = 0;
     for (i, &c) in b.iter().enumerate() {
         let esc: &[u8] = match c {
@@ -193,6 +198,28 @@ fn push_escaped(out: &mut Vec<u8>, s: &str, quote: bool) {
         start = i + 1;
     }
     out.extend_from_slice(&b[start..]);
+}
+
+/// True when `b` holds `\`, a newline, or (with `quote`) `"`: a word at a time, with the
+/// classic "has a zero byte" test on the word XORed with each special byte repeated.
+fn needs_escape(b: &[u8], quote: bool) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH: u64 = ONES << 7;
+    let has = |w: u64, c: u8| {
+        let x = w ^ (ONES * u64::from(c));
+        x.wrapping_sub(ONES) & !x & HIGH != 0
+    };
+    let mut words = b.chunks_exact(8);
+    for w in &mut words {
+        let w = u64::from_ne_bytes(w.try_into().unwrap_or([0; 8]));
+        if has(w, b'\\') || has(w, b'\n') || (quote && has(w, b'"')) {
+            return true;
+        }
+    }
+    words
+        .remainder()
+        .iter()
+        .any(|&c| c == b'\\' || c == b'\n' || (quote && c == b'"'))
 }
 
 fn push_i64(out: &mut Vec<u8>, v: i64) {
@@ -410,6 +437,11 @@ pub struct Renderer {
     undeclared: HashMap<Box<str>, Box<str>>,
     /// (rank, label index, attribute index) of the series being written.
     order: Vec<(u8, u8, u16)>,
+    /// Per family, the label index of the attribute at each position of the last series.
+    /// A family's points list their attributes in the same order, so the next series
+    /// usually finds each key with one comparison (by address when it is the same
+    /// `&'static str`) instead of a search.
+    last_keys: Vec<Vec<u8>>,
     /// Size of the last rendering, to size the next buffer in one allocation.
     last_len: usize,
     warned: bool,
@@ -430,6 +462,7 @@ impl Renderer {
             layout: Arc::new(Layout::new(resource, scope)),
             undeclared: HashMap::new(),
             order: Vec::with_capacity(16),
+            last_keys: Vec::new(),
             last_len: 0,
             warned: false,
         }
@@ -441,6 +474,7 @@ impl Renderer {
         let mut out = Vec::with_capacity(self.last_len + self.last_len / 8 + 4096);
         let mut spans = Vec::with_capacity(layout.families.len());
         let (mut series, mut skipped) = (0, 0);
+        self.last_keys.resize_with(layout.families.len(), Vec::new);
         for (i, family) in layout.families.iter().enumerate() {
             let head = out.len();
             out.extend_from_slice(&family.text_header);
@@ -452,7 +486,7 @@ impl Renderer {
                 }
                 Body::Metric { desc, open, labels } => {
                     for p in snapshot.points(desc.name) {
-                        if self.write_series(&mut out, desc, open, labels, &layout.close, p) {
+                        if self.write_series(&mut out, i, desc, (open, labels, &layout.close), p) {
                             series += 1;
                         } else {
                             skipped += 1;
@@ -494,10 +528,9 @@ impl Renderer {
     fn write_series(
         &mut self,
         out: &mut Vec<u8>,
+        family: usize,
         desc: &MetricDesc,
-        open: &[u8],
-        labels: &[Label],
-        close: &[u8],
+        (open, labels, close): (&[u8], &[Label], &[u8]),
         p: &Point,
     ) -> bool {
         // The values the SDK's instruments observe (telemetry::register).
@@ -516,14 +549,25 @@ impl Renderer {
         };
         out.extend_from_slice(open);
         self.order.clear();
+        let last = &mut self.last_keys[family];
         let mut declared = true;
         for (i, kv) in p.attributes.iter().enumerate() {
             let key = kv.key.as_str();
-            // Keys are nearly always the catalogue's own &'static str: compare the pointer first.
-            match labels
-                .iter()
-                .position(|l| std::ptr::eq(l.key, key) || l.key == key)
-            {
+            let is = |l: &Label| {
+                (l.key.as_ptr() == key.as_ptr() && l.key.len() == key.len()) || l.key == key
+            };
+            let at = match last.get(i) {
+                Some(&at) if labels.get(usize::from(at)).is_some_and(is) => Some(usize::from(at)),
+                _ => {
+                    let found = labels.iter().position(is);
+                    if let Some(at) = found {
+                        last.resize(last.len().max(i + 1), u8::MAX);
+                        last[i] = at as u8;
+                    }
+                    found
+                }
+            };
+            match at {
                 Some(at) => self.order.push((
                     labels[at].rank,
                     at as u8,
@@ -978,6 +1022,26 @@ mod tests {
             ";;;",
         ] {
             assert_eq!(negotiate(Some(bad)), Format::Text, "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_word_at_a_time_escape_check_finds_every_special_byte_at_every_position() {
+        for len in 0..20 {
+            for at in 0..len {
+                for (c, quote, found) in [
+                    (b'\\', false, true),
+                    (b'\n', false, true),
+                    (b'"', true, true),
+                    (b'"', false, false),
+                    (b'a', true, false),
+                    (0xFF, true, false),
+                ] {
+                    let mut v = vec![b'x'; len];
+                    v[at] = c;
+                    assert_eq!(needs_escape(&v, quote), found, "{v:?}");
+                }
+            }
         }
     }
 
