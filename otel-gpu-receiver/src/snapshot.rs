@@ -1,11 +1,11 @@
 //! One collection cycle's readings. Families produce typed readings that convert to
 //! [`Point`]s; the instruments read their points from the latest [`Snapshot`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
-use opentelemetry::KeyValue;
+use opentelemetry::{KeyValue, Value as AttrValue};
 
 use crate::catalogue::{self, CATALOGUE, MetricDesc};
 
@@ -159,6 +159,53 @@ impl Snapshot {
     }
 }
 
+/// String attribute values shared between cycles.
+///
+/// Families build their attributes afresh every cycle, with owned strings. The SDK's
+/// observable instruments clone each attribute set twice per series and export (their map
+/// is drained at every collect), and cloning an owned string allocates and copies it.
+/// Interned values are `Arc<str>`s that the same series reuse from one cycle to the next,
+/// so those clones are reference counts. Values no snapshot uses any more are dropped
+/// at the next cycle, so the set follows pid and pod churn.
+#[derive(Debug, Default)]
+pub struct AttributeInterner {
+    values: HashSet<Arc<str>>,
+}
+
+impl AttributeInterner {
+    /// Replaces every string attribute value of `snapshot` with its shared copy.
+    pub fn intern(&mut self, snapshot: &mut Snapshot) {
+        for points in snapshot.by_name.values_mut() {
+            for kv in points.iter_mut().flat_map(|p| p.attributes.iter_mut()) {
+                let AttrValue::String(s) = &kv.value else {
+                    continue;
+                };
+                let shared = match self.values.get(s.as_str()) {
+                    Some(v) => v.clone(),
+                    None => {
+                        let v: Arc<str> = Arc::from(s.as_str());
+                        self.values.insert(v.clone());
+                        v
+                    }
+                };
+                kv.value = AttrValue::String(shared.into());
+            }
+        }
+        // Held here only: no snapshot (this one or the one it replaces) uses it.
+        self.values.retain(|v| Arc::strong_count(v) > 1);
+    }
+
+    /// Distinct values held.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Nothing held.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+}
+
 /// Called with every snapshot stored, on the storing (collection) thread.
 type Subscriber = Box<dyn FnMut(&Snapshot) + Send>;
 
@@ -170,6 +217,8 @@ pub struct SnapshotCell(Arc<Shared>);
 struct Shared {
     latest: RwLock<Arc<Snapshot>>,
     subscribers: Mutex<Vec<Subscriber>>,
+    /// Set when the SDK reads the snapshots (OTLP push): see [`AttributeInterner`].
+    interner: Mutex<Option<AttributeInterner>>,
 }
 
 impl std::fmt::Debug for SnapshotCell {
@@ -182,7 +231,16 @@ impl std::fmt::Debug for SnapshotCell {
 
 impl SnapshotCell {
     /// Swaps in a new snapshot, then hands it to the subscribers.
-    pub fn store(&self, snapshot: Snapshot) {
+    pub fn store(&self, mut snapshot: Snapshot) {
+        if let Some(i) = self
+            .0
+            .interner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            i.intern(&mut snapshot);
+        }
         let new = Arc::new(snapshot);
         *self.0.latest.write().unwrap_or_else(|e| e.into_inner()) = new.clone();
         let mut subscribers = self.0.subscribers.lock().unwrap_or_else(|e| e.into_inner());
@@ -198,6 +256,16 @@ impl SnapshotCell {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Shares string attribute values between the snapshots stored from now on (see
+    /// [`AttributeInterner`]); worth it when the SDK's instruments read them.
+    pub fn share_attributes(&self) {
+        self.0
+            .interner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(AttributeInterner::default);
     }
 
     /// Calls `f` with every snapshot stored from now on, on the thread that stores it,
@@ -241,5 +309,57 @@ mod tests {
             cell.load().points("system.uptime")[0].value,
             Value::Float(7.0)
         );
+    }
+
+    #[test]
+    fn shared_attributes_are_reused_between_cycles_and_dropped_when_unused() {
+        let cell = SnapshotCell::default();
+        cell.share_attributes();
+        let cycle = |pod: &str| {
+            let mut p = Points::default();
+            p.push(
+                "hw.power",
+                vec![
+                    KeyValue::new("hw.id", "GPU-0".to_owned()),
+                    KeyValue::new("k8s.pod.name", pod.to_owned()),
+                ],
+                1.0,
+            );
+            Snapshot::new(p)
+        };
+        let value = |s: &Snapshot, i: usize| match &s.points("hw.power")[0].attributes[i].value {
+            AttrValue::String(v) => v.as_str().as_ptr(),
+            other => panic!("{other:?}"),
+        };
+        cell.store(cycle("a"));
+        let first = cell.load();
+        cell.store(cycle("b"));
+        let second = cell.load();
+        // The same value is the same allocation in both cycles; the equality is unchanged.
+        assert_eq!(value(&first, 0), value(&second, 0));
+        assert_eq!(
+            second.points("hw.power")[0].attributes[1],
+            KeyValue::new("k8s.pod.name", "b")
+        );
+        drop((first, second));
+        cell.store(cycle("c"));
+        let held = cell
+            .0
+            .interner
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(AttributeInterner::len);
+        // GPU-0 and c, plus b of the snapshot just replaced (dropped at the next cycle).
+        assert_eq!(held, Some(3));
+        cell.store(cycle("c"));
+        let held = cell
+            .0
+            .interner
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(AttributeInterner::len);
+        assert_eq!(held, Some(2));
     }
 }
