@@ -36,7 +36,7 @@ use opentelemetry_sdk::metrics::data::ResourceMetrics;
 use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
 use otel_gpu_receiver::exposition::{Format, Renderer};
-use otel_gpu_receiver::snapshot::{AttributeInterner, SnapshotCell};
+use otel_gpu_receiver::snapshot::{AttributeOrder, SnapshotCell};
 use otel_gpu_receiver::telemetry;
 
 /// Converts and encodes every export as the OTLP gRPC exporter does, then drops it.
@@ -126,25 +126,25 @@ fn export(c: &mut Criterion) {
         });
 
         // OTLP: the periodic reader's collect and export, forced; with the snapshot as the
-        // families build it, and with its string values shared (what the agent stores).
-        let shared = SnapshotCell::default();
-        shared.share_attributes();
-        shared.store((*snapshot).clone());
-        // What sharing costs the collection thread per cycle (a clone of the snapshot stands
+        // families build it, and with its attributes in key order (what the agent stores).
+        let sorted = SnapshotCell::default();
+        sorted.sort_attributes();
+        sorted.store((*snapshot).clone());
+        // What sorting costs the collection thread per cycle (a clone of the snapshot stands
         // in for the families' fresh points; `clone` alone is the baseline to subtract).
-        let mut interner = AttributeInterner::default();
+        let mut order = AttributeOrder::default();
         g.bench_function("snapshot-clone", |b| {
             b.iter(|| black_box((*snapshot).clone()))
         });
-        g.bench_function("snapshot-clone+share-attributes", |b| {
+        g.bench_function("snapshot-clone+sort-attributes", |b| {
             b.iter(|| {
                 let mut s = (*snapshot).clone();
-                interner.intern(&mut s);
+                order.apply(&mut s);
                 black_box(s)
             })
         });
         let mut providers = Vec::new();
-        for (id, cell) in [("otlp", &cell), ("otlp-shared-attributes", &shared)] {
+        for (id, cell) in [("otlp", &cell), ("otlp-sorted-attributes", &sorted)] {
             let exporter = EncodingExporter::default();
             let otlp = SdkMeterProvider::builder()
                 .with_resource(resource.clone())

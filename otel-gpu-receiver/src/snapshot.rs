@@ -1,11 +1,11 @@
 //! One collection cycle's readings. Families produce typed readings that convert to
 //! [`Point`]s; the instruments read their points from the latest [`Snapshot`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
-use opentelemetry::{KeyValue, Value as AttrValue};
+use opentelemetry::KeyValue;
 
 use crate::catalogue::{self, CATALOGUE, MetricDesc};
 
@@ -159,50 +159,77 @@ impl Snapshot {
     }
 }
 
-/// String attribute values shared between cycles.
+/// Puts every point's attributes in key order, the order in which the SDK keeps them.
 ///
-/// Families build their attributes afresh every cycle, with owned strings. The SDK's
-/// observable instruments clone each attribute set twice per series and export (their map
-/// is drained at every collect), and cloning an owned string allocates and copies it.
-/// Interned values are `Arc<str>`s that the same series reuse from one cycle to the next,
-/// so those clones are reference counts. Values no snapshot uses any more are dropped
-/// at the next cycle, so the set follows pid and pod churn.
+/// The SDK's observable instruments rebuild their attribute map at every collect: for
+/// each series they look the attributes up as given, then sorted, and insert both forms.
+/// Given sorted attributes the two forms are one entry, so the map holds half as many
+/// entries, grows and drains half as much, and sorts data that is already in order (on
+/// the 8-GPU fixture the SDK's collect and export went from about 1.16 to 1.02 ms).
+///
+/// A family lists the keys of one metric in the same order every time, so the
+/// permutation found for a metric's previous point is tried first: it applies when that
+/// point had the same keys, compared by address and length (the keys are the families'
+/// `&'static str` constants), and costs no string comparison. A wrong guess can only
+/// leave a point unsorted, which the SDK and the exposition handle anyway.
 #[derive(Debug, Default)]
-pub struct AttributeInterner {
-    values: HashSet<Arc<str>>,
+pub struct AttributeOrder {
+    last: HashMap<&'static str, LastOrder>,
 }
 
-impl AttributeInterner {
-    /// Replaces every string attribute value of `snapshot` with its shared copy.
-    pub fn intern(&mut self, snapshot: &mut Snapshot) {
-        for points in snapshot.by_name.values_mut() {
-            for kv in points.iter_mut().flat_map(|p| p.attributes.iter_mut()) {
-                let AttrValue::String(s) = &kv.value else {
+/// Per metric: the previous point's keys (address, length) and the permutation that
+/// sorted them (`sorted[j] = given[perm[j]]`).
+type LastOrder = (Vec<(usize, usize)>, Vec<u8>);
+
+impl AttributeOrder {
+    /// Sorts the attributes of every point of `snapshot` by key.
+    pub fn apply(&mut self, snapshot: &mut Snapshot) {
+        for (name, points) in snapshot.by_name.iter_mut() {
+            let (keys, perm) = self.last.entry(name).or_default();
+            for p in points.iter_mut() {
+                let a = &mut p.attributes;
+                if a.len() < 2 || a.len() > 64 {
                     continue;
-                };
-                let shared = match self.values.get(s.as_str()) {
-                    Some(v) => v.clone(),
-                    None => {
-                        let v: Arc<str> = Arc::from(s.as_str());
-                        self.values.insert(v.clone());
-                        v
-                    }
-                };
-                kv.value = AttrValue::String(shared.into());
+                }
+                let same = keys.len() == a.len()
+                    && keys.iter().zip(a.iter()).all(|(&(ptr, len), kv)| {
+                        (kv.key.as_str().as_ptr() as usize, kv.key.as_str().len()) == (ptr, len)
+                    });
+                if !same {
+                    keys.clear();
+                    keys.extend(
+                        a.iter()
+                            .map(|kv| (kv.key.as_str().as_ptr() as usize, kv.key.as_str().len())),
+                    );
+                    perm.clear();
+                    perm.extend(0..a.len() as u8);
+                    perm.sort_by(|&x, &y| a[usize::from(x)].key.cmp(&a[usize::from(y)].key));
+                }
+                permute(a, perm);
             }
         }
-        // Held here only: no snapshot (this one or the one it replaces) uses it.
-        self.values.retain(|v| Arc::strong_count(v) > 1);
     }
+}
 
-    /// Distinct values held.
-    pub fn len(&self) -> usize {
-        self.values.len()
-    }
-
-    /// Nothing held.
-    pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
+/// Reorders `v` so that `v'[j] = v[perm[j]]`, in place, by following the permutation's
+/// cycles (at most 64 elements).
+fn permute<T>(v: &mut [T], perm: &[u8]) {
+    let mut done = 0_u64;
+    for start in 0..v.len() {
+        if done & (1 << start) != 0 {
+            continue;
+        }
+        // Walk the cycle: position j takes the element at perm[j].
+        let mut j = start;
+        loop {
+            done |= 1 << j;
+            let from = usize::from(perm[j]);
+            if from == start {
+                break;
+            }
+            v.swap(j, from);
+            j = from;
+        }
     }
 }
 
@@ -217,8 +244,8 @@ pub struct SnapshotCell(Arc<Shared>);
 struct Shared {
     latest: RwLock<Arc<Snapshot>>,
     subscribers: Mutex<Vec<Subscriber>>,
-    /// Set when the SDK reads the snapshots (OTLP push): see [`AttributeInterner`].
-    interner: Mutex<Option<AttributeInterner>>,
+    /// Set when the SDK reads the snapshots (OTLP push): see [`AttributeOrder`].
+    order: Mutex<Option<AttributeOrder>>,
 }
 
 impl std::fmt::Debug for SnapshotCell {
@@ -232,14 +259,14 @@ impl std::fmt::Debug for SnapshotCell {
 impl SnapshotCell {
     /// Swaps in a new snapshot, then hands it to the subscribers.
     pub fn store(&self, mut snapshot: Snapshot) {
-        if let Some(i) = self
+        if let Some(o) = self
             .0
-            .interner
+            .order
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_mut()
         {
-            i.intern(&mut snapshot);
+            o.apply(&mut snapshot);
         }
         let new = Arc::new(snapshot);
         *self.0.latest.write().unwrap_or_else(|e| e.into_inner()) = new.clone();
@@ -258,14 +285,14 @@ impl SnapshotCell {
             .clone()
     }
 
-    /// Shares string attribute values between the snapshots stored from now on (see
-    /// [`AttributeInterner`]); worth it when the SDK's instruments read them.
-    pub fn share_attributes(&self) {
+    /// Sorts the attributes of the snapshots stored from now on by key (see
+    /// [`AttributeOrder`]); worth it when the SDK's instruments read them.
+    pub fn sort_attributes(&self) {
         self.0
-            .interner
+            .order
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get_or_insert_with(AttributeInterner::default);
+            .get_or_insert_with(AttributeOrder::default);
     }
 
     /// Calls `f` with every snapshot stored from now on, on the thread that stores it,
@@ -312,54 +339,61 @@ mod tests {
     }
 
     #[test]
-    fn shared_attributes_are_reused_between_cycles_and_dropped_when_unused() {
+    fn attributes_are_sorted_by_key_with_the_previous_points_permutation() {
         let cell = SnapshotCell::default();
-        cell.share_attributes();
-        let cycle = |pod: &str| {
-            let mut p = Points::default();
+        cell.sort_attributes();
+        let keys = |s: &Snapshot, i: usize| -> Vec<String> {
+            s.points("hw.power")[i]
+                .attributes
+                .iter()
+                .map(|kv| format!("{}={}", kv.key, kv.value))
+                .collect()
+        };
+        let mut p = Points::default();
+        for gpu in ["0", "1"] {
             p.push(
                 "hw.power",
                 vec![
-                    KeyValue::new("hw.id", "GPU-0".to_owned()),
-                    KeyValue::new("k8s.pod.name", pod.to_owned()),
+                    KeyValue::new("hw.type", "gpu"),
+                    KeyValue::new("hw.id", gpu),
+                    KeyValue::new("hw.vendor", "nvidia"),
+                    KeyValue::new("gpu.index", 7_i64),
                 ],
                 1.0,
             );
-            Snapshot::new(p)
-        };
-        let value = |s: &Snapshot, i: usize| match &s.points("hw.power")[0].attributes[i].value {
-            AttrValue::String(v) => v.as_str().as_ptr(),
-            other => panic!("{other:?}"),
-        };
-        cell.store(cycle("a"));
-        let first = cell.load();
-        cell.store(cycle("b"));
-        let second = cell.load();
-        // The same value is the same allocation in both cycles; the equality is unchanged.
-        assert_eq!(value(&first, 0), value(&second, 0));
-        assert_eq!(
-            second.points("hw.power")[0].attributes[1],
-            KeyValue::new("k8s.pod.name", "b")
+        }
+        // A point whose keys come in another order: its own permutation.
+        p.push(
+            "hw.power",
+            vec![
+                KeyValue::new("hw.vendor", "nvidia"),
+                KeyValue::new("hw.id", "2"),
+                KeyValue::new("hw.type", "gpu"),
+            ],
+            1.0,
         );
-        drop((first, second));
-        cell.store(cycle("c"));
-        let held = cell
-            .0
-            .interner
-            .lock()
-            .unwrap()
-            .as_ref()
-            .map(AttributeInterner::len);
-        // GPU-0 and c, plus b of the snapshot just replaced (dropped at the next cycle).
-        assert_eq!(held, Some(3));
-        cell.store(cycle("c"));
-        let held = cell
-            .0
-            .interner
-            .lock()
-            .unwrap()
-            .as_ref()
-            .map(AttributeInterner::len);
-        assert_eq!(held, Some(2));
+        cell.store(Snapshot::new(p));
+        let s = cell.load();
+        for (i, id) in ["0", "1"].into_iter().enumerate() {
+            assert_eq!(
+                keys(&s, i),
+                [
+                    "gpu.index=7",
+                    &format!("hw.id={id}"),
+                    "hw.type=gpu",
+                    "hw.vendor=nvidia"
+                ]
+            );
+        }
+        assert_eq!(keys(&s, 2), ["hw.id=2", "hw.type=gpu", "hw.vendor=nvidia"]);
+    }
+
+    #[test]
+    fn permute_reorders_along_every_cycle() {
+        let mut v = vec!['a', 'b', 'c', 'd', 'e', 'f'];
+        let perm = [3_u8, 0, 1, 2, 5, 4];
+        let want: Vec<char> = perm.iter().map(|&i| v[usize::from(i)]).collect();
+        permute(&mut v, &perm);
+        assert_eq!(v, want);
     }
 }

@@ -189,8 +189,8 @@ impl Telemetry {
                 .with_reader(reader)
                 .build();
             register_catalogue(&p.meter_with_scope(scope()), &settings.families, &cell);
-            // The SDK clones every attribute set at each export: make those clones cheap.
-            cell.share_attributes();
+            // The SDK keeps attributes sorted: hand them over sorted (see AttributeOrder).
+            cell.sort_attributes();
             provider = Some(p);
         }
         let mut prometheus = None;
