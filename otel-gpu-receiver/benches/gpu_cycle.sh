@@ -7,10 +7,11 @@
 # agent runs with a short interval and no exporter (--no-otlp, no Prometheus), so the
 # figure is the collection cycle alone; CPU comes from /proc/<pid>/stat deltas.
 #
-# Then the footprint comparison of benches/footprint.sh (1 s interval, Prometheus
-# endpoint scraped 50 times, node_exporter beside it) with the same 8 fake GPUs.
+# Then the footprint comparison of benches/footprint.sh with the same 8 fake GPUs, in one
+# run: an agent scraped once a second, an agent pushing OTLP once a second, and
+# node_exporter scraped once a second, with CPU per cycle, RSS, series and CPU per series.
 #
-# Usage: otel-gpu-receiver/benches/gpu_cycle.sh [CYCLES] [INTERVAL_MS]
+# Usage: otel-gpu-receiver/benches/gpu_cycle.sh [CYCLES] [INTERVAL_MS]   (AGENT_BIN: see footprint.sh)
 set -euo pipefail
 
 cycles=${1:-200}
@@ -18,8 +19,11 @@ interval_ms=${2:-100}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 
-cargo build --release -q -p otel-gpu-receiver
-bin=${CARGO_TARGET_DIR:-$root/target}/release/otel-gpu-receiver
+# AGENT_BIN: a prebuilt agent to measure instead of building this tree (footprint.sh too).
+if [ -z "${AGENT_BIN:-}" ]; then
+    cargo build --release -q -p otel-gpu-receiver
+fi
+bin=${AGENT_BIN:-${CARGO_TARGET_DIR:-$root/target}/release/otel-gpu-receiver}
 
 work=$(mktemp -d)
 pids=()
@@ -44,8 +48,11 @@ cc -O2 -shared -fPIC -o "$work/libnvidia-ml.so.1" \
 
 ticks=$(getconf CLK_TCK)
 
-# Prints "ms_per_cycle" for one agent configuration.
+# Prints CPU per cycle, series (one --once cycle of the same configuration), CPU per
+# series and RSS for one agent configuration.
 measure() {
+    local series
+    series=$("$bin" --once --format json --no-otlp "$@" 2>/dev/null | grep -c '"name":')
     "$bin" --interval "${interval_ms}ms" --no-otlp "$@" 2>"$work/stderr.log" &
     local pid=$!
     pids+=("$pid")
@@ -60,8 +67,9 @@ measure() {
     rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
     kill "$pid"
     wait "$pid" 2>/dev/null || true
-    awk -v a="$a" -v b="$b" -v t="$ticks" -v c="$cycles" -v r="$rss" \
-        'BEGIN { printf "%.2f ms CPU per cycle, RSS %.1f MB\n", (b - a) * 1000 / t / c, r / 1024 }'
+    awk -v a="$a" -v b="$b" -v t="$ticks" -v c="$cycles" -v r="$rss" -v n="$series" \
+        'BEGIN { ms = (b - a) * 1000 / t / c
+                 printf "%.2f ms CPU per cycle, %d series, %.2f µs per series, RSS %.1f MB\n", ms, n, ms * 1000 / n, r / 1024 }'
 }
 
 echo "otel-gpu-receiver, ${cycles} cycles at ${interval_ms} ms, $(nproc) CPUs"
@@ -84,10 +92,12 @@ if [ -n "$ne" ]; then
     a=$(awk '{print $14 + $15}' "/proc/$nepid/stat")
     for _ in $(seq 50); do curl -s "http://127.0.0.1:$port/metrics" >/dev/null; done
     b=$(awk '{print $14 + $15}' "/proc/$nepid/stat")
-    awk -v a="$a" -v b="$b" -v t="$ticks" \
-        'BEGIN { printf "  node_exporter, per scrape (50 scrapes):    %.2f ms CPU\n", (b - a) * 1000 / t / 50 }'
+    n=$(curl -s "http://127.0.0.1:$port/metrics" | grep -vc '^#')
+    awk -v a="$a" -v b="$b" -v t="$ticks" -v n="$n" \
+        'BEGIN { ms = (b - a) * 1000 / t / 50
+                 printf "  node_exporter, per scrape (50 scrapes):    %.2f ms CPU, %d series, %.2f µs per series\n", ms, n, ms * 1000 / n }'
 fi
 
 echo
-echo "footprint.sh with 8 fake GPUs and --per-process (1 s interval, 50 scrapes):"
+echo "footprint.sh with 8 fake GPUs and --per-process (pull and OTLP push, 1 s interval, 50 scrapes):"
 AGENT_ARGS="--nvml-lib $work/libnvidia-ml.so.1 --per-process" otel-gpu-receiver/benches/footprint.sh

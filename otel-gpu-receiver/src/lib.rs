@@ -19,6 +19,7 @@ pub mod cardinality;
 pub mod catalogue;
 pub mod collector;
 pub mod config;
+pub mod exposition;
 pub mod gpu;
 pub mod host;
 pub mod identity;

@@ -2,7 +2,7 @@
 //! [`Point`]s; the instruments read their points from the latest [`Snapshot`].
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use opentelemetry::KeyValue;
@@ -164,20 +164,150 @@ impl Snapshot {
     }
 }
 
+/// Puts every point's attributes in key order, the order in which the SDK keeps them.
+///
+/// The SDK's observable instruments rebuild their attribute map at every collect: for
+/// each series they look the attributes up as given, then sorted, and insert both forms.
+/// Given sorted attributes the two forms are one entry, so the map holds half as many
+/// entries, grows and drains half as much, and sorts data that is already in order (on
+/// the 8-GPU fixture the SDK's collect and export went from about 1.16 to 1.02 ms).
+///
+/// A family lists the keys of one metric in the same order every time, so the
+/// permutation found for a metric's previous point is tried first: it applies when that
+/// point had the same keys, compared by address and length (the keys are the families'
+/// `&'static str` constants), and costs no string comparison. A wrong guess can only
+/// leave a point unsorted, which the SDK and the exposition handle anyway.
+#[derive(Debug, Default)]
+pub struct AttributeOrder {
+    last: HashMap<&'static str, LastOrder>,
+}
+
+/// Per metric: the previous point's keys (address, length) and the permutation that
+/// sorted them (`sorted[j] = given[perm[j]]`).
+type LastOrder = (Vec<(usize, usize)>, Vec<u8>);
+
+impl AttributeOrder {
+    /// Sorts the attributes of every point of `snapshot` by key.
+    pub fn apply(&mut self, snapshot: &mut Snapshot) {
+        for (name, points) in snapshot.by_name.iter_mut() {
+            let (keys, perm) = self.last.entry(name).or_default();
+            for p in points.iter_mut() {
+                let a = &mut p.attributes;
+                if a.len() < 2 || a.len() > 64 {
+                    continue;
+                }
+                let same = keys.len() == a.len()
+                    && keys.iter().zip(a.iter()).all(|(&(ptr, len), kv)| {
+                        (kv.key.as_str().as_ptr() as usize, kv.key.as_str().len()) == (ptr, len)
+                    });
+                if !same {
+                    keys.clear();
+                    keys.extend(
+                        a.iter()
+                            .map(|kv| (kv.key.as_str().as_ptr() as usize, kv.key.as_str().len())),
+                    );
+                    perm.clear();
+                    perm.extend(0..a.len() as u8);
+                    perm.sort_by(|&x, &y| a[usize::from(x)].key.cmp(&a[usize::from(y)].key));
+                }
+                permute(a, perm);
+            }
+        }
+    }
+}
+
+/// Reorders `v` so that `v'[j] = v[perm[j]]`, in place, by following the permutation's
+/// cycles (at most 64 elements).
+fn permute<T>(v: &mut [T], perm: &[u8]) {
+    let mut done = 0_u64;
+    for start in 0..v.len() {
+        if done & (1 << start) != 0 {
+            continue;
+        }
+        // Walk the cycle: position j takes the element at perm[j].
+        let mut j = start;
+        loop {
+            done |= 1 << j;
+            let from = usize::from(perm[j]);
+            if from == start {
+                break;
+            }
+            v.swap(j, from);
+            j = from;
+        }
+    }
+}
+
+/// Called with every snapshot stored, on the storing (collection) thread.
+type Subscriber = Box<dyn FnMut(&Snapshot) + Send>;
+
 /// The latest snapshot, shared by the collection task (writer) and the instruments (readers).
-#[derive(Debug, Clone, Default)]
-pub struct SnapshotCell(Arc<RwLock<Arc<Snapshot>>>);
+#[derive(Clone, Default)]
+pub struct SnapshotCell(Arc<Shared>);
+
+#[derive(Default)]
+struct Shared {
+    latest: RwLock<Arc<Snapshot>>,
+    subscribers: Mutex<Vec<Subscriber>>,
+    /// Set when the SDK reads the snapshots (OTLP push): see [`AttributeOrder`].
+    order: Mutex<Option<AttributeOrder>>,
+}
+
+impl std::fmt::Debug for SnapshotCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotCell")
+            .field("series", &self.load().series())
+            .finish_non_exhaustive()
+    }
+}
 
 impl SnapshotCell {
-    /// Swaps in a new snapshot.
-    pub fn store(&self, snapshot: Snapshot) {
+    /// Swaps in a new snapshot, then hands it to the subscribers.
+    pub fn store(&self, mut snapshot: Snapshot) {
+        if let Some(o) = self
+            .0
+            .order
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            o.apply(&mut snapshot);
+        }
         let new = Arc::new(snapshot);
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = new;
+        *self.0.latest.write().unwrap_or_else(|e| e.into_inner()) = new.clone();
+        let mut subscribers = self.0.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+        for s in subscribers.iter_mut() {
+            s(&new);
+        }
     }
 
     /// The latest snapshot (cheap: an `Arc` clone under a short read lock).
     pub fn load(&self) -> Arc<Snapshot> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.0
+            .latest
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Sorts the attributes of the snapshots stored from now on by key (see
+    /// [`AttributeOrder`]); worth it when the SDK's instruments read them.
+    pub fn sort_attributes(&self) {
+        self.0
+            .order
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(AttributeOrder::default);
+    }
+
+    /// Calls `f` with every snapshot stored from now on, on the thread that stores it,
+    /// after readers can see it (the Prometheus exposition renders here, once per cycle).
+    pub fn subscribe(&self, f: impl FnMut(&Snapshot) + Send + 'static) {
+        self.0
+            .subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Box::new(f));
     }
 }
 
@@ -211,5 +341,64 @@ mod tests {
             cell.load().points("system.uptime")[0].value,
             Value::Float(7.0)
         );
+    }
+
+    #[test]
+    fn attributes_are_sorted_by_key_with_the_previous_points_permutation() {
+        let cell = SnapshotCell::default();
+        cell.sort_attributes();
+        let keys = |s: &Snapshot, i: usize| -> Vec<String> {
+            s.points("hw.power")[i]
+                .attributes
+                .iter()
+                .map(|kv| format!("{}={}", kv.key, kv.value))
+                .collect()
+        };
+        let mut p = Points::default();
+        for gpu in ["0", "1"] {
+            p.push(
+                "hw.power",
+                vec![
+                    KeyValue::new("hw.type", "gpu"),
+                    KeyValue::new("hw.id", gpu),
+                    KeyValue::new("hw.vendor", "nvidia"),
+                    KeyValue::new("gpu.index", 7_i64),
+                ],
+                1.0,
+            );
+        }
+        // A point whose keys come in another order: its own permutation.
+        p.push(
+            "hw.power",
+            vec![
+                KeyValue::new("hw.vendor", "nvidia"),
+                KeyValue::new("hw.id", "2"),
+                KeyValue::new("hw.type", "gpu"),
+            ],
+            1.0,
+        );
+        cell.store(Snapshot::new(p));
+        let s = cell.load();
+        for (i, id) in ["0", "1"].into_iter().enumerate() {
+            assert_eq!(
+                keys(&s, i),
+                [
+                    "gpu.index=7",
+                    &format!("hw.id={id}"),
+                    "hw.type=gpu",
+                    "hw.vendor=nvidia"
+                ]
+            );
+        }
+        assert_eq!(keys(&s, 2), ["hw.id=2", "hw.type=gpu", "hw.vendor=nvidia"]);
+    }
+
+    #[test]
+    fn permute_reorders_along_every_cycle() {
+        let mut v = vec!['a', 'b', 'c', 'd', 'e', 'f'];
+        let perm = [3_u8, 0, 1, 2, 5, 4];
+        let want: Vec<char> = perm.iter().map(|&i| v[usize::from(i)]).collect();
+        permute(&mut v, &perm);
+        assert_eq!(v, want);
     }
 }

@@ -1,5 +1,7 @@
-//! One `SdkMeterProvider` with observable instruments over the latest snapshot, an
-//! OTLP gRPC push reader and an optional Prometheus pull endpoint with `/healthz`.
+//! OTLP push: one `SdkMeterProvider` with observable instruments over the latest
+//! snapshot and a periodic OTLP gRPC reader. Prometheus pull: `/metrics` serves the
+//! exposition that [`crate::exposition`] renders once per snapshot, with the same names
+//! that opentelemetry-prometheus would give the SDK's data, plus `/healthz`.
 //!
 //! Everything network-facing runs on the agent's own small runtime
 //! ([`ExportRuntime`]), never on a caller's: the OTLP exporter is built inside it.
@@ -10,8 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, StatusCode};
 use opentelemetry::metrics::{Meter, MeterProvider as _};
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::Resource;
@@ -19,8 +20,9 @@ use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_semantic_conventions::resource as res;
 use otel_instrument::export::{ExportError, ExportRuntime, ExportStats};
 
-use crate::catalogue::{CATALOGUE, Instrument, MetricDesc, Number, Origin};
+use crate::catalogue::{CATALOGUE, Family, Instrument, MetricDesc, Number, Origin};
 use crate::config::Settings;
+use crate::exposition::{self, ExpositionCell};
 use crate::names;
 use crate::snapshot::SnapshotCell;
 
@@ -31,9 +33,6 @@ pub enum TelemetryError {
     /// The OTLP exporter or its runtime could not be built.
     #[error("cannot set up OTLP export")]
     Export(#[from] ExportError),
-    /// The Prometheus exporter could not be built.
-    #[error("cannot set up the Prometheus exporter: {0}")]
-    Prometheus(String),
     /// The pull endpoint cannot listen.
     #[error("cannot listen on {addr} for Prometheus")]
     Listen {
@@ -142,10 +141,33 @@ fn os_type() -> &'static str {
     }
 }
 
+/// The instrumentation scope of the agent's meter; on the pull path, the
+/// `otel_scope_name`/`otel_scope_version` labels.
+pub fn scope() -> InstrumentationScope {
+    InstrumentationScope::builder(names::SERVICE_NAME)
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build()
+}
+
+/// Registers one observable instrument over `cell` per catalogue entry of the enabled
+/// `families` (self-monitoring entries always).
+pub fn register_catalogue(meter: &Meter, families: &[Family], cell: &SnapshotCell) {
+    for desc in CATALOGUE {
+        let on = match desc.origin {
+            Origin::Host(f) => families.contains(&f),
+            Origin::SelfMonitoring => true,
+        };
+        if on {
+            register(meter, desc, cell.clone());
+        }
+    }
+}
+
 /// The running export pipeline.
 #[derive(Debug)]
 pub struct Telemetry {
-    provider: SdkMeterProvider,
+    /// Only with OTLP push: the pull endpoint does not go through the SDK.
+    provider: Option<SdkMeterProvider>,
     limits: Arc<crate::cardinality::Limits>,
     runtime: ExportRuntime,
     stats: Arc<ExportStats>,
@@ -153,8 +175,9 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Builds the provider, registers one observable instrument per enabled catalogue
-    /// entry over `cell`, and starts the Prometheus endpoint when configured.
+    /// With OTLP push, builds the provider and registers one observable instrument per
+    /// enabled catalogue entry over `cell`. With the Prometheus endpoint, renders every
+    /// snapshot stored in `cell` and serves it.
     ///
     /// # Errors
     /// The exporter cannot be built or the pull endpoint cannot listen.
@@ -169,24 +192,25 @@ impl Telemetry {
         // Per-instrument cardinality limits from the host's shape (the SDK's default of
         // 2000 series would fold a big host's system.cpu.time into overflow).
         let limits = Arc::new(crate::cardinality::Limits::estimate(settings));
-        let mut builder = SdkMeterProvider::builder()
-            .with_resource(resource(settings))
-            .with_view(limits.view());
+        let resource = resource(settings);
+        let mut provider = None;
         if let Some(cfg) = &settings.otlp {
             let exporter = otel_instrument::export::metric_exporter(&runtime, cfg, stats.clone())?;
             let reader = PeriodicReader::builder(exporter)
                 .with_interval(settings.export_interval)
                 .build();
-            builder = builder.with_reader(reader);
+            let p = SdkMeterProvider::builder()
+                .with_resource(resource.clone())
+                .with_view(limits.view())
+                .with_reader(reader)
+                .build();
+            register_catalogue(&p.meter_with_scope(scope()), &settings.families, &cell);
+            // The SDK keeps attributes sorted: hand them over sorted (see AttributeOrder).
+            cell.sort_attributes();
+            provider = Some(p);
         }
         let mut prometheus = None;
         if let Some(addr) = settings.prometheus {
-            let registry = prometheus::Registry::new();
-            let exporter = opentelemetry_prometheus::exporter()
-                .with_registry(registry.clone())
-                .build()
-                .map_err(|e| TelemetryError::Prometheus(e.to_string()))?;
-            builder = builder.with_reader(exporter);
             let listener = runtime
                 .handle()
                 .block_on(tokio::net::TcpListener::bind(addr))
@@ -196,30 +220,16 @@ impl Telemetry {
                 .map_err(|source| TelemetryError::Listen { addr, source })?;
             tracing::info!(%local, "serving Prometheus /metrics and /healthz");
             prometheus = Some(local);
+            let exposition = exposition::publish(&cell, &resource, &scope());
             let app = axum::Router::new()
                 .route("/metrics", axum::routing::get(metrics))
                 .route("/healthz", axum::routing::get(healthz))
-                .with_state(Arc::new(ServerState { registry, health }));
+                .with_state(Arc::new(ServerState { exposition, health }));
             runtime.handle().spawn(async move {
                 if let Err(e) = axum::serve(listener, app).await {
                     tracing::error!(error = %e, "Prometheus endpoint stopped");
                 }
             });
-        }
-        let provider = builder.build();
-        let meter = provider.meter_with_scope(
-            InstrumentationScope::builder(names::SERVICE_NAME)
-                .with_version(env!("CARGO_PKG_VERSION"))
-                .build(),
-        );
-        for desc in CATALOGUE {
-            let on = match desc.origin {
-                Origin::Host(f) => settings.families.contains(&f),
-                Origin::SelfMonitoring => true,
-            };
-            if on {
-                register(&meter, desc, cell.clone());
-            }
         }
         Ok(Self {
             provider,
@@ -252,7 +262,9 @@ impl Telemetry {
 
     /// Flushes and stops, with a deadline.
     pub fn shutdown(self) {
-        if let Err(e) = self.provider.shutdown_with_timeout(Duration::from_secs(5)) {
+        if let Some(provider) = self.provider
+            && let Err(e) = provider.shutdown_with_timeout(Duration::from_secs(5))
+        {
             tracing::warn!(error = %e, "metric provider shutdown");
         }
     }
@@ -313,22 +325,18 @@ fn register(meter: &Meter, d: &'static MetricDesc, cell: SnapshotCell) {
 
 #[derive(Debug)]
 struct ServerState {
-    registry: prometheus::Registry,
+    exposition: ExpositionCell,
     health: Arc<Health>,
 }
 
-async fn metrics(State(s): State<Arc<ServerState>>) -> axum::response::Response {
-    use prometheus::Encoder as _;
-    let encoder = prometheus::TextEncoder::new();
-    let mut body = Vec::new();
-    match encoder.encode(&s.registry.gather(), &mut body) {
-        Ok(()) => (
-            [(header::CONTENT_TYPE, encoder.format_type().to_owned())],
-            body,
-        )
-            .into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
+/// `/metrics`: the latest rendering; never waits on collection (the cell's lock is held
+/// only to clone an `Arc`), and the body is shared bytes, so a slow client holds nothing
+/// but its own copy of the pointer.
+async fn metrics(
+    State(s): State<Arc<ServerState>>,
+    headers: HeaderMap,
+) -> axum::response::Response {
+    exposition::response(&s.exposition.load(), &headers)
 }
 
 /// 503 only when cycles stop (a restart may help); a degraded agent (no GPU driver) is

@@ -103,3 +103,95 @@ fn a_real_prometheus_scrapes_the_translated_names_from_the_pull_endpoint() {
     });
     assert!(got.is_some(), "system_cpu_time_seconds_total not found");
 }
+
+/// GET `path` with extra request headers over HTTP/1.0: (status, response head, raw body).
+fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String, Vec<u8>) {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    for (k, v) in headers {
+        req += &format!("{k}: {v}\r\n");
+    }
+    s.write_all(format!("{req}\r\n").as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&buf[..split]).to_ascii_lowercase();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head, buf[split + 4..].to_vec())
+}
+
+#[test]
+fn the_endpoint_negotiates_openmetrics_and_gzip_and_falls_back_to_plain_text() {
+    use std::io::Read as _;
+    let port = free_port();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let agent = start_agent(
+        &[
+            "--interval",
+            "1s",
+            "--no-otlp",
+            "--prometheus",
+            &addr.to_string(),
+        ],
+        &[],
+    );
+    let ready = poll(Duration::from_secs(20), || {
+        http_get(addr, "/metrics").filter(|(s, b)| *s == 200 && b.contains("system_cpu_time"))
+    });
+    assert!(ready.is_some(), "no /metrics: {}", agent.stderr());
+
+    // What Prometheus sends: OpenMetrics preferred, gzip accepted.
+    let (status, head, body) = get_with(
+        addr,
+        "/metrics",
+        &[
+            (
+                "Accept",
+                "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+            ),
+            ("Accept-Encoding", "gzip"),
+        ],
+    );
+    assert_eq!(status, 200);
+    assert!(
+        head.contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{head}"
+    );
+    assert!(head.contains("content-encoding: gzip"), "{head}");
+    let mut om = String::new();
+    flate2::read::GzDecoder::new(&body[..])
+        .read_to_string(&mut om)
+        .expect("a gzip body");
+    assert!(om.ends_with("# EOF\n"), "{om}");
+    assert!(
+        om.contains("# TYPE system_cpu_time_seconds counter\n"),
+        "{om}"
+    );
+    assert!(om.contains("\nsystem_cpu_time_seconds_total{"), "{om}");
+
+    // A malformed Accept and gzip refused: plain text, not compressed.
+    for headers in [
+        vec![
+            ("Accept", "application/openmetrics-text;q=banana"),
+            ("Accept-Encoding", "gzip;q=0"),
+        ],
+        vec![
+            ("Accept", "application/openmetrics-text; ü"),
+            ("Accept-Encoding", "br, gzip;q=zero"),
+        ],
+        vec![],
+    ] {
+        let (status, head, body) = get_with(addr, "/metrics", &headers);
+        assert_eq!(status, 200, "{headers:?}");
+        assert!(
+            head.contains("content-type: text/plain; version=0.0.4"),
+            "{headers:?}: {head}"
+        );
+        assert!(!head.contains("content-encoding"), "{headers:?}: {head}");
+        let text = String::from_utf8(body).expect("plain text");
+        assert!(text.contains("# TYPE system_cpu_time_seconds_total counter\n"));
+        assert!(!text.contains("# EOF"));
+    }
+}
