@@ -11,7 +11,9 @@
 # run: an agent scraped once a second, an agent pushing OTLP once a second, and
 # node_exporter scraped once a second, with CPU per cycle, RSS, series and CPU per series.
 #
-# Usage: otel-gpu-receiver/benches/gpu_cycle.sh [CYCLES] [INTERVAL_MS]   (AGENT_BIN: see footprint.sh)
+# Usage: otel-gpu-receiver/benches/gpu_cycle.sh [CYCLES] [INTERVAL_MS]
+#   AGENT_BIN: see footprint.sh; SCRAPES: footprint.sh's scrapes (default 50; more scrapes,
+#   less of the 10 ms clock tick in each figure)
 set -euo pipefail
 
 cycles=${1:-200}
@@ -99,5 +101,5 @@ if [ -n "$ne" ]; then
 fi
 
 echo
-echo "footprint.sh with 8 fake GPUs and --per-process (pull and OTLP push, 1 s interval, 50 scrapes):"
-AGENT_ARGS="--nvml-lib $work/libnvidia-ml.so.1 --per-process" otel-gpu-receiver/benches/footprint.sh
+echo "footprint.sh with 8 fake GPUs and --per-process (pull and OTLP push, 1 s interval, ${SCRAPES:-50} scrapes):"
+AGENT_ARGS="--nvml-lib $work/libnvidia-ml.so.1 --per-process" otel-gpu-receiver/benches/footprint.sh "${SCRAPES:-50}"
