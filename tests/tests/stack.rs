@@ -706,19 +706,22 @@ fn memory_limit(svc: &Value) -> Option<u64> {
         .map(compose_bytes)
 }
 
-/// The receiver's largest RSS in BENCHMARKS.md ("RSS after the run" rows, our column).
+/// The receiver's largest RSS in BENCHMARKS.md: the RSS column of the export-path
+/// tables, on the agent's rows (`pull, …` and `OTLP push, …`).
 fn receiver_rss_from_benchmarks() -> u64 {
     let text = std::fs::read_to_string(repo_root().join("BENCHMARKS.md")).unwrap();
     let rss: Vec<f64> = text
         .lines()
-        .filter(|l| l.starts_with("| RSS after the run |"))
-        .filter_map(|l| l.split('|').nth(2))
-        .filter_map(|cell| cell.trim().strip_suffix(" MB"))
-        .filter_map(|n| n.parse().ok())
+        .filter_map(|l| {
+            let cells: Vec<String> = l.split('|').map(|c| c.replace('*', "")).collect();
+            let first = cells.get(1)?.trim().to_owned();
+            (first.starts_with("pull") || first.starts_with("OTLP push")).then_some(cells)
+        })
+        .filter_map(|cells| cells.get(3)?.trim().strip_suffix(" MB")?.parse().ok())
         .collect();
     assert!(
         !rss.is_empty(),
-        "BENCHMARKS.md has no `| RSS after the run | <n> MB |` row for the receiver"
+        "BENCHMARKS.md has no `| pull, … | <ms> | <n> MB |` row for the receiver"
     );
     (rss.iter().cloned().fold(0.0, f64::max) * 1e6) as u64
 }
