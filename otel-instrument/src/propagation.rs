@@ -348,102 +348,110 @@ where
     }
 }
 
-/// A `tower::Layer` for servers (axum, hyper, tonic) that continues the
-/// caller's trace. See the [module docs](self).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ServerLayer {
-    _private: (),
+/// Which end of a request a [`TraceLayer`] sits on: [`Server`] or [`Client`].
+pub trait Side: sealed::Sealed {
+    /// The span kind of the requests it traces.
+    const KIND: SpanKind;
+    /// The parent of the request's span.
+    fn parent<B>(req: &Request<B>) -> Context;
+    /// Called with the request's span before the request goes on: the client
+    /// injects it into the headers.
+    fn prepare<B>(cx: &Context, req: &mut Request<B>);
+    /// Whether the inner service is called with the span's context current
+    /// (a server's handler runs there).
+    const ATTACH: bool;
 }
 
-impl ServerLayer {
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::Server {}
+    impl Sealed for super::Client {}
+}
+
+/// The server end: continues the trace that the request's headers carry.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Server;
+
+impl Side for Server {
+    const KIND: SpanKind = SpanKind::Server;
+    const ATTACH: bool = true;
+
+    fn parent<B>(req: &Request<B>) -> Context {
+        extract(req.headers())
+    }
+
+    fn prepare<B>(_: &Context, _: &mut Request<B>) {}
+}
+
+/// The client end: continues the current monitored call's trace and sends it on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Client;
+
+impl Side for Client {
+    const KIND: SpanKind = SpanKind::Client;
+    const ATTACH: bool = false;
+
+    fn parent<B>(_: &Request<B>) -> Context {
+        monitored::current_context()
+    }
+
+    /// The span was started inside the caller's frame, so the SDK followed
+    /// `#[monitored]`'s decision: an unsampled call got a non-recording span
+    /// that still carries the trace id (sampled flag off) downstream.
+    fn prepare<B>(cx: &Context, req: &mut Request<B>) {
+        inject_context(cx, req.headers_mut());
+    }
+}
+
+/// A `tower::Layer` that traces each request at one end; use [`ServerLayer`]
+/// or [`ClientLayer`]. See the [module docs](self).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TraceLayer<K> {
+    _side: std::marker::PhantomData<K>,
+}
+
+/// For servers (axum, hyper, tonic): continues the caller's trace.
+pub type ServerLayer = TraceLayer<Server>;
+/// For clients (a tonic `Channel`, a hyper client): opens a client span and
+/// injects its context.
+pub type ClientLayer = TraceLayer<Client>;
+
+impl<K> TraceLayer<K> {
     /// The layer.
     pub fn new() -> Self {
-        Self::default()
-    }
-}
-
-impl<S> tower::Layer<S> for ServerLayer {
-    type Service = TracedServer<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        TracedServer { inner }
-    }
-}
-
-/// The service [`ServerLayer`] wraps around a server.
-#[derive(Debug, Clone)]
-pub struct TracedServer<S> {
-    inner: S,
-}
-
-impl<S, ReqB, ResB> tower::Service<Request<ReqB>> for TracedServer<S>
-where
-    S: tower::Service<Request<ReqB>, Response = Response<ResB>>,
-    ResB: http_body::Body,
-{
-    type Response = Response<TracedBody<ResB>>;
-    type Error = S::Error;
-    type Future = TracedFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let parent = extract(req.headers());
-        let (protocol, name, attributes) = describe(&req, SpanKind::Server);
-        let mut builder = SpanBuilder::from_name(name);
-        builder.span_kind = Some(SpanKind::Server);
-        builder.attributes = Some(attributes);
-        let cx = monitored::start_span(builder, &parent);
-        let inner = {
-            let _attached = cx.clone().attach();
-            self.inner.call(req)
-        };
-        TracedFuture {
-            inner,
-            ending: Some(Ending {
-                cx,
-                kind: SpanKind::Server,
-                protocol,
-                grpc: None,
-                ended: false,
-            }),
+        Self {
+            _side: std::marker::PhantomData,
         }
     }
 }
 
-/// A `tower::Layer` for clients (a tonic `Channel`, a hyper client) that
-/// opens a client span and injects its context. See the [module docs](self).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ClientLayer {
-    _private: (),
-}
-
-impl ClientLayer {
-    /// The layer.
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
-
-impl<S> tower::Layer<S> for ClientLayer {
-    type Service = TracedClient<S>;
+impl<S, K> tower::Layer<S> for TraceLayer<K> {
+    type Service = Traced<S, K>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        TracedClient { inner }
+        Traced {
+            inner,
+            _side: std::marker::PhantomData,
+        }
     }
 }
 
-/// The service [`ClientLayer`] wraps around a client.
+/// The service a [`TraceLayer`] wraps around a server or a client.
 #[derive(Debug, Clone)]
-pub struct TracedClient<S> {
+pub struct Traced<S, K> {
     inner: S,
+    _side: std::marker::PhantomData<K>,
 }
 
-impl<S, ReqB, ResB> tower::Service<Request<ReqB>> for TracedClient<S>
+/// A server wrapped by [`ServerLayer`].
+pub type TracedServer<S> = Traced<S, Server>;
+/// A client wrapped by [`ClientLayer`].
+pub type TracedClient<S> = Traced<S, Client>;
+
+impl<S, K, ReqB, ResB> tower::Service<Request<ReqB>> for Traced<S, K>
 where
     S: tower::Service<Request<ReqB>, Response = Response<ResB>>,
+    K: Side,
     ResB: http_body::Body,
 {
     type Response = Response<TracedBody<ResB>>;
@@ -455,22 +463,22 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
-        let parent = monitored::current_context();
-        let (protocol, name, attributes) = describe(&req, SpanKind::Client);
+        let parent = K::parent(&req);
+        let (protocol, name, attributes) = describe(&req, K::KIND);
         let mut builder = SpanBuilder::from_name(name);
-        builder.span_kind = Some(SpanKind::Client);
+        builder.span_kind = Some(K::KIND);
         builder.attributes = Some(attributes);
-        // Started inside the caller's frame: the SDK follows `#[monitored]`'s
-        // decision, and an unsampled call gets a non-recording span that still
-        // carries the trace id (sampled flag off) downstream.
         let cx = monitored::start_span(builder, &parent);
-        inject_context(&cx, req.headers_mut());
-        let inner = self.inner.call(req);
+        K::prepare(&cx, &mut req);
+        let inner = {
+            let _attached = K::ATTACH.then(|| cx.clone().attach());
+            self.inner.call(req)
+        };
         TracedFuture {
             inner,
             ending: Some(Ending {
                 cx,
-                kind: SpanKind::Client,
+                kind: K::KIND,
                 protocol,
                 grpc: None,
                 ended: false,
