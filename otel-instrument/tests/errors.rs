@@ -8,10 +8,9 @@ use std::error::Error;
 use std::io::{Error as IoError, ErrorKind};
 use std::sync::OnceLock;
 
-use monitored_common::{flush_until, map, points, spans_named, value_with};
+use monitored_common::{Pipeline, flush_until, map, points, spans_named, value_with};
 use otel_instrument::errors::{Categorize, ErrorCategory};
-use otel_instrument::testing::OtlpSink;
-use otel_instrument::{Telemetry, TelemetryGuard, monitored};
+use otel_instrument::monitored;
 
 #[derive(Debug, thiserror::Error, Categorize)]
 #[category(internal)]
@@ -158,24 +157,15 @@ fn a_derived_error_inside_a_box_is_reached_through_its_source() {
     );
 }
 
-struct Pipeline {
-    sink: OtlpSink,
-    guard: TelemetryGuard,
-}
-
 /// The pipeline is process-wide (global providers and subscriber): install it once.
 fn pipeline() -> &'static Pipeline {
     static P: OnceLock<Pipeline> = OnceLock::new();
     P.get_or_init(|| {
-        let sink = OtlpSink::start().unwrap();
-        let guard = Telemetry::builder()
-            .service_name("monitored-errors-tests")
-            .endpoint(sink.endpoint())
-            .fmt(false)
-            .filter("errors=trace")
-            .install()
-            .unwrap();
-        Pipeline { sink, guard }
+        Pipeline::install(|b| {
+            b.service_name("monitored-errors-tests")
+                .fmt(false)
+                .filter("errors=trace")
+        })
     })
 }
 

@@ -6,31 +6,21 @@ mod monitored_common;
 
 use std::sync::OnceLock;
 
-use monitored_common::{flush_until, map, points, spans_named, value_with};
+use monitored_common::{Pipeline, flush_until, map, points, spans_named, value_with};
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
-use otel_instrument::testing::OtlpSink;
-use otel_instrument::{Telemetry, TelemetryGuard, monitored};
-
-struct Pipeline {
-    sink: OtlpSink,
-    guard: TelemetryGuard,
-}
+use otel_instrument::monitored;
 
 /// The pipeline is process-wide (global providers and subscriber): install it once.
 fn pipeline() -> &'static Pipeline {
     static P: OnceLock<Pipeline> = OnceLock::new();
     P.get_or_init(|| {
-        let sink = OtlpSink::start().unwrap();
-        let guard = Telemetry::builder()
-            .service_name("monitored-tests")
-            .endpoint(sink.endpoint())
-            .fmt(false)
-            .filter("monitored=trace")
-            .install()
-            .unwrap();
-        Pipeline { sink, guard }
+        Pipeline::install(|b| {
+            b.service_name("monitored-tests")
+                .fmt(false)
+                .filter("monitored=trace")
+        })
     })
 }
 

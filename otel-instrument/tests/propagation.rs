@@ -11,31 +11,18 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::extract::Path;
 use http::{HeaderMap, Request, Response, StatusCode};
-use monitored_common::{flush_until, spans_named};
+use monitored_common::{Pipeline, flush_until, spans_named};
 use opentelemetry::KeyValue;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode as SpanStatus;
+use otel_instrument::monitored;
 use otel_instrument::propagation::{ClientLayer, ServerLayer};
-use otel_instrument::testing::OtlpSink;
-use otel_instrument::{Telemetry, TelemetryGuard, monitored};
 use tower::{Layer as _, ServiceExt as _};
 
-struct Pipeline {
-    sink: OtlpSink,
-    guard: TelemetryGuard,
-}
-
+/// The default setup (fmt on), as `init!()` installs it.
 fn pipeline() -> &'static Pipeline {
     static P: OnceLock<Pipeline> = OnceLock::new();
-    P.get_or_init(|| {
-        let sink = OtlpSink::start().unwrap();
-        let guard = Telemetry::builder()
-            .service_name("propagation-tests")
-            .endpoint(sink.endpoint())
-            .install()
-            .unwrap();
-        Pipeline { sink, guard }
-    })
+    P.get_or_init(|| Pipeline::install(|b| b.service_name("propagation-tests")))
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -6,10 +6,30 @@ use std::time::Duration;
 
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value;
-use otel_instrument::TelemetryGuard;
 use otel_instrument::testing::{OtlpSink, Received, SpanRecord, attributes};
+use otel_instrument::{Telemetry, TelemetryBuilder, TelemetryGuard};
 
 pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A test binary's telemetry: an in-process sink and the global pipeline
+/// exporting to it.
+pub struct Pipeline {
+    pub sink: OtlpSink,
+    pub guard: TelemetryGuard,
+}
+
+impl Pipeline {
+    /// Starts a sink and installs the pipeline that `configure` makes of a
+    /// builder already pointed at it. The pipeline is process-wide (global
+    /// providers and subscriber): keep the result in a `OnceLock`.
+    pub fn install(configure: impl FnOnce(TelemetryBuilder) -> TelemetryBuilder) -> Self {
+        let sink = OtlpSink::start().unwrap();
+        let guard = configure(Telemetry::builder().endpoint(sink.endpoint()))
+            .install()
+            .unwrap();
+        Self { sink, guard }
+    }
+}
 
 /// One exported data point: its attributes and value (histograms: count and bounds).
 #[derive(Debug, Clone)]
