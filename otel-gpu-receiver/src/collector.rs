@@ -1,10 +1,19 @@
-//! The collection cycle: every source runs on a worker thread of its own under a
-//! time budget, so one hung call (statfs on a dead NFS mount) cannot stall the
-//! cycle. A failing source logs once, counts an error and is skipped.
+//! The collection cycle: the host families share one worker thread, and every other
+//! source (the GPU source) runs on a worker thread of its own, each under a time budget,
+//! so one hung call cannot stall the cycle. A failing source logs once, counts an error
+//! and is skipped.
+//!
+//! The host families only read small procfs files, and the one call among them that can
+//! hang (statfs on a dead network mount) already runs under a deadline of its own
+//! (`host::statvfs`). Running them one after another on one thread costs one wake-up
+//! per cycle instead of one per family: on a VM a wake-up (two context switches and cold
+//! caches) costs more than reading the file, and it was most of the host families' CPU.
+//! Should a host family hang all the same, that family is counted as `timeout` and the
+//! others as `busy` until it returns; the GPU source goes on.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -19,15 +28,29 @@ use crate::selfmon::SelfStats;
 use crate::snapshot::{Points, Snapshot};
 use crate::source::{CollectError, Source};
 
-type Reply = (usize, u64, Result<Points, CollectError>);
+/// (worker, cycle, (member, result) for each member it asked).
+type Reply = (usize, u64, Vec<(usize, Result<Points, CollectError>)>);
+
+#[derive(Debug)]
+struct Member {
+    family: Family,
+    /// The platform lacks this family: asked no more after the first answer.
+    unsupported: bool,
+}
 
 #[derive(Debug)]
 struct Worker {
-    family: Family,
+    members: Vec<Member>,
     requests: Sender<u64>,
     busy: Arc<AtomicBool>,
-    /// The platform lacks this family: asked no more after the first answer.
-    unsupported: bool,
+    /// The member the worker is reading (or read last).
+    running: Arc<AtomicUsize>,
+}
+
+impl Worker {
+    fn active(&self) -> bool {
+        self.members.iter().any(|m| !m.unsupported)
+    }
 }
 
 /// The source of `family`: a host family, or the GPU source with the default library
@@ -64,8 +87,8 @@ pub struct Collector {
 }
 
 impl Collector {
-    /// Starts one worker per enabled family, with the host families' default settings.
-    /// `budget` bounds each source per cycle.
+    /// Starts the workers of the enabled families, with the host families' default
+    /// settings. `budget` bounds each worker per cycle.
     ///
     /// # Errors
     /// A worker thread cannot be spawned.
@@ -78,7 +101,8 @@ impl Collector {
         Self::with_host(families, &HostConfig::from(roots.clone()), budget, stats)
     }
 
-    /// Like [`Collector::new`], with the host families' settings of `host`.
+    /// Like [`Collector::new`], with the host families' settings of `host`. The host
+    /// families share one worker; a GPU family gets one of its own.
     ///
     /// # Errors
     /// A worker thread cannot be spawned.
@@ -100,41 +124,76 @@ impl Collector {
             limits: None,
             overflow: BTreeMap::new(),
         };
-        for &f in families {
+        let (gpu, procfs): (Vec<Family>, Vec<Family>) =
+            families.iter().partition(|f| **f == Family::Gpu);
+        if !procfs.is_empty() {
+            c.add_group("host", procfs.iter().map(|&f| source(f, host)).collect())?;
+        }
+        for f in gpu {
             c.add(source(f, host))?;
         }
         Ok(c)
     }
 
-    /// Adds a source (for example a GPU source, or a test double).
+    /// Adds a source on a worker thread of its own (for example a GPU source, or a
+    /// test double).
     ///
     /// # Errors
     /// Its worker thread cannot be spawned.
-    pub fn add(&mut self, mut source: Box<dyn Source>) -> std::io::Result<()> {
+    pub fn add(&mut self, source: Box<dyn Source>) -> std::io::Result<()> {
+        let name = source.family().as_str();
+        self.add_group(name, vec![source])
+    }
+
+    /// Adds sources that share one worker thread, `src-{name}`, and are read one after
+    /// another: one wake-up per cycle for all of them. A source that hangs holds up the
+    /// ones after it, so only sources whose calls cannot hang belong together.
+    ///
+    /// # Errors
+    /// The worker thread cannot be spawned.
+    pub fn add_group(&mut self, name: &str, sources: Vec<Box<dyn Source>>) -> std::io::Result<()> {
         let index = self.workers.len();
-        let family = source.family();
+        let members = sources
+            .iter()
+            .map(|s| Member {
+                family: s.family(),
+                unsupported: false,
+            })
+            .collect();
         let (tx, rx) = mpsc::channel::<u64>();
         let busy = Arc::new(AtomicBool::new(false));
-        let worker_busy = busy.clone();
+        let running = Arc::new(AtomicUsize::new(0));
+        let (worker_busy, worker_running) = (busy.clone(), running.clone());
         let replies = self.reply_tx.clone();
+        let mut sources: Vec<(Box<dyn Source>, bool)> =
+            sources.into_iter().map(|s| (s, false)).collect();
         thread::Builder::new()
-            .name(format!("src-{family}"))
+            .name(format!("src-{name}"))
             .stack_size(256 * 1024)
             .spawn(move || {
                 while let Ok(cycle) = rx.recv() {
-                    let mut out = Points::default();
-                    let r = source.collect(&mut out).map(|()| out);
+                    let mut results = Vec::with_capacity(sources.len());
+                    for (i, (source, unsupported)) in sources.iter_mut().enumerate() {
+                        if *unsupported {
+                            continue;
+                        }
+                        worker_running.store(i, Ordering::Release);
+                        let mut out = Points::default();
+                        let r = source.collect(&mut out).map(|()| out);
+                        *unsupported = matches!(r, Err(CollectError::Unsupported));
+                        results.push((i, r));
+                    }
                     worker_busy.store(false, Ordering::Release);
-                    if replies.send((index, cycle, r)).is_err() {
+                    if replies.send((index, cycle, results)).is_err() {
                         return;
                     }
                 }
             })?;
         self.workers.push(Worker {
-            family,
+            members,
             requests: tx,
             busy,
-            unsupported: false,
+            running,
         });
         Ok(())
     }
@@ -155,22 +214,36 @@ impl Collector {
         &self.stats
     }
 
-    /// Runs one cycle: asks every source, waits for each until the budget is spent,
+    /// Every active member of worker `w`, with `e`.
+    fn fail_all(
+        &self,
+        w: usize,
+        e: fn() -> CollectError,
+        out: &mut Vec<((usize, usize), CollectError)>,
+    ) {
+        for (m, member) in self.workers[w].members.iter().enumerate() {
+            if !member.unsupported {
+                out.push(((w, m), e()));
+            }
+        }
+    }
+
+    /// Runs one cycle: asks every worker, waits for each until the budget is spent,
     /// and returns the snapshot with the self-monitoring points.
     pub fn cycle(&mut self) -> Snapshot {
         let started = Instant::now();
         self.cycle += 1;
         let cycle = self.cycle;
-        let mut failed: Vec<(usize, CollectError)> = Vec::new();
+        let mut failed: Vec<((usize, usize), CollectError)> = Vec::new();
         let mut pending = vec![false; self.workers.len()];
         for (i, w) in self.workers.iter().enumerate() {
-            if w.unsupported {
+            if !w.active() {
                 continue;
             }
             if w.busy.swap(true, Ordering::AcqRel) {
-                failed.push((i, CollectError::Busy));
+                self.fail_all(i, || CollectError::Busy, &mut failed);
             } else if w.requests.send(cycle).is_err() {
-                failed.push((i, CollectError::WorkerGone));
+                self.fail_all(i, || CollectError::WorkerGone, &mut failed);
             } else {
                 pending[i] = true;
             }
@@ -181,14 +254,16 @@ impl Collector {
         while pending.iter().any(|p| *p) {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.replies.recv_timeout(left) {
-                Ok((i, c, r)) if c == cycle => {
-                    pending[i] = false;
-                    match r {
-                        Ok(mut p) => {
-                            points.append(&mut p);
-                            succeeded.push(i);
+                Ok((w, c, results)) if c == cycle => {
+                    pending[w] = false;
+                    for (m, r) in results {
+                        match r {
+                            Ok(mut p) => {
+                                points.append(&mut p);
+                                succeeded.push((w, m));
+                            }
+                            Err(e) => failed.push(((w, m), e)),
                         }
-                        Err(e) => failed.push((i, e)),
                     }
                 }
                 // A late answer from an earlier cycle: too old to use.
@@ -196,24 +271,37 @@ impl Collector {
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
             }
         }
-        for (i, p) in pending.iter().enumerate() {
+        for (w, p) in pending.iter().enumerate() {
             if *p {
-                failed.push((i, CollectError::Timeout(self.budget)));
+                // The member being read hung; the others of its worker wait behind it.
+                let hung = self.workers[w].running.load(Ordering::Acquire);
+                for (m, member) in self.workers[w].members.iter().enumerate() {
+                    if member.unsupported {
+                        continue;
+                    }
+                    let e = if m == hung {
+                        CollectError::Timeout(self.budget)
+                    } else {
+                        CollectError::Busy
+                    };
+                    failed.push(((w, m), e));
+                }
             }
         }
-        for i in succeeded {
-            let source = self.workers[i].family.as_str();
+        for (w, m) in succeeded {
+            let source = self.workers[w].members[m].family.as_str();
             if self.logged.iter().any(|(s, _)| *s == source) {
                 self.logged.retain(|(s, _)| *s != source);
                 tracing::info!(source, "source recovered");
             }
         }
-        for (i, e) in failed {
+        for ((w, m), e) in failed {
+            let member = &mut self.workers[w].members[m];
             if matches!(e, CollectError::Unsupported) {
                 // Counted and logged once, then never asked again.
-                self.workers[i].unsupported = true;
+                member.unsupported = true;
             }
-            let source = self.workers[i].family.as_str();
+            let source = member.family.as_str();
             let kind = e.kind();
             self.stats.count_error(source, kind);
             if self.logged.insert((source, kind)) {

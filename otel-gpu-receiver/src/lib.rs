@@ -119,8 +119,11 @@ pub fn run(settings: &Settings) -> Result<(), RunError> {
     };
     let inventory = gpu::Inventory::default();
     let mut collector = collector(settings, stats, &inventory)?;
-    // The SDK folds series beyond an instrument's limit: count them per metric.
-    collector.set_limits(telemetry.limits());
+    // The SDK folds series beyond an instrument's limit: count them per metric (OTLP
+    // push only; the Prometheus exposition has no limit).
+    if let Some(limits) = telemetry.limits() {
+        collector.set_limits(limits);
+    }
 
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     telemetry.runtime().handle().spawn(async move {

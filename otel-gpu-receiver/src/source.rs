@@ -38,7 +38,7 @@ pub enum CollectError {
     #[error("no answer within {0:?} (a hung call, e.g. statfs on a dead mount?)")]
     Timeout(Duration),
     /// The previous read of this source is still running (it hung earlier).
-    #[error("still busy with an earlier cycle")]
+    #[error("its worker is still busy with an earlier read that hung")]
     Busy,
     /// The source's thread is gone (it panicked).
     #[error("the source's worker thread is gone")]

@@ -168,7 +168,7 @@ pub fn register_catalogue(meter: &Meter, families: &[Family], cell: &SnapshotCel
 pub struct Telemetry {
     /// Only with OTLP push: the pull endpoint does not go through the SDK.
     provider: Option<SdkMeterProvider>,
-    limits: Arc<crate::cardinality::Limits>,
+    limits: Option<Arc<crate::cardinality::Limits>>,
     runtime: ExportRuntime,
     stats: Arc<ExportStats>,
     prometheus: Option<SocketAddr>,
@@ -189,25 +189,28 @@ impl Telemetry {
         let runtime = ExportRuntime::new()?;
         // The collection loop logs outages itself (selfmon), in the agent's words.
         let stats = Arc::new(ExportStats::without_outage_log());
-        // Per-instrument cardinality limits from the host's shape (the SDK's default of
-        // 2000 series would fold a big host's system.cpu.time into overflow).
-        let limits = Arc::new(crate::cardinality::Limits::estimate(settings));
         let resource = resource(settings);
         let mut provider = None;
+        let mut limits = None;
         if let Some(cfg) = &settings.otlp {
+            // Per-instrument cardinality limits from the host's shape (the SDK's default of
+            // 2000 series would fold a big host's system.cpu.time into overflow). Only the
+            // SDK folds series: the Prometheus exposition renders every one.
+            let l = Arc::new(crate::cardinality::Limits::estimate(settings));
             let exporter = otel_instrument::export::metric_exporter(&runtime, cfg, stats.clone())?;
             let reader = PeriodicReader::builder(exporter)
                 .with_interval(settings.export_interval)
                 .build();
             let p = SdkMeterProvider::builder()
                 .with_resource(resource.clone())
-                .with_view(limits.view())
+                .with_view(l.view())
                 .with_reader(reader)
                 .build();
             register_catalogue(&p.meter_with_scope(scope()), &settings.families, &cell);
             // The SDK keeps attributes sorted: hand them over sorted (see AttributeOrder).
             cell.sort_attributes();
             provider = Some(p);
+            limits = Some(l);
         }
         let mut prometheus = None;
         if let Some(addr) = settings.prometheus {
@@ -240,8 +243,9 @@ impl Telemetry {
         })
     }
 
-    /// The per-instrument cardinality limits the provider was built with.
-    pub fn limits(&self) -> Arc<crate::cardinality::Limits> {
+    /// The per-instrument cardinality limits the SDK provider was built with; `None`
+    /// without OTLP push, where nothing folds series.
+    pub fn limits(&self) -> Option<Arc<crate::cardinality::Limits>> {
         self.limits.clone()
     }
 
@@ -386,5 +390,27 @@ mod tests {
         assert_eq!(get(res::SERVICE_INSTANCE_ID).as_deref(), Some("node-7"));
         assert_eq!(get(res::K8S_NODE_NAME).as_deref(), Some("k8s-node-7"));
         assert!(get(res::HOST_NAME).is_some() && get(res::HOST_ARCH).is_some());
+    }
+
+    #[test]
+    fn only_an_agent_that_pushes_through_the_sdk_has_cardinality_limits() {
+        let pull = Settings {
+            otlp: None,
+            prometheus: Some("127.0.0.1:0".parse().unwrap()),
+            ..Settings::default()
+        };
+        let t =
+            Telemetry::start(&pull, SnapshotCell::default(), Health::new(pull.interval)).unwrap();
+        assert!(
+            t.limits().is_none(),
+            "a pull-only agent folds nothing, so it must count no overflow"
+        );
+        t.shutdown();
+        let push = Settings::default();
+        assert!(push.otlp.is_some());
+        let t =
+            Telemetry::start(&push, SnapshotCell::default(), Health::new(push.interval)).unwrap();
+        assert!(t.limits().is_some());
+        t.shutdown();
     }
 }

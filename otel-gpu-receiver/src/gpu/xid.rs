@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 
@@ -24,8 +24,10 @@ use crate::quiet::RateLimit;
 /// Xid 79: the GPU has fallen off the bus.
 pub(crate) const XID_FELL_OFF_THE_BUS: u64 = 79;
 
-/// How long one wait on the event set blocks, in ms (also the stop latency).
-const WAIT_MS: u32 = 200;
+/// How long one wait on the event set blocks, in ms: the thread's stop latency. An event
+/// ends the wait at once, so this only sets how often an idle thread wakes up (each
+/// wake-up costs a context switch, which is most of an idle agent's CPU on a VM).
+const WAIT_MS: u32 = 2000;
 
 /// What the cycle reads from the event thread.
 #[derive(Debug, Default, Clone)]
@@ -104,12 +106,12 @@ impl XidWatcher {
             .retain(uuids);
     }
 
-    /// Stops the thread (within one wait).
+    /// Tells the thread to stop and does not wait for it: it ends after its current wait
+    /// (at most `WAIT_MS`), without recording what that wait returns. Its library stays
+    /// loaded (`&'static`), so nothing it uses goes away meanwhile.
     pub(crate) fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        drop(self.thread.take());
     }
 }
 
@@ -161,7 +163,18 @@ fn run(
 ) {
     let mut current: Option<(EventSet<'static>, HashMap<usize, String>)> = None;
     while !stop.load(Ordering::Relaxed) {
-        match devices.try_recv() {
+        // With nothing registered, block on the next list; else only look for one.
+        let next = if current.is_none() {
+            devices
+                .recv_timeout(std::time::Duration::from_millis(u64::from(WAIT_MS)))
+                .map_err(|e| match e {
+                    RecvTimeoutError::Timeout => TryRecvError::Empty,
+                    RecvTimeoutError::Disconnected => TryRecvError::Disconnected,
+                })
+        } else {
+            devices.try_recv()
+        };
+        match next {
             Ok(list) => {
                 let mut list = list;
                 // Only the latest list matters.
@@ -177,10 +190,13 @@ fn run(
             Err(TryRecvError::Empty) => {}
         }
         let Some((set, by_handle)) = &current else {
-            thread::sleep(std::time::Duration::from_millis(u64::from(WAIT_MS)));
             continue;
         };
-        match set.wait(WAIT_MS) {
+        let waited = set.wait(WAIT_MS);
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        match waited {
             Ok(ev) => {
                 let Some(XidError::Value(code)) = ev.event_data else {
                     continue;
