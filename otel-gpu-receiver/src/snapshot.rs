@@ -107,6 +107,12 @@ impl Points {
     }
 }
 
+impl From<Vec<Point>> for Points {
+    fn from(points: Vec<Point>) -> Self {
+        Self { points }
+    }
+}
+
 /// Everything one collection cycle read, grouped by metric name.
 #[derive(Debug, Clone)]
 pub struct Snapshot {

@@ -33,7 +33,7 @@ use opentelemetry::KeyValue;
 use opentelemetry_semantic_conventions::attribute as semconv;
 
 use crate::gpu::names::ATTR_GPU_INDEX;
-use crate::snapshot::{Point, Points, Value};
+use crate::snapshot::{Points, Value};
 
 use self::cgroup::{CgroupError, CgroupReader, ContainerInfo};
 use self::kubelet::{Allocations, GpuIdentity, Holder, KubeletSource};
@@ -343,8 +343,7 @@ impl Attributor {
         let (allocations, kubelet_ok) = if gpus.is_empty() && processes.is_empty() {
             (Allocations::default(), false)
         } else {
-            let gpus = self.with_minor_numbers(gpus);
-            self.allocations(&gpus)
+            self.allocations(gpus)
         };
 
         let mut groups: BTreeMap<GroupKey, Sums> = BTreeMap::new();
@@ -481,28 +480,30 @@ impl Attributor {
     /// The GPUs are recognised by their `hw.id` and `gpu.index` attributes (MIG instances,
     /// which carry `hw.parent`, are matched by UUID only).
     pub fn apply(&mut self, points: &mut Points) {
-        let all = std::mem::take(points).into_vec();
+        let mut all = std::mem::take(points).into_vec();
         let mut gpus: BTreeMap<String, GpuIdentity> = BTreeMap::new();
         // hw.id → gpu.index, MIG instances included (they carry their parent's index).
         let mut index_of: BTreeMap<String, i64> = BTreeMap::new();
         let mut procs: BTreeMap<(String, u32), GpuProcess> = BTreeMap::new();
-        let mut rest: Vec<Point> = Vec::with_capacity(all.len());
-        for p in all {
-            let hw_id = str_of(&p.attributes, semconv::HW_ID);
-            if let Some(id) = &hw_id
+        // Every point is looked at by reference: a cycle has a thousand of them, and an
+        // owned copy of their `hw.id` each was most of this pass's cost.
+        all.retain(|p| {
+            let hw_id = str_ref(&p.attributes, semconv::HW_ID);
+            if let Some(id) = hw_id
+                && !index_of.contains_key(id)
                 && let Some(index) = int_of(&p.attributes, ATTR_GPU_INDEX)
             {
-                index_of.entry(id.clone()).or_insert(index);
+                index_of.insert(id.to_owned(), index);
             }
             if p.name == PROCESS_GPU_MEMORY_USAGE || p.name == PROCESS_GPU_UTILIZATION {
                 let pid =
                     int_of(&p.attributes, semconv::PROCESS_PID).and_then(|v| u32::try_from(v).ok());
                 if let (Some(gpu), Some(pid)) = (hw_id, pid) {
                     let entry = procs
-                        .entry((gpu.clone(), pid))
+                        .entry((gpu.to_owned(), pid))
                         .or_insert_with(|| GpuProcess {
                             pid,
-                            gpu,
+                            gpu: gpu.to_owned(),
                             executable: str_of(&p.attributes, semconv::PROCESS_EXECUTABLE_NAME),
                             memory_used: None,
                             utilization: Vec::new(),
@@ -514,35 +515,41 @@ impl Attributor {
                             .unwrap_or_else(|| "general".to_owned());
                         entry.utilization.push((task, p.value.as_f64()));
                     }
-                    continue;
+                    return false;
                 }
             } else if let Some(uuid) = hw_id
-                && str_of(&p.attributes, semconv::HW_PARENT).is_none()
+                && !gpus.contains_key(uuid)
+                && str_ref(&p.attributes, semconv::HW_PARENT).is_none()
                 && let Some(index) =
                     int_of(&p.attributes, ATTR_GPU_INDEX).and_then(|v| u32::try_from(v).ok())
             {
-                gpus.entry(uuid.clone()).or_insert(GpuIdentity {
-                    uuid,
-                    index,
-                    minor_number: None,
-                });
+                gpus.insert(
+                    uuid.to_owned(),
+                    GpuIdentity {
+                        uuid: uuid.to_owned(),
+                        index,
+                        minor_number: None,
+                    },
+                );
             }
-            rest.push(p);
-        }
+            true
+        });
         let gpus: Vec<GpuIdentity> = gpus.into_values().collect();
         let procs: Vec<GpuProcess> = procs.into_values().collect();
         let out = self.run(&gpus, &procs);
 
-        for mut p in rest {
-            if !p.name.starts_with("process.")
-                && !p.name.starts_with("otel_gpu_receiver.")
-                && let Some(owner) =
-                    str_of(&p.attributes, semconv::HW_ID).and_then(|id| out.owners.get(&id))
-            {
-                p.attributes.extend(owner.attributes());
+        if !out.owners.is_empty() {
+            for p in &mut all {
+                if !p.name.starts_with("process.")
+                    && !p.name.starts_with("otel_gpu_receiver.")
+                    && let Some(owner) =
+                        str_ref(&p.attributes, semconv::HW_ID).and_then(|id| out.owners.get(id))
+                {
+                    p.attributes.extend(owner.attributes());
+                }
             }
-            points.push(p.name, p.attributes, p.value);
         }
+        *points = Points::from(all);
         for mut s in out.series {
             if let Some(index) =
                 str_of(&s.attributes, semconv::HW_ID).and_then(|id| index_of.get(&id).copied())
@@ -593,7 +600,10 @@ impl Attributor {
                 }
                 self.kubelet_off_logged = false;
                 self.logged.retain(|k| !k.starts_with("kubelet"));
-                let a = Allocations::from_list(&list, gpus);
+                // Minor numbers only serve to read the kubelet's `nvidia<N>` IDs: off
+                // Kubernetes the driver's proc files are not read at all.
+                let gpus = self.with_minor_numbers(gpus);
+                let a = Allocations::from_list(&list, &gpus);
                 if a.unrecognised_ids > 0 {
                     *self.errors.entry("unknown_device_id").or_insert(0) +=
                         a.unrecognised_ids as u64;
@@ -780,6 +790,17 @@ pub fn read_minor_numbers(proc_root: &std::path::Path) -> BTreeMap<String, u32> 
         }
     }
     out
+}
+
+/// The string value of `key`, borrowed (`None` for a missing key or a non-string value).
+fn str_ref<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
+    attrs
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .and_then(|kv| match &kv.value {
+            opentelemetry::Value::String(s) => Some(s.as_str()),
+            _ => None,
+        })
 }
 
 fn str_of(attrs: &[KeyValue], key: &str) -> Option<String> {
