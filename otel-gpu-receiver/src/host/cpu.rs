@@ -173,7 +173,7 @@ impl CpuSource {
             let p = self.roots.sys(&format!(
                 "devices/system/cpu/cpu{cpu}/cpufreq/scaling_cur_freq"
             ));
-            match std::fs::read_to_string(&p)
+            match super::roots::read(&p)
                 .ok()
                 .and_then(|s| s.trim().parse::<f64>().ok())
             {
@@ -186,7 +186,7 @@ impl CpuSource {
         }
         // No cpufreq (common in VMs): /proc/cpuinfo's "cpu MHz" per processor.
         let mut out = Vec::new();
-        if let Ok(info) = std::fs::read_to_string(self.roots.proc("cpuinfo")) {
+        if let Ok(info) = super::roots::read(&self.roots.proc("cpuinfo")) {
             let mut current: Option<u32> = None;
             for line in info.lines() {
                 let Some((k, v)) = line.split_once(':') else {

@@ -51,11 +51,104 @@ impl Roots {
 }
 
 /// Reads a whole file, naming it in the error.
+///
+/// A procfs or sysfs file stays open on the reading thread (at most 64 of them) and
+/// is read again from offset 0 next time: the kernel regenerates its text on every read
+/// from the start, and opening it (a path walk through `/proc/1/...`, a dentry made and
+/// killed) cost as much as reading it. Any other file (a test's fixture tree) is opened
+/// afresh every time, so a rewritten file is always seen.
 pub(crate) fn read(path: &Path) -> Result<String, CollectError> {
-    std::fs::read_to_string(path).map_err(|source| CollectError::Io {
+    kept::read(path).map_err(|source| CollectError::Io {
         path: path.to_owned(),
         source,
     })
+}
+
+/// Open procfs and sysfs files per thread, at most this many.
+const KEPT: usize = 64;
+
+mod kept {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::fs::File;
+    use std::io;
+    use std::path::{Path, PathBuf};
+
+    thread_local! {
+        /// Path → (the open file, the length of its last text).
+        static FILES: RefCell<HashMap<PathBuf, (File, usize)>> = RefCell::new(HashMap::new());
+    }
+
+    pub(super) fn read(path: &Path) -> io::Result<String> {
+        let kept = FILES.with_borrow_mut(|files| {
+            let (file, len) = files.get(path)?;
+            let text = read_from_start(file, *len);
+            if text.is_err() {
+                // The process behind /proc/<pid> went away, say: open it again below.
+                files.remove(path);
+            }
+            text.ok()
+        });
+        if let Some(text) = kept {
+            return Ok(text);
+        }
+        let file = File::open(path)?;
+        let text = read_from_start(&file, 0)?;
+        if is_pseudo(&file) {
+            FILES.with_borrow_mut(|files| {
+                if files.len() < super::KEPT {
+                    files.insert(path.to_owned(), (file, text.len()));
+                }
+            });
+        }
+        Ok(text)
+    }
+
+    /// The whole text from offset 0 (`pread`: no seek, no size probe).
+    fn read_from_start(file: &File, hint: usize) -> io::Result<String> {
+        use std::os::unix::fs::FileExt as _;
+        let mut buf = vec![0u8; (hint + hint / 4).max(4096)];
+        let mut len = 0;
+        loop {
+            if len == buf.len() {
+                buf.resize(buf.len() * 2, 0);
+            }
+            match file.read_at(&mut buf[len..], len as u64) {
+                Ok(0) => break,
+                Ok(n) => len += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        buf.truncate(len);
+        String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    /// procfs or sysfs, whose files are regenerated on every read.
+    #[cfg(target_os = "linux")]
+    fn is_pseudo(file: &File) -> bool {
+        use std::os::fd::AsRawFd as _;
+        const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+        const SYSFS_MAGIC: i64 = 0x6265_6572;
+        // SAFETY: fstatfs fills the zeroed struct it is given, for an fd we own.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
+            return false;
+        }
+        #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+        let magic = i64::from(st.f_type as i64);
+        magic == PROC_SUPER_MAGIC || magic == SYSFS_MAGIC
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn is_pseudo(_: &File) -> bool {
+        false
+    }
+
+    #[cfg(test)]
+    pub(super) fn is_kept(path: &Path) -> bool {
+        FILES.with_borrow(|files| files.contains_key(path))
+    }
 }
 
 /// Parses a whitespace-separated field as u64.
@@ -70,4 +163,58 @@ pub(crate) fn clock_ticks() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if t > 0 { t as f64 } else { 100.0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_kept_procfs_file_is_read_afresh_every_time() {
+        let path = Path::new("/proc/self/stat");
+        // utime+stime of this thread's process: burn CPU between the reads until they move.
+        let ticks = |t: &str| -> u64 {
+            let after = &t[t.rfind(')').unwrap() + 2..];
+            let f: Vec<&str> = after.split_whitespace().collect();
+            f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+        };
+        let first = read(path).unwrap();
+        assert!(kept::is_kept(path), "a procfs file stays open");
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        let mut later = first.clone();
+        while ticks(&later) == ticks(&first) && start.elapsed() < std::time::Duration::from_secs(10)
+        {
+            for i in 0..1_000_000u64 {
+                x = x.wrapping_mul(31).wrapping_add(i);
+            }
+            std::hint::black_box(x);
+            later = read(path).unwrap();
+        }
+        assert!(
+            ticks(&later) > ticks(&first),
+            "the kept file must show new values"
+        );
+    }
+
+    #[test]
+    fn a_regular_file_is_opened_afresh_so_a_replaced_fixture_is_seen() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("stat");
+        std::fs::write(&p, "one").unwrap();
+        assert_eq!(read(&p).unwrap(), "one");
+        assert!(!kept::is_kept(&p));
+        // Replaced by rename (a new inode), as fixture writers and atomic updates do.
+        let tmp = d.path().join("stat.tmp");
+        std::fs::write(&tmp, "two").unwrap();
+        std::fs::rename(&tmp, &p).unwrap();
+        assert_eq!(read(&p).unwrap(), "two");
+    }
+
+    #[test]
+    fn a_missing_file_is_an_io_error_that_names_it() {
+        let e = read(Path::new("/no/such/file")).unwrap_err();
+        assert!(e.to_string().contains("/no/such/file"), "{e}");
+    }
 }
