@@ -342,7 +342,12 @@ impl FilesystemSource {
             }
             // The host's mount point, seen under --rootfs.
             let at = self.roots.host_path(&mount.mountpoint);
-            match self.prober.probe(&mount.mountpoint, &at) {
+            let probe = if super::statvfs::answers_from_memory(&mount.fstype) {
+                self.prober.probe_inline(&at)
+            } else {
+                self.prober.probe(&mount.mountpoint, &at)
+            };
+            match probe {
                 Probe::Answered(Ok(st)) => {
                     healthy.insert(mount.mountpoint.clone());
                     filesystems.push((
@@ -645,6 +650,68 @@ broken line
             ..Roots::default()
         };
         (d, FilesystemSource::with_prober(roots, cfg, prober), tx)
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn local_filesystems_are_asked_inline_and_remote_ones_under_the_deadline() {
+        use std::sync::{Arc, Mutex};
+        let d = tempfile::tempdir().unwrap();
+        let proc = d.path().join("proc");
+        std::fs::create_dir_all(proc.join("1")).unwrap();
+        std::fs::write(
+            proc.join("1/mountinfo"),
+            "22 1 253:1 / / rw - ext4 /dev/vda rw\n\
+             40 22 0:50 / /mnt/nfs rw - nfs4 fs:/a rw\n\
+             41 22 0:51 / /mnt/fuse rw - fuse.sshfs host:/b rw\n\
+             42 22 259:2 / /srv/xfs rw - xfs /dev/vdb rw\n",
+        )
+        .unwrap();
+        let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+        let log = seen.clone();
+        let call: super::super::statvfs::StatFn = Arc::new(move |p: &std::path::Path| {
+            let thread = std::thread::current().name().unwrap_or("").to_owned();
+            log.lock()
+                .unwrap()
+                .push((p.to_string_lossy().into_owned(), thread));
+            Ok(super::super::statvfs::Stat {
+                total: 1000,
+                free: 400,
+                reserved: 100,
+                inodes: 50,
+                inodes_free: 20,
+            })
+        });
+        let cfg = FilesystemConfig::default();
+        let prober = Prober::with_call(cfg.statvfs_timeout, cfg.max_hung, call);
+        let roots = Roots {
+            proc,
+            rootfs: d.path().to_owned(),
+            ..Roots::default()
+        };
+        let mut src = FilesystemSource::with_prober(roots, cfg, prober);
+        std::thread::Builder::new()
+            .name("reader".into())
+            .spawn(move || src.read().unwrap())
+            .unwrap()
+            .join()
+            .unwrap();
+        let seen = seen.lock().unwrap();
+        let thread_of = |suffix: &str| {
+            seen.iter()
+                .find(|(p, _)| p.ends_with(suffix))
+                .map(|(_, t)| t.clone())
+                .unwrap_or_else(|| panic!("{suffix} not asked: {seen:?}"))
+        };
+        assert_eq!(thread_of("/srv/xfs"), "reader");
+        assert_eq!(thread_of("/mnt/nfs"), "statvfs");
+        assert_eq!(thread_of("/mnt/fuse"), "statvfs");
+        // The root mount: ext4, inline.
+        assert!(
+            seen.iter()
+                .any(|(p, t)| !p.contains("mnt") && !p.ends_with("xfs") && t == "reader"),
+            "{seen:?}"
+        );
     }
 
     #[cfg(target_os = "linux")]
