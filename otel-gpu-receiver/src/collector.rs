@@ -84,6 +84,8 @@ pub struct Collector {
     limits: Option<Arc<Limits>>,
     /// Series beyond their instrument's limit, per metric, since start.
     overflow: BTreeMap<&'static str, u64>,
+    /// Readings dropped for a NaN or infinite value, per metric, since start.
+    non_finite: BTreeMap<&'static str, u64>,
 }
 
 impl Collector {
@@ -123,6 +125,7 @@ impl Collector {
             logged: HashSet::new(),
             limits: None,
             overflow: BTreeMap::new(),
+            non_finite: BTreeMap::new(),
         };
         let (gpu, procfs): (Vec<Family>, Vec<Family>) =
             families.iter().partition(|f| **f == Family::Gpu);
@@ -312,6 +315,23 @@ impl Collector {
                 );
             }
         }
+        // Neither the Prometheus text nor the SDK carries them: dropped here, once for
+        // both exporters, and counted.
+        let mut first = Vec::new();
+        points.drop_non_finite(|name| {
+            let n = self.non_finite.entry(name).or_default();
+            if *n == 0 {
+                first.push(name);
+            }
+            *n += 1;
+        });
+        for metric in first {
+            tracing::warn!(
+                metric,
+                "a reading was NaN or infinite: dropped, and counted in \
+                 otel_gpu_receiver.series.non_finite (logged once per metric)"
+            );
+        }
         if let Some(limits) = &self.limits {
             for (name, n) in limits.excess(&points) {
                 let total = self.overflow.entry(name).or_default();
@@ -331,6 +351,13 @@ impl Collector {
         for (name, n) in &self.overflow {
             points.push(
                 names::SERIES_OVERFLOW,
+                vec![KeyValue::new(names::ATTR_METRIC_NAME, *name)],
+                *n,
+            );
+        }
+        for (name, n) in &self.non_finite {
+            points.push(
+                names::SERIES_NON_FINITE,
                 vec![KeyValue::new(names::ATTR_METRIC_NAME, *name)],
                 *n,
             );
@@ -463,6 +490,47 @@ mod tests {
         );
         assert_eq!(p[0].value, crate::snapshot::Value::Int(6));
         assert_eq!(c.overflow().get("system.network.io"), Some(&6));
+    }
+
+    #[derive(Debug)]
+    struct Broken;
+    impl Source for Broken {
+        fn family(&self) -> Family {
+            Family::Memory
+        }
+        fn collect(&mut self, out: &mut Points) -> Result<(), CollectError> {
+            out.push("system.memory.utilization", vec![], f64::NAN);
+            out.push("system.memory.utilization", vec![], f64::INFINITY);
+            out.push("system.memory.utilization", vec![], 0.5);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn non_finite_readings_are_dropped_counted_per_metric_and_exported() {
+        let mut c = Collector::new(
+            &[],
+            &Roots::default(),
+            Duration::from_secs(5),
+            SelfStats::default(),
+        )
+        .unwrap();
+        c.add(Box::new(Broken)).unwrap();
+        c.cycle();
+        let s = c.cycle();
+        let kept = s.points("system.memory.utilization");
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].value, crate::snapshot::Value::Float(0.5));
+        let p = s.points(names::SERIES_NON_FINITE);
+        assert_eq!(p.len(), 1);
+        assert_eq!(
+            p[0].attributes,
+            [KeyValue::new(
+                names::ATTR_METRIC_NAME,
+                "system.memory.utilization"
+            )]
+        );
+        assert_eq!(p[0].value, crate::snapshot::Value::Int(4));
     }
 
     #[test]

@@ -17,7 +17,9 @@
 //!   OpenMetrics and gzip on every scrape, so each is made at most once per cycle).
 //!
 //! Like the SDK, a non-finite value is not exported (the SDK's aggregators ignore NaN and
-//! infinities); such points are counted in [`Exposition::skipped`] and logged once.
+//! infinities). The collector already drops such readings and exports their count
+//! (`otel_gpu_receiver.series.non_finite`); a snapshot built elsewhere that still has one
+//! gets it skipped here, counted in [`Exposition::skipped`] and logged once.
 
 use std::collections::HashMap;
 use std::io::Write as _;

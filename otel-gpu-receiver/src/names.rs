@@ -47,6 +47,8 @@ pub const ATTR_OVERFLOW: &str = "otel.metric.overflow";
 /// Series folded into `otel.metric.overflow` by the SDK's per-instrument cardinality
 /// limit, per metric.
 pub const SERIES_OVERFLOW: &str = "otel_gpu_receiver.series.overflow";
+/// Self-metric: readings dropped because their value was NaN or infinite, per metric.
+pub const SERIES_NON_FINITE: &str = "otel_gpu_receiver.series.non_finite";
 /// Attribute: the metric a self-metric is about.
 pub const ATTR_METRIC_NAME: &str = "metric.name";
 /// Attribute: the source (family) a self-metric is about.

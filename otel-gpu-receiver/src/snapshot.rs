@@ -102,6 +102,18 @@ impl Points {
     }
 
     /// The points, in insertion order.
+    /// Drops the points whose value is NaN or infinite and calls `dropped` with the
+    /// metric of each.
+    pub fn drop_non_finite(&mut self, mut dropped: impl FnMut(&'static str)) {
+        self.points.retain(|p| match p.value {
+            Value::Float(f) if !f.is_finite() => {
+                dropped(p.name);
+                false
+            }
+            _ => true,
+        });
+    }
+
     pub fn into_vec(self) -> Vec<Point> {
         self.points
     }
