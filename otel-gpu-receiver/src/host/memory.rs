@@ -59,7 +59,7 @@ impl MemoryReading {
     ///
     /// # Errors
     /// MemTotal or MemFree is missing.
-    pub fn from_meminfo(path: &Path, m: &HashMap<String, u64>) -> Result<Self, CollectError> {
+    pub fn from_meminfo(path: &Path, m: &HashMap<&str, u64>) -> Result<Self, CollectError> {
         let get = |k: &str| {
             m.get(k)
                 .copied()
@@ -82,15 +82,15 @@ impl MemoryReading {
     }
 }
 
-/// Parses /proc/meminfo into bytes per field.
-pub fn parse_meminfo(text: &str) -> HashMap<String, u64> {
+/// Parses /proc/meminfo into bytes per field (the names borrowed from `text`).
+pub fn parse_meminfo(text: &str) -> HashMap<&str, u64> {
     text.lines()
         .filter_map(|l| {
             let (k, v) = l.split_once(':')?;
             let mut it = v.split_ascii_whitespace();
             let n: u64 = it.next()?.parse().ok()?;
             let mult = if it.next() == Some("kB") { 1024 } else { 1 };
-            Some((k.trim().to_owned(), n * mult))
+            Some((k.trim(), n * mult))
         })
         .collect()
 }

@@ -80,7 +80,8 @@ impl PagingSource {
     #[cfg(target_os = "linux")]
     pub fn read(&mut self) -> Result<PagingReading, CollectError> {
         let mpath = self.roots.proc("meminfo");
-        let m = super::memory::parse_meminfo(&super::roots::read(&mpath)?);
+        let text = super::roots::read(&mpath)?;
+        let m = super::memory::parse_meminfo(&text);
         let vpath = self.roots.proc("vmstat");
         let vm = super::roots::read(&vpath)?;
         let get = |k: &str| -> Result<u64, CollectError> {
