@@ -35,18 +35,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cc -O2 -shared -fPIC -o "$work/libnvidia-ml.so.1" \
-    otel-gpu-receiver/tests/fake_nvml/fake_nvml.c -lpthread -ldl
-{
-    echo "devices 8"
-    echo "dev * gpm 1"
-    echo "dev * nvlinks 4"
-    for i in 0 1 2 3 4 5 6 7; do
-        # Two processes per GPU; pids above pid_max, so names come from NVML.
-        echo "dev $i proc $((4194400 + 2 * i)) $(((i + 1) << 30)) $((10 + i)) 5 trainer$i"
-        echo "dev $i proc $((4194401 + 2 * i)) $(((i + 1) << 28)) 3 1 notebook$i"
-    done
-} >"$work/fake_nvml.script"
+otel-gpu-receiver/benches/fake_gpus.sh "$work"
 
 ticks=$(getconf CLK_TCK)
 
