@@ -180,3 +180,20 @@ async fn shutdown_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+/// Limits glibc to two malloc arenas; call it first in `main`, before any thread starts.
+///
+/// By default every thread that allocates may get an arena of its own (up to 8 per CPU),
+/// and the agent's points are made on its worker threads and freed on the collection
+/// thread: with two, freed memory is reused instead of kept per thread. Side by side with
+/// the default (BENCHMARKS.md) it measured 0.3–0.7 MB less RSS and about 10 % less CPU per
+/// cycle. `MALLOC_ARENA_MAX` still overrides it.
+pub fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; no thread has started yet.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
