@@ -459,7 +459,7 @@ pub static CATALOGUE: &[MetricDesc] = &[
     m(names::EXPORT_FAILURES, Counter, Int, "{request}", "OTLP export requests that failed", SELF, &[names::ATTR_SIGNAL]),
     m(names::SERIES, Gauge, Int, "{series}", "Series in the last snapshot", SELF, &[]),
     m(names::SERIES_OVERFLOW, Counter, Int, "{series}", "Series beyond their instrument's cardinality limit, which the SDK folds into `otel.metric.overflow`, summed over cycles (from the first error)", SELF, &[names::ATTR_METRIC_NAME]),
-    m(names::SERIES_NON_FINITE, Counter, Int, "{series}", "Readings dropped because their value was NaN or infinite (neither exporter can carry them), summed over cycles (from the first)", SELF, &[names::ATTR_METRIC_NAME]),
+    m(names::SERIES_NON_FINITE, Counter, Int, "{series}", "Readings dropped because their value was NaN or infinite (neither exporter can carry them), summed over cycles (from the first error)", SELF, &[names::ATTR_METRIC_NAME]),
     m(sc::HW_GPU_UTILIZATION, Gauge, Float, "1", "GPU busy share per task: general (utilization_rates().gpu), encoder, decoder", GPU, GPU_TASK),
     m(sc::HW_GPU_MEMORY_USAGE, UpDownCounter, Int, "By", "GPU memory in use (memory_info().used), per GPU and MIG instance", GPU, GPU_ID),
     m(sc::HW_GPU_MEMORY_LIMIT, UpDownCounter, Int, "By", "GPU memory size (memory_info().total), per GPU and MIG instance", GPU, GPU_ID),
