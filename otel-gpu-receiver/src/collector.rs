@@ -348,26 +348,25 @@ impl Collector {
                 *total += n;
             }
         }
-        for (name, n) in &self.overflow {
-            points.push(
-                names::SERIES_OVERFLOW,
-                vec![KeyValue::new(names::ATTR_METRIC_NAME, *name)],
-                *n,
-            );
-        }
-        for (name, n) in &self.non_finite {
-            points.push(
-                names::SERIES_NON_FINITE,
-                vec![KeyValue::new(names::ATTR_METRIC_NAME, *name)],
-                *n,
-            );
-        }
+        per_metric(&mut points, names::SERIES_OVERFLOW, &self.overflow);
+        per_metric(&mut points, names::SERIES_NON_FINITE, &self.non_finite);
         let host_series = points.len();
         self.stats.watch_export();
         self.stats.cycles += 1;
         self.stats.last_duration = started.elapsed();
         self.stats.points(host_series, &mut points);
         Snapshot::new(points)
+    }
+}
+
+/// One point of the self-metric `name` per metric in `counts`, with `metric.name`.
+fn per_metric(points: &mut Points, name: &'static str, counts: &BTreeMap<&'static str, u64>) {
+    for (metric, n) in counts {
+        points.push(
+            name,
+            vec![KeyValue::new(names::ATTR_METRIC_NAME, *metric)],
+            *n,
+        );
     }
 }
 
@@ -390,6 +389,11 @@ impl std::fmt::Display for DisplayChain<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A collector without sources, for tests to add theirs.
+    fn empty(budget: Duration) -> Collector {
+        Collector::new(&[], &Roots::default(), budget, SelfStats::default()).unwrap()
+    }
 
     #[derive(Debug)]
     struct Hung;
@@ -428,13 +432,7 @@ mod tests {
 
     #[test]
     fn an_unsupported_source_is_counted_once_and_not_asked_again() {
-        let mut c = Collector::new(
-            &[],
-            &Roots::default(),
-            Duration::from_secs(5),
-            SelfStats::default(),
-        )
-        .unwrap();
+        let mut c = empty(Duration::from_secs(5));
         c.add(Box::new(Unsupported)).unwrap();
         c.add(Box::new(Fine)).unwrap();
         for _ in 0..3 {
@@ -463,13 +461,7 @@ mod tests {
 
     #[test]
     fn series_beyond_the_cardinality_limit_are_counted_per_metric_and_exported() {
-        let mut c = Collector::new(
-            &[],
-            &Roots::default(),
-            Duration::from_secs(5),
-            SelfStats::default(),
-        )
-        .unwrap();
+        let mut c = empty(Duration::from_secs(5));
         c.add(Box::new(Wide(2003))).unwrap();
         // Without limits (`--once`: no SDK) nothing is counted.
         assert!(c.cycle().points(names::SERIES_OVERFLOW).is_empty());
@@ -508,13 +500,7 @@ mod tests {
 
     #[test]
     fn non_finite_readings_are_dropped_counted_per_metric_and_exported() {
-        let mut c = Collector::new(
-            &[],
-            &Roots::default(),
-            Duration::from_secs(5),
-            SelfStats::default(),
-        )
-        .unwrap();
+        let mut c = empty(Duration::from_secs(5));
         c.add(Box::new(Broken)).unwrap();
         c.cycle();
         let s = c.cycle();
@@ -535,13 +521,7 @@ mod tests {
 
     #[test]
     fn a_hung_source_times_out_and_the_others_still_report() {
-        let mut c = Collector::new(
-            &[],
-            &Roots::default(),
-            Duration::from_millis(200),
-            SelfStats::default(),
-        )
-        .unwrap();
+        let mut c = empty(Duration::from_millis(200));
         c.add(Box::new(Hung)).unwrap();
         c.add(Box::new(Fine)).unwrap();
         let s = c.cycle();

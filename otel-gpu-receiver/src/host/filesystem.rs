@@ -601,6 +601,36 @@ broken line
         assert_eq!(all.len(), 13);
     }
 
+    /// Sizes every fake statvfs answers.
+    const STAT: super::super::statvfs::Stat = super::super::statvfs::Stat {
+        total: 1000,
+        free: 400,
+        reserved: 100,
+        inodes: 50,
+        inodes_free: 20,
+    };
+
+    /// A source over a fixture tree whose pid 1 has `mountinfo`, asking `call` for
+    /// statvfs.
+    #[cfg(target_os = "linux")]
+    fn source_over(
+        mountinfo: &str,
+        cfg: FilesystemConfig,
+        call: super::super::statvfs::StatFn,
+    ) -> (tempfile::TempDir, FilesystemSource) {
+        let d = tempfile::tempdir().unwrap();
+        let proc = d.path().join("proc");
+        std::fs::create_dir_all(proc.join("1")).unwrap();
+        std::fs::write(proc.join("1/mountinfo"), mountinfo).unwrap();
+        let prober = Prober::with_call(cfg.statvfs_timeout, cfg.max_hung, call);
+        let roots = Roots {
+            proc,
+            rootfs: d.path().to_owned(),
+            ..Roots::default()
+        };
+        (d, FilesystemSource::with_prober(roots, cfg, prober))
+    }
+
     /// Roots whose pid-1 table lists `/`, two mounts that hang and one that answers,
     /// and a prober whose statvfs blocks on `hung` paths until released.
     #[cfg(target_os = "linux")]
@@ -613,60 +643,34 @@ broken line
         std::sync::mpsc::Sender<()>,
     ) {
         use std::sync::{Arc, Mutex, mpsc};
-        let d = tempfile::tempdir().unwrap();
-        let proc = d.path().join("proc");
-        std::fs::create_dir_all(proc.join("1")).unwrap();
-        std::fs::write(
-            proc.join("1/mountinfo"),
-            "22 1 253:1 / / rw - ext4 /dev/vda rw\n\
-             40 22 0:50 / /mnt/hung-a rw - nfs4 fs:/a rw\n\
-             41 22 0:51 / /mnt/hung-b rw - nfs4 fs:/b rw\n\
-             42 22 259:2 / /srv/ok rw - xfs /dev/vdb rw\n",
-        )
-        .unwrap();
         let (tx, rx) = mpsc::channel::<()>();
         let rx = Arc::new(Mutex::new(rx));
         let call: super::super::statvfs::StatFn = Arc::new(move |p: &std::path::Path| {
             if p.to_string_lossy().contains("hung") {
                 let _ = rx.lock().unwrap().recv();
             }
-            Ok(super::super::statvfs::Stat {
-                total: 1000,
-                free: 400,
-                reserved: 100,
-                inodes: 50,
-                inodes_free: 20,
-            })
+            Ok(STAT)
         });
         let cfg = FilesystemConfig {
             statvfs_timeout: Duration::from_millis(timeout_ms),
             budget: Duration::from_millis(budget_ms),
             ..FilesystemConfig::default()
         };
-        let prober = Prober::with_call(cfg.statvfs_timeout, cfg.max_hung, call);
-        let roots = Roots {
-            proc,
-            rootfs: d.path().to_owned(),
-            ..Roots::default()
-        };
-        (d, FilesystemSource::with_prober(roots, cfg, prober), tx)
+        let (d, src) = source_over(
+            "22 1 253:1 / / rw - ext4 /dev/vda rw\n\
+             40 22 0:50 / /mnt/hung-a rw - nfs4 fs:/a rw\n\
+             41 22 0:51 / /mnt/hung-b rw - nfs4 fs:/b rw\n\
+             42 22 259:2 / /srv/ok rw - xfs /dev/vdb rw\n",
+            cfg,
+            call,
+        );
+        (d, src, tx)
     }
 
     #[cfg(target_os = "linux")]
     #[test]
     fn local_filesystems_are_asked_inline_and_remote_ones_under_the_deadline() {
         use std::sync::{Arc, Mutex};
-        let d = tempfile::tempdir().unwrap();
-        let proc = d.path().join("proc");
-        std::fs::create_dir_all(proc.join("1")).unwrap();
-        std::fs::write(
-            proc.join("1/mountinfo"),
-            "22 1 253:1 / / rw - ext4 /dev/vda rw\n\
-             40 22 0:50 / /mnt/nfs rw - nfs4 fs:/a rw\n\
-             41 22 0:51 / /mnt/fuse rw - fuse.sshfs host:/b rw\n\
-             42 22 259:2 / /srv/xfs rw - xfs /dev/vdb rw\n",
-        )
-        .unwrap();
         let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
         let log = seen.clone();
         let call: super::super::statvfs::StatFn = Arc::new(move |p: &std::path::Path| {
@@ -674,22 +678,16 @@ broken line
             log.lock()
                 .unwrap()
                 .push((p.to_string_lossy().into_owned(), thread));
-            Ok(super::super::statvfs::Stat {
-                total: 1000,
-                free: 400,
-                reserved: 100,
-                inodes: 50,
-                inodes_free: 20,
-            })
+            Ok(STAT)
         });
-        let cfg = FilesystemConfig::default();
-        let prober = Prober::with_call(cfg.statvfs_timeout, cfg.max_hung, call);
-        let roots = Roots {
-            proc,
-            rootfs: d.path().to_owned(),
-            ..Roots::default()
-        };
-        let mut src = FilesystemSource::with_prober(roots, cfg, prober);
+        let (_d, mut src) = source_over(
+            "22 1 253:1 / / rw - ext4 /dev/vda rw\n\
+             40 22 0:50 / /mnt/nfs rw - nfs4 fs:/a rw\n\
+             41 22 0:51 / /mnt/fuse rw - fuse.sshfs host:/b rw\n\
+             42 22 259:2 / /srv/xfs rw - xfs /dev/vdb rw\n",
+            FilesystemConfig::default(),
+            call,
+        );
         std::thread::Builder::new()
             .name("reader".into())
             .spawn(move || src.read().unwrap())
