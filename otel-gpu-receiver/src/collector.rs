@@ -175,6 +175,8 @@ impl Collector {
             .stack_size(256 * 1024)
             .spawn(move || {
                 while let Ok(cycle) = rx.recv() {
+                    // Families that read the same procfs file share one reading.
+                    host::roots::new_cycle();
                     let mut results = Vec::with_capacity(sources.len());
                     for (i, (source, unsupported)) in sources.iter_mut().enumerate() {
                         if *unsupported {

@@ -64,30 +64,60 @@ pub(crate) fn read(path: &Path) -> Result<String, CollectError> {
     })
 }
 
+/// Starts a new collection cycle on the calling thread: from now on, a kept file read
+/// twice in the same cycle (by two families) is read from the kernel once. Threads that
+/// never call it always read afresh.
+pub(crate) fn new_cycle() {
+    kept::new_cycle();
+}
+
 /// Open procfs and sysfs files per thread, at most this many.
 const KEPT: usize = 64;
 
 mod kept {
-    use std::cell::RefCell;
+    use std::cell::{Cell, RefCell};
     use std::collections::HashMap;
     use std::fs::File;
     use std::io;
     use std::path::{Path, PathBuf};
 
+    /// A kept file: the open file, and its last text with the cycle it was read in.
+    struct Kept {
+        file: File,
+        last: String,
+        cycle: u64,
+    }
+
     thread_local! {
-        /// Path → (the open file, the length of its last text).
-        static FILES: RefCell<HashMap<PathBuf, (File, usize)>> = RefCell::new(HashMap::new());
+        static FILES: RefCell<HashMap<PathBuf, Kept>> = RefCell::new(HashMap::new());
+        /// The reading thread's cycle; 0 until [`new_cycle`] is first called.
+        static CYCLE: Cell<u64> = const { Cell::new(0) };
+    }
+
+    pub(super) fn new_cycle() {
+        CYCLE.set(CYCLE.get() + 1);
     }
 
     pub(super) fn read(path: &Path) -> io::Result<String> {
+        let cycle = CYCLE.get();
         let kept = FILES.with_borrow_mut(|files| {
-            let (file, len) = files.get(path)?;
-            let text = read_from_start(file, *len);
-            if text.is_err() {
-                // The process behind /proc/<pid> went away, say: open it again below.
-                files.remove(path);
+            let kept = files.get_mut(path)?;
+            if cycle != 0 && kept.cycle == cycle {
+                // Read already this cycle (/proc/stat by cpu and processes, say).
+                return Some(kept.last.clone());
             }
-            text.ok()
+            match read_from_start(&kept.file, kept.last.len()) {
+                Ok(text) => {
+                    kept.last.clone_from(&text);
+                    kept.cycle = cycle;
+                    Some(text)
+                }
+                Err(_) => {
+                    // The process behind /proc/<pid> went away, say: open it again below.
+                    files.remove(path);
+                    None
+                }
+            }
         });
         if let Some(text) = kept {
             return Ok(text);
@@ -97,7 +127,8 @@ mod kept {
         if is_pseudo(&file) {
             FILES.with_borrow_mut(|files| {
                 if files.len() < super::KEPT {
-                    files.insert(path.to_owned(), (file, text.len()));
+                    let last = text.clone();
+                    files.insert(path.to_owned(), Kept { file, last, cycle });
                 }
             });
         }
@@ -196,6 +227,34 @@ mod tests {
             ticks(&later) > ticks(&first),
             "the kept file must show new values"
         );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn within_a_cycle_a_kept_file_is_read_from_the_kernel_once() {
+        // This thread's time on CPU, in ns: it moves while the thread spins.
+        let path = Path::new("/proc/thread-self/schedstat");
+        let spin = || {
+            let t = std::time::Instant::now();
+            while t.elapsed() < std::time::Duration::from_millis(5) {
+                std::hint::black_box(0u64);
+            }
+        };
+        std::thread::spawn(move || {
+            new_cycle();
+            let first = read(path).unwrap();
+            spin();
+            assert_eq!(
+                read(path).unwrap(),
+                first,
+                "the same cycle shares one reading"
+            );
+            new_cycle();
+            spin();
+            assert_ne!(read(path).unwrap(), first, "a new cycle reads afresh");
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
