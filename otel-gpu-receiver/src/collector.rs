@@ -219,16 +219,16 @@ impl Collector {
         &self.stats
     }
 
-    /// Every active member of worker `w`, with `e`.
+    /// Every active member `m` of worker `w`, with `e(m)`.
     fn fail_all(
         &self,
         w: usize,
-        e: fn() -> CollectError,
+        e: impl Fn(usize) -> CollectError,
         out: &mut Vec<((usize, usize), CollectError)>,
     ) {
         for (m, member) in self.workers[w].members.iter().enumerate() {
             if !member.unsupported {
-                out.push(((w, m), e()));
+                out.push(((w, m), e(m)));
             }
         }
     }
@@ -246,9 +246,9 @@ impl Collector {
                 continue;
             }
             if w.busy.swap(true, Ordering::AcqRel) {
-                self.fail_all(i, || CollectError::Busy, &mut failed);
+                self.fail_all(i, |_| CollectError::Busy, &mut failed);
             } else if w.requests.send(cycle).is_err() {
-                self.fail_all(i, || CollectError::WorkerGone, &mut failed);
+                self.fail_all(i, |_| CollectError::WorkerGone, &mut failed);
             } else {
                 pending[i] = true;
             }
@@ -280,17 +280,18 @@ impl Collector {
             if *p {
                 // The member being read hung; the others of its worker wait behind it.
                 let hung = self.workers[w].running.load(Ordering::Acquire);
-                for (m, member) in self.workers[w].members.iter().enumerate() {
-                    if member.unsupported {
-                        continue;
-                    }
-                    let e = if m == hung {
-                        CollectError::Timeout(self.budget)
-                    } else {
-                        CollectError::Busy
-                    };
-                    failed.push(((w, m), e));
-                }
+                let budget = self.budget;
+                self.fail_all(
+                    w,
+                    |m| {
+                        if m == hung {
+                            CollectError::Timeout(budget)
+                        } else {
+                            CollectError::Busy
+                        }
+                    },
+                    &mut failed,
+                );
             }
         }
         for (w, m) in succeeded {
