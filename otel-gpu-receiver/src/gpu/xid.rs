@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::thread;
 
 use nvml_wrapper::bitmasks::event::EventTypes;
 use nvml_wrapper::enums::event::XidError;
@@ -59,7 +59,6 @@ pub(crate) struct XidWatcher {
     state: Arc<Mutex<XidState>>,
     devices: Sender<Watch>,
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl XidWatcher {
@@ -69,7 +68,8 @@ impl XidWatcher {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
         let (st, sp) = (state.clone(), stop.clone());
-        let thread = thread::Builder::new()
+        // Detached: `stop` never joins it.
+        thread::Builder::new()
             .name("nvml-xid".into())
             .stack_size(256 * 1024)
             .spawn(move || run(nvml, rx, st, sp))
@@ -79,7 +79,6 @@ impl XidWatcher {
             state,
             devices: tx,
             stop,
-            thread: Some(thread),
         })
     }
 
@@ -109,9 +108,8 @@ impl XidWatcher {
     /// Tells the thread to stop and does not wait for it: it ends after its current wait
     /// (at most `WAIT_MS`), without recording what that wait returns. Its library stays
     /// loaded (`&'static`), so nothing it uses goes away meanwhile.
-    pub(crate) fn stop(mut self) {
+    pub(crate) fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
-        drop(self.thread.take());
     }
 }
 
