@@ -116,6 +116,11 @@ async fn a_sampled_incoming_trace_is_continued_through_the_server_span() {
         .find(|s| hex(&s.span.trace_id) == trace)
         .expect("the handler's monitored span is in the caller's trace");
     assert_eq!(handler.span.parent_span_id, server.span.span_id);
+    assert_eq!(
+        handler.span.kind,
+        SpanKind::Internal as i32,
+        "kind = server under ServerLayer's server span must not make a second SERVER span"
+    );
     assert_eq!(handler.span.trace_state, "vendor=opaque");
     let inner = spans_named(&r, "lookup");
     let inner = inner
@@ -270,6 +275,39 @@ async fn a_spawned_task_continues_the_trace() {
     let child = &spans_named(&r, "spawned_child")[0];
     assert_eq!(child.span.trace_id, parent.span.trace_id);
     assert_eq!(child.span.parent_span_id, parent.span.span_id);
+}
+
+#[monitored(kind = server)]
+fn entry_point() -> u32 {
+    7
+}
+
+#[test]
+fn kind_server_stays_server_where_the_request_enters_the_process() {
+    let p = pipeline();
+    let trace = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "traceparent",
+        format!("00-{trace}-00f067aa0ba902b8-01").parse().unwrap(),
+    );
+    // A remote parent (extracted by hand, no ServerLayer): this call is the
+    // process's entry, so it is the SERVER span.
+    {
+        let _cx = otel_instrument::propagation::extract(&headers).attach();
+        assert_eq!(entry_point(), 7);
+    }
+    let r = flush_until(&p.sink, &p.guard, |r| {
+        spans_named(r, "entry_point")
+            .iter()
+            .any(|s| hex(&s.span.trace_id) == trace)
+    });
+    let span = spans_named(&r, "entry_point")
+        .into_iter()
+        .find(|s| hex(&s.span.trace_id) == trace)
+        .unwrap();
+    assert_eq!(span.span.kind, SpanKind::Server as i32);
+    assert_eq!(hex(&span.span.parent_span_id), "00f067aa0ba902b8");
 }
 
 #[monitored(fields(order.size))]

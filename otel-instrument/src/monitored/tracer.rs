@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{PoisonError, RwLock};
 
 use opentelemetry::global::BoxedTracer;
-use opentelemetry::trace::TraceContextExt as _;
+use opentelemetry::trace::{SpanKind, TraceContextExt as _};
 use opentelemetry::{Context, InstrumentationScope, KeyValue};
 use opentelemetry_sdk::trace::SdkTracer;
 
@@ -77,14 +77,31 @@ pub(super) fn start_otel(
     ]);
     // Fields are set directly: `with_attributes` would collect into a new Vec.
     let mut builder = opentelemetry::trace::SpanBuilder::from_name(callsite.function);
-    builder.span_kind = Some(callsite.span_kind());
     builder.attributes = Some(attributes);
     builder.start_time = Some(start.system_time());
     let _sdk = SdkScope::enter();
-    Context::map_current(|parent| match tracer() {
-        MonitoredTracer::Sdk(t) => parent.with_span(builder.start_with_context(t, parent)),
-        MonitoredTracer::Global(t) => parent.with_span(builder.start_with_context(t, parent)),
+    Context::map_current(|parent| {
+        builder.span_kind = Some(effective_kind(callsite.span_kind(), parent));
+        match tracer() {
+            MonitoredTracer::Sdk(t) => parent.with_span(builder.start_with_context(t, parent)),
+            MonitoredTracer::Global(t) => parent.with_span(builder.start_with_context(t, parent)),
+        }
     })
+}
+
+/// `kind = server` marks where a request enters the process. Under a local
+/// parent span (`propagation::ServerLayer`'s server span, or any other layer's)
+/// the request has already entered, and a second SERVER span would count every
+/// request twice in span-derived metrics: the handler's span is INTERNAL then.
+/// With no parent, or a remote one (an extracted `traceparent`), it stays SERVER.
+fn effective_kind(kind: SpanKind, parent: &Context) -> SpanKind {
+    if kind == SpanKind::Server && parent.has_active_span() {
+        let sc = parent.span().span_context().clone();
+        if sc.is_valid() && !sc.is_remote() {
+            return SpanKind::Internal;
+        }
+    }
+    kind
 }
 
 /// Starts a span (a server or client span of the propagation layers) on the
