@@ -399,42 +399,45 @@ fn overhead(c: &mut Criterion) {
         };
 
         let t = default_setup(None);
-        tracing::subscriber::with_default(t.subscriber().expect("subscriber"), || {
+        let (subscriber, guard) = t.into_subscriber().expect("subscriber");
+        tracing::subscriber::with_default(subscriber, || {
             g.bench_function("i_default_metrics_only", |b| {
                 b.iter(|| metrics_only::root(black_box(CALLS)))
             });
         });
-        drop(t);
+        drop(guard);
 
         let t = default_setup(Some(SamplerConfig::ParentBased(ParentRoot::TraceIdRatio(
             0.01,
         ))));
-        tracing::subscriber::with_default(t.subscriber().expect("subscriber"), || {
+        let (subscriber, guard) = t.into_subscriber().expect("subscriber");
+        tracing::subscriber::with_default(subscriber, || {
             g.bench_function("j_default_ratio_0.01_unsampled", |b| {
                 b.iter(|| full::root(black_box(CALLS)))
             });
         });
-        assert!(t.guard().flush());
+        assert!(guard.flush());
         assert!(
             sink.received().spans().is_empty(),
             "(j) must export nothing"
         );
-        drop(t);
+        drop(guard);
 
         let t = default_setup(None);
         let mut ran = false;
-        tracing::subscriber::with_default(t.subscriber().expect("subscriber"), || {
+        let (subscriber, guard) = t.into_subscriber().expect("subscriber");
+        tracing::subscriber::with_default(subscriber, || {
             g.bench_function("k_default_always_on", |b| {
                 ran = true;
                 b.iter(|| full::root(black_box(CALLS)))
             });
         });
-        assert!(t.guard().flush());
-        let dropped = t.guard().stats().spans_dropped();
+        assert!(guard.flush());
+        let dropped = guard.stats().spans_dropped();
         let received = sink.received().spans().len();
         eprintln!("(k): {received} spans exported, {dropped} dropped on a full queue");
         assert!(!ran || received > 0, "(k) must export spans");
-        drop(t);
+        drop(guard);
     }
 
     g.finish();

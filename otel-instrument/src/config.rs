@@ -274,6 +274,26 @@ pub struct Overrides {
     pub service_name: Option<String>,
     /// Disables the SDK.
     pub disabled: Option<bool>,
+    /// Whether spans are exported over OTLP.
+    pub traces_export: Option<bool>,
+    /// Whether metrics are exported over OTLP.
+    pub metrics_export: Option<bool>,
+    /// Context propagators (an empty list turns propagation off).
+    pub propagators: Option<Vec<Propagator>>,
+    /// Metric temporality.
+    pub metrics_temporality: Option<opentelemetry_sdk::metrics::Temporality>,
+    /// Exemplar filter.
+    pub exemplar_filter: Option<ExemplarFilter>,
+    /// A PEM CA certificate file to trust, for every signal.
+    pub certificate: Option<std::path::PathBuf>,
+    /// A PEM client certificate file and its key file (mTLS), for every signal.
+    pub client_identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Capacity of the batch log record queue.
+    pub log_queue_size: Option<usize>,
+    /// How spans are batched.
+    pub span_batch: Option<BatchSettings>,
+    /// How log records are batched.
+    pub log_batch: Option<BatchSettings>,
 }
 
 /// Everything `otel-instrument` reads from the standard `OTEL_*` variables.
@@ -305,7 +325,7 @@ pub struct Config {
     /// `OTEL_METRICS_EXEMPLAR_FILTER`: accepted (`always_on`, `always_off`,
     /// `trace_based`) and validated; opentelemetry_sdk 0.33 records no
     /// exemplars, so it has no effect yet. Default: `trace_based`.
-    pub exemplar_filter: String,
+    pub exemplar_filter: ExemplarFilter,
     /// `OTEL_BSP_SCHEDULE_DELAY` (ms), `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`.
     pub span_batch: BatchSettings,
     /// `OTEL_BLRP_SCHEDULE_DELAY` (ms), `OTEL_BLRP_MAX_EXPORT_BATCH_SIZE`.
@@ -416,11 +436,21 @@ impl Config {
             Some(on) => on,
             None => parse_exporter(lookup, "OTEL_LOGS_EXPORTER")?,
         };
-        let traces_export = parse_exporter(lookup, "OTEL_TRACES_EXPORTER")?;
-        let propagators = parse_propagators(lookup)?;
-        let metrics_export = parse_exporter(lookup, "OTEL_METRICS_EXPORTER")?;
-        let metrics_temporality =
-            match non_empty(lookup("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE")) {
+        let traces_export = match overrides.traces_export {
+            Some(on) => on,
+            None => parse_exporter(lookup, "OTEL_TRACES_EXPORTER")?,
+        };
+        let propagators = match &overrides.propagators {
+            Some(p) => p.clone(),
+            None => parse_propagators(lookup)?,
+        };
+        let metrics_export = match overrides.metrics_export {
+            Some(on) => on,
+            None => parse_exporter(lookup, "OTEL_METRICS_EXPORTER")?,
+        };
+        let metrics_temporality = match overrides.metrics_temporality {
+            Some(t) => t,
+            None => match non_empty(lookup("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE")) {
                 None => opentelemetry_sdk::metrics::Temporality::Cumulative,
                 Some(v) => match v.trim().to_ascii_lowercase().as_str() {
                     "cumulative" => opentelemetry_sdk::metrics::Temporality::Cumulative,
@@ -435,19 +465,25 @@ impl Config {
                         ));
                     }
                 },
-            };
-        let exemplar_filter = match non_empty(lookup("OTEL_METRICS_EXEMPLAR_FILTER")) {
-            None => "trace_based".to_owned(),
-            Some(v) => match v.trim().to_ascii_lowercase().as_str() {
-                f @ ("always_on" | "always_off" | "trace_based") => f.to_owned(),
-                _ => {
-                    return Err(ConfigError::invalid(
-                        "OTEL_METRICS_EXEMPLAR_FILTER",
-                        &v,
-                        "expected always_on, always_off or trace_based",
-                        "trace_based",
-                    ));
-                }
+            },
+        };
+        let exemplar_filter = match overrides.exemplar_filter {
+            Some(f) => f,
+            None => match non_empty(lookup("OTEL_METRICS_EXEMPLAR_FILTER")) {
+                None => ExemplarFilter::TraceBased,
+                Some(v) => match v.trim().to_ascii_lowercase().as_str() {
+                    "always_on" => ExemplarFilter::AlwaysOn,
+                    "always_off" => ExemplarFilter::AlwaysOff,
+                    "trace_based" => ExemplarFilter::TraceBased,
+                    _ => {
+                        return Err(ConfigError::invalid(
+                            "OTEL_METRICS_EXEMPLAR_FILTER",
+                            &v,
+                            "expected always_on, always_off or trace_based",
+                            "trace_based",
+                        ));
+                    }
+                },
             },
         };
         let batch = |prefix: &str, delay_ms: u64| -> Result<BatchSettings, ConfigError> {
@@ -476,8 +512,14 @@ impl Config {
                 max_export_batch_size,
             })
         };
-        let span_batch = batch("OTEL_BSP", 5000)?;
-        let log_batch = batch("OTEL_BLRP", 1000)?;
+        let span_batch = match overrides.span_batch {
+            Some(b) => b,
+            None => batch("OTEL_BSP", 5000)?,
+        };
+        let log_batch = match overrides.log_batch {
+            Some(b) => b,
+            None => batch("OTEL_BLRP", 1000)?,
+        };
         let queue_size = |var: &str| -> Result<usize, ConfigError> {
             match non_empty(lookup(var)) {
                 None => Ok(DEFAULT_SPAN_QUEUE_SIZE),
@@ -496,7 +538,10 @@ impl Config {
             Some(n) => n,
             None => queue_size("OTEL_BSP_MAX_QUEUE_SIZE")?,
         };
-        let log_queue_size = queue_size("OTEL_BLRP_MAX_QUEUE_SIZE")?;
+        let log_queue_size = match overrides.log_queue_size {
+            Some(n) => n,
+            None => queue_size("OTEL_BLRP_MAX_QUEUE_SIZE")?,
+        };
         Ok(Self {
             disabled,
             service_name,
@@ -645,34 +690,51 @@ impl ExporterConfig {
                 )
             })
         };
-        let ca_certificate = match pick("CERTIFICATE") {
-            None => None,
-            Some((var, path)) => Some(read(var, path)?),
-        };
-        let client_identity = match (pick("CLIENT_CERTIFICATE"), pick("CLIENT_KEY")) {
+        let ca_certificate = match (&overrides.certificate, pick("CERTIFICATE")) {
+            (Some(path), _) => Some(read(
+                "TelemetryBuilder::certificate".to_owned(),
+                path.display().to_string(),
+            )?),
             (None, None) => None,
-            (Some((cv, cp)), Some((kv, kp))) => Some((read(cv, cp)?, read(kv, kp)?)),
-            (None, Some((var, path))) => {
-                return Err(ConfigError::invalid(
-                    &var,
-                    &path,
-                    format!(
-                        "a client key needs its certificate: set {} too",
-                        var.replace("CLIENT_KEY", "CLIENT_CERTIFICATE")
-                    ),
-                    "/etc/otel/client.key",
-                ));
-            }
-            (Some((var, path)), None) => {
-                return Err(ConfigError::invalid(
-                    &var,
-                    &path,
-                    format!(
-                        "a client certificate needs its key: set {} too",
-                        var.replace("CLIENT_CERTIFICATE", "CLIENT_KEY")
-                    ),
-                    "/etc/otel/client.pem",
-                ));
+            (None, Some((var, path))) => Some(read(var, path)?),
+        };
+        let client_identity = if let Some((cert, key)) = &overrides.client_identity {
+            Some((
+                read(
+                    "TelemetryBuilder::client_certificate (certificate)".to_owned(),
+                    cert.display().to_string(),
+                )?,
+                read(
+                    "TelemetryBuilder::client_certificate (key)".to_owned(),
+                    key.display().to_string(),
+                )?,
+            ))
+        } else {
+            match (pick("CLIENT_CERTIFICATE"), pick("CLIENT_KEY")) {
+                (None, None) => None,
+                (Some((cv, cp)), Some((kv, kp))) => Some((read(cv, cp)?, read(kv, kp)?)),
+                (None, Some((var, path))) => {
+                    return Err(ConfigError::invalid(
+                        &var,
+                        &path,
+                        format!(
+                            "a client key needs its certificate: set {} too",
+                            var.replace("CLIENT_KEY", "CLIENT_CERTIFICATE")
+                        ),
+                        "/etc/otel/client.key",
+                    ));
+                }
+                (Some((var, path)), None) => {
+                    return Err(ConfigError::invalid(
+                        &var,
+                        &path,
+                        format!(
+                            "a client certificate needs its key: set {} too",
+                            var.replace("CLIENT_CERTIFICATE", "CLIENT_KEY")
+                        ),
+                        "/etc/otel/client.pem",
+                    ));
+                }
             }
         };
 
@@ -707,6 +769,19 @@ pub enum Propagator {
     TraceContext,
     /// W3C Baggage: `baggage`.
     Baggage,
+}
+
+/// `OTEL_METRICS_EXEMPLAR_FILTER`: which measurements may become exemplars.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ExemplarFilter {
+    /// Only measurements made inside a sampled span (the default).
+    #[default]
+    TraceBased,
+    /// Every measurement.
+    AlwaysOn,
+    /// None.
+    AlwaysOff,
 }
 
 /// `OTEL_PROPAGATORS`: a comma-separated list; `none` alone turns
@@ -1174,7 +1249,7 @@ mod tests {
         );
         assert_eq!(c.span_batch.schedule_delay, Duration::from_secs(5));
         assert_eq!(c.log_batch.schedule_delay, Duration::from_secs(1));
-        assert_eq!(c.exemplar_filter, "trace_based");
+        assert_eq!(c.exemplar_filter, ExemplarFilter::TraceBased);
         let c = cfg(&[
             ("OTEL_TRACES_EXPORTER", "none"),
             ("OTEL_METRICS_EXPORTER", "NONE"),
@@ -1190,7 +1265,7 @@ mod tests {
             c.metrics_temporality,
             opentelemetry_sdk::metrics::Temporality::Delta
         );
-        assert_eq!(c.exemplar_filter, "always_off");
+        assert_eq!(c.exemplar_filter, ExemplarFilter::AlwaysOff);
         assert_eq!(c.span_batch.schedule_delay, Duration::from_millis(200));
         assert_eq!(c.span_batch.max_export_batch_size, 1024);
         assert_eq!(c.log_batch.schedule_delay, Duration::from_millis(50));

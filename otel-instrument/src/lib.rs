@@ -31,7 +31,10 @@ mod setup;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use config::{Compression, ConfigError, ParentRoot, Propagator, Protocol, SamplerConfig};
+pub use config::{
+    BatchSettings, Compression, ConfigError, ExemplarFilter, ParentRoot, Propagator, Protocol,
+    SamplerConfig,
+};
 pub use setup::{InitError, Telemetry, TelemetryBuilder, TelemetryGuard};
 
 pub use errors::{Categorize, ErrorCategory};

@@ -10,7 +10,7 @@ use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::logs::{BatchLogProcessor, SdkLoggerProvider};
-use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
 use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, IdGenerator, Sampler, SdkTracer, SdkTracerProvider,
 };
@@ -20,7 +20,8 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{
-    Compression, Config, ConfigError, Overrides, ParentRoot, Protocol, SamplerConfig,
+    BatchSettings, Compression, Config, ConfigError, ExemplarFilter, Overrides, ParentRoot,
+    Propagator, Protocol, SamplerConfig,
 };
 use crate::export::{self, ExportError, ExportRuntime, ExportStats, QueueLimit};
 use crate::monitored::{self, DEFAULT_HISTOGRAM_BOUNDARIES, MonitoredSettings};
@@ -56,9 +57,9 @@ pub enum InitError {
     )]
     Boundaries(Vec<f64>),
     /// Another global `tracing` subscriber is already installed. Use
-    /// [`TelemetryBuilder::build`] and [`Telemetry::layer`] to compose with it.
+    /// [`TelemetryBuilder::build`] and [`Telemetry::into_layer`] to compose with it.
     #[error(
-        "a global tracing subscriber is already installed; use Telemetry::builder().build()?.layer() to add ours to it"
+        "a global tracing subscriber is already installed; use `let (layer, guard) = otel_instrument::builder!().build()?.into_layer();`, add `layer` to it and keep `guard` alive"
     )]
     SubscriberAlreadySet(#[source] tracing_subscriber::util::TryInitError),
 }
@@ -66,10 +67,16 @@ pub enum InitError {
 type Lookup = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 /// Explicit settings for telemetry. Anything set here beats every environment
-/// variable; anything left unset comes from the standard `OTEL_*` variables.
+/// variable; anything left unset comes from the standard `OTEL_*` variables,
+/// and what neither sets comes from detection (and, with
+/// [`builder!`](crate::builder), the calling crate's name and version).
+///
+/// Start from [`builder!`](crate::builder), which knows your crate's name and
+/// version; [`Telemetry::builder`] knows neither, so without a name from here
+/// or `OTEL_SERVICE_NAME` the service is `unknown_service` (and a warning says so).
 ///
 /// ```no_run
-/// let _guard = otel_instrument::Telemetry::builder()
+/// let _guard = otel_instrument::builder!()
 ///     .service_name("checkout")
 ///     .endpoint("http://collector:4317")
 ///     .install()?;
@@ -79,6 +86,7 @@ pub struct TelemetryBuilder {
     lookup: Lookup,
     overrides: Overrides,
     default_service_name: Option<String>,
+    default_service_version: Option<String>,
     service_version: Option<String>,
     resource: Vec<KeyValue>,
     fmt: bool,
@@ -109,6 +117,7 @@ impl Default for TelemetryBuilder {
             lookup: Box::new(|k| std::env::var(k).ok()),
             overrides: Overrides::default(),
             default_service_name: None,
+            default_service_version: None,
             service_version: None,
             resource: Vec::new(),
             fmt: true,
@@ -140,24 +149,26 @@ impl TelemetryBuilder {
         self
     }
 
-    /// Sets `service.version`.
+    /// Sets `service.version`, beating `service.version` in `OTEL_RESOURCE_ATTRIBUTES`.
     pub fn service_version(mut self, version: impl Into<String>) -> Self {
         self.service_version = Some(version.into());
         self
     }
 
-    /// Service name and version used when nothing else names the service
-    /// (what [`init!`](crate::init) passes: the calling crate's name and version).
+    /// Service name and version used when neither the builder nor the
+    /// environment names them (what [`init!`](crate::init) and
+    /// [`builder!`](crate::builder) pass: the calling crate's name and version).
     #[doc(hidden)]
     pub fn default_service(mut self, name: &str, version: &str) -> Self {
         self.default_service_name = Some(name.to_owned());
-        if self.service_version.is_none() {
-            self.service_version = Some(version.to_owned());
-        }
+        self.default_service_version = Some(version.to_owned());
         self
     }
 
-    /// Adds a resource attribute; beats `OTEL_RESOURCE_ATTRIBUTES` for that key.
+    /// Adds a resource attribute; beats `OTEL_RESOURCE_ATTRIBUTES` and detection
+    /// for that key. `service.name` and `service.version` given here lose only
+    /// to [`service_name`](Self::service_name) and
+    /// [`service_version`](Self::service_version).
     pub fn resource_attribute(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.resource.push(KeyValue::new(key.into(), value.into()));
         self
@@ -178,6 +189,72 @@ impl TelemetryBuilder {
     /// OTLP endpoint for metrics only, used as is.
     pub fn metrics_endpoint(mut self, endpoint: impl Into<String>) -> Self {
         self.overrides.metrics_endpoint = Some(endpoint.into());
+        self
+    }
+
+    /// OTLP endpoint for logs only, used as is.
+    pub fn logs_endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.overrides.logs_endpoint = Some(endpoint.into());
+        self
+    }
+
+    /// Whether spans are exported over OTLP, beating `OTEL_TRACES_EXPORTER`
+    /// (`false` is `none`). Default: true.
+    pub fn traces_export(mut self, enabled: bool) -> Self {
+        self.overrides.traces_export = Some(enabled);
+        self
+    }
+
+    /// Whether metrics are exported over OTLP, beating `OTEL_METRICS_EXPORTER`
+    /// (the Prometheus endpoint, if any, still serves). Default: true.
+    pub fn metrics_export(mut self, enabled: bool) -> Self {
+        self.overrides.metrics_export = Some(enabled);
+        self
+    }
+
+    /// Whether `tracing` events are exported as OTLP logs, beating
+    /// `OTEL_LOGS_EXPORTER`. Default: true.
+    pub fn logs_export(mut self, enabled: bool) -> Self {
+        self.overrides.logs_export = Some(enabled);
+        self
+    }
+
+    /// The context propagators, beating `OTEL_PROPAGATORS`; an empty list
+    /// turns propagation off. Default: trace context and baggage.
+    pub fn propagators(mut self, propagators: impl IntoIterator<Item = Propagator>) -> Self {
+        self.overrides.propagators = Some(propagators.into_iter().collect());
+        self
+    }
+
+    /// Metric temporality, beating `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`.
+    /// Default: cumulative.
+    pub fn metrics_temporality(mut self, temporality: Temporality) -> Self {
+        self.overrides.metrics_temporality = Some(temporality);
+        self
+    }
+
+    /// The exemplar filter, beating `OTEL_METRICS_EXEMPLAR_FILTER`. Default:
+    /// trace based.
+    pub fn exemplar_filter(mut self, filter: ExemplarFilter) -> Self {
+        self.overrides.exemplar_filter = Some(filter);
+        self
+    }
+
+    /// A PEM CA certificate to trust for `https://` endpoints, beating
+    /// `OTEL_EXPORTER_OTLP_{,<SIGNAL>_}CERTIFICATE`. Read by `build`.
+    pub fn certificate(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.overrides.certificate = Some(path.into());
+        self
+    }
+
+    /// A PEM client certificate and its key, for mTLS, beating
+    /// `OTEL_EXPORTER_OTLP_{,<SIGNAL>_}CLIENT_CERTIFICATE` and `..._CLIENT_KEY`.
+    pub fn client_certificate(
+        mut self,
+        certificate: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.overrides.client_identity = Some((certificate.into(), key.into()));
         self
     }
 
@@ -269,6 +346,33 @@ impl TelemetryBuilder {
         self
     }
 
+    /// Capacity of the batch log record queue, beating `OTEL_BLRP_MAX_QUEUE_SIZE`.
+    /// Default: 2048. Records beyond it are dropped and counted.
+    pub fn log_queue_size(mut self, size: usize) -> Self {
+        self.overrides.log_queue_size = Some(size.max(1));
+        self
+    }
+
+    /// How spans are batched, beating `OTEL_BSP_SCHEDULE_DELAY` and
+    /// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`. Default: 5 s, 512.
+    pub fn span_batch(mut self, schedule_delay: Duration, max_export_batch_size: usize) -> Self {
+        self.overrides.span_batch = Some(BatchSettings {
+            schedule_delay,
+            max_export_batch_size: max_export_batch_size.max(1),
+        });
+        self
+    }
+
+    /// How log records are batched, beating `OTEL_BLRP_SCHEDULE_DELAY` and
+    /// `OTEL_BLRP_MAX_EXPORT_BATCH_SIZE`. Default: 1 s, 512.
+    pub fn log_batch(mut self, schedule_delay: Duration, max_export_batch_size: usize) -> Self {
+        self.overrides.log_batch = Some(BatchSettings {
+            schedule_delay,
+            max_export_batch_size: max_export_batch_size.max(1),
+        });
+        self
+    }
+
     /// Also serves the metrics for Prometheus at `http://<addr>/metrics`
     /// (feature `prometheus`). Bind to 127.0.0.1 unless it must be reachable.
     #[cfg(feature = "prometheus")]
@@ -277,13 +381,22 @@ impl TelemetryBuilder {
         self
     }
 
+    /// The settings `build` would use: builder over environment over defaults.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first variable or setting that is invalid.
+    pub fn config(&self) -> Result<Config, ConfigError> {
+        Config::from_lookup(&*self.lookup, &self.overrides)
+    }
+
     /// Builds providers and exporters and sets them as the OpenTelemetry globals,
-    /// without installing a `tracing` subscriber. Add [`Telemetry::layer`] to yours.
+    /// without installing a `tracing` subscriber. Add the layer from
+    /// [`Telemetry::into_layer`] to yours, and keep the guard it returns.
     ///
     /// # Errors
     /// An invalid setting or variable, or an exporter that cannot be built.
     pub fn build(self) -> Result<Telemetry, InitError> {
-        let config = Config::from_lookup(&*self.lookup, &self.overrides)?;
+        let mut config = self.config()?;
         let b = &self.histogram_boundaries;
         if b.iter().any(|x| !x.is_finite()) || b.windows(2).any(|w| w[0] >= w[1]) {
             return Err(InitError::Boundaries(b.clone()));
@@ -309,6 +422,18 @@ impl TelemetryBuilder {
             cancelled: self.cancelled,
         });
 
+        let resource = self.resource(&config);
+        if resource
+            .get(&opentelemetry::Key::from_static_str("service.name"))
+            .is_some_and(|n| n.as_str() == UNKNOWN_SERVICE)
+        {
+            config.warnings.push(
+                "service.name is not set, so telemetry is exported as \"unknown_service\"; \
+                 start from otel_instrument::builder!() (the crate's name), call \
+                 .service_name(..), or set OTEL_SERVICE_NAME"
+                    .to_owned(),
+            );
+        }
         let stats = Arc::new(ExportStats::default());
         if config.disabled {
             return Ok(Telemetry {
@@ -316,11 +441,11 @@ impl TelemetryBuilder {
                 filter,
                 fmt: self.fmt,
                 warnings: config.warnings,
+                resource,
                 guard: TelemetryGuard::empty(stats),
             });
         }
 
-        let resource = self.resource(&config);
         // #[monitored] integration: autometrics' spec wants service.name on the function metrics.
         if let Some(name) = resource.get(&opentelemetry::Key::from_static_str("service.name")) {
             monitored::set_service_name(name.to_string());
@@ -420,7 +545,7 @@ impl TelemetryBuilder {
             None
         };
         let mut tp = SdkTracerProvider::builder()
-            .with_resource(resource)
+            .with_resource(resource.clone())
             .with_sampler(monitored::sampler(sdk_sampler(config.sampler))); // #[monitored] integration
         if let Some(processor) = processor {
             tp = tp.with_span_processor(processor);
@@ -452,6 +577,7 @@ impl TelemetryBuilder {
             filter,
             fmt: self.fmt,
             warnings: config.warnings,
+            resource,
             guard: TelemetryGuard {
                 tracer_provider: Some(tracer_provider),
                 meter_provider: Some(meter_provider),
@@ -472,30 +598,53 @@ impl TelemetryBuilder {
     /// As [`build`](Self::build), or another global subscriber is already set.
     pub fn install(self) -> Result<TelemetryGuard, InitError> {
         let telemetry = self.build()?;
-        telemetry
-            .subscriber()?
+        let warnings = telemetry.warnings.clone();
+        let (subscriber, guard) = telemetry.into_subscriber()?;
+        subscriber
             .try_init()
             .map_err(InitError::SubscriberAlreadySet)?;
-        for warning in telemetry.warnings() {
+        for warning in warnings {
             tracing::warn!("{warning}");
         }
-        Ok(telemetry.guard)
+        Ok(guard)
     }
 
+    /// The resource, by one rule for every attribute: builder > environment >
+    /// detection (which includes `init!()`'s crate name and version). Within
+    /// the environment, `OTEL_SERVICE_NAME` beats `service.name` in
+    /// `OTEL_RESOURCE_ATTRIBUTES`, as the specification says; within the
+    /// builder, `service_name`/`service_version` beat `resource_attribute`.
     fn resource(&self, config: &Config) -> Resource {
-        // Precedence for service.name: builder/OTEL_SERVICE_NAME (resolved in
-        // `config`) > service.name in OTEL_RESOURCE_ATTRIBUTES > init!()'s crate name.
-        let from_attrs = config
-            .resource_attributes
-            .iter()
-            .find(|(k, _)| k == "service.name")
-            .map(|(_, v)| v.clone());
-        let name = config
+        let builder_attr = |key: &str| {
+            self.resource
+                .iter()
+                .rev()
+                .find(|kv| kv.key.as_str() == key)
+                .map(|kv| kv.value.to_string())
+        };
+        let env_attr = |key: &str| {
+            config
+                .resource_attributes
+                .iter()
+                .rev()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+        };
+        let name = self
+            .overrides
             .service_name
             .clone()
-            .or(from_attrs)
+            .or_else(|| builder_attr("service.name"))
+            .or_else(|| config.service_name.clone()) // OTEL_SERVICE_NAME
+            .or_else(|| env_attr("service.name"))
             .or_else(|| self.default_service_name.clone())
-            .unwrap_or_else(|| "unknown_service".to_owned());
+            .unwrap_or_else(|| UNKNOWN_SERVICE.to_owned());
+        let version = self
+            .service_version
+            .clone()
+            .or_else(|| builder_attr("service.version"))
+            .or_else(|| env_attr("service.version"))
+            .or_else(|| self.default_service_version.clone());
         // Later attributes win: detection < OTEL_RESOURCE_ATTRIBUTES < builder.
         let mut builder = Resource::builder_empty()
             .with_detector(Box::new(
@@ -507,16 +656,17 @@ impl TelemetryBuilder {
                     .resource_attributes
                     .iter()
                     .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
-            );
-        if let Some(v) = &self.service_version {
-            builder = builder.with_attribute(KeyValue::new("service.version", v.clone()));
+            )
+            .with_attributes(self.resource.iter().cloned());
+        if let Some(v) = version {
+            builder = builder.with_attribute(KeyValue::new("service.version", v));
         }
-        builder
-            .with_attributes(self.resource.iter().cloned())
-            .with_service_name(name)
-            .build()
+        builder.with_service_name(name).build()
     }
 }
+
+/// The service name the specification prescribes when none is given.
+const UNKNOWN_SERVICE: &str = "unknown_service";
 
 /// Autometrics' `build_info` (spec v1.0.0): a gauge of 1 whose labels say what
 /// runs, so its dashboards can join versions and commits to the function
@@ -583,24 +733,52 @@ pub(crate) fn sdk_sampler(c: SamplerConfig) -> Sampler {
 }
 
 /// Telemetry that is built but whose `tracing` layer is not yet installed.
+///
+/// It owns the [`TelemetryGuard`]: take the layer (or subscriber) and the guard
+/// together with [`into_layer`](Self::into_layer) or
+/// [`into_subscriber`](Self::into_subscriber), and keep the guard alive. Dropping
+/// a `Telemetry` shuts everything down, so it is `#[must_use]`.
 #[derive(Debug)]
+#[must_use = "a Telemetry dropped unused shuts telemetry down: call into_layer() or into_subscriber() and keep the guard"]
 pub struct Telemetry {
     tracer: Option<SdkTracer>,
     filter: String,
     fmt: bool,
     warnings: Vec<String>,
+    resource: Resource,
     guard: TelemetryGuard,
 }
 
 impl Telemetry {
-    /// Starts a builder with nothing set explicitly.
+    /// Starts a builder with nothing set explicitly, not even the service
+    /// name: prefer [`builder!`](crate::builder), which defaults
+    /// `service.name` and `service.version` to your crate's.
     pub fn builder() -> TelemetryBuilder {
         TelemetryBuilder::default()
     }
 
-    /// The OpenTelemetry layer, to compose into your own subscriber. It does
-    /// nothing when the SDK is disabled.
-    pub fn layer<S>(&self) -> impl Layer<S> + 'static
+    /// The OpenTelemetry layer, to compose into your own subscriber, and the
+    /// guard that keeps it exporting. Keep the guard alive as long as the
+    /// layer is in use: dropping it flushes and shuts telemetry down. The
+    /// layer does nothing when the SDK is disabled.
+    ///
+    /// ```no_run
+    /// use tracing_subscriber::layer::SubscriberExt as _;
+    /// use tracing_subscriber::util::SubscriberInitExt as _;
+    ///
+    /// let (layer, _guard) = otel_instrument::builder!().build()?.into_layer();
+    /// tracing_subscriber::registry().with(layer).init();
+    /// # Ok::<(), otel_instrument::InitError>(())
+    /// ```
+    pub fn into_layer<S>(self) -> (impl Layer<S> + 'static, TelemetryGuard)
+    where
+        S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    {
+        let layer = self.otel_layer();
+        (layer, self.guard)
+    }
+
+    fn otel_layer<S>(&self) -> Option<impl Layer<S> + use<S>>
     where
         S: tracing::Subscriber + for<'a> LookupSpan<'a>,
     {
@@ -621,10 +799,11 @@ impl Telemetry {
         })
     }
 
-    /// The `tracing` subscriber that [`TelemetryBuilder::install`] makes global:
-    /// `EnvFilter` (from `RUST_LOG`), the fmt layer (unless turned off) and
-    /// [`layer`](Self::layer). Use it with `tracing::subscriber::with_default`
-    /// to get exactly the default setup without a global subscriber.
+    /// The `tracing` subscriber that [`TelemetryBuilder::install`] makes global
+    /// (`EnvFilter` from `RUST_LOG`, the fmt layer unless turned off, and the
+    /// OpenTelemetry layer), with the guard that keeps it exporting. Use it
+    /// with `tracing::subscriber::with_default` to get exactly the default
+    /// setup without a global subscriber; keep the guard alive meanwhile.
     ///
     /// The fmt layer names the monitored call and trace context of each event
     /// from `#[monitored]`'s own frame ([`monitored::MonitoredFormat`]), so no
@@ -632,9 +811,15 @@ impl Telemetry {
     ///
     /// # Errors
     /// The filter directives do not parse.
-    pub fn subscriber(
-        &self,
-    ) -> Result<impl tracing::Subscriber + Send + Sync + 'static, InitError> {
+    pub fn into_subscriber(
+        self,
+    ) -> Result<
+        (
+            impl tracing::Subscriber + Send + Sync + 'static,
+            TelemetryGuard,
+        ),
+        InitError,
+    > {
         let filter = EnvFilter::try_new(&self.filter).map_err(|source| InitError::Filter {
             value: self.filter.clone(),
             source,
@@ -648,23 +833,25 @@ impl Telemetry {
         });
         // #[monitored] integration: neither layer needs a tracing span per call.
         monitored::set_other_layers(false);
-        Ok(tracing_subscriber::registry()
+        let subscriber = tracing_subscriber::registry()
             .with(filter)
             .with(fmt)
-            .with(self.layer()))
+            .with(self.otel_layer());
+        Ok((subscriber, self.guard))
     }
 
     /// Settings that were read leniently, as the specification asks (for
-    /// example an `OTEL_SDK_DISABLED` that is neither true nor false): what
+    /// example an `OTEL_SDK_DISABLED` that is neither true nor false), or
+    /// left at a default that is rarely wanted (no `service.name`): what
     /// happened and what to write instead. [`TelemetryBuilder::install`] logs
     /// them; log them yourself when you compose your own subscriber.
     pub fn warnings(&self) -> &[String] {
         &self.warnings
     }
 
-    /// The guard that flushes and shuts down on drop. Keep it alive.
-    pub fn into_guard(self) -> TelemetryGuard {
-        self.guard
+    /// The resource every signal is exported with.
+    pub fn resource(&self) -> &Resource {
+        &self.resource
     }
 
     /// The guard, borrowed.

@@ -30,7 +30,8 @@ fn spans_metrics_and_logs_arrive_over_http_with_headers_and_gzip() {
         .endpoint(sink.endpoint())
         .build()
         .unwrap();
-    let sub = tracing_subscriber::registry().with(t.layer());
+    let (layer, guard) = t.into_layer();
+    let sub = tracing_subscriber::registry().with(layer);
     tracing::subscriber::with_default(sub, || {
         tracing::info_span!("over_http").in_scope(|| tracing::warn!("logged over http"));
     });
@@ -38,7 +39,7 @@ fn spans_metrics_and_logs_arrive_over_http_with_headers_and_gzip() {
         .u64_counter("http_test.ticks")
         .build()
         .add(2, &[]);
-    assert!(t.guard().flush());
+    assert!(guard.flush());
     let got = sink
         .wait_until(WAIT, |r| {
             !r.traces.is_empty() && !r.logs.is_empty() && r.last_metric("http_test.ticks").is_some()
@@ -62,7 +63,7 @@ fn spans_metrics_and_logs_arrive_over_http_with_headers_and_gzip() {
             "{h:?}"
         );
     }
-    assert_eq!(t.guard().stats().failures(Signal::Traces), 0);
+    assert_eq!(guard.stats().failures(Signal::Traces), 0);
 }
 
 #[test]
@@ -77,12 +78,13 @@ fn a_throttled_http_export_waits_for_retry_after_and_loses_nothing() {
         .endpoint(sink.endpoint())
         .build()
         .unwrap();
-    let sub = tracing_subscriber::registry().with(t.layer());
+    let (layer, guard) = t.into_layer();
+    let sub = tracing_subscriber::registry().with(layer);
     tracing::subscriber::with_default(sub, || {
         tracing::info_span!("throttled_over_http").in_scope(|| {});
     });
     let flusher = std::thread::spawn({
-        let tp = t.guard().tracer_provider().cloned();
+        let tp = guard.tracer_provider().cloned();
         move || tp.map(|tp| tp.force_flush())
     });
     let first = sink
@@ -116,5 +118,5 @@ fn a_throttled_http_export_waits_for_retry_after_and_loses_nothing() {
             .iter()
             .any(|s| s.span.name == "throttled_over_http")
     );
-    assert_eq!(t.guard().stats().failures(Signal::Traces), 0);
+    assert_eq!(guard.stats().failures(Signal::Traces), 0);
 }

@@ -208,11 +208,12 @@ fn builder_endpoint_beats_both_environment_levels_on_the_wire() {
         .service_name("from-builder")
         .build()
         .unwrap();
-    let sub = tracing_subscriber::registry().with(t.layer());
+    let (layer, guard) = t.into_layer();
+    let sub = tracing_subscriber::registry().with(layer);
     tracing::subscriber::with_default(sub, || {
         tracing::info_span!("precedence").in_scope(|| {});
     });
-    t.into_guard().shutdown();
+    guard.shutdown();
     let span = sink
         .wait_for_span("precedence", WAIT)
         .expect("span must reach the builder's endpoint");
@@ -239,11 +240,12 @@ fn signal_specific_env_beats_generic_env_on_the_wire() {
         ]))
         .build()
         .unwrap();
-    let sub = tracing_subscriber::registry().with(t.layer());
+    let (layer, guard) = t.into_layer();
+    let sub = tracing_subscriber::registry().with(layer);
     tracing::subscriber::with_default(sub, || {
         tracing::info_span!("signal-env").in_scope(|| {});
     });
-    t.into_guard().shutdown();
+    guard.shutdown();
     assert!(sink.wait_for_span("signal-env", WAIT).is_some());
     let got = sink.received();
     let h = &got.headers[0];
@@ -302,11 +304,12 @@ fn sdk_disabled_exports_nothing_and_is_not_an_error() {
         .build()
         .expect("a disabled SDK is not an error");
     assert!(t.guard().tracer_provider().is_none());
-    let sub = tracing_subscriber::registry().with(t.layer());
+    let (layer, guard) = t.into_layer();
+    let sub = tracing_subscriber::registry().with(layer);
     tracing::subscriber::with_default(sub, || {
         tracing::info_span!("invisible").in_scope(|| {});
     });
-    t.into_guard().shutdown();
+    guard.shutdown();
     assert!(
         sink.wait_until(Duration::from_millis(500), |r| !r.traces.is_empty()
             || !r.metrics.is_empty())
@@ -328,11 +331,12 @@ fn a_typo_in_sdk_disabled_keeps_telemetry_on_with_a_warning() {
         .expect("a typo must not stop the service");
     assert_eq!(t.warnings().len(), 1);
     assert!(t.warnings()[0].contains("OTEL_SDK_DISABLED=\"yes\""));
-    let sub = tracing_subscriber::registry().with(t.layer());
+    let (layer, guard) = t.into_layer();
+    let sub = tracing_subscriber::registry().with(layer);
     tracing::subscriber::with_default(sub, || {
         tracing::info_span!("still_exported").in_scope(|| {});
     });
-    assert!(t.guard().flush());
+    assert!(guard.flush());
     assert!(
         sink.wait_for_span("still_exported", WAIT).is_some(),
         "telemetry stays on"
@@ -350,7 +354,8 @@ fn traces_exporter_none_exports_metrics_but_no_spans() {
         ]))
         .build()
         .unwrap();
-    let sub = tracing_subscriber::registry().with(t.layer());
+    let (layer, guard) = t.into_layer();
+    let sub = tracing_subscriber::registry().with(layer);
     tracing::subscriber::with_default(sub, || {
         tracing::info_span!("not_exported").in_scope(|| {});
     });
@@ -358,7 +363,7 @@ fn traces_exporter_none_exports_metrics_but_no_spans() {
         .u64_counter("none_test.ticks")
         .build()
         .add(1, &[]);
-    assert!(t.guard().flush());
+    assert!(guard.flush());
     assert!(sink.wait_for_metric("none_test.ticks", WAIT).is_some());
     assert!(sink.received().traces.is_empty(), "no span may be exported");
 }
@@ -372,7 +377,8 @@ fn drop_time_with_collector_absent(shutdown_timeout: Duration) -> Duration {
         .shutdown_timeout(shutdown_timeout)
         .build()
         .unwrap();
-    let sub = tracing_subscriber::registry().with(t.layer());
+    let (layer, guard) = t.into_layer();
+    let sub = tracing_subscriber::registry().with(layer);
     let started = Instant::now();
     tracing::subscriber::with_default(sub, || {
         for _ in 0..100 {
@@ -387,7 +393,7 @@ fn drop_time_with_collector_absent(shutdown_timeout: Duration) -> Duration {
         started.elapsed() < Duration::from_secs(1),
         "telemetry calls must not block"
     );
-    let guard = t.into_guard();
+    let guard = guard;
     let started = Instant::now();
     drop(guard);
     started.elapsed()
@@ -487,14 +493,15 @@ fn spans_dropped_by_a_full_queue_are_counted_exactly() {
         .metric_export_interval(Duration::from_secs(3600))
         .build()
         .unwrap();
-    let sub = tracing_subscriber::registry().with(t.layer());
+    let (layer, guard) = t.into_layer();
+    let sub = tracing_subscriber::registry().with(layer);
     tracing::subscriber::with_default(sub, || {
         for _ in 0..2000 {
             tracing::info_span!("flood").in_scope(|| {});
         }
     });
-    assert!(t.guard().flush(), "flush timed out");
-    let dropped = t.guard().stats().spans_queue_full();
+    assert!(guard.flush(), "flush timed out");
+    let dropped = guard.stats().spans_queue_full();
     let got = sink
         .wait_until(WAIT, |r| {
             sum_value(
@@ -520,7 +527,7 @@ fn spans_dropped_by_a_full_queue_are_counted_exactly() {
         ),
         Some(dropped as f64)
     );
-    drop(t);
+    drop(guard);
 }
 
 #[cfg(feature = "prometheus")]

@@ -76,11 +76,12 @@ fn send_one(sink: &OtlpSink, vars: Vec<(&'static str, String)>, name: &str) -> (
         .timeout(Duration::from_secs(2))
         .build()
         .expect("telemetry");
-    let sub = tracing_subscriber::registry().with(t.layer());
+    let (layer, guard) = t.into_layer();
+    let sub = tracing_subscriber::registry().with(layer);
     tracing::subscriber::with_default(sub, || {
         tracing::info_span!("tls_span", which = name).in_scope(|| {});
     });
-    t.guard().flush();
+    guard.flush();
     let arrived = sink
         .wait_until(Duration::from_secs(3), |r| {
             r.spans()
@@ -88,7 +89,7 @@ fn send_one(sink: &OtlpSink, vars: Vec<(&'static str, String)>, name: &str) -> (
                 .any(|s| s.attributes().get("which").map(String::as_str) == Some(name))
         })
         .is_some();
-    let failures = t.guard().stats().failures(Signal::Traces);
+    let failures = guard.stats().failures(Signal::Traces);
     (arrived, failures)
 }
 
