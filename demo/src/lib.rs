@@ -32,6 +32,20 @@ pub mod backend;
 pub mod gateway;
 pub mod load;
 
+/// The code blocks of the project's documentation, compiled (`no_run` blocks)
+/// and run as doc tests here, where real axum and tonic services and the
+/// demo's generated gRPC code are at hand. A snippet that stops compiling
+/// fails `cargo test`.
+#[cfg(doctest)]
+pub mod docs {
+    #[doc = include_str!("../../README.md")]
+    pub struct Readme;
+    #[doc = include_str!("../../otel-instrument/README.md")]
+    pub struct InstrumentReadme;
+    #[doc = include_str!("../../otel-instrument/MONITORED.md")]
+    pub struct Monitored;
+}
+
 /// The generated gRPC code for `proto/demo/v1/inventory.proto`.
 #[allow(missing_docs, missing_debug_implementations, unreachable_pub)]
 pub mod proto {
