@@ -19,6 +19,19 @@
 //! `unit = "By"` [`BYTES`]; any other unit keeps the SDK's defaults.
 //!
 //! # Label values
+//! A label value is a `&str`, `&String`, `String`, `bool`, `f64`, an
+//! [`opentelemetry::Value`], or any integer type (`i8` to `i128`, `u8` to
+//! `u128`, `isize`, `usize`). Integers are exported as OpenTelemetry `i64`
+//! values; a `u64`, `usize`, `u128` or `i128` outside the `i64` range is
+//! exported as its decimal digits (a string), so it is never wrapped or
+//! clamped. A Prometheus label shows both forms as the same digits.
+//!
+//! ```
+//! let shard: usize = 3;
+//! let port: u16 = 8080;
+//! otel_instrument::counter!("jobs.done", 1, "shard" => shard, "port" => port, "retry" => 2);
+//! ```
+//!
 //! A `&str` label value does not allocate per call: each thread keeps the
 //! values it has seen (at most 256; the set is cleared when full, so memory
 //! stays bounded whatever the cardinality).
@@ -196,7 +209,9 @@ impl<T: Instrument> InstrumentSite<T> {
     }
 }
 
-/// Converts a label value given to the metric macros.
+/// Converts a label value given to the metric macros: strings, `bool`, `f64`,
+/// [`Value`] and every integer type (see the [module docs](crate::metrics#label-values)
+/// for integers beyond `i64`).
 pub trait LabelValue {
     /// The OpenTelemetry value.
     fn into_value(self) -> Value;
@@ -241,11 +256,34 @@ impl LabelValue for bool {
         Value::from(self)
     }
 }
-impl LabelValue for i64 {
-    fn into_value(self) -> Value {
-        Value::from(self)
-    }
+/// Integers that always fit an OpenTelemetry `i64`.
+macro_rules! int_label_value {
+    ($($t:ty),*) => {$(
+        impl LabelValue for $t {
+            fn into_value(self) -> Value {
+                Value::I64(i64::from(self))
+            }
+        }
+    )*};
 }
+int_label_value!(i8, i16, i32, i64, u8, u16, u32);
+
+/// Integers that may not fit an `i64`: an `i64` when they do, and otherwise
+/// their decimal digits as a string, so the value stays exact (never wrapped
+/// or clamped to `i64::MAX`). Prometheus shows both as the same digits.
+macro_rules! wide_int_label_value {
+    ($($t:ty),*) => {$(
+        impl LabelValue for $t {
+            fn into_value(self) -> Value {
+                match i64::try_from(self) {
+                    Ok(v) => Value::I64(v),
+                    Err(_) => Value::from(self.to_string()),
+                }
+            }
+        }
+    )*};
+}
+wide_int_label_value!(u64, usize, isize, i128, u128);
 impl LabelValue for f64 {
     fn into_value(self) -> Value {
         Value::from(self)
@@ -335,6 +373,42 @@ mod tests {
         for b in [SECONDS, MILLISECONDS, BYTES] {
             assert!(b.windows(2).all(|w| w[0] < w[1]));
         }
+    }
+
+    #[test]
+    fn every_integer_type_is_an_i64_label_and_one_beyond_i64_keeps_its_digits() {
+        let int = |v: Value| match v {
+            Value::I64(i) => i,
+            other => panic!("an i64 value expected, got {other:?}"),
+        };
+        assert_eq!(int((-8i8).into_value()), -8);
+        assert_eq!(int(i16::MIN.into_value()), i64::from(i16::MIN));
+        assert_eq!(int((-32i32).into_value()), -32);
+        assert_eq!(int(i64::MIN.into_value()), i64::MIN);
+        assert_eq!(int(u8::MAX.into_value()), 255);
+        assert_eq!(int(u16::MAX.into_value()), 65_535);
+        assert_eq!(int(u32::MAX.into_value()), 4_294_967_295);
+        assert_eq!(int(7usize.into_value()), 7);
+        assert_eq!(int((-7isize).into_value()), -7);
+        assert_eq!(int((i64::MAX as u64).into_value()), i64::MAX);
+        assert_eq!(int((i64::MIN as i128).into_value()), i64::MIN);
+        assert_eq!(int(42u128.into_value()), 42);
+        // Beyond i64: the exact digits, never a wrapped (negative) or clamped number.
+        let digits = |v: Value| match v {
+            Value::String(s) => s.as_str().to_owned(),
+            other => panic!("a string value expected, got {other:?}"),
+        };
+        assert_eq!(digits(u64::MAX.into_value()), "18446744073709551615");
+        assert_eq!(
+            digits((i64::MAX as u64 + 1).into_value()),
+            "9223372036854775808"
+        );
+        #[cfg(target_pointer_width = "64")]
+        assert_eq!(digits(usize::MAX.into_value()), usize::MAX.to_string());
+        assert_eq!(digits(u128::MAX.into_value()), u128::MAX.to_string());
+        assert_eq!(digits(i128::MIN.into_value()), i128::MIN.to_string());
+        // An unsuffixed literal still works (it becomes an i32).
+        assert_eq!(label("n", 3).value, Value::I64(3));
     }
 
     #[test]

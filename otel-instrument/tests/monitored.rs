@@ -518,6 +518,89 @@ fn the_metric_macros_export_with_their_labels() {
     }
 }
 
+/// Every integer type is a label value, exported as an OTLP int; a `u64` or
+/// `usize` beyond `i64::MAX` is exported as its exact digits, never wrapped.
+#[test]
+fn the_metric_macros_take_every_integer_type_as_a_label() {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+    let p = pipeline();
+    otel_instrument::counter!(
+        "test.int.labels",
+        1,
+        "i8" => -8i8,
+        "i16" => -16i16,
+        "i32" => -32i32,
+        "i64" => i64::MIN,
+        "isize" => -64isize,
+        "u8" => 8u8,
+        "u16" => 8080u16,
+        "u32" => u32::MAX,
+        "u64" => 64u64,
+        "usize" => 3usize,
+        "literal" => 5,
+    );
+    otel_instrument::histogram!("test.int.labels.hist", 1.0, "shard" => 7usize);
+    otel_instrument::gauge!("test.int.labels.gauge", 1.0, "port" => 443u16);
+    otel_instrument::up_down!(
+        "test.int.labels.up_down",
+        1,
+        "big" => u64::MAX,
+        "big_usize" => usize::MAX,
+        "edge" => i64::MAX as u64,
+    );
+    let names = [
+        "test.int.labels",
+        "test.int.labels.hist",
+        "test.int.labels.gauge",
+        "test.int.labels.up_down",
+    ];
+    let r = flush_until(&p.sink, &p.guard, |r| {
+        names.iter().all(|n| r.last_metric(n).is_some())
+    });
+    let attrs = |name: &str| -> std::collections::BTreeMap<String, Any> {
+        let kvs = match r.last_metric(name).unwrap().metric.data.unwrap() {
+            Data::Sum(s) => s.data_points[0].attributes.clone(),
+            Data::Gauge(g) => g.data_points[0].attributes.clone(),
+            Data::Histogram(h) => h.data_points[0].attributes.clone(),
+            other => panic!("{name}: unexpected {other:?}"),
+        };
+        kvs.into_iter()
+            .map(|kv| (kv.key, kv.value.and_then(|v| v.value).unwrap()))
+            .collect()
+    };
+    let ints = |pairs: &[(&str, i64)]| -> std::collections::BTreeMap<String, Any> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), Any::IntValue(*v)))
+            .collect()
+    };
+    assert_eq!(
+        attrs("test.int.labels"),
+        ints(&[
+            ("i8", -8),
+            ("i16", -16),
+            ("i32", -32),
+            ("i64", i64::MIN),
+            ("isize", -64),
+            ("u8", 8),
+            ("u16", 8080),
+            ("u32", i64::from(u32::MAX)),
+            ("u64", 64),
+            ("usize", 3),
+            ("literal", 5),
+        ])
+    );
+    assert_eq!(attrs("test.int.labels.hist"), ints(&[("shard", 7)]));
+    assert_eq!(attrs("test.int.labels.gauge"), ints(&[("port", 443)]));
+    let mut big = ints(&[("edge", i64::MAX)]);
+    big.insert("big".to_owned(), Any::StringValue(u64::MAX.to_string()));
+    big.insert(
+        "big_usize".to_owned(),
+        Any::StringValue(usize::MAX.to_string()),
+    );
+    assert_eq!(attrs("test.int.labels.up_down"), big);
+}
+
 #[monitored]
 fn logs_inside() {
     tracing::info!(order = 7, "charging card");

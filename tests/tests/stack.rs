@@ -2,7 +2,7 @@
 //! references between services, volumes and files, the collector's pipelines, and
 //! the Prometheus config and alert rules with promtool.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
 use e2e::{repo_root, run_ok, tool, yaml};
@@ -472,19 +472,81 @@ fn dashboard_links(d: &serde_json::Value) -> Vec<(String, serde_json::Value)> {
     out
 }
 
+/// The datasources an Explore URL opens, as (uid, plugin type where the URL states it):
+/// each pane's datasource and each of its queries'.
+fn explore_datasources(url: &str) -> Vec<(String, Option<String>)> {
+    let (_, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut out = Vec::new();
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k != "panes" && k != "left" {
+            continue;
+        }
+        let state: serde_json::Value = serde_json::from_str(&percent_decode(v))
+            .unwrap_or_else(|e| panic!("{url:?}: {k} is not JSON: {e}"));
+        let states: Vec<&serde_json::Value> = if k == "panes" {
+            state.as_object().unwrap().values().collect()
+        } else {
+            vec![&state]
+        };
+        for pane in states {
+            let uid = pane["datasource"].as_str().unwrap_or_default();
+            out.push((uid.to_owned(), None));
+            for q in pane["queries"].as_array().into_iter().flatten() {
+                if let Some(uid) = q["datasource"]["uid"].as_str() {
+                    let kind = q["datasource"]["type"].as_str().map(str::to_owned);
+                    out.push((uid.to_owned(), kind));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The variable a datasource uid refers to, if it is a reference: `${name}` or
+/// `$name`. A format (`${name:text}`) is not one: Grafana then interpolates the
+/// datasource's name or an escaped value, where a uid belongs.
+fn variable_reference(uid: &str) -> Option<&str> {
+    let name = match uid.strip_prefix("${") {
+        Some(rest) => rest.strip_suffix('}')?,
+        None => uid.strip_prefix('$')?,
+    };
+    let plain = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    plain.then_some(name)
+}
+
+/// A dashboard's datasource variables: name -> the plugin type they list (`query`).
+fn datasource_variables(d: &serde_json::Value) -> BTreeMap<String, String> {
+    d["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| v["type"] == "datasource")
+        .filter_map(|v| {
+            Some((
+                v["name"].as_str()?.to_owned(),
+                v["query"].as_str()?.to_owned(),
+            ))
+        })
+        .collect()
+}
+
 /// The role a relative Grafana URL needs, checking that what it opens exists:
 /// `/d/<uid>` needs Viewer and one of our dashboards; `/explore` needs Editor
-/// (Grafana 12+ has no `viewers_can_edit`) and provisioned datasources.
+/// (Grafana 12+ has no `viewers_can_edit`) and datasources the stack provisions
+/// (`datasources`: uid -> type), named directly or through one of the dashboard's
+/// datasource `variables` (name -> type) whose type the stack provisions.
 fn role_needed_by(
     url: &str,
     dashboard_uids: &BTreeSet<String>,
-    datasource_uids: &BTreeSet<String>,
+    datasources: &BTreeMap<String, String>,
+    variables: &BTreeMap<String, String>,
 ) -> &'static str {
     assert!(
         url.starts_with('/'),
         "{url:?}: use a path inside Grafana; an absolute URL breaks when the host port changes"
     );
-    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    let path = url.split_once('?').map_or(url, |(path, _)| path);
     if let Some(rest) = path.strip_prefix("/d/") {
         let uid = rest.split('/').next().unwrap();
         assert!(
@@ -500,37 +562,44 @@ fn role_needed_by(
         path, "/explore",
         "{url:?}: a Grafana route this test does not know"
     );
-    let mut panes = 0;
-    for pair in query.split('&') {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if k != "panes" && k != "left" {
-            continue;
-        }
-        let state: serde_json::Value = serde_json::from_str(&percent_decode(v))
-            .unwrap_or_else(|e| panic!("{url:?}: {k} is not JSON: {e}"));
-        let states: Vec<&serde_json::Value> = if k == "panes" {
-            state.as_object().unwrap().values().collect()
-        } else {
-            vec![&state]
-        };
-        for pane in states {
-            panes += 1;
-            let mut uids = vec![pane["datasource"].as_str().unwrap_or_default().to_owned()];
-            for q in pane["queries"].as_array().into_iter().flatten() {
-                if let Some(uid) = q["datasource"]["uid"].as_str() {
-                    uids.push(uid.to_owned());
-                }
-            }
-            for uid in uids {
+    let opened = explore_datasources(url);
+    assert!(
+        !opened.is_empty(),
+        "{url:?} opens Explore without a datasource"
+    );
+    for (uid, _) in opened {
+        match variable_reference(&uid) {
+            Some(var) => {
+                let kind = variables.get(var).unwrap_or_else(|| {
+                    panic!("{url:?} explores ${{{var}}}, which is no datasource variable")
+                });
                 assert!(
-                    datasource_uids.contains(&uid),
-                    "{url:?} explores datasource {uid:?}, which is not provisioned"
+                    datasources.values().any(|t| t == kind),
+                    "{url:?} explores a {kind} datasource, and none is provisioned"
                 );
             }
+            None => assert!(
+                datasources.contains_key(&uid),
+                "{url:?} explores datasource {uid:?}, which is not provisioned"
+            ),
         }
     }
-    assert!(panes > 0, "{url:?} opens Explore without a datasource");
     "Editor"
+}
+
+/// Every dashboard under grafana/dashboards, parsed.
+fn dashboard_files() -> Vec<(std::path::PathBuf, serde_json::Value)> {
+    let mut dashboards = Vec::new();
+    for entry in std::fs::read_dir(repo_root().join("grafana/dashboards")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let d: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            dashboards.push((path, d));
+        }
+    }
+    dashboards.sort_by(|a, b| a.0.cmp(&b.0));
+    dashboards
 }
 
 /// The README promises that anonymous users can follow every link; the compose file
@@ -576,21 +645,18 @@ fn anonymous_users_can_open_every_dashboard_link() {
     }
 
     let datasources = yaml("grafana/provisioning/datasources/datasources.yaml");
-    let datasource_uids: BTreeSet<String> = datasources["datasources"]
+    let datasource_uids: BTreeMap<String, String> = datasources["datasources"]
         .as_sequence()
         .unwrap()
         .iter()
-        .filter_map(|d| d["uid"].as_str().map(str::to_owned))
+        .filter_map(|d| {
+            Some((
+                d["uid"].as_str()?.to_owned(),
+                d["type"].as_str()?.to_owned(),
+            ))
+        })
         .collect();
-    let mut dashboards = Vec::new();
-    for entry in std::fs::read_dir(repo_root().join("grafana/dashboards")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "json") {
-            let d: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-            dashboards.push((path, d));
-        }
-    }
+    let dashboards = dashboard_files();
     let dashboard_uids: BTreeSet<String> = dashboards
         .iter()
         .filter_map(|(_, d)| d["uid"].as_str().map(str::to_owned))
@@ -604,6 +670,7 @@ fn anonymous_users_can_open_every_dashboard_link() {
     let mut checked = 0;
     for (path, d) in &dashboards {
         let name = path.file_name().unwrap().to_string_lossy();
+        let variables = datasource_variables(d);
         for (place, link) in dashboard_links(d) {
             let needed = if link["type"] == "dashboards" {
                 let wanted = str_list(&serde_yaml_ng::to_value(&link["tags"]).unwrap());
@@ -616,7 +683,7 @@ fn anonymous_users_can_open_every_dashboard_link() {
                 let url = link["url"]
                     .as_str()
                     .unwrap_or_else(|| panic!("{name}: {place} has no url"));
-                role_needed_by(url, &dashboard_uids, &datasource_uids)
+                role_needed_by(url, &dashboard_uids, &datasource_uids, &variables)
             };
             assert!(
                 role_rank(granted) >= role_rank(needed),
@@ -632,7 +699,7 @@ fn anonymous_users_can_open_every_dashboard_link() {
             for l in ds["jsonData"][key].as_sequence().into_iter().flatten() {
                 let target = l["datasourceUid"].as_str().unwrap_or_default();
                 assert!(
-                    datasource_uids.contains(target),
+                    datasource_uids.contains_key(target),
                     "{:?} links to {target:?}",
                     ds["name"]
                 );
@@ -652,20 +719,222 @@ fn anonymous_users_can_open_every_dashboard_link() {
 
     // The link checker can fail: an Explore link for a Viewer, and a link to a
     // dashboard that does not exist.
-    let explore = dashboards
+    let (explore, variables) = dashboards
         .iter()
-        .flat_map(|(_, d)| dashboard_links(d))
-        .filter_map(|(_, l)| l["url"].as_str().map(str::to_owned))
-        .find(|u| u.starts_with("/explore"))
+        .flat_map(|(_, d)| {
+            let variables = datasource_variables(d);
+            dashboard_links(d)
+                .into_iter()
+                .map(move |(_, l)| (l, variables.clone()))
+        })
+        .filter_map(|(l, vars)| Some((l["url"].as_str()?.to_owned(), vars)))
+        .find(|(u, _)| u.starts_with("/explore"))
         .expect("the functions dashboard links to traces in Explore");
     assert!(
         role_rank("Viewer")
-            < role_rank(role_needed_by(&explore, &dashboard_uids, &datasource_uids))
+            < role_rank(role_needed_by(
+                &explore,
+                &dashboard_uids,
+                &datasource_uids,
+                &variables
+            ))
     );
     let missing = std::panic::catch_unwind(|| {
-        role_needed_by("/d/no-such-dashboard", &dashboard_uids, &datasource_uids)
+        role_needed_by(
+            "/d/no-such-dashboard",
+            &dashboard_uids,
+            &datasource_uids,
+            &variables,
+        )
     });
     assert!(missing.is_err(), "a link to a missing dashboard passed");
+    // A datasource variable of a type the stack does not provision fails too.
+    let mut loki = variables.clone();
+    for kind in loki.values_mut() {
+        *kind = "loki".to_owned();
+    }
+    let unprovisioned = std::panic::catch_unwind(|| {
+        role_needed_by(&explore, &dashboard_uids, &datasource_uids, &loki)
+    });
+    assert!(
+        unprovisioned.is_err(),
+        "an Explore link to an unprovisioned datasource type passed"
+    );
+}
+
+/// Pseudo-datasources every Grafana has under these uids.
+const BUILT_IN_DATASOURCES: [&str; 3] = ["-- Grafana --", "-- Mixed --", "-- Dashboard --"];
+
+/// Every datasource a dashboard names below `at`, as (where, uid, type where
+/// stated): `datasource` fields (objects, or legacy strings), `datasourceUid`s, and
+/// the panes of Explore links. The variables' selections (`current`, `options`) are
+/// left out: they are defaults that Grafana replaces when they do not exist.
+fn datasource_refs(
+    v: &serde_json::Value,
+    at: &str,
+    out: &mut Vec<(String, String, Option<String>)>,
+) {
+    use serde_json::Value as J;
+    match v {
+        J::Object(m) => {
+            for (k, child) in m {
+                let here = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                if at.starts_with("templating") && (k == "current" || k == "options") {
+                    continue;
+                }
+                match (k.as_str(), child) {
+                    ("datasource" | "datasourceUid", J::String(uid)) => {
+                        out.push((here.clone(), uid.clone(), None));
+                    }
+                    ("datasource", J::Object(ds)) => {
+                        if let Some(uid) = ds.get("uid").and_then(J::as_str) {
+                            let kind = ds.get("type").and_then(J::as_str).map(str::to_owned);
+                            out.push((here.clone(), uid.to_owned(), kind));
+                        }
+                    }
+                    ("url", J::String(url)) if url.contains("/explore") => {
+                        for (uid, kind) in explore_datasources(url) {
+                            out.push((here.clone(), uid, kind));
+                        }
+                    }
+                    _ => {}
+                }
+                datasource_refs(child, &here, out);
+            }
+        }
+        J::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                datasource_refs(x, &format!("{at}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// What in a dashboard names a datasource other than through one of its datasource
+/// variables (of the type the reference states), one line per place.
+fn hard_coded_datasources(d: &serde_json::Value) -> Vec<String> {
+    let variables = datasource_variables(d);
+    let mut refs = Vec::new();
+    datasource_refs(d, "", &mut refs);
+    let mut problems = Vec::new();
+    for (at, uid, kind) in refs {
+        if BUILT_IN_DATASOURCES.contains(&uid.as_str()) {
+            continue;
+        }
+        let Some((var, listed)) =
+            variable_reference(&uid).and_then(|n| Some((n, variables.get(n)?)))
+        else {
+            problems.push(format!(
+                "{at}: {uid:?} is not a reference to a datasource variable"
+            ));
+            continue;
+        };
+        if let Some(kind) = kind
+            && kind != *listed
+        {
+            problems.push(format!(
+                "{at}: a {kind} datasource through ${{{var}}}, which lists {listed} datasources"
+            ));
+        }
+    }
+    problems
+}
+
+/// The dashboards import as they are: a Grafana whose datasources have other uids
+/// than this stack's still runs every query and follows every link, because panels,
+/// queries, variables and links name datasources only through datasource variables.
+/// The trace link opens Explore on the Jaeger datasource the `traces` variable picks.
+#[test]
+fn dashboards_name_datasources_only_through_their_variables() {
+    let dashboards = dashboard_files();
+    let mut refs = 0;
+    for (path, d) in &dashboards {
+        let problems = hard_coded_datasources(d);
+        assert!(
+            problems.is_empty(),
+            "{}: hard-coded datasources: {problems:#?}",
+            path.display()
+        );
+        let mut found = Vec::new();
+        datasource_refs(d, "", &mut found);
+        refs += found.len();
+    }
+    assert!(
+        refs > 0,
+        "no datasource reference found: the finder is broken"
+    );
+
+    let (_, functions) = dashboards
+        .iter()
+        .find(|(_, d)| d["uid"] == "otel-gpu-functions")
+        .expect("the functions dashboard");
+    let variables = datasource_variables(functions);
+    let links = functions["links"].as_array().expect("dashboard links");
+    let i = links
+        .iter()
+        .position(|l| l["title"] == "Traces in Jaeger")
+        .expect("the functions dashboard's \"Traces in Jaeger\" link");
+    let url = links[i]["url"].as_str().expect("the trace link's url");
+    let opened = explore_datasources(url);
+    assert!(!opened.is_empty(), "{url:?} names no datasource");
+    for (uid, _) in &opened {
+        let var = variable_reference(uid)
+            .unwrap_or_else(|| panic!("the trace link hard-codes datasource {uid:?}"));
+        assert_eq!(
+            variables.get(var).map(String::as_str),
+            Some("jaeger"),
+            "the trace link's ${{{var}}} is no Jaeger datasource variable"
+        );
+    }
+
+    // The check can fail: the trace link as it was (uid `jaeger`), a panel pinned
+    // to the stack's Prometheus uid, a format that interpolates the name, and a
+    // Prometheus query through the Jaeger variable.
+    let pinned_link = {
+        let mut d = functions.clone();
+        d["links"][i]["url"] = url.replace("${traces}", "jaeger").into();
+        d
+    };
+    let pinned_panel = {
+        let mut d = functions.clone();
+        d["panels"][1]["datasource"]["uid"] = "prometheus".into();
+        d
+    };
+    let by_name = {
+        let mut d = functions.clone();
+        d["links"][i]["url"] = url.replace("${traces}", "${traces:text}").into();
+        d
+    };
+    let wrong_type = {
+        let mut d = functions.clone();
+        d["panels"][1]["datasource"]["uid"] = "${traces}".into();
+        d
+    };
+    for (case, d, place) in [
+        ("the link with uid jaeger", pinned_link, "links["),
+        (
+            "a panel with uid prometheus",
+            pinned_panel,
+            "panels[1].datasource",
+        ),
+        ("the link with ${traces:text}", by_name, "links["),
+        (
+            "a prometheus panel on ${traces}",
+            wrong_type,
+            "panels[1].datasource",
+        ),
+    ] {
+        let problems = hard_coded_datasources(&d);
+        assert!(
+            problems.iter().any(|p| p.starts_with(place)),
+            "{case} passed: {problems:?}"
+        );
+    }
 }
 
 /// A compose memory size (`512M`, `1G`, `64m`, `1gb`, bytes) in bytes.
