@@ -13,8 +13,23 @@
 //! }
 //! ```
 //!
-//! To compose with a subscriber of your own, use [`Telemetry::builder`]`.build()`
-//! and add [`Telemetry::layer`] to it.
+//! To set anything in code, start from [`builder!`] (the same defaults as
+//! [`init!`]); to compose with a subscriber of your own, take the layer and its
+//! guard together:
+//!
+//! ```no_run
+//! use tracing_subscriber::layer::SubscriberExt as _;
+//! use tracing_subscriber::util::SubscriberInitExt as _;
+//!
+//! fn main() -> Result<(), otel_instrument::InitError> {
+//!     let (layer, _guard) = otel_instrument::builder!()
+//!         .service_name("checkout")
+//!         .build()?
+//!         .into_layer();
+//!     tracing_subscriber::registry().with(layer).init();
+//!     Ok(()) // keep `_guard` alive while the layer is in use
+//! }
+//! ```
 
 pub mod config;
 pub mod errors;
@@ -56,7 +71,17 @@ macro_rules! init {
     };
 }
 
-/// Like [`init!`] but returns the [`TelemetryBuilder`] for further settings.
+/// Like [`init!`] but returns the [`TelemetryBuilder`] for further settings:
+/// `service.name` and `service.version` default to the calling crate's name and
+/// version, which the environment and the builder's own setters beat. Prefer it
+/// to [`Telemetry::builder`], which knows no service name.
+///
+/// ```no_run
+/// let _guard = otel_instrument::builder!()
+///     .endpoint("http://collector:4317")
+///     .install()?;
+/// # Ok::<(), otel_instrument::InitError>(())
+/// ```
 #[macro_export]
 macro_rules! builder {
     () => {
