@@ -203,3 +203,53 @@ fn headers_from_env_and_file_and_gzip_reach_the_collector() {
     assert_eq!(first.get("api-key").map(String::as_str), Some("from-env"));
     assert_eq!(first.get("grpc-encoding").map(String::as_str), Some("gzip"));
 }
+
+#[test]
+fn http_protobuf_is_checked_as_ok_and_then_exports_to_an_otlp_http_collector() {
+    let sink = OtlpSink::start_http().unwrap();
+    let endpoint = sink.endpoint();
+    let env = [
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+    ];
+    // --check-config says the settings are good ...
+    let out = crate::common::run(&["--check-config"], &env);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration ok"));
+    // ... and they are: the agent starts and its metrics arrive over OTLP/HTTP.
+    let mut agent = start_agent(&["--interval", "500ms", "--families", "memory"], &env);
+    let got = sink.wait_for_metric("system.memory.usage", Duration::from_secs(20));
+    assert!(
+        got.is_some(),
+        "no OTLP/HTTP export arrived (agent alive: {}):\n{}",
+        agent.alive(),
+        agent.stderr()
+    );
+    assert_eq!(got.unwrap().resource["service.name"], "otel-gpu-receiver");
+
+    // A workspace build (`cargo test --workspace --all-features`) unifies features, so
+    // the run above passes there even when only another crate asks for http-proto; the
+    // agent's own manifest must ask for it, or `cargo build -p otel-gpu-receiver` (the
+    // image, `cargo install`) has no OTLP/HTTP.
+    let manifest: toml::Table = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/Cargo.toml"
+    ))
+    .unwrap()
+    .parse()
+    .unwrap();
+    let features = manifest["dependencies"]["otel-instrument"]
+        .get("features")
+        .and_then(toml::Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        features.iter().any(|f| f.as_str() == Some("http-proto")),
+        "otel-gpu-receiver's otel-instrument dependency lacks the http-proto feature: {features:?}"
+    );
+}
