@@ -344,6 +344,12 @@ pub struct Settings {
     pub per_process: bool,
     /// GPU attribution to containers and pods; `None` when turned off. Default: on.
     pub attribution: Option<crate::attribution::AttributionConfig>,
+    /// `service.name` from `OTEL_SERVICE_NAME`. Default: none (`service.name` from
+    /// `OTEL_RESOURCE_ATTRIBUTES`, else `otel-gpu-receiver`).
+    pub service_name: Option<String>,
+    /// `OTEL_RESOURCE_ATTRIBUTES`, in order: they override the receiver's own resource
+    /// attributes of the same key (see [`crate::telemetry::resource`]). Default: none.
+    pub resource_attributes: Vec<(String, String)>,
     /// Print one snapshot and exit.
     pub once: bool,
     /// Format of `--once`.
@@ -568,6 +574,7 @@ impl Settings {
         )?;
 
         let otlp = resolve_otlp(&flags, lookup, file.otlp.as_ref(), fpath)?;
+        let (service_name, resource_attributes) = resolve_resource(lookup)?;
 
         Ok(Self {
             interval,
@@ -585,6 +592,8 @@ impl Settings {
             nvml_lib,
             per_process,
             attribution,
+            service_name,
+            resource_attributes,
             once: flags.once,
             format: flags.format,
         })
@@ -920,14 +929,14 @@ fn resolve_otlp(
         ..Overrides::default()
     };
     let cfg = ExporterConfig::resolve(Signal::Metrics, &merged, &overrides).map_err(|e| {
-        let otel_instrument::config::ConfigError::Invalid {
-            var,
+        let ConfigError::Invalid {
+            culprit: var,
             value,
             reason,
             example,
-        } = e
+        } = from_instrument(e)
         else {
-            unreachable!("otel-instrument has one ConfigError variant")
+            unreachable!("from_instrument gives Invalid")
         };
         let culprit = if var == "endpoint" {
             "--otlp-endpoint".to_owned()
@@ -939,6 +948,33 @@ fn resolve_otlp(
         ConfigError::invalid(culprit, value, reason, example)
     })?;
     Ok(enabled.then_some(cfg))
+}
+
+/// `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES`, read by otel-instrument's parser
+/// (percent-decoding, and errors that name the variable), so that they mean here what
+/// they mean to every instrumented service.
+fn resolve_resource(
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<(Option<String>, Vec<(String, String)>), ConfigError> {
+    const READ: [&str; 2] = ["OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES"];
+    // Only these two: the exporter's variables are resolved above, for metrics alone.
+    let only = |k: &str| READ.contains(&k).then(|| lookup(k)).flatten();
+    let c = otel_instrument::config::Config::from_lookup(&only, &Overrides::default())
+        .map_err(from_instrument)?;
+    Ok((c.service_name, c.resource_attributes))
+}
+
+/// otel-instrument's error about a variable, as ours: the variable is the culprit.
+fn from_instrument(e: otel_instrument::config::ConfigError) -> ConfigError {
+    match e {
+        otel_instrument::config::ConfigError::Invalid {
+            var,
+            value,
+            reason,
+            example,
+        } => ConfigError::invalid(var, value, reason, example),
+        other => ConfigError::invalid(other.variable(), "", other.to_string(), ""),
+    }
 }
 
 /// Parses `10s`, `500ms`, `1m`, `1h` or a bare number of seconds.
@@ -1275,6 +1311,31 @@ mod tests {
         // A short interval shrinks the default deadline with it.
         let s = resolve(&["--interval", "1s"], &[]).unwrap();
         assert_eq!(s.filesystem.statvfs_timeout, Duration::from_millis(200));
+    }
+
+    #[test]
+    fn service_name_and_resource_attributes_come_from_the_standard_variables() {
+        let s = resolve(&[], &[]).unwrap();
+        assert_eq!(s.service_name, None);
+        assert!(s.resource_attributes.is_empty());
+        let s = resolve(
+            &[],
+            &[
+                ("OTEL_SERVICE_NAME", "gpu-fleet"),
+                ("OTEL_RESOURCE_ATTRIBUTES", "team=gpu%20infra, env=prod"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.service_name.as_deref(), Some("gpu-fleet"));
+        assert_eq!(
+            s.resource_attributes,
+            vec![
+                ("team".to_owned(), "gpu infra".to_owned()),
+                ("env".to_owned(), "prod".to_owned())
+            ]
+        );
+        let e = resolve(&[], &[("OTEL_RESOURCE_ATTRIBUTES", "novalue")]).unwrap_err();
+        assert!(e.to_string().contains("OTEL_RESOURCE_ATTRIBUTES"), "{e}");
     }
 
     #[test]
