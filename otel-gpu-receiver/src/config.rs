@@ -1,42 +1,15 @@
 //! Flags, environment and TOML file in, one validated [`Settings`] out.
 //!
-//! Precedence: flags > environment (`OTEL_EXPORTER_OTLP_*`, `OTEL_GPU_RECEIVER_*`) >
-//! TOML file (`--config`) > defaults. Every source goes through the same validation
-//! here, and an error names the flag, variable or key with the bad value.
+//! Precedence: flags > environment (`OTEL_EXPORTER_OTLP_*`, `OTEL_GPU_RECEIVER_*`,
+//! `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`) > TOML file (`--config`) > defaults.
+//! Every source goes through the same validation here, and an error names the flag,
+//! variable or key with the bad value.
 //! The environment is read through an injectable lookup, so tests never set it.
 //!
-//! | flag | variable | TOML key | default |
-//! |---|---|---|---|
-//! | `--config` | `OTEL_GPU_RECEIVER_CONFIG` | | none |
-//! | `--interval` | `OTEL_GPU_RECEIVER_INTERVAL` | `interval` | `10s` (also the OTLP export interval unless `OTEL_METRIC_EXPORT_INTERVAL` is set) |
-//! | `--prometheus` | `OTEL_GPU_RECEIVER_PROMETHEUS` | `prometheus` | off; a bare port binds 127.0.0.1 |
-//! | `--families` / `--disable` | `OTEL_GPU_RECEIVER_FAMILIES` / `_DISABLE` | `families` / `disable` | all on |
-//! | `--proc-root` / `--sys-root` | `OTEL_GPU_RECEIVER_PROC_ROOT` / `_SYS_ROOT` | `proc_root` / `sys_root` | `/proc`, `/sys` |
-//! | `--rootfs` | `OTEL_GPU_RECEIVER_ROOTFS` | `rootfs` | `/` (the host's root filesystem: statvfs, hostname, machine id) |
-//! | `--source-timeout` | `OTEL_GPU_RECEIVER_SOURCE_TIMEOUT` | `source_timeout` | half the interval, at most 5 s |
-//! | `--fs-types-exclude` | `OTEL_GPU_RECEIVER_FS_TYPES_EXCLUDE` | `fs_types_exclude` (a list) | overlay, tmpfs, squashfs, nsfs, proc, sysfs, `cgroup*`, … |
-//! | `--mount-points-exclude` | `OTEL_GPU_RECEIVER_MOUNT_POINTS_EXCLUDE` | `mount_points_exclude` (a list) | `/dev`, `/proc`, `/sys`, `/var/lib/kubelet/pods/*`, `/run/containerd/*`, … |
-//! | `--interfaces-exclude` | `OTEL_GPU_RECEIVER_INTERFACES_EXCLUDE` | `interfaces_exclude` (a list) | `veth*`, `cali*`, `flannel*`, `cni*`, `docker*` |
-//! | `--statvfs-timeout` | `OTEL_GPU_RECEIVER_STATVFS_TIMEOUT` | `statvfs_timeout` | 1 s, at most half the filesystem budget (80% of the source budget) |
-//! | `--instance-id` | `OTEL_GPU_RECEIVER_INSTANCE_ID` | `instance_id` | `K8S_NODE_NAME`, else the host's hostname under `--rootfs`, else its machine id |
-//! | `--otlp-endpoint` | `OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT` | `otlp.endpoint` | `http://localhost:4317` |
-//! | | `OTEL_EXPORTER_OTLP_[METRICS_]HEADERS` | `otlp.headers` (a table) | none |
-//! | | `OTEL_EXPORTER_OTLP_[METRICS_]TIMEOUT` (ms) | `otlp.timeout` (`10s`) | 10 s |
-//! | `--otlp-compression` | `OTEL_EXPORTER_OTLP_[METRICS_]COMPRESSION` | `otlp.compression` | none |
-//! | `--no-otlp` | | `otlp.enabled = false` | push on |
-//! | `--check-config` | | | validate the settings (not the host paths) and exit |
-//! | | `K8S_NODE_NAME` | | `k8s.node.name` and `service.instance.id` when set |
-//!
-//! ```toml
-//! interval = "10s"
-//! prometheus = "127.0.0.1:9464"
-//! disable = ["filesystem"]
-//!
-//! [otlp]
-//! endpoint = "https://collector.example:4317"
-//! headers = { api-key = "secret" }
-//! compression = "gzip"
-//! ```
+//! Every flag, variable and TOML key, with its default and meaning, and an example
+//! file: `CONFIG.md` beside this crate's `Cargo.toml`, which `tests/host/config_doc.rs`
+//! holds to [`Flags`], to the variables [`Settings::resolve`] reads and to
+//! [`FileConfig`] both ways.
 
 use std::collections::BTreeMap;
 use std::fmt;
