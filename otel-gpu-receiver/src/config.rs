@@ -49,7 +49,7 @@ pub enum CompressionArg {
 #[command(
     name = "otel-gpu-receiver",
     version,
-    about = "Host (and GPU) metrics over OTLP and Prometheus"
+    about = "Host and NVIDIA GPU metrics over OTLP and Prometheus"
 )]
 pub struct Flags {
     /// TOML config file (unknown keys are errors). Env: OTEL_GPU_RECEIVER_CONFIG.

@@ -211,3 +211,28 @@ fn the_scanners_find_what_they_look_for() {
         assert!(vars.contains(v), "{v} not found in {vars:?}");
     }
 }
+
+#[test]
+fn the_descriptions_say_the_agent_reads_gpus_now() {
+    // The GPU family shipped: no description may call it future work.
+    let about = Flags::command()
+        .get_about()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let lib = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/lib.rs")).unwrap();
+    let lib_intro: String = lib
+        .lines()
+        .take_while(|l| l.starts_with("//!"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    for (what, text) in [
+        ("Cargo.toml's description", env!("CARGO_PKG_DESCRIPTION")),
+        ("--help's about", about.as_str()),
+        ("lib.rs's docs", lib_intro.as_str()),
+    ] {
+        assert!(text.contains("GPU"), "{what} does not mention GPUs: {text}");
+        for stale in ["and, next", "(and GPU)", "(and, next"] {
+            assert!(!text.contains(stale), "{what} still says {stale:?}: {text}");
+        }
+    }
+}
