@@ -11,7 +11,7 @@
 //!   every path the code reads on the host is mounted.
 //! - The least-privilege settings are there, and a change that weakens one fails.
 //! - The overlays that KUBERNETES.md shows render, keep the base's arguments, and do what
-//!   they say.
+//!   they say; the docs agree that changes go in an overlay, not in base/.
 //!
 //! What needs a cluster (admission, the RuntimeClass, the kubelet socket's permissions,
 //! NVML inside the pod) is not checked here: KUBERNETES.md says so.
@@ -1510,5 +1510,37 @@ fn the_overlays_in_kubernetes_md_render_and_keep_what_the_base_sets() {
                 "{name}: the fallback renderer and kubectl differ"
             );
         }
+    }
+}
+
+#[test]
+fn the_docs_agree_that_changes_go_in_an_overlay_not_in_base() {
+    // README.md, KUBERNETES.md and the kustomizations' own comments all send the
+    // Collector's endpoint and the image to an overlay of the user's.
+    let read = |p: &str| std::fs::read_to_string(repo_root().join(p)).unwrap();
+    let texts = [
+        ("README.md", read("README.md")),
+        ("KUBERNETES.md", read("otel-gpu-receiver/KUBERNETES.md")),
+        ("deploy/kubernetes/kustomization.yaml", read("deploy/kubernetes/kustomization.yaml")),
+        (
+            "deploy/kubernetes/base/kustomization.yaml",
+            read("deploy/kubernetes/base/kustomization.yaml"),
+        ),
+    ];
+    for (file, text) in &texts {
+        let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        for edit_base in [
+            "in `deploy/kubernetes/base/kustomization.yaml`",
+            "name it in `base/kustomization.yaml`",
+            "set in base/kustomization.yaml",
+            "the two settings you change",
+            "Settings that you change live here",
+        ] {
+            assert!(
+                !flat.contains(edit_base),
+                "{file} says to edit base/ ({edit_base:?}); changes go in an overlay"
+            );
+        }
+        assert!(flat.contains("overlay"), "{file} never mentions an overlay");
     }
 }
