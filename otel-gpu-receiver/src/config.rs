@@ -923,12 +923,13 @@ fn resolve_otlp(
     Ok(enabled.then_some(cfg))
 }
 
+/// `OTEL_SERVICE_NAME`, and `OTEL_RESOURCE_ATTRIBUTES` in order.
+type ResourceVars = (Option<String>, Vec<(String, String)>);
+
 /// `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES`, read by otel-instrument's parser
 /// (percent-decoding, and errors that name the variable), so that they mean here what
 /// they mean to every instrumented service.
-fn resolve_resource(
-    lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<(Option<String>, Vec<(String, String)>), ConfigError> {
+fn resolve_resource(lookup: &dyn Fn(&str) -> Option<String>) -> Result<ResourceVars, ConfigError> {
     const READ: [&str; 2] = ["OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES"];
     // Only these two: the exporter's variables are resolved above, for metrics alone.
     let only = |k: &str| READ.contains(&k).then(|| lookup(k)).flatten();

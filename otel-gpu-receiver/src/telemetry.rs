@@ -113,7 +113,10 @@ pub fn resource(settings: &Settings) -> Resource {
     id.log(&settings.roots.rootfs);
     let mut attrs: Vec<(String, String)> = vec![
         (res::SERVICE_NAME.into(), names::SERVICE_NAME.into()),
-        (res::SERVICE_VERSION.into(), env!("CARGO_PKG_VERSION").into()),
+        (
+            res::SERVICE_VERSION.into(),
+            env!("CARGO_PKG_VERSION").into(),
+        ),
         (res::SERVICE_INSTANCE_ID.into(), id.instance_id.clone()),
         (res::HOST_NAME.into(), id.host_name),
         (res::HOST_ARCH.into(), host_arch().into()),

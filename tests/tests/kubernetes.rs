@@ -1458,9 +1458,17 @@ fn the_overlays_in_kubernetes_md_render_and_keep_what_the_base_sets() {
         let (settings, _) = resolve(&objects);
         assert_eq!(settings.prometheus, base_settings.prometheus, "{name}");
         assert_eq!(settings.roots, base_settings.roots, "{name}");
-        assert_eq!(security_violations(&objects), Vec::<String>::new(), "{name}");
+        assert_eq!(
+            security_violations(&objects),
+            Vec::<String>::new(),
+            "{name}"
+        );
         for (volume, host, _, read_only, _) in host_mounts(&objects) {
-            assert!(read_only, "{name}: hostPath {volume} ({}) is writable", host.display());
+            assert!(
+                read_only,
+                "{name}: hostPath {volume} ({}) is writable",
+                host.display()
+            );
         }
         let env = container_env(&objects);
         let out = Command::new(env!("CARGO_BIN_EXE_e2e-otel-gpu-receiver"))
@@ -1521,7 +1529,10 @@ fn the_docs_agree_that_changes_go_in_an_overlay_not_in_base() {
     let texts = [
         ("README.md", read("README.md")),
         ("KUBERNETES.md", read("otel-gpu-receiver/KUBERNETES.md")),
-        ("deploy/kubernetes/kustomization.yaml", read("deploy/kubernetes/kustomization.yaml")),
+        (
+            "deploy/kubernetes/kustomization.yaml",
+            read("deploy/kubernetes/kustomization.yaml"),
+        ),
         (
             "deploy/kubernetes/base/kustomization.yaml",
             read("deploy/kubernetes/base/kustomization.yaml"),

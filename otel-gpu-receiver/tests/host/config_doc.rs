@@ -17,7 +17,11 @@ const DOC: &str = include_str!("../../CONFIG.md");
 /// file reads it).
 const OUTSIDE_THE_RESOLVER: &[(&str, &str, &str)] = &[
     ("RUST_LOG", "src/main.rs", "EnvFilter::try_from_default_env"),
-    ("MALLOC_ARENA_MAX", "src/lib.rs", "var_os(\"MALLOC_ARENA_MAX\")"),
+    (
+        "MALLOC_ARENA_MAX",
+        "src/lib.rs",
+        "var_os(\"MALLOC_ARENA_MAX\")",
+    ),
 ];
 
 /// Every `--flag` the page names.
@@ -75,9 +79,15 @@ fn every_flag_of_the_command_is_in_config_md_and_every_flag_there_exists() {
     let doc = doc_flags();
     assert!(code.len() > 20, "{code:?}");
     let undocumented: Vec<_> = code.difference(&doc).collect();
-    assert!(undocumented.is_empty(), "not in CONFIG.md: {undocumented:?}");
+    assert!(
+        undocumented.is_empty(),
+        "not in CONFIG.md: {undocumented:?}"
+    );
     let unknown: Vec<_> = doc.difference(&code).collect();
-    assert!(unknown.is_empty(), "CONFIG.md names flags the agent lacks: {unknown:?}");
+    assert!(
+        unknown.is_empty(),
+        "CONFIG.md names flags the agent lacks: {unknown:?}"
+    );
 }
 
 #[test]
@@ -86,14 +96,20 @@ fn every_variable_the_agent_reads_is_in_config_md_and_every_variable_there_is_re
     for (name, file, marker) in OUTSIDE_THE_RESOLVER {
         let path = format!("{}/{file}", env!("CARGO_MANIFEST_DIR"));
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.contains(marker), "{name}: {path} no longer has {marker}");
+        assert!(
+            text.contains(marker),
+            "{name}: {path} no longer has {marker}"
+        );
         code.insert((*name).to_owned());
     }
     assert!(code.contains("OTEL_GPU_RECEIVER_INTERVAL"), "{code:?}");
     assert!(code.contains("OTEL_EXPORTER_OTLP_ENDPOINT"), "{code:?}");
     let doc = doc_variables();
     let undocumented: Vec<_> = code.difference(&doc).collect();
-    assert!(undocumented.is_empty(), "not in CONFIG.md: {undocumented:?}");
+    assert!(
+        undocumented.is_empty(),
+        "not in CONFIG.md: {undocumented:?}"
+    );
     let unknown: Vec<_> = doc.difference(&code).collect();
     assert!(
         unknown.is_empty(),
@@ -153,11 +169,20 @@ fn every_toml_key_is_in_config_md_and_every_key_there_exists() {
             .map(|k| format!("otlp.{k}")),
     );
     let doc = doc_toml_keys();
-    assert!(doc.contains("interval") && doc.contains("otlp.endpoint"), "{doc:?}");
+    assert!(
+        doc.contains("interval") && doc.contains("otlp.endpoint"),
+        "{doc:?}"
+    );
     let undocumented: Vec<_> = code.difference(&doc).collect();
-    assert!(undocumented.is_empty(), "not in CONFIG.md: {undocumented:?}");
+    assert!(
+        undocumented.is_empty(),
+        "not in CONFIG.md: {undocumented:?}"
+    );
     let unknown: Vec<_> = doc.difference(&code).collect();
-    assert!(unknown.is_empty(), "CONFIG.md names TOML keys the file lacks: {unknown:?}");
+    assert!(
+        unknown.is_empty(),
+        "CONFIG.md names TOML keys the file lacks: {unknown:?}"
+    );
 }
 
 #[test]
@@ -207,7 +232,11 @@ fn the_scanners_find_what_they_look_for() {
         assert!(flags.contains(f), "{f} not found in {flags:?}");
     }
     let vars = doc_variables();
-    for v in ["OTEL_SERVICE_NAME", "OTEL_GPU_RECEIVER_ATTRIBUTION", "K8S_NODE_NAME"] {
+    for v in [
+        "OTEL_SERVICE_NAME",
+        "OTEL_GPU_RECEIVER_ATTRIBUTION",
+        "K8S_NODE_NAME",
+    ] {
         assert!(vars.contains(v), "{v} not found in {vars:?}");
     }
 }

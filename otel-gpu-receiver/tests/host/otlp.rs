@@ -233,7 +233,10 @@ fn otel_service_name_and_resource_attributes_reach_the_exported_resource() {
     // Without them: the receiver's own service name and host attributes.
     let plain = exported_resource(&[]);
     assert_eq!(plain["service.name"], "otel-gpu-receiver");
-    assert!(!plain.contains_key("deployment.environment.name"), "{plain:?}");
+    assert!(
+        !plain.contains_key("deployment.environment.name"),
+        "{plain:?}"
+    );
 
     // OTEL_SERVICE_NAME beats service.name in OTEL_RESOURCE_ATTRIBUTES; the other keys
     // are added (percent-decoded) or replace the receiver's own; what they do not name
@@ -250,7 +253,12 @@ fn otel_service_name_and_resource_attributes_reach_the_exported_resource() {
     assert_eq!(res["deployment.environment.name"], "prod", "{res:?}");
     assert_eq!(res["team"], "gpu infra", "{res:?}");
     assert_eq!(res["host.name"], "named-by-user", "{res:?}");
-    for key in ["service.version", "service.instance.id", "host.arch", "os.type"] {
+    for key in [
+        "service.version",
+        "service.instance.id",
+        "host.arch",
+        "os.type",
+    ] {
         assert_eq!(res.get(key), plain.get(key), "{key} changed: {res:?}");
     }
 
@@ -304,13 +312,11 @@ fn http_protobuf_is_checked_as_ok_and_then_exports_to_an_otlp_http_collector() {
     // the run above passes there even when only another crate asks for http-proto; the
     // agent's own manifest must ask for it, or `cargo build -p otel-gpu-receiver` (the
     // image, `cargo install`) has no OTLP/HTTP.
-    let manifest: toml::Table = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/Cargo.toml"
-    ))
-    .unwrap()
-    .parse()
-    .unwrap();
+    let manifest: toml::Table =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+            .unwrap()
+            .parse()
+            .unwrap();
     let features = manifest["dependencies"]["otel-instrument"]
         .get("features")
         .and_then(toml::Value::as_array)
