@@ -33,10 +33,12 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace --all-features --locked 2>&1 | tee "$log" || status=$?
-# The soaks (about 2.5 minutes on 2 cores): a day of the receiver's collection cycles
-# and a service under sustained load, while the collector goes up, down and hangs; they
-# assert flat memory, threads, file descriptors and logs. They are `--ignored` in the run
-# above, because they measure the machine: here they run alone, one after the other.
+# The soaks (2.5 to 8 minutes on 2 cores, with the machine's speed and load): a day of
+# the receiver's collection cycles (a fixed 100,000, however long they take) and a
+# service under sustained load, while the collector goes up, down and hangs; they assert
+# flat memory, threads, file descriptors and logs, and print their rates without judging
+# them. They are `--ignored` in the run above, because they want the machine to
+# themselves: here they run alone, one after the other.
 cargo test --workspace --all-features --locked --no-fail-fast --test soak -- --ignored --nocapture 2>&1 | tee -a "$log" || status=$?
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }

@@ -1,42 +1,15 @@
 //! Flags, environment and TOML file in, one validated [`Settings`] out.
 //!
-//! Precedence: flags > environment (`OTEL_EXPORTER_OTLP_*`, `OTEL_GPU_RECEIVER_*`) >
-//! TOML file (`--config`) > defaults. Every source goes through the same validation
-//! here, and an error names the flag, variable or key with the bad value.
+//! Precedence: flags > environment (`OTEL_EXPORTER_OTLP_*`, `OTEL_GPU_RECEIVER_*`,
+//! `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`) > TOML file (`--config`) > defaults.
+//! Every source goes through the same validation here, and an error names the flag,
+//! variable or key with the bad value.
 //! The environment is read through an injectable lookup, so tests never set it.
 //!
-//! | flag | variable | TOML key | default |
-//! |---|---|---|---|
-//! | `--config` | `OTEL_GPU_RECEIVER_CONFIG` | | none |
-//! | `--interval` | `OTEL_GPU_RECEIVER_INTERVAL` | `interval` | `10s` (also the OTLP export interval unless `OTEL_METRIC_EXPORT_INTERVAL` is set) |
-//! | `--prometheus` | `OTEL_GPU_RECEIVER_PROMETHEUS` | `prometheus` | off; a bare port binds 127.0.0.1 |
-//! | `--families` / `--disable` | `OTEL_GPU_RECEIVER_FAMILIES` / `_DISABLE` | `families` / `disable` | all on |
-//! | `--proc-root` / `--sys-root` | `OTEL_GPU_RECEIVER_PROC_ROOT` / `_SYS_ROOT` | `proc_root` / `sys_root` | `/proc`, `/sys` |
-//! | `--rootfs` | `OTEL_GPU_RECEIVER_ROOTFS` | `rootfs` | `/` (the host's root filesystem: statvfs, hostname, machine id) |
-//! | `--source-timeout` | `OTEL_GPU_RECEIVER_SOURCE_TIMEOUT` | `source_timeout` | half the interval, at most 5 s |
-//! | `--fs-types-exclude` | `OTEL_GPU_RECEIVER_FS_TYPES_EXCLUDE` | `fs_types_exclude` (a list) | overlay, tmpfs, squashfs, nsfs, proc, sysfs, `cgroup*`, … |
-//! | `--mount-points-exclude` | `OTEL_GPU_RECEIVER_MOUNT_POINTS_EXCLUDE` | `mount_points_exclude` (a list) | `/dev`, `/proc`, `/sys`, `/var/lib/kubelet/pods/*`, `/run/containerd/*`, … |
-//! | `--interfaces-exclude` | `OTEL_GPU_RECEIVER_INTERFACES_EXCLUDE` | `interfaces_exclude` (a list) | `veth*`, `cali*`, `flannel*`, `cni*`, `docker*` |
-//! | `--statvfs-timeout` | `OTEL_GPU_RECEIVER_STATVFS_TIMEOUT` | `statvfs_timeout` | 1 s, at most half the filesystem budget (80% of the source budget) |
-//! | `--instance-id` | `OTEL_GPU_RECEIVER_INSTANCE_ID` | `instance_id` | `K8S_NODE_NAME`, else the host's hostname under `--rootfs`, else its machine id |
-//! | `--otlp-endpoint` | `OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT` | `otlp.endpoint` | `http://localhost:4317` |
-//! | | `OTEL_EXPORTER_OTLP_[METRICS_]HEADERS` | `otlp.headers` (a table) | none |
-//! | | `OTEL_EXPORTER_OTLP_[METRICS_]TIMEOUT` (ms) | `otlp.timeout` (`10s`) | 10 s |
-//! | `--otlp-compression` | `OTEL_EXPORTER_OTLP_[METRICS_]COMPRESSION` | `otlp.compression` | none |
-//! | `--no-otlp` | | `otlp.enabled = false` | push on |
-//! | `--check-config` | | | validate the settings (not the host paths) and exit |
-//! | | `K8S_NODE_NAME` | | `k8s.node.name` and `service.instance.id` when set |
-//!
-//! ```toml
-//! interval = "10s"
-//! prometheus = "127.0.0.1:9464"
-//! disable = ["filesystem"]
-//!
-//! [otlp]
-//! endpoint = "https://collector.example:4317"
-//! headers = { api-key = "secret" }
-//! compression = "gzip"
-//! ```
+//! Every flag, variable and TOML key, with its default and meaning, and an example
+//! file: `CONFIG.md` beside this crate's `Cargo.toml`, which `tests/host/config_doc.rs`
+//! holds to [`Flags`], to the variables [`Settings::resolve`] reads and to
+//! [`FileConfig`] both ways.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -76,7 +49,7 @@ pub enum CompressionArg {
 #[command(
     name = "otel-gpu-receiver",
     version,
-    about = "Host (and GPU) metrics over OTLP and Prometheus"
+    about = "Host and NVIDIA GPU metrics over OTLP and Prometheus"
 )]
 pub struct Flags {
     /// TOML config file (unknown keys are errors). Env: OTEL_GPU_RECEIVER_CONFIG.
@@ -344,6 +317,12 @@ pub struct Settings {
     pub per_process: bool,
     /// GPU attribution to containers and pods; `None` when turned off. Default: on.
     pub attribution: Option<crate::attribution::AttributionConfig>,
+    /// `service.name` from `OTEL_SERVICE_NAME`. Default: none (`service.name` from
+    /// `OTEL_RESOURCE_ATTRIBUTES`, else `otel-gpu-receiver`).
+    pub service_name: Option<String>,
+    /// `OTEL_RESOURCE_ATTRIBUTES`, in order: they override the receiver's own resource
+    /// attributes of the same key (see [`crate::telemetry::resource`]). Default: none.
+    pub resource_attributes: Vec<(String, String)>,
     /// Print one snapshot and exit.
     pub once: bool,
     /// Format of `--once`.
@@ -568,6 +547,7 @@ impl Settings {
         )?;
 
         let otlp = resolve_otlp(&flags, lookup, file.otlp.as_ref(), fpath)?;
+        let (service_name, resource_attributes) = resolve_resource(lookup)?;
 
         Ok(Self {
             interval,
@@ -585,6 +565,8 @@ impl Settings {
             nvml_lib,
             per_process,
             attribution,
+            service_name,
+            resource_attributes,
             once: flags.once,
             format: flags.format,
         })
@@ -920,14 +902,14 @@ fn resolve_otlp(
         ..Overrides::default()
     };
     let cfg = ExporterConfig::resolve(Signal::Metrics, &merged, &overrides).map_err(|e| {
-        let otel_instrument::config::ConfigError::Invalid {
-            var,
+        let ConfigError::Invalid {
+            culprit: var,
             value,
             reason,
             example,
-        } = e
+        } = from_instrument(e)
         else {
-            unreachable!("otel-instrument has one ConfigError variant")
+            unreachable!("from_instrument gives Invalid")
         };
         let culprit = if var == "endpoint" {
             "--otlp-endpoint".to_owned()
@@ -939,6 +921,34 @@ fn resolve_otlp(
         ConfigError::invalid(culprit, value, reason, example)
     })?;
     Ok(enabled.then_some(cfg))
+}
+
+/// `OTEL_SERVICE_NAME`, and `OTEL_RESOURCE_ATTRIBUTES` in order.
+type ResourceVars = (Option<String>, Vec<(String, String)>);
+
+/// `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES`, read by otel-instrument's parser
+/// (percent-decoding, and errors that name the variable), so that they mean here what
+/// they mean to every instrumented service.
+fn resolve_resource(lookup: &dyn Fn(&str) -> Option<String>) -> Result<ResourceVars, ConfigError> {
+    const READ: [&str; 2] = ["OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES"];
+    // Only these two: the exporter's variables are resolved above, for metrics alone.
+    let only = |k: &str| READ.contains(&k).then(|| lookup(k)).flatten();
+    let c = otel_instrument::config::Config::from_lookup(&only, &Overrides::default())
+        .map_err(from_instrument)?;
+    Ok((c.service_name, c.resource_attributes))
+}
+
+/// otel-instrument's error about a variable, as ours: the variable is the culprit.
+fn from_instrument(e: otel_instrument::config::ConfigError) -> ConfigError {
+    match e {
+        otel_instrument::config::ConfigError::Invalid {
+            var,
+            value,
+            reason,
+            example,
+        } => ConfigError::invalid(var, value, reason, example),
+        other => ConfigError::invalid(other.variable(), "", other.to_string(), ""),
+    }
 }
 
 /// Parses `10s`, `500ms`, `1m`, `1h` or a bare number of seconds.
@@ -1275,6 +1285,31 @@ mod tests {
         // A short interval shrinks the default deadline with it.
         let s = resolve(&["--interval", "1s"], &[]).unwrap();
         assert_eq!(s.filesystem.statvfs_timeout, Duration::from_millis(200));
+    }
+
+    #[test]
+    fn service_name_and_resource_attributes_come_from_the_standard_variables() {
+        let s = resolve(&[], &[]).unwrap();
+        assert_eq!(s.service_name, None);
+        assert!(s.resource_attributes.is_empty());
+        let s = resolve(
+            &[],
+            &[
+                ("OTEL_SERVICE_NAME", "gpu-fleet"),
+                ("OTEL_RESOURCE_ATTRIBUTES", "team=gpu%20infra, env=prod"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.service_name.as_deref(), Some("gpu-fleet"));
+        assert_eq!(
+            s.resource_attributes,
+            vec![
+                ("team".to_owned(), "gpu infra".to_owned()),
+                ("env".to_owned(), "prod".to_owned())
+            ]
+        );
+        let e = resolve(&[], &[("OTEL_RESOURCE_ATTRIBUTES", "novalue")]).unwrap_err();
+        assert!(e.to_string().contains("OTEL_RESOURCE_ATTRIBUTES"), "{e}");
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! # otel-gpu-receiver
 //!
-//! A per-machine agent: a collection task reads host metric families (and, next,
-//! NVIDIA GPUs) once per interval into a [`snapshot::Snapshot`]; the
-//! OpenTelemetry SDK's observable instruments read the latest snapshot and export it
-//! over OTLP gRPC and, optionally, a Prometheus pull endpoint.
+//! A per-machine agent: a collection task reads host metric families and NVIDIA GPUs
+//! (through NVML) once per interval into a [`snapshot::Snapshot`]. The OpenTelemetry
+//! SDK's observable instruments read the latest snapshot and export it over OTLP (gRPC
+//! or HTTP), and an optional Prometheus pull endpoint serves it. Its settings are in
+//! `CONFIG.md`, beside this crate's `Cargo.toml`.
 //!
 //! ```no_run
 //! use otel_gpu_receiver::config::{Flags, Settings};

@@ -96,6 +96,13 @@ impl Health {
 /// The resource: service, host and (when set) Kubernetes node attributes. The host's
 /// identity is read under `--rootfs` ([`crate::identity`]), so that it is the host's
 /// and not the container's, and `service.instance.id` is stable across restarts.
+///
+/// The standard variables are honoured, with the specification's precedence:
+/// `OTEL_SERVICE_NAME` beats `service.name` in `OTEL_RESOURCE_ATTRIBUTES`, which beats
+/// `otel-gpu-receiver`; any other key of `OTEL_RESOURCE_ATTRIBUTES` replaces the
+/// receiver's own attribute of that key (`host.name`, `k8s.node.name`, …) or adds one.
+/// The receiver's own `--instance-id`, when given, beats `service.instance.id` there, as
+/// `OTEL_SERVICE_NAME` beats `service.name`: the dedicated setting wins over the list.
 pub fn resource(settings: &Settings) -> Resource {
     let id = crate::identity::HostIdentity::detect(
         &settings.roots.rootfs,
@@ -104,21 +111,39 @@ pub fn resource(settings: &Settings) -> Resource {
         &|| sysinfo::System::host_name().ok(),
     );
     id.log(&settings.roots.rootfs);
-    let mut attrs = vec![
-        KeyValue::new(res::SERVICE_NAME, names::SERVICE_NAME),
-        KeyValue::new(res::SERVICE_VERSION, env!("CARGO_PKG_VERSION")),
-        KeyValue::new(res::SERVICE_INSTANCE_ID, id.instance_id),
-        KeyValue::new(res::HOST_NAME, id.host_name),
-        KeyValue::new(res::HOST_ARCH, host_arch()),
-        KeyValue::new(res::OS_TYPE, os_type()),
+    let mut attrs: Vec<(String, String)> = vec![
+        (res::SERVICE_NAME.into(), names::SERVICE_NAME.into()),
+        (
+            res::SERVICE_VERSION.into(),
+            env!("CARGO_PKG_VERSION").into(),
+        ),
+        (res::SERVICE_INSTANCE_ID.into(), id.instance_id.clone()),
+        (res::HOST_NAME.into(), id.host_name),
+        (res::HOST_ARCH.into(), host_arch().into()),
+        (res::OS_TYPE.into(), os_type().into()),
     ];
     if let Some(host_id) = id.host_id {
-        attrs.push(KeyValue::new(res::HOST_ID, host_id));
+        attrs.push((res::HOST_ID.into(), host_id));
     }
     if let Some(node) = id.node_name {
-        attrs.push(KeyValue::new(res::K8S_NODE_NAME, node));
+        attrs.push((res::K8S_NODE_NAME.into(), node));
     }
-    Resource::builder_empty().with_attributes(attrs).build()
+    let mut set = |key: &str, value: &str| match attrs.iter_mut().find(|(k, _)| k == key) {
+        Some(kv) => kv.1 = value.to_owned(),
+        None => attrs.push((key.to_owned(), value.to_owned())),
+    };
+    for (k, v) in &settings.resource_attributes {
+        set(k, v);
+    }
+    if let Some(name) = &settings.service_name {
+        set(res::SERVICE_NAME, name);
+    }
+    if settings.instance_id.is_some() {
+        set(res::SERVICE_INSTANCE_ID, &id.instance_id);
+    }
+    Resource::builder_empty()
+        .with_attributes(attrs.into_iter().map(|(k, v)| KeyValue::new(k, v)))
+        .build()
 }
 
 /// `host.arch` per the conventions (`amd64`, `arm64`, …).
@@ -390,6 +415,42 @@ mod tests {
         assert_eq!(get(res::SERVICE_INSTANCE_ID).as_deref(), Some("node-7"));
         assert_eq!(get(res::K8S_NODE_NAME).as_deref(), Some("k8s-node-7"));
         assert!(get(res::HOST_NAME).is_some() && get(res::HOST_ARCH).is_some());
+    }
+
+    #[test]
+    fn resource_variables_override_the_receivers_attributes_but_not_its_instance_id_flag() {
+        let s = Settings {
+            instance_id: Some("node-7".into()),
+            service_name: Some("from-service-name".into()),
+            resource_attributes: vec![
+                ("service.name".into(), "from-attributes".into()),
+                ("service.instance.id".into(), "from-attributes".into()),
+                ("host.arch".into(), "from-attributes".into()),
+                ("team".into(), "gpu".into()),
+            ],
+            ..Settings::default()
+        };
+        let r = resource(&s);
+        let get = |k: &str| {
+            r.get(&opentelemetry::Key::new(k.to_owned()))
+                .map(|v| v.to_string())
+        };
+        assert_eq!(get(res::SERVICE_NAME).as_deref(), Some("from-service-name"));
+        assert_eq!(get(res::SERVICE_INSTANCE_ID).as_deref(), Some("node-7"));
+        assert_eq!(get(res::HOST_ARCH).as_deref(), Some("from-attributes"));
+        assert_eq!(get("team").as_deref(), Some("gpu"));
+        // Without --instance-id, the detected one gives way to the variable.
+        let s = Settings {
+            resource_attributes: vec![("service.instance.id".into(), "from-attributes".into())],
+            ..Settings::default()
+        };
+        let r = resource(&s);
+        assert_eq!(
+            r.get(&opentelemetry::Key::new(res::SERVICE_INSTANCE_ID))
+                .map(|v| v.to_string())
+                .as_deref(),
+            Some("from-attributes")
+        );
     }
 
     #[test]

@@ -804,7 +804,14 @@ fn every_flag_in_the_kubernetes_snippets_is_one_the_agent_accepts() {
         let args: Vec<String> = yaml
             .lines()
             .map(str::trim)
-            .filter_map(|l| l.strip_prefix("- --"))
+            // A list item (`- --flag`), or the value of a JSON patch operation that
+            // appends one to the args (`value: "--flag=…"`).
+            .filter_map(|l| {
+                l.strip_prefix("- --").or_else(|| {
+                    l.strip_prefix("value: \"--")
+                        .and_then(|a| a.strip_suffix('"'))
+                })
+            })
             .map(|a| format!("--{a}"))
             .collect();
         let argv = std::iter::once("otel-gpu-receiver".to_owned()).chain(args.iter().cloned());

@@ -9,8 +9,12 @@
 //! series it exposes (every map keyed by pid, UUID or attribute set is bounded), and
 //! its log (one line when a problem starts, one when it ends).
 //!
-//! Run by `./test.sh` (it is `#[ignore]`d in the plain `cargo test`, as it takes a
-//! minute and wants the machine to itself):
+//! The run is a fixed number of cycles, however long the machine takes for them: the
+//! cycle rate is printed as a figure, not judged. The only clock is a hang guard, which
+//! fails the run when no cycle completes for [`STALL`].
+//!
+//! Run by `./test.sh` (it is `#[ignore]`d in the plain `cargo test`, as it takes
+//! minutes and wants the machine to itself):
 //!
 //! ```sh
 //! cargo test -p otel-gpu-receiver --test soak -- --ignored --nocapture
@@ -34,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use common::{Running, agent_cmd, free_port, http_get};
 use fake_nvml::FakeNvml;
+use otel_gpu_receiver::quiet::SUMMARY_EVERY;
 use otel_instrument::testing::soak::{ProcSample, messages, second_half, slope};
 use otel_instrument::testing::{Behaviour, OtlpSink};
 
@@ -59,7 +64,7 @@ const SCRIPT: &str = "devices 3\n\
 
 /// The host families besides `gpu`: one of each kind of reader (a /proc file, the
 /// agent's own process, the network namespace), at a price that lets a hundred
-/// thousand cycles fit in the CI budget on two cores.
+/// thousand cycles take minutes, not hours, on two cores.
 const FAMILIES: &str = "gpu,memory,load,network,process";
 
 /// How long the collector stays in each state, in turn: up, down (nothing listens),
@@ -69,8 +74,10 @@ const PHASES: [Phase; 4] = [Phase::Up, Phase::Down, Phase::Up, Phase::Hang];
 
 /// The part of the run (by cycles) before the measurements count.
 const WARM_UP: f64 = 0.25;
-/// The run fails if it has not done its cycles by then.
-const DEADLINE: Duration = Duration::from_secs(300);
+/// The hang guard: the run fails when no cycle completes for this long. A cycle takes
+/// about a millisecond on the 2-core CI VM; this is for an agent that is stuck, and no
+/// machine is slow enough to reach it otherwise.
+const STALL: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -162,7 +169,7 @@ fn collector(stop: Arc<AtomicBool>, delivered: Arc<Mutex<Vec<(Phase, usize)>>>) 
 }
 
 #[test]
-#[ignore = "a minute long: ./test.sh runs it"]
+#[ignore = "minutes long: ./test.sh runs it"]
 fn a_hundred_thousand_cycles_of_churn_and_outages_leave_memory_threads_fds_and_the_log_flat() {
     let cycles: u64 = std::env::var("SOAK_CYCLES")
         .ok()
@@ -209,6 +216,8 @@ fn a_hundred_thousand_cycles_of_churn_and_outages_leave_memory_threads_fds_and_t
     let mut samples: Vec<Sample> = Vec::new();
     let mut scrapes = 0u64;
     let mut last_scrape = Instant::now();
+    // When the cycle count last moved, for the hang guard.
+    let mut progress = (0u64, Instant::now());
     loop {
         thread::sleep(Duration::from_millis(250));
         assert!(
@@ -218,9 +227,9 @@ fn a_hundred_thousand_cycles_of_churn_and_outages_leave_memory_threads_fds_and_t
             agent.stderr()
         );
         assert!(
-            started.elapsed() < DEADLINE,
-            "only {} of {cycles} cycles in {DEADLINE:?}",
-            samples.last().map_or(0, |s| s.cycles)
+            progress.1.elapsed() < STALL,
+            "the agent hangs: no cycle completed in {STALL:?}, at {} of {cycles} cycles",
+            progress.0
         );
         let Some((200, body)) = http_get(prom, "/metrics") else {
             continue;
@@ -231,6 +240,9 @@ fn a_hundred_thousand_cycles_of_churn_and_outages_leave_memory_threads_fds_and_t
         let Some(done_cycles) = scraped(&body, "otel_gpu_receiver_cycles_total") else {
             continue;
         };
+        if done_cycles as u64 > progress.0 {
+            progress = (done_cycles as u64, Instant::now());
+        }
         let Some(proc) = ProcSample::read(pid) else {
             continue;
         };
@@ -298,13 +310,16 @@ fn a_hundred_thousand_cycles_of_churn_and_outages_leave_memory_threads_fds_and_t
     let lines_after = after_warm_up.lines().count();
     let phases = delivered.lock().unwrap().clone();
     let outages = phases.iter().filter(|(p, _)| *p != Phase::Up).count();
+    // A problem that repeats (the Xid storm, the GPU that flaps) logs once, then at most
+    // once per summary window: a slower machine's longer run may have more windows.
+    let windows = (wall.as_secs_f64() / SUMMARY_EVERY.as_secs_f64()) as usize;
     eprintln!(
         "soak: {} cycles in {:.1} s ({:.0}/s), {scrapes} scrapes, {} collector phases ({outages} outages){}\n\
          soak: RSS {} KiB at the end of the warm-up (cycle {}), {} KiB at the end (cycle {})\n\
          soak: RSS slope over the second half {rss_slope:+.1} KiB per 10,000 cycles (RssAnon {anon_slope:+.1})\n\
          soak: threads {}..{} (warm-up max {warm_threads}), fds {}..{} (warm-up max {warm_fds})\n\
          soak: series in a scrape {}..{} (warm-up max {warm_series}), pids {}..{}, MIG instances {}..{}\n\
-         soak: log lines {lines_total} in all, {lines_after} after the warm-up",
+         soak: log lines {lines_total} in all, {lines_after} after the warm-up ({windows} summary windows)",
         last.cycles,
         wall.as_secs_f64(),
         last.cycles as f64 / wall.as_secs_f64(),
@@ -416,13 +431,16 @@ fn a_hundred_thousand_cycles_of_churn_and_outages_leave_memory_threads_fds_and_t
         count("OTLP export is failing")
     );
     assert!(count("OTLP export recovered") <= outages + 1, "{log}");
-    assert!(count("Xid event") <= 2, "{log}");
+    assert!(count("Xid event") <= 2 + windows, "{log}");
     assert!(
-        count("GPU is lost") + count("no longer enumerated") <= 4,
+        count("GPU is lost") + count("no longer enumerated") <= 4 + windows,
         "{log}"
     );
+    // Per window at most: the Xid 13 storm's line, and the flapping GPU's loss and
+    // its recovery.
     assert!(
-        lines_after <= 2 * outages + 4,
-        "{lines_after} lines after the warm-up for {outages} outages:\n{after_warm_up}"
+        lines_after <= 2 * outages + 4 + 3 * windows,
+        "{lines_after} lines after the warm-up for {outages} outages and {windows} summary \
+         windows:\n{after_warm_up}"
     );
 }

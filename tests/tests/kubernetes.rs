@@ -10,6 +10,8 @@
 //! - Every hostPath is one the code reads, under the flag that names its mount path, and
 //!   every path the code reads on the host is mounted.
 //! - The least-privilege settings are there, and a change that weakens one fails.
+//! - The overlays that KUBERNETES.md shows render, keep the base's arguments, and do what
+//!   they say; the docs agree that changes go in an overlay, not in base/.
 //!
 //! What needs a cluster (admission, the RuntimeClass, the kubelet socket's permissions,
 //! NVML inside the pod) is not checked here: KUBERNETES.md says so.
@@ -95,11 +97,54 @@ const CLUSTER_SCOPED: &[&str] = &[
     "RuntimeClass",
 ];
 
-/// A small kustomize for what deploy/kubernetes uses: `resources` (files and
-/// directories), `namespace`, `configMapGenerator` with `literals` (the name gets
-/// kustomize's content hash, and references from pod templates follow it) and
-/// `images`. Any other field fails, so that it never renders something else silently.
+/// A small kustomize for what deploy/kubernetes and the overlays in KUBERNETES.md use:
+/// `resources` (files and directories), `namespace`, `configMapGenerator` with
+/// `literals` and `behavior` (`create`, `merge`, `replace`; the name gets kustomize's
+/// content hash, and references from pod templates follow it), `patches` (inline
+/// JSON 6902 operations with a `target` kind and name) and `images`. Any other field
+/// fails, so that it never renders something else silently.
 fn fallback_render(dir: &Path) -> Vec<Value> {
+    let mut level = fallback_level(dir);
+    // kustomize hashes a generated ConfigMap's final data, after every overlay's
+    // merges, and renames the references to it.
+    let mut renamed = HashMap::new();
+    for o in &mut level.objects {
+        if o["kind"] != "ConfigMap" {
+            continue;
+        }
+        let name = o["metadata"]["name"].as_str().unwrap().to_owned();
+        if !level.generated.contains(&name) {
+            continue;
+        }
+        let data: BTreeMap<String, String> =
+            serde_yaml_ng::from_value(o["data"].clone()).unwrap_or_default();
+        let hashed = format!("{name}-{}", config_map_hash(&data));
+        o["metadata"]["name"] = hashed.clone().into();
+        renamed.insert(name, hashed);
+    }
+    for o in &mut level.objects {
+        if let Some(spec) = pod_spec_mut(o) {
+            for c in containers_mut(spec) {
+                rename_config_map_refs(c, &renamed);
+            }
+            if let Some(vols) = spec.get_mut("volumes").and_then(Value::as_sequence_mut) {
+                for v in vols {
+                    rename(v, &["configMap", "name"], &renamed);
+                }
+            }
+        }
+    }
+    level.objects
+}
+
+/// One kustomization's objects, with its generated ConfigMaps still under their own
+/// names (listed in `generated`), so that an overlay can merge into them.
+struct Level {
+    objects: Vec<Value>,
+    generated: BTreeSet<String>,
+}
+
+fn fallback_level(dir: &Path) -> Level {
     let path = dir.join("kustomization.yaml");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
@@ -113,6 +158,7 @@ fn fallback_render(dir: &Path) -> Vec<Value> {
                 "namespace",
                 "resources",
                 "configMapGenerator",
+                "patches",
                 "images"
             ]
             .contains(&key),
@@ -122,10 +168,13 @@ fn fallback_render(dir: &Path) -> Vec<Value> {
         );
     }
     let mut objects = Vec::new();
+    let mut generated = BTreeSet::new();
     for r in seq(&k["resources"]) {
         let r = dir.join(r.as_str().unwrap());
         if r.is_dir() {
-            objects.extend(fallback_render(&r));
+            let sub = fallback_level(&r);
+            objects.extend(sub.objects);
+            generated.extend(sub.generated);
         } else {
             let text = std::fs::read_to_string(&r)
                 .unwrap_or_else(|e| panic!("cannot read {}: {e}", r.display()));
@@ -142,28 +191,74 @@ fn fallback_render(dir: &Path) -> Vec<Value> {
             );
         }
     };
-    let mut renamed = HashMap::new();
     for g in seq(&k["configMapGenerator"]) {
-        only(&g, &["name", "literals"], "configMapGenerator");
+        only(&g, &["name", "literals", "behavior"], "configMapGenerator");
         let name = g["name"].as_str().unwrap();
-        let mut data = BTreeMap::new();
+        let mut data = serde_yaml_ng::Mapping::new();
         for l in seq(&g["literals"]) {
             let (key, value) = l.as_str().unwrap().split_once('=').unwrap();
-            data.insert(key.to_owned(), value.to_owned());
+            data.insert(key.into(), value.into());
         }
-        let hashed = format!("{name}-{}", config_map_hash(&data));
-        renamed.insert(name.to_owned(), hashed.clone());
-        let mut cm = serde_yaml_ng::Mapping::new();
-        cm.insert("apiVersion".into(), "v1".into());
-        cm.insert("kind".into(), "ConfigMap".into());
-        let mut meta = serde_yaml_ng::Mapping::new();
-        meta.insert("name".into(), hashed.into());
-        cm.insert("metadata".into(), meta.into());
-        cm.insert("data".into(), serde_yaml_ng::to_value(&data).unwrap());
-        objects.push(cm.into());
+        let existing = || {
+            assert!(
+                generated.contains(name),
+                "{}: configMapGenerator {name} merges into a ConfigMap no base generates",
+                path.display()
+            );
+            objects
+                .iter()
+                .position(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == name)
+                .unwrap()
+        };
+        match g["behavior"].as_str().unwrap_or("create") {
+            "create" => {
+                assert!(generated.insert(name.to_owned()), "{name} generated twice");
+                let mut cm = serde_yaml_ng::Mapping::new();
+                cm.insert("apiVersion".into(), "v1".into());
+                cm.insert("kind".into(), "ConfigMap".into());
+                let mut meta = serde_yaml_ng::Mapping::new();
+                meta.insert("name".into(), name.into());
+                cm.insert("metadata".into(), meta.into());
+                cm.insert("data".into(), data.into());
+                objects.push(cm.into());
+            }
+            "merge" => {
+                let i = existing();
+                let old = objects[i]["data"].as_mapping_mut().unwrap();
+                for (key, value) in data {
+                    old.insert(key, value);
+                }
+            }
+            "replace" => {
+                let i = existing();
+                objects[i]["data"] = data.into();
+            }
+            other => panic!("{}: unknown behavior {other}", path.display()),
+        }
     }
-    for i in seq(&k["images"]) {
-        only(&i, &["name", "newName", "newTag"], "images");
+    for p in seq(&k["patches"]) {
+        only(&p, &["target", "patch"], "patches");
+        only(&p["target"], &["kind", "name"], "patches.target");
+        let ops: Value = serde_yaml_ng::from_str(p["patch"].as_str().expect("an inline patch"))
+            .unwrap_or_else(|e| panic!("{}: a patch is not YAML: {e}", path.display()));
+        let ops = ops.as_sequence().unwrap_or_else(|| {
+            panic!(
+                "{}: the fallback renderer knows JSON 6902 patches (a list of operations) \
+                 only, not strategic merge patches",
+                path.display()
+            )
+        });
+        let target = &p["target"];
+        let mut matched = 0;
+        for o in &mut objects {
+            if o["kind"] == target["kind"] && o["metadata"]["name"] == target["name"] {
+                matched += 1;
+                for op in ops {
+                    json_patch(o, op);
+                }
+            }
+        }
+        assert_eq!(matched, 1, "{}: patch target {target:?}", path.display());
     }
     for o in &mut objects {
         if let Some(ns) = k["namespace"].as_str() {
@@ -176,19 +271,56 @@ fn fallback_render(dir: &Path) -> Vec<Value> {
         }
         if let Some(spec) = pod_spec_mut(o) {
             for c in containers_mut(spec) {
-                rename_config_map_refs(c, &renamed);
                 for i in seq(&k["images"]) {
+                    only(&i, &["name", "newName", "newTag"], "images");
                     set_image(c, &i);
-                }
-            }
-            if let Some(vols) = spec.get_mut("volumes").and_then(Value::as_sequence_mut) {
-                for v in vols {
-                    rename(v, &["configMap", "name"], &renamed);
                 }
             }
         }
     }
-    objects
+    Level { objects, generated }
+}
+
+/// Applies one JSON 6902 operation (`add`, `remove`, `replace`) to `doc`.
+fn json_patch(doc: &mut Value, op: &Value) {
+    let path = op["path"].as_str().expect("an operation has a path");
+    let mut tokens: Vec<String> = path
+        .strip_prefix('/')
+        .unwrap_or_else(|| panic!("{path}: a JSON pointer starts with /"))
+        .split('/')
+        .map(|t| t.replace("~1", "/").replace("~0", "~"))
+        .collect();
+    let last = tokens.pop().unwrap();
+    let mut parent = &mut *doc;
+    for t in &tokens {
+        parent = match parent {
+            Value::Mapping(m) => m.get_mut(t.as_str()),
+            Value::Sequence(s) => t.parse::<usize>().ok().and_then(|i| s.get_mut(i)),
+            _ => None,
+        }
+        .unwrap_or_else(|| panic!("{path}: no {t}"));
+    }
+    let value = || op["value"].clone();
+    match (op["op"].as_str().unwrap(), parent) {
+        ("add", Value::Sequence(s)) if last == "-" => s.push(value()),
+        ("add", Value::Sequence(s)) => s.insert(last.parse().unwrap(), value()),
+        ("add", Value::Mapping(m)) => {
+            m.insert(last.into(), value());
+        }
+        ("remove", Value::Sequence(s)) => {
+            s.remove(last.parse().unwrap());
+        }
+        ("remove", Value::Mapping(m)) => {
+            m.remove(last.as_str())
+                .unwrap_or_else(|| panic!("{path}: nothing to remove"));
+        }
+        ("replace", Value::Sequence(s)) => s[last.parse::<usize>().unwrap()] = value(),
+        ("replace", Value::Mapping(m)) => {
+            *m.get_mut(last.as_str())
+                .unwrap_or_else(|| panic!("{path}: nothing to replace")) = value();
+        }
+        (other, _) => panic!("{path}: the fallback renderer does not know the operation {other}"),
+    }
 }
 
 fn seq(v: &Value) -> Vec<Value> {
@@ -514,6 +646,11 @@ fn every_object_validates_against_the_kubernetes_schemas() {
         &std::fs::read_to_string(repo_root().join(COLLECTOR_EXAMPLE)).unwrap(),
         COLLECTOR_EXAMPLE,
     ));
+    // The overlays KUBERNETES.md shows: what they add must be valid too.
+    let (_overlays_dir, overlays) = write_doc_overlays();
+    for (_, path) in &overlays {
+        all.extend(render(path));
+    }
     // kubernetes-validate has the core API's schemas, not the CRDs': the overlay's
     // ServiceMonitor is checked by the_service_monitor_selects_the_service below.
     for (i, o) in all.iter().enumerate() {
@@ -1256,4 +1393,165 @@ fn the_docs_point_to_the_files_instead_of_embedding_them() {
     }
     let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
     assert!(readme.contains("kubectl apply -k deploy/kubernetes"));
+}
+
+// ---------------------------------------------------------------------------------------
+// The overlays that KUBERNETES.md shows
+
+/// The overlays KUBERNETES.md shows, each a YAML block that starts with
+/// `# <name>/kustomization.yaml`: (name, text).
+fn doc_overlays() -> Vec<(String, String)> {
+    let doc = std::fs::read_to_string(repo_root().join("otel-gpu-receiver/KUBERNETES.md")).unwrap();
+    doc.split("```yaml\n")
+        .skip(1)
+        .filter_map(|block| {
+            let block = block.split("```").next()?;
+            let name = block
+                .lines()
+                .next()?
+                .strip_prefix("# ")?
+                .strip_suffix("/kustomization.yaml")?;
+            Some((name.to_owned(), block.to_owned()))
+        })
+        .collect()
+}
+
+/// Writes each overlay where the docs have it, in a directory beside `deploy/` (a link
+/// to the repository's), and returns the directory and (name, overlay path) pairs.
+fn write_doc_overlays() -> (tempfile::TempDir, Vec<(String, String)>) {
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(repo_root().join("deploy"), dir.path().join("deploy")).unwrap();
+    let mut out = Vec::new();
+    for (name, text) in doc_overlays() {
+        let at = dir.path().join(&name);
+        std::fs::create_dir_all(&at).unwrap();
+        std::fs::write(at.join("kustomization.yaml"), text).unwrap();
+        out.push((name, at.to_str().unwrap().to_owned()));
+    }
+    (dir, out)
+}
+
+#[test]
+fn the_overlays_in_kubernetes_md_render_and_keep_what_the_base_sets() {
+    let (_dir, overlays) = write_doc_overlays();
+    let names: BTreeSet<&str> = overlays.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        BTreeSet::from(["driver-overlay", "my-overlay"]),
+        "KUBERNETES.md's overlays, each a whole kustomization.yaml"
+    );
+    let base = render(BASE);
+    let base_args = strings(&agent(&base)["args"]);
+    let (base_settings, _) = resolve(&base);
+    let base_env = container_env(&base);
+    for (name, path) in &overlays {
+        let objects = render(path);
+        // A patch that sets `args` replaces the whole list: the probes would lose
+        // --prometheus, the host families their --proc-root and --rootfs.
+        let args = strings(&agent(&objects)["args"]);
+        for a in &base_args {
+            assert!(
+                args.contains(a),
+                "{name} drops {a} from the base's args: {args:?}"
+            );
+        }
+        let (settings, _) = resolve(&objects);
+        assert_eq!(settings.prometheus, base_settings.prometheus, "{name}");
+        assert_eq!(settings.roots, base_settings.roots, "{name}");
+        assert_eq!(
+            security_violations(&objects),
+            Vec::<String>::new(),
+            "{name}"
+        );
+        for (volume, host, _, read_only, _) in host_mounts(&objects) {
+            assert!(
+                read_only,
+                "{name}: hostPath {volume} ({}) is writable",
+                host.display()
+            );
+        }
+        let env = container_env(&objects);
+        let out = Command::new(env!("CARGO_BIN_EXE_e2e-otel-gpu-receiver"))
+            .arg("--check-config")
+            .args(&args)
+            .env_clear()
+            .envs(&env)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        match name.as_str() {
+            "driver-overlay" => {
+                // The library is found under the driver's root, mounted read-only with
+                // the host's later mounts propagated.
+                let lib = settings.nvml_lib.as_ref().expect("--nvml-lib is set");
+                let mount = host_mounts(&objects)
+                    .into_iter()
+                    .find(|(_, _, at, _, _)| lib.starts_with(at))
+                    .unwrap_or_else(|| panic!("{name}: nothing is mounted above {lib:?}"));
+                assert_eq!(mount.4.as_deref(), Some("HostToContainer"), "{name}");
+                assert!(base_settings.nvml_lib.is_none());
+            }
+            "my-overlay" => {
+                // The overlay, not base/, is where the endpoint and the image change.
+                assert_ne!(
+                    env["OTEL_EXPORTER_OTLP_ENDPOINT"], base_env["OTEL_EXPORTER_OTLP_ENDPOINT"],
+                    "{name}"
+                );
+                assert_eq!(
+                    settings.otlp.as_ref().map(|o| o.endpoint.as_str()),
+                    Some(env["OTEL_EXPORTER_OTLP_ENDPOINT"].as_str())
+                );
+                assert_ne!(agent(&objects)["image"], agent(&base)["image"], "{name}");
+            }
+            _ => unreachable!(),
+        }
+        // Both renderers, where both run, agree on the docs' overlays too.
+        if let Some(theirs) = kubectl_render(path) {
+            assert_eq!(
+                by_key(&fallback_render(Path::new(path))),
+                by_key(&theirs),
+                "{name}: the fallback renderer and kubectl differ"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_docs_agree_that_changes_go_in_an_overlay_not_in_base() {
+    // README.md, KUBERNETES.md and the kustomizations' own comments all send the
+    // Collector's endpoint and the image to an overlay of the user's.
+    let read = |p: &str| std::fs::read_to_string(repo_root().join(p)).unwrap();
+    let texts = [
+        ("README.md", read("README.md")),
+        ("KUBERNETES.md", read("otel-gpu-receiver/KUBERNETES.md")),
+        (
+            "deploy/kubernetes/kustomization.yaml",
+            read("deploy/kubernetes/kustomization.yaml"),
+        ),
+        (
+            "deploy/kubernetes/base/kustomization.yaml",
+            read("deploy/kubernetes/base/kustomization.yaml"),
+        ),
+    ];
+    for (file, text) in &texts {
+        let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        for edit_base in [
+            "in `deploy/kubernetes/base/kustomization.yaml`",
+            "name it in `base/kustomization.yaml`",
+            "set in base/kustomization.yaml",
+            "the two settings you change",
+            "Settings that you change live here",
+        ] {
+            assert!(
+                !flat.contains(edit_base),
+                "{file} says to edit base/ ({edit_base:?}); changes go in an overlay"
+            );
+        }
+        assert!(flat.contains("overlay"), "{file} never mentions an overlay");
+    }
 }

@@ -4,6 +4,7 @@
 mod cardinality;
 mod catalogue_doc;
 mod common;
+mod config_doc;
 mod config_errors;
 mod failing_source;
 mod host_view;
