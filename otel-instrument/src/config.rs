@@ -647,11 +647,28 @@ impl ExporterConfig {
         };
         let ca_certificate = match pick("CERTIFICATE") {
             None => None,
-            Some((var, path)) => Some(read(var, path)?),
+            Some((var, path)) => {
+                let pem = read(var.clone(), path.clone())?;
+                crate::tls::check_ca(&pem).map_err(|reason| {
+                    ConfigError::invalid(&var, &path, reason, "/etc/otel/ca.pem")
+                })?;
+                Some(pem)
+            }
         };
         let client_identity = match (pick("CLIENT_CERTIFICATE"), pick("CLIENT_KEY")) {
             (None, None) => None,
-            (Some((cv, cp)), Some((kv, kp))) => Some((read(cv, cp)?, read(kv, kp)?)),
+            (Some((cv, cp)), Some((kv, kp))) => {
+                let (cert, key) = (read(cv.clone(), cp.clone())?, read(kv.clone(), kp.clone())?);
+                crate::tls::check_identity(&cert, &key).map_err(|e| match e {
+                    crate::tls::IdentityError::Certificate(reason) => {
+                        ConfigError::invalid(&cv, &cp, reason, "/etc/otel/client.pem")
+                    }
+                    crate::tls::IdentityError::Key(reason) => {
+                        ConfigError::invalid(&kv, &kp, reason, "/etc/otel/client.key")
+                    }
+                })?;
+                Some((cert, key))
+            }
             (None, Some((var, path))) => {
                 return Err(ConfigError::invalid(
                     &var,

@@ -30,6 +30,7 @@ pub mod resource;
 mod setup;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod tls;
 
 pub use config::{Compression, ConfigError, ParentRoot, Propagator, Protocol, SamplerConfig};
 pub use setup::{InitError, Telemetry, TelemetryBuilder, TelemetryGuard};

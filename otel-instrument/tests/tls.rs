@@ -64,7 +64,9 @@ fn pki() -> Pki {
     Pki { dir }
 }
 
-fn env(vars: Vec<(&'static str, String)>) -> impl Fn(&str) -> Option<String> + Send + Sync {
+type Vars = Vec<(&'static str, String)>;
+
+fn env(vars: Vars) -> impl Fn(&str) -> Option<String> + Send + Sync {
     move |k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())
 }
 
@@ -203,4 +205,94 @@ fn unreadable_or_half_given_certificates_are_errors_naming_the_variable() {
         err.contains("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"),
         "{err}"
     );
+}
+
+/// The same certificate failures under `http/protobuf` and gRPC: a file that is
+/// not what its variable says is an error naming that variable and its path.
+#[test]
+fn garbled_certificate_files_are_errors_naming_the_variable_on_both_transports() {
+    let ours = pki();
+    let other = pki();
+    write(ours.dir.path(), "garbage.pem", "not a certificate\n");
+    // PEM, but not a certificate inside.
+    write(
+        ours.dir.path(),
+        "empty-cert.pem",
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    );
+    let path = |pki: &Pki, name: &str| pki.path(name).display().to_string();
+    // The variables set, the one at fault and its file.
+    let cases: Vec<(Vars, &str, String)> = vec![
+        (
+            vec![("OTEL_EXPORTER_OTLP_CERTIFICATE", path(&ours, "garbage.pem"))],
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            path(&ours, "garbage.pem"),
+        ),
+        (
+            vec![(
+                "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+                path(&ours, "empty-cert.pem"),
+            )],
+            "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+            path(&ours, "empty-cert.pem"),
+        ),
+        (
+            // A key where the CA should be.
+            vec![("OTEL_EXPORTER_OTLP_CERTIFICATE", path(&ours, "client.key"))],
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            path(&ours, "client.key"),
+        ),
+        (
+            vec![
+                (
+                    "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+                    path(&ours, "garbage.pem"),
+                ),
+                ("OTEL_EXPORTER_OTLP_CLIENT_KEY", path(&ours, "client.key")),
+            ],
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+            path(&ours, "garbage.pem"),
+        ),
+        (
+            vec![
+                (
+                    "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+                    path(&ours, "client.pem"),
+                ),
+                ("OTEL_EXPORTER_OTLP_CLIENT_KEY", path(&ours, "garbage.pem")),
+            ],
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+            path(&ours, "garbage.pem"),
+        ),
+        (
+            // Another pair's key: well-formed, but not this certificate's.
+            vec![
+                (
+                    "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+                    path(&ours, "client.pem"),
+                ),
+                ("OTEL_EXPORTER_OTLP_CLIENT_KEY", path(&other, "client.key")),
+            ],
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+            path(&other, "client.key"),
+        ),
+    ];
+    for protocol in ["http/protobuf", "grpc"] {
+        for (vars, var, file) in &cases {
+            let mut vars = vars.clone();
+            vars.push(("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.to_owned()));
+            vars.push((
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "https://127.0.0.1:4318".into(),
+            ));
+            let err = match Telemetry::builder().env_lookup(env(vars)).build() {
+                Ok(_) => panic!("{protocol}: {var}={file} must be rejected"),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                err.contains(&format!("{var}={file:?} is invalid")),
+                "{protocol}: the error must name {var} and its file: {err}"
+            );
+        }
+    }
 }
