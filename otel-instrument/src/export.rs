@@ -16,9 +16,15 @@
 //! the collector's RetryInfo, ...) are retried by opentelemetry-otlp itself, with
 //! exponential backoff and jitter and within the export timeout ([`retry_policy`]),
 //! so a short outage whose spans fit in the queue loses nothing.
+//!
+//! When the guard's shutdown deadline passes with exports still being retried (a
+//! short-lived program and a dead collector: the export timeout, 10 s by default,
+//! outlasts the 5 s deadline), what is abandoned is counted and logged as a failure
+//! too ([`ExportStats::shutdown_deadline_passed`]); otherwise such a program would exit
+//! without a word about the telemetry it lost.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use opentelemetry::KeyValue;
@@ -136,6 +142,7 @@ fn unix_secs() -> u64 {
 /// Logs an export outage of one signal: once when it starts, a summary at most every
 /// [`SUMMARY_EVERY_SECS`] while it lasts, once when an export succeeds again (with
 /// the count). Every failure is counted in `otel_instrument.export.failures` anyway.
+/// The lines carry the exporter's error.
 #[derive(Debug, Default)]
 struct OutageLog {
     failing: AtomicBool,
@@ -149,7 +156,7 @@ struct OutageLog {
 impl OutageLog {
     /// One more failed export; `failures` is the count including it.
     #[cold]
-    fn failed(&self, signal: Signal, failures: u64) {
+    fn failed(&self, signal: Signal, failures: u64, error: &str) {
         let _sdk = crate::monitored::SdkScope::enter();
         let now = unix_secs();
         if !self.failing.swap(true, Ordering::AcqRel) {
@@ -158,6 +165,7 @@ impl OutageLog {
             self.logged_at.store(now, Ordering::Relaxed);
             tracing::warn!(
                 signal = signal.as_str(),
+                error,
                 "OTLP export is failing (the collector is down, hanging or refusing); failures \
                  are counted in otel_instrument.export.failures (logged again when export \
                  recovers, and every 5 minutes until then)"
@@ -175,6 +183,7 @@ impl OutageLog {
                 signal = signal.as_str(),
                 failures = failures - self.base.load(Ordering::Relaxed),
                 for_s = now.saturating_sub(self.since.load(Ordering::Relaxed)),
+                error,
                 "OTLP export is still failing"
             );
         }
@@ -209,6 +218,8 @@ struct Batched {
     /// Items in the batch queue: admitted by [`QueueLimit`], not yet handed to
     /// the exporter.
     queued: AtomicUsize,
+    /// Items handed to the exporter whose export has not returned yet.
+    in_flight: AtomicU64,
     /// When the queue-full warning was last logged, in seconds since the epoch.
     warned_at: AtomicU64,
     outage: OutageLog,
@@ -238,17 +249,23 @@ impl Batched {
     /// Counts (and, at an outage's start and end, logs) the result of one export of
     /// `n` items.
     fn exported(&self, signal: Signal, result: &OTelSdkResult, n: u64, log: bool) {
-        if result.is_ok() {
-            self.ok.fetch_add(1, Ordering::Relaxed);
-            if log {
-                self.outage
-                    .succeeded(signal, self.failures.load(Ordering::Relaxed));
+        match result {
+            Ok(()) => {
+                self.ok.fetch_add(1, Ordering::Relaxed);
+                if log {
+                    self.outage
+                        .succeeded(signal, self.failures.load(Ordering::Relaxed));
+                }
             }
-        } else {
-            self.failed(n);
-            if log {
-                self.outage
-                    .failed(signal, self.failures.load(Ordering::Relaxed));
+            Err(e) => {
+                self.failed(n);
+                if log {
+                    self.outage.failed(
+                        signal,
+                        self.failures.load(Ordering::Relaxed),
+                        &e.to_string(),
+                    );
+                }
             }
         }
     }
@@ -301,6 +318,11 @@ pub struct ExportStats {
     metric_failures: AtomicU64,
     metric_ok: AtomicU64,
     metric_outage: OutageLog,
+    /// Metric exports that have not returned yet.
+    metric_in_flight: AtomicU64,
+    /// Whether the shutdown deadline passed; held while an export's result is
+    /// counted, so an export is counted once, by itself or as abandoned.
+    abandoned: Mutex<bool>,
     /// The owner logs outages itself (from [`Self::failures`] and [`Self::successes`]).
     outages_logged_elsewhere: bool,
 }
@@ -424,6 +446,45 @@ impl ExportStats {
             _ => &self.spans,
         }
     }
+
+    fn abandoned(&self) -> MutexGuard<'_, bool> {
+        self.abandoned.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The telemetry guard's shutdown deadline (`deadline`) passed before every export
+    /// returned. What is still queued or being exported will never arrive (the export
+    /// runtime goes next): each signal with such items counts one failed export and
+    /// its items as lost, and logs its outage, as a failed export would have. From
+    /// now on, exports that return are not counted again. Call it once, after the
+    /// deadline.
+    pub fn shutdown_deadline_passed(&self, deadline: Duration) {
+        let mut abandoned = self.abandoned();
+        if std::mem::replace(&mut *abandoned, true) {
+            return;
+        }
+        let log = !self.outages_logged_elsewhere;
+        let why = format!(
+            "the export was still being retried when the shutdown deadline ({deadline:?}) passed"
+        );
+        for (signal, b) in [(Signal::Traces, &self.spans), (Signal::Logs, &self.logs)] {
+            let in_flight = b.in_flight.load(Ordering::Acquire);
+            let pending = in_flight + b.queued.load(Ordering::Acquire) as u64;
+            if pending == 0 {
+                continue;
+            }
+            b.failed(pending);
+            if log {
+                b.outage
+                    .failed(signal, b.failures.load(Ordering::Relaxed), &why);
+            }
+        }
+        if self.metric_in_flight.load(Ordering::Acquire) > 0 {
+            let failures = self.metric_failures.fetch_add(1, Ordering::Relaxed) + 1;
+            if log {
+                self.metric_outage.failed(Signal::Metrics, failures, &why);
+            }
+        }
+    }
 }
 
 /// A span exporter that counts failed batches.
@@ -443,12 +504,16 @@ impl<E> CountingSpanExporter<E> {
 impl<E: SpanExporter> SpanExporter for CountingSpanExporter<E> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let n = batch.len();
-        self.stats.spans.handed_over(n);
+        let s = &self.stats;
+        s.spans.in_flight.fetch_add(n as u64, Ordering::AcqRel);
+        s.spans.handed_over(n);
         let result = self.inner.export(batch).await;
-        let log = !self.stats.outages_logged_elsewhere;
-        self.stats
-            .spans
-            .exported(Signal::Traces, &result, n as u64, log);
+        let abandoned = s.abandoned();
+        s.spans.in_flight.fetch_sub(n as u64, Ordering::AcqRel);
+        if !*abandoned {
+            let log = !s.outages_logged_elsewhere;
+            s.spans.exported(Signal::Traces, &result, n as u64, log);
+        }
         result
     }
 
@@ -594,12 +659,16 @@ impl<E> CountingLogExporter<E> {
 impl<E: LogExporter> LogExporter for CountingLogExporter<E> {
     async fn export(&self, batch: LogBatch<'_>) -> OTelSdkResult {
         let n = batch.iter().count();
-        self.stats.logs.handed_over(n);
+        let s = &self.stats;
+        s.logs.in_flight.fetch_add(n as u64, Ordering::AcqRel);
+        s.logs.handed_over(n);
         let result = self.inner.export(batch).await;
-        let log = !self.stats.outages_logged_elsewhere;
-        self.stats
-            .logs
-            .exported(Signal::Logs, &result, n as u64, log);
+        let abandoned = s.abandoned();
+        s.logs.in_flight.fetch_sub(n as u64, Ordering::AcqRel);
+        if !*abandoned {
+            let log = !s.outages_logged_elsewhere;
+            s.logs.exported(Signal::Logs, &result, n as u64, log);
+        }
         result
     }
 
@@ -628,18 +697,28 @@ impl<E> CountingMetricExporter<E> {
 
 impl<E: PushMetricExporter> PushMetricExporter for CountingMetricExporter<E> {
     async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
-        let result = self.inner.export(metrics).await;
         let s = &self.stats;
-        if result.is_ok() {
-            s.metric_ok.fetch_add(1, Ordering::Relaxed);
-            if !s.outages_logged_elsewhere {
-                s.metric_outage
-                    .succeeded(Signal::Metrics, s.metric_failures.load(Ordering::Relaxed));
+        s.metric_in_flight.fetch_add(1, Ordering::AcqRel);
+        let result = self.inner.export(metrics).await;
+        let abandoned = s.abandoned();
+        s.metric_in_flight.fetch_sub(1, Ordering::AcqRel);
+        if *abandoned {
+            return result;
+        }
+        match &result {
+            Ok(()) => {
+                s.metric_ok.fetch_add(1, Ordering::Relaxed);
+                if !s.outages_logged_elsewhere {
+                    s.metric_outage
+                        .succeeded(Signal::Metrics, s.metric_failures.load(Ordering::Relaxed));
+                }
             }
-        } else {
-            let failures = s.metric_failures.fetch_add(1, Ordering::Relaxed) + 1;
-            if !s.outages_logged_elsewhere {
-                s.metric_outage.failed(Signal::Metrics, failures);
+            Err(e) => {
+                let failures = s.metric_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if !s.outages_logged_elsewhere {
+                    s.metric_outage
+                        .failed(Signal::Metrics, failures, &e.to_string());
+                }
             }
         }
         result
@@ -875,6 +954,51 @@ mod tests {
         );
         assert_eq!(b.failures.load(Ordering::Relaxed), 100);
         assert_eq!(b.ok.load(Ordering::Relaxed), 3);
+    }
+
+    #[derive(Debug)]
+    struct Failing;
+
+    impl SpanExporter for Failing {
+        async fn export(&self, _: Vec<SpanData>) -> OTelSdkResult {
+            Err(opentelemetry_sdk::error::OTelSdkError::InternalFailure(
+                "late".into(),
+            ))
+        }
+    }
+
+    #[test]
+    fn what_the_shutdown_deadline_cuts_off_is_counted_once_and_logged() {
+        let stats = Arc::new(ExportStats::default());
+        stats.spans.queued.store(3, Ordering::Relaxed);
+        stats.spans.in_flight.store(2, Ordering::Relaxed);
+        stats.metric_in_flight.store(1, Ordering::Relaxed);
+        let log = logged(|| stats.shutdown_deadline_passed(Duration::from_secs(5)));
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.len(), 2, "{log}");
+        for (line, signal) in lines.iter().zip(["traces", "metrics"]) {
+            assert!(
+                line.contains("OTLP export is failing")
+                    && line.contains(&format!("signal=\"{signal}\""))
+                    && line.contains("shutdown deadline (5s) passed"),
+                "{log}"
+            );
+        }
+        assert_eq!(stats.failures(Signal::Traces), 1);
+        assert_eq!(stats.spans_lost(), 5, "in flight and queued");
+        assert_eq!(stats.failures(Signal::Metrics), 1);
+        assert_eq!(stats.failures(Signal::Logs), 0);
+
+        // The abandoned export returning later, or the deadline reported twice,
+        // counts nothing more.
+        let exporter = CountingSpanExporter::new(Failing, stats.clone());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert!(rt.block_on(exporter.export(Vec::new())).is_err());
+        stats.shutdown_deadline_passed(Duration::from_secs(5));
+        assert_eq!(stats.failures(Signal::Traces), 1);
+        assert_eq!(stats.spans_lost(), 5);
     }
 
     #[test]
