@@ -17,6 +17,11 @@
 //! exponential backoff and jitter and within the export timeout ([`retry_policy`]),
 //! so a short outage whose spans fit in the queue loses nothing.
 //!
+//! Over `http/protobuf` the client is ours (`http_client`): hyper with rustls, the
+//! configured certificates and the timeout, running on the [`ExportRuntime`]. It also
+//! keeps the cause of each failed attempt, which opentelemetry-otlp's HTTP exporter
+//! reduces to "network error", so the outage line says why on both transports.
+//!
 //! When the guard's shutdown deadline passes with exports still being retried (a
 //! short-lived program and a dead collector: the export timeout, 10 s by default,
 //! outlasts the 5 s deadline), what is abandoned is counted and logged as a failure
@@ -38,6 +43,9 @@ use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use opentelemetry_sdk::trace::{SpanData, SpanExporter, SpanProcessor};
 
 use crate::config::{Compression, ExporterConfig, Protocol, Signal};
+
+#[cfg(feature = "http-proto")]
+mod http_client;
 
 /// Why an exporter or the runtime it runs on could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +72,17 @@ pub enum ExportError {
         signal: Signal,
         /// The header name.
         name: String,
+    },
+    /// The OTLP/HTTP client could not be built (its TLS settings).
+    #[error("cannot build the OTLP/HTTP client of the {signal} exporter for {endpoint}")]
+    HttpClient {
+        /// traces, metrics or logs.
+        signal: Signal,
+        /// The endpoint in use.
+        endpoint: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// `http/protobuf` was asked for without the `http-proto` feature.
     #[error(
@@ -142,7 +161,8 @@ fn unix_secs() -> u64 {
 /// Logs an export outage of one signal: once when it starts, a summary at most every
 /// [`SUMMARY_EVERY_SECS`] while it lasts, once when an export succeeds again (with
 /// the count). Every failure is counted in `otel_instrument.export.failures` anyway.
-/// The lines carry the exporter's error.
+/// The lines carry the error: the transport's own cause of the last failed attempt
+/// when it left one ([`Self::attempt_failed`]), the exporter's error otherwise.
 #[derive(Debug, Default)]
 struct OutageLog {
     failing: AtomicBool,
@@ -151,9 +171,35 @@ struct OutageLog {
     /// When it started and when the last line was written, seconds since the epoch.
     since: AtomicU64,
     logged_at: AtomicU64,
+    /// Why the last attempt failed, as the transport saw it; cleared by an answer.
+    cause: Mutex<Option<String>>,
 }
 
 impl OutageLog {
+    fn cause(&self) -> MutexGuard<'_, Option<String>> {
+        self.cause.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An attempt got no answer, for this reason (the exporter may still retry).
+    #[cfg_attr(not(feature = "http-proto"), allow(dead_code))]
+    fn attempt_failed(&self, cause: String) {
+        *self.cause() = Some(cause);
+    }
+
+    /// An attempt got an answer (whatever its status: the exporter's error says it).
+    #[cfg_attr(not(feature = "http-proto"), allow(dead_code))]
+    fn attempt_answered(&self) {
+        *self.cause() = None;
+    }
+
+    /// What to say about a failed export whose own error is `error`.
+    fn error(&self, error: &dyn std::fmt::Display) -> String {
+        match self.cause().take() {
+            Some(cause) => cause,
+            None => error.to_string(),
+        }
+    }
+
     /// One more failed export; `failures` is the count including it.
     #[cold]
     fn failed(&self, signal: Signal, failures: u64, error: &str) {
@@ -259,12 +305,10 @@ impl Batched {
             }
             Err(e) => {
                 self.failed(n);
+                let error = self.outage.error(e);
                 if log {
-                    self.outage.failed(
-                        signal,
-                        self.failures.load(Ordering::Relaxed),
-                        &e.to_string(),
-                    );
+                    self.outage
+                        .failed(signal, self.failures.load(Ordering::Relaxed), &error);
                 }
             }
         }
@@ -447,6 +491,16 @@ impl ExportStats {
         }
     }
 
+    /// The outage log of a signal, where its transport leaves causes.
+    #[cfg_attr(not(feature = "http-proto"), allow(dead_code))]
+    fn outage(&self, signal: Signal) -> &OutageLog {
+        match signal {
+            Signal::Traces => &self.spans.outage,
+            Signal::Metrics => &self.metric_outage,
+            Signal::Logs => &self.logs.outage,
+        }
+    }
+
     fn abandoned(&self) -> MutexGuard<'_, bool> {
         self.abandoned.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -463,9 +517,17 @@ impl ExportStats {
             return;
         }
         let log = !self.outages_logged_elsewhere;
-        let why = format!(
-            "the export was still being retried when the shutdown deadline ({deadline:?}) passed"
-        );
+        let why = |outage: &OutageLog| {
+            let last = outage.error(&"");
+            let mut why = format!(
+                "the export was still being retried when the shutdown deadline ({deadline:?}) passed"
+            );
+            if !last.is_empty() {
+                why.push_str("; last attempt: ");
+                why.push_str(&last);
+            }
+            why
+        };
         for (signal, b) in [(Signal::Traces, &self.spans), (Signal::Logs, &self.logs)] {
             let in_flight = b.in_flight.load(Ordering::Acquire);
             let pending = in_flight + b.queued.load(Ordering::Acquire) as u64;
@@ -475,13 +537,14 @@ impl ExportStats {
             b.failed(pending);
             if log {
                 b.outage
-                    .failed(signal, b.failures.load(Ordering::Relaxed), &why);
+                    .failed(signal, b.failures.load(Ordering::Relaxed), &why(&b.outage));
             }
         }
         if self.metric_in_flight.load(Ordering::Acquire) > 0 {
             let failures = self.metric_failures.fetch_add(1, Ordering::Relaxed) + 1;
             if log {
-                self.metric_outage.failed(Signal::Metrics, failures, &why);
+                self.metric_outage
+                    .failed(Signal::Metrics, failures, &why(&self.metric_outage));
             }
         }
     }
@@ -715,9 +778,9 @@ impl<E: PushMetricExporter> PushMetricExporter for CountingMetricExporter<E> {
             }
             Err(e) => {
                 let failures = s.metric_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                let error = s.metric_outage.error(e);
                 if !s.outages_logged_elsewhere {
-                    s.metric_outage
-                        .failed(Signal::Metrics, failures, &e.to_string());
+                    s.metric_outage.failed(Signal::Metrics, failures, &error);
                 }
             }
         }
@@ -799,13 +862,20 @@ fn tonic_settings<B: WithTonicConfig + WithExportConfig>(
     Ok(b)
 }
 
-/// Applies endpoint, timeout, headers and compression to an HTTP builder.
+/// Applies endpoint, timeout, headers and compression to an HTTP builder, and our
+/// own client ([`http_client::Transport`]): TLS, certificates and the timeout, with its
+/// failures' causes left in `stats`.
 #[cfg(feature = "http-proto")]
 fn http_settings<B: opentelemetry_otlp::WithHttpConfig + WithExportConfig>(
     b: B,
+    rt: &ExportRuntime,
+    signal: Signal,
     cfg: &ExporterConfig,
-) -> B {
+    stats: &Arc<ExportStats>,
+) -> Result<B, ExportError> {
+    let client = http_client::Transport::new(rt, signal, cfg, stats.clone())?;
     let mut b = b
+        .with_http_client(client)
         .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
         .with_endpoint(cfg.endpoint.clone())
         .with_timeout(cfg.timeout)
@@ -814,15 +884,14 @@ fn http_settings<B: opentelemetry_otlp::WithHttpConfig + WithExportConfig>(
     if let Some(Compression::Gzip) = cfg.compression {
         b = b.with_compression(opentelemetry_otlp::Compression::Gzip);
     }
-    b
+    Ok(b)
 }
 
 /// Builds an OTLP exporter from a signal's builder: gRPC inside the export runtime
-/// (tonic's channel lives there), HTTP outside it (the blocking client owns a runtime
-/// of its own). The span and metric builders are distinct types with the same
-/// methods, hence a macro.
+/// (tonic's channel lives there), HTTP with a client whose requests run on it. The
+/// span and metric builders are distinct types with the same methods, hence a macro.
 macro_rules! build_exporter {
-    ($builder:expr, $signal:expr, $rt:expr, $cfg:expr) => {{
+    ($builder:expr, $signal:expr, $rt:expr, $cfg:expr, $stats:expr) => {{
         let (builder, signal, cfg) = ($builder, $signal, $cfg);
         let build_err = |source| ExportError::Build {
             signal,
@@ -836,7 +905,7 @@ macro_rules! build_exporter {
                     .map_err(build_err)
             })?,
             #[cfg(feature = "http-proto")]
-            Protocol::HttpProtobuf => http_settings(builder.with_http(), cfg)
+            Protocol::HttpProtobuf => http_settings(builder.with_http(), $rt, signal, cfg, $stats)?
                 .build()
                 .map_err(build_err)?,
             #[cfg(not(feature = "http-proto"))]
@@ -855,7 +924,7 @@ pub fn span_exporter(
     stats: Arc<ExportStats>,
 ) -> Result<CountingSpanExporter<opentelemetry_otlp::SpanExporter>, ExportError> {
     let builder = opentelemetry_otlp::SpanExporter::builder();
-    let exporter = build_exporter!(builder, Signal::Traces, rt, cfg);
+    let exporter = build_exporter!(builder, Signal::Traces, rt, cfg, &stats);
     Ok(CountingSpanExporter::new(exporter, stats))
 }
 
@@ -884,7 +953,7 @@ pub fn metric_exporter_with(
     temporality: Temporality,
 ) -> Result<CountingMetricExporter<opentelemetry_otlp::MetricExporter>, ExportError> {
     let builder = opentelemetry_otlp::MetricExporter::builder().with_temporality(temporality);
-    let exporter = build_exporter!(builder, Signal::Metrics, rt, cfg);
+    let exporter = build_exporter!(builder, Signal::Metrics, rt, cfg, &stats);
     Ok(CountingMetricExporter::new(exporter, stats))
 }
 
@@ -898,7 +967,7 @@ pub fn log_exporter(
     stats: Arc<ExportStats>,
 ) -> Result<CountingLogExporter<opentelemetry_otlp::LogExporter>, ExportError> {
     let builder = opentelemetry_otlp::LogExporter::builder();
-    let exporter = build_exporter!(builder, Signal::Logs, rt, cfg);
+    let exporter = build_exporter!(builder, Signal::Logs, rt, cfg, &stats);
     Ok(CountingLogExporter::new(exporter, stats))
 }
 
@@ -954,6 +1023,31 @@ mod tests {
         );
         assert_eq!(b.failures.load(Ordering::Relaxed), 100);
         assert_eq!(b.ok.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn the_outage_line_gives_the_transports_cause_over_the_exporters_error() {
+        let b = Batched::default();
+        let failed: OTelSdkResult = Err(opentelemetry_sdk::error::OTelSdkError::InternalFailure(
+            "HTTP export failed: network error".into(),
+        ));
+        b.outage
+            .attempt_failed("tcp connect error: Connection refused".into());
+        let log = logged(|| b.exported(Signal::Traces, &failed, 1, true));
+        assert!(
+            log.contains("OTLP export is failing")
+                && log.contains("error=\"tcp connect error: Connection refused\""),
+            "{log}"
+        );
+        // Without a cause from the transport, the exporter's error is given.
+        let b = Batched::default();
+        b.outage.attempt_failed("stale".into());
+        b.outage.attempt_answered();
+        let log = logged(|| b.exported(Signal::Traces, &failed, 1, true));
+        assert!(
+            log.contains("network error") && !log.contains("stale"),
+            "{log}"
+        );
     }
 
     #[derive(Debug)]

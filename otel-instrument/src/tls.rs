@@ -3,8 +3,9 @@
 //!
 //! The files are checked when the configuration is read, whatever the transport, so a
 //! file that is not what its variable says is an error naming that variable rather than
-//! a handshake that fails later with no hint of which file is wrong. tonic builds its
-//! own TLS configuration from the same PEM.
+//! a handshake that fails later with no hint of which file is wrong. The OTLP/HTTP client
+//! gets its rustls configuration from here (ring, as tonic's `tls-ring` for gRPC); tonic
+//! builds its own from the same PEM.
 
 use std::sync::Arc;
 
@@ -88,4 +89,42 @@ fn identity(
 /// Checks a client certificate and key (`..._CLIENT_CERTIFICATE`, `..._CLIENT_KEY`).
 pub(crate) fn check_identity(cert_pem: &[u8], key_pem: &[u8]) -> Result<(), IdentityError> {
     identity(cert_pem, key_pem).map(drop)
+}
+
+/// The rustls configuration of the OTLP/HTTP client: the system's roots (as tonic's
+/// `with_enabled_roots()` loads them for gRPC) plus the configured CA, and the client
+/// identity for mTLS when one is configured.
+///
+/// # Errors
+/// The files do not hold what they should (they were checked when the configuration
+/// was read, so this only happens for a `TlsFiles` built by hand).
+#[cfg(feature = "http-proto")]
+pub(crate) fn client_config(
+    files: &crate::config::TlsFiles,
+) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for e in &native.errors {
+        tracing::debug!(error = %e, "a system CA certificate could not be loaded");
+    }
+    roots.add_parsable_certificates(native.certs);
+    if let Some(ca) = &files.ca_certificate {
+        add_roots(&mut roots, ca).map_err(|e| format!("CA certificate: {e}"))?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    Ok(match &files.client_identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let (chain, key) = identity(cert, key).map_err(|e| match e {
+                IdentityError::Certificate(e) => format!("client certificate: {e}"),
+                IdentityError::Key(e) => format!("client key: {e}"),
+            })?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("client certificate: {e}"))?
+        }
+    })
 }

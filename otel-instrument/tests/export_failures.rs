@@ -10,6 +10,7 @@
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use otel_instrument::config::Signal;
 use otel_instrument::{Protocol, Telemetry};
 use tracing_subscriber::layer::SubscriberExt;
 
@@ -91,6 +92,33 @@ fn send_a_span(t: &Telemetry) {
     tracing::subscriber::with_default(sub, || {
         tracing::info_span!("doomed").in_scope(|| {});
     });
+}
+
+#[test]
+fn a_dead_endpoint_is_logged_with_its_cause_and_counted_on_both_transports() {
+    let _serial = serial();
+    for (protocol, name) in protocols() {
+        lines().lock().unwrap().clear();
+        let t = Telemetry::builder()
+            .env_lookup(|_| None)
+            .protocol(protocol)
+            .endpoint(dead_endpoint())
+            .timeout(Duration::from_millis(300))
+            .build()
+            .expect("telemetry");
+        send_a_span(&t);
+        t.guard().flush();
+        let line = outage_line("traces", Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("{name}: no outage line for traces:\n{}", logged()));
+        assert!(
+            line.contains("Connection refused"),
+            "{name}: the line must say why the export failed: {line}"
+        );
+        let stats = t.guard().stats();
+        assert!(stats.failures(Signal::Traces) >= 1, "{name}");
+        assert!(stats.spans_lost() >= 1, "{name}");
+        assert_eq!(stats.successes(Signal::Traces), 0, "{name}");
+    }
 }
 
 /// The quickstart's situation: the collector is down and the program exits. The
