@@ -497,7 +497,7 @@ impl Config {
             None => queue_size("OTEL_BSP_MAX_QUEUE_SIZE")?,
         };
         let log_queue_size = queue_size("OTEL_BLRP_MAX_QUEUE_SIZE")?;
-        Ok(Self {
+        let mut config = Self {
             disabled,
             service_name,
             resource_attributes,
@@ -517,8 +517,53 @@ impl Config {
             span_batch,
             log_batch,
             warnings,
-        })
+        };
+        let unused = unused_tls_settings(lookup, &config);
+        config.warnings.extend(unused);
+        Ok(config)
     }
+}
+
+/// TLS variables that would change nothing, as warnings rather than silence:
+/// `OTEL_EXPORTER_OTLP_*INSECURE`, which the specification applies only to an
+/// endpoint without a scheme (ours always have one, and the scheme decides), and
+/// certificates for a signal whose endpoint is `http://`.
+fn unused_tls_settings(lookup: &dyn Fn(&str) -> Option<String>, config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for infix in ["", "TRACES_", "METRICS_", "LOGS_"] {
+        let var = format!("OTEL_EXPORTER_OTLP_{infix}INSECURE");
+        if let Some(v) = non_empty(lookup(&var)) {
+            out.push(format!(
+                "{var}={v:?} has no effect: the endpoint's scheme decides, http:// is plain \
+                 and https:// is TLS. Example of a valid endpoint: https://collector:4317"
+            ));
+        }
+    }
+    for (signal, exporter) in [
+        (Signal::Traces, &config.traces),
+        (Signal::Metrics, &config.metrics),
+        (Signal::Logs, &config.logs),
+    ] {
+        if exporter.endpoint.starts_with("https://") {
+            continue;
+        }
+        for suffix in ["CERTIFICATE", "CLIENT_CERTIFICATE", "CLIENT_KEY"] {
+            let specific = format!("OTEL_EXPORTER_OTLP_{}{suffix}", signal.env_infix());
+            let generic = format!("OTEL_EXPORTER_OTLP_{suffix}");
+            let Some(var) = [specific, generic]
+                .into_iter()
+                .find(|v| non_empty(lookup(v)).is_some())
+            else {
+                continue;
+            };
+            out.push(format!(
+                "{var} is set, but the {signal} endpoint {} is not https://, so it is not \
+                 used; give an https:// endpoint to export over TLS",
+                exporter.endpoint
+            ));
+        }
+    }
+    out
 }
 
 impl ExporterConfig {
@@ -1153,6 +1198,43 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.logs.endpoint, "http://collector:4318/v1/logs");
+    }
+
+    #[test]
+    fn tls_variables_that_change_nothing_are_warnings() {
+        let dir = std::env::temp_dir().join(format!("otel-config-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.pem");
+        // A self-signed CA certificate, so the file passes its check.
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = params
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        std::fs::write(&ca, cert.pem()).unwrap();
+        let ca = ca.display().to_string();
+        let c = cfg(&[
+            ("OTEL_EXPORTER_OTLP_INSECURE", "true"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://plain:4317"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", &ca),
+        ])
+        .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+        assert!(
+            c.warnings[0].contains("OTEL_EXPORTER_OTLP_INSECURE=\"true\" has no effect"),
+            "{:?}",
+            c.warnings
+        );
+        assert!(
+            c.warnings[1].contains(
+                "OTEL_EXPORTER_OTLP_CERTIFICATE is set, but the metrics endpoint http://plain:4317"
+            ),
+            "{:?}",
+            c.warnings
+        );
+        assert!(cfg(&[]).unwrap().warnings.is_empty());
     }
 
     #[test]
