@@ -55,10 +55,12 @@ impl ConfigError {
 /// The OTLP transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Protocol {
-    /// OTLP over gRPC (tonic). The default.
+    /// OTLP over gRPC (tonic). The default. Default endpoint:
+    /// `http://localhost:4317`.
     #[default]
     Grpc,
-    /// OTLP over HTTP with protobuf bodies (feature `http-proto`).
+    /// OTLP over HTTP with protobuf bodies (feature `http-proto`). Default
+    /// endpoint: `http://localhost:4318`, plus `/v1/<signal>`.
     HttpProtobuf,
 }
 
@@ -1198,6 +1200,17 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.logs.endpoint, "http://collector:4318/v1/logs");
+    }
+
+    #[test]
+    fn http_protobuf_defaults_to_port_4318_and_grpc_to_4317() {
+        let c = cfg(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")]).unwrap();
+        assert_eq!(c.traces.endpoint, "http://localhost:4318/v1/traces");
+        assert_eq!(c.metrics.endpoint, "http://localhost:4318/v1/metrics");
+        assert_eq!(c.logs.endpoint, "http://localhost:4318/v1/logs");
+        let c = cfg(&[("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "http/protobuf")]).unwrap();
+        assert_eq!(c.logs.endpoint, "http://localhost:4318/v1/logs");
+        assert_eq!(c.traces.endpoint, "http://localhost:4317");
     }
 
     #[test]
