@@ -55,10 +55,12 @@ impl ConfigError {
 /// The OTLP transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Protocol {
-    /// OTLP over gRPC (tonic). The default.
+    /// OTLP over gRPC (tonic). The default. Default endpoint:
+    /// `http://localhost:4317`.
     #[default]
     Grpc,
-    /// OTLP over HTTP with protobuf bodies (feature `http-proto`).
+    /// OTLP over HTTP with protobuf bodies (feature `http-proto`). Default
+    /// endpoint: `http://localhost:4318`, plus `/v1/<signal>`.
     HttpProtobuf,
 }
 
@@ -542,7 +544,7 @@ impl Config {
             Some(n) => n,
             None => queue_size("OTEL_BLRP_MAX_QUEUE_SIZE")?,
         };
-        Ok(Self {
+        let mut config = Self {
             disabled,
             service_name,
             resource_attributes,
@@ -562,8 +564,53 @@ impl Config {
             span_batch,
             log_batch,
             warnings,
-        })
+        };
+        let unused = unused_tls_settings(lookup, &config);
+        config.warnings.extend(unused);
+        Ok(config)
     }
+}
+
+/// TLS variables that would change nothing, as warnings rather than silence:
+/// `OTEL_EXPORTER_OTLP_*INSECURE`, which the specification applies only to an
+/// endpoint without a scheme (ours always have one, and the scheme decides), and
+/// certificates for a signal whose endpoint is `http://`.
+fn unused_tls_settings(lookup: &dyn Fn(&str) -> Option<String>, config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for infix in ["", "TRACES_", "METRICS_", "LOGS_"] {
+        let var = format!("OTEL_EXPORTER_OTLP_{infix}INSECURE");
+        if let Some(v) = non_empty(lookup(&var)) {
+            out.push(format!(
+                "{var}={v:?} has no effect: the endpoint's scheme decides, http:// is plain \
+                 and https:// is TLS. Example of a valid endpoint: https://collector:4317"
+            ));
+        }
+    }
+    for (signal, exporter) in [
+        (Signal::Traces, &config.traces),
+        (Signal::Metrics, &config.metrics),
+        (Signal::Logs, &config.logs),
+    ] {
+        if exporter.endpoint.starts_with("https://") {
+            continue;
+        }
+        for suffix in ["CERTIFICATE", "CLIENT_CERTIFICATE", "CLIENT_KEY"] {
+            let specific = format!("OTEL_EXPORTER_OTLP_{}{suffix}", signal.env_infix());
+            let generic = format!("OTEL_EXPORTER_OTLP_{suffix}");
+            let Some(var) = [specific, generic]
+                .into_iter()
+                .find(|v| non_empty(lookup(v)).is_some())
+            else {
+                continue;
+            };
+            out.push(format!(
+                "{var} is set, but the {signal} endpoint {} is not https://, so it is not \
+                 used; give an https:// endpoint to export over TLS",
+                exporter.endpoint
+            ));
+        }
+    }
+    out
 }
 
 impl ExporterConfig {
@@ -690,51 +737,72 @@ impl ExporterConfig {
                 )
             })
         };
-        let ca_certificate = match (&overrides.certificate, pick("CERTIFICATE")) {
-            (Some(path), _) => Some(read(
+        // The builder's files beat the variables; each error names where the path came from.
+        let ca_source = match &overrides.certificate {
+            Some(path) => Some((
                 "TelemetryBuilder::certificate".to_owned(),
                 path.display().to_string(),
-            )?),
-            (None, None) => None,
-            (None, Some((var, path))) => Some(read(var, path)?),
+            )),
+            None => pick("CERTIFICATE"),
         };
-        let client_identity = if let Some((cert, key)) = &overrides.client_identity {
-            Some((
-                read(
+        let ca_certificate = match ca_source {
+            None => None,
+            Some((var, path)) => {
+                let pem = read(var.clone(), path.clone())?;
+                crate::tls::check_ca(&pem).map_err(|reason| {
+                    ConfigError::invalid(&var, &path, reason, "/etc/otel/ca.pem")
+                })?;
+                Some(pem)
+            }
+        };
+        let identity_source = match &overrides.client_identity {
+            Some((cert, key)) => (
+                Some((
                     "TelemetryBuilder::client_certificate (certificate)".to_owned(),
                     cert.display().to_string(),
-                )?,
-                read(
+                )),
+                Some((
                     "TelemetryBuilder::client_certificate (key)".to_owned(),
                     key.display().to_string(),
-                )?,
-            ))
-        } else {
-            match (pick("CLIENT_CERTIFICATE"), pick("CLIENT_KEY")) {
-                (None, None) => None,
-                (Some((cv, cp)), Some((kv, kp))) => Some((read(cv, cp)?, read(kv, kp)?)),
-                (None, Some((var, path))) => {
-                    return Err(ConfigError::invalid(
-                        &var,
-                        &path,
-                        format!(
-                            "a client key needs its certificate: set {} too",
-                            var.replace("CLIENT_KEY", "CLIENT_CERTIFICATE")
-                        ),
-                        "/etc/otel/client.key",
-                    ));
-                }
-                (Some((var, path)), None) => {
-                    return Err(ConfigError::invalid(
-                        &var,
-                        &path,
-                        format!(
-                            "a client certificate needs its key: set {} too",
-                            var.replace("CLIENT_CERTIFICATE", "CLIENT_KEY")
-                        ),
-                        "/etc/otel/client.pem",
-                    ));
-                }
+                )),
+            ),
+            None => (pick("CLIENT_CERTIFICATE"), pick("CLIENT_KEY")),
+        };
+        let client_identity = match identity_source {
+            (None, None) => None,
+            (Some((cv, cp)), Some((kv, kp))) => {
+                let (cert, key) = (read(cv.clone(), cp.clone())?, read(kv.clone(), kp.clone())?);
+                crate::tls::check_identity(&cert, &key).map_err(|e| match e {
+                    crate::tls::IdentityError::Certificate(reason) => {
+                        ConfigError::invalid(&cv, &cp, reason, "/etc/otel/client.pem")
+                    }
+                    crate::tls::IdentityError::Key(reason) => {
+                        ConfigError::invalid(&kv, &kp, reason, "/etc/otel/client.key")
+                    }
+                })?;
+                Some((cert, key))
+            }
+            (None, Some((var, path))) => {
+                return Err(ConfigError::invalid(
+                    &var,
+                    &path,
+                    format!(
+                        "a client key needs its certificate: set {} too",
+                        var.replace("CLIENT_KEY", "CLIENT_CERTIFICATE")
+                    ),
+                    "/etc/otel/client.key",
+                ));
+            }
+            (Some((var, path)), None) => {
+                return Err(ConfigError::invalid(
+                    &var,
+                    &path,
+                    format!(
+                        "a client certificate needs its key: set {} too",
+                        var.replace("CLIENT_CERTIFICATE", "CLIENT_KEY")
+                    ),
+                    "/etc/otel/client.pem",
+                ));
             }
         };
 
@@ -1211,6 +1279,54 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.logs.endpoint, "http://collector:4318/v1/logs");
+    }
+
+    #[test]
+    fn http_protobuf_defaults_to_port_4318_and_grpc_to_4317() {
+        let c = cfg(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")]).unwrap();
+        assert_eq!(c.traces.endpoint, "http://localhost:4318/v1/traces");
+        assert_eq!(c.metrics.endpoint, "http://localhost:4318/v1/metrics");
+        assert_eq!(c.logs.endpoint, "http://localhost:4318/v1/logs");
+        let c = cfg(&[("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "http/protobuf")]).unwrap();
+        assert_eq!(c.logs.endpoint, "http://localhost:4318/v1/logs");
+        assert_eq!(c.traces.endpoint, "http://localhost:4317");
+    }
+
+    #[test]
+    fn tls_variables_that_change_nothing_are_warnings() {
+        let dir = std::env::temp_dir().join(format!("otel-config-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.pem");
+        // A self-signed CA certificate, so the file passes its check.
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = params
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        std::fs::write(&ca, cert.pem()).unwrap();
+        let ca = ca.display().to_string();
+        let c = cfg(&[
+            ("OTEL_EXPORTER_OTLP_INSECURE", "true"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://plain:4317"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", &ca),
+        ])
+        .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+        assert!(
+            c.warnings[0].contains("OTEL_EXPORTER_OTLP_INSECURE=\"true\" has no effect"),
+            "{:?}",
+            c.warnings
+        );
+        assert!(
+            c.warnings[1].contains(
+                "OTEL_EXPORTER_OTLP_CERTIFICATE is set, but the metrics endpoint http://plain:4317"
+            ),
+            "{:?}",
+            c.warnings
+        );
+        assert!(cfg(&[]).unwrap().warnings.is_empty());
     }
 
     #[test]

@@ -16,9 +16,20 @@
 //! the collector's RetryInfo, ...) are retried by opentelemetry-otlp itself, with
 //! exponential backoff and jitter and within the export timeout ([`retry_policy`]),
 //! so a short outage whose spans fit in the queue loses nothing.
+//!
+//! Over `http/protobuf` the client is ours (`http_client`): hyper with rustls, the
+//! configured certificates and the timeout, running on the [`ExportRuntime`]. It also
+//! keeps the cause of each failed attempt, which opentelemetry-otlp's HTTP exporter
+//! reduces to "network error", so the outage line says why on both transports.
+//!
+//! When the guard's shutdown deadline passes with exports still being retried (a
+//! short-lived program and a dead collector: the export timeout, 10 s by default,
+//! outlasts the 5 s deadline), what is abandoned is counted and logged as a failure
+//! too ([`ExportStats::shutdown_deadline_passed`]); otherwise such a program would exit
+//! without a word about the telemetry it lost.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use opentelemetry::KeyValue;
@@ -32,6 +43,9 @@ use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use opentelemetry_sdk::trace::{SpanData, SpanExporter, SpanProcessor};
 
 use crate::config::{Compression, ExporterConfig, Protocol, Signal};
+
+#[cfg(feature = "http-proto")]
+mod http_client;
 
 /// Why an exporter or the runtime it runs on could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +72,17 @@ pub enum ExportError {
         signal: Signal,
         /// The header name.
         name: String,
+    },
+    /// The OTLP/HTTP client could not be built (its TLS settings).
+    #[error("cannot build the OTLP/HTTP client of the {signal} exporter for {endpoint}")]
+    HttpClient {
+        /// traces, metrics or logs.
+        signal: Signal,
+        /// The endpoint in use.
+        endpoint: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// `http/protobuf` was asked for without the `http-proto` feature.
     #[error(
@@ -136,6 +161,8 @@ fn unix_secs() -> u64 {
 /// Logs an export outage of one signal: once when it starts, a summary at most every
 /// [`SUMMARY_EVERY_SECS`] while it lasts, once when an export succeeds again (with
 /// the count). Every failure is counted in `otel_instrument.export.failures` anyway.
+/// The lines carry the error: the transport's own cause of the last failed attempt
+/// when it left one ([`Self::attempt_failed`]), the exporter's error otherwise.
 #[derive(Debug, Default)]
 struct OutageLog {
     failing: AtomicBool,
@@ -144,12 +171,38 @@ struct OutageLog {
     /// When it started and when the last line was written, seconds since the epoch.
     since: AtomicU64,
     logged_at: AtomicU64,
+    /// Why the last attempt failed, as the transport saw it; cleared by an answer.
+    cause: Mutex<Option<String>>,
 }
 
 impl OutageLog {
+    fn cause(&self) -> MutexGuard<'_, Option<String>> {
+        self.cause.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An attempt got no answer, for this reason (the exporter may still retry).
+    #[cfg_attr(not(feature = "http-proto"), allow(dead_code))]
+    fn attempt_failed(&self, cause: String) {
+        *self.cause() = Some(cause);
+    }
+
+    /// An attempt got an answer (whatever its status: the exporter's error says it).
+    #[cfg_attr(not(feature = "http-proto"), allow(dead_code))]
+    fn attempt_answered(&self) {
+        *self.cause() = None;
+    }
+
+    /// What to say about a failed export whose own error is `error`.
+    fn error(&self, error: &dyn std::fmt::Display) -> String {
+        match self.cause().take() {
+            Some(cause) => cause,
+            None => error.to_string(),
+        }
+    }
+
     /// One more failed export; `failures` is the count including it.
     #[cold]
-    fn failed(&self, signal: Signal, failures: u64) {
+    fn failed(&self, signal: Signal, failures: u64, error: &str) {
         let _sdk = crate::monitored::SdkScope::enter();
         let now = unix_secs();
         if !self.failing.swap(true, Ordering::AcqRel) {
@@ -158,6 +211,7 @@ impl OutageLog {
             self.logged_at.store(now, Ordering::Relaxed);
             tracing::warn!(
                 signal = signal.as_str(),
+                error,
                 "OTLP export is failing (the collector is down, hanging or refusing); failures \
                  are counted in otel_instrument.export.failures (logged again when export \
                  recovers, and every 5 minutes until then)"
@@ -175,6 +229,7 @@ impl OutageLog {
                 signal = signal.as_str(),
                 failures = failures - self.base.load(Ordering::Relaxed),
                 for_s = now.saturating_sub(self.since.load(Ordering::Relaxed)),
+                error,
                 "OTLP export is still failing"
             );
         }
@@ -209,6 +264,8 @@ struct Batched {
     /// Items in the batch queue: admitted by [`QueueLimit`], not yet handed to
     /// the exporter.
     queued: AtomicUsize,
+    /// Items handed to the exporter whose export has not returned yet.
+    in_flight: AtomicU64,
     /// When the queue-full warning was last logged, in seconds since the epoch.
     warned_at: AtomicU64,
     outage: OutageLog,
@@ -238,17 +295,21 @@ impl Batched {
     /// Counts (and, at an outage's start and end, logs) the result of one export of
     /// `n` items.
     fn exported(&self, signal: Signal, result: &OTelSdkResult, n: u64, log: bool) {
-        if result.is_ok() {
-            self.ok.fetch_add(1, Ordering::Relaxed);
-            if log {
-                self.outage
-                    .succeeded(signal, self.failures.load(Ordering::Relaxed));
+        match result {
+            Ok(()) => {
+                self.ok.fetch_add(1, Ordering::Relaxed);
+                if log {
+                    self.outage
+                        .succeeded(signal, self.failures.load(Ordering::Relaxed));
+                }
             }
-        } else {
-            self.failed(n);
-            if log {
-                self.outage
-                    .failed(signal, self.failures.load(Ordering::Relaxed));
+            Err(e) => {
+                self.failed(n);
+                let error = self.outage.error(e);
+                if log {
+                    self.outage
+                        .failed(signal, self.failures.load(Ordering::Relaxed), &error);
+                }
             }
         }
     }
@@ -301,6 +362,11 @@ pub struct ExportStats {
     metric_failures: AtomicU64,
     metric_ok: AtomicU64,
     metric_outage: OutageLog,
+    /// Metric exports that have not returned yet.
+    metric_in_flight: AtomicU64,
+    /// Whether the shutdown deadline passed; held while an export's result is
+    /// counted, so an export is counted once, by itself or as abandoned.
+    abandoned: Mutex<bool>,
     /// The owner logs outages itself (from [`Self::failures`] and [`Self::successes`]).
     outages_logged_elsewhere: bool,
 }
@@ -424,6 +490,64 @@ impl ExportStats {
             _ => &self.spans,
         }
     }
+
+    /// The outage log of a signal, where its transport leaves causes.
+    #[cfg_attr(not(feature = "http-proto"), allow(dead_code))]
+    fn outage(&self, signal: Signal) -> &OutageLog {
+        match signal {
+            Signal::Traces => &self.spans.outage,
+            Signal::Metrics => &self.metric_outage,
+            Signal::Logs => &self.logs.outage,
+        }
+    }
+
+    fn abandoned(&self) -> MutexGuard<'_, bool> {
+        self.abandoned.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The telemetry guard's shutdown deadline (`deadline`) passed before every export
+    /// returned. What is still queued or being exported will never arrive (the export
+    /// runtime goes next): each signal with such items counts one failed export and
+    /// its items as lost, and logs its outage, as a failed export would have. From
+    /// now on, exports that return are not counted again. Call it once, after the
+    /// deadline.
+    pub fn shutdown_deadline_passed(&self, deadline: Duration) {
+        let mut abandoned = self.abandoned();
+        if std::mem::replace(&mut *abandoned, true) {
+            return;
+        }
+        let log = !self.outages_logged_elsewhere;
+        let why = |outage: &OutageLog| {
+            let last = outage.error(&"");
+            let mut why = format!(
+                "the export was still being retried when the shutdown deadline ({deadline:?}) passed"
+            );
+            if !last.is_empty() {
+                why.push_str("; last attempt: ");
+                why.push_str(&last);
+            }
+            why
+        };
+        for (signal, b) in [(Signal::Traces, &self.spans), (Signal::Logs, &self.logs)] {
+            let in_flight = b.in_flight.load(Ordering::Acquire);
+            let pending = in_flight + b.queued.load(Ordering::Acquire) as u64;
+            if pending == 0 {
+                continue;
+            }
+            b.failed(pending);
+            if log {
+                b.outage
+                    .failed(signal, b.failures.load(Ordering::Relaxed), &why(&b.outage));
+            }
+        }
+        if self.metric_in_flight.load(Ordering::Acquire) > 0 {
+            let failures = self.metric_failures.fetch_add(1, Ordering::Relaxed) + 1;
+            if log {
+                self.metric_outage
+                    .failed(Signal::Metrics, failures, &why(&self.metric_outage));
+            }
+        }
+    }
 }
 
 /// A span exporter that counts failed batches.
@@ -443,12 +567,16 @@ impl<E> CountingSpanExporter<E> {
 impl<E: SpanExporter> SpanExporter for CountingSpanExporter<E> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let n = batch.len();
-        self.stats.spans.handed_over(n);
+        let s = &self.stats;
+        s.spans.in_flight.fetch_add(n as u64, Ordering::AcqRel);
+        s.spans.handed_over(n);
         let result = self.inner.export(batch).await;
-        let log = !self.stats.outages_logged_elsewhere;
-        self.stats
-            .spans
-            .exported(Signal::Traces, &result, n as u64, log);
+        let abandoned = s.abandoned();
+        s.spans.in_flight.fetch_sub(n as u64, Ordering::AcqRel);
+        if !*abandoned {
+            let log = !s.outages_logged_elsewhere;
+            s.spans.exported(Signal::Traces, &result, n as u64, log);
+        }
         result
     }
 
@@ -594,12 +722,16 @@ impl<E> CountingLogExporter<E> {
 impl<E: LogExporter> LogExporter for CountingLogExporter<E> {
     async fn export(&self, batch: LogBatch<'_>) -> OTelSdkResult {
         let n = batch.iter().count();
-        self.stats.logs.handed_over(n);
+        let s = &self.stats;
+        s.logs.in_flight.fetch_add(n as u64, Ordering::AcqRel);
+        s.logs.handed_over(n);
         let result = self.inner.export(batch).await;
-        let log = !self.stats.outages_logged_elsewhere;
-        self.stats
-            .logs
-            .exported(Signal::Logs, &result, n as u64, log);
+        let abandoned = s.abandoned();
+        s.logs.in_flight.fetch_sub(n as u64, Ordering::AcqRel);
+        if !*abandoned {
+            let log = !s.outages_logged_elsewhere;
+            s.logs.exported(Signal::Logs, &result, n as u64, log);
+        }
         result
     }
 
@@ -628,18 +760,28 @@ impl<E> CountingMetricExporter<E> {
 
 impl<E: PushMetricExporter> PushMetricExporter for CountingMetricExporter<E> {
     async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
-        let result = self.inner.export(metrics).await;
         let s = &self.stats;
-        if result.is_ok() {
-            s.metric_ok.fetch_add(1, Ordering::Relaxed);
-            if !s.outages_logged_elsewhere {
-                s.metric_outage
-                    .succeeded(Signal::Metrics, s.metric_failures.load(Ordering::Relaxed));
+        s.metric_in_flight.fetch_add(1, Ordering::AcqRel);
+        let result = self.inner.export(metrics).await;
+        let abandoned = s.abandoned();
+        s.metric_in_flight.fetch_sub(1, Ordering::AcqRel);
+        if *abandoned {
+            return result;
+        }
+        match &result {
+            Ok(()) => {
+                s.metric_ok.fetch_add(1, Ordering::Relaxed);
+                if !s.outages_logged_elsewhere {
+                    s.metric_outage
+                        .succeeded(Signal::Metrics, s.metric_failures.load(Ordering::Relaxed));
+                }
             }
-        } else {
-            let failures = s.metric_failures.fetch_add(1, Ordering::Relaxed) + 1;
-            if !s.outages_logged_elsewhere {
-                s.metric_outage.failed(Signal::Metrics, failures);
+            Err(e) => {
+                let failures = s.metric_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                let error = s.metric_outage.error(e);
+                if !s.outages_logged_elsewhere {
+                    s.metric_outage.failed(Signal::Metrics, failures, &error);
+                }
             }
         }
         result
@@ -728,13 +870,20 @@ fn tonic_settings<B: WithTonicConfig + WithExportConfig>(
     Ok(b)
 }
 
-/// Applies endpoint, timeout, headers and compression to an HTTP builder.
+/// Applies endpoint, timeout, headers and compression to an HTTP builder, and our
+/// own client ([`http_client::Transport`]): TLS, certificates and the timeout, with its
+/// failures' causes left in `stats`.
 #[cfg(feature = "http-proto")]
 fn http_settings<B: opentelemetry_otlp::WithHttpConfig + WithExportConfig>(
     b: B,
+    rt: &ExportRuntime,
+    signal: Signal,
     cfg: &ExporterConfig,
-) -> B {
+    stats: &Arc<ExportStats>,
+) -> Result<B, ExportError> {
+    let client = http_client::Transport::new(rt, signal, cfg, stats.clone())?;
     let mut b = b
+        .with_http_client(client)
         .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
         .with_endpoint(cfg.endpoint.clone())
         .with_timeout(cfg.timeout)
@@ -743,15 +892,14 @@ fn http_settings<B: opentelemetry_otlp::WithHttpConfig + WithExportConfig>(
     if let Some(Compression::Gzip) = cfg.compression {
         b = b.with_compression(opentelemetry_otlp::Compression::Gzip);
     }
-    b
+    Ok(b)
 }
 
 /// Builds an OTLP exporter from a signal's builder: gRPC inside the export runtime
-/// (tonic's channel lives there), HTTP outside it (the blocking client owns a runtime
-/// of its own). The span and metric builders are distinct types with the same
-/// methods, hence a macro.
+/// (tonic's channel lives there), HTTP with a client whose requests run on it. The
+/// span and metric builders are distinct types with the same methods, hence a macro.
 macro_rules! build_exporter {
-    ($builder:expr, $signal:expr, $rt:expr, $cfg:expr) => {{
+    ($builder:expr, $signal:expr, $rt:expr, $cfg:expr, $stats:expr) => {{
         let (builder, signal, cfg) = ($builder, $signal, $cfg);
         let build_err = |source| ExportError::Build {
             signal,
@@ -765,7 +913,7 @@ macro_rules! build_exporter {
                     .map_err(build_err)
             })?,
             #[cfg(feature = "http-proto")]
-            Protocol::HttpProtobuf => http_settings(builder.with_http(), cfg)
+            Protocol::HttpProtobuf => http_settings(builder.with_http(), $rt, signal, cfg, $stats)?
                 .build()
                 .map_err(build_err)?,
             #[cfg(not(feature = "http-proto"))]
@@ -784,7 +932,7 @@ pub fn span_exporter(
     stats: Arc<ExportStats>,
 ) -> Result<CountingSpanExporter<opentelemetry_otlp::SpanExporter>, ExportError> {
     let builder = opentelemetry_otlp::SpanExporter::builder();
-    let exporter = build_exporter!(builder, Signal::Traces, rt, cfg);
+    let exporter = build_exporter!(builder, Signal::Traces, rt, cfg, &stats);
     Ok(CountingSpanExporter::new(exporter, stats))
 }
 
@@ -813,7 +961,7 @@ pub fn metric_exporter_with(
     temporality: Temporality,
 ) -> Result<CountingMetricExporter<opentelemetry_otlp::MetricExporter>, ExportError> {
     let builder = opentelemetry_otlp::MetricExporter::builder().with_temporality(temporality);
-    let exporter = build_exporter!(builder, Signal::Metrics, rt, cfg);
+    let exporter = build_exporter!(builder, Signal::Metrics, rt, cfg, &stats);
     Ok(CountingMetricExporter::new(exporter, stats))
 }
 
@@ -827,7 +975,7 @@ pub fn log_exporter(
     stats: Arc<ExportStats>,
 ) -> Result<CountingLogExporter<opentelemetry_otlp::LogExporter>, ExportError> {
     let builder = opentelemetry_otlp::LogExporter::builder();
-    let exporter = build_exporter!(builder, Signal::Logs, rt, cfg);
+    let exporter = build_exporter!(builder, Signal::Logs, rt, cfg, &stats);
     Ok(CountingLogExporter::new(exporter, stats))
 }
 
@@ -883,6 +1031,76 @@ mod tests {
         );
         assert_eq!(b.failures.load(Ordering::Relaxed), 100);
         assert_eq!(b.ok.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn the_outage_line_gives_the_transports_cause_over_the_exporters_error() {
+        let b = Batched::default();
+        let failed: OTelSdkResult = Err(opentelemetry_sdk::error::OTelSdkError::InternalFailure(
+            "HTTP export failed: network error".into(),
+        ));
+        b.outage
+            .attempt_failed("tcp connect error: Connection refused".into());
+        let log = logged(|| b.exported(Signal::Traces, &failed, 1, true));
+        assert!(
+            log.contains("OTLP export is failing")
+                && log.contains("error=\"tcp connect error: Connection refused\""),
+            "{log}"
+        );
+        // Without a cause from the transport, the exporter's error is given.
+        let b = Batched::default();
+        b.outage.attempt_failed("stale".into());
+        b.outage.attempt_answered();
+        let log = logged(|| b.exported(Signal::Traces, &failed, 1, true));
+        assert!(
+            log.contains("network error") && !log.contains("stale"),
+            "{log}"
+        );
+    }
+
+    #[derive(Debug)]
+    struct Failing;
+
+    impl SpanExporter for Failing {
+        async fn export(&self, _: Vec<SpanData>) -> OTelSdkResult {
+            Err(opentelemetry_sdk::error::OTelSdkError::InternalFailure(
+                "late".into(),
+            ))
+        }
+    }
+
+    #[test]
+    fn what_the_shutdown_deadline_cuts_off_is_counted_once_and_logged() {
+        let stats = Arc::new(ExportStats::default());
+        stats.spans.queued.store(3, Ordering::Relaxed);
+        stats.spans.in_flight.store(2, Ordering::Relaxed);
+        stats.metric_in_flight.store(1, Ordering::Relaxed);
+        let log = logged(|| stats.shutdown_deadline_passed(Duration::from_secs(5)));
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.len(), 2, "{log}");
+        for (line, signal) in lines.iter().zip(["traces", "metrics"]) {
+            assert!(
+                line.contains("OTLP export is failing")
+                    && line.contains(&format!("signal=\"{signal}\""))
+                    && line.contains("shutdown deadline (5s) passed"),
+                "{log}"
+            );
+        }
+        assert_eq!(stats.failures(Signal::Traces), 1);
+        assert_eq!(stats.spans_lost(), 5, "in flight and queued");
+        assert_eq!(stats.failures(Signal::Metrics), 1);
+        assert_eq!(stats.failures(Signal::Logs), 0);
+
+        // The abandoned export returning later, or the deadline reported twice,
+        // counts nothing more.
+        let exporter = CountingSpanExporter::new(Failing, stats.clone());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert!(rt.block_on(exporter.export(Vec::new())).is_err());
+        stats.shutdown_deadline_passed(Duration::from_secs(5));
+        assert_eq!(stats.failures(Signal::Traces), 1);
+        assert_eq!(stats.spans_lost(), 5);
     }
 
     #[test]

@@ -45,6 +45,7 @@ pub mod resource;
 mod setup;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod tls;
 
 pub use config::{
     BatchSettings, Compression, ConfigError, ExemplarFilter, ParentRoot, Propagator, Protocol,

@@ -976,6 +976,10 @@ impl TelemetryGuard {
                 }
             })
         };
+        // What the deadline cut off is lost: counted and logged like a failed export.
+        if !done {
+            self.stats.shutdown_deadline_passed(timeout);
+        }
         // Dropping the runtime aborts any export still in flight.
         self.runtime.take();
         done

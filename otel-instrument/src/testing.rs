@@ -1,7 +1,8 @@
-//! An in-process OTLP gRPC collector for tests (feature `testing`).
+//! An in-process OTLP collector for tests (feature `testing`), over gRPC or HTTP,
+//! plain or TLS.
 //!
 //! [`OtlpSink`] binds `127.0.0.1:0`, serves opentelemetry-proto's trace, metrics and
-//! logs services on a thread of its own, and keeps every request it receives. Tests
+//! logs services ([`OtlpSink::start_http`]: their OTLP/HTTP form) on a thread of its own, and keeps every request it receives. Tests
 //! wait for what they expect with a timeout. Because the sink owns its runtime, it
 //! works from sync tests and from any kind of async test alike.
 //!
@@ -460,10 +461,31 @@ impl OtlpSink {
     /// # Errors
     /// The socket cannot be bound or the server thread cannot start.
     pub fn start_http() -> std::io::Result<Self> {
+        Self::spawn_http(None)
+    }
+
+    /// [`start_http`](Self::start_http) over TLS, with the given PEM certificate
+    /// and key; with `client_ca`, it also requires a client certificate signed by
+    /// that CA (mTLS). Its [`endpoint`](Self::endpoint) is
+    /// `https://127.0.0.1:<port>`. A client whose handshake fails is dropped
+    /// without an answer.
+    ///
+    /// # Errors
+    /// The socket cannot be bound, the server thread cannot start, or the PEM
+    /// material is unusable.
+    pub fn start_http_tls(
+        cert_pem: &str,
+        key_pem: &str,
+        client_ca: Option<&str>,
+    ) -> std::io::Result<Self> {
+        Self::spawn_http(Some(server_tls(cert_pem, key_pem, client_ca)?))
+    }
+
+    fn spawn_http(tls: Option<tokio_rustls::TlsAcceptor>) -> std::io::Result<Self> {
         let addr = SocketAddr::from(([127, 0, 0, 1], 0));
         Self::serve_on_thread(
             addr,
-            false,
+            tls.is_some(),
             "otlp-http-sink",
             |listener, shared, stop| async move {
                 let app = axum::Router::new()
@@ -480,12 +502,23 @@ impl OtlpSink {
                         axum::routing::post(http_export::<ExportLogsServiceRequest>),
                     )
                     .with_state(shared);
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = stop.await;
-                    })
-                    .await
-                    .map_err(|e| e.to_string())
+                let stopped = async {
+                    let _ = stop.await;
+                };
+                match tls {
+                    None => {
+                        axum::serve(listener, app)
+                            .with_graceful_shutdown(stopped)
+                            .await
+                    }
+                    Some(acceptor) => {
+                        let listener = TlsListener { listener, acceptor };
+                        axum::serve(listener, app)
+                            .with_graceful_shutdown(stopped)
+                            .await
+                    }
+                }
+                .map_err(|e| e.to_string())
             },
         )
     }
@@ -634,6 +667,79 @@ impl OtlpSink {
 impl Drop for OtlpSink {
     fn drop(&mut self) {
         self.stop_now();
+    }
+}
+
+/// The server side of TLS for the HTTP sink (ring, as everywhere else here).
+fn server_tls(
+    cert_pem: &str,
+    key_pem: &str,
+    client_ca: Option<&str>,
+) -> std::io::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let invalid = |e: &dyn std::fmt::Display| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
+    };
+    let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(&e))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| invalid(&e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid(&e))?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+                roots
+                    .add(cert.map_err(|e| invalid(&e))?)
+                    .map_err(|e| invalid(&e))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| invalid(&e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| invalid(&e))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// TCP connections that completed a TLS handshake, for `axum::serve`.
+struct TlsListener {
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            // A client that fails the handshake (untrusted, or without the client
+            // certificate mTLS asks for) gets nothing; the next one is served.
+            let handshake = self.acceptor.accept(tcp);
+            if let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(5), handshake).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.listener.local_addr()
     }
 }
 

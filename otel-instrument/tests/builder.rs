@@ -181,10 +181,20 @@ fn the_builder_sets_everything_the_environment_can() {
         std::fs::write(&p, body).unwrap();
         p
     };
-    let ca = pem("ca.pem", "CA");
-    let other = pem("other.pem", "OTHER");
-    let cert = pem("client.pem", "CERT");
-    let key = pem("client.key", "KEY");
+    // Certificate files are parsed when the settings are read: real PEM.
+    let issued = |host: &str| {
+        let c = rcgen::generate_simple_self_signed(vec![host.to_owned()]).unwrap();
+        (c.cert.pem(), c.signing_key.serialize_pem())
+    };
+    let (ca_pem, _) = issued("ca");
+    let (other_pem, other_key_pem) = issued("other");
+    let (cert_pem, key_pem) = issued("client");
+    let ca = pem("ca.pem", &ca_pem);
+    let other = pem("other.pem", &other_pem);
+    let other_key = pem("other.key", &other_key_pem);
+    let cert = pem("client.pem", &cert_pem);
+    let key = pem("client.key", &key_pem);
+    let other_key_s = other_key.display().to_string();
     let (ca_s, other_s) = (ca.display().to_string(), other.display().to_string());
     let (cert_s, key_s) = (cert.display().to_string(), key.display().to_string());
 
@@ -245,7 +255,7 @@ fn the_builder_sets_everything_the_environment_can() {
             ],
             vec![
                 ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", &other_s),
-                ("OTEL_EXPORTER_OTLP_CLIENT_KEY", &other_s),
+                ("OTEL_EXPORTER_OTLP_CLIENT_KEY", &other_key_s),
             ],
             Box::new({
                 let (cert, key) = (cert.clone(), key.clone());

@@ -326,6 +326,7 @@ fn a_typo_in_sdk_disabled_keeps_telemetry_on_with_a_warning() {
         .env_lookup(env(&[
             ("OTEL_SDK_DISABLED", "yes"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &sink.endpoint()),
+            ("OTEL_SERVICE_NAME", "typo-test"),
         ]))
         .build()
         .expect("a typo must not stop the service");
