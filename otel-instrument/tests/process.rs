@@ -452,3 +452,66 @@ fn the_catalogue_lists_exactly_what_is_exported() {
         );
     }
 }
+
+fn quickstart_binary() -> std::path::PathBuf {
+    // cargo test builds examples next to the test binaries: target/<profile>/examples.
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    dir.join("examples")
+        .join(format!("quickstart{}", std::env::consts::EXE_SUFFIX))
+}
+
+#[test]
+fn the_quickstart_exports_its_own_process_metrics_within_what_the_kernel_reports_at_exit() {
+    let sink = OtlpSink::start().unwrap();
+    let bin = quickstart_binary();
+    assert!(
+        bin.exists(),
+        "{} is missing; run through cargo test",
+        bin.display()
+    );
+    let started = std::time::Instant::now();
+    #[expect(clippy::zombie_processes, reason = "reaped by wait4 below")]
+    let child = std::process::Command::new(&bin)
+        .env_clear()
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", sink.endpoint())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    // wait4 rather than Child::wait: the kernel's own account of the child's
+    // CPU time and peak resident set.
+    let mut status = 0;
+    // SAFETY: all-zero is a valid rusage.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our child, not yet reaped; the out-pointers are valid.
+    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let ran = started.elapsed().as_secs_f64();
+    assert_eq!(reaped, pid);
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+
+    // The guard flushed before exit, so the last export is here.
+    let r = sink.received();
+    let m = r.last_metric("process.cpu.time").expect("process.cpu.time");
+    assert_eq!(m.resource["process.pid"], pid.to_string());
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let at_exit = tv(usage.ru_utime) + tv(usage.ru_stime);
+    let cpu = sent(&r, "process.cpu.time").unwrap();
+    let cpu = cpu.value(Some(("cpu.mode", "user"))) + cpu.value(Some(("cpu.mode", "system")));
+    let tick = sysconf(libc::_SC_CLK_TCK);
+    assert!(
+        cpu <= at_exit + 2.0 / tick,
+        "cpu {cpu} s, {at_exit} s at exit"
+    );
+    let rss = sent(&r, "process.memory.usage").unwrap().value(None);
+    let peak = usage.ru_maxrss as f64 * 1024.0;
+    assert!(rss > 0.0 && rss <= peak * 1.1, "rss {rss} vs peak {peak}");
+    let uptime = sent(&r, "process.uptime").unwrap().value(None);
+    assert!(
+        uptime > 0.0 && uptime <= ran + 1.0 / tick,
+        "uptime {uptime} s, ran {ran} s"
+    );
+    assert!(sent(&r, "process.thread.count").unwrap().value(None) >= 2.0);
+}
