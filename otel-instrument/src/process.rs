@@ -528,6 +528,57 @@ mod linux {
             assert_eq!(status_field(text, b"Threads:"), None);
         }
 
+        /// Counts this thread's allocations (the lib's unit tests run with it).
+        struct Counting;
+
+        thread_local! {
+            static ALLOCATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+        }
+
+        // SAFETY: forwards to the system allocator; only counts on the side.
+        unsafe impl std::alloc::GlobalAlloc for Counting {
+            unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+                let _ = ALLOCATIONS.try_with(|a| a.set(a.get() + 1));
+                // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract.
+                unsafe { std::alloc::System.alloc(layout) }
+            }
+
+            unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+                // SAFETY: the caller upholds `GlobalAlloc::dealloc`'s contract.
+                unsafe { std::alloc::System.dealloc(ptr, layout) }
+            }
+
+            unsafe fn realloc(
+                &self,
+                ptr: *mut u8,
+                layout: std::alloc::Layout,
+                new_size: usize,
+            ) -> *mut u8 {
+                let _ = ALLOCATIONS.try_with(|a| a.set(a.get() + 1));
+                // SAFETY: the caller upholds `GlobalAlloc::realloc`'s contract.
+                unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+            }
+        }
+
+        #[global_allocator]
+        static GLOBAL: Counting = Counting;
+
+        #[test]
+        fn reading_proc_self_again_allocates_nothing() {
+            let mut proc = ProcSelf::open().expect("/proc/self");
+            let first = proc.read().expect("a reading");
+            let before = ALLOCATIONS.with(std::cell::Cell::get);
+            let mut last = first;
+            for _ in 0..100 {
+                last = proc.read().expect("a reading");
+            }
+            let allocations = ALLOCATIONS.with(std::cell::Cell::get) - before;
+            assert_eq!(allocations, 0, "100 readings allocated {allocations} times");
+            // And they are real readings: every field the test needs is there.
+            assert!(last.fds.is_some() && last.voluntary.is_some() && last.involuntary.is_some());
+            assert!(last.threads >= 1 && last.rss_bytes > 0 && last.user_s >= first.user_s);
+        }
+
         #[test]
         fn the_kept_fd_directory_counts_a_descriptor_opened_since() {
             let mut proc = ProcSelf::open().expect("/proc/self");
