@@ -453,6 +453,69 @@ fn the_catalogue_lists_exactly_what_is_exported() {
     }
 }
 
+/// MONITORED.md's Prometheus column: OTLP name -> Prometheus name.
+#[cfg(feature = "prometheus")]
+fn prometheus_names() -> BTreeMap<String, String> {
+    let doc = include_str!("../MONITORED.md");
+    let section = doc
+        .split("\n## Process and runtime metrics")
+        .nth(1)
+        .unwrap();
+    let section = section.split("\n## ").next().unwrap();
+    section
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| {
+            let cells: Vec<&str> = l.trim_matches('|').split('|').collect();
+            let code = |s: &str| s.trim().trim_matches('`').to_owned();
+            (code(cells[0]), code(cells[5]))
+        })
+        .collect()
+}
+
+#[cfg(feature = "prometheus")]
+#[test]
+fn the_pull_endpoint_serves_every_metric_under_the_catalogues_prometheus_name() {
+    use std::io::{Read, Write};
+    let _s = serial();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let t = Telemetry::builder()
+        .env_lookup(env(&[("OTEL_SERVICE_NAME", "process-pull-test")]))
+        .metrics_export(false)
+        .traces_export(false)
+        .logs_export(false)
+        .prometheus_endpoint("127.0.0.1:0".parse().unwrap())
+        .tokio_runtime(rt.handle().clone())
+        .build()
+        .unwrap();
+    let addr = t.guard().prometheus_addr().expect("bound address");
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    conn.read_to_string(&mut body).unwrap();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    let names = prometheus_names();
+    assert!(names.len() >= 12, "{names:?}");
+    for (otlp, prometheus) in &names {
+        assert!(
+            body.lines()
+                .any(|l| l.starts_with(&format!("{prometheus}{{"))),
+            "{otlp}: no {prometheus} series in\n{body}"
+        );
+    }
+    // The runtime's two workers, on the pull path too.
+    assert!(
+        body.lines().any(|l| l.starts_with("tokio_workers{")
+            && l.contains("tokio_runtime_index=\"0\"")
+            && l.ends_with(" 2")),
+        "{body}"
+    );
+}
+
 fn quickstart_binary() -> std::path::PathBuf {
     // cargo test builds examples next to the test binaries: target/<profile>/examples.
     let exe = std::env::current_exe().unwrap();
