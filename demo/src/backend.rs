@@ -149,8 +149,9 @@ pub async fn serve(settings: &Settings) -> Result<(), RunError> {
 /// # Errors
 /// See [`RunError`].
 pub fn main(settings: &Settings) -> Result<(), RunError> {
-    let guard = crate::telemetry("demo-backend", settings.prometheus)?;
-    let result = crate::runtime()?.block_on(serve(settings));
+    let runtime = crate::runtime()?;
+    let guard = crate::telemetry("demo-backend", settings.prometheus, &runtime)?;
+    let result = runtime.block_on(serve(settings));
     guard.shutdown();
     result
 }

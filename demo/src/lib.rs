@@ -134,14 +134,17 @@ pub fn exit(result: Result<(), RunError>) -> ExitCode {
 
 /// Sets up telemetry for one of the demo's processes: `service` is the
 /// default `service.name` (`OTEL_SERVICE_NAME` wins), and `prometheus`, when
-/// given, also serves `/metrics` there.
+/// given, also serves `/metrics` there. It is set up inside `runtime`, so the
+/// runtime's `tokio.*` metrics are exported beside the process's own.
 ///
 /// # Errors
 /// A bad `OTEL_*` value, or `prometheus` without the feature.
 pub fn telemetry(
     service: &str,
     prometheus: Option<SocketAddr>,
+    runtime: &tokio::runtime::Runtime,
 ) -> Result<otel_instrument::TelemetryGuard, RunError> {
+    let _inside = runtime.enter();
     #[allow(unused_mut)]
     let mut builder =
         otel_instrument::Telemetry::builder().default_service(service, env!("CARGO_PKG_VERSION"));

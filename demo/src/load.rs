@@ -206,8 +206,9 @@ pub async fn run(settings: &Settings) -> Result<(), RunError> {
 /// # Errors
 /// See [`RunError`].
 pub fn main(settings: &Settings) -> Result<(), RunError> {
-    let guard = crate::telemetry("demo-load", settings.prometheus)?;
-    let result = crate::runtime()?.block_on(run(settings));
+    let runtime = crate::runtime()?;
+    let guard = crate::telemetry("demo-load", settings.prometheus, &runtime)?;
+    let result = runtime.block_on(run(settings));
     guard.shutdown();
     result
 }

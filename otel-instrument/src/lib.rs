@@ -38,6 +38,7 @@ pub mod metrics;
 pub mod monitored;
 pub mod names;
 pub mod outcome;
+mod process;
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
 pub mod propagation;

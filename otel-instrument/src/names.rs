@@ -25,3 +25,24 @@ pub mod rpc {
     /// The numeric gRPC status code.
     pub const GRPC_STATUS_CODE: &str = "rpc.grpc.status_code";
 }
+
+/// Runtime metric names. They are those of `opentelemetry-instrumentation-tokio`
+/// (opentelemetry-rust-contrib), the OpenTelemetry community's tokio
+/// instrumentation: `tokio.*`. The semantic conventions define none.
+pub mod runtime {
+    /// Worker threads of the runtime.
+    pub const WORKERS: &str = "tokio.workers";
+    /// Tasks alive in the runtime (spawned and not yet dropped).
+    pub const ALIVE_TASKS: &str = "tokio.alive_tasks";
+    /// Tasks waiting in the runtime's global (injection) queue.
+    pub const GLOBAL_QUEUE_DEPTH: &str = "tokio.global_queue_depth";
+    /// Time each worker has been busy, in seconds.
+    pub const WORKER_BUSY_DURATION: &str = "tokio.worker.busy_duration";
+    /// Times each worker has parked.
+    pub const WORKER_PARK_COUNT: &str = "tokio.worker.park_count";
+    /// Which worker of a runtime (0-based), on the per-worker metrics.
+    pub const WORKER_INDEX: &str = "tokio.worker.index";
+    /// Which of the runtimes this telemetry watches (0-based, in the order they
+    /// were added; the runtime `build` ran inside, if any, is 0).
+    pub const RUNTIME_INDEX: &str = "tokio.runtime.index";
+}

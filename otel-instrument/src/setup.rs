@@ -90,6 +90,8 @@ pub struct TelemetryBuilder {
     service_version: Option<String>,
     resource: Vec<KeyValue>,
     fmt: bool,
+    process_metrics: bool,
+    tokio_runtimes: Vec<tokio::runtime::Handle>,
     filter: Option<String>,
     shutdown_timeout: Duration,
     histogram_boundaries: Vec<f64>,
@@ -121,6 +123,8 @@ impl Default for TelemetryBuilder {
             service_version: None,
             resource: Vec::new(),
             fmt: true,
+            process_metrics: true,
+            tokio_runtimes: Vec::new(),
             filter: None,
             shutdown_timeout: Duration::from_secs(5),
             histogram_boundaries: DEFAULT_HISTOGRAM_BOUNDARIES.to_vec(),
@@ -306,6 +310,24 @@ impl TelemetryBuilder {
         self
     }
 
+    /// Whether the process's own metrics (`process.cpu.time`,
+    /// `process.memory.usage` and the rest of MONITORED.md's list) are
+    /// exported, read from `/proc/self` at each collection. Linux only.
+    /// Default: true.
+    pub fn process_metrics(mut self, enabled: bool) -> Self {
+        self.process_metrics = enabled;
+        self
+    }
+
+    /// Also exports the `tokio.*` metrics of this runtime, read at each
+    /// collection. The runtime that `build` runs inside, if any, is watched
+    /// without asking. Watching never keeps a runtime alive: once it shuts
+    /// down, its series stop.
+    pub fn tokio_runtime(mut self, handle: tokio::runtime::Handle) -> Self {
+        self.tokio_runtimes.push(handle);
+        self
+    }
+
     /// Filter directives, beating `RUST_LOG`. Default: `RUST_LOG`, else `info`.
     pub fn filter(mut self, directives: impl Into<String>) -> Self {
         self.filter = Some(directives.into());
@@ -483,6 +505,11 @@ impl TelemetryBuilder {
             opentelemetry::metrics::MeterProvider::meter(&meter_provider, crate::names::SCOPE);
         stats.register(&own_meter);
         register_build_info(&own_meter, &resource, &*self.lookup);
+        crate::process::register(
+            &own_meter,
+            self.process_metrics,
+            crate::process::runtimes(self.tokio_runtimes),
+        );
         own_meter
             .u64_observable_counter(crate::names::CLOCK_BACKWARDS)
             .with_unit("{measurement}")

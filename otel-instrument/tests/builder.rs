@@ -199,7 +199,8 @@ fn the_builder_sets_everything_the_environment_can() {
     let (cert_s, key_s) = (cert.display().to_string(), key.display().to_string());
 
     type Setter = Box<dyn Fn(TelemetryBuilder) -> TelemetryBuilder>;
-    let cases: Vec<(Vec<(&str, &str)>, Vec<(&str, &str)>, Setter)> = vec![
+    type Vars<'a> = Vec<(&'a str, &'a str)>;
+    let cases: Vec<(Vars<'_>, Vars<'_>, Setter)> = vec![
         (
             vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4317")],
             vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "http://b:4317")],
