@@ -301,6 +301,8 @@ pub struct ExportStats {
     metric_failures: AtomicU64,
     metric_ok: AtomicU64,
     metric_outage: OutageLog,
+    /// Metric data points a collector rejected in a `partial_success` answer.
+    metric_points_rejected: AtomicU64,
     /// The owner logs outages itself (from [`Self::failures`] and [`Self::successes`]).
     outages_logged_elsewhere: bool,
 }
@@ -333,6 +335,36 @@ impl ExportStats {
             Signal::Metrics => self.metric_ok.load(Ordering::Relaxed),
             Signal::Logs => self.logs.ok.load(Ordering::Relaxed),
         }
+    }
+
+    /// Counts one metric export request sent by a client outside the SDK (the
+    /// [`crate::otlp`] wire client): the same counters and outage log lines as
+    /// [`CountingMetricExporter`].
+    pub fn metrics_exported(&self, ok: bool) {
+        if ok {
+            self.metric_ok.fetch_add(1, Ordering::Relaxed);
+            if !self.outages_logged_elsewhere {
+                self.metric_outage.succeeded(
+                    Signal::Metrics,
+                    self.metric_failures.load(Ordering::Relaxed),
+                );
+            }
+        } else {
+            let failures = self.metric_failures.fetch_add(1, Ordering::Relaxed) + 1;
+            if !self.outages_logged_elsewhere {
+                self.metric_outage.failed(Signal::Metrics, failures);
+            }
+        }
+    }
+
+    /// Counts metric data points that a collector rejected (`partial_success`).
+    pub fn metric_points_rejected_add(&self, n: u64) {
+        self.metric_points_rejected.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Metric data points that collectors rejected (`partial_success`), since start.
+    pub fn metric_points_rejected(&self) -> u64 {
+        self.metric_points_rejected.load(Ordering::Relaxed)
     }
 
     /// Spans in batches whose export failed.

@@ -22,6 +22,7 @@ pub mod export;
 pub mod metrics;
 pub mod monitored;
 pub mod names;
+pub mod otlp;
 pub mod outcome;
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
