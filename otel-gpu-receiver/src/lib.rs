@@ -24,6 +24,7 @@ pub mod gpu;
 pub mod host;
 pub mod identity;
 pub mod names;
+pub mod otlp;
 pub mod output;
 pub mod quiet;
 pub mod selfmon;
