@@ -1,9 +1,9 @@
 //! # otel-gpu-receiver
 //!
 //! A per-machine agent: a collection task reads host metric families (and, next,
-//! NVIDIA GPUs) once per interval into a [`snapshot::Snapshot`]; the
-//! OpenTelemetry SDK's observable instruments read the latest snapshot and export it
-//! over OTLP gRPC and, optionally, a Prometheus pull endpoint.
+//! NVIDIA GPUs) once per interval into a [`snapshot::Snapshot`], which is rendered
+//! two ways: the OTLP request ([`otlp`]) pushed over gRPC on otel-instrument's wire
+//! client, and, optionally, a Prometheus pull endpoint ([`exposition`]).
 //!
 //! ```no_run
 //! use otel_gpu_receiver::config::{Flags, Settings};
