@@ -182,7 +182,9 @@ fn export(c: &mut Criterion) {
                 &settings,
             ))),
         );
-        let bytes = encoder.encode(&snapshot, std::time::SystemTime::now()).len();
+        let bytes = encoder
+            .encode(&snapshot, std::time::SystemTime::now())
+            .len();
         eprintln!("{}: otlp-encoder: request {bytes} bytes", fixture.name());
         g.bench_function("otlp-encoder", |b| {
             b.iter(|| black_box(encoder.encode(&snapshot, std::time::SystemTime::now())))

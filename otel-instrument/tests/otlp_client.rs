@@ -310,11 +310,14 @@ fn unusable_settings_are_errors_that_name_the_variable() {
         .build()
         .unwrap();
     let _in = rt.enter();
-    let mut cfg = config(&[]);
-    cfg.protocol = Protocol::HttpProtobuf;
+    let cfg = config(&[
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318"),
+    ]);
+    assert_eq!(cfg.protocol, Protocol::HttpProtobuf);
     let e = OtlpClient::new(Signal::Metrics, &cfg, stats.clone()).unwrap_err();
-    assert!(matches!(e, BuildError::HttpNotSupported { .. }));
-    assert!(e.to_string().contains("OTEL_EXPORTER_OTLP_PROTOCOL"), "{e}");
+    assert!(matches!(e, BuildError::Tls { .. }), "{e}");
+    assert!(e.to_string().contains("OTEL_EXPORTER_OTLP_ENDPOINT"), "{e}");
 
     let mut cfg = config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://localhost:4317")]);
     cfg.tls.ca_certificate = Some(b"not a certificate".to_vec());
@@ -333,4 +336,77 @@ fn unusable_settings_are_errors_that_name_the_variable() {
     cfg.headers = vec![("bad header".into(), "x".into())];
     let e = OtlpClient::new(Signal::Metrics, &cfg, stats).unwrap_err();
     assert!(e.to_string().contains("OTEL_EXPORTER_OTLP_HEADERS"), "{e}");
+}
+
+#[test]
+fn over_http_the_client_posts_our_bytes_gzipped_to_v1_metrics() {
+    let sink = OtlpSink::start_http().unwrap();
+    let cfg = config(&[
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &sink.endpoint()),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=secret"),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+    ]);
+    assert!(cfg.endpoint.ends_with("/v1/metrics"), "{}", cfg.endpoint);
+    let stats = Arc::new(ExportStats::default());
+    let (result, _) = logged(async {
+        let client = OtlpClient::new(Signal::Metrics, &cfg, stats.clone()).unwrap();
+        client.export(body(0.25)).await
+    });
+    assert_eq!(result.unwrap().attempts, 1);
+    let r = sink.received();
+    assert_eq!(r.metrics, vec![request(0.25)]);
+    assert_eq!(
+        r.headers[0].get("api-key").map(String::as_str),
+        Some("secret")
+    );
+    assert_eq!(
+        r.headers[0].get("content-encoding").map(String::as_str),
+        Some("gzip")
+    );
+    assert_eq!(stats.successes(Signal::Metrics), 1);
+}
+
+#[test]
+fn over_http_503_is_retried_and_429_waits_for_retry_after() {
+    let sink = OtlpSink::start_http().unwrap();
+    sink.set_behaviour(Behaviour::Refuse);
+    let cfg = config(&[
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &sink.endpoint()),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "800"),
+    ]);
+    let stats = Arc::new(ExportStats::default());
+    let (result, _) = logged(async {
+        let client = OtlpClient::new(Signal::Metrics, &cfg, stats.clone()).unwrap();
+        client.export(body(1.0)).await
+    });
+    let failed = result.unwrap_err();
+    assert!(failed.attempts >= 3, "{failed}");
+    assert!(failed.last.contains("503"), "{failed}");
+    assert_eq!(stats.failures(Signal::Metrics), 1);
+
+    // 429 with Retry-After: 1 (seconds): the retry comes no sooner.
+    sink.clear();
+    sink.set_behaviour(Behaviour::Throttle(Duration::from_secs(1)));
+    let cfg = config(&[
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &sink.endpoint()),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "5000"),
+    ]);
+    let (result, _) = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            sink.wait_until(Duration::from_secs(3), |r| r.refused >= 1)
+                .expect("a first attempt");
+            sink.set_behaviour(Behaviour::Accept);
+        });
+        logged(async {
+            let client = OtlpClient::new(Signal::Metrics, &cfg, stats.clone()).unwrap();
+            client.export(body(2.0)).await
+        })
+    });
+    assert_eq!(result.unwrap().attempts, 2);
+    let r = sink.received();
+    let gap = r.attempts[1].1 - r.attempts[0].1;
+    assert!(gap >= Duration::from_millis(990), "retried after {gap:?}");
 }

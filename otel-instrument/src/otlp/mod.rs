@@ -12,9 +12,9 @@
 //!   backoff and jitter, `RetryInfo` / `Retry-After` honoured, all within the export
 //!   timeout;
 //! - **timeout**: each attempt gets what is left of the export timeout;
-//! - **transport**: gRPC ([`grpc`], tonic with a codec that sends the bytes as they
-//!   are). OTLP/HTTP is not built yet: `http/protobuf` is refused at start with an
-//!   error that names the variable.
+//! - **transport**: gRPC (tonic, with a codec that sends the bytes as they are), or
+//!   OTLP/HTTP with protobuf bodies (`POST /v1/<signal>`, hyper's client; plain
+//!   `http://` only so far, `https://` is refused at start naming the variable).
 //!
 //! There is no queue stage: a caller sends one request at a time (the receiver sends
 //! the latest snapshot once per interval and skips a tick while an export is still in
@@ -24,6 +24,7 @@
 //! as the SDK path: endpoint, headers, gzip, timeout, CA and client certificate.
 
 mod grpc;
+mod http;
 pub mod retry;
 
 use std::sync::Arc;
@@ -79,15 +80,6 @@ pub enum BuildError {
         /// The header name.
         name: String,
     },
-    /// `http/protobuf` was asked for; this client speaks gRPC only so far.
-    #[error(
-        "{vars}=http/protobuf: the OTLP wire client speaks only grpc so far; \
-         use {vars}=grpc"
-    )]
-    HttpNotSupported {
-        /// The protocol variables.
-        vars: String,
-    },
 }
 
 /// The variables behind each setting of a signal, for error messages.
@@ -96,7 +88,6 @@ pub(crate) struct EnvNames {
     endpoint: String,
     headers: String,
     tls: String,
-    protocol: String,
 }
 
 pub(crate) fn env_names(signal: Signal) -> EnvNames {
@@ -115,7 +106,6 @@ pub(crate) fn env_names(signal: Signal) -> EnvNames {
             pair("CLIENT_CERTIFICATE"),
             pair("CLIENT_KEY")
         ),
-        protocol: pair("PROTOCOL"),
     }
 }
 
@@ -175,7 +165,8 @@ pub struct ExportFailed {
 
 #[derive(Debug, Clone)]
 enum Transport {
-    Grpc(grpc::GrpcTransport),
+    Grpc(Box<grpc::GrpcTransport>),
+    Http(Box<http::HttpTransport>),
 }
 
 /// Sends OTLP requests encoded by the caller, with the retry policy, the timeout and
@@ -201,11 +192,9 @@ impl OtlpClient {
         stats: Arc<ExportStats>,
     ) -> Result<Self, BuildError> {
         let transport = match cfg.protocol {
-            Protocol::Grpc => Transport::Grpc(grpc::GrpcTransport::new(signal, cfg)?),
+            Protocol::Grpc => Transport::Grpc(Box::new(grpc::GrpcTransport::new(signal, cfg)?)),
             Protocol::HttpProtobuf => {
-                return Err(BuildError::HttpNotSupported {
-                    vars: env_names(signal).protocol,
-                });
+                Transport::Http(Box::new(http::HttpTransport::new(signal, cfg)?))
             }
         };
         Ok(Self {
@@ -287,17 +276,13 @@ impl OtlpClient {
     }
 
     async fn attempt(&self, body: Bytes, timeout: Duration) -> Attempt {
+        use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse as Metrics;
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse as Traces;
         match (&self.transport, self.signal) {
-            (Transport::Grpc(t), Signal::Traces) => t
-                .send::<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse>(
-                    body, timeout,
-                )
-                .await,
-            (Transport::Grpc(t), _) => t
-                .send::<opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse>(
-                    body, timeout,
-                )
-                .await,
+            (Transport::Grpc(t), Signal::Traces) => t.send::<Traces>(body, timeout).await,
+            (Transport::Grpc(t), _) => t.send::<Metrics>(body, timeout).await,
+            (Transport::Http(t), Signal::Traces) => t.send::<Traces>(body, timeout).await,
+            (Transport::Http(t), _) => t.send::<Metrics>(body, timeout).await,
         }
     }
 }
