@@ -5,8 +5,11 @@
 //! - `render+gzip`, `openmetrics`: the extra work when a scraper asks for them;
 //! - `sdk-prometheus`: what a scrape cost before, the SDK collect through
 //!   opentelemetry-prometheus, `gather` and the text encoder;
-//! - `otlp`: one OTLP export without the network, the SDK's observable callbacks and
-//!   collect, the conversion to the OTLP request and its protobuf encoding.
+//! - `otlp`: one OTLP export without the network through the SDK, as the agent pushed
+//!   before: the observable callbacks and collect, the conversion to the OTLP request
+//!   and its protobuf encoding;
+//! - `otlp-encoder`: the same request encoded straight from the snapshot
+//!   ([`otel_gpu_receiver::otlp::Encoder`], what the agent pushes now), in the same run.
 //!
 //! Throughput is in series, so criterion's `thrpt` reads as series per second; BENCHMARKS.md
 //! gives the time per 1,000 series.
@@ -168,6 +171,24 @@ fn export(c: &mut Criterion) {
             g.bench_function(id, |b| b.iter(|| otlp.force_flush().unwrap()));
             providers.push(otlp);
         }
+        // Now: the request encoded from the snapshot, series state kept across exports
+        // as the push task keeps it.
+        let mut encoder = otel_gpu_receiver::otlp::Encoder::new(
+            &resource,
+            &telemetry::scope(),
+            &settings.families,
+            otel_gpu_receiver::otlp::Temporality::Cumulative,
+            Some(Arc::new(otel_gpu_receiver::cardinality::Limits::estimate(
+                &settings,
+            ))),
+        );
+        let bytes = encoder
+            .encode(&snapshot, std::time::SystemTime::now())
+            .len();
+        eprintln!("{}: otlp-encoder: request {bytes} bytes", fixture.name());
+        g.bench_function("otlp-encoder", |b| {
+            b.iter(|| black_box(encoder.encode(&snapshot, std::time::SystemTime::now())))
+        });
         g.finish();
         let _ = before.shutdown();
         for p in providers {

@@ -457,6 +457,7 @@ pub static CATALOGUE: &[MetricDesc] = &[
     m(names::CYCLES, Counter, Int, "{cycle}", "Collection cycles completed", SELF, &[]),
     m(names::ERRORS, Counter, Int, "{error}", "Source failures by source and error type; a failing source is skipped (from the first error)", SELF, &[names::ATTR_SOURCE, a::ERROR_TYPE]),
     m(names::EXPORT_FAILURES, Counter, Int, "{request}", "OTLP export requests that failed", SELF, &[names::ATTR_SIGNAL]),
+    m(names::EXPORT_REJECTED, Counter, Int, "{point}", "Data points the collector rejected in partial_success answers (from the first error)", SELF, &[]),
     m(names::SERIES, Gauge, Int, "{series}", "Series in the last snapshot", SELF, &[]),
     m(names::SERIES_OVERFLOW, Counter, Int, "{series}", "Series beyond their instrument's cardinality limit, which the SDK folds into `otel.metric.overflow`, summed over cycles (from the first error)", SELF, &[names::ATTR_METRIC_NAME]),
     m(names::SERIES_NON_FINITE, Counter, Int, "{series}", "Readings dropped because their value was NaN or infinite (neither exporter can carry them), summed over cycles (from the first error)", SELF, &[names::ATTR_METRIC_NAME]),

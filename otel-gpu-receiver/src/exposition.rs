@@ -3,8 +3,8 @@
 //! A scrape used to run the whole SDK pipeline (collect, opentelemetry-prometheus'
 //! conversion into `prometheus` protobuf structs, `gather`, the text encoder), which cost
 //! more per series than node_exporter. The snapshot does not change between cycles, so
-//! the collection thread renders it once, straight from its points, and a scrape clones
-//! the rendered [`Bytes`]:
+//! the first scrape of a snapshot renders it, straight from its points, and the other
+//! scrapes of it clone the rendered [`Bytes`] (an agent nobody scrapes renders nothing):
 //!
 //! - each catalogue entry's Prometheus name, `# HELP`/`# TYPE` lines and label names are
 //!   computed once ([`Layout`]), with exactly the names that opentelemetry-prometheus 0.33
@@ -23,7 +23,8 @@
 
 use std::collections::HashMap;
 use std::io::Write as _;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -711,26 +712,63 @@ fn compress(plain: &[u8]) -> Bytes {
     Bytes::from(enc.finish().unwrap_or_default())
 }
 
-/// The latest [`Exposition`], shared by the collection thread (writer) and the HTTP
-/// handlers (readers). The lock is held only to swap or clone an `Arc`.
+/// The rendering of the latest snapshot, made on the first scrape that asks for it:
+/// an agent that nobody scrapes renders nothing, and one scraped several times per
+/// cycle renders once. The lock on the renderer is held only while rendering (a
+/// scrape of a new snapshot); the other scrapes clone an `Arc`.
 #[derive(Debug, Clone)]
-pub struct ExpositionCell(Arc<RwLock<Arc<Exposition>>>);
+pub struct ExpositionCell(Arc<Lazy>);
+
+#[derive(Debug)]
+struct Lazy {
+    snapshots: crate::snapshot::SnapshotCell,
+    renderer: Mutex<Renderer>,
+    /// The last rendering and the snapshot it was made from (weak, so it keeps no
+    /// old readings alive; its allocation stays, so the address is never reused).
+    latest: RwLock<Option<(Weak<Snapshot>, Arc<Exposition>)>>,
+    renders: AtomicU64,
+}
 
 impl ExpositionCell {
-    /// A cell holding `first`.
-    pub fn new(first: Exposition) -> Self {
-        Self(Arc::new(RwLock::new(Arc::new(first))))
+    /// Renders the snapshots of `snapshots` with `renderer`, lazily.
+    pub fn new(snapshots: crate::snapshot::SnapshotCell, renderer: Renderer) -> Self {
+        Self(Arc::new(Lazy {
+            snapshots,
+            renderer: Mutex::new(renderer),
+            latest: RwLock::new(None),
+            renders: AtomicU64::new(0),
+        }))
     }
 
-    /// Swaps in a new rendering.
-    pub fn store(&self, e: Exposition) {
-        let new = Arc::new(e);
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = new;
+    fn cached(&self, snapshot: &Arc<Snapshot>) -> Option<Arc<Exposition>> {
+        let latest = self.0.latest.read().unwrap_or_else(|e| e.into_inner());
+        latest
+            .as_ref()
+            .filter(|(from, _)| std::ptr::eq(from.as_ptr(), Arc::as_ptr(snapshot)))
+            .map(|(_, e)| e.clone())
     }
 
-    /// The latest rendering.
+    /// The rendering of the latest snapshot, rendered now if this is its first scrape.
     pub fn load(&self) -> Arc<Exposition> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+        let snapshot = self.0.snapshots.load();
+        if let Some(e) = self.cached(&snapshot) {
+            return e;
+        }
+        let mut renderer = self.0.renderer.lock().unwrap_or_else(|e| e.into_inner());
+        // Another scrape may have rendered it while this one waited.
+        if let Some(e) = self.cached(&snapshot) {
+            return e;
+        }
+        let e = Arc::new(renderer.render(&snapshot));
+        self.0.renders.fetch_add(1, Ordering::Relaxed);
+        *self.0.latest.write().unwrap_or_else(|e| e.into_inner()) =
+            Some((Arc::downgrade(&snapshot), e.clone()));
+        e
+    }
+
+    /// Renderings made so far.
+    pub fn renders(&self) -> u64 {
+        self.0.renders.load(Ordering::Relaxed)
     }
 }
 
@@ -832,18 +870,14 @@ pub fn response(e: &Exposition, request: &HeaderMap) -> Response {
     (headers, body).into_response()
 }
 
-/// Renders every snapshot stored in `cell` into a new [`ExpositionCell`], on the thread
-/// that stores (the collection thread), so a scrape only clones bytes.
+/// The exposition of the snapshots stored in `cell`, each rendered on its first
+/// scrape ([`ExpositionCell`]).
 pub fn publish(
     cell: &crate::snapshot::SnapshotCell,
     resource: &Resource,
     scope: &InstrumentationScope,
 ) -> ExpositionCell {
-    let mut renderer = Renderer::new(resource, scope);
-    let out = ExpositionCell::new(renderer.render(&cell.load()));
-    let target = out.clone();
-    cell.subscribe(move |snapshot| target.store(renderer.render(snapshot)));
-    out
+    ExpositionCell::new(cell.clone(), Renderer::new(resource, scope))
 }
 
 #[cfg(test)]
@@ -1057,5 +1091,40 @@ mod tests {
         assert!(!accepts_gzip(Some("gzip;q=0")));
         assert!(!accepts_gzip(Some("gzip;q=0, *")));
         assert!(!accepts_gzip(Some("gzip;q=x")));
+    }
+
+    #[test]
+    fn a_snapshot_is_rendered_on_its_first_scrape_and_only_once() {
+        let resource = Resource::builder_empty()
+            .with_attributes([KeyValue::new("service.name", "otel-gpu-receiver")])
+            .build();
+        let cell = crate::snapshot::SnapshotCell::default();
+        let expo = publish(&cell, &resource, &scope());
+        let snapshot = |v: u64| {
+            let mut p = Points::default();
+            p.push("otel_gpu_receiver.cycles", vec![], v);
+            Snapshot::new(p)
+        };
+        // Cycles without a scrape render nothing.
+        for v in 0..5 {
+            cell.store(snapshot(v));
+        }
+        assert_eq!(expo.renders(), 0);
+        let cycles = |e: &Exposition| {
+            std::str::from_utf8(e.text())
+                .unwrap()
+                .lines()
+                .find(|l| l.starts_with("otel_gpu_receiver_cycles_total"))
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_owned)
+        };
+        let first = expo.load();
+        assert_eq!(cycles(&first).as_deref(), Some("4"), "the latest snapshot");
+        let again = expo.load();
+        assert!(Arc::ptr_eq(&first, &again), "a second scrape re-rendered");
+        assert_eq!(expo.renders(), 1);
+        cell.store(snapshot(5));
+        assert_eq!(cycles(&expo.load()).as_deref(), Some("5"));
+        assert_eq!(expo.renders(), 2);
     }
 }

@@ -1,10 +1,10 @@
 //! # otel-gpu-receiver
 //!
 //! A per-machine agent: a collection task reads host metric families and NVIDIA GPUs
-//! (through NVML) once per interval into a [`snapshot::Snapshot`]. The OpenTelemetry
-//! SDK's observable instruments read the latest snapshot and export it over OTLP (gRPC
-//! or HTTP), and an optional Prometheus pull endpoint serves it. Its settings are in
-//! `CONFIG.md`, beside this crate's `Cargo.toml`.
+//! (through NVML) once per interval into a [`snapshot::Snapshot`], which is rendered
+//! two ways: the OTLP request ([`otlp`]) pushed over gRPC or HTTP on otel-instrument's
+//! wire client, and, optionally, a Prometheus pull endpoint ([`exposition`]). Its
+//! settings are in `CONFIG.md`, beside this crate's `Cargo.toml`.
 //!
 //! ```no_run
 //! use otel_gpu_receiver::config::{Flags, Settings};
@@ -25,6 +25,7 @@ pub mod gpu;
 pub mod host;
 pub mod identity;
 pub mod names;
+pub mod otlp;
 pub mod output;
 pub mod quiet;
 pub mod selfmon;

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
+use otel_gpu_receiver::RunError;
 use otel_gpu_receiver::config::{Flags, Settings};
+use otel_gpu_receiver::telemetry::TelemetryError;
 
 fn main() -> ExitCode {
     otel_gpu_receiver::limit_malloc_arenas();
@@ -48,7 +50,18 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("otel-gpu-receiver: {e:#}");
-            ExitCode::FAILURE
+            // An OTLP setting that cannot be used is a configuration error too.
+            let config = matches!(
+                e.downcast_ref::<RunError>(),
+                Some(RunError::Telemetry(
+                    TelemetryError::Client(_) | TelemetryError::Temporality(_)
+                ))
+            );
+            if config {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

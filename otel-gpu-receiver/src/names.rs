@@ -25,6 +25,8 @@ pub const CYCLES: &str = "otel_gpu_receiver.cycles";
 pub const ERRORS: &str = "otel_gpu_receiver.errors";
 /// OTLP export requests that failed.
 pub const EXPORT_FAILURES: &str = "otel_gpu_receiver.export.failures";
+/// Data points that collectors rejected in `partial_success` answers.
+pub const EXPORT_REJECTED: &str = "otel_gpu_receiver.export.rejected";
 /// Series (points) in the last snapshot.
 pub const SERIES: &str = "otel_gpu_receiver.series";
 

@@ -186,6 +186,13 @@ impl SelfStats {
             vec![KeyValue::new(names::ATTR_SIGNAL, "metrics")],
             failures,
         );
+        let rejected = self
+            .export
+            .as_ref()
+            .map_or(0, |s| s.metric_points_rejected());
+        if rejected > 0 {
+            out.push(names::EXPORT_REJECTED, vec![], rejected);
+        }
         let own = out.len() - start + 1;
         out.push(names::SERIES, vec![], (series + own) as u64);
     }

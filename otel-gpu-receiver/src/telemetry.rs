@@ -1,7 +1,10 @@
-//! OTLP push: one `SdkMeterProvider` with observable instruments over the latest
-//! snapshot and a periodic OTLP gRPC reader. Prometheus pull: `/metrics` serves the
-//! exposition that [`crate::exposition`] renders once per snapshot, with the same names
-//! that opentelemetry-prometheus would give the SDK's data, plus `/healthz`.
+//! OTLP push: once per export interval, the latest snapshot encoded by
+//! [`crate::otlp::Encoder`] and sent on otel-instrument's wire client
+//! ([`otel_instrument::otlp::OtlpClient`]); no aggregation SDK sits in the data path.
+//! Prometheus pull: `/metrics` serves the exposition that [`crate::exposition`]
+//! renders from the snapshot, with the same names that opentelemetry-prometheus would
+//! give the SDK's data, plus `/healthz`. The SDK's instruments
+//! ([`register_catalogue`]) remain as the reference the golden tests compare with.
 //!
 //! Everything network-facing runs on the agent's own small runtime
 //! ([`ExportRuntime`]), never on a caller's: the OTLP exporter is built inside it.
@@ -13,12 +16,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use opentelemetry::metrics::{Meter, MeterProvider as _};
+use opentelemetry::metrics::Meter;
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_semantic_conventions::resource as res;
+use otel_instrument::config::Signal;
 use otel_instrument::export::{ExportError, ExportRuntime, ExportStats};
+use otel_instrument::otlp::{BuildError, OtlpClient};
 
 use crate::catalogue::{CATALOGUE, Family, Instrument, MetricDesc, Number, Origin};
 use crate::config::Settings;
@@ -30,9 +34,15 @@ use crate::snapshot::SnapshotCell;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TelemetryError {
-    /// The OTLP exporter or its runtime could not be built.
+    /// The export runtime could not be built.
     #[error("cannot set up OTLP export")]
     Export(#[from] ExportError),
+    /// An OTLP setting cannot be used (the message names the variable).
+    #[error(transparent)]
+    Client(#[from] BuildError),
+    /// `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE` does not parse.
+    #[error(transparent)]
+    Temporality(#[from] crate::otlp::TemporalityError),
     /// The pull endpoint cannot listen.
     #[error("cannot listen on {addr} for Prometheus")]
     Listen {
@@ -191,8 +201,8 @@ pub fn register_catalogue(meter: &Meter, families: &[Family], cell: &SnapshotCel
 /// The running export pipeline.
 #[derive(Debug)]
 pub struct Telemetry {
-    /// Only with OTLP push: the pull endpoint does not go through the SDK.
-    provider: Option<SdkMeterProvider>,
+    /// Only with OTLP push.
+    pusher: Option<Pusher>,
     limits: Option<Arc<crate::cardinality::Limits>>,
     runtime: ExportRuntime,
     stats: Arc<ExportStats>,
@@ -200,12 +210,13 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// With OTLP push, builds the provider and registers one observable instrument per
-    /// enabled catalogue entry over `cell`. With the Prometheus endpoint, renders every
-    /// snapshot stored in `cell` and serves it.
+    /// With OTLP push, builds the wire client and starts pushing the snapshots stored
+    /// in `cell`. With the Prometheus endpoint, renders every snapshot stored in `cell`
+    /// and serves it.
     ///
     /// # Errors
-    /// The exporter cannot be built or the pull endpoint cannot listen.
+    /// An OTLP setting cannot be used (the error names the variable), or the pull
+    /// endpoint cannot listen.
     pub fn start(
         settings: &Settings,
         cell: SnapshotCell,
@@ -215,26 +226,36 @@ impl Telemetry {
         // The collection loop logs outages itself (selfmon), in the agent's words.
         let stats = Arc::new(ExportStats::without_outage_log());
         let resource = resource(settings);
-        let mut provider = None;
+        let mut pusher = None;
         let mut limits = None;
         if let Some(cfg) = &settings.otlp {
-            // Per-instrument cardinality limits from the host's shape (the SDK's default of
-            // 2000 series would fold a big host's system.cpu.time into overflow). Only the
-            // SDK folds series: the Prometheus exposition renders every one.
+            // Per-instrument cardinality limits from the host's shape, with the SDK's
+            // semantics: series beyond them fold into `otel.metric.overflow` (the
+            // Prometheus exposition renders every one).
             let l = Arc::new(crate::cardinality::Limits::estimate(settings));
-            let exporter = otel_instrument::export::metric_exporter(&runtime, cfg, stats.clone())?;
-            let reader = PeriodicReader::builder(exporter)
-                .with_interval(settings.export_interval)
-                .build();
-            let p = SdkMeterProvider::builder()
-                .with_resource(resource.clone())
-                .with_view(l.view())
-                .with_reader(reader)
-                .build();
-            register_catalogue(&p.meter_with_scope(scope()), &settings.families, &cell);
-            // The SDK keeps attributes sorted: hand them over sorted (see AttributeOrder).
-            cell.sort_attributes();
-            provider = Some(p);
+            let temporality = crate::otlp::Temporality::from_env(&|k| std::env::var(k).ok())?;
+            let client = runtime.enter(|| OtlpClient::new(Signal::Metrics, cfg, stats.clone()))?;
+            let encoder = crate::otlp::Encoder::new(
+                &resource,
+                &scope(),
+                &settings.families,
+                temporality,
+                Some(l.clone()),
+            );
+            let seed = resource
+                .get(&opentelemetry::Key::from_static_str(
+                    res::SERVICE_INSTANCE_ID,
+                ))
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            pusher = Some(Pusher::start(
+                &runtime,
+                encoder,
+                client,
+                cell.clone(),
+                settings.export_interval,
+                &seed,
+            ));
             limits = Some(l);
         }
         let mut prometheus = None;
@@ -260,7 +281,7 @@ impl Telemetry {
             });
         }
         Ok(Self {
-            provider,
+            pusher,
             limits,
             runtime,
             stats,
@@ -268,8 +289,8 @@ impl Telemetry {
         })
     }
 
-    /// The per-instrument cardinality limits the SDK provider was built with; `None`
-    /// without OTLP push, where nothing folds series.
+    /// The per-instrument cardinality limits of the OTLP push; `None` without it,
+    /// where nothing folds series.
     pub fn limits(&self) -> Option<Arc<crate::cardinality::Limits>> {
         self.limits.clone()
     }
@@ -289,12 +310,102 @@ impl Telemetry {
         &self.runtime
     }
 
-    /// Flushes and stops, with a deadline.
+    /// Pushes the latest snapshot a last time and stops, within 5 s.
     pub fn shutdown(self) {
-        if let Some(provider) = self.provider
-            && let Err(e) = provider.shutdown_with_timeout(Duration::from_secs(5))
-        {
-            tracing::warn!(error = %e, "metric provider shutdown");
+        if let Some(p) = self.pusher {
+            p.stop(&self.runtime, Duration::from_secs(5));
+        }
+    }
+}
+
+/// The OTLP push task: every export interval (the first at a per-agent offset), the
+/// latest snapshot encoded and sent. One export at a time: a tick that comes while an
+/// export is still retrying is skipped, so nothing queues up while the collector is
+/// down, and the next tick after it returns sends the latest snapshot.
+#[derive(Debug)]
+struct Pusher {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<(crate::otlp::Encoder, OtlpClient)>,
+    cell: SnapshotCell,
+}
+
+impl Pusher {
+    fn start(
+        runtime: &ExportRuntime,
+        mut encoder: crate::otlp::Encoder,
+        client: OtlpClient,
+        cell: SnapshotCell,
+        interval: Duration,
+        seed: &str,
+    ) -> Self {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let offset = crate::otlp::first_export_offset(interval, seed);
+        let snapshots = cell.clone();
+        let task = runtime.handle().spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut failing = false;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = &mut stopped => break,
+                }
+                tokio::select! {
+                    () = push(&mut encoder, &client, &snapshots, &mut failing) => {}
+                    _ = &mut stopped => break,
+                }
+            }
+            (encoder, client)
+        });
+        Self { stop, task, cell }
+    }
+
+    /// Stops the task and pushes once more, all within `deadline`.
+    fn stop(self, runtime: &ExportRuntime, deadline: Duration) {
+        let _ = self.stop.send(());
+        let cell = self.cell;
+        let task = self.task;
+        let done = runtime.handle().block_on(async move {
+            tokio::time::timeout(deadline, async move {
+                if let Ok((mut encoder, client)) = task.await {
+                    let mut failing = false;
+                    push(&mut encoder, &client, &cell, &mut failing).await;
+                }
+            })
+            .await
+        });
+        if done.is_err() {
+            tracing::warn!(
+                ?deadline,
+                "the last OTLP export did not finish before shutdown"
+            );
+        }
+    }
+}
+
+/// Encodes the latest snapshot and sends it; the client counts the outcome (the
+/// collection loop logs outages from those counts). Says why once per failing spell.
+async fn push(
+    encoder: &mut crate::otlp::Encoder,
+    client: &OtlpClient,
+    cell: &SnapshotCell,
+    failing: &mut bool,
+) {
+    let snapshot = cell.load();
+    if snapshot.series() == 0 {
+        // No cycle has completed yet.
+        return;
+    }
+    let body = encoder.encode(&snapshot, SystemTime::now());
+    drop(snapshot);
+    match client.export(body).await {
+        Ok(_) => *failing = false,
+        Err(e) => {
+            if !std::mem::replace(failing, true) {
+                tracing::warn!(error = %e, "why OTLP export fails (logged once until an export succeeds)");
+            } else {
+                tracing::debug!(error = %e, "OTLP export failed");
+            }
         }
     }
 }

@@ -367,6 +367,8 @@ pub struct ExportStats {
     /// Whether the shutdown deadline passed; held while an export's result is
     /// counted, so an export is counted once, by itself or as abandoned.
     abandoned: Mutex<bool>,
+    /// Metric data points a collector rejected in a `partial_success` answer.
+    metric_points_rejected: AtomicU64,
     /// The owner logs outages itself (from [`Self::failures`] and [`Self::successes`]).
     outages_logged_elsewhere: bool,
 }
@@ -399,6 +401,36 @@ impl ExportStats {
             Signal::Metrics => self.metric_ok.load(Ordering::Relaxed),
             Signal::Logs => self.logs.ok.load(Ordering::Relaxed),
         }
+    }
+
+    /// Counts one metric export request sent by a client outside the SDK (the
+    /// [`crate::otlp`] wire client): the same counters and outage log lines as
+    /// [`CountingMetricExporter`]. `failure` is why it failed, `None` when it succeeded.
+    pub fn metrics_exported(&self, failure: Option<&str>) {
+        if let Some(error) = failure {
+            let failures = self.metric_failures.fetch_add(1, Ordering::Relaxed) + 1;
+            if !self.outages_logged_elsewhere {
+                self.metric_outage.failed(Signal::Metrics, failures, error);
+            }
+        } else {
+            self.metric_ok.fetch_add(1, Ordering::Relaxed);
+            if !self.outages_logged_elsewhere {
+                self.metric_outage.succeeded(
+                    Signal::Metrics,
+                    self.metric_failures.load(Ordering::Relaxed),
+                );
+            }
+        }
+    }
+
+    /// Counts metric data points that a collector rejected (`partial_success`).
+    pub fn metric_points_rejected_add(&self, n: u64) {
+        self.metric_points_rejected.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Metric data points that collectors rejected (`partial_success`), since start.
+    pub fn metric_points_rejected(&self) -> u64 {
+        self.metric_points_rejected.load(Ordering::Relaxed)
     }
 
     /// Spans in batches whose export failed.

@@ -37,6 +37,7 @@ pub mod export;
 pub mod metrics;
 pub mod monitored;
 pub mod names;
+pub mod otlp;
 pub mod outcome;
 mod process;
 #[cfg(feature = "prometheus")]

@@ -92,6 +92,9 @@ pub enum Behaviour {
     /// wait the given delay before retrying (the OTLP throttling signal), and
     /// keep nothing.
     Throttle(Duration),
+    /// Keep the request and answer OK with a `partial_success` that rejects the given
+    /// number of data points (metrics) or spans (traces).
+    PartialSuccess(i64),
 }
 
 /// One received span with its resource and scope, flattened for assertions.
@@ -262,8 +265,8 @@ impl Shared {
     }
 
     /// Applies the current behaviour to one request: `Ok` means keep it and
-    /// answer OK.
-    async fn gate(&self, signal: &'static str) -> Result<(), tonic::Status> {
+    /// answer OK, with that many items rejected in a `partial_success` if `Some`.
+    async fn gate(&self, signal: &'static str) -> Result<Option<i64>, tonic::Status> {
         let mut rx = self.behaviour.subscribe();
         // The behaviour is read before the attempt is published, so a test that
         // changes it on seeing the attempt never changes this answer.
@@ -271,7 +274,8 @@ impl Shared {
         self.push(|r| r.attempts.push((signal, Instant::now())));
         loop {
             match now {
-                Behaviour::Accept => return Ok(()),
+                Behaviour::Accept => return Ok(None),
+                Behaviour::PartialSuccess(n) => return Ok(Some(n)),
                 Behaviour::Refuse => {
                     self.push(|r| r.refused += 1);
                     return Err(tonic::Status::unavailable("OtlpSink refuses (test)"));
@@ -284,7 +288,7 @@ impl Shared {
                 }
                 Behaviour::Slow(delay) => {
                     tokio::time::sleep(delay).await;
-                    return Ok(());
+                    return Ok(None);
                 }
                 Behaviour::Throttle(delay) => {
                     use tonic_types::{ErrorDetails, StatusExt as _};
@@ -309,7 +313,7 @@ impl TraceService for Services {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        self.0.gate("traces").await?;
+        let rejected = self.0.gate("traces").await?;
         let headers = metadata_map(request.metadata());
         let req = request.into_inner();
         self.0.push(|r| {
@@ -317,7 +321,12 @@ impl TraceService for Services {
             r.traces.push(req);
         });
         Ok(tonic::Response::new(ExportTraceServiceResponse {
-            partial_success: None,
+            partial_success: rejected.map(|n| {
+                opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess {
+                    rejected_spans: n,
+                    error_message: "OtlpSink rejects part (test)".into(),
+                }
+            }),
         }))
     }
 }
@@ -328,7 +337,7 @@ impl MetricsService for Services {
         &self,
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        self.0.gate("metrics").await?;
+        let rejected = self.0.gate("metrics").await?;
         let headers = metadata_map(request.metadata());
         let req = request.into_inner();
         self.0.push(|r| {
@@ -336,7 +345,12 @@ impl MetricsService for Services {
             r.metrics.push(req);
         });
         Ok(tonic::Response::new(ExportMetricsServiceResponse {
-            partial_success: None,
+            partial_success: rejected.map(|n| {
+                opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsPartialSuccess {
+                    rejected_data_points: n,
+                    error_message: "OtlpSink rejects part (test)".into(),
+                }
+            }),
         }))
     }
 }

@@ -116,3 +116,32 @@ fn a_bad_exclude_list_or_statvfs_timeout_exits_2_naming_the_flag_and_the_fix() {
         "{err}"
     );
 }
+
+#[test]
+fn an_unusable_certificate_or_temporality_exits_2_at_start_naming_the_variable() {
+    let not_pem = toml_file("this is not a certificate\n");
+    let path = not_pem.path().to_str().unwrap();
+    let err = fails_with_2(
+        &["--interval", "1s"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://127.0.0.1:4317"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", path),
+        ],
+    );
+    assert!(
+        err.contains("OTEL_EXPORTER_OTLP_CERTIFICATE") && err.contains("not PEM"),
+        "{err}"
+    );
+    let err = fails_with_2(
+        &["--interval", "1s"],
+        &[(
+            "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+            "sometimes",
+        )],
+    );
+    assert!(
+        err.contains("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE")
+            && err.contains("sometimes"),
+        "{err}"
+    );
+}

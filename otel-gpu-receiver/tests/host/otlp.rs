@@ -327,3 +327,34 @@ fn http_protobuf_is_checked_as_ok_and_then_exports_to_an_otlp_http_collector() {
         "otel-gpu-receiver's otel-instrument dependency lacks the http-proto feature: {features:?}"
     );
 }
+
+#[test]
+fn http_protobuf_push_reaches_an_otlp_http_collector_and_delta_is_honoured() {
+    let sink = OtlpSink::start_http().unwrap();
+    let _agent = start_agent(
+        &["--interval", "500ms"],
+        &[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &sink.endpoint()),
+            ("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "delta"),
+        ],
+    );
+    let got = sink
+        .wait_until(Duration::from_secs(30), |r| {
+            r.metrics.len() >= 2 && names_in_last_request(r).contains("otel_gpu_receiver.cycles")
+        })
+        .expect("two requests over OTLP/HTTP");
+    let cycles = got.last_metric("otel_gpu_receiver.cycles").unwrap();
+    let Some(Data::Sum(s)) = &cycles.metric.data else {
+        panic!("cycles is a sum")
+    };
+    assert_eq!(
+        s.aggregation_temporality,
+        AggregationTemporality::Delta as i32
+    );
+    // A delta of cycles between two exports half a second apart is a few, not the total.
+    let v = value(&s.data_points[0]);
+    assert!((0.0..=4.0).contains(&v), "cycles delta {v}");
+    let p = &s.data_points[0];
+    assert!(p.start_time_unix_nano < p.time_unix_nano);
+}

@@ -174,11 +174,13 @@ fn a_hanging_collector_does_not_stop_collection_or_health_and_export_resumes() {
     );
 
     // The collector recovers: held and new exports are answered, and the
-    // exports that timed out meanwhile are counted.
+    // exports that timed out meanwhile are counted. The export in flight when it
+    // recovers carries a snapshot up to an interval old, so wait for a fresh one.
     sink.set_behaviour(Behaviour::Accept);
     let back = sink
         .wait_until(Duration::from_secs(5), |r| {
             last_value(r, "otel_gpu_receiver.export.failures").is_some_and(|f| f >= 1.0)
+                && last_value(r, "otel_gpu_receiver.cycles").is_some_and(|c| c >= during)
         })
         .unwrap_or_else(|| {
             panic!(
@@ -187,4 +189,45 @@ fn a_hanging_collector_does_not_stop_collection_or_health_and_export_resumes() {
             )
         });
     assert!(last_value(&back, "otel_gpu_receiver.cycles").is_some_and(|c| c >= during));
+}
+
+#[test]
+fn a_throttling_collector_is_counted_and_a_partial_success_is_counted_in_its_own_metric() {
+    let sink = OtlpSink::start().unwrap();
+    // RESOURCE_EXHAUSTED with RetryInfo longer than the export timeout: each export
+    // fails without waiting it out, and is counted.
+    sink.set_behaviour(Behaviour::Throttle(Duration::from_secs(5)));
+    let mut agent = start_agent(
+        &["--interval", "1s", "--otlp-endpoint", &sink.endpoint()],
+        &[("OTEL_EXPORTER_OTLP_TIMEOUT", "500")],
+    );
+    assert!(
+        sink.wait_until(Duration::from_secs(20), |r| r.refused >= 2)
+            .is_some(),
+        "no throttled attempts:\n{}",
+        agent.stderr()
+    );
+    assert!(sink.received().metrics.is_empty());
+    // The collector takes the data again but rejects part of every request.
+    sink.set_behaviour(Behaviour::PartialSuccess(3));
+    let got = sink
+        .wait_until(Duration::from_secs(5), |r| {
+            last_value(r, "otel_gpu_receiver.export.failures").is_some_and(|f| f >= 1.0)
+                && last_value(r, "otel_gpu_receiver.export.rejected").is_some_and(|n| n >= 3.0)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "throttling and rejected points were not both counted:\n{}",
+                agent.stderr()
+            )
+        });
+    assert!(agent.alive(), "{}", agent.stderr());
+    assert!(last_value(&got, "otel_gpu_receiver.cycles").is_some());
+    let log = agent.stderr();
+    assert_eq!(log.matches("OTLP export is failing").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("rejected part of an OTLP export").count(),
+        1,
+        "{log}"
+    );
 }
