@@ -46,6 +46,8 @@ use crate::config::{Compression, ExporterConfig, Protocol, Signal};
 
 #[cfg(feature = "http-proto")]
 mod http_client;
+#[cfg(feature = "http-proto")]
+pub(crate) use http_client::Connector as HttpsConnector;
 
 /// Why an exporter or the runtime it runs on could not be built.
 #[derive(Debug, thiserror::Error)]

@@ -315,9 +315,13 @@ fn unusable_settings_are_errors_that_name_the_variable() {
         ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318"),
     ]);
     assert_eq!(cfg.protocol, Protocol::HttpProtobuf);
-    let e = OtlpClient::new(Signal::Metrics, &cfg, stats.clone()).unwrap_err();
-    assert!(matches!(e, BuildError::Tls { .. }), "{e}");
-    assert!(e.to_string().contains("OTEL_EXPORTER_OTLP_ENDPOINT"), "{e}");
+    if cfg!(feature = "http-proto") {
+        assert!(OtlpClient::new(Signal::Metrics, &cfg, stats.clone()).is_ok());
+    } else {
+        let e = OtlpClient::new(Signal::Metrics, &cfg, stats.clone()).unwrap_err();
+        assert!(matches!(e, BuildError::Tls { .. }), "{e}");
+        assert!(e.to_string().contains("OTEL_EXPORTER_OTLP_ENDPOINT"), "{e}");
+    }
 
     let mut cfg = config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://localhost:4317")]);
     cfg.tls.ca_certificate = Some(b"not a certificate".to_vec());
@@ -365,6 +369,64 @@ fn over_http_the_client_posts_our_bytes_gzipped_to_v1_metrics() {
         Some("gzip")
     );
     assert_eq!(stats.successes(Signal::Metrics), 1);
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, as PEM.
+#[cfg(feature = "http-proto")]
+fn ca_and_server() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[cfg(feature = "http-proto")]
+#[test]
+fn over_https_the_client_trusts_the_configured_ca_and_nothing_else() {
+    let (ca, cert, key) = ca_and_server();
+    let sink = OtlpSink::start_http_tls(&cert, &key, None).unwrap();
+    let endpoint = sink.endpoint().replace("http://", "https://");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, &ca).unwrap();
+    let ca_path = ca_path.display().to_string();
+
+    let trusted = config(&[
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", &ca_path),
+    ]);
+    let stats = Arc::new(ExportStats::default());
+    let (result, _) = logged(async {
+        let client = OtlpClient::new(Signal::Metrics, &trusted, stats.clone()).unwrap();
+        client.export(body(0.75)).await
+    });
+    assert_eq!(result.unwrap().attempts, 1);
+    assert_eq!(sink.received().metrics, vec![request(0.75)]);
+
+    // Without the CA the server's certificate is not trusted: the export fails
+    // within its timeout, is counted, and the log says why.
+    let untrusted = config(&[
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "500"),
+    ]);
+    let stats = Arc::new(ExportStats::default());
+    let (result, log) = logged(async {
+        let client = OtlpClient::new(Signal::Metrics, &untrusted, stats.clone()).unwrap();
+        client.export(body(1.0)).await
+    });
+    let e = result.unwrap_err();
+    assert!(e.last.to_lowercase().contains("certificate"), "{e:?}");
+    assert_eq!(stats.failures(Signal::Metrics), 1);
+    assert!(log.contains("OTLP export is failing"), "{log}");
+    assert_eq!(sink.received().metrics.len(), 1, "nothing more arrived");
 }
 
 #[test]

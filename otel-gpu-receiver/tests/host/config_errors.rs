@@ -129,7 +129,7 @@ fn an_unusable_certificate_or_temporality_exits_2_at_start_naming_the_variable()
         ],
     );
     assert!(
-        err.contains("OTEL_EXPORTER_OTLP_CERTIFICATE") && err.contains("not PEM"),
+        err.contains("OTEL_EXPORTER_OTLP_CERTIFICATE") && err.contains("PEM"),
         "{err}"
     );
     let err = fails_with_2(

@@ -59,19 +59,11 @@ impl Transport {
         cfg: &ExporterConfig,
         stats: Arc<ExportStats>,
     ) -> Result<Self, ExportError> {
-        let tls = crate::tls::client_config(&cfg.tls).map_err(|e| ExportError::HttpClient {
+        let connector = Connector::new(&cfg.tls).map_err(|e| ExportError::HttpClient {
             signal,
             endpoint: cfg.endpoint.clone(),
             source: e.into(),
         })?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        // As a collector sets it: small requests must not wait for delayed ACKs.
-        http.set_nodelay(true);
-        let connector = Connector {
-            http,
-            tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
-        };
         Ok(Self {
             client: Client::builder(TokioExecutor::new()).build(connector),
             timeout: cfg.timeout,
@@ -152,11 +144,31 @@ fn causes(error: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-/// Connects over TCP, then TLS for an `https://` endpoint.
+/// Connects over TCP, then TLS for an `https://` endpoint. The OTLP wire client's
+/// HTTP transport ([`crate::otlp`]) connects through the same one.
 #[derive(Clone)]
-struct Connector {
+pub(crate) struct Connector {
     http: HttpConnector,
     tls: tokio_rustls::TlsConnector,
+}
+
+impl Connector {
+    /// Trusts the system's roots and `files`' CA, and presents `files`' client
+    /// identity (mTLS).
+    ///
+    /// # Errors
+    /// The TLS material cannot be used: why, in words.
+    pub(crate) fn new(files: &crate::config::TlsFiles) -> Result<Self, String> {
+        let tls = crate::tls::client_config(files)?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        // As a collector sets it: small requests must not wait for delayed ACKs.
+        http.set_nodelay(true);
+        Ok(Self {
+            http,
+            tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+        })
+    }
 }
 
 impl std::fmt::Debug for Connector {
@@ -196,7 +208,7 @@ impl tower::Service<http::Uri> for Connector {
 
 /// A connection to the collector, plain or TLS (boxed: rustls' state is large).
 #[derive(Debug)]
-enum Stream {
+pub(crate) enum Stream {
     Plain(TokioIo<TcpStream>),
     Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
 }

@@ -2,14 +2,17 @@
 //! signal's URL (`ExporterConfig` has already applied the specification's path rules),
 //! gzip when asked, the collector's answer decoded for `partial_success`.
 //!
-//! Plain `http://` only so far: an `https://` endpoint is refused at start with an
-//! error that names the variable (gRPC does TLS).
+//! `https://` connects with the same TLS settings as the SDK path's HTTP client
+//! (system roots, the configured CA, mTLS) when otel-instrument is built with
+//! `http-proto`; without it an `https://` endpoint is refused at start with an
+//! error that names the variable (gRPC always does TLS).
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
+#[cfg(not(feature = "http-proto"))]
 use hyper_util::client::legacy::connect::HttpConnector;
 
 use super::grpc::PartialSuccess;
@@ -17,10 +20,17 @@ use super::retry::{self, Verdict};
 use super::{Attempt, BuildError, Reply, env_names};
 use crate::config::{Compression, ExporterConfig, Signal};
 
+/// TCP, then TLS for `https://`: the SDK path's connector.
+#[cfg(feature = "http-proto")]
+type Connector = crate::export::HttpsConnector;
+/// TCP only.
+#[cfg(not(feature = "http-proto"))]
+type Connector = HttpConnector;
+
 /// One HTTP/1.1 client (keep-alive) for the signal's URL.
 #[derive(Debug, Clone)]
 pub(crate) struct HttpTransport {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<Connector, Full<Bytes>>,
     uri: http::Uri,
     headers: http::HeaderMap,
     gzip: bool,
@@ -37,13 +47,14 @@ impl HttpTransport {
                     value: cfg.endpoint.clone(),
                     reason: e.to_string(),
                 })?;
-        match uri.scheme_str() {
-            Some("http") => {}
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") if cfg!(feature = "http-proto") => true,
             Some("https") => {
                 return Err(BuildError::Tls {
                     vars: names.endpoint.clone(),
-                    reason: "https:// is not supported over http/protobuf by the OTLP wire \
-                             client yet; use OTEL_EXPORTER_OTLP_PROTOCOL=grpc for TLS"
+                    reason: "https:// over http/protobuf needs otel-instrument's \"http-proto\" \
+                             feature; enable it or use OTEL_EXPORTER_OTLP_PROTOCOL=grpc"
                         .into(),
                 });
             }
@@ -51,11 +62,11 @@ impl HttpTransport {
                 return Err(BuildError::Endpoint {
                     vars: names.endpoint.clone(),
                     value: cfg.endpoint.clone(),
-                    reason: "expected http://".into(),
+                    reason: "expected http:// or https://".into(),
                 });
             }
-        }
-        if cfg.tls.ca_certificate.is_some() || cfg.tls.client_identity.is_some() {
+        };
+        if !https && (cfg.tls.ca_certificate.is_some() || cfg.tls.client_identity.is_some()) {
             return Err(BuildError::TlsOnPlainEndpoint {
                 vars: names.tls.clone(),
                 endpoint: cfg.endpoint.clone(),
@@ -83,9 +94,17 @@ impl HttpTransport {
                 http::HeaderValue::from_static("gzip"),
             );
         }
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(cfg.timeout));
+        #[cfg(feature = "http-proto")]
+        let connector = Connector::new(&cfg.tls).map_err(|reason| BuildError::Tls {
+            vars: names.tls.clone(),
+            reason,
+        })?;
+        #[cfg(not(feature = "http-proto"))]
+        let connector = {
+            let mut c = HttpConnector::new();
+            c.set_nodelay(true);
+            c
+        };
         let client = Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector);
