@@ -2,9 +2,9 @@
 //! setter for everything the environment can set, and a guard that cannot be
 //! lost in a method chain.
 
-use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener};
-use std::sync::Mutex;
+mod monitored_common;
+
+use monitored_common::{closed_port, env, serial};
 use std::time::Duration;
 
 use opentelemetry_sdk::metrics::Temporality;
@@ -17,26 +17,6 @@ use otel_instrument::{
 use tracing_subscriber::layer::SubscriberExt;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// The OpenTelemetry globals are process-wide: tests that set them run one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + Send + Sync + 'static {
-    let map: HashMap<String, String> = vars
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    move |k| map.get(k).cloned()
-}
-
-fn closed_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
 
 fn attr(t: &Telemetry, key: &'static str) -> Option<String> {
     t.resource()

@@ -3,8 +3,10 @@
 //! MONITORED.md's catalogue.
 #![cfg(target_os = "linux")]
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Mutex;
+mod monitored_common;
+
+use monitored_common::{env, serial};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
@@ -13,21 +15,6 @@ use otel_instrument::Telemetry;
 use otel_instrument::testing::{OtlpSink, Received, attributes};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// The OpenTelemetry globals are process-wide: tests that set them run one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + Send + Sync + 'static {
-    let map: HashMap<String, String> = vars
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    move |k| map.get(k).cloned()
-}
 
 /// Telemetry exporting to `sink` only when flushed (the interval is an hour).
 fn builder(sink: &OtlpSink) -> otel_instrument::TelemetryBuilder {

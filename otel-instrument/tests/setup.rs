@@ -1,8 +1,8 @@
 //! otel-instrument setup against the real OTLP wire (an in-process OtlpSink).
 
-use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener};
-use std::sync::Mutex;
+mod monitored_common;
+
+use monitored_common::{closed_port, env, serial};
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
@@ -13,26 +13,6 @@ use otel_instrument::testing::{OtlpSink, Received, SpanRecord};
 use tracing_subscriber::layer::SubscriberExt;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// The OpenTelemetry globals are process-wide: tests that set them run one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + Send + Sync + 'static {
-    let map: HashMap<String, String> = vars
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    move |k| map.get(k).cloned()
-}
-
-fn closed_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
 
 fn sum_value(r: &Received, name: &str, attr: Option<(&str, &str)>) -> Option<f64> {
     let m = r.last_metric(name)?;

@@ -1,4 +1,4 @@
-//! Helpers shared by the `#[monitored]` integration tests.
+//! Helpers shared by the integration tests (`#[monitored]`, the builder, setup, process metrics).
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -149,4 +149,27 @@ pub fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 /// The value of the point whose attributes are exactly `attrs`.
 pub fn value_with(points: &[Point], attrs: &BTreeMap<String, String>) -> Option<f64> {
     points.iter().find(|p| &p.attrs == attrs).map(|p| p.value)
+}
+
+/// The OpenTelemetry globals are process-wide: tests that set them run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Holds the test's turn at the process-wide globals.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// An environment lookup holding exactly `vars` (tests never call `set_var`).
+pub fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + Send + Sync + 'static {
+    let map: std::collections::HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    move |k| map.get(k).cloned()
+}
+
+/// An address nothing listens on (bound, then released).
+pub fn closed_port() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
 }
