@@ -867,15 +867,13 @@ fn metadata(
 /// after the return is bounded by a tenth of that. An attempt against a
 /// collector that is down costs a refused connection.
 pub fn retry_policy() -> RetryPolicy {
+    use crate::otlp::retry::{INITIAL_DELAY, MAX_DELAY, MAX_JITTER};
     RetryPolicy::recommended()
         .with_max_retries(400)
-        .with_initial_delay(Duration::from_millis(25))
-        .with_max_delay(RETRY_MAX_DELAY)
-        .with_max_jitter(Duration::from_millis(25))
+        .with_initial_delay(INITIAL_DELAY)
+        .with_max_delay(MAX_DELAY)
+        .with_max_jitter(MAX_JITTER)
 }
-
-/// The longest wait between two export attempts, unless the collector asks for more.
-pub const RETRY_MAX_DELAY: Duration = Duration::from_millis(100);
 
 /// Applies endpoint, timeout, headers, compression, TLS and retries to a tonic builder.
 fn tonic_settings<B: WithTonicConfig + WithExportConfig>(

@@ -1,20 +1,23 @@
 //! The retry stage: which failures the OTLP specification calls transient, and how long
 //! to wait before the next attempt.
 //!
-//! The policy is the one [`crate::export::retry_policy`] gives opentelemetry-otlp, so
-//! that spans, metrics and the receiver back off alike: exponential from 100 ms,
-//! doubling up to 1 s, plus up to 100 ms of jitter, and a collector's `RetryInfo`
-//! (gRPC) or `Retry-After` (HTTP) raises the delay. The export timeout bounds it all:
+//! The policy is the one [`crate::export::retry_policy`] gives opentelemetry-otlp (it
+//! is built from the constants here), so that spans, metrics and the receiver back off
+//! alike: exponential from 25 ms, doubling, plus up to 25 ms of jitter, never more than
+//! 100 ms between attempts unless a collector's `RetryInfo` (gRPC) or `Retry-After`
+//! (HTTP) asks for more. A short cap because a queue that is full while the client
+//! sleeps drops what arrives meanwhile. The export timeout bounds it all:
 //! an attempt that could only start after the deadline is not made.
 
 use std::time::{Duration, SystemTime};
 
 /// The first backoff delay.
-pub const INITIAL_DELAY: Duration = Duration::from_millis(100);
-/// The longest backoff delay (a collector's throttling hint may ask for more).
-pub const MAX_DELAY: Duration = Duration::from_secs(1);
+pub const INITIAL_DELAY: Duration = Duration::from_millis(25);
+/// The longest wait between two attempts, jitter included (a collector's throttling
+/// hint may ask for more).
+pub const MAX_DELAY: Duration = Duration::from_millis(100);
 /// The most jitter added to a backoff delay.
-pub const MAX_JITTER: Duration = Duration::from_millis(100);
+pub const MAX_JITTER: Duration = Duration::from_millis(25);
 
 /// What one failed attempt means for the next one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,7 +143,7 @@ impl Backoff {
     pub fn delay(&mut self, verdict: Verdict) -> Option<Duration> {
         let step = self.next;
         self.next = (self.next * 2).min(MAX_DELAY);
-        let backoff = step + self.jitter();
+        let backoff = (step + self.jitter()).min(MAX_DELAY);
         match verdict {
             Verdict::Permanent => None,
             Verdict::Transient => Some(backoff),
@@ -242,10 +245,11 @@ mod tests {
         for _ in 0..6 {
             steps.push(b.delay(Verdict::Transient).unwrap());
         }
-        let base = [100, 200, 400, 800, 1000, 1000];
+        let base = [25, 50, 100, 100, 100, 100];
         for (d, ms) in steps.iter().zip(base) {
             let lo = Duration::from_millis(ms);
-            assert!(*d >= lo && *d <= lo + MAX_JITTER, "{d:?} vs {lo:?}");
+            let hi = (lo + MAX_JITTER).min(MAX_DELAY);
+            assert!(*d >= lo && *d <= hi, "{d:?} vs {lo:?}..={hi:?}");
         }
         assert_eq!(b.delay(Verdict::Permanent), None);
     }
