@@ -417,9 +417,19 @@ fn overhead(c: &mut Criterion) {
             });
         });
         assert!(guard.flush());
+        // The tail keeper (on, as by default) tracks every root here; only a
+        // root that a descheduling made slower than the 5 ms floor may be kept.
+        let spans = sink.received().spans();
         assert!(
-            sink.received().spans().is_empty(),
-            "(j) must export nothing"
+            spans
+                .iter()
+                .all(|s| s.attributes().contains_key("sampling.kept")),
+            "(j) must export no head-sampled span"
+        );
+        eprintln!(
+            "(j): {} spans kept by the tail keeper, {:?}",
+            spans.len(),
+            otel_instrument::monitored::tail_stats()
         );
         drop(guard);
 

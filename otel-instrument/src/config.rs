@@ -296,6 +296,14 @@ pub struct Overrides {
     pub span_batch: Option<BatchSettings>,
     /// How log records are batched.
     pub log_batch: Option<BatchSettings>,
+    /// Whether the tail keeper runs.
+    pub tail_keeper: Option<bool>,
+    /// The tail keeper's fixed slow threshold (`Some(None)`: each function's p99).
+    pub tail_slow: Option<Option<Duration>>,
+    /// Most traces the tail keeper keeps per second.
+    pub tail_rate: Option<u32>,
+    /// Most new traces the head sampler samples per second (`Some(None)`: no limit).
+    pub traces_per_second: Option<Option<u32>>,
 }
 
 /// Everything `otel-instrument` reads from the standard `OTEL_*` variables.
@@ -347,6 +355,16 @@ pub struct Config {
     pub span_queue_size: usize,
     /// `OTEL_BLRP_MAX_QUEUE_SIZE`: the same for log records. Default: 2048.
     pub log_queue_size: usize,
+    /// The tail keeper: `OTEL_INSTRUMENT_TAIL_KEEPER` (`on`/`off`),
+    /// `OTEL_INSTRUMENT_TAIL_SLOW` (`p99` or a duration such as `250ms`),
+    /// `OTEL_INSTRUMENT_TAIL_SLOW_FLOOR`, `OTEL_INSTRUMENT_TAIL_RATE` (traces
+    /// per second), `OTEL_INSTRUMENT_TAIL_MAX_SPANS` (per root),
+    /// `OTEL_INSTRUMENT_TAIL_MAX_HELD` and `OTEL_INSTRUMENT_TAIL_MAX_HOLD`.
+    pub tail: crate::monitored::TailSettings,
+    /// `OTEL_INSTRUMENT_TRACES_PER_SECOND`: at most this many new traces are
+    /// sampled per second in this process, on top of `OTEL_TRACES_SAMPLER`.
+    /// Default: no limit.
+    pub traces_per_second: Option<u32>,
 }
 
 /// The SDK's default batch span queue capacity.
@@ -544,7 +562,27 @@ impl Config {
             Some(n) => n,
             None => queue_size("OTEL_BLRP_MAX_QUEUE_SIZE")?,
         };
+        let tail = tail_settings(lookup, overrides)?;
+        let traces_per_second = match overrides.traces_per_second {
+            Some(limit) => limit,
+            None => match non_empty(lookup("OTEL_INSTRUMENT_TRACES_PER_SECOND")) {
+                None => None,
+                Some(v) => match v.trim().parse::<u32>() {
+                    Ok(n) if n > 0 => Some(n),
+                    _ => {
+                        return Err(ConfigError::invalid(
+                            "OTEL_INSTRUMENT_TRACES_PER_SECOND",
+                            &v,
+                            "expected a whole number of traces per second, at least 1",
+                            "50",
+                        ));
+                    }
+                },
+            },
+        };
         let mut config = Self {
+            tail,
+            traces_per_second,
             disabled,
             service_name,
             resource_attributes,
@@ -939,6 +977,144 @@ fn parse_exporter(lookup: &dyn Fn(&str) -> Option<String>, var: &str) -> Result<
     }
 }
 
+/// The tail keeper's settings: builder, then `OTEL_INSTRUMENT_TAIL_*`, then defaults.
+fn tail_settings(
+    lookup: &dyn Fn(&str) -> Option<String>,
+    overrides: &Overrides,
+) -> Result<crate::monitored::TailSettings, ConfigError> {
+    let mut t = crate::monitored::TailSettings::default();
+    let whole = |var: &str, example: &'static str| -> Result<Option<u64>, ConfigError> {
+        non_empty(lookup(var))
+            .map(|v| {
+                v.trim()
+                    .parse::<u64>()
+                    .map_err(|_| ConfigError::invalid(var, &v, "expected a whole number", example))
+            })
+            .transpose()
+    };
+    let duration = |var: &str, example: &'static str| -> Result<Option<Duration>, ConfigError> {
+        non_empty(lookup(var))
+            .map(|v| parse_duration(var, &v, example))
+            .transpose()
+    };
+    t.enabled = match overrides.tail_keeper {
+        Some(on) => on,
+        None => match non_empty(lookup("OTEL_INSTRUMENT_TAIL_KEEPER")) {
+            None => true,
+            Some(v) => match v.trim().to_ascii_lowercase().as_str() {
+                "on" | "true" => true,
+                "off" | "false" => false,
+                _ => {
+                    return Err(ConfigError::invalid(
+                        "OTEL_INSTRUMENT_TAIL_KEEPER",
+                        &v,
+                        "expected on or off",
+                        "off",
+                    ));
+                }
+            },
+        },
+    };
+    t.slow = match overrides.tail_slow {
+        Some(slow) => slow,
+        None => match non_empty(lookup("OTEL_INSTRUMENT_TAIL_SLOW")) {
+            None => None,
+            Some(v) if v.trim().eq_ignore_ascii_case("p99") => None,
+            Some(v) => Some(parse_duration("OTEL_INSTRUMENT_TAIL_SLOW", &v, "250ms")?),
+        },
+    };
+    if let Some(d) = duration("OTEL_INSTRUMENT_TAIL_SLOW_FLOOR", "5ms")? {
+        t.slow_floor = d;
+    }
+    t.rate = match overrides.tail_rate {
+        Some(r) => r,
+        None => match whole("OTEL_INSTRUMENT_TAIL_RATE", "100")? {
+            None => t.rate,
+            Some(r) => u32::try_from(r).map_err(|_| {
+                ConfigError::invalid(
+                    "OTEL_INSTRUMENT_TAIL_RATE",
+                    &r.to_string(),
+                    "more traces per second than can be counted",
+                    "100",
+                )
+            })?,
+        },
+    };
+    if let Some(n) = whole("OTEL_INSTRUMENT_TAIL_MAX_SPANS", "512")? {
+        if n == 0 {
+            return Err(ConfigError::invalid(
+                "OTEL_INSTRUMENT_TAIL_MAX_SPANS",
+                &lookup("OTEL_INSTRUMENT_TAIL_MAX_SPANS").unwrap_or_default(),
+                "a root needs room for its own span; give at least 1",
+                "512",
+            ));
+        }
+        t.max_spans_per_root = usize::try_from(n).unwrap_or(usize::MAX);
+    }
+    if let Some(n) = whole("OTEL_INSTRUMENT_TAIL_MAX_HELD", "65536")? {
+        t.max_held_spans = usize::try_from(n).unwrap_or(usize::MAX);
+    }
+    if let Some(d) = duration("OTEL_INSTRUMENT_TAIL_MAX_HOLD", "30s")? {
+        if d.is_zero() {
+            return Err(ConfigError::invalid(
+                "OTEL_INSTRUMENT_TAIL_MAX_HOLD",
+                &lookup("OTEL_INSTRUMENT_TAIL_MAX_HOLD").unwrap_or_default(),
+                "an async root must be held for some time; give a positive duration",
+                "30s",
+            ));
+        }
+        t.max_hold = d;
+    }
+    Ok(t)
+}
+
+/// A duration with its unit: `250ms`, `1.5s`, `500us`, `2m`, `100ns`.
+pub(crate) fn parse_duration(
+    var: &str,
+    value: &str,
+    example: &'static str,
+) -> Result<Duration, ConfigError> {
+    let v = value.trim();
+    let split = v
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(v.len());
+    let (number, unit) = v.split_at(split);
+    let scale = match unit.trim() {
+        "ns" => 1e-9,
+        "us" | "µs" => 1e-6,
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" => 60.0,
+        "" => {
+            return Err(ConfigError::invalid(
+                var,
+                value,
+                "a duration needs its unit (ns, us, ms, s or m)",
+                example,
+            ));
+        }
+        _ => {
+            return Err(ConfigError::invalid(
+                var,
+                value,
+                "unknown unit; use ns, us, ms, s or m",
+                example,
+            ));
+        }
+    };
+    match number.parse::<f64>() {
+        Ok(n) if n.is_finite() && n >= 0.0 && n * scale < 1e9 => {
+            Ok(Duration::from_secs_f64(n * scale))
+        }
+        _ => Err(ConfigError::invalid(
+            var,
+            value,
+            "expected a non-negative number followed by its unit",
+            example,
+        )),
+    }
+}
+
 fn parse_millis(var: &str, value: &str, example: &'static str) -> Result<Duration, ConfigError> {
     let v = value.trim();
     if v.starts_with('-') {
@@ -1200,6 +1376,69 @@ mod tests {
                 ("b".to_owned(), "x=y".to_owned()),
             ]
         );
+    }
+
+    #[test]
+    fn the_tail_keeper_is_on_by_default_and_its_variables_are_read() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.tail, crate::monitored::TailSettings::default());
+        assert!(c.tail.enabled);
+        let c = cfg(&[
+            ("OTEL_INSTRUMENT_TAIL_KEEPER", "off"),
+            ("OTEL_INSTRUMENT_TAIL_SLOW", "250ms"),
+            ("OTEL_INSTRUMENT_TAIL_SLOW_FLOOR", "1.5ms"),
+            ("OTEL_INSTRUMENT_TAIL_RATE", "20"),
+            ("OTEL_INSTRUMENT_TAIL_MAX_SPANS", "64"),
+            ("OTEL_INSTRUMENT_TAIL_MAX_HELD", "1000"),
+            ("OTEL_INSTRUMENT_TAIL_MAX_HOLD", "2m"),
+        ])
+        .unwrap();
+        assert!(!c.tail.enabled);
+        assert_eq!(c.tail.slow, Some(Duration::from_millis(250)));
+        assert_eq!(c.tail.slow_floor, Duration::from_micros(1500));
+        assert_eq!(c.tail.rate, 20);
+        assert_eq!(c.tail.max_spans_per_root, 64);
+        assert_eq!(c.tail.max_held_spans, 1000);
+        assert_eq!(c.tail.max_hold, Duration::from_secs(120));
+        let c = cfg(&[("OTEL_INSTRUMENT_TAIL_SLOW", "p99")]).unwrap();
+        assert_eq!(c.tail.slow, None);
+        // The builder beats the environment.
+        let overrides = Overrides {
+            tail_keeper: Some(true),
+            tail_slow: Some(Some(Duration::from_millis(40))),
+            tail_rate: Some(7),
+            ..Overrides::default()
+        };
+        let c = Config::from_lookup(
+            &|k| match k {
+                "OTEL_INSTRUMENT_TAIL_KEEPER" => Some("off".into()),
+                "OTEL_INSTRUMENT_TAIL_RATE" => Some("20".into()),
+                _ => None,
+            },
+            &overrides,
+        )
+        .unwrap();
+        assert!(c.tail.enabled);
+        assert_eq!(c.tail.slow, Some(Duration::from_millis(40)));
+        assert_eq!(c.tail.rate, 7);
+    }
+
+    #[test]
+    fn bad_tail_keeper_values_name_their_variable() {
+        rejected(&[("OTEL_INSTRUMENT_TAIL_KEEPER", "sometimes")]);
+        let msg = rejected(&[("OTEL_INSTRUMENT_TAIL_SLOW", "250")]);
+        assert!(msg.contains("unit"), "{msg}");
+        rejected(&[("OTEL_INSTRUMENT_TAIL_SLOW", "fast")]);
+        rejected(&[("OTEL_INSTRUMENT_TAIL_SLOW", "-5ms")]);
+        rejected(&[("OTEL_INSTRUMENT_TAIL_SLOW_FLOOR", "5 parsecs")]);
+        rejected(&[("OTEL_INSTRUMENT_TAIL_RATE", "lots")]);
+        rejected(&[("OTEL_INSTRUMENT_TAIL_MAX_SPANS", "0")]);
+        rejected(&[("OTEL_INSTRUMENT_TAIL_MAX_HOLD", "0s")]);
+        rejected(&[("OTEL_INSTRUMENT_TRACES_PER_SECOND", "0")]);
+        rejected(&[("OTEL_INSTRUMENT_TRACES_PER_SECOND", "many")]);
+        let c = cfg(&[("OTEL_INSTRUMENT_TRACES_PER_SECOND", "50")]).unwrap();
+        assert_eq!(c.traces_per_second, Some(50));
+        assert_eq!(cfg(&[]).unwrap().traces_per_second, None);
     }
 
     fn rejected(vars: &[(&str, &str)]) -> String {

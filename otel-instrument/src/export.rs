@@ -706,18 +706,54 @@ impl<P: SpanProcessor> SpanProcessor for QueueLimit<P> {
     }
 }
 
+/// A span processor shared by the tracer provider and the tail keeper (which
+/// hands it the traces it keeps). The resource is set on the inner processor
+/// before it is shared: this wrapper cannot reach it through the `Arc`.
+#[derive(Debug)]
+pub struct SharedProcessor<P>(Arc<P>);
+
+impl<P> SharedProcessor<P> {
+    /// Shares `inner`, whose resource is already set.
+    pub fn new(inner: Arc<P>) -> Self {
+        Self(inner)
+    }
+}
+
+impl<P: SpanProcessor> SpanProcessor for SharedProcessor<P> {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &opentelemetry::Context) {
+        self.0.on_start(span, cx);
+    }
+
+    fn on_end(&self, span: SpanData) {
+        self.0.on_end(span);
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.0.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        // Traces kept by the tail keeper reach the processor before it shuts down.
+        crate::monitored::flush_tail(timeout / 4);
+        self.0.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, _resource: &opentelemetry_sdk::Resource) {}
+}
+
 impl<P: LogProcessor> LogProcessor for QueueLimit<P> {
     fn emit(&self, record: &mut SdkLogRecord, scope: &opentelemetry::InstrumentationScope) {
         let _sdk = crate::monitored::SdkScope::enter();
-        // A record inside an unsampled monitored call carries its trace id
-        // (the SDK only looks for an active span, which such a call has not).
+        // A record inside an unsampled monitored call carries its trace id,
+        // and its span id when the tail keeper tracks the call (the SDK only
+        // looks for an active span, which such a call has not).
         if record.trace_context().is_none()
-            && let Some(trace_id) = crate::monitored::unsampled_trace()
+            && let Some((trace_id, span_id)) = crate::monitored::unsampled_trace()
         {
             use opentelemetry::logs::LogRecord as _;
             record.set_trace_context(
                 trace_id,
-                opentelemetry::trace::SpanId::INVALID,
+                span_id,
                 Some(opentelemetry::trace::TraceFlags::default()),
             );
         }

@@ -39,6 +39,7 @@ mod frame;
 mod layers;
 mod sampling;
 mod spawn;
+mod tail;
 mod tracer;
 
 pub use call::{AsyncCall, Call};
@@ -53,8 +54,13 @@ pub use layers::{
 };
 pub use sampling::{
     MonitoredIdGenerator, MonitoredSampler, id_generator, sampler, set_id_generator,
+    set_root_rate_limit,
 };
 pub use spawn::{FutureExt, InTrace, TraceHandle, spawn};
+pub use tail::{
+    SAMPLING_KEPT, TailSettings, TailStats, configure as configure_tail, flush as flush_tail,
+    stats as tail_stats,
+};
 pub use tracer::set_tracer;
 pub(crate) use tracer::{end_span, start_span};
 

@@ -395,6 +395,38 @@ impl TelemetryBuilder {
         self
     }
 
+    /// Turns the tail keeper on or off, beating `OTEL_INSTRUMENT_TAIL_KEEPER`.
+    /// Default: on. With it, every `#[monitored]` trace the head sampler did
+    /// not pick is still recorded, and kept when one of its calls failed or
+    /// its root was slow (see MONITORED.md).
+    pub fn tail_keeper(mut self, on: bool) -> Self {
+        self.overrides.tail_keeper = Some(on);
+        self
+    }
+
+    /// A root slower than this keeps its trace, for every function without
+    /// its own `#[monitored(slow = "..")]`, beating `OTEL_INSTRUMENT_TAIL_SLOW`.
+    /// Default: each function's recent p99, never below 5 ms.
+    pub fn slow_threshold(mut self, threshold: Duration) -> Self {
+        self.overrides.tail_slow = Some(Some(threshold));
+        self
+    }
+
+    /// Samples at most this many new traces per second in this process, on top
+    /// of the sampler, beating `OTEL_INSTRUMENT_TRACES_PER_SECOND`: tracing
+    /// costs stay fixed as traffic grows. Default: no limit.
+    pub fn max_traces_per_second(mut self, traces: u32) -> Self {
+        self.overrides.traces_per_second = Some(Some(traces.max(1)));
+        self
+    }
+
+    /// Most traces the tail keeper keeps per second, beating
+    /// `OTEL_INSTRUMENT_TAIL_RATE`. Default: 100. More are dropped and counted.
+    pub fn tail_rate(mut self, traces_per_second: u32) -> Self {
+        self.overrides.tail_rate = Some(traces_per_second);
+        self
+    }
+
     /// Also serves the metrics for Prometheus at `http://<addr>/metrics`
     /// (feature `prometheus`). Bind to 127.0.0.1 unless it must be reachable.
     #[cfg(feature = "prometheus")]
@@ -443,6 +475,7 @@ impl TelemetryBuilder {
             histogram_boundaries: self.histogram_boundaries.clone(),
             cancelled: self.cancelled,
         });
+        monitored::set_root_rate_limit(config.traces_per_second);
 
         let resource = self.resource(&config);
         if resource
@@ -457,6 +490,9 @@ impl TelemetryBuilder {
             );
         }
         let stats = Arc::new(ExportStats::default());
+        // Until a span processor exists below, the tail keeper has nowhere to
+        // send what it keeps: off.
+        monitored::configure_tail(&config.tail, None);
         if config.disabled {
             return Ok(Telemetry {
                 tracer: None,
@@ -518,6 +554,42 @@ impl TelemetryBuilder {
             )
             .with_callback(|o| o.observe(monitored::clock_backwards(), &[]))
             .build();
+        own_meter
+            .u64_observable_counter(crate::names::TAIL_TRACES)
+            .with_unit("{trace}")
+            .with_description(
+                "Traces the head sampler did not pick, by what the tail keeper decided: kept (a call failed, or the root was slow), dropped, or refused by its rate limit",
+            )
+            .with_callback(|o| {
+                let t = monitored::tail_stats();
+                for (decision, n) in [
+                    ("kept_error", t.kept_error),
+                    ("kept_slow", t.kept_slow),
+                    ("dropped", t.dropped),
+                    ("refused", t.refused),
+                ] {
+                    o.observe(n, &[KeyValue::new("decision", decision)]);
+                }
+            })
+            .build();
+        own_meter
+            .u64_observable_counter(crate::names::TAIL_SPANS_DROPPED)
+            .with_unit("{span}")
+            .with_description(
+                "Spans the tail keeper recorded and could not keep: over the per-root or held caps, ended after their trace was dropped, or no room in the hand-off",
+            )
+            .with_callback(|o| {
+                let t = monitored::tail_stats();
+                for (reason, n) in [
+                    ("root_cap", t.spans_over_root_cap),
+                    ("held_cap", t.spans_over_held_cap),
+                    ("late", t.spans_late),
+                    ("handoff_full", t.spans_queue_full),
+                ] {
+                    o.observe(n, &[KeyValue::new("reason", reason)]);
+                }
+            })
+            .build();
 
         let processor = if config.traces_export {
             let span_exporter = export::span_exporter(&runtime, &config.traces, stats.clone())?;
@@ -535,11 +607,16 @@ impl TelemetryBuilder {
                 )
                 .with_scheduled_delay(config.span_batch.schedule_delay)
                 .build();
-            Some(QueueLimit::spans(
+            let mut processor = QueueLimit::spans(
                 BatchSpanProcessor::new(span_exporter, batch),
                 config.span_queue_size,
                 stats.clone(),
-            ))
+            );
+            // Shared with the tail keeper, so its kept traces take the same
+            // queue, counters and outage path as head-sampled spans; the
+            // provider cannot set the resource through the `Arc`, so it is set here.
+            opentelemetry_sdk::trace::SpanProcessor::set_resource(&mut processor, &resource);
+            Some(Arc::new(processor))
         } else {
             None
         };
@@ -574,8 +651,8 @@ impl TelemetryBuilder {
         let mut tp = SdkTracerProvider::builder()
             .with_resource(resource.clone())
             .with_sampler(monitored::sampler(sdk_sampler(config.sampler))); // #[monitored] integration
-        if let Some(processor) = processor {
-            tp = tp.with_span_processor(processor);
+        if let Some(processor) = &processor {
+            tp = tp.with_span_processor(export::SharedProcessor::new(Arc::clone(processor)));
         }
         // #[monitored] integration (issue 3): the SDK follows #[monitored]'s
         // root decisions and uses the trace id it drew; both share one generator.
@@ -598,6 +675,12 @@ impl TelemetryBuilder {
         let tracer = tracer_provider.tracer(crate::names::SCOPE);
         // #[monitored] integration: sampled calls start spans on this tracer directly.
         monitored::set_tracer(tracer.clone());
+        // #[monitored] integration: failing and slow calls the head sampler did
+        // not pick are kept, into the same span processor.
+        monitored::configure_tail(
+            &config.tail,
+            processor.map(|p| p as Arc<dyn opentelemetry_sdk::trace::SpanProcessor>),
+        );
 
         Ok(Telemetry {
             tracer: Some(tracer),

@@ -81,9 +81,12 @@ fn events_are_exported_as_logs_with_the_trace_context_of_their_call() {
     let unsampled = find(&recs, "unsampled but logged").unwrap();
     assert_eq!(unsampled.trace_id.len(), 16, "an unsampled call's trace id");
     assert!(unsampled.trace_id.iter().any(|b| *b != 0));
+    // The tail keeper tracks the unsampled call: its log names the call's span,
+    // which is exported only if the trace is kept (it is not: nothing failed).
+    assert_eq!(unsampled.span_id.len(), 8, "the tracked call's span id");
     assert!(
-        unsampled.span_id.iter().all(|b| *b == 0),
-        "an unsampled call has no span"
+        unsampled.span_id.iter().any(|b| *b != 0),
+        "the tracked call's span id"
     );
     assert!(
         !got.spans().iter().any(|s| s.span.name == "unsampled_work"),

@@ -16,6 +16,7 @@ mod kw {
     syn::custom_keyword!(fields);
     syn::custom_keyword!(err);
     syn::custom_keyword!(sample);
+    syn::custom_keyword!(slow);
     syn::custom_keyword!(metrics);
     syn::custom_keyword!(span);
     syn::custom_keyword!(off);
@@ -34,6 +35,8 @@ pub(crate) struct Args {
     pub fields: Option<Vec<Field>>,
     pub err: Option<(bool, Span)>,
     pub sample: Option<f64>,
+    /// `slow = "250ms"`, in nanoseconds.
+    pub slow: Option<u64>,
     pub metrics: Option<bool>,
     pub span: Option<bool>,
     span_kw: Option<Span>,
@@ -226,6 +229,20 @@ impl Parse for Args {
                     ));
                 }
                 args.sample = Some(ratio);
+            } else if look.peek(kw::slow) {
+                let k: kw::slow = input.parse()?;
+                if args.slow.is_some() {
+                    return Err(duplicate(k.span, "slow"));
+                }
+                input.parse::<Token![=]>()?;
+                let lit: LitStr = input.parse()?;
+                args.slow = Some(parse_duration(&lit.value()).ok_or_else(|| {
+                    syn::Error::new_spanned(
+                        &lit,
+                        "`slow` takes a positive duration with its unit (ns, us, ms, s or m), \
+                         such as `slow = \"250ms\"`",
+                    )
+                })?);
             } else if look.peek(kw::metrics) {
                 let k: kw::metrics = input.parse()?;
                 if args.metrics.is_some() {
@@ -258,7 +275,7 @@ impl Parse for Args {
                     unknown.span(),
                     format!(
                         "unknown argument `{unknown}`; expected one of name, kind, level, skip, \
-                         skip_all, fields, err, sample, metrics, span, crate, off"
+                         skip_all, fields, err, sample, slow, metrics, span, crate, off"
                     ),
                 ));
             } else {
@@ -278,6 +295,7 @@ impl Parse for Args {
                 || args.fields.is_some()
                 || args.err.is_some()
                 || args.sample.is_some()
+                || args.slow.is_some()
                 || args.metrics.is_some()
                 || args.span.is_some()
                 || args.krate.is_some())
@@ -295,4 +313,24 @@ impl Parse for Args {
         }
         Ok(args)
     }
+}
+
+/// A duration with its unit, in nanoseconds: `250ms`, `1.5s`, `500us`; None if
+/// it is not one, or not positive. (`OTEL_INSTRUMENT_TAIL_SLOW` takes the same.)
+fn parse_duration(text: &str) -> Option<u64> {
+    let v = text.trim();
+    let split = v
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(v.len());
+    let (number, unit) = v.split_at(split);
+    let scale = match unit.trim() {
+        "ns" => 1.0,
+        "us" | "µs" => 1e3,
+        "ms" => 1e6,
+        "s" => 1e9,
+        "m" => 60e9,
+        _ => return None,
+    };
+    let nanos = number.parse::<f64>().ok()? * scale;
+    (1.0..1e18).contains(&nanos).then_some(nanos as u64)
 }

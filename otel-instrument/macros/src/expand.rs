@@ -523,6 +523,7 @@ fn generate(args: &Args, func: MaybeItemFn, check_skip: bool) -> syn::Result<Tok
         .flatten()
         .any(|f| f.value.is_none())
         .then(|| quote!(.with_deferred_fields()));
+    let slow = args.slow.map(|nanos| quote!(.with_slow(#nanos)));
     let callsite = quote_spanned! {sig.ident.span()=>
         static __OTEL_CALLSITE: #monitored::Callsite = #monitored::Callsite::new(
             #name,
@@ -533,7 +534,7 @@ fn generate(args: &Args, func: MaybeItemFn, check_skip: bool) -> syn::Result<Tok
             #sample,
             #metrics,
             #want_span,
-        )#deferred;
+        )#deferred #slow;
     };
 
     // An explicit `err` demands a `Fallible` return type (a clear error

@@ -15,6 +15,8 @@
 //!   return type implements `otel_instrument::Fallible`, as `Result` and its
 //!   aliases do; written out, it requires such a return type);
 //! - `sample = 0.25`: this function's sampling ratio when it is a local root;
+//! - `slow = "250ms"`: a root slower than this keeps its trace even when the head
+//!   sampler did not pick it (the tail keeper; default: the function's recent p99);
 //! - `metrics = false`, `span = false`: turn either half off;
 //! - `crate = path`: where `otel_instrument` is, for re-exports;
 //! - `off`: leave the fn unmonitored (alone; for a method of a monitored impl block).

@@ -15,6 +15,7 @@ use super::frame::{
     Frame, FrameGuard, PENDING_TRACE_ID, PollGuard, Trace, UNSAMPLED_TRACE_ID, set_current,
 };
 use super::sampling::decide_root;
+use super::tail::TailCall;
 use super::tracer::start_otel;
 use super::{
     CancelledAs, ERROR_CATEGORY, ERROR_TYPE, FUNCTION, MODULE, OTHER_LAYERS, RESULT,
@@ -24,7 +25,7 @@ use crate::errors::ErrorCategory;
 
 /// How a call ended, as the metrics and the span record it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
+pub(super) enum Outcome {
     Ok,
     Error(ErrorCategory, &'static str),
     Cancelled,
@@ -67,6 +68,8 @@ struct Core {
     /// The trace id of an unsampled call, for propagation (two words, not a
     /// `u128`, to keep the guard 8-byte aligned: cheaper to move).
     trace_id: [u64; 2],
+    /// The tail keeper's record of an unsampled call.
+    tail: TailCall,
 }
 
 impl Core {
@@ -75,6 +78,7 @@ impl Core {
     #[inline(always)]
     fn open(
         callsite: &'static Callsite,
+        is_async: bool,
         make_span: impl FnOnce() -> tracing::Span,
         make_attributes: impl FnOnce(&mut Vec<KeyValue>) -> bool,
     ) -> (Self, FrameGuard, Option<tracing::Span>) {
@@ -83,10 +87,12 @@ impl Core {
         // expressions run here), and when the call ends.
         let restore = FrameGuard::save();
         let prev = restore.frame;
+        let mut root_parent = None;
         let (trace, trace_id) = if callsite.span && prev.trace == Trace::Free {
-            let (trace, trace_id) = decide_root(callsite);
+            let (trace, trace_id, parent) = decide_root(callsite);
             if trace == Trace::Unsampled {
                 UNSAMPLED_TRACE_ID.with(|t| t.set(trace_id));
+                root_parent = Some(parent);
             }
             (trace, trace_id)
         } else if prev.trace == Trace::Unsampled {
@@ -133,6 +139,16 @@ impl Core {
         if let Some(b) = bound {
             b.concurrent.add(1);
         }
+        // Last: a sync call moves the keeper's cursor here, and nothing below
+        // can panic before the guard that moves it back exists.
+        let tail = if trace == Trace::Unsampled && callsite.span && super::tail::on() {
+            match root_parent {
+                Some((parent, info)) => TailCall::root(is_async, trace_id, parent, info),
+                None => TailCall::child(is_async),
+            }
+        } else {
+            TailCall::OFF
+        };
         let core = Core {
             callsite,
             bound,
@@ -143,12 +159,13 @@ impl Core {
             cancelled: false,
             otel,
             trace_id: [(trace_id >> 64) as u64, trace_id as u64],
+            tail,
         };
         (core, restore, span)
     }
 
     #[inline]
-    fn close(&self, span: Option<&tracing::Span>) {
+    fn close(&mut self, span: Option<&tracing::Span>) {
         let outcome = outcome(
             self.error,
             std::thread::panicking(),
@@ -160,6 +177,9 @@ impl Core {
             Outcome::Ok | Outcome::Cancelled => None,
         };
         let end = clock::now();
+        if self.tail.tracked() {
+            self.tail.close(self.callsite, self.start, end, outcome);
+        }
         if let Some(b) = self.bound {
             let secs = self.start.secs_until(end);
             match outcome {
@@ -233,7 +253,7 @@ impl Call {
         make_span: impl FnOnce() -> tracing::Span,
         make_attributes: impl FnOnce(&mut Vec<KeyValue>) -> bool,
     ) -> Self {
-        let (core, restore, span) = Core::open(callsite, make_span, make_attributes);
+        let (core, restore, span) = Core::open(callsite, false, make_span, make_attributes);
         let attached = core.otel.as_ref().map(|cx| Context::clone(cx).attach());
         Self {
             core,
@@ -281,7 +301,7 @@ impl AsyncCall {
         make_span: impl FnOnce() -> tracing::Span,
         make_attributes: impl FnOnce(&mut Vec<KeyValue>) -> bool,
     ) -> Self {
-        let (core, restore, span) = Core::open(callsite, make_span, make_attributes);
+        let (core, restore, span) = Core::open(callsite, true, make_span, make_attributes);
         drop(restore);
         Self {
             core,
@@ -308,6 +328,11 @@ impl AsyncCall {
             let [hi, lo] = self.core.trace_id;
             UNSAMPLED_TRACE_ID.with(|t| t.set((u128::from(hi) << 64) | u128::from(lo)));
         }
+        let _tail = self
+            .core
+            .tail
+            .tracked()
+            .then(|| self.core.tail.poll_scope());
         let _attached = self.core.otel.as_ref().map(|c| Context::clone(c).attach());
         let _entered = self.span.as_ref().map(tracing::Span::enter);
         // The runtime drops the future only after it has caught the panic, when

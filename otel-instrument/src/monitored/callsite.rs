@@ -34,6 +34,11 @@ pub struct Callsite {
     /// Declares `fields(k)` without a value, to be recorded later through
     /// `tracing::Span::current().record(k, v)`.
     pub(super) deferred_fields: bool,
+    /// `slow = ".."`: a root slower than this (ns) keeps its trace; 0: the
+    /// global rule.
+    pub(super) slow_ns: u64,
+    /// Recent root latencies, for the tail keeper's p99 rule.
+    pub(super) latency: super::tail::Latency,
     bound: AtomicPtr<Bound>,
 }
 
@@ -89,6 +94,8 @@ impl Callsite {
             metrics,
             span,
             deferred_fields: false,
+            slow_ns: 0,
+            latency: super::tail::Latency::new(),
             bound: AtomicPtr::new(std::ptr::null_mut()),
         }
     }
@@ -99,6 +106,16 @@ impl Callsite {
     pub const fn with_deferred_fields(self) -> Self {
         Self {
             deferred_fields: true,
+            ..self
+        }
+    }
+
+    /// Sets this function's own slow threshold, in nanoseconds
+    /// (`#[monitored(slow = "250ms")]`): a root slower than it keeps its trace
+    /// even when the head sampler did not pick it.
+    pub const fn with_slow(self, nanos: u64) -> Self {
+        Self {
+            slow_ns: nanos,
             ..self
         }
     }

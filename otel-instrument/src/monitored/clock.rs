@@ -138,6 +138,11 @@ fn rdtsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
+/// Now on the clock and on the wall clock, read together.
+pub(crate) fn anchor() -> (Stamp, SystemTime) {
+    (now(), SystemTime::now())
+}
+
 /// A point in time on the clock.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Stamp(u64);
@@ -183,6 +188,24 @@ impl Stamp {
             #[cfg(target_arch = "x86_64")]
             Source::Tsc { secs_per_tick } => delta * secs_per_tick,
             Source::Monotonic { .. } => delta * 1e-9,
+        }
+    }
+
+    /// Nanoseconds from this stamp to `later` (zero if `later` reads earlier).
+    #[inline]
+    pub(crate) fn nanos_until(self, later: Stamp) -> u64 {
+        (self.secs_until(later) * 1e9) as u64
+    }
+
+    /// The wall-clock time of this stamp relative to `anchor` (a stamp and the
+    /// wall-clock time read together, see [`anchor`]): for stamps taken on
+    /// other threads and converted later, in either direction.
+    pub(crate) fn system_time_at(self, (at, wall): (Stamp, SystemTime)) -> SystemTime {
+        let apart = std::time::Duration::from_secs_f64(self.secs_apart(at));
+        if self.0 <= at.0 {
+            wall.checked_sub(apart).unwrap_or(wall)
+        } else {
+            wall + apart
         }
     }
 

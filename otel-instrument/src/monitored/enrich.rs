@@ -1,8 +1,9 @@
 //! Adding to the current monitored call's span from inside its body.
 //!
-//! Each function is a no-op in an unsampled call (there is no span to add
-//! to) and costs one thread-local read there. Outside any monitored call they
-//! act on the current `tracing` span's OpenTelemetry span.
+//! In an unsampled call they add to the tail keeper's record of the call, which
+//! is exported if the call's trace is kept (a failing or slow call), and are a
+//! thread-local read when the keeper does not track it. Outside any monitored
+//! call they act on the current `tracing` span's OpenTelemetry span.
 
 use std::borrow::Cow;
 use std::error::Error;
@@ -18,11 +19,13 @@ use super::frame::{Trace, current};
 fn with_span(
     monitored: impl FnOnce(&opentelemetry::trace::SpanRef<'_>),
     plain: impl FnOnce(&tracing::Span),
+    tracked: impl FnOnce(),
 ) {
     match current().trace {
         // A sampled call attached its span's context.
         Trace::Sampled => Context::map_current(|cx| monitored(&cx.span())),
-        Trace::Unsampled => {}
+        // Kept for the tail keeper, if it tracks the call.
+        Trace::Unsampled => tracked(),
         Trace::Free | Trace::Delegated => plain(&tracing::Span::current()),
     }
 }
@@ -32,6 +35,9 @@ pub fn set_attribute(attribute: KeyValue) {
     with_span(
         |s| s.set_attribute(attribute.clone()),
         |s| s.set_attribute(attribute.key.clone(), attribute.value.clone()),
+        || {
+            super::tail::set_attribute(attribute.clone());
+        },
     );
 }
 
@@ -41,6 +47,9 @@ pub fn add_event(name: impl Into<Cow<'static, str>>, attributes: Vec<KeyValue>) 
     with_span(
         |s| s.add_event(name.clone(), attributes.clone()),
         |s| s.add_event(name.clone(), attributes.clone()),
+        || {
+            super::tail::add_event(name.clone(), attributes.clone());
+        },
     );
 }
 
@@ -49,7 +58,7 @@ pub fn add_event(name: impl Into<Cow<'static, str>>, attributes: Vec<KeyValue>) 
 /// conventions). It does not decide the call's outcome: the returned `Err`
 /// (or a panic) does.
 pub fn record_error<E: Error + ?Sized>(error: &E) {
-    if current().trace == Trace::Unsampled {
+    if current().trace == Trace::Unsampled && super::tail::current_span() == 0 {
         return;
     }
     let attributes = vec![

@@ -119,9 +119,15 @@ pub(super) fn unsampled_trace_id() -> u128 {
     UNSAMPLED_TRACE_ID.with(Cell::get)
 }
 
-/// The trace id of the current monitored call, when it is not sampled.
-pub(crate) fn unsampled_trace() -> Option<TraceId> {
-    (current().trace == Trace::Unsampled).then(|| TraceId::from(unsampled_trace_id()))
+/// The trace id of the current monitored call, when it is not sampled, and
+/// its span id when the tail keeper tracks it (else invalid).
+pub(crate) fn unsampled_trace() -> Option<(TraceId, SpanId)> {
+    (current().trace == Trace::Unsampled).then(|| {
+        (
+            TraceId::from(unsampled_trace_id()),
+            SpanId::from(super::tail::current_span()),
+        )
+    })
 }
 
 /// The name and module of the monitored function running on this thread or
@@ -142,7 +148,12 @@ pub fn current_context() -> Context {
     match current().trace {
         Trace::Unsampled => {
             let trace_id = UNSAMPLED_TRACE_ID.with(Cell::get);
-            let span_id = next_u64().max(1);
+            // The tracked call's own span, so that a callee's kept part of the
+            // trace joins ours; a fresh id when nothing is tracked.
+            let span_id = match super::tail::current_span() {
+                0 => next_u64().max(1),
+                tracked => tracked,
+            };
             let cx = Context::current();
             // The caller's tracestate travels on (its vendors' entries are
             // theirs to keep), when the unsampled trace came from there.

@@ -11,6 +11,7 @@ use opentelemetry_sdk::trace::{IdGenerator, SamplingDecision, SamplingResult, Sh
 use super::INTEGRATED;
 use super::callsite::Callsite;
 use super::frame::{PENDING_TRACE_ID, Trace, current, next_u64};
+use super::tail::RootInfo;
 
 /// Whether a sampled parent context decides for its children.
 pub(super) static PARENT_BASED: AtomicBool = AtomicBool::new(true);
@@ -21,6 +22,47 @@ static CUSTOM_IDS: AtomicBool = AtomicBool::new(false);
 static ID_GENERATOR: RwLock<Option<Box<dyn IdGenerator>>> = RwLock::new(None);
 
 const ALWAYS: u64 = u64::MAX;
+
+/// Most new traces sampled per second (0: no limit).
+static ROOT_RATE: AtomicU64 = AtomicU64::new(0);
+/// The second (since `EPOCH`) the count is for, and the count.
+static RATE_WINDOW: AtomicU64 = AtomicU64::new(0);
+static RATE_COUNT: AtomicU64 = AtomicU64::new(0);
+static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// Samples at most `per_second` new traces a second in this process, on top of
+/// the configured sampler, so tracing costs stay fixed as traffic grows. A
+/// trace that arrives with a parent keeps its parent's decision. `None`: no limit.
+pub fn set_root_rate_limit(per_second: Option<u32>) {
+    EPOCH.get_or_init(std::time::Instant::now);
+    ROOT_RATE.store(
+        per_second.map_or(0, |n| u64::from(n).max(1)),
+        Ordering::Relaxed,
+    );
+}
+
+/// Whether the rate limit lets one more new trace be sampled this second.
+/// Only sampled roots ask, so the unsampled path never pays for it.
+fn rate_allows() -> bool {
+    let limit = ROOT_RATE.load(Ordering::Relaxed);
+    if limit == 0 {
+        return true;
+    }
+    let second = EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_secs()
+        + 1;
+    let window = RATE_WINDOW.load(Ordering::Relaxed);
+    if window != second
+        && RATE_WINDOW
+            .compare_exchange(window, second, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        RATE_COUNT.store(0, Ordering::Relaxed);
+    }
+    RATE_COUNT.fetch_add(1, Ordering::Relaxed) < limit
+}
 
 /// Sets the root sampler: whether a parent decides, and the ratio for roots.
 pub(super) fn set_root(parent_based: bool, ratio: f64) {
@@ -63,19 +105,22 @@ fn new_trace_id() -> u128 {
 
 /// Decides a local root: from the current OTel context's span if there is one
 /// (an incoming traceparent, or a plain `tracing` span with the OTel layer),
-/// else by drawing a trace id.
-pub(super) fn decide_root(callsite: &Callsite) -> (Trace, u128) {
+/// else by drawing a trace id. Also gives the parent's span id (0 if none)
+/// and where it came from, for the tail keeper.
+pub(super) fn decide_root(callsite: &Callsite) -> (Trace, u128, (u64, RootInfo)) {
     if !INTEGRATED.load(Ordering::Acquire) {
-        return (Trace::Delegated, 0);
+        return (Trace::Delegated, 0, (0, RootInfo::default()));
     }
-    let parent = Context::map_current(|cx| {
-        let sc = cx.span().span_context().clone();
-        sc.is_valid().then(|| {
+    let (parent, info) = Context::map_current(|cx| {
+        let span = cx.span();
+        let sc = span.span_context();
+        let parent = sc.is_valid().then(|| {
             (
                 u128::from_be_bytes(sc.trace_id().to_bytes()),
                 sc.is_sampled(),
             )
-        })
+        });
+        (parent, RootInfo::of(cx))
     });
     let (trace_id, sampled) = match parent {
         Some((trace_id, parent_sampled)) if PARENT_BASED.load(Ordering::Relaxed) => {
@@ -91,7 +136,7 @@ pub(super) fn decide_root(callsite: &Callsite) -> (Trace, u128) {
                 Some(r) => threshold(r),
                 None => ROOT_THRESHOLD.load(Ordering::Relaxed),
             };
-            let sampled = sampled_by(threshold, trace_id);
+            let sampled = sampled_by(threshold, trace_id) && rate_allows();
             if sampled {
                 PENDING_TRACE_ID.with(|p| p.set(trace_id));
             }
@@ -99,9 +144,9 @@ pub(super) fn decide_root(callsite: &Callsite) -> (Trace, u128) {
         }
     };
     if sampled {
-        (Trace::Sampled, trace_id)
+        (Trace::Sampled, trace_id, info)
     } else {
-        (Trace::Unsampled, trace_id)
+        (Trace::Unsampled, trace_id, info)
     }
 }
 
@@ -133,7 +178,7 @@ impl<S: ShouldSample + Clone + 'static> ShouldSample for MonitoredSampler<S> {
             Trace::Sampled => SamplingDecision::RecordAndSample,
             Trace::Unsampled => SamplingDecision::Drop,
             Trace::Free | Trace::Delegated => {
-                return self.inner.should_sample(
+                let mut result = self.inner.should_sample(
                     parent_context,
                     trace_id,
                     name,
@@ -141,6 +186,12 @@ impl<S: ShouldSample + Clone + 'static> ShouldSample for MonitoredSampler<S> {
                     attributes,
                     links,
                 );
+                let is_root = parent_context.is_none_or(|cx| !cx.span().span_context().is_valid());
+                if is_root && result.decision == SamplingDecision::RecordAndSample && !rate_allows()
+                {
+                    result.decision = SamplingDecision::Drop;
+                }
+                return result;
             }
         };
         SamplingResult {
@@ -191,6 +242,21 @@ mod tests {
         let half = threshold(0.5);
         assert!(sampled_by(half, (1u128 << 64) | 2));
         assert!(!sampled_by(half, u128::from(u64::MAX)));
+    }
+
+    #[test]
+    fn the_root_rate_limit_admits_its_number_per_second() {
+        set_root_rate_limit(Some(5));
+        // Start at a fresh second, so the window cannot roll over mid-count.
+        let epoch = *EPOCH.get().unwrap();
+        let next = epoch.elapsed().as_secs() + 1;
+        while epoch.elapsed().as_secs() < next {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let admitted = (0..50).filter(|_| rate_allows()).count();
+        set_root_rate_limit(None);
+        assert_eq!(admitted, 5);
+        assert!(rate_allows());
     }
 
     #[test]

@@ -9,16 +9,19 @@ use std::task::{Context as TaskContext, Poll};
 use opentelemetry::{Context, ContextGuard};
 
 use super::frame::{Frame, PollGuard, Trace, UNSAMPLED_TRACE_ID, current, set_current};
+use super::tail;
 
 /// Everything a task needs to continue the current trace: the monitored frame
-/// (caller and sampling decision), the unsampled trace id, the OTel context
-/// and the current `tracing` span.
+/// (caller and sampling decision), the unsampled trace id and the tail
+/// keeper's record of it, the OTel context and the current `tracing` span.
 #[derive(Debug, Clone)]
 pub struct TraceHandle {
     frame: Frame,
     unsampled: u128,
     cx: Context,
     span: tracing::Span,
+    /// The tail keeper's trace, when it tracks an unsampled one.
+    tail: Option<tail::Handle>,
 }
 
 impl TraceHandle {
@@ -29,6 +32,7 @@ impl TraceHandle {
             unsampled: UNSAMPLED_TRACE_ID.with(Cell::get),
             cx: Context::current(),
             span: tracing::Span::current(),
+            tail: tail::Handle::current(),
         }
     }
 
@@ -44,9 +48,14 @@ impl TraceHandle {
         if self.frame.trace == Trace::Unsampled {
             UNSAMPLED_TRACE_ID.with(|t| t.set(self.unsampled));
         }
+        let tail = match &self.tail {
+            Some(handle) => handle.enter(),
+            None => tail::untracked(),
+        };
         Entered {
             _span: self.span.enter(),
             _cx: self.cx.clone().attach(),
+            _tail: tail,
             _frame: frame,
         }
     }
@@ -57,6 +66,7 @@ impl TraceHandle {
 struct Entered<'a> {
     _span: tracing::span::Entered<'a>,
     _cx: ContextGuard,
+    _tail: tail::PollScope,
     _frame: PollGuard,
 }
 

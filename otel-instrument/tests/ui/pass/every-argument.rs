@@ -47,6 +47,12 @@ fn with_sample() {}
 #[monitored(sample = 1)]
 fn with_integer_sample() {}
 
+#[monitored(slow = "250ms")]
+fn with_slow() {}
+
+#[monitored(slow = "1.5s", sample = 0.01)]
+async fn with_slow_async() {}
+
 #[monitored(metrics = false)]
 fn without_metrics() {}
 
@@ -76,6 +82,8 @@ fn main() {
     let _ = without_err();
     with_sample();
     with_integer_sample();
+    with_slow();
+    let _ = with_slow_async();
     without_metrics();
     without_span();
     with_crate_path();
