@@ -332,9 +332,10 @@ pub struct Config {
     /// `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`: `cumulative`,
     /// `delta` or `lowmemory`. Default: `cumulative` (an outage loses no counts).
     pub metrics_temporality: opentelemetry_sdk::metrics::Temporality,
-    /// `OTEL_METRICS_EXEMPLAR_FILTER`: accepted (`always_on`, `always_off`,
-    /// `trace_based`) and validated; opentelemetry_sdk 0.33 records no
-    /// exemplars, so it has no effect yet. Default: `trace_based`.
+    /// `OTEL_METRICS_EXEMPLAR_FILTER`: `trace_based` and `always_on` add
+    /// exemplars naming exported spans to `function.calls.duration` in the OTLP
+    /// metrics (see `otel_instrument::exemplars`); `always_off` adds none.
+    /// Default: `trace_based`.
     pub exemplar_filter: ExemplarFilter,
     /// `OTEL_BSP_SCHEDULE_DELAY` (ms), `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`.
     pub span_batch: BatchSettings,

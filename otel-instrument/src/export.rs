@@ -53,6 +53,9 @@ pub(crate) use http_client::Connector as HttpsConnector;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ExportError {
+    /// The OTLP wire client (the metrics export with exemplars) could not be built.
+    #[error(transparent)]
+    Wire(#[from] crate::otlp::BuildError),
     /// The export runtime thread could not start.
     #[error("cannot start the OTLP export runtime")]
     Runtime(#[source] std::io::Error),
@@ -689,6 +692,9 @@ impl<P: SpanProcessor> SpanProcessor for QueueLimit<P> {
     fn on_end(&self, span: SpanData) {
         let _sdk = crate::monitored::SdkScope::enter();
         if self.admit() {
+            // Admitted: on its way to the exporter, so it may stand for its
+            // latency bucket.
+            crate::exemplars::offer(&span);
             self.inner.on_end(span);
         }
     }

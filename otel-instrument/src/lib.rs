@@ -33,6 +33,7 @@
 
 pub mod config;
 pub mod errors;
+pub mod exemplars;
 pub mod export;
 pub mod metrics;
 pub mod monitored;

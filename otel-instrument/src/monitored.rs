@@ -196,6 +196,16 @@ pub fn configure(settings: MonitoredSettings) {
     GENERATION.fetch_add(1, Ordering::AcqRel);
 }
 
+/// Runs `f` with the boundaries of `function.calls.duration`, in seconds.
+pub(crate) fn with_histogram_boundaries<R>(f: impl FnOnce(&[f64]) -> R) -> R {
+    let b = BOUNDARIES.read().unwrap_or_else(PoisonError::into_inner);
+    if b.is_empty() {
+        f(DEFAULT_HISTOGRAM_BOUNDARIES)
+    } else {
+        f(&b)
+    }
+}
+
 /// Makes `#[monitored]` rebind its instruments, for example after a new global
 /// meter provider was installed. [`configure`] does this too.
 pub fn refresh_instruments() {

@@ -514,13 +514,28 @@ impl TelemetryBuilder {
         // self-diagnostic counters (spans dropped on a full queue) to the global
         // meter provider when it is built.
         let mut meter_provider = SdkMeterProvider::builder().with_resource(resource.clone());
+        crate::exemplars::set_feeding(config.exemplar_filter != ExemplarFilter::AlwaysOff);
         if config.metrics_export {
-            let metric_exporter = export::metric_exporter_with(
-                &runtime,
-                &config.metrics,
+            // Our own OTLP request, so that exemplars (which the SDK cannot carry)
+            // reach the collector; the SDK still aggregates, and the counters and
+            // outage lines are those of every exporter here.
+            let client = runtime
+                .enter(|| {
+                    crate::otlp::OtlpClient::new(
+                        crate::config::Signal::Metrics,
+                        &config.metrics,
+                        stats.clone(),
+                    )
+                })
+                .map_err(ExportError::from)?;
+            let metric_exporter = export::CountingMetricExporter::new(
+                crate::exemplars::WireMetricExporter::new(
+                    client,
+                    runtime.handle().clone(),
+                    config.metrics_temporality,
+                ),
                 stats.clone(),
-                config.metrics_temporality,
-            )?;
+            );
             meter_provider = meter_provider.with_reader(
                 PeriodicReader::builder(metric_exporter)
                     .with_interval(config.metric_export_interval)

@@ -234,6 +234,22 @@ impl OtlpClient {
         result
     }
 
+    /// Sends one encoded request with the retry and timeout stages, counting a
+    /// `partial_success` but not the outcome: for callers that count it
+    /// themselves (the metrics exporter with exemplars, wrapped in
+    /// `CountingMetricExporter`).
+    ///
+    /// # Errors
+    /// Every attempt failed, or one failed for good.
+    pub async fn send(&self, body: Bytes) -> Result<Delivered, ExportFailed> {
+        let result = self.with_retry(body).await;
+        if let Ok(d) = &result {
+            self.partial
+                .observe(self.signal, d.rejected.as_ref(), &self.stats);
+        }
+        result
+    }
+
     /// The retry and timeout stages.
     async fn with_retry(&self, body: Bytes) -> Result<Delivered, ExportFailed> {
         let deadline = Instant::now() + self.timeout;

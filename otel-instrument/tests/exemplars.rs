@@ -1,0 +1,202 @@
+//! Exemplars on `function.calls.duration` over the real OTLP wire: each names
+//! a span the sink received, at most one per bucket, sorted by value, and
+//! their timestamps only move forward between exports.
+
+mod monitored_common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use monitored_common::{Pipeline, flush_until, serial};
+use opentelemetry_proto::tonic::metrics::v1::{HistogramDataPoint, exemplar, metric::Data};
+use otel_instrument::monitored;
+use otel_instrument::testing::{Received, attributes};
+
+fn pipeline() -> &'static Pipeline {
+    static P: OnceLock<Pipeline> = OnceLock::new();
+    P.get_or_init(|| {
+        Pipeline::install(|b| {
+            // The defaults (parentbased_always_on, trace_based exemplars).
+            b.service_name("monitored-exemplars").logs_export(false)
+        })
+    })
+}
+
+#[derive(Debug)]
+struct Failed;
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("failed")
+    }
+}
+
+impl std::error::Error for Failed {}
+
+#[monitored]
+fn timed(millis: u64, fail: bool) -> Result<(), Failed> {
+    std::thread::sleep(Duration::from_millis(millis));
+    if fail { Err(Failed) } else { Ok(()) }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The latest `function.calls.duration` points of `timed`, by result.
+fn points(r: &Received) -> BTreeMap<String, HistogramDataPoint> {
+    let mut out = BTreeMap::new();
+    for m in r.metrics() {
+        if m.metric.name != "function.calls.duration" {
+            continue;
+        }
+        let Some(Data::Histogram(h)) = m.metric.data else {
+            continue;
+        };
+        for p in h.data_points {
+            let attrs = attributes(&p.attributes);
+            if attrs.get("function").map(String::as_str) == Some("timed") {
+                out.insert(attrs["result"].clone(), p);
+            }
+        }
+    }
+    out
+}
+
+/// All exemplars of `timed` received so far, by result.
+fn all_exemplars(r: &Received) -> Vec<(String, exemplar_row::Row)> {
+    let mut out = Vec::new();
+    for m in r.metrics() {
+        if m.metric.name != "function.calls.duration" {
+            continue;
+        }
+        let Some(Data::Histogram(h)) = m.metric.data else {
+            continue;
+        };
+        for p in h.data_points {
+            let attrs = attributes(&p.attributes);
+            if attrs.get("function").map(String::as_str) != Some("timed") {
+                continue;
+            }
+            for e in &p.exemplars {
+                out.push((
+                    attrs["result"].clone(),
+                    exemplar_row::of(e, &p.explicit_bounds),
+                ));
+            }
+        }
+    }
+    out
+}
+
+mod exemplar_row {
+    use super::*;
+    use opentelemetry_proto::tonic::metrics::v1::Exemplar;
+
+    #[derive(Debug, Clone)]
+    pub struct Row {
+        pub value: f64,
+        pub bucket: usize,
+        pub time: u64,
+        pub trace: String,
+        pub span: String,
+    }
+
+    pub fn of(e: &Exemplar, bounds: &[f64]) -> Row {
+        let value = match e.value {
+            Some(exemplar::Value::AsDouble(v)) => v,
+            Some(exemplar::Value::AsInt(v)) => v as f64,
+            None => f64::NAN,
+        };
+        Row {
+            value,
+            bucket: bounds.partition_point(|b| *b < value),
+            time: e.time_unix_nano,
+            trace: hex(&e.trace_id),
+            span: hex(&e.span_id),
+        }
+    }
+}
+
+#[test]
+fn latency_points_carry_exemplars_that_name_exported_spans() {
+    let _serial = serial();
+    let p = pipeline();
+    // Calls in three buckets (<=5 ms, 10-25 ms, 50-75 ms), some failing.
+    for (millis, fail) in [(0, false), (12, false), (60, false), (1, false), (15, true)] {
+        let _ = timed(millis, fail);
+    }
+    let r = flush_until(&p.sink, &p.guard, |r| {
+        let pts = points(r);
+        ["ok", "error"]
+            .iter()
+            .all(|res| pts.get(*res).is_some_and(|p| !p.exemplars.is_empty()))
+    });
+    let spans: HashMap<(String, String), f64> = r
+        .spans()
+        .into_iter()
+        .filter(|s| s.span.name == "timed")
+        .map(|s| {
+            let secs = (s.span.end_time_unix_nano - s.span.start_time_unix_nano) as f64 / 1e9;
+            ((hex(&s.span.trace_id), hex(&s.span.span_id)), secs)
+        })
+        .collect();
+    let pts = points(&r);
+    for (result, point) in &pts {
+        let rows: Vec<exemplar_row::Row> = point
+            .exemplars
+            .iter()
+            .map(|e| exemplar_row::of(e, &point.explicit_bounds))
+            .collect();
+        assert!(!rows.is_empty(), "{result}: no exemplar");
+        for w in rows.windows(2) {
+            assert!(
+                w[0].value <= w[1].value,
+                "{result}: not sorted by value: {rows:?}"
+            );
+            assert_ne!(
+                w[0].bucket, w[1].bucket,
+                "{result}: two in one bucket: {rows:?}"
+            );
+        }
+        for row in &rows {
+            let secs = spans
+                .get(&(row.trace.clone(), row.span.clone()))
+                .unwrap_or_else(|| panic!("{result}: exemplar names no exported span: {row:?}"));
+            assert!(
+                (secs - row.value).abs() < 0.001,
+                "{result}: {row:?} vs span {secs}s"
+            );
+            assert!(row.time > 0);
+        }
+    }
+    // The ok calls slept 0, 1, 12 and 60 ms: at least the short, the 12 ms and
+    // the 60 ms ones are in different buckets, however slow the machine.
+    let ok = pts["ok"].exemplars.len();
+    assert!((3..=4).contains(&ok), "{:?}", pts["ok"].exemplars);
+    assert_eq!(pts["error"].exemplars.len(), 1);
+}
+
+#[test]
+fn exemplar_timestamps_only_move_forward_between_exports() {
+    let _serial = serial();
+    let p = pipeline();
+    for _ in 0..3 {
+        let before = all_exemplars(&p.sink.received()).len();
+        let _ = timed(2, false);
+        flush_until(&p.sink, &p.guard, |r| all_exemplars(r).len() > before);
+    }
+    let rows = all_exemplars(&p.sink.received());
+    let mut last: HashMap<(String, usize), u64> = HashMap::new();
+    for (result, row) in rows {
+        if let Some(prev) = last.insert((result.clone(), row.bucket), row.time) {
+            assert!(
+                row.time > prev,
+                "{result} bucket {}: {} after {prev}",
+                row.bucket,
+                row.time
+            );
+        }
+    }
+}
