@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use opentelemetry::Value;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value;
-use opentelemetry_proto::tonic::metrics::v1::{Exemplar, exemplar, metric};
+use opentelemetry_proto::tonic::metrics::v1::{Exemplar as ProtoExemplar, exemplar, metric};
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::metrics::Temporality;
 use opentelemetry_sdk::metrics::data::ResourceMetrics;
@@ -52,11 +52,39 @@ pub(crate) fn set_feeding(on: bool) {
 
 /// One call that can stand for its bucket.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Slot {
-    value: f64,
-    time_unix_nano: u64,
-    trace_id: [u8; 16],
-    span_id: [u8; 8],
+pub(crate) struct Slot {
+    pub(crate) value: f64,
+    pub(crate) time_unix_nano: u64,
+    pub(crate) trace_id: [u8; 16],
+    pub(crate) span_id: [u8; 8],
+}
+
+/// An exemplar as the pull endpoint writes it.
+pub(crate) type Exemplar = Slot;
+
+/// The latest exemplar per bucket, by (function, module, result): what the
+/// pull endpoint shows (it never empties; the OTLP export has its own slots).
+pub(crate) type Latest = HashMap<(String, String, String), Vec<Option<Exemplar>>>;
+
+/// A copy of the latest exemplars, for one scrape.
+pub(crate) fn latest() -> Latest {
+    let guard = reservoir();
+    let mut out = Latest::new();
+    if let Some(reservoir) = guard.as_ref() {
+        for (function, all) in reservoir {
+            for s in all {
+                out.insert(
+                    (
+                        (*function).to_owned(),
+                        s.module.clone(),
+                        s.result.to_owned(),
+                    ),
+                    s.latest.clone(),
+                );
+            }
+        }
+    }
+    out
 }
 
 /// The latest call per bucket of one `function.calls.duration` series.
@@ -64,7 +92,10 @@ struct Slot {
 struct Series {
     module: String,
     result: &'static str,
+    /// For the next OTLP export, which takes them.
     slots: Vec<Option<Slot>>,
+    /// For the pull endpoint.
+    latest: Vec<Option<Slot>>,
 }
 
 type Reservoir = HashMap<&'static str, Vec<Series>>;
@@ -134,14 +165,17 @@ pub(crate) fn offer(span: &SpanData) {
                 module: module.as_str().to_owned(),
                 result,
                 slots: Vec::new(),
+                latest: Vec::new(),
             });
             series_of.last_mut().expect("just pushed")
         }
     };
     if series.slots.len() <= bucket {
         series.slots.resize(bucket + 1, None);
+        series.latest.resize(bucket + 1, None);
     }
     series.slots[bucket] = Some(slot);
+    series.latest[bucket] = Some(slot);
 }
 
 fn nanos_since_epoch(t: SystemTime) -> u64 {
@@ -197,7 +231,7 @@ pub(crate) fn attach(request: &mut ExportMetricsServiceRequest) {
                     point
                         .exemplars
                         .extend(series.slots.iter_mut().filter_map(|slot| {
-                            slot.take().map(|s| Exemplar {
+                            slot.take().map(|s| ProtoExemplar {
                                 filtered_attributes: Vec::new(),
                                 time_unix_nano: s.time_unix_nano,
                                 span_id: s.span_id.to_vec(),

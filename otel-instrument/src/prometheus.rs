@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 
 use prometheus::{Encoder, TextEncoder};
 
+mod openmetrics;
+
 /// Why the pull endpoint could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -51,9 +53,22 @@ pub(crate) fn start(
     };
     let app = axum::Router::new().route(
         "/metrics",
-        axum::routing::get(move || {
+        axum::routing::get(move |headers: axum::http::HeaderMap| {
             let registry = registry.clone();
             async move {
+                let accept = headers
+                    .get(axum::http::header::ACCEPT)
+                    .and_then(|v| v.to_str().ok());
+                // OpenMetrics when the scraper asks for it (Prometheus does
+                // first): the same series, with exemplars.
+                if openmetrics::wanted(accept) {
+                    let body = openmetrics::encode(&registry.gather()).into_bytes();
+                    return (
+                        axum::http::StatusCode::OK,
+                        [(axum::http::header::CONTENT_TYPE, openmetrics::CONTENT_TYPE)],
+                        body,
+                    );
+                }
                 let mut body = Vec::new();
                 let status = match TextEncoder::new().encode(&registry.gather(), &mut body) {
                     Ok(()) => axum::http::StatusCode::OK,

@@ -115,6 +115,11 @@ pub struct Prometheus {
 impl Prometheus {
     /// Starts Prometheus with the given configuration text and waits until it is ready.
     pub fn start(config: &str) -> Self {
+        Self::start_with(config, &[])
+    }
+
+    /// [`start`](Self::start) with extra flags (`--enable-feature=exemplar-storage`).
+    pub fn start_with(config: &str, flags: &[&str]) -> Self {
         let bin = tool("prometheus", "Debian's prometheus package");
         let dir = tempfile::tempdir().expect("temp dir");
         let cfg = dir.path().join("prometheus.yml");
@@ -127,6 +132,7 @@ impl Prometheus {
                 dir.path().join("data").display()
             ))
             .arg(format!("--web.listen-address={addr}"))
+            .args(flags)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -51,6 +51,16 @@ fn outcome(
     }
 }
 
+/// A sampled call's OTel span: its context, and the wall-clock start time it
+/// was given, from which the end time is the measured duration later (the
+/// wall-clock anchor of the thread that ends an async call may differ from the
+/// one that started it by the clock's calibration error).
+#[derive(Debug)]
+struct Sampled {
+    cx: Context,
+    start: std::time::SystemTime,
+}
+
 /// The state a monitored call carries from start to finish.
 #[derive(Debug)]
 struct Core {
@@ -64,7 +74,7 @@ struct Core {
     cancelled: bool,
     /// The OTel span of a sampled call, started directly on the SDK.
     /// Boxed: only sampled calls have one, and the guard stays small.
-    otel: Option<Box<Context>>,
+    otel: Option<Box<Sampled>>,
     /// The trace id of an unsampled call, for propagation (two words, not a
     /// `u128`, to keep the guard 8-byte aligned: cheaper to move).
     trace_id: [u64; 2],
@@ -115,7 +125,11 @@ impl Core {
                 let mut attributes = Vec::new();
                 // `make_attributes` says whether the span's level is enabled.
                 if callsite.span && make_attributes(&mut attributes) {
-                    otel = Some(Box::new(start_otel(callsite, start, attributes)));
+                    let start_time = start.system_time();
+                    otel = Some(Box::new(Sampled {
+                        cx: start_otel(callsite, start_time, attributes),
+                        start: start_time,
+                    }));
                     // The SDK's id generator took the drawn trace id, if it wanted it.
                     PENDING_TRACE_ID.with(|p| p.set(0));
                 }
@@ -208,7 +222,8 @@ impl Core {
             }
             b.concurrent.add(-1);
         }
-        if let Some(cx) = &self.otel {
+        if let Some(sampled) = &self.otel {
+            let cx = &sampled.cx;
             // Span end runs the processors under the span's lock.
             let _sdk = SdkScope::enter();
             let otel_span = cx.span();
@@ -220,7 +235,8 @@ impl Core {
             if outcome == Outcome::Cancelled {
                 otel_span.set_attribute(KeyValue::new(RESULT, RESULT_CANCELLED));
             }
-            otel_span.end_with_timestamp(end.system_time());
+            let elapsed = std::time::Duration::from_secs_f64(self.start.secs_until(end));
+            otel_span.end_with_timestamp(sampled.start + elapsed);
         }
         if let (Some(span), Some((category, error_type))) = (span, error) {
             span.record("otel.status_code", "error");
@@ -254,7 +270,7 @@ impl Call {
         make_attributes: impl FnOnce(&mut Vec<KeyValue>) -> bool,
     ) -> Self {
         let (core, restore, span) = Core::open(callsite, false, make_span, make_attributes);
-        let attached = core.otel.as_ref().map(|cx| Context::clone(cx).attach());
+        let attached = core.otel.as_ref().map(|s| Context::clone(&s.cx).attach());
         Self {
             core,
             span: span.map(tracing::Span::entered),
@@ -333,7 +349,11 @@ impl AsyncCall {
             .tail
             .tracked()
             .then(|| self.core.tail.poll_scope());
-        let _attached = self.core.otel.as_ref().map(|c| Context::clone(c).attach());
+        let _attached = self
+            .core
+            .otel
+            .as_ref()
+            .map(|s| Context::clone(&s.cx).attach());
         let _entered = self.span.as_ref().map(tracing::Span::enter);
         // The runtime drops the future only after it has caught the panic, when
         // `thread::panicking()` no longer tells; mark the call here.

@@ -9,7 +9,7 @@ use opentelemetry::{Context, InstrumentationScope, KeyValue};
 use opentelemetry_sdk::trace::SdkTracer;
 
 use super::callsite::{BINDING, Callsite};
-use super::{SCOPE_NAME, SdkScope, clock, generation, refresh_instruments};
+use super::{SCOPE_NAME, SdkScope, generation, refresh_instruments};
 
 /// The SDK tracer that `Telemetry` hands over; without one, the global tracer.
 static SDK_TRACER: RwLock<Option<SdkTracer>> = RwLock::new(None);
@@ -66,7 +66,7 @@ fn tracer() -> &'static MonitoredTracer {
 #[cold]
 pub(super) fn start_otel(
     callsite: &'static Callsite,
-    start: clock::Stamp,
+    start: std::time::SystemTime,
     mut attributes: Vec<KeyValue>,
 ) -> Context {
     attributes.extend([
@@ -78,7 +78,7 @@ pub(super) fn start_otel(
     // Fields are set directly: `with_attributes` would collect into a new Vec.
     let mut builder = opentelemetry::trace::SpanBuilder::from_name(callsite.function);
     builder.attributes = Some(attributes);
-    builder.start_time = Some(start.system_time());
+    builder.start_time = Some(start);
     let _sdk = SdkScope::enter();
     Context::map_current(|parent| {
         builder.span_kind = Some(effective_kind(callsite.span_kind(), parent));
