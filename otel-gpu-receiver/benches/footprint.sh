@@ -115,12 +115,12 @@ function row(label, o0, o1, c0, c1, rss, ser) {
   cyc = c1 - c0
   cpu = (cyc > 0) ? (o1 - o0) * 1000 / tck / cyc : 0
   per = (ser > 0) ? cpu * 1000 / ser : 0
-  printf "| %s | %.2f ms (%d cycles) | %.1f MB | %d | %.2f µs | %.2f | %.2f | %s |\n", label, cpu, cyc, rss / 1024, ser, per, (ncpu > 0 ? cpu / ncpu : 0), (nper > 0 ? per / nper : 0), (rss / 1024 <= 12 ? "yes" : "no")
+  printf "| %s | %.2f ms (%d cycles) | %.1f MB | %d | %.2f µs | %.2f | %.2f | %s |\n", label, cpu, cyc, rss / 1024, ser, per, (ncpu > 0 ? cpu / ncpu : 0), (nper > 0 ? per / nper : 0), (rss / 1024 <= 10 ? "yes" : "no")
 }
 BEGIN {
   ncpu = (n1 - n0) * 1000 / tck / s
   nper = (nser > 0) ? ncpu * 1000 / nser : 0
-  printf "| | CPU per cycle / scrape | RSS | series | CPU per series | ratio per cycle (goal <= 0.33) | ratio per series (goal <= 0.2) | RSS <= 12 MB |\n"
+  printf "| | CPU per cycle / scrape | RSS | series | CPU per series | ratio per cycle (goal <= 0.33) | ratio per series (goal <= 0.2) | RSS <= 10 MB |\n"
   printf "|---|---:|---:|---:|---:|---:|---:|---|\n"
   if (index(modes, " pull ")) row("otel-gpu-receiver, pull (scraped)", po0, po1, pc0, pc1, prss, pser)
   if (index(modes, " push ")) row("otel-gpu-receiver, OTLP push", uo0, uo1, uc0, uc1, urss, user)

@@ -354,7 +354,6 @@ impl Collector {
         per_metric(&mut points, names::SERIES_OVERFLOW, &self.overflow);
         per_metric(&mut points, names::SERIES_NON_FINITE, &self.non_finite);
         let host_series = points.len();
-        self.stats.watch_export();
         self.stats.cycles += 1;
         self.stats.last_duration = started.elapsed();
         self.stats.points(host_series, &mut points);

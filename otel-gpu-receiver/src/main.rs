@@ -10,7 +10,7 @@ use otel_gpu_receiver::config::{Flags, Settings};
 use otel_gpu_receiver::telemetry::TelemetryError;
 
 fn main() -> ExitCode {
-    otel_gpu_receiver::limit_malloc_arenas();
+    otel_gpu_receiver::configure_malloc();
     // clap exits with code 2 on a usage error (an unknown flag or flag value).
     let flags = Flags::parse();
     if flags.catalogue {

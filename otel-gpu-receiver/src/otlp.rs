@@ -10,8 +10,12 @@
 //!   unit) are encoded once;
 //! - each series' attributes are encoded once, when the series is first seen, and kept
 //!   with its start time; an export writes per point only those cached bytes, two
-//!   timestamps and the value;
-//! - every buffer is reused, sized from the previous export.
+//!   timestamps and the value. The cached bytes are also what a point's attributes are
+//!   matched against: the encoder keeps no second copy of them as `KeyValue`s;
+//! - the metrics are written straight into the request's buffer, sized from the
+//!   previous export, after a gap that the resource and scope fill in at the end; the
+//!   encoder keeps no buffer the size of a request between exports (the agent's
+//!   resident memory is the point of a small agent: `BENCHMARKS.md`).
 //!
 //! It keeps the SDK's contract, which `tests/otlp_golden.rs` holds it to: the same
 //! metrics with the same names, units, descriptions, kinds and attributes; cumulative
@@ -165,6 +169,73 @@ fn key_values<'a>(
     }
 }
 
+/// Whether `encoded` (repeated `KeyValue`s as written by [`key_values`] in field 7) is
+/// the encoding of `attributes`, read in place: what a copy of the attributes would
+/// tell, without keeping one per series. Bytes are compared, so a float attribute
+/// matches by its bits (a NaN matches itself).
+fn same_attributes(encoded: &[u8], attributes: &[KeyValue]) -> bool {
+    let mut rest = encoded;
+    for kv in attributes {
+        // KeyValue { key = 1, value = 2 } in field 7.
+        let Some(body) = take_len(&mut rest, key(7, LEN)) else {
+            return false;
+        };
+        let mut body = body;
+        if take_len(&mut body, key(1, LEN)) != Some(kv.key.as_str().as_bytes()) {
+            return false;
+        }
+        let Some(value) = take_len(&mut body, key(2, LEN)) else {
+            return false;
+        };
+        if !body.is_empty() || !same_value(value, &kv.value) {
+            return false;
+        }
+    }
+    rest.is_empty()
+}
+
+/// Whether `encoded` is the `AnyValue` body that [`any_value`] writes for `v`.
+fn same_value(encoded: &[u8], v: &AttrValue) -> bool {
+    match v {
+        AttrValue::String(s) => {
+            let mut rest = encoded;
+            take_len(&mut rest, key(1, LEN)) == Some(s.as_str().as_bytes()) && rest.is_empty()
+        }
+        AttrValue::Bool(b) => encoded == [key(2, VARINT), u8::from(*b)],
+        AttrValue::F64(f) => {
+            encoded.len() == 9 && encoded[0] == key(4, FIXED64) && encoded[1..] == f.to_le_bytes()
+        }
+        AttrValue::I64(i) => {
+            let mut rest = encoded;
+            rest.first() == Some(&key(3, VARINT)) && {
+                rest = &rest[1..];
+                prost::encoding::decode_varint(&mut rest).ok() == Some(*i as u64) && rest.is_empty()
+            }
+        }
+        // Arrays (and any later kind): rare; encode and compare.
+        other => {
+            let mut buf = Vec::new();
+            any_value(&mut buf, other);
+            buf == encoded
+        }
+    }
+}
+
+/// Takes one length-delimited field with the tag byte `tag` from the front of `buf`.
+fn take_len<'a>(buf: &mut &'a [u8], tag: u8) -> Option<&'a [u8]> {
+    let (&first, mut rest) = buf.split_first()?;
+    if first != tag {
+        return None;
+    }
+    let len = usize::try_from(prost::encoding::decode_varint(&mut rest).ok()?).ok()?;
+    if rest.len() < len {
+        return None;
+    }
+    let (field, after) = rest.split_at(len);
+    *buf = after;
+    Some(field)
+}
+
 fn unix_nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
@@ -226,9 +297,11 @@ fn series_hash(metric: usize, attributes: &[KeyValue]) -> u64 {
 #[derive(Debug)]
 struct Series {
     metric: usize,
-    attributes: Vec<KeyValue>,
-    /// Its `attributes` fields (tag 7 of `NumberDataPoint`), encoded once.
-    encoded: Vec<u8>,
+    /// [`series_hash`] of its metric and attributes.
+    hash: u64,
+    /// Its `attributes` fields (tag 7 of `NumberDataPoint`), encoded once; a point's
+    /// attributes are matched against them ([`same_attributes`]).
+    encoded: Box<[u8]>,
     /// `start_time_unix_nano` of its cumulative points.
     start: u64,
     /// The previous value and when it was taken (for resets and deltas).
@@ -268,8 +341,8 @@ pub struct Encoder {
     index: HashMap<u64, Vec<u32>>,
     exports: u64,
     // Reused between exports.
-    metrics: Vec<u8>,
     out: Vec<Out>,
+    /// The size of the last request, to size the next one's buffer.
     last_len: usize,
 }
 
@@ -332,7 +405,6 @@ impl Encoder {
             series: Vec::new(),
             index: HashMap::new(),
             exports: 0,
-            metrics: Vec::new(),
             out: Vec::new(),
             last_len: 0,
         }
@@ -347,7 +419,13 @@ impl Encoder {
     pub fn encode(&mut self, snapshot: &Snapshot, now: SystemTime) -> Bytes {
         let now = unix_nanos(now).max(self.start);
         self.exports += 1;
-        self.metrics.clear();
+        // ExportMetricsServiceRequest { resource_metrics: [ { resource, scope_metrics:
+        // [ { scope, metrics } ] } ] }: the metrics go after a gap that holds the
+        // largest header (two tags, two lengths of at most 5 bytes, resource and
+        // scope); the header is written at the end of the gap once the lengths are known.
+        let gap = 2 * (1 + 5) + self.resource.len() + self.scope.len();
+        let mut buf = Vec::with_capacity(self.last_len.max(gap + 1024));
+        buf.resize(gap, 0);
         for (i, d) in CATALOGUE.iter().enumerate() {
             if self.headers[i].is_none() {
                 continue;
@@ -393,16 +471,15 @@ impl Encoder {
                 Instrument::UpDownCounter => (7, points_len + 2),
             };
             let metric_len = header.len() + len_field(data_len);
-            self.metrics.push(key(2, LEN));
-            encode_varint(metric_len as u64, &mut self.metrics);
-            self.metrics.extend_from_slice(header);
-            self.metrics.push(key(data_field, LEN));
-            encode_varint(data_len as u64, &mut self.metrics);
+            buf.push(key(2, LEN));
+            encode_varint(metric_len as u64, &mut buf);
+            buf.extend_from_slice(header);
+            buf.push(key(data_field, LEN));
+            encode_varint(data_len as u64, &mut buf);
             for o in &self.out {
                 let s = &self.series[o.series as usize];
-                let buf = &mut self.metrics;
                 buf.push(key(1, LEN));
-                encode_varint(point_len(s.encoded.len()) as u64, buf);
+                encode_varint(point_len(s.encoded.len()) as u64, &mut buf);
                 buf.extend_from_slice(&s.encoded);
                 buf.push(key(2, FIXED64));
                 buf.extend_from_slice(&o.start.to_le_bytes());
@@ -420,36 +497,35 @@ impl Encoder {
                 }
             }
             if d.instrument != Instrument::Gauge {
-                self.metrics.push(key(2, VARINT));
-                self.metrics.push(if delta {
+                buf.push(key(2, VARINT));
+                buf.push(if delta {
                     TEMPORALITY_DELTA
                 } else {
                     TEMPORALITY_CUMULATIVE
                 } as u8);
             }
             if d.instrument == Instrument::Counter {
-                self.metrics.push(key(3, VARINT));
-                self.metrics.push(1);
+                buf.push(key(3, VARINT));
+                buf.push(1);
             }
         }
         self.evict();
 
-        // ExportMetricsServiceRequest { resource_metrics: [ { resource, scope_metrics:
-        // [ { scope, metrics } ] } ] }
-        let scope_metrics_len = self.scope.len() + self.metrics.len();
+        let metrics_len = buf.len() - gap;
+        let scope_metrics_len = self.scope.len() + metrics_len;
         let resource_metrics_len = self.resource.len() + len_field(scope_metrics_len);
-        let total = len_field(resource_metrics_len);
-        let mut buf = Vec::with_capacity(total.max(self.last_len));
-        buf.push(key(1, LEN));
-        encode_varint(resource_metrics_len as u64, &mut buf);
-        buf.extend_from_slice(&self.resource);
-        buf.push(key(2, LEN));
-        encode_varint(scope_metrics_len as u64, &mut buf);
-        buf.extend_from_slice(&self.scope);
-        buf.extend_from_slice(&self.metrics);
-        debug_assert_eq!(buf.len(), total);
-        self.last_len = total;
-        Bytes::from(buf)
+        let mut header = Vec::with_capacity(gap);
+        header.push(key(1, LEN));
+        encode_varint(resource_metrics_len as u64, &mut header);
+        header.extend_from_slice(&self.resource);
+        header.push(key(2, LEN));
+        encode_varint(scope_metrics_len as u64, &mut header);
+        header.extend_from_slice(&self.scope);
+        let begin = gap - header.len();
+        buf[begin..gap].copy_from_slice(&header);
+        debug_assert_eq!(buf.len() - begin, len_field(resource_metrics_len));
+        self.last_len = buf.len();
+        Bytes::from(buf).slice(begin..)
     }
 
     /// Finds (or starts) the series of `attributes` and says what its point carries.
@@ -466,7 +542,7 @@ impl Encoder {
         let candidates = self.index.entry(h).or_default();
         let found = candidates.iter().copied().find(|&i| {
             let s = &self.series[i as usize];
-            s.metric == metric && s.attributes == attributes
+            s.metric == metric && same_attributes(&s.encoded, attributes)
         });
         let idx = match found {
             Some(i) => i,
@@ -480,8 +556,8 @@ impl Encoder {
                 let i = self.series.len() as u32;
                 self.series.push(Series {
                     metric,
-                    attributes: attributes.to_vec(),
-                    encoded,
+                    hash: h,
+                    encoded: encoded.into_boxed_slice(),
                     start: now,
                     last: None,
                     seen: 0,
@@ -534,10 +610,7 @@ impl Encoder {
         self.series.retain(|s| s.seen == exports);
         self.index.clear();
         for (i, s) in self.series.iter().enumerate() {
-            self.index
-                .entry(series_hash(s.metric, &s.attributes))
-                .or_default()
-                .push(i as u32);
+            self.index.entry(s.hash).or_default().push(i as u32);
         }
     }
 }
@@ -717,6 +790,57 @@ mod tests {
         assert_eq!(e.series(), 2);
         e.encode(&snapshot(&[("b", 2)]), at(2));
         assert_eq!(e.series(), 1);
+    }
+
+    #[test]
+    fn a_series_is_matched_by_its_encoded_attributes_and_nothing_else() {
+        let attrs = vec![
+            KeyValue::new("hw.id", "GPU-1"),
+            KeyValue::new("gpu.index", 3i64),
+            KeyValue::new("ratio", 0.5),
+            KeyValue::new("otel.metric.overflow", true),
+            KeyValue::new("empty", ""),
+            KeyValue::new(
+                "list",
+                AttrValue::Array(opentelemetry::Array::I64(vec![1, -2])),
+            ),
+        ];
+        let mut encoded = Vec::new();
+        key_values(
+            &mut encoded,
+            7,
+            attrs.iter().map(|kv| (kv.key.as_str(), &kv.value)),
+        );
+        assert!(same_attributes(&encoded, &attrs));
+        assert!(same_attributes(&[], &[]));
+        let changed = |i: usize, kv: KeyValue| {
+            let mut a = attrs.clone();
+            a[i] = kv;
+            a
+        };
+        for other in [
+            changed(0, KeyValue::new("hw.id", "GPU-2")),
+            changed(0, KeyValue::new("hw.uuid", "GPU-1")),
+            changed(1, KeyValue::new("gpu.index", 4i64)),
+            changed(1, KeyValue::new("gpu.index", "3")),
+            changed(1, KeyValue::new("gpu.index", -3i64)),
+            changed(2, KeyValue::new("ratio", 0.25)),
+            changed(3, KeyValue::new("otel.metric.overflow", false)),
+            changed(4, KeyValue::new("empty", " ")),
+            changed(
+                5,
+                KeyValue::new("list", AttrValue::Array(opentelemetry::Array::I64(vec![1]))),
+            ),
+            attrs[..5].to_vec(),
+            [attrs.clone(), vec![KeyValue::new("extra", 1i64)]].concat(),
+        ] {
+            assert!(!same_attributes(&encoded, &other), "{other:?}");
+        }
+        // Order counts, as it did when series kept their `KeyValue`s: each source
+        // gives a series its attributes in one order, every cycle.
+        let mut swapped = attrs.clone();
+        swapped.swap(0, 1);
+        assert!(!same_attributes(&encoded, &swapped));
     }
 
     #[test]

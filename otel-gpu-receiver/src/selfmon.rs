@@ -26,12 +26,13 @@ pub struct SelfStats {
     pub last_duration: Duration,
     /// The OTLP exporter's failure counts, when exporting.
     pub export: Option<Arc<ExportStats>>,
-    /// What the export watch saw at its last check, and the outage in progress.
-    pub(crate) export_watch: ExportWatch,
 }
 
 /// Follows the exporter's failure and success counts and says when an outage starts,
-/// goes on (a summary at most every [`SUMMARY_EVERY`]) and ends.
+/// goes on (a summary at most every [`SUMMARY_EVERY`]) and ends. The push task keeps
+/// one and checks it after each export, so the line that starts an outage can name
+/// the failure's cause: an outage is one line when it starts (with its cause), one when
+/// it ends, and a summary every 5 minutes in between.
 ///
 /// An outage ends with a *successful* export, not with a few cycles without a new
 /// failure: a failed export takes its whole timeout (10 s by default, retries
@@ -128,26 +129,6 @@ impl SelfStats {
         *self.errors.entry((source, kind)).or_default() += 1;
     }
 
-    /// Logs when OTLP export starts failing, a summary at most every
-    /// [`SUMMARY_EVERY`] while it goes on failing, and once when an export succeeds
-    /// again, with the count; the failures themselves are counted in
-    /// `otel_gpu_receiver.export.failures`. Called once per cycle.
-    pub fn watch_export(&mut self) {
-        let Some(stats) = &self.export else {
-            return;
-        };
-        let (failures, successes) = (
-            stats.failures(Signal::Metrics),
-            stats.successes(Signal::Metrics),
-        );
-        if let Some(event) = self
-            .export_watch
-            .observe(failures, successes, Instant::now())
-        {
-            log_export_event(event);
-        }
-    }
-
     /// Total errors counted for `source`.
     pub fn errors_of(&self, source: &str) -> u64 {
         self.errors
@@ -198,10 +179,15 @@ impl SelfStats {
     }
 }
 
-fn log_export_event(event: ExportEvent) {
+/// Logs what the export watch saw. `error` is why the export just checked failed (the
+/// wire client's last cause), so the line that starts an outage and each summary name
+/// it; the failures themselves are counted in `otel_gpu_receiver.export.failures`.
+pub fn log_export_event(event: ExportEvent, error: Option<&dyn std::fmt::Display>) {
+    let error = error.map(tracing::field::display);
     match event {
         ExportEvent::Failing { failures } => tracing::warn!(
             failures,
+            error,
             "OTLP export is failing; collection goes on and failures are counted in \
              otel_gpu_receiver.export.failures (logged again when export recovers, and \
              every 5 minutes until then)"
@@ -209,6 +195,7 @@ fn log_export_event(event: ExportEvent) {
         ExportEvent::StillFailing { failures, lasted } => tracing::warn!(
             failures,
             for_s = lasted.as_secs(),
+            error,
             "OTLP export is still failing"
         ),
         ExportEvent::Recovered { failures, lasted } => tracing::info!(

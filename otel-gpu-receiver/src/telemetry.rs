@@ -12,7 +12,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -28,6 +28,7 @@ use crate::catalogue::{CATALOGUE, Family, Instrument, MetricDesc, Number, Origin
 use crate::config::Settings;
 use crate::exposition::{self, ExpositionCell};
 use crate::names;
+use crate::selfmon::{ExportWatch, log_export_event};
 use crate::snapshot::SnapshotCell;
 
 /// Why telemetry could not start.
@@ -325,7 +326,7 @@ impl Telemetry {
 #[derive(Debug)]
 struct Pusher {
     stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<(crate::otlp::Encoder, OtlpClient)>,
+    task: tokio::task::JoinHandle<(crate::otlp::Encoder, OtlpClient, ExportWatch)>,
     cell: SnapshotCell,
 }
 
@@ -344,18 +345,18 @@ impl Pusher {
         let task = runtime.handle().spawn(async move {
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut failing = false;
+            let mut watch = ExportWatch::default();
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
                     _ = &mut stopped => break,
                 }
                 tokio::select! {
-                    () = push(&mut encoder, &client, &snapshots, &mut failing) => {}
+                    () = push(&mut encoder, &client, &snapshots, &mut watch) => {}
                     _ = &mut stopped => break,
                 }
             }
-            (encoder, client)
+            (encoder, client, watch)
         });
         Self { stop, task, cell }
     }
@@ -367,9 +368,8 @@ impl Pusher {
         let task = self.task;
         let done = runtime.handle().block_on(async move {
             tokio::time::timeout(deadline, async move {
-                if let Ok((mut encoder, client)) = task.await {
-                    let mut failing = false;
-                    push(&mut encoder, &client, &cell, &mut failing).await;
+                if let Ok((mut encoder, client, mut watch)) = task.await {
+                    push(&mut encoder, &client, &cell, &mut watch).await;
                 }
             })
             .await
@@ -383,13 +383,14 @@ impl Pusher {
     }
 }
 
-/// Encodes the latest snapshot and sends it; the client counts the outcome (the
-/// collection loop logs outages from those counts). Says why once per failing spell.
+/// Encodes the latest snapshot and sends it; the client counts the outcome, and
+/// `watch` turns the counts into the outage's lines: the one that starts an outage (and
+/// each summary) names the cause of the failure that it reports.
 async fn push(
     encoder: &mut crate::otlp::Encoder,
     client: &OtlpClient,
     cell: &SnapshotCell,
-    failing: &mut bool,
+    watch: &mut ExportWatch,
 ) {
     let snapshot = cell.load();
     if snapshot.series() == 0 {
@@ -398,12 +399,18 @@ async fn push(
     }
     let body = encoder.encode(&snapshot, SystemTime::now());
     drop(snapshot);
-    match client.export(body).await {
-        Ok(_) => *failing = false,
-        Err(e) => {
-            if !std::mem::replace(failing, true) {
-                tracing::warn!(error = %e, "why OTLP export fails (logged once until an export succeeds)");
-            } else {
+    let result = client.export(body).await;
+    let stats = client.stats();
+    let event = watch.observe(
+        stats.failures(Signal::Metrics),
+        stats.successes(Signal::Metrics),
+        Instant::now(),
+    );
+    let error = result.as_ref().err();
+    match event {
+        Some(event) => log_export_event(event, error.map(|e| e as &dyn std::fmt::Display)),
+        None => {
+            if let Some(e) = error {
                 tracing::debug!(error = %e, "OTLP export failed");
             }
         }

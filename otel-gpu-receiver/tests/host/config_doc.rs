@@ -22,6 +22,11 @@ const OUTSIDE_THE_RESOLVER: &[(&str, &str, &str)] = &[
         "src/lib.rs",
         "var_os(\"MALLOC_ARENA_MAX\")",
     ),
+    (
+        "MALLOC_MMAP_THRESHOLD",
+        "src/lib.rs",
+        "var_os(\"MALLOC_MMAP_THRESHOLD_\")",
+    ),
 ];
 
 /// Every `--flag` the page names.
