@@ -60,13 +60,16 @@ pub(crate) struct Slot {
 }
 
 /// An exemplar as the pull endpoint writes it.
+#[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
 pub(crate) type Exemplar = Slot;
 
 /// The latest exemplar per bucket, by (function, module, result): what the
 /// pull endpoint shows (it never empties; the OTLP export has its own slots).
+#[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
 pub(crate) type Latest = HashMap<(String, String, String), Vec<Option<Exemplar>>>;
 
 /// A copy of the latest exemplars, for one scrape.
+#[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
 pub(crate) fn latest() -> Latest {
     let guard = reservoir();
     let mut out = Latest::new();

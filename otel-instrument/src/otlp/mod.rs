@@ -255,13 +255,18 @@ impl OtlpClient {
         let deadline = Instant::now() + self.timeout;
         let mut backoff = retry::Backoff::default();
         let mut attempts = 0;
+        // The last attempt's failure: when the timeout runs out, it is still the cause.
+        let mut last_why: Option<String> = None;
         loop {
             attempts += 1;
             let left = deadline.saturating_duration_since(Instant::now());
             let outcome = if left.is_zero() {
                 Err((
                     retry::Verdict::Permanent,
-                    "the export timeout is spent".into(),
+                    match last_why.take() {
+                        Some(why) => format!("{why} (and the export timeout is spent)"),
+                        None => "the export timeout is spent".into(),
+                    },
                 ))
             } else {
                 self.attempt(body.clone(), left).await
@@ -275,6 +280,7 @@ impl OtlpClient {
                 }
                 Err(e) => e,
             };
+            last_why = Some(why.clone());
             let fail = |permanent| ExportFailed {
                 attempts,
                 permanent,
