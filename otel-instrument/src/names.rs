@@ -8,6 +8,12 @@ pub const SPANS_DROPPED: &str = "otel_instrument.spans.dropped";
 pub const LOGS_DROPPED: &str = "otel_instrument.logs.dropped";
 /// Durations measured with the clock going backwards (recorded as zero).
 pub const CLOCK_BACKWARDS: &str = "otel_instrument.clock.backwards";
+/// Heap bytes the allocator has handed out and not had back (glibc `mallinfo2`:
+/// `uordblks + hblkhd`), beside `process.memory.usage` (RSS). Not a semantic
+/// conventions name: they define no heap metric for native processes, only
+/// per-runtime ones (`jvm.memory.used`, `go.memory.used`). The receiver uses the
+/// same name for its own.
+pub const PROCESS_MEMORY_HEAP_USAGE: &str = "process.memory.heap.usage";
 /// The instrumentation scope of everything this crate records.
 pub const SCOPE: &str = "otel-instrument";
 
