@@ -21,11 +21,12 @@
 //!   request it held) and the spans actually issued after it, allowing the queue
 //!   (`DEFAULT_SPAN_QUEUE_SIZE`) plus what the application issued in the first
 //!   100 ms after the return (at least 100 ms at the test's rate). Where the
-//!   pipeline could not keep up even before the outage (100,000 spans/s in this
-//!   unoptimised build), spans are dropped all along, a few in every batch, and
-//!   the total says nothing about the retry: there the longest run of consecutive
-//!   spans lost after the return is held to the same bound, plus the longest run
-//!   lost before the outage (what the pipeline's capacity alone drops at once);
+//!   pipeline could not keep up before the outage or after recovery settled
+//!   (100,000 spans/s in this unoptimised build, or any rate on a machine loaded
+//!   beyond it), spans are dropped all along, a few in every batch, and the total
+//!   says nothing about the retry: there the longest run of consecutive spans
+//!   lost after the return is held to the same bound, plus the longest run lost
+//!   before the outage (what the pipeline's capacity alone drops at once);
 //! - once the collector had been back for `SETTLE`, spans flow again: all of
 //!   them when none were lost before the outage (10,000 spans/s), at least 30%
 //!   of the share that arrived before it when the unoptimised test build could
@@ -51,7 +52,8 @@ const BEFORE: Duration = Duration::from_millis(500);
 const OUTAGE: Duration = Duration::from_millis(1500);
 const AFTER: Duration = Duration::from_millis(2500);
 /// How long after recovery export must be back to its rate before the outage:
-/// the longest retry backoff (1 s, plus jitter) and time to drain the queue.
+/// the longest retry backoff (`RETRY_WAIT`) and time to drain the queue, with room
+/// for a loaded machine.
 const SETTLE: Duration = Duration::from_millis(1500);
 const SHUTDOWN: Duration = Duration::from_secs(1);
 /// The longest wait between two export attempts (the retry policy's cap, jitter
@@ -762,8 +764,12 @@ fn matrix_cell() {
     let wait_spans = (2 * in_window as u64).max((rate as f64 * RETRY_WAIT.as_secs_f64()) as u64);
     let queue = otel_instrument::config::DEFAULT_SPAN_QUEUE_SIZE as u64;
     let allowed_after = queue + wait_spans;
-    let kept_up_before = missing_before == 0.0;
-    let after_verdict = if kept_up_before {
+    // The total is the retry's doing only where the pipeline kept up with the rate
+    // both before the outage and once recovery had settled; where it did not (the
+    // rate, or a machine too loaded for it), a few spans of every batch are dropped
+    // all along and only a run of consecutive losses is the exporter waiting.
+    let kept_up = missing_before == 0.0 && missing_settled.is_empty();
+    let after_verdict = if kept_up {
         (lost_spans_after <= allowed_after).then_some(()).ok_or_else(|| {
             format!(
                 "{lost_spans_after} of the {} spans issued after the collector returned were lost, \
@@ -853,11 +859,7 @@ fn matrix_cell() {
         lost_spans_after,
         2 * (load.issued - first_back),
         allowed_after,
-        if kept_up_before {
-            ""
-        } else {
-            ", judged by run"
-        },
+        if kept_up { "" } else { ", judged by run" },
         run_after,
         run_before
     );
