@@ -70,6 +70,11 @@ fn fake_nvml(dir: &Path) -> PathBuf {
     out
 }
 
+/// A process's stderr, kept in the run's directory.
+fn log_file(dir: &Path, name: &str) -> std::fs::File {
+    std::fs::File::create(dir.join(format!("{name}.log"))).expect("create a log file")
+}
+
 /// `GLIBC_TUNABLES` for the processes under test (which start with a clean
 /// environment otherwise): the caller's, or glibc's per-thread caches off.
 fn tunables() -> [(&'static str, String); 1] {
@@ -94,6 +99,8 @@ fn sample(body: &str, name: &str) -> Option<f64> {
 /// One process under watch: its pid and its `/metrics`.
 struct Watched {
     name: &'static str,
+    /// Where its stderr goes, to tell why it stopped answering.
+    log: PathBuf,
     pid: u32,
     metrics: SocketAddr,
     /// Per minute: (smallest heap, RSS at the end), KiB.
@@ -105,9 +112,10 @@ struct Watched {
 }
 
 impl Watched {
-    fn new(name: &'static str, child: &KillOnDrop, metrics: SocketAddr) -> Self {
+    fn new(name: &'static str, child: &KillOnDrop, metrics: SocketAddr, dir: &Path) -> Self {
         Self {
             name,
+            log: dir.join(format!("{name}.log")),
             pid: child.0.id(),
             metrics,
             minutes: Vec::new(),
@@ -119,7 +127,19 @@ impl Watched {
     fn sample(&mut self) {
         let body = match http_get(self.metrics, "/metrics") {
             Ok((200, body)) => body,
-            other => panic!("{}: no /metrics: {other:?}", self.name),
+            other => {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                panic!(
+                    "{}: no /metrics: {other:?}; {}; the end of its log:\n{}",
+                    self.name,
+                    match ProcSample::read(self.pid) {
+                        Some(_) => "it is still running",
+                        None => "it has exited",
+                    },
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            }
         };
         let Some(heap) = sample(&body, "process_memory_heap_usage_bytes") else {
             self.missed += 1;
@@ -175,7 +195,7 @@ fn heap_in_use_stays_flat_in_real_time_through_outages() {
             .env("FAKE_NVML_SCRIPT", &script)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log_file(work.path(), "receiver"))
             .spawn()
             .expect("start the receiver"),
     );
@@ -183,7 +203,7 @@ fn heap_in_use_stays_flat_in_real_time_through_outages() {
     // The demo, exporting to a sink that goes through outages.
     let sink = OtlpSink::start().expect("sink");
     let otlp = sink.addr();
-    let demo = |bin: &str, service: &str, metrics: SocketAddr| {
+    let demo = |bin: &str, service: &str, metrics: SocketAddr, log: &str| {
         let mut cmd = Command::new(bin);
         cmd.env_clear()
             .envs(tunables())
@@ -193,7 +213,7 @@ fn heap_in_use_stays_flat_in_real_time_through_outages() {
             .env("OTEL_METRIC_EXPORT_INTERVAL", "5000")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(log_file(work.path(), log));
         cmd
     };
     let (backend_metrics, gateway_metrics, load_metrics) = (free_addr(), free_addr(), free_addr());
@@ -203,6 +223,7 @@ fn heap_in_use_stays_flat_in_real_time_through_outages() {
             env!("CARGO_BIN_EXE_e2e-demo-backend"),
             "demo-backend",
             backend_metrics,
+            "backend",
         )
         .env("DEMO_BACKEND_ADDR", backend_addr.to_string())
         .spawn()
@@ -213,6 +234,7 @@ fn heap_in_use_stays_flat_in_real_time_through_outages() {
             env!("CARGO_BIN_EXE_e2e-demo-gateway"),
             "demo-gateway",
             gateway_metrics,
+            "gateway",
         )
         .env("DEMO_GATEWAY_ADDR", gateway_addr.to_string())
         .env("DEMO_BACKEND_URL", format!("http://{backend_addr}"))
@@ -224,6 +246,7 @@ fn heap_in_use_stays_flat_in_real_time_through_outages() {
             env!("CARGO_BIN_EXE_e2e-demo-load"),
             "demo-load",
             load_metrics,
+            "load",
         )
         .env("DEMO_GATEWAY_URL", format!("http://{gateway_addr}"))
         .env("DEMO_LOAD_RATE", "200")
@@ -231,9 +254,9 @@ fn heap_in_use_stays_flat_in_real_time_through_outages() {
         .expect("start demo-load"),
     );
     let mut watched = [
-        Watched::new("receiver", &receiver, receiver_metrics),
-        Watched::new("gateway", &gateway, gateway_metrics),
-        Watched::new("backend", &backend, backend_metrics),
+        Watched::new("receiver", &receiver, receiver_metrics, work.path()),
+        Watched::new("gateway", &gateway, gateway_metrics, work.path()),
+        Watched::new("backend", &backend, backend_metrics, work.path()),
     ];
     for w in &watched {
         let deadline = Instant::now() + Duration::from_secs(60);
