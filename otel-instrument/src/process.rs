@@ -279,8 +279,10 @@ mod linux {
         /// glibc's `mallinfo2` (2.33 and later), looked up at run time, so that
         /// a binary built here still starts on an older glibc (where the metric
         /// is then absent). It sums every arena, holding each one's lock while
-        /// it walks the free lists: microseconds for a service's heap, read
-        /// once per export.
+        /// it walks the free lists, so its cost follows the free chunks: 3 µs
+        /// for a compact heap, 13 ms with 100,000 free chunks (measured with
+        /// glibc 2.36). Read once per collection (the export interval or a
+        /// scrape), never per call.
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
         pub(crate) fn in_use() -> Option<u64> {
             use std::sync::OnceLock;

@@ -89,7 +89,9 @@ pub fn parse_pid_stat(
 /// The allocator's count of heap bytes in use: glibc's `mallinfo2` (2.33 and later),
 /// looked up at run time so that the agent still starts on an older glibc, where the
 /// metric is then absent. It sums every arena (`uordblks`) and the chunks mmap'd on
-/// their own (`hblkhd`), holding each arena's lock while it walks its free lists.
+/// their own (`hblkhd`), holding each arena's lock while it walks its free lists: its
+/// cost follows the free chunks (3 µs for a compact heap such as the agent's, 13 ms with
+/// 100,000 free chunks, glibc 2.36).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub fn heap_in_use() -> Option<u64> {
     type Mallinfo2 = unsafe extern "C" fn() -> libc::mallinfo2;
