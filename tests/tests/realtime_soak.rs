@@ -70,6 +70,17 @@ fn fake_nvml(dir: &Path) -> PathBuf {
     out
 }
 
+/// `bin`, started through a link named `soak-<role>` in the run's directory: the run's
+/// processes then have names of their own (`ps`, `pkill -f`), apart from any other
+/// receiver or demo on the machine, which a 30-minute run shares with whatever else
+/// runs meanwhile (a shared machine's other test runs once stopped this one's gateway
+/// by name).
+fn linked(dir: &Path, bin: &str, role: &str) -> PathBuf {
+    let link = dir.join(format!("soak-{role}"));
+    std::os::unix::fs::symlink(bin, &link).expect("link the binary into the run's directory");
+    link
+}
+
 /// A process's stderr, kept in the run's directory.
 fn log_file(dir: &Path, name: &str) -> std::fs::File {
     std::fs::File::create(dir.join(format!("{name}.log"))).expect("create a log file")
@@ -183,28 +194,32 @@ fn heap_in_use_stays_flat_in_real_time_through_outages() {
     let script = work.path().join("gpus.script");
     std::fs::write(&script, GPUS).unwrap();
     let receiver = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_e2e-otel-gpu-receiver"))
-            .args(["--interval", "100ms", "--per-process", "--otlp-endpoint"])
-            .arg(&dead_otlp)
-            .arg("--prometheus")
-            .arg(receiver_metrics.to_string())
-            .arg("--nvml-lib")
-            .arg(fake_nvml(work.path()))
-            .env_clear()
-            .envs(tunables())
-            .env("FAKE_NVML_SCRIPT", &script)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log_file(work.path(), "receiver"))
-            .spawn()
-            .expect("start the receiver"),
+        Command::new(linked(
+            work.path(),
+            env!("CARGO_BIN_EXE_e2e-otel-gpu-receiver"),
+            "receiver",
+        ))
+        .args(["--interval", "100ms", "--per-process", "--otlp-endpoint"])
+        .arg(&dead_otlp)
+        .arg("--prometheus")
+        .arg(receiver_metrics.to_string())
+        .arg("--nvml-lib")
+        .arg(fake_nvml(work.path()))
+        .env_clear()
+        .envs(tunables())
+        .env("FAKE_NVML_SCRIPT", &script)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log_file(work.path(), "receiver"))
+        .spawn()
+        .expect("start the receiver"),
     );
 
     // The demo, exporting to a sink that goes through outages.
     let sink = OtlpSink::start().expect("sink");
     let otlp = sink.addr();
     let demo = |bin: &str, service: &str, metrics: SocketAddr, log: &str| {
-        let mut cmd = Command::new(bin);
+        let mut cmd = Command::new(linked(work.path(), bin, log));
         cmd.env_clear()
             .envs(tunables())
             .env("DEMO_PROMETHEUS_ADDR", metrics.to_string())
