@@ -40,6 +40,10 @@ cargo test --workspace --all-features --locked 2>&1 | tee "$log" || status=$?
 # them. They are `--ignored` in the run above, because they want the machine to
 # themselves: here they run alone, one after the other.
 cargo test --workspace --all-features --locked --no-fail-fast --test soak -- --ignored --nocapture 2>&1 | tee -a "$log" || status=$?
+# The real-time soak (5 minutes of wall-clock time, not compressed cycles): the receiver
+# at 100 ms cycles with its collector absent, and the demo under load through outages;
+# it asserts flat heap in use after a warm-up (`SOAK_MINUTES=30` for BENCHMARKS.md's run).
+cargo test -p e2e --all-features --locked --test realtime_soak -- --ignored --nocapture 2>&1 | tee -a "$log" || status=$?
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "workspace: %d passed, %d failed\n", p, f }' "$log"

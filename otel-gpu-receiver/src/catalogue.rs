@@ -449,6 +449,7 @@ pub static CATALOGUE: &[MetricDesc] = &[
     m(sc::SYSTEM_UPTIME, Gauge, Float, "s", "Time since boot", UPTIME, &[]),
     m(sc::PROCESS_CPU_TIME, Counter, Float, "s", "CPU time of the agent by mode", PROCESS, &[a::CPU_MODE]),
     m(sc::PROCESS_MEMORY_USAGE, UpDownCounter, Int, "By", "Resident memory of the agent", PROCESS, &[]),
+    m(names::PROCESS_MEMORY_HEAP_USAGE, UpDownCounter, Int, "By", "Heap bytes the agent allocated and has not freed, as the allocator counts them (glibc mallinfo2; where supported)", PROCESS, &[]),
     m(sc::PROCESS_MEMORY_VIRTUAL, UpDownCounter, Int, "By", "Virtual memory of the agent", PROCESS, &[]),
     m(sc::PROCESS_THREAD_COUNT, UpDownCounter, Int, "{thread}", "Threads of the agent", PROCESS, &[]),
     m(sc::PROCESS_UNIX_FILE_DESCRIPTOR_COUNT, UpDownCounter, Int, "{file_descriptor}", "Open file descriptors of the agent (where supported)", PROCESS, &[]),

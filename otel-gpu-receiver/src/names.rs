@@ -17,6 +17,12 @@ pub const SYSTEM_CPU_LOAD_AVERAGE_15M: &str = "system.cpu.load_average.15m";
 /// Collector hostmetrics receiver's name, with `system.filesystem.state` (used, free).
 pub const SYSTEM_FILESYSTEM_INODES_USAGE: &str = "system.filesystem.inodes.usage";
 
+/// Heap bytes the agent has allocated and not freed (glibc `mallinfo2`), beside
+/// `process.memory.usage` (RSS), so a leak (both grow) can be told from fragmentation
+/// or pages the allocator keeps (only RSS grows). Not a semantic conventions name: they
+/// define no heap metric for native processes. otel-instrument's services use the same.
+pub const PROCESS_MEMORY_HEAP_USAGE: &str = "process.memory.heap.usage";
+
 /// Duration of the last collection cycle.
 pub const CYCLE_DURATION: &str = "otel_gpu_receiver.cycle.duration";
 /// Collection cycles completed.

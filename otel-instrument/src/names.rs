@@ -14,6 +14,12 @@ pub const TAIL_TRACES: &str = "otel_instrument.tail.traces";
 /// Spans the tail keeper recorded but could not keep, by `reason` (`root_cap`,
 /// `held_cap`, `late`, `handoff_full`).
 pub const TAIL_SPANS_DROPPED: &str = "otel_instrument.tail.spans.dropped";
+/// Heap bytes the allocator has handed out and not had back (glibc `mallinfo2`:
+/// `uordblks + hblkhd`), beside `process.memory.usage` (RSS). Not a semantic
+/// conventions name: they define no heap metric for native processes, only
+/// per-runtime ones (`jvm.memory.used`, `go.memory.used`). The receiver uses the
+/// same name for its own.
+pub const PROCESS_MEMORY_HEAP_USAGE: &str = "process.memory.heap.usage";
 /// The instrumentation scope of everything this crate records.
 pub const SCOPE: &str = "otel-instrument";
 

@@ -9,6 +9,7 @@ use opentelemetry_semantic_conventions::metric as sc;
 
 use super::roots::Roots;
 use crate::catalogue::Family;
+use crate::names;
 use crate::snapshot::Points;
 use crate::source::{CollectError, Source};
 
@@ -28,6 +29,8 @@ pub struct ProcessReading {
     pub system_s: f64,
     /// Resident set size in bytes.
     pub rss: u64,
+    /// Heap bytes in use, as the allocator counts them (None where it cannot say).
+    pub heap: Option<u64>,
     /// Virtual size in bytes.
     pub virtual_bytes: u64,
     /// Threads.
@@ -52,6 +55,9 @@ impl ProcessReading {
             self.system_s,
         );
         out.push(sc::PROCESS_MEMORY_USAGE, vec![], self.rss);
+        if let Some(heap) = self.heap {
+            out.push(names::PROCESS_MEMORY_HEAP_USAGE, vec![], heap);
+        }
         out.push(sc::PROCESS_MEMORY_VIRTUAL, vec![], self.virtual_bytes);
         out.push(sc::PROCESS_THREAD_COUNT, vec![], self.threads);
         if let Some(fds) = self.fds {
@@ -78,6 +84,33 @@ pub fn parse_pid_stat(
     // Field N of proc(5) is f[N - 3].
     let n = |i: usize| super::roots::field(path, text, f.get(i - 3).copied());
     Ok((n(14)?, n(15)?, n(20)?, n(23)?, n(24)?))
+}
+
+/// The allocator's count of heap bytes in use: glibc's `mallinfo2` (2.33 and later),
+/// looked up at run time so that the agent still starts on an older glibc, where the
+/// metric is then absent. It sums every arena (`uordblks`) and the chunks mmap'd on
+/// their own (`hblkhd`), holding each arena's lock while it walks its free lists: its
+/// cost follows the free chunks (3 µs for a compact heap such as the agent's, 13 ms with
+/// 100,000 free chunks, glibc 2.36).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn heap_in_use() -> Option<u64> {
+    type Mallinfo2 = unsafe extern "C" fn() -> libc::mallinfo2;
+    static MALLINFO2: OnceLock<Option<Mallinfo2>> = OnceLock::new();
+    let f = (*MALLINFO2.get_or_init(|| {
+        // SAFETY: a NUL-terminated name; RTLD_DEFAULT searches the objects already loaded.
+        let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"mallinfo2".as_ptr()) };
+        // SAFETY: glibc's `mallinfo2` has exactly this signature.
+        (!p.is_null()).then(|| unsafe { std::mem::transmute::<*mut libc::c_void, Mallinfo2>(p) })
+    }))?;
+    // SAFETY: mallinfo2 takes no arguments and only reads the arenas.
+    let m = unsafe { f() };
+    Some((m.uordblks as u64).saturating_add(m.hblkhd as u64))
+}
+
+/// Elsewhere no allocator statistic is read: the metric is absent, not estimated.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn heap_in_use() -> Option<u64> {
+    None
 }
 
 /// Reads the agent's own process.
@@ -116,6 +149,7 @@ impl ProcessSource {
             user_s: utime as f64 / tick,
             system_s: stime as f64 / tick,
             rss: rss_pages * page,
+            heap: heap_in_use(),
             virtual_bytes: vsize,
             threads,
             fds,
@@ -143,6 +177,7 @@ impl ProcessSource {
             user_s: p.accumulated_cpu_time() as f64 / 1e3,
             system_s: 0.0,
             rss: p.memory(),
+            heap: heap_in_use(),
             virtual_bytes: p.virtual_memory(),
             threads: 0,
             fds: None,
