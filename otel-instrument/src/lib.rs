@@ -62,6 +62,7 @@ pub use opentelemetry as __opentelemetry;
 /// Instruments a function with a span and RED metrics; see [`monitored`](mod@monitored).
 pub use otel_instrument_macros::monitored;
 pub use outcome::Fallible;
+pub use process::heap_in_use;
 
 /// Sets up telemetry from the `OTEL_*` variables, with the calling crate's name
 /// and version as the default `service.name` and `service.version`, and installs

@@ -162,6 +162,39 @@ fn register_runtimes(meter: &Meter, handles: Vec<tokio::runtime::Handle>) {
     }
 }
 
+/// Heap bytes the allocator has handed out and not had back: what tells a leak
+/// (it grows) from fragmentation or pages the allocator keeps (RSS grows, it
+/// does not). glibc's `mallinfo2` (2.33 and later), looked up at run time so
+/// that a binary built here still starts on an older glibc (where it is `None`):
+/// the arenas' chunks in use (`uordblks`) and the chunks mmap'd on their own
+/// (`hblkhd`). It holds each arena's lock while it walks the free lists, so its
+/// cost follows the free chunks: 3 µs for a compact heap, 13 ms with 100,000
+/// free chunks (glibc 2.36). Read it once per collection, never per call.
+/// `process.memory.heap.usage` of both this crate and the receiver.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn heap_in_use() -> Option<u64> {
+    use std::sync::OnceLock;
+    type Mallinfo2 = unsafe extern "C" fn() -> libc::mallinfo2;
+    static MALLINFO2: OnceLock<Option<Mallinfo2>> = OnceLock::new();
+    let f = (*MALLINFO2.get_or_init(|| {
+        // SAFETY: a NUL-terminated name; RTLD_DEFAULT searches the objects
+        // already loaded.
+        let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"mallinfo2".as_ptr()) };
+        // SAFETY: glibc's `mallinfo2` has exactly this signature.
+        (!p.is_null()).then(|| unsafe { std::mem::transmute::<*mut libc::c_void, Mallinfo2>(p) })
+    }))?;
+    // SAFETY: mallinfo2 takes no arguments and only reads the arenas.
+    let m = unsafe { f() };
+    Some((m.uordblks as u64).saturating_add(m.hblkhd as u64))
+}
+
+/// Other C libraries give no such count (musl has no mallinfo2): absent, not
+/// estimated.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn heap_in_use() -> Option<u64> {
+    None
+}
+
 #[cfg(target_os = "linux")]
 mod linux {
     use std::fs::File;
@@ -267,45 +300,8 @@ mod linux {
             if let Some(dir) = &self.fd_dir {
                 r.fds = count_entries(dir, &mut self.buf);
             }
-            r.heap_bytes = heap::in_use();
+            r.heap_bytes = super::heap_in_use();
             Some(r)
-        }
-    }
-
-    /// The allocator's own count of heap bytes in use: what tells a leak (it
-    /// grows) from fragmentation or pages the allocator keeps (RSS grows, it
-    /// does not).
-    mod heap {
-        /// glibc's `mallinfo2` (2.33 and later), looked up at run time, so that
-        /// a binary built here still starts on an older glibc (where the metric
-        /// is then absent). It sums every arena, holding each one's lock while
-        /// it walks the free lists, so its cost follows the free chunks: 3 µs
-        /// for a compact heap, 13 ms with 100,000 free chunks (measured with
-        /// glibc 2.36). Read once per collection (the export interval or a
-        /// scrape), never per call.
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        pub(crate) fn in_use() -> Option<u64> {
-            use std::sync::OnceLock;
-            type Mallinfo2 = unsafe extern "C" fn() -> libc::mallinfo2;
-            static MALLINFO2: OnceLock<Option<Mallinfo2>> = OnceLock::new();
-            let f = (*MALLINFO2.get_or_init(|| {
-                // SAFETY: a NUL-terminated name; RTLD_DEFAULT searches the
-                // objects already loaded.
-                let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"mallinfo2".as_ptr()) };
-                // SAFETY: glibc's `mallinfo2` has exactly this signature.
-                (!p.is_null())
-                    .then(|| unsafe { std::mem::transmute::<*mut libc::c_void, Mallinfo2>(p) })
-            }))?;
-            // SAFETY: mallinfo2 takes no arguments and only reads the arenas.
-            let m = unsafe { f() };
-            // Small and arena chunks in use, and the chunks mmap'd on their own.
-            Some((m.uordblks as u64).saturating_add(m.hblkhd as u64))
-        }
-
-        /// Other C libraries give no such count here (musl has no mallinfo2).
-        #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-        pub(crate) fn in_use() -> Option<u64> {
-            None
         }
     }
 
@@ -474,7 +470,7 @@ mod linux {
             })
             .build();
         // Only where the allocator can say (glibc): absent rather than estimated.
-        if heap::in_use().is_some() {
+        if super::heap_in_use().is_some() {
             let r = read.clone();
             meter
                 .i64_observable_up_down_counter(crate::names::PROCESS_MEMORY_HEAP_USAGE)

@@ -86,32 +86,9 @@ pub fn parse_pid_stat(
     Ok((n(14)?, n(15)?, n(20)?, n(23)?, n(24)?))
 }
 
-/// The allocator's count of heap bytes in use: glibc's `mallinfo2` (2.33 and later),
-/// looked up at run time so that the agent still starts on an older glibc, where the
-/// metric is then absent. It sums every arena (`uordblks`) and the chunks mmap'd on
-/// their own (`hblkhd`), holding each arena's lock while it walks its free lists: its
-/// cost follows the free chunks (3 µs for a compact heap such as the agent's, 13 ms with
-/// 100,000 free chunks, glibc 2.36).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-pub fn heap_in_use() -> Option<u64> {
-    type Mallinfo2 = unsafe extern "C" fn() -> libc::mallinfo2;
-    static MALLINFO2: OnceLock<Option<Mallinfo2>> = OnceLock::new();
-    let f = (*MALLINFO2.get_or_init(|| {
-        // SAFETY: a NUL-terminated name; RTLD_DEFAULT searches the objects already loaded.
-        let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"mallinfo2".as_ptr()) };
-        // SAFETY: glibc's `mallinfo2` has exactly this signature.
-        (!p.is_null()).then(|| unsafe { std::mem::transmute::<*mut libc::c_void, Mallinfo2>(p) })
-    }))?;
-    // SAFETY: mallinfo2 takes no arguments and only reads the arenas.
-    let m = unsafe { f() };
-    Some((m.uordblks as u64).saturating_add(m.hblkhd as u64))
-}
-
-/// Elsewhere no allocator statistic is read: the metric is absent, not estimated.
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-pub fn heap_in_use() -> Option<u64> {
-    None
-}
+/// The allocator's count of heap bytes in use (glibc's `mallinfo2`; `None`
+/// elsewhere): the same reader as a service's `process.memory.heap.usage`.
+pub use otel_instrument::heap_in_use;
 
 /// Reads the agent's own process.
 #[derive(Debug)]
