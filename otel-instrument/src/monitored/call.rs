@@ -191,11 +191,13 @@ impl Core {
             Outcome::Ok | Outcome::Cancelled => None,
         };
         let end = clock::now();
+        // Once: the metrics and the span's end share it (and a backwards
+        // reading is counted once).
+        let secs = self.start.secs_until(end);
         if self.tail.tracked() {
             self.tail.close(self.callsite, self.start, end, outcome);
         }
         if let Some(b) = self.bound {
-            let secs = self.start.secs_until(end);
             match outcome {
                 Outcome::Ok => {
                     self.callsite.count_ok(b, self.caller);
@@ -235,8 +237,7 @@ impl Core {
             if outcome == Outcome::Cancelled {
                 otel_span.set_attribute(KeyValue::new(RESULT, RESULT_CANCELLED));
             }
-            let elapsed = std::time::Duration::from_secs_f64(self.start.secs_until(end));
-            otel_span.end_with_timestamp(sampled.start + elapsed);
+            otel_span.end_with_timestamp(sampled.start + std::time::Duration::from_secs_f64(secs));
         }
         if let (Some(span), Some((category, error_type))) = (span, error) {
             span.record("otel.status_code", "error");
