@@ -191,10 +191,14 @@ impl Stamp {
         }
     }
 
-    /// Nanoseconds from this stamp to `later` (zero if `later` reads earlier).
+    /// Nanoseconds from this stamp to `later` (zero if `later` reads earlier;
+    /// not counted again: the call's own [`secs_until`](Self::secs_until) did).
     #[inline]
     pub(crate) fn nanos_until(self, later: Stamp) -> u64 {
-        (self.secs_until(later) * 1e9) as u64
+        if later.0 <= self.0 {
+            return 0;
+        }
+        (self.secs_apart(later) * 1e9) as u64
     }
 
     /// The wall-clock time of this stamp relative to `anchor` (a stamp and the
