@@ -44,28 +44,8 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The latest `function.calls.duration` points of `timed`, by result.
-fn points(r: &Received) -> BTreeMap<String, HistogramDataPoint> {
-    let mut out = BTreeMap::new();
-    for m in r.metrics() {
-        if m.metric.name != "function.calls.duration" {
-            continue;
-        }
-        let Some(Data::Histogram(h)) = m.metric.data else {
-            continue;
-        };
-        for p in h.data_points {
-            let attrs = attributes(&p.attributes);
-            if attrs.get("function").map(String::as_str) == Some("timed") {
-                out.insert(attrs["result"].clone(), p);
-            }
-        }
-    }
-    out
-}
-
-/// All exemplars of `timed` received so far, by result.
-fn all_exemplars(r: &Received) -> Vec<(String, exemplar_row::Row)> {
+/// Every `function.calls.duration` point of `timed`, with its result, in arrival order.
+fn timed_points(r: &Received) -> Vec<(String, HistogramDataPoint)> {
     let mut out = Vec::new();
     for m in r.metrics() {
         if m.metric.name != "function.calls.duration" {
@@ -76,18 +56,30 @@ fn all_exemplars(r: &Received) -> Vec<(String, exemplar_row::Row)> {
         };
         for p in h.data_points {
             let attrs = attributes(&p.attributes);
-            if attrs.get("function").map(String::as_str) != Some("timed") {
-                continue;
-            }
-            for e in &p.exemplars {
-                out.push((
-                    attrs["result"].clone(),
-                    exemplar_row::of(e, &p.explicit_bounds),
-                ));
+            if attrs.get("function").map(String::as_str) == Some("timed") {
+                out.push((attrs["result"].clone(), p));
             }
         }
     }
     out
+}
+
+/// The latest points of `timed`, by result.
+fn points(r: &Received) -> BTreeMap<String, HistogramDataPoint> {
+    timed_points(r).into_iter().collect()
+}
+
+/// All exemplars of `timed` received so far, by result.
+fn all_exemplars(r: &Received) -> Vec<(String, exemplar_row::Row)> {
+    timed_points(r)
+        .into_iter()
+        .flat_map(|(result, p)| {
+            p.exemplars
+                .iter()
+                .map(|e| (result.clone(), exemplar_row::of(e, &p.explicit_bounds)))
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 mod exemplar_row {

@@ -767,6 +767,19 @@ impl Root {
         }
     }
 
+    /// Hands this trace's records (all of it, or a part that ended late) to
+    /// the converter, with the trace state and the root's parent.
+    fn send(&self, reason: Reason, records: Vec<Record>, extras: Vec<Extra>) {
+        send(Kept {
+            trace_id: self.trace_id,
+            root_span: self.span_id,
+            info: self.info.clone(),
+            reason,
+            records,
+            extras,
+        });
+    }
+
     /// Takes records from a poll or a late child.
     fn add(
         &self,
@@ -777,14 +790,7 @@ impl Root {
         match held.verdict {
             Verdict::Kept(reason) => {
                 drop(held);
-                send(Kept {
-                    trace_id: self.trace_id,
-                    root_span: self.span_id,
-                    info: RootInfo::default(),
-                    reason,
-                    records: records.collect(),
-                    extras: extras.collect(),
-                });
+                self.send(reason, records.collect(), extras.collect());
             }
             Verdict::Dropped => count(&LATE, records.len()),
             Verdict::Pending => {
@@ -813,14 +819,7 @@ impl Root {
                     let extras = std::mem::take(&mut held.extras);
                     drop(held);
                     if let Verdict::Kept(reason) = verdict {
-                        send(Kept {
-                            trace_id: self.trace_id,
-                            root_span: self.span_id,
-                            info: self.info.clone(),
-                            reason,
-                            records,
-                            extras,
-                        });
+                        self.send(reason, records, extras);
                     }
                 }
             }
@@ -833,14 +832,7 @@ impl Root {
         match held.verdict {
             Verdict::Kept(reason) => {
                 drop(held);
-                send(Kept {
-                    trace_id: self.trace_id,
-                    root_span: self.span_id,
-                    info: self.info.clone(),
-                    reason,
-                    records: vec![own],
-                    extras: Vec::new(),
-                });
+                self.send(reason, vec![own], Vec::new());
             }
             Verdict::Dropped => count(&LATE, 1),
             Verdict::Pending => {
@@ -852,14 +844,7 @@ impl Root {
                         let extras = std::mem::take(&mut held.extras);
                         drop(held);
                         records.push(own);
-                        send(Kept {
-                            trace_id: self.trace_id,
-                            root_span: self.span_id,
-                            info: self.info.clone(),
-                            reason,
-                            records,
-                            extras,
-                        });
+                        self.send(reason, records, extras);
                     }
                     None => {
                         // Cleared, not freed: the pool reuses the capacity.
