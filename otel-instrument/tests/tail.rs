@@ -398,3 +398,52 @@ fn outgoing_context_in_a_tracked_call_names_the_call_span() {
         "the propagated parent is the exported span"
     );
 }
+
+#[monitored(sample = 0.0)]
+fn failing_during_outage(id: i64) -> Result<(), Failed> {
+    monitored::set_attribute(KeyValue::new("request.id", id));
+    Err(Failed)
+}
+
+/// With the collector refusing, the keeper never holds the application up: kept
+/// traces wait in the span queue (bounded, like head-sampled spans) and arrive
+/// once the collector takes data again.
+#[test]
+fn traces_kept_while_the_collector_refuses_arrive_after_it_returns() {
+    let _serial = serial();
+    let p = fresh();
+    p.sink
+        .set_behaviour(otel_instrument::testing::Behaviour::Refuse);
+    let before = monitored::tail_stats();
+    let dropped_before = p.guard.stats().spans_dropped();
+    let ids: Vec<i64> = (4_000_000..4_000_050).collect();
+    for &id in &ids {
+        let _ = failing_during_outage(id);
+    }
+    let after = monitored::tail_stats();
+    assert_eq!(after.kept_error - before.kept_error, ids.len() as u64);
+    // An export runs into the refusing collector and retries; while it does,
+    // the application goes on (more failing calls, each kept or refused at once).
+    let flushing = std::thread::spawn(|| pipeline().guard.flush());
+    std::thread::sleep(Duration::from_millis(1500));
+    let decided = |t: monitored::TailStats| t.kept_error + t.refused;
+    let mid = monitored::tail_stats();
+    let _ = failing_during_outage(4_000_100);
+    assert_eq!(decided(monitored::tail_stats()), decided(mid) + 1);
+    p.sink
+        .set_behaviour(otel_instrument::testing::Behaviour::Accept);
+    let _ = flushing.join();
+    let r = flush_until(&p.sink, &p.guard, |r| {
+        let got = request_ids_of(r, "failing_during_outage");
+        ids.iter().all(|id| got.contains_key(&id.to_string()))
+    });
+    assert!(
+        r.refused > 0,
+        "the collector refused while the traces were kept"
+    );
+    assert_eq!(p.guard.stats().spans_dropped(), dropped_before);
+    assert_eq!(
+        monitored::tail_stats().spans_queue_full,
+        before.spans_queue_full
+    );
+}
