@@ -70,6 +70,11 @@ pub struct Received {
     /// When each request arrived, and its signal (`traces`, `metrics` or
     /// `logs`), whatever the answer: retries and their backoff show here.
     pub attempts: Vec<(&'static str, Instant)>,
+    /// Indexes into `traces` of the gRPC requests that [`Behaviour::Hang`] held
+    /// before they were kept. The client may have given up on such a request
+    /// before it was answered and counted it failed: the collector got it, the
+    /// client never learned so, as on a real network.
+    pub traces_held: Vec<usize>,
 }
 
 /// How an [`OtlpSink`] answers export requests.
@@ -265,22 +270,25 @@ impl Shared {
     }
 
     /// Applies the current behaviour to one request: `Ok` means keep it and
-    /// answer OK, with that many items rejected in a `partial_success` if `Some`.
-    async fn gate(&self, signal: &'static str) -> Result<Option<i64>, tonic::Status> {
+    /// answer OK, with that many items rejected in a `partial_success` if `Some`,
+    /// and whether [`Behaviour::Hang`] held it first.
+    async fn gate(&self, signal: &'static str) -> Result<(Option<i64>, bool), tonic::Status> {
         let mut rx = self.behaviour.subscribe();
         // The behaviour is read before the attempt is published, so a test that
         // changes it on seeing the attempt never changes this answer.
         let mut now = *rx.borrow_and_update();
         self.push(|r| r.attempts.push((signal, Instant::now())));
+        let mut held = false;
         loop {
             match now {
-                Behaviour::Accept => return Ok(None),
-                Behaviour::PartialSuccess(n) => return Ok(Some(n)),
+                Behaviour::Accept => return Ok((None, held)),
+                Behaviour::PartialSuccess(n) => return Ok((Some(n), held)),
                 Behaviour::Refuse => {
                     self.push(|r| r.refused += 1);
                     return Err(tonic::Status::unavailable("OtlpSink refuses (test)"));
                 }
                 Behaviour::Hang => {
+                    held = true;
                     if rx.changed().await.is_err() {
                         return Err(tonic::Status::unavailable("OtlpSink stopped"));
                     }
@@ -288,7 +296,7 @@ impl Shared {
                 }
                 Behaviour::Slow(delay) => {
                     tokio::time::sleep(delay).await;
-                    return Ok(None);
+                    return Ok((None, held));
                 }
                 Behaviour::Throttle(delay) => {
                     use tonic_types::{ErrorDetails, StatusExt as _};
@@ -313,11 +321,14 @@ impl TraceService for Services {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let rejected = self.0.gate("traces").await?;
+        let (rejected, held) = self.0.gate("traces").await?;
         let headers = metadata_map(request.metadata());
         let req = request.into_inner();
         self.0.push(|r| {
             r.headers.push(headers);
+            if held {
+                r.traces_held.push(r.traces.len());
+            }
             r.traces.push(req);
         });
         Ok(tonic::Response::new(ExportTraceServiceResponse {
@@ -337,7 +348,7 @@ impl MetricsService for Services {
         &self,
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        let rejected = self.0.gate("metrics").await?;
+        let (rejected, _) = self.0.gate("metrics").await?;
         let headers = metadata_map(request.metadata());
         let req = request.into_inner();
         self.0.push(|r| {
