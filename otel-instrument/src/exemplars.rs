@@ -15,6 +15,15 @@
 //!   crate's OTLP wire client ([`crate::otlp`]). The reservoir empties at each
 //!   export, so exemplar timestamps only move forward.
 //!
+//! `histogram!` points recorded inside a sampled span (a sampled `#[monitored]`
+//! call, or a sampled `tracing` span outside any) wait, with that span's ids,
+//! until the span queue admits the span: then they stand for their bucket of
+//! their series (metric and label set), as calls do for
+//! `function.calls.duration`; a refused span's points are forgotten. Points
+//! recorded inside an unsampled call get none: its trace is decided after the
+//! point, and keeping candidates for every unsampled call would cost the
+//! unsampled path the allocation it never pays.
+//!
 //! `OTEL_METRICS_EXEMPLAR_FILTER`: `trace_based` (the default) and `always_on`
 //! feed the reservoir from exported spans (an unsampled call has no span to
 //! name, so `always_on` adds nothing beyond `trace_based`); `always_off` feeds
@@ -25,10 +34,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use opentelemetry::Value;
+use opentelemetry::{KeyValue, Value};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value;
-use opentelemetry_proto::tonic::metrics::v1::{Exemplar as ProtoExemplar, exemplar, metric};
+use opentelemetry_proto::tonic::metrics::v1::{
+    Exemplar as ProtoExemplar, HistogramDataPoint, exemplar, metric,
+};
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::metrics::Temporality;
 use opentelemetry_sdk::metrics::data::ResourceMetrics;
@@ -47,7 +58,16 @@ pub(crate) fn set_feeding(on: bool) {
     FEEDING.store(on, Ordering::Relaxed);
     if !on {
         *reservoir() = None;
+        *pending() = None;
+        *points() = None;
+        PENDING_ANY.store(false, Ordering::Relaxed);
     }
+}
+
+/// Whether exemplars are being collected.
+#[inline]
+pub(crate) fn feeding() -> bool {
+    FEEDING.load(Ordering::Relaxed)
 }
 
 /// One call that can stand for its bucket.
@@ -181,71 +201,345 @@ pub(crate) fn offer(span: &SpanData) {
     series.latest[bucket] = Some(slot);
 }
 
+/// The SDK's buckets, which a `histogram!` whose unit has none of its own gets.
+const SDK_BOUNDARIES: &[f64] = &[
+    0.0, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 250.0, 500.0, 750.0, 1000.0, 2500.0, 5000.0, 7500.0,
+    10000.0,
+];
+/// Spans whose points wait, per generation (see [`Pending`]).
+const PENDING_SPANS: usize = 4096;
+/// Points one span may leave waiting; later ones are not candidates.
+const CANDIDATES_PER_SPAN: usize = 16;
+/// `histogram!` series (metric and label set) that hold exemplars; points of
+/// further series get none until the reservoir is turned off and on.
+const POINT_SERIES: usize = 4096;
+
+/// A `histogram!` point recorded inside a sampled span.
+#[derive(Debug)]
+struct Candidate {
+    name: &'static str,
+    /// Its bucket under the buckets its unit gets.
+    bucket: usize,
+    /// Sorted by key, one per key, as the SDK keeps a point's attributes.
+    attributes: Vec<KeyValue>,
+    slot: Slot,
+}
+
+/// Candidates by span id, in two generations: when the newer holds
+/// [`PENDING_SPANS`] spans, the older is forgotten (spans that old have
+/// ended long since, or never will) and the newer takes its place. Bounded,
+/// and a span's points wait for at least [`PENDING_SPANS`] later spans.
+#[derive(Debug, Default)]
+struct Pending {
+    newer: HashMap<u64, Vec<Candidate>>,
+    older: HashMap<u64, Vec<Candidate>>,
+}
+
+static PENDING: Mutex<Option<Pending>> = Mutex::new(None);
+/// Whether any point may be waiting: a span's end looks only then.
+static PENDING_ANY: AtomicBool = AtomicBool::new(false);
+
+fn pending() -> std::sync::MutexGuard<'static, Option<Pending>> {
+    PENDING.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The latest admitted point per bucket of one `histogram!` series.
+#[derive(Debug)]
+struct PointSeries {
+    name: &'static str,
+    attributes: Vec<KeyValue>,
+    slots: Vec<Option<Slot>>,
+}
+
+/// By [`series_hash`].
+type Points = HashMap<u64, PointSeries>;
+
+static POINTS: Mutex<Option<Points>> = Mutex::new(None);
+
+fn points() -> std::sync::MutexGuard<'static, Option<Points>> {
+    POINTS.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// An attribute value as both sides of the match see it: the SDK's
+/// [`Value`] and the proto's `AnyValue` (arrays and maps never match).
+#[derive(Debug, Clone, PartialEq)]
+enum Plain<'a> {
+    Str(&'a str),
+    Int(i64),
+    Double(u64),
+    Bool(bool),
+    Other,
+}
+
+impl<'a> Plain<'a> {
+    fn of(v: &'a Value) -> Self {
+        match v {
+            Value::String(s) => Plain::Str(s.as_str()),
+            Value::I64(i) => Plain::Int(*i),
+            Value::F64(f) => Plain::Double(f.to_bits()),
+            Value::Bool(b) => Plain::Bool(*b),
+            _ => Plain::Other,
+        }
+    }
+
+    fn of_proto(v: Option<&'a any_value::Value>) -> Self {
+        match v {
+            Some(any_value::Value::StringValue(s)) => Plain::Str(s),
+            Some(any_value::Value::IntValue(i)) => Plain::Int(*i),
+            Some(any_value::Value::DoubleValue(f)) => Plain::Double(f.to_bits()),
+            Some(any_value::Value::BoolValue(b)) => Plain::Bool(*b),
+            _ => Plain::Other,
+        }
+    }
+}
+
+/// A hash of a metric's name and a label set given as (key, value) pairs
+/// sorted by key.
+fn series_hash<'a>(name: &str, labels: impl Iterator<Item = (&'a str, Plain<'a>)>) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut h);
+    for (k, v) in labels {
+        k.hash(&mut h);
+        match v {
+            Plain::Str(s) => (0u8, s).hash(&mut h),
+            Plain::Int(i) => (1u8, i).hash(&mut h),
+            Plain::Double(d) => (2u8, d).hash(&mut h),
+            Plain::Bool(b) => (3u8, b).hash(&mut h),
+            Plain::Other => 4u8.hash(&mut h),
+        }
+    }
+    h.finish()
+}
+
+/// Offers a `histogram!` point: if a sampled span is current, the point waits
+/// for that span's admission to the span queue. A contended reservoir skips
+/// the offer rather than wait.
+pub(crate) fn offer_point(
+    name: &'static str,
+    unit: Option<&'static str>,
+    value: f64,
+    attributes: &[KeyValue],
+) {
+    if !value.is_finite() {
+        return;
+    }
+    let Some((trace_id, span_id)) = crate::monitored::sampled_span() else {
+        return;
+    };
+    let bounds = unit
+        .and_then(crate::metrics::boundaries_for)
+        .unwrap_or(SDK_BOUNDARIES);
+    let Ok(mut guard) = PENDING.try_lock() else {
+        return;
+    };
+    let pending = guard.get_or_insert_with(Pending::default);
+    if !pending.newer.contains_key(&span_id) && pending.newer.len() >= PENDING_SPANS {
+        pending.older = std::mem::take(&mut pending.newer);
+    }
+    let waiting = pending.newer.entry(span_id).or_default();
+    if waiting.len() >= CANDIDATES_PER_SPAN {
+        return;
+    }
+    let mut attributes = attributes.to_vec();
+    attributes.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+    attributes.dedup_by(|a, b| a.key == b.key);
+    waiting.push(Candidate {
+        name,
+        bucket: bounds.partition_point(|b| *b < value),
+        attributes,
+        slot: Slot {
+            value,
+            time_unix_nano: nanos_since_epoch(SystemTime::now()),
+            trace_id: trace_id.to_be_bytes(),
+            span_id: span_id.to_be_bytes(),
+        },
+    });
+    PENDING_ANY.store(true, Ordering::Relaxed);
+}
+
+/// The span queue admitted (`true`) or refused the span `span_id`: its
+/// waiting points become exemplars, or are forgotten.
+pub(crate) fn span_ended(span_id: u64, admitted: bool) {
+    if !PENDING_ANY.load(Ordering::Relaxed) {
+        return;
+    }
+    let candidates = {
+        let mut guard = pending();
+        let Some(pending) = guard.as_mut() else {
+            return;
+        };
+        let found = pending
+            .newer
+            .remove(&span_id)
+            .or_else(|| pending.older.remove(&span_id));
+        if pending.newer.is_empty() && pending.older.is_empty() {
+            PENDING_ANY.store(false, Ordering::Relaxed);
+        }
+        match found {
+            Some(c) if admitted => c,
+            _ => return,
+        }
+    };
+    let mut guard = points();
+    let points = guard.get_or_insert_with(HashMap::new);
+    for c in candidates {
+        let full = points.len() >= POINT_SERIES;
+        let hash = series_hash(
+            c.name,
+            c.attributes
+                .iter()
+                .map(|kv| (kv.key.as_str(), Plain::of(&kv.value))),
+        );
+        let series = match points.entry(hash) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                if full {
+                    continue;
+                }
+                e.insert(PointSeries {
+                    name: c.name,
+                    attributes: Vec::new(),
+                    slots: Vec::new(),
+                })
+            }
+        };
+        // A hash collision: the newer series takes the slot over.
+        if series.name != c.name || series.attributes != c.attributes {
+            series.name = c.name;
+            series.attributes = c.attributes;
+            series.slots.clear();
+        }
+        if series.slots.len() <= c.bucket {
+            series.slots.resize(c.bucket + 1, None);
+        }
+        series.slots[c.bucket] = Some(c.slot);
+    }
+}
+
 fn nanos_since_epoch(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// Adds the reservoir's exemplars to the `function.calls.duration` points of
-/// `request`, and empties what it used.
+/// Adds the reservoir's exemplars to the `function.calls.duration` and
+/// `histogram!` points of `request`, and empties what it used.
 pub(crate) fn attach(request: &mut ExportMetricsServiceRequest) {
-    let mut guard = reservoir();
-    let Some(reservoir) = guard.as_mut() else {
+    let mut calls = reservoir();
+    let mut points = points();
+    if calls.is_none() && points.is_none() {
         return;
-    };
+    }
     for rm in &mut request.resource_metrics {
         for sm in &mut rm.scope_metrics {
             if sm.scope.as_ref().is_none_or(|s| s.name != SCOPE_NAME) {
                 continue;
             }
             for m in &mut sm.metrics {
-                if m.name != FUNCTION_CALLS_DURATION {
-                    continue;
-                }
                 let Some(metric::Data::Histogram(h)) = &mut m.data else {
                     continue;
                 };
-                for point in &mut h.data_points {
-                    let (mut function, mut module, mut result) = (None, None, None);
-                    for kv in &point.attributes {
-                        let text = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-                            Some(any_value::Value::StringValue(s)) => s.as_str(),
-                            _ => continue,
-                        };
-                        match kv.key.as_str() {
-                            FUNCTION => function = Some(text),
-                            MODULE => module = Some(text),
-                            RESULT => result = Some(text),
-                            _ => {}
+                if m.name == FUNCTION_CALLS_DURATION {
+                    if let Some(calls) = calls.as_mut() {
+                        for point in &mut h.data_points {
+                            attach_call(calls, point);
                         }
                     }
-                    let (Some(function), Some(module), Some(result)) = (function, module, result)
-                    else {
-                        continue;
-                    };
-                    let Some(series) = reservoir.get_mut(function).and_then(|all| {
-                        all.iter_mut()
-                            .find(|s| s.module == module && s.result == result)
-                    }) else {
-                        continue;
-                    };
-                    // One per bucket, in bucket order: ascending by value, as
-                    // Prometheus' OTLP translation expects.
-                    point
-                        .exemplars
-                        .extend(series.slots.iter_mut().filter_map(|slot| {
-                            slot.take().map(|s| ProtoExemplar {
-                                filtered_attributes: Vec::new(),
-                                time_unix_nano: s.time_unix_nano,
-                                span_id: s.span_id.to_vec(),
-                                trace_id: s.trace_id.to_vec(),
-                                value: Some(exemplar::Value::AsDouble(s.value)),
-                            })
-                        }));
+                } else if let Some(points) = points.as_mut() {
+                    for point in &mut h.data_points {
+                        attach_point(points, &m.name, point);
+                    }
                 }
             }
         }
     }
+}
+
+fn proto_exemplar(s: Slot) -> ProtoExemplar {
+    ProtoExemplar {
+        filtered_attributes: Vec::new(),
+        time_unix_nano: s.time_unix_nano,
+        span_id: s.span_id.to_vec(),
+        trace_id: s.trace_id.to_vec(),
+        value: Some(exemplar::Value::AsDouble(s.value)),
+    }
+}
+
+/// The exemplars of one `function.calls.duration` point.
+fn attach_call(reservoir: &mut Reservoir, point: &mut HistogramDataPoint) {
+    let (mut function, mut module, mut result) = (None, None, None);
+    for kv in &point.attributes {
+        let text = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+            Some(any_value::Value::StringValue(s)) => s.as_str(),
+            _ => continue,
+        };
+        match kv.key.as_str() {
+            FUNCTION => function = Some(text),
+            MODULE => module = Some(text),
+            RESULT => result = Some(text),
+            _ => {}
+        }
+    }
+    let (Some(function), Some(module), Some(result)) = (function, module, result) else {
+        return;
+    };
+    let Some(series) = reservoir.get_mut(function).and_then(|all| {
+        all.iter_mut()
+            .find(|s| s.module == module && s.result == result)
+    }) else {
+        return;
+    };
+    // One per bucket, in bucket order: ascending by value, as Prometheus'
+    // OTLP translation expects.
+    point.exemplars.extend(
+        series
+            .slots
+            .iter_mut()
+            .filter_map(|slot| slot.take().map(proto_exemplar)),
+    );
+}
+
+/// The exemplars of one `histogram!` point: its series' slots, placed in the
+/// point's own buckets (one per bucket, the latest), ascending by value.
+fn attach_point(points: &mut Points, name: &str, point: &mut HistogramDataPoint) {
+    let mut labels: Vec<(&str, Plain<'_>)> = point
+        .attributes
+        .iter()
+        .map(|kv| {
+            (
+                kv.key.as_str(),
+                Plain::of_proto(kv.value.as_ref().and_then(|v| v.value.as_ref())),
+            )
+        })
+        .collect();
+    labels.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let hash = series_hash(name, labels.iter().map(|(k, v)| (*k, v.clone())));
+    let Some(series) = points.get_mut(&hash) else {
+        return;
+    };
+    let same = series.name == name
+        && series.attributes.len() == labels.len()
+        && series
+            .attributes
+            .iter()
+            .zip(&labels)
+            .all(|(kv, (k, v))| kv.key.as_str() == *k && Plain::of(&kv.value) == *v);
+    if !same {
+        return;
+    }
+    let mut by_bucket: Vec<(usize, Slot)> = Vec::new();
+    for s in series.slots.iter_mut().filter_map(Option::take) {
+        let bucket = point.explicit_bounds.partition_point(|b| *b < s.value);
+        match by_bucket.iter_mut().find(|(b, _)| *b == bucket) {
+            Some((_, kept)) if kept.time_unix_nano < s.time_unix_nano => *kept = s,
+            Some(_) => {}
+            None => by_bucket.push((bucket, s)),
+        }
+    }
+    by_bucket.sort_by(|a, b| a.1.value.total_cmp(&b.1.value));
+    point
+        .exemplars
+        .extend(by_bucket.into_iter().map(|(_, s)| proto_exemplar(s)));
 }
 
 /// The OTLP metrics exporter with exemplars: the SDK's data, converted as the

@@ -691,11 +691,15 @@ impl<P: SpanProcessor> SpanProcessor for QueueLimit<P> {
 
     fn on_end(&self, span: SpanData) {
         let _sdk = crate::monitored::SdkScope::enter();
+        let span_id = u64::from_be_bytes(span.span_context.span_id().to_bytes());
         if self.admit() {
             // Admitted: on its way to the exporter, so it may stand for its
-            // latency bucket.
+            // latency bucket, and so may the `histogram!` points recorded in it.
             crate::exemplars::offer(&span);
+            crate::exemplars::span_ended(span_id, true);
             self.inner.on_end(span);
+        } else {
+            crate::exemplars::span_ended(span_id, false);
         }
     }
 

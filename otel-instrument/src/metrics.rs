@@ -209,6 +209,19 @@ impl<T: Instrument> InstrumentSite<T> {
     }
 }
 
+impl InstrumentSite<Histogram<f64>> {
+    /// Records `value`, and offers it as an exemplar when a sampled span is
+    /// current (see [`crate::exemplars`]'s rules: it becomes one only once
+    /// that span is exported).
+    #[inline]
+    pub fn record(&'static self, value: f64, attributes: &[KeyValue]) {
+        self.get().record(value, attributes);
+        if crate::exemplars::feeding() {
+            crate::exemplars::offer_point(self.name, self.unit, value, attributes);
+        }
+    }
+}
+
 /// Converts a label value given to the metric macros: strings, `bool`, `f64`,
 /// [`Value`] and every integer type (see the [module docs](crate::metrics#label-values)
 /// for integers beyond `i64`).
@@ -321,7 +334,7 @@ macro_rules! histogram {
         static __OTEL_SITE: $crate::metrics::InstrumentSite<
             $crate::__opentelemetry::metrics::Histogram<f64>,
         > = $crate::metrics::InstrumentSite::with_unit($name, Some($unit));
-        __OTEL_SITE.get().record($value, &[$($crate::metrics::label($k, $v)),*]);
+        __OTEL_SITE.record($value, &[$($crate::metrics::label($k, $v)),*]);
     }};
     ($name:literal, $value:expr $(, $k:literal => $v:expr)* $(,)?) => {{
         static __OTEL_SITE: $crate::metrics::InstrumentSite<
@@ -330,7 +343,7 @@ macro_rules! histogram {
             $name,
             $crate::metrics::default_unit($name),
         );
-        __OTEL_SITE.get().record($value, &[$($crate::metrics::label($k, $v)),*]);
+        __OTEL_SITE.record($value, &[$($crate::metrics::label($k, $v)),*]);
     }};
 }
 

@@ -45,8 +45,8 @@ mod tracer;
 pub use call::{AsyncCall, Call};
 pub use callsite::Callsite;
 pub use enrich::{add_event, record_error, set_attribute};
-pub(crate) use frame::unsampled_trace;
 pub use frame::{current_context, current_function, is_unsampled};
+pub(crate) use frame::{sampled_span, unsampled_trace};
 pub(crate) use layers::SdkScope;
 pub use layers::{
     EventLayer, LogFilter, MONITORED_MARKER, MonitoredFormat, OtelFilter, event_layer, fmt_format,

@@ -192,3 +192,81 @@ fn exemplar_timestamps_only_move_forward_between_exports() {
         }
     }
 }
+
+#[monitored]
+fn job(seconds: f64, queue: &'static str) {
+    otel_instrument::histogram!("job.duration", seconds, "queue" => queue, "ok" => true);
+}
+
+/// The latest `job.duration` points, by their `queue` label.
+fn job_points(r: &Received) -> BTreeMap<String, HistogramDataPoint> {
+    let mut out = BTreeMap::new();
+    for m in r.metrics() {
+        if m.metric.name != "job.duration" {
+            continue;
+        }
+        let Some(Data::Histogram(h)) = m.metric.data else {
+            continue;
+        };
+        for p in h.data_points {
+            out.insert(attributes(&p.attributes)["queue"].clone(), p);
+        }
+    }
+    out
+}
+
+#[test]
+fn histogram_points_in_a_sampled_call_carry_exemplars_that_name_its_span() {
+    let _serial = serial();
+    let p = pipeline();
+    // Outside any span: a point with no trace to name.
+    otel_instrument::histogram!("job.duration", 0.5, "queue" => "outside", "ok" => true);
+    job(0.002, "emails");
+    job(0.3, "emails");
+    job(0.002, "sms");
+    let r = flush_until(&p.sink, &p.guard, |r| {
+        let pts = job_points(r);
+        pts.get("emails").is_some_and(|p| p.exemplars.len() == 2)
+            && pts.get("sms").is_some_and(|p| !p.exemplars.is_empty())
+            && pts.contains_key("outside")
+    });
+    let spans: HashMap<(String, String), ()> = r
+        .spans()
+        .into_iter()
+        .filter(|s| s.span.name == "job")
+        .map(|s| ((hex(&s.span.trace_id), hex(&s.span.span_id)), ()))
+        .collect();
+    let pts = job_points(&r);
+    let rows = |queue: &str| -> Vec<exemplar_row::Row> {
+        let point = &pts[queue];
+        point
+            .exemplars
+            .iter()
+            .map(|e| exemplar_row::of(e, &point.explicit_bounds))
+            .collect()
+    };
+    let emails = rows("emails");
+    assert_eq!(
+        emails.iter().map(|r| r.value).collect::<Vec<_>>(),
+        [0.002, 0.3],
+        "one per bucket, sorted by value: {emails:?}"
+    );
+    assert_ne!(emails[0].bucket, emails[1].bucket);
+    let sms = rows("sms");
+    assert_eq!(sms.len(), 1, "{sms:?}");
+    assert_eq!(sms[0].value, 0.002);
+    for row in emails.iter().chain(&sms) {
+        assert!(
+            spans.contains_key(&(row.trace.clone(), row.span.clone())),
+            "exemplar names no exported `job` span: {row:?}"
+        );
+        assert!(row.time > 0);
+    }
+    // Each call is its own span: the two e-mail jobs name different spans.
+    assert_ne!(emails[0].span, emails[1].span);
+    assert!(
+        pts["outside"].exemplars.is_empty(),
+        "a point outside any span has no trace to name: {:?}",
+        pts["outside"].exemplars
+    );
+}

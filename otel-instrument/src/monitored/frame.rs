@@ -130,6 +130,35 @@ pub(crate) fn unsampled_trace() -> Option<(TraceId, SpanId)> {
     })
 }
 
+/// The trace and span id of the span that is current here, if it is a local
+/// span that will be exported when sampled: a sampled (or delegated)
+/// `#[monitored]` call's, or, outside any, the current `tracing` span's. An
+/// unsampled call has none: its trace is decided only after it ends.
+pub(crate) fn sampled_span() -> Option<(u128, u64)> {
+    fn of(cx: &Context) -> Option<(u128, u64)> {
+        let span = cx.span();
+        let sc = span.span_context();
+        (sc.is_valid() && sc.is_sampled() && !sc.is_remote()).then(|| {
+            (
+                u128::from_be_bytes(sc.trace_id().to_bytes()),
+                u64::from_be_bytes(sc.span_id().to_bytes()),
+            )
+        })
+    }
+    match current().trace {
+        Trace::Unsampled => None,
+        Trace::Sampled | Trace::Delegated => Context::map_current(of),
+        Trace::Free => {
+            use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+            let span = tracing::Span::current();
+            if span.is_none() {
+                return None;
+            }
+            of(&span.context())
+        }
+    }
+}
+
 /// The name and module of the monitored function running on this thread or
 /// task, if any.
 pub fn current_function() -> Option<(&'static str, &'static str)> {
