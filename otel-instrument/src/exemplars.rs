@@ -333,14 +333,9 @@ pub(crate) fn offer_point(
     let Ok(mut guard) = PENDING.try_lock() else {
         return;
     };
-    let pending = guard.get_or_insert_with(Pending::default);
-    if !pending.newer.contains_key(&span_id) && pending.newer.len() >= PENDING_SPANS {
-        pending.older = std::mem::take(&mut pending.newer);
-    }
-    let waiting = pending.newer.entry(span_id).or_default();
-    if waiting.len() >= CANDIDATES_PER_SPAN {
+    let Some(waiting) = room(guard.get_or_insert_with(Pending::default), span_id) else {
         return;
-    }
+    };
     let mut attributes = attributes.to_vec();
     attributes.sort_unstable_by(|a, b| a.key.cmp(&b.key));
     attributes.dedup_by(|a, b| a.key == b.key);
@@ -356,6 +351,16 @@ pub(crate) fn offer_point(
         },
     });
     PENDING_ANY.store(true, Ordering::Relaxed);
+}
+
+/// Where one more point of span `span_id` waits, if it may: a full newer
+/// generation becomes the older one (the older is forgotten).
+fn room(pending: &mut Pending, span_id: u64) -> Option<&mut Vec<Candidate>> {
+    if !pending.newer.contains_key(&span_id) && pending.newer.len() >= PENDING_SPANS {
+        pending.older = std::mem::take(&mut pending.newer);
+    }
+    let waiting = pending.newer.entry(span_id).or_default();
+    (waiting.len() < CANDIDATES_PER_SPAN).then_some(waiting)
 }
 
 /// The span queue admitted (`true`) or refused the span `span_id`: its
@@ -612,6 +617,76 @@ impl PushMetricExporter for WireMetricExporter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn candidate(span_id: u64, value: f64) -> Candidate {
+        Candidate {
+            name: "unit.test.duration",
+            bucket: SECONDS_BUCKET,
+            attributes: vec![KeyValue::new("span", span_id as i64)],
+            slot: Slot {
+                value,
+                time_unix_nano: 1,
+                trace_id: [1; 16],
+                span_id: span_id.to_be_bytes(),
+            },
+        }
+    }
+    const SECONDS_BUCKET: usize = 3;
+
+    #[test]
+    fn waiting_points_are_bounded_per_span_and_in_all() {
+        let mut pending = Pending::default();
+        for _ in 0..CANDIDATES_PER_SPAN {
+            room(&mut pending, 1).expect("room").push(candidate(1, 0.1));
+        }
+        assert!(
+            room(&mut pending, 1).is_none(),
+            "one span's points are capped"
+        );
+        for span in 2..=(3 * PENDING_SPANS as u64) {
+            if let Some(w) = room(&mut pending, span) {
+                w.push(candidate(span, 0.1));
+            }
+            assert!(pending.newer.len() <= PENDING_SPANS);
+            assert!(pending.older.len() <= PENDING_SPANS);
+        }
+        // The oldest spans were forgotten; the latest generation waits.
+        assert!(!pending.newer.contains_key(&1) && !pending.older.contains_key(&1));
+        assert!(pending.newer.contains_key(&(3 * PENDING_SPANS as u64)));
+    }
+
+    #[test]
+    fn a_refused_span_leaves_no_exemplar_and_an_admitted_one_does() {
+        // Span ids no other test uses: the statics are the crate's.
+        let (refused, admitted) = (0xdead_0001_u64, 0xdead_0002_u64);
+        {
+            let mut guard = pending();
+            let pending = guard.get_or_insert_with(Pending::default);
+            room(pending, refused)
+                .expect("room")
+                .push(candidate(refused, 0.2));
+            room(pending, admitted)
+                .expect("room")
+                .push(candidate(admitted, 0.3));
+        }
+        PENDING_ANY.store(true, Ordering::Relaxed);
+        span_ended(refused, false);
+        span_ended(admitted, true);
+        let guard = points();
+        let named: Vec<u64> = guard
+            .iter()
+            .flat_map(|p| p.values())
+            .flat_map(|s| s.slots.iter().flatten())
+            .map(|slot| u64::from_be_bytes(slot.span_id))
+            .collect();
+        assert!(named.contains(&admitted), "{named:x?}");
+        assert!(!named.contains(&refused), "{named:x?}");
+        let waiting = pending();
+        let waiting = waiting.as_ref().expect("pending");
+        for id in [refused, admitted] {
+            assert!(!waiting.newer.contains_key(&id) && !waiting.older.contains_key(&id));
+        }
+    }
 
     #[test]
     fn nanos_since_epoch_of_the_epoch_is_zero() {
