@@ -110,6 +110,99 @@ pub(crate) fn latest() -> Latest {
     out
 }
 
+/// The latest exemplars of one `histogram!` series, named as the pull
+/// endpoint names it.
+#[cfg(feature = "prometheus")]
+#[derive(Debug)]
+pub(crate) struct PullSeries {
+    /// The family's name: the metric's, sanitised, with its unit's suffix.
+    pub(crate) family: String,
+    /// Label names (sanitised) and values, sorted.
+    pub(crate) labels: Vec<(String, String)>,
+    pub(crate) latest: Vec<Slot>,
+}
+
+/// A copy of the latest `histogram!` exemplars, for one scrape.
+#[cfg(feature = "prometheus")]
+pub(crate) fn latest_points() -> Vec<PullSeries> {
+    let guard = points();
+    let Some(points) = guard.as_ref() else {
+        return Vec::new();
+    };
+    points
+        .values()
+        .map(|s| {
+            let mut labels: Vec<(String, String)> = s
+                .attributes
+                .iter()
+                .map(|kv| (prom_label(kv.key.as_str()), kv.value.to_string()))
+                .collect();
+            labels.sort();
+            PullSeries {
+                family: prom_family(s.name, s.unit),
+                labels,
+                latest: s.latest.iter().flatten().copied().collect(),
+            }
+        })
+        .collect()
+}
+
+/// The family name opentelemetry-prometheus gives a histogram: the name with
+/// every character outside `[A-Za-z0-9_:]` made `_` (and `_` before a leading
+/// digit), then `_` and the unit's Prometheus word when it has one.
+#[cfg(feature = "prometheus")]
+fn prom_family(name: &str, unit: Option<&str>) -> String {
+    let mut out = String::with_capacity(name.len() + 16);
+    if name.starts_with(|c: char| c.is_ascii_digit()) {
+        out.push('_');
+    }
+    out.extend(name.chars().map(|c| {
+        if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
+            c
+        } else {
+            '_'
+        }
+    }));
+    let word = match unit.unwrap_or_default() {
+        "d" => "days",
+        "h" => "hours",
+        "min" => "minutes",
+        "s" => "seconds",
+        "ms" => "milliseconds",
+        "us" => "microseconds",
+        "ns" => "nanoseconds",
+        "By" | "B" => "bytes",
+        "KiBy" => "kibibytes",
+        "MiBy" => "mebibytes",
+        "GiBy" => "gibibytes",
+        "KBy" | "KB" => "kilobytes",
+        "MBy" | "MB" => "megabytes",
+        "GBy" | "GB" => "gigabytes",
+        "1" => "ratio",
+        "%" => "percent",
+        _ => "",
+    };
+    if !word.is_empty() {
+        out.push('_');
+        out.push_str(word);
+    }
+    out
+}
+
+/// A label name as opentelemetry-prometheus writes it.
+#[cfg(feature = "prometheus")]
+fn prom_label(key: &str) -> String {
+    key.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == ':' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// The latest call per bucket of one `function.calls.duration` series.
 #[derive(Debug)]
 struct Series {
@@ -218,6 +311,7 @@ const POINT_SERIES: usize = 4096;
 #[derive(Debug)]
 struct Candidate {
     name: &'static str,
+    unit: Option<&'static str>,
     /// Its bucket under the buckets its unit gets.
     bucket: usize,
     /// Sorted by key, one per key, as the SDK keeps a point's attributes.
@@ -247,8 +341,12 @@ fn pending() -> std::sync::MutexGuard<'static, Option<Pending>> {
 #[derive(Debug)]
 struct PointSeries {
     name: &'static str,
+    unit: Option<&'static str>,
     attributes: Vec<KeyValue>,
+    /// For the next OTLP export, which takes them.
     slots: Vec<Option<Slot>>,
+    /// For the pull endpoint.
+    latest: Vec<Option<Slot>>,
 }
 
 /// By [`series_hash`].
@@ -341,6 +439,7 @@ pub(crate) fn offer_point(
     attributes.dedup_by(|a, b| a.key == b.key);
     waiting.push(Candidate {
         name,
+        unit,
         bucket: bounds.partition_point(|b| *b < value),
         attributes,
         slot: Slot {
@@ -404,21 +503,27 @@ pub(crate) fn span_ended(span_id: u64, admitted: bool) {
                 }
                 e.insert(PointSeries {
                     name: c.name,
+                    unit: c.unit,
                     attributes: Vec::new(),
                     slots: Vec::new(),
+                    latest: Vec::new(),
                 })
             }
         };
         // A hash collision: the newer series takes the slot over.
         if series.name != c.name || series.attributes != c.attributes {
             series.name = c.name;
+            series.unit = c.unit;
             series.attributes = c.attributes;
             series.slots.clear();
+            series.latest.clear();
         }
         if series.slots.len() <= c.bucket {
             series.slots.resize(c.bucket + 1, None);
+            series.latest.resize(c.bucket + 1, None);
         }
         series.slots[c.bucket] = Some(c.slot);
+        series.latest[c.bucket] = Some(c.slot);
     }
 }
 
@@ -621,6 +726,7 @@ mod tests {
     fn candidate(span_id: u64, value: f64) -> Candidate {
         Candidate {
             name: "unit.test.duration",
+            unit: Some("s"),
             bucket: SECONDS_BUCKET,
             attributes: vec![KeyValue::new("span", span_id as i64)],
             slot: Slot {

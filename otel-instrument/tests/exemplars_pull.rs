@@ -2,6 +2,7 @@
 //! OpenMetrics gets it, with an exemplar naming an exported span on the buckets of
 //! `function_calls_duration_seconds`, and the same series and values as the plain
 //! text format (opentelemetry-prometheus's own encoding) that everyone else gets.
+//! A `histogram!` recorded in the call carries its exemplars there too.
 #![cfg(feature = "prometheus")]
 
 mod monitored_common;
@@ -17,6 +18,8 @@ use otel_instrument::monitored;
 #[monitored]
 fn pulled(millis: u64) {
     std::thread::sleep(Duration::from_millis(millis));
+    // A histogram! point in the sampled call: its exemplar names this call.
+    otel_instrument::histogram!("pull.job.duration", millis as f64 / 1000.0, "job.kind" => "pulled");
 }
 
 fn get(addr: SocketAddr, accept: Option<&str>) -> (String, String) {
@@ -127,6 +130,44 @@ fn openmetrics_scrapes_carry_exemplars_and_the_same_samples() {
             .unwrap();
         let value: f64 = exemplar.split(' ').nth(1).unwrap().parse().unwrap();
         assert!(value <= le, "{line}");
+    }
+
+    // The histogram! recorded in each call: its family as opentelemetry-prometheus
+    // names it, an exemplar per bucket that names the call's own span.
+    let job: Vec<&str> = om
+        .lines()
+        .filter(|l| l.starts_with("pull_job_duration_seconds_bucket{job_kind=\"pulled\""))
+        .collect();
+    assert!(!job.is_empty(), "{om}");
+    let job_exemplars: Vec<(f64, String)> = job
+        .iter()
+        .filter_map(|l| l.split_once(" # "))
+        .map(|(_, e)| {
+            let span = e
+                .split("span_id=\"")
+                .nth(1)
+                .and_then(|t| t.split('"').next())
+                .unwrap()
+                .to_owned();
+            (e.split(' ').nth(1).unwrap().parse().unwrap(), span)
+        })
+        .collect();
+    let pulled_spans: Vec<String> = r
+        .spans()
+        .iter()
+        .filter(|s| s.span.name == "pulled")
+        .map(|s| s.span.span_id.iter().map(|b| format!("{b:02x}")).collect())
+        .collect();
+    assert_eq!(
+        job_exemplars.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
+        [0.0, 0.03],
+        "{om}"
+    );
+    for (_, span) in &job_exemplars {
+        assert!(
+            pulled_spans.contains(span),
+            "{span} is no exported call: {om}"
+        );
     }
 
     // Anyone else gets the text format, with the same function samples.

@@ -1,6 +1,6 @@
 //! OpenMetrics 1.0 text for the pull endpoint, from the same metric families
 //! as the plain text format, with exemplars on the buckets of
-//! `function_calls_duration_seconds`.
+//! `function_calls_duration_seconds` and of `histogram!` families.
 //!
 //! Prometheus asks for OpenMetrics first when it scrapes, and only OpenMetrics
 //! carries exemplars. Names and values are the plain format's; what changes is
@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 
 use prometheus::proto::{MetricFamily, MetricType};
 
-use crate::exemplars::{Latest, latest};
+use crate::exemplars::{Exemplar, Latest, PullSeries, latest, latest_points};
 
 /// `Content-Type` of what [`encode`] writes.
 pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -38,6 +38,7 @@ pub(crate) fn wanted(accept: Option<&str>) -> bool {
 /// The families as OpenMetrics text.
 pub(crate) fn encode(families: &[MetricFamily]) -> String {
     let exemplars = latest();
+    let points = latest_points();
     let mut out = String::with_capacity(4096);
     for mf in families {
         let name = mf.name();
@@ -100,9 +101,15 @@ pub(crate) fn encode(families: &[MetricFamily]) -> String {
                 }
                 MetricType::HISTOGRAM => {
                     let h = m.get_histogram();
-                    let slots = (name == DURATION)
-                        .then(|| series(&exemplars, &labels))
-                        .flatten();
+                    let placed;
+                    let slots = if name == DURATION {
+                        series(&exemplars, &labels)
+                    } else {
+                        let bounds: Vec<f64> =
+                            h.get_bucket().iter().map(|b| b.upper_bound()).collect();
+                        placed = point_series(&points, name, &labels, &bounds);
+                        placed.as_deref()
+                    };
                     let mut inf_seen = false;
                     for (i, b) in h.get_bucket().iter().enumerate() {
                         let le = b.upper_bound();
@@ -174,6 +181,38 @@ pub(crate) fn encode(families: &[MetricFamily]) -> String {
     }
     out.push_str("# EOF\n");
     out
+}
+
+/// The exemplars of the `histogram!` series `family` with these labels, one
+/// per bucket of `bounds` (the latest), and one past them for `+Inf`.
+fn point_series(
+    points: &[PullSeries],
+    family: &str,
+    labels: &[(&str, &str)],
+    bounds: &[f64],
+) -> Option<Vec<Option<Exemplar>>> {
+    let mut own: Vec<(&str, &str)> = labels
+        .iter()
+        .copied()
+        .filter(|(k, _)| !k.starts_with("otel_scope_"))
+        .collect();
+    own.sort_unstable();
+    let series = points.iter().find(|s| {
+        s.family == family
+            && s.labels.len() == own.len()
+            && s.labels
+                .iter()
+                .zip(&own)
+                .all(|((k, v), (k2, v2))| k == k2 && v == v2)
+    })?;
+    let mut slots: Vec<Option<Exemplar>> = vec![None; bounds.len() + 1];
+    for e in &series.latest {
+        let i = bounds.partition_point(|b| *b < e.value);
+        if slots[i].is_none_or(|kept| kept.time_unix_nano < e.time_unix_nano) {
+            slots[i] = Some(*e);
+        }
+    }
+    Some(slots)
 }
 
 /// The exemplar slots of the duration series with these labels.

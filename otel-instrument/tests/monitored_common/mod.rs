@@ -14,8 +14,10 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// A test binary's telemetry: an in-process sink and the global pipeline
 /// exporting to it.
 pub struct Pipeline {
-    pub sink: OtlpSink,
+    // Fields drop in order: the pipeline shuts down (and flushes) while its
+    // sink still listens.
     pub guard: TelemetryGuard,
+    pub sink: OtlpSink,
 }
 
 impl Pipeline {
