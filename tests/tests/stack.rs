@@ -1364,6 +1364,7 @@ fn healthchecks_use_tools_their_images_have() {
     let tools = [
         ("jaegertracing/jaeger:", "wget"),
         ("prom/prometheus:", "wget"),
+        ("prom/alertmanager:", "wget"),
         ("grafana/grafana:", "curl"),
         ("otel-gpu/demo:", "bash"),
     ];
