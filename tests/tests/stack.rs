@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
-use e2e::{repo_root, run_ok, tool, yaml};
+use e2e::{COLLECTOR_0_157_KEYS, key_paths, repo_root, run_ok, tool, yaml};
 use serde_yaml_ng::Value;
 
 const COMPOSE_FILES: [&str; 2] = ["docker-compose.yml", "compose.gpu.yaml"];
@@ -1416,33 +1416,6 @@ fn healthchecks_use_tools_their_images_have() {
     }
 }
 
-/// Every key path of a YAML document (`a.b.c`; list items share their list's path).
-fn key_paths(v: &Value, prefix: &str, out: &mut BTreeSet<String>) {
-    match v {
-        Value::Mapping(m) => {
-            for (k, x) in m {
-                let k = k
-                    .as_str()
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| format!("{k:?}"));
-                let path = if prefix.is_empty() {
-                    k
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                out.insert(path.clone());
-                key_paths(x, &path, out);
-            }
-        }
-        Value::Sequence(s) => {
-            for x in s {
-                key_paths(x, prefix, out);
-            }
-        }
-        _ => {}
-    }
-}
-
 /// The Loki image the stack pins, and the keys of its configuration that
 /// stack/loki.yml may use: each one found in the configuration reference of that
 /// version (`docs/sources/shared/configuration.md` at tag v3.7.6 of grafana/loki,
@@ -1729,84 +1702,6 @@ fn exporters_queue_on_disk_and_retry_until_the_queue_is_full() {
     );
 }
 
-/// Keys of the collector components the stack configures, as the pinned collector's
-/// sources define them (opentelemetry-collector and -contrib v0.157.0: the
-/// `mapstructure` tags of each config struct, or its generated config.schema.yaml).
-/// A key added to the config must be found there and added here.
-const COLLECTOR_0_157_KEYS: &[(&str, &[&str])] = &[
-    (
-        "otlp",
-        &[
-            "protocols",
-            "protocols.grpc",
-            "protocols.grpc.endpoint",
-            "protocols.http",
-            "protocols.http.endpoint",
-        ],
-    ),
-    ("webhookevent", &["endpoint", "path", "health_path"]),
-    (
-        "memory_limiter",
-        &["check_interval", "limit_mib", "spike_limit_mib"],
-    ),
-    ("batch", &[]),
-    (
-        "resource",
-        &[
-            "attributes",
-            "attributes.key",
-            "attributes.value",
-            "attributes.action",
-        ],
-    ),
-    (
-        "otlp_grpc",
-        &[
-            "endpoint",
-            "tls",
-            "tls.insecure",
-            "sending_queue",
-            "sending_queue.enabled",
-            "sending_queue.storage",
-            "sending_queue.sizer",
-            "sending_queue.queue_size",
-            "retry_on_failure",
-            "retry_on_failure.enabled",
-            "retry_on_failure.max_interval",
-            "retry_on_failure.max_elapsed_time",
-        ],
-    ),
-    (
-        "otlp_http",
-        &[
-            "endpoint",
-            "tls",
-            "tls.insecure",
-            "sending_queue",
-            "sending_queue.enabled",
-            "sending_queue.storage",
-            "sending_queue.sizer",
-            "sending_queue.queue_size",
-            "retry_on_failure",
-            "retry_on_failure.enabled",
-            "retry_on_failure.max_interval",
-            "retry_on_failure.max_elapsed_time",
-        ],
-    ),
-    ("health_check", &["endpoint"]),
-    (
-        "file_storage",
-        &[
-            "directory",
-            "timeout",
-            "compaction",
-            "compaction.on_start",
-            "compaction.on_rebound",
-            "compaction.directory",
-        ],
-    ),
-];
-
 #[test]
 fn collector_components_use_only_keys_of_the_pinned_version() {
     let col = yaml("stack/otel-collector.yaml");
@@ -1818,30 +1713,12 @@ fn collector_components_use_only_keys_of_the_pinned_version() {
         image.ends_with(":0.157.0"),
         "a new collector ({image}): check the components' keys against its sources"
     );
-    let mut checked = 0;
-    for section in ["receivers", "processors", "exporters", "extensions"] {
-        for (id, cfg) in col[section].as_mapping().unwrap() {
-            let id = id.as_str().unwrap();
-            let kind = id.split('/').next().unwrap();
-            let known = COLLECTOR_0_157_KEYS
-                .iter()
-                .find(|(k, _)| *k == kind)
-                .map(|(_, keys)| *keys)
-                .unwrap_or_else(|| {
-                    panic!("{section}.{id}: component {kind} not checked against 0.157.0")
-                });
-            let mut paths = BTreeSet::new();
-            key_paths(cfg, "", &mut paths);
-            for p in paths {
-                assert!(
-                    known.contains(&p.as_str()),
-                    "{section}.{id}: {p} is not a key of {kind} in 0.157.0 (or not yet checked)"
-                );
-                checked += 1;
-            }
-        }
-    }
+    let checked = e2e::check_collector_keys("stack/otel-collector.yaml", &col);
     assert!(checked > 20, "only {checked} keys checked");
+    // The check can fail: a misspelt key.
+    let typo: Value =
+        serde_yaml_ng::from_str("exporters:\n  otlp_grpc/x:\n    retry_on_failur: {}\n").unwrap();
+    assert!(std::panic::catch_unwind(|| e2e::check_collector_keys("typo", &typo)).is_err());
 }
 
 /// Alertmanager's webhook reaches the collector's webhookevent receiver on its port
