@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
-use e2e::{COLLECTOR_0_157_KEYS, key_paths, repo_root, run_ok, tool, yaml};
+use e2e::{key_paths, repo_root, run_ok, tool, yaml};
 use serde_yaml_ng::Value;
 
 const COMPOSE_FILES: [&str; 2] = ["docker-compose.yml", "compose.gpu.yaml"];
