@@ -1760,3 +1760,51 @@ fn alert_notifications_are_kept_as_logs() {
             .any(|a| a["key"] == "service.name" && a["value"] == "alertmanager")
     );
 }
+
+/// The README's table lists every service that publishes a port, by the name a reader
+/// knows it (Grafana, Jaeger, Prometheus, Alertmanager, Loki, the collector, the demo),
+/// with its port variable, and the README links SCALING.md.
+#[test]
+fn the_readme_lists_every_published_service_and_links_scaling_md() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let compose = yaml("docker-compose.yml");
+    let names = [
+        ("grafana", "| Grafana |"),
+        ("jaeger", "| Jaeger |"),
+        ("prometheus", "| Prometheus |"),
+        ("alertmanager", "| Alertmanager |"),
+        ("loki", "| Loki |"),
+        ("otel-collector", "| OTLP (Collector) |"),
+        ("demo-gateway", "| Demo gateway |"),
+    ];
+    for (service, svc) in compose["services"].as_mapping().unwrap() {
+        let service = service.as_str().unwrap();
+        let ports = str_list(&svc["ports"]);
+        if ports.is_empty() {
+            continue;
+        }
+        let row = names
+            .iter()
+            .find(|(s, _)| *s == service)
+            .map(|(_, row)| *row)
+            .unwrap_or_else(|| {
+                panic!("{service} publishes a port: name it in this test and the README")
+            });
+        assert!(readme.contains(row), "README's table lacks {row}");
+        for port in ports {
+            let var = port
+                .split("${")
+                .nth(1)
+                .and_then(|p| p.split(':').next())
+                .unwrap();
+            assert!(
+                readme.contains(&format!("`{var}`")),
+                "README does not name {var}"
+            );
+        }
+    }
+    assert!(
+        readme.contains("(SCALING.md)"),
+        "README does not link SCALING.md"
+    );
+}
