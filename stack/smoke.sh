@@ -156,7 +156,14 @@ loki_count() {
     --data-urlencode "limit=5000" |
     python3 -c 'import json, sys; print(sum(len(s["values"]) for s in json.load(sys.stdin)["data"]["result"]))'
 }
-loki_has_demo_logs() { (($(loki_count demo-gateway) > 0)); }
+# A count, or 0 when the query fails (the check then retries).
+count_or_0() {
+  local n
+  n=$("$@" 2>/dev/null) || n=0
+  [[ $n =~ ^[0-9]+$ ]] || n=0
+  echo "$n"
+}
+loki_has_demo_logs() { (($(count_or_0 loki_count demo-gateway) > 0)); }
 retry "Loki has demo-gateway's logs with trace ids" loki_has_demo_logs
 
 grafana_lists_dashboards() {
@@ -256,10 +263,10 @@ prom_samples_between() {
 }
 for half in "1 $t0 $t1 $sent1" "2 $t1 $t2 $sent2"; do
   read -r n from to sent <<<"$half"
-  traces_arrived() { (($(jaeger_traces_between "$from" "$to") >= sent)); }
+  traces_arrived() { (($(count_or_0 jaeger_traces_between "$from" "$to") >= sent)); }
   # One sample per 10 s interval, less the first and last, which may fall outside.
-  samples_arrived() { (($(prom_samples_between "$from" "$to") >= (to - from) / 10 - 2)); }
-  logs_arrived() { (($(loki_count demo-gateway "$from" "$to") > 0)); }
+  samples_arrived() { (($(count_or_0 prom_samples_between "$from" "$to") >= (to - from) / 10 - 2)); }
+  logs_arrived() { (($(count_or_0 loki_count demo-gateway "$from" "$to") > 0)); }
   RETRIES=60 retry "outage half $n: Jaeger has all $sent traces the gateway served" traces_arrived
   RETRIES=60 retry "outage half $n: Prometheus has the receiver's samples" samples_arrived
   retry "outage half $n: Loki has the gateway's logs" logs_arrived
