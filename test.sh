@@ -9,6 +9,9 @@ need_apt=()
 # node_exporter is the peer in the footprint benchmark.
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+# A real Alertmanager (and amtool) routes the alert rules' notifications.
+command -v prometheus-alertmanager >/dev/null 2>&1 || need_apt+=(prometheus-alertmanager)
+command -v amtool >/dev/null 2>&1 || need_apt+=(prometheus-alertmanager)
 if ((${#need_apt[@]})); then
   sudo_cmd=()
   [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)

@@ -122,7 +122,7 @@ async fn record_view(id: String) {
     // Stands in for a write to an audit log.
     tokio::time::sleep(Duration::from_millis(1)).await;
     otel_instrument::counter!("demo.item.views", 1);
-    tracing::debug!(item.id = %id, "view recorded");
+    tracing::info!(item.id = %id, "view recorded");
 }
 
 /// `GET /items/{id}`: the item from the backend; 404 when it has none, 503

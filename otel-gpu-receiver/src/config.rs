@@ -59,6 +59,12 @@ pub struct Flags {
     /// OTEL_METRIC_EXPORT_INTERVAL is set: `10s`, `500ms`, `1m`. Default: 10s.
     #[arg(long, value_name = "DURATION")]
     pub interval: Option<String>,
+    /// When the first OTLP export goes out: `random` (a random offset within the export
+    /// interval, so that a fleet started together does not push in step) or a duration
+    /// from the start, at most the export interval (`0s`: at once).
+    /// Env: OTEL_GPU_RECEIVER_FIRST_EXPORT_DELAY. Default: random.
+    #[arg(long, value_name = "WHEN")]
+    pub first_export_delay: Option<String>,
     /// OTLP gRPC endpoint. Default: `OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT`, else `http://localhost:4317`.
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
@@ -173,6 +179,8 @@ pub struct Flags {
 pub struct FileConfig {
     /// Like `--interval`.
     pub interval: Option<String>,
+    /// Like `--first-export-delay`.
+    pub first_export_delay: Option<String>,
     /// Like `--prometheus`.
     pub prometheus: Option<String>,
     /// Like `--families`.
@@ -281,6 +289,29 @@ impl ConfigError {
     }
 }
 
+/// When the agent's first OTLP export goes out; the later ones follow every export
+/// interval from there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FirstExport {
+    /// At a random offset within the export interval, different per agent, so that
+    /// the agents of one rollout spread their pushes over the interval.
+    #[default]
+    Random,
+    /// This long after the start (at most the export interval).
+    After(Duration),
+}
+
+impl FirstExport {
+    /// The delay of the first export for an agent with this export `interval`; `seed`
+    /// (the agent's `service.instance.id`) varies the random offset between agents.
+    pub fn delay(self, interval: Duration, seed: &str) -> Duration {
+        match self {
+            Self::Random => crate::otlp::first_export_offset(interval, seed),
+            Self::After(d) => d,
+        }
+    }
+}
+
 /// Validated settings of one agent run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
@@ -288,6 +319,8 @@ pub struct Settings {
     pub interval: Duration,
     /// OTLP export interval. Default: the collection interval.
     pub export_interval: Duration,
+    /// When the first OTLP export goes out. Default: [`FirstExport::Random`].
+    pub first_export: FirstExport,
     /// The OTLP exporter; `None` when push is disabled. Default: enabled, localhost:4317.
     pub otlp: Option<ExporterConfig>,
     /// Prometheus pull address. Default: none.
@@ -438,6 +471,17 @@ impl Settings {
                 None => interval,
             };
 
+        let first_export = match pick(
+            flags.first_export_delay.as_ref(),
+            "--first-export-delay",
+            "FIRST_EXPORT_DELAY",
+            file.first_export_delay.as_ref(),
+            "first_export_delay",
+        ) {
+            Some((o, v)) => parse_first_export(&o.to_string(), &v, export_interval)?,
+            None => FirstExport::Random,
+        };
+
         let source_timeout = match pick(
             flags.source_timeout.as_ref(),
             "--source-timeout",
@@ -552,6 +596,7 @@ impl Settings {
         Ok(Self {
             interval,
             export_interval,
+            first_export,
             otlp,
             prometheus,
             families,
@@ -1044,6 +1089,49 @@ fn parse_interval(culprit: &str, value: &str, short: bool) -> Result<Duration, C
     Ok(d)
 }
 
+/// Parses `--first-export-delay`: `random`, or a duration (zero allowed) of at most
+/// the export interval, so that the first push never comes later than the interval
+/// would bring it.
+fn parse_first_export(
+    culprit: &str,
+    value: &str,
+    export_interval: Duration,
+) -> Result<FirstExport, ConfigError> {
+    let v = value.trim();
+    if v.eq_ignore_ascii_case("random") {
+        return Ok(FirstExport::Random);
+    }
+    let zero = v
+        .trim_end_matches("ms")
+        .trim_end_matches(['s', 'm', 'h'])
+        .trim()
+        .parse::<f64>()
+        .is_ok_and(|x| x == 0.0);
+    let d = if zero {
+        Duration::ZERO
+    } else {
+        parse_duration(culprit, value, "random").map_err(|_| {
+            ConfigError::invalid(
+                culprit,
+                value,
+                "expected `random` or a duration (a number with ms, s, m or h)",
+                "random",
+            )
+        })?
+    };
+    if d > export_interval {
+        return Err(ConfigError::invalid(
+            culprit,
+            value,
+            format!(
+                "the first export must come within one export interval ({export_interval:?}); use `random` or a shorter delay"
+            ),
+            "random",
+        ));
+    }
+    Ok(FirstExport::After(d))
+}
+
 /// Parses a listen address; a bare port (`9464` or `:9464`) binds 127.0.0.1.
 fn parse_listen(culprit: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     let v = value.trim();
@@ -1316,6 +1404,50 @@ mod tests {
     fn source_timeout_cannot_exceed_the_interval() {
         let e = resolve(&["--interval", "1s", "--source-timeout", "2s"], &[]).unwrap_err();
         assert!(e.to_string().contains("--source-timeout"));
+    }
+
+    #[test]
+    fn the_first_export_is_random_by_default_and_a_flag_env_or_file_fixes_it() {
+        assert_eq!(resolve(&[], &[]).unwrap().first_export, FirstExport::Random);
+        let f = file("first_export_delay = \"3s\"\n");
+        let path = f.path().to_str().unwrap();
+        let s = resolve(&["--config", path], &[]).unwrap();
+        assert_eq!(s.first_export, FirstExport::After(Duration::from_secs(3)));
+        let env = [("OTEL_GPU_RECEIVER_FIRST_EXPORT_DELAY", "0s")];
+        let s = resolve(&["--config", path], &env).unwrap();
+        assert_eq!(s.first_export, FirstExport::After(Duration::ZERO));
+        let s = resolve(&["--config", path, "--first-export-delay", "random"], &env).unwrap();
+        assert_eq!(s.first_export, FirstExport::Random);
+        let s = resolve(&["--first-export-delay", "500ms"], &[]).unwrap();
+        assert_eq!(
+            s.first_export.delay(s.export_interval, "x"),
+            Duration::from_millis(500)
+        );
+    }
+
+    #[test]
+    fn a_first_export_delay_past_the_export_interval_or_not_a_duration_is_an_error() {
+        let e = resolve(&["--interval", "5s", "--first-export-delay", "6s"], &[]).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("--first-export-delay") && msg.contains("6s") && msg.contains("random"),
+            "{msg}"
+        );
+        // The export interval counts, not the collection interval.
+        let env = [("OTEL_METRIC_EXPORT_INTERVAL", "20000")];
+        let s = resolve(&["--interval", "5s", "--first-export-delay", "15s"], &env).unwrap();
+        assert_eq!(s.first_export, FirstExport::After(Duration::from_secs(15)));
+        let e = resolve(&[], &[("OTEL_GPU_RECEIVER_FIRST_EXPORT_DELAY", "soonish")]).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("OTEL_GPU_RECEIVER_FIRST_EXPORT_DELAY")
+                && msg.contains("soonish")
+                && msg.contains("`random` or a duration"),
+            "{msg}"
+        );
+        let f = file("first_export_delay = \"-1s\"\n");
+        let e = resolve(&["--config", f.path().to_str().unwrap()], &[]).unwrap_err();
+        assert!(e.to_string().contains("key `first_export_delay`"), "{e}");
     }
 
     #[test]

@@ -710,6 +710,22 @@ mod tests {
     }
 
     #[test]
+    fn first_export_offsets_fall_within_the_interval_and_spread_over_all_of_it() {
+        let interval = Duration::from_secs(10);
+        let mut deciles = [0u32; 10];
+        for i in 0..1000 {
+            let o = first_export_offset(interval, &format!("node-{i}"));
+            assert!(o < interval, "{o:?}");
+            deciles[(o.as_secs_f64() / 10.0 * 10.0) as usize] += 1;
+        }
+        // A uniform offset puts about 100 in each tenth of the interval; a fleet that
+        // pushed in step would put them all in one.
+        for (i, n) in deciles.iter().enumerate() {
+            assert!((40..=200).contains(n), "tenth {i} got {n}: {deciles:?}");
+        }
+    }
+
+    #[test]
     fn a_cumulative_series_keeps_its_start_until_its_counter_goes_backwards() {
         let mut e = encoder(Temporality::Cumulative, None);
         let r1 = decode(&e.encode(&snapshot(&[("a", 10)]), at(1)));

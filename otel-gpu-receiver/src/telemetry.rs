@@ -255,7 +255,7 @@ impl Telemetry {
                 client,
                 cell.clone(),
                 settings.export_interval,
-                &seed,
+                settings.first_export.delay(settings.export_interval, &seed),
             ));
             limits = Some(l);
         }
@@ -337,10 +337,9 @@ impl Pusher {
         client: OtlpClient,
         cell: SnapshotCell,
         interval: Duration,
-        seed: &str,
+        offset: Duration,
     ) -> Self {
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-        let offset = crate::otlp::first_export_offset(interval, seed);
         let snapshots = cell.clone();
         let task = runtime.handle().spawn(async move {
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, interval);

@@ -185,3 +185,236 @@ impl Prometheus {
         }
     }
 }
+
+/// Every key path of a YAML document (`a.b.c`; list items share their list's path).
+pub fn key_paths(
+    v: &serde_yaml_ng::Value,
+    prefix: &str,
+    out: &mut std::collections::BTreeSet<String>,
+) {
+    use serde_yaml_ng::Value;
+    match v {
+        Value::Mapping(m) => {
+            for (k, x) in m {
+                let k = k
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| format!("{k:?}"));
+                let path = if prefix.is_empty() {
+                    k
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                out.insert(path.clone());
+                key_paths(x, &path, out);
+            }
+        }
+        Value::Sequence(s) => {
+            for x in s {
+                key_paths(x, prefix, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Keys of the Collector components our configs use (the stack's and the Kubernetes
+/// examples'), as the pinned Collector's sources define them: opentelemetry-collector
+/// and -contrib v0.157.0, the `mapstructure` tags of each component's config struct
+/// or its generated `config.schema.yaml`. Jaeger 2.19's own components (its config is
+/// a Collector config too) are checked against jaegertracing/jaeger v2.19.0
+/// (`cmd/jaeger/config-opensearch.yaml`, `internal/storage/elasticsearch/config`).
+/// A key added to a config must be looked up there and added here.
+pub const COLLECTOR_0_157_KEYS: &[(&str, &[&str])] = &[
+    (
+        "otlp",
+        &[
+            "protocols",
+            "protocols.grpc",
+            "protocols.grpc.endpoint",
+            "protocols.http",
+            "protocols.http.endpoint",
+        ],
+    ),
+    ("webhookevent", &["endpoint", "path", "health_path"]),
+    (
+        "memory_limiter",
+        &["check_interval", "limit_mib", "spike_limit_mib"],
+    ),
+    ("batch", &[]),
+    (
+        "resource",
+        &[
+            "attributes",
+            "attributes.key",
+            "attributes.value",
+            "attributes.action",
+        ],
+    ),
+    (
+        "tail_sampling",
+        &[
+            "decision_wait",
+            "num_traces",
+            "expected_new_traces_per_sec",
+            "policies",
+            "policies.name",
+            "policies.type",
+            "policies.status_code",
+            "policies.status_code.status_codes",
+            "policies.latency",
+            "policies.latency.threshold_ms",
+            "policies.boolean_attribute",
+            "policies.boolean_attribute.key",
+            "policies.boolean_attribute.value",
+            "policies.probabilistic",
+            "policies.probabilistic.sampling_percentage",
+        ],
+    ),
+    (
+        "otlp_grpc",
+        &[
+            "endpoint",
+            "tls",
+            "tls.insecure",
+            "sending_queue",
+            "sending_queue.enabled",
+            "sending_queue.storage",
+            "sending_queue.sizer",
+            "sending_queue.queue_size",
+            "retry_on_failure",
+            "retry_on_failure.enabled",
+            "retry_on_failure.max_interval",
+            "retry_on_failure.max_elapsed_time",
+        ],
+    ),
+    (
+        "otlp_http",
+        &[
+            "endpoint",
+            "tls",
+            "tls.insecure",
+            "sending_queue",
+            "sending_queue.enabled",
+            "sending_queue.storage",
+            "sending_queue.sizer",
+            "sending_queue.queue_size",
+            "retry_on_failure",
+            "retry_on_failure.enabled",
+            "retry_on_failure.max_interval",
+            "retry_on_failure.max_elapsed_time",
+        ],
+    ),
+    (
+        "loadbalancing",
+        &[
+            "routing_key",
+            "protocol",
+            "protocol.otlp",
+            "protocol.otlp.tls",
+            "protocol.otlp.tls.insecure",
+            "sending_queue",
+            "sending_queue.enabled",
+            "sending_queue.storage",
+            "sending_queue.sizer",
+            "sending_queue.queue_size",
+            "retry_on_failure",
+            "retry_on_failure.enabled",
+            "retry_on_failure.max_elapsed_time",
+            "resolver",
+            "resolver.dns",
+            "resolver.dns.hostname",
+            "resolver.dns.port",
+        ],
+    ),
+    (
+        "prometheusremotewrite",
+        &[
+            "endpoint",
+            "resource_to_telemetry_conversion",
+            "resource_to_telemetry_conversion.enabled",
+            "retry_on_failure",
+            "retry_on_failure.enabled",
+            "retry_on_failure.max_elapsed_time",
+        ],
+    ),
+    ("health_check", &["endpoint"]),
+    (
+        "file_storage",
+        &[
+            "directory",
+            "create_directory",
+            "timeout",
+            "compaction",
+            "compaction.on_start",
+            "compaction.on_rebound",
+            "compaction.directory",
+        ],
+    ),
+    // Jaeger 2.19's components.
+    ("healthcheckv2", &["use_v2", "http", "http.endpoint"]),
+    ("jaeger_query", &["storage", "storage.traces"]),
+    (
+        "jaeger_storage",
+        &[
+            "backends",
+            "backends.*",
+            "backends.*.opensearch",
+            "backends.*.opensearch.server_urls",
+            "backends.*.opensearch.indices",
+            "backends.*.opensearch.indices.index_prefix",
+            "backends.*.opensearch.indices.spans",
+            "backends.*.opensearch.indices.spans.shards",
+            "backends.*.opensearch.indices.spans.replicas",
+            "backends.*.opensearch.indices.services",
+            "backends.*.opensearch.indices.services.shards",
+            "backends.*.opensearch.indices.services.replicas",
+        ],
+    ),
+    ("jaeger_storage_exporter", &["trace_storage"]),
+];
+
+/// Checks the components of a Collector config (receivers, processors, exporters,
+/// extensions) against [`COLLECTOR_0_157_KEYS`]; returns how many keys it checked.
+///
+/// # Panics
+/// On a component or key that is not in the list, naming it.
+pub fn check_collector_keys(what: &str, col: &serde_yaml_ng::Value) -> usize {
+    let mut checked = 0;
+    for section in ["receivers", "processors", "exporters", "extensions"] {
+        for (id, cfg) in col[section].as_mapping().into_iter().flatten() {
+            let id = id.as_str().unwrap_or_default();
+            let kind = id.split('/').next().unwrap_or_default();
+            let known = COLLECTOR_0_157_KEYS
+                .iter()
+                .find(|(k, _)| *k == kind)
+                .map(|(_, keys)| *keys)
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{what}: {section}.{id}: component {kind} not checked against its sources"
+                    )
+                });
+            let mut paths = std::collections::BTreeSet::new();
+            key_paths(cfg, "", &mut paths);
+            for p in paths {
+                // Names the user picks (a storage backend's) stand as `*`.
+                let generic = match kind {
+                    "jaeger_storage" => {
+                        let mut parts: Vec<&str> = p.split('.').collect();
+                        if parts.len() > 1 {
+                            parts[1] = "*";
+                        }
+                        parts.join(".")
+                    }
+                    _ => p.clone(),
+                };
+                assert!(
+                    known.contains(&generic.as_str()),
+                    "{what}: {section}.{id}: {p} is not a key of {kind} in the pinned version (or not yet checked)"
+                );
+                checked += 1;
+            }
+        }
+    }
+    checked
+}

@@ -39,6 +39,9 @@ const BASE: &str = "deploy/kubernetes";
 const PROMETHEUS_OPERATOR: &str = "deploy/kubernetes/overlays/prometheus-operator";
 /// The example Collector gateway config (not part of any kustomization).
 const COLLECTOR_EXAMPLE: &str = "deploy/kubernetes/examples/collector-gateway.yaml";
+/// The example tier beyond one Collector (SCALING.md): load balancing by trace id,
+/// tail sampling, remote-write, Jaeger on OpenSearch.
+const GATEWAY_TIER: &str = "deploy/kubernetes/examples/gateway-tier.yaml";
 
 /// Capabilities the agent may add, each with its reason. Empty: none has one (see the
 /// comment in base/daemonset.yaml). Adding one here needs the reason, in review.
@@ -642,10 +645,12 @@ fn every_object_validates_against_the_kubernetes_schemas() {
     let dir = tempfile::tempdir().unwrap();
     let mut files = Vec::new();
     let mut all: Vec<Value> = render(BASE);
-    all.extend(yaml_docs(
-        &std::fs::read_to_string(repo_root().join(COLLECTOR_EXAMPLE)).unwrap(),
-        COLLECTOR_EXAMPLE,
-    ));
+    for example in [COLLECTOR_EXAMPLE, GATEWAY_TIER] {
+        all.extend(yaml_docs(
+            &std::fs::read_to_string(repo_root().join(example)).unwrap(),
+            example,
+        ));
+    }
     // The overlays KUBERNETES.md shows: what they add must be valid too.
     let (_overlays_dir, overlays) = write_doc_overlays();
     for (_, path) in &overlays {
@@ -1372,6 +1377,158 @@ fn the_collector_example_receives_what_the_agents_send() {
             "{dir} applies the example"
         );
     }
+}
+
+/// The ConfigMap `name` of `docs`, its `key` parsed as YAML.
+fn config_map_yaml(docs: &[Value], name: &str, key: &str) -> Value {
+    let cm = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no ConfigMap {name}"));
+    serde_yaml_ng::from_str(cm["data"][key].as_str().unwrap())
+        .unwrap_or_else(|e| panic!("ConfigMap {name}: {key} is not YAML: {e}"))
+}
+
+/// The gateway tier of SCALING.md holds together: every config's keys are the pinned
+/// versions' (Collector 0.157, Jaeger 2.19), traces go by trace id to the samplers
+/// that the load balancer's resolver finds, whole traces are tail-sampled and stored in
+/// Jaeger on OpenSearch, metrics are remote-written, and the Prometheus config passes
+/// promtool.
+#[test]
+fn the_gateway_tier_routes_traces_by_id_to_tail_sampling_and_scalable_stores() {
+    let text = std::fs::read_to_string(repo_root().join(GATEWAY_TIER)).unwrap();
+    assert!(text.contains("AN EXAMPLE"));
+    let docs = yaml_docs(&text, GATEWAY_TIER);
+    let lb = config_map_yaml(&docs, "otel-collector-loadbalancer", "config.yaml");
+    let sampler = config_map_yaml(&docs, "otel-collector-sampler", "config.yaml");
+    let jaeger = config_map_yaml(&docs, "jaeger", "config.yaml");
+    for (what, col) in [
+        ("loadbalancer", &lb),
+        ("sampler", &sampler),
+        ("jaeger", &jaeger),
+    ] {
+        assert!(e2e::check_collector_keys(what, col) > 0);
+        for (name, p) in col["service"]["pipelines"].as_mapping().unwrap() {
+            for section in ["receivers", "processors", "exporters"] {
+                for used in strings(&p[section]) {
+                    assert!(
+                        col[section].get(used.as_str()).is_some(),
+                        "{what}: pipeline {name:?} uses undefined {used}"
+                    );
+                }
+            }
+            if what != "jaeger" {
+                assert_eq!(
+                    strings(&p["processors"]).first().map(String::as_str),
+                    Some("memory_limiter"),
+                    "{what}: {name:?}"
+                );
+            }
+        }
+        for ext in strings(&col["service"]["extensions"]) {
+            assert!(
+                col["extensions"].get(ext.as_str()).is_some(),
+                "{what}: {ext}"
+            );
+        }
+    }
+
+    // Load balancer -> samplers: by trace id, to the headless Service's pods, on the
+    // port the samplers receive on.
+    let lbx = &lb["exporters"]["loadbalancing/traces"];
+    assert_eq!(lbx["routing_key"].as_str(), Some("traceID"));
+    assert_eq!(
+        strings(&lb["service"]["pipelines"]["traces"]["exporters"]),
+        ["loadbalancing/traces"]
+    );
+    let svc = docs
+        .iter()
+        .find(|d| d["kind"] == "Service" && d["metadata"]["name"] == "otel-collector-sampler")
+        .expect("the samplers' Service");
+    assert_eq!(svc["spec"]["clusterIP"].as_str(), Some("None"), "headless");
+    let host = format!(
+        "{}.{}.svc.cluster.local",
+        svc["metadata"]["name"].as_str().unwrap(),
+        svc["metadata"]["namespace"].as_str().unwrap()
+    );
+    assert_eq!(
+        lbx["resolver"]["dns"]["hostname"].as_str(),
+        Some(host.as_str())
+    );
+    let port = lbx["resolver"]["dns"]["port"].as_str().unwrap();
+    assert_eq!(
+        svc["spec"]["ports"][0]["port"]
+            .as_u64()
+            .map(|p| p.to_string()),
+        Some(port.to_owned())
+    );
+    assert_eq!(
+        sampler["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"].as_str(),
+        Some(format!("0.0.0.0:{port}").as_str())
+    );
+    let selected = &svc["spec"]["selector"]["app.kubernetes.io/name"];
+    assert_eq!(selected.as_str(), Some("otel-collector-sampler"));
+
+    // Samplers: whole traces decided, failures kept, then to Jaeger's OTLP port.
+    let traces = strings(&sampler["service"]["pipelines"]["traces"]["processors"]);
+    assert!(traces.iter().any(|p| p == "tail_sampling"), "{traces:?}");
+    let policies = sampler["processors"]["tail_sampling"]["policies"]
+        .as_sequence()
+        .unwrap();
+    assert!(
+        policies.iter().any(|p| p["type"] == "status_code"
+            && strings(&p["status_code"]["status_codes"]) == ["ERROR"])
+    );
+    let to_jaeger = sampler["exporters"]["otlp_grpc/jaeger"]["endpoint"]
+        .as_str()
+        .unwrap();
+    let jaeger_port = jaeger["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"]
+        .as_str()
+        .unwrap()
+        .rsplit_once(':')
+        .unwrap()
+        .1;
+    assert!(
+        to_jaeger.ends_with(&format!(":{jaeger_port}")),
+        "{to_jaeger}"
+    );
+
+    // Jaeger: one storage backend, which scales (OpenSearch), used for writes and queries.
+    let backends = jaeger["extensions"]["jaeger_storage"]["backends"]
+        .as_mapping()
+        .unwrap();
+    let store = jaeger["exporters"]["jaeger_storage_exporter"]["trace_storage"]
+        .as_str()
+        .unwrap();
+    assert!(backends.contains_key(store));
+    assert_eq!(
+        jaeger["extensions"]["jaeger_query"]["storage"]["traces"].as_str(),
+        Some(store)
+    );
+    assert!(
+        backends[store]["opensearch"]["server_urls"]
+            .as_sequence()
+            .is_some()
+    );
+
+    // Metrics: remote-write to a scalable store, from the Collector and from Prometheus.
+    let prw = &lb["exporters"]["prometheusremotewrite/store"];
+    assert!(prw["endpoint"].as_str().unwrap().ends_with("/api/v1/push"));
+    let prom = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "prometheus-remote-write")
+        .expect("the Prometheus remote-write example");
+    let prom_yml = prom["data"]["prometheus.yml"].as_str().unwrap();
+    let parsed: Value = serde_yaml_ng::from_str(prom_yml).unwrap();
+    assert!(!parsed["remote_write"].as_sequence().unwrap().is_empty());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("prometheus.yml");
+    std::fs::write(&path, prom_yml).unwrap();
+    run_ok(
+        Command::new(e2e::tool("promtool", "Debian's prometheus package"))
+            .args(["check", "config"])
+            .arg(&path),
+    );
 }
 
 #[test]

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
-use e2e::{repo_root, run_ok, tool, yaml};
+use e2e::{key_paths, repo_root, run_ok, tool, yaml};
 use serde_yaml_ng::Value;
 
 const COMPOSE_FILES: [&str; 2] = ["docker-compose.yml", "compose.gpu.yaml"];
@@ -753,12 +753,12 @@ fn anonymous_users_can_open_every_dashboard_link() {
     });
     assert!(missing.is_err(), "a link to a missing dashboard passed");
     // A datasource variable of a type the stack does not provision fails too.
-    let mut loki = variables.clone();
-    for kind in loki.values_mut() {
-        *kind = "loki".to_owned();
+    let mut tempo = variables.clone();
+    for kind in tempo.values_mut() {
+        *kind = "tempo".to_owned();
     }
     let unprovisioned = std::panic::catch_unwind(|| {
-        role_needed_by(&explore, &dashboard_uids, &datasource_uids, &loki)
+        role_needed_by(&explore, &dashboard_uids, &datasource_uids, &tempo)
     });
     assert!(
         unprovisioned.is_err(),
@@ -1364,10 +1364,17 @@ fn healthchecks_use_tools_their_images_have() {
     let tools = [
         ("jaegertracing/jaeger:", "wget"),
         ("prom/prometheus:", "wget"),
+        ("prom/alertmanager:", "wget"),
         ("grafana/grafana:", "curl"),
         ("otel-gpu/demo:", "bash"),
     ];
-    let exempt = ["otel-collector", "otel-gpu-receiver", "demo-load"];
+    let exempt = [
+        "otel-collector",
+        "otel-collector-queue-init",
+        "loki",
+        "otel-gpu-receiver",
+        "demo-load",
+    ];
     let compose = yaml("docker-compose.yml");
     let text = std::fs::read_to_string(repo_root().join("docker-compose.yml")).unwrap();
     for (name, svc) in compose["services"].as_mapping().unwrap() {
@@ -1407,4 +1414,397 @@ fn healthchecks_use_tools_their_images_have() {
             "{name}: check the service itself, on loopback inside its container"
         );
     }
+}
+
+/// The Loki image the stack pins, and the keys of its configuration that
+/// stack/loki.yml may use: each one found in the configuration reference of that
+/// version (`docs/sources/shared/configuration.md` at tag v3.7.6 of grafana/loki,
+/// which is generated from the config structs). A key added to stack/loki.yml must be
+/// looked up there and added here, for the image's version.
+const LOKI_IMAGE: &str = "grafana/loki:3.7.6";
+const LOKI_3_7_6_KEYS: &[&str] = &[
+    "analytics",
+    "analytics.reporting_enabled",
+    "auth_enabled",
+    "common",
+    "common.instance_addr",
+    "common.path_prefix",
+    "common.replication_factor",
+    "common.ring",
+    "common.ring.kvstore",
+    "common.ring.kvstore.store",
+    "common.storage",
+    "common.storage.filesystem",
+    "common.storage.filesystem.chunks_directory",
+    "common.storage.filesystem.rules_directory",
+    "compactor",
+    "compactor.delete_request_store",
+    "compactor.retention_enabled",
+    "compactor.working_directory",
+    "limits_config",
+    "limits_config.allow_structured_metadata",
+    "limits_config.retention_period",
+    "schema_config",
+    "schema_config.configs",
+    "schema_config.configs.from",
+    "schema_config.configs.index",
+    "schema_config.configs.index.period",
+    "schema_config.configs.index.prefix",
+    "schema_config.configs.object_store",
+    "schema_config.configs.schema",
+    "schema_config.configs.store",
+    "server",
+    "server.grpc_listen_port",
+    "server.http_listen_port",
+    "server.log_level",
+];
+
+#[test]
+fn loki_config_uses_only_keys_of_the_pinned_version_and_stores_on_its_volume() {
+    let compose = yaml("docker-compose.yml");
+    let loki = &compose["services"]["loki"];
+    assert_eq!(
+        loki["image"].as_str(),
+        Some(LOKI_IMAGE),
+        "a new Loki version: check stack/loki.yml's keys against its configuration reference"
+    );
+    let text = std::fs::read_to_string(repo_root().join("stack/loki.yml")).unwrap();
+    let version = LOKI_IMAGE.rsplit_once(':').unwrap().1;
+    assert!(
+        text.contains(&format!("grafana/loki:{version}")) && text.contains(&format!("v{version}")),
+        "stack/loki.yml names the version it was written for"
+    );
+    let cfg = yaml("stack/loki.yml");
+    let mut paths = BTreeSet::new();
+    key_paths(&cfg, "", &mut paths);
+    let unknown: Vec<_> = paths
+        .iter()
+        .filter(|p| !LOKI_3_7_6_KEYS.contains(&p.as_str()))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "keys not in Loki {version}'s configuration reference (or not yet checked there): {unknown:?}"
+    );
+    // The check can fail: a misspelt key.
+    let mut typo = BTreeSet::new();
+    key_paths(
+        &serde_yaml_ng::from_str("limits_config:\n  retention_periode: 1h\n").unwrap(),
+        "",
+        &mut typo,
+    );
+    assert!(typo.iter().any(|p| !LOKI_3_7_6_KEYS.contains(&p.as_str())));
+
+    // One process, filesystem storage under the path the loki-data volume holds, and
+    // the port the collector sends to.
+    assert_eq!(cfg["auth_enabled"].as_bool(), Some(false));
+    assert_eq!(cfg["server"]["http_listen_port"].as_u64(), Some(3100));
+    let prefix = cfg["common"]["path_prefix"].as_str().unwrap();
+    let mounts = str_list(&loki["volumes"]);
+    assert!(
+        mounts.iter().any(|m| m == &format!("loki-data:{prefix}")),
+        "{mounts:?}"
+    );
+    for dir in [
+        cfg["common"]["storage"]["filesystem"]["chunks_directory"].as_str(),
+        cfg["common"]["storage"]["filesystem"]["rules_directory"].as_str(),
+        cfg["compactor"]["working_directory"].as_str(),
+    ] {
+        assert!(
+            dir.unwrap().starts_with(prefix),
+            "{dir:?} is off the volume"
+        );
+    }
+    let config_flag = str_list(&loki["command"]).join(" ");
+    let mounted = mounts
+        .iter()
+        .find(|m| m.starts_with("./stack/loki.yml:"))
+        .expect("stack/loki.yml is mounted");
+    let target = mounted.split(':').nth(1).unwrap();
+    assert!(
+        config_flag.contains(&format!("-config.file={target}")),
+        "{config_flag}"
+    );
+    // OTLP logs keep trace_id only as structured metadata, and v13 tsdb is the
+    // schema that has it.
+    assert_eq!(
+        cfg["limits_config"]["allow_structured_metadata"].as_bool(),
+        Some(true)
+    );
+    assert_eq!(
+        cfg["schema_config"]["configs"][0]["schema"].as_str(),
+        Some("v13")
+    );
+    assert_eq!(
+        cfg["schema_config"]["configs"][0]["store"].as_str(),
+        Some("tsdb")
+    );
+}
+
+/// Logs reach Loki over OTLP, and link to traces both ways: a log line's `trace_id`
+/// (structured metadata in Loki) opens the trace in Jaeger, and a span in Jaeger
+/// opens its service's lines with its trace id. The functions dashboard shows them.
+#[test]
+fn logs_go_to_loki_and_link_to_traces_both_ways() {
+    let col = yaml("stack/otel-collector.yaml");
+    let loki = &col["exporters"]["otlp_http/loki"];
+    // otlp_http appends /v1/logs: Loki 3's OTLP route is /otlp/v1/logs.
+    assert_eq!(loki["endpoint"].as_str(), Some("http://loki:3100/otlp"));
+    let pipelines = col["service"]["pipelines"].as_mapping().unwrap();
+    let mut logs_pipelines = 0;
+    for (name, p) in pipelines {
+        if name.as_str().unwrap().split('/').next() == Some("logs") {
+            logs_pipelines += 1;
+            assert_eq!(
+                str_list(&p["exporters"]),
+                ["otlp_http/loki"],
+                "pipeline {name:?}"
+            );
+        }
+    }
+    assert!(logs_pipelines >= 1);
+    assert!(
+        col["exporters"]
+            .as_mapping()
+            .unwrap()
+            .keys()
+            .all(|k| !k.as_str().unwrap().starts_with("debug")),
+        "logs no longer end in a debug exporter"
+    );
+
+    let datasources = yaml("grafana/provisioning/datasources/datasources.yaml");
+    let all = datasources["datasources"].as_sequence().unwrap();
+    let by_type = |t: &str| {
+        all.iter()
+            .find(|d| d["type"].as_str() == Some(t))
+            .unwrap_or_else(|| panic!("no {t} datasource"))
+    };
+    let (loki_ds, jaeger_ds) = (by_type("loki"), by_type("jaeger"));
+    assert_eq!(loki_ds["url"].as_str(), Some("http://loki:3100"));
+    let compose = yaml("docker-compose.yml");
+    let grafana_deps = str_list(&compose["services"]["grafana"]["depends_on"]);
+    assert!(grafana_deps.iter().any(|d| d == "loki"), "{grafana_deps:?}");
+    // Log -> trace: the derived field reads the `trace_id` label (structured
+    // metadata counts as one), as Loki names it for an OTLP log record.
+    let fields = loki_ds["jsonData"]["derivedFields"].as_sequence().unwrap();
+    assert!(
+        fields
+            .iter()
+            .any(|f| f["matcherType"].as_str() == Some("label")
+            && f["matcherRegex"].as_str() == Some("trace_id")
+            && f["datasourceUid"] == jaeger_ds["uid"]
+            // An internal link: the value is the trace id, `$$` escapes provisioning's
+            // own variable expansion.
+            && f["url"].as_str() == Some("$${__value.raw}")),
+        "{fields:?}"
+    );
+    // Trace -> logs: Grafana's Loki query for the span, by service and trace id.
+    let t2l = &jaeger_ds["jsonData"]["tracesToLogsV2"];
+    assert_eq!(t2l["datasourceUid"], loki_ds["uid"]);
+    assert_eq!(t2l["filterByTraceID"].as_bool(), Some(true));
+    assert_eq!(t2l["customQuery"].as_bool(), Some(false));
+    let tags = t2l["tags"].as_sequence().unwrap();
+    assert!(
+        tags.iter()
+            .any(|t| t["key"] == "service.name" && t["value"] == "service_name"),
+        "Loki indexes service.name as service_name: {tags:?}"
+    );
+    for shift in ["spanStartTimeShift", "spanEndTimeShift"] {
+        assert!(t2l[shift].as_str().is_some(), "{shift}");
+    }
+
+    // The functions dashboard's logs panel: Loki through its variable, the services
+    // the dashboard's `job` selects.
+    let text =
+        std::fs::read_to_string(repo_root().join("grafana/dashboards/functions.json")).unwrap();
+    let d: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let panel = d["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["type"] == "logs")
+        .expect("a logs panel on the functions dashboard");
+    let expr = panel["targets"][0]["expr"].as_str().unwrap();
+    assert!(
+        expr.starts_with("{service_name=~\".+\"") && expr.contains("service_name=~\"$job\""),
+        "{expr}"
+    );
+    assert_eq!(
+        datasource_variables(&d).get("logs").map(String::as_str),
+        Some("loki")
+    );
+}
+
+/// The exporters' sending queues are on disk and retried until they fill: a backend
+/// outage or a collector restart loses nothing the queue holds. Each queue is a
+/// file_storage extension the service starts, on a named volume mounted into the
+/// collector and made writable for its user by the one-shot init service.
+#[test]
+fn exporters_queue_on_disk_and_retry_until_the_queue_is_full() {
+    let col = yaml("stack/otel-collector.yaml");
+    let compose = yaml("docker-compose.yml");
+    let collector = &compose["services"]["otel-collector"];
+    let started = str_list(&col["service"]["extensions"]);
+    let mut total = 0u64;
+    for (name, exp) in col["exporters"].as_mapping().unwrap() {
+        let name = name.as_str().unwrap();
+        let q = &exp["sending_queue"];
+        assert_eq!(q["enabled"].as_bool(), Some(true), "{name}: no queue");
+        let storage = q["storage"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: the queue is in memory"));
+        assert!(
+            storage.starts_with("file_storage") && started.iter().any(|e| e == storage),
+            "{name}: storage {storage} is not a started file_storage extension"
+        );
+        assert_eq!(q["sizer"].as_str(), Some("bytes"), "{name}: size the disk");
+        let size = q["queue_size"].as_u64().expect("queue_size");
+        assert!(size >= 64 << 20, "{name}: {size} bytes is minutes at most");
+        total += size;
+        let retry = &exp["retry_on_failure"];
+        assert_eq!(retry["enabled"].as_bool(), Some(true), "{name}");
+        assert_eq!(
+            retry["max_elapsed_time"].as_u64(),
+            Some(0),
+            "{name}: retry until the queue is full, not for a fixed time"
+        );
+        let dir = col["extensions"][storage]["directory"].as_str().unwrap();
+        let mounts = str_list(&collector["volumes"]);
+        let volume = mounts
+            .iter()
+            .find_map(|m| m.strip_suffix(&format!(":{dir}")))
+            .unwrap_or_else(|| panic!("{dir} is not a volume of the collector: {mounts:?}"));
+        assert!(
+            map_keys(&compose["volumes"]).contains(volume),
+            "{volume} is not a named volume"
+        );
+        // The init service owns that volume for the collector's uid before it starts.
+        let init = &compose["services"]["otel-collector-queue-init"];
+        assert!(
+            str_list(&init["volumes"]).contains(&format!("{volume}:{dir}")),
+            "the init service does not prepare {volume}"
+        );
+        let chown = str_list(&init["command"]).join(" ");
+        assert!(
+            chown.contains("10001:10001") && chown.contains(dir),
+            "{chown}"
+        );
+        assert_eq!(
+            collector["depends_on"]["otel-collector-queue-init"]["condition"].as_str(),
+            Some("service_completed_successfully")
+        );
+    }
+    // SCALING.md states the queues' total and how long it lasts.
+    let scaling = std::fs::read_to_string(repo_root().join("SCALING.md")).unwrap();
+    let gib = total as f64 / f64::from(1u32 << 30);
+    assert!(
+        scaling.contains(&format!("{gib} GiB")),
+        "SCALING.md does not state the queues' {gib} GiB"
+    );
+}
+
+#[test]
+fn collector_components_use_only_keys_of_the_pinned_version() {
+    let col = yaml("stack/otel-collector.yaml");
+    let image = yaml("docker-compose.yml")["services"]["otel-collector"]["image"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        image.ends_with(":0.157.0"),
+        "a new collector ({image}): check the components' keys against its sources"
+    );
+    let checked = e2e::check_collector_keys("stack/otel-collector.yaml", &col);
+    assert!(checked > 20, "only {checked} keys checked");
+    // The check can fail: a misspelt key.
+    let typo: Value =
+        serde_yaml_ng::from_str("exporters:\n  otlp_grpc/x:\n    retry_on_failur: {}\n").unwrap();
+    assert!(std::panic::catch_unwind(|| e2e::check_collector_keys("typo", &typo)).is_err());
+}
+
+/// Alertmanager's webhook reaches the collector's webhookevent receiver on its port
+/// and path, and its notifications land in Loki as the alertmanager service's logs.
+#[test]
+fn alert_notifications_are_kept_as_logs() {
+    let am = yaml("stack/alertmanager.yml");
+    let col = yaml("stack/otel-collector.yaml");
+    let hook = &col["receivers"]["webhookevent/alertmanager"];
+    let port = hook["endpoint"]
+        .as_str()
+        .unwrap()
+        .rsplit_once(':')
+        .unwrap()
+        .1;
+    let path = hook["path"].as_str().unwrap();
+    let want = format!("http://otel-collector:{port}{path}");
+    let mut urls = 0;
+    for r in am["receivers"].as_sequence().unwrap() {
+        for w in r["webhook_configs"].as_sequence().into_iter().flatten() {
+            assert_eq!(w["url"].as_str(), Some(want.as_str()));
+            urls += 1;
+        }
+    }
+    assert!(urls > 0);
+    let pipeline = &col["service"]["pipelines"]["logs/alerts"];
+    assert_eq!(
+        str_list(&pipeline["receivers"]),
+        ["webhookevent/alertmanager"]
+    );
+    let processors = str_list(&pipeline["processors"]);
+    assert!(processors.iter().any(|p| p == "resource/alertmanager"));
+    let attrs = col["processors"]["resource/alertmanager"]["attributes"]
+        .as_sequence()
+        .unwrap();
+    assert!(
+        attrs
+            .iter()
+            .any(|a| a["key"] == "service.name" && a["value"] == "alertmanager")
+    );
+}
+
+/// The README's table lists every service that publishes a port, by the name a reader
+/// knows it (Grafana, Jaeger, Prometheus, Alertmanager, Loki, the collector, the demo),
+/// with its port variable, and the README links SCALING.md.
+#[test]
+fn the_readme_lists_every_published_service_and_links_scaling_md() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let compose = yaml("docker-compose.yml");
+    let names = [
+        ("grafana", "| Grafana |"),
+        ("jaeger", "| Jaeger |"),
+        ("prometheus", "| Prometheus |"),
+        ("alertmanager", "| Alertmanager |"),
+        ("loki", "| Loki |"),
+        ("otel-collector", "| OTLP (Collector) |"),
+        ("demo-gateway", "| Demo gateway |"),
+    ];
+    for (service, svc) in compose["services"].as_mapping().unwrap() {
+        let service = service.as_str().unwrap();
+        let ports = str_list(&svc["ports"]);
+        if ports.is_empty() {
+            continue;
+        }
+        let row = names
+            .iter()
+            .find(|(s, _)| *s == service)
+            .map(|(_, row)| *row)
+            .unwrap_or_else(|| {
+                panic!("{service} publishes a port: name it in this test and the README")
+            });
+        assert!(readme.contains(row), "README's table lacks {row}");
+        for port in ports {
+            let var = port
+                .split("${")
+                .nth(1)
+                .and_then(|p| p.split(':').next())
+                .unwrap();
+            assert!(
+                readme.contains(&format!("`{var}`")),
+                "README does not name {var}"
+            );
+        }
+    }
+    assert!(
+        readme.contains("(SCALING.md)"),
+        "README does not link SCALING.md"
+    );
 }

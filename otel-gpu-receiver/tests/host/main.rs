@@ -7,6 +7,7 @@ mod common;
 mod config_doc;
 mod config_errors;
 mod failing_source;
+mod first_export;
 mod host_view;
 mod once;
 mod otlp;
