@@ -14,6 +14,10 @@ pub const TAIL_TRACES: &str = "otel_instrument.tail.traces";
 /// Spans the tail keeper recorded but could not keep, by `reason` (`root_cap`,
 /// `held_cap`, `late`, `handoff_full`).
 pub const TAIL_SPANS_DROPPED: &str = "otel_instrument.tail.spans.dropped";
+/// What the W3C propagators dropped from incoming or outgoing headers, by `header`
+/// (`traceparent`: invalid headers, each of which started a new trace;
+/// `tracestate`: members; `baggage`: entries).
+pub const PROPAGATION_REJECTED: &str = "otel_instrument.propagation.rejected";
 /// Heap bytes the allocator has handed out and not had back (glibc `mallinfo2`:
 /// `uordblks + hblkhd`), beside `process.memory.usage` (RSS). Not a semantic
 /// conventions name: they define no heap metric for native processes, only

@@ -570,6 +570,23 @@ impl TelemetryBuilder {
             .with_callback(|o| o.observe(monitored::clock_backwards(), &[]))
             .build();
         own_meter
+            .u64_observable_counter(crate::names::PROPAGATION_REJECTED)
+            .with_unit("{item}")
+            .with_description(
+                "What the W3C propagators dropped: invalid traceparent headers (each started a new trace), tracestate members and baggage entries that were invalid or over the specifications' bounds",
+            )
+            .with_callback(|o| {
+                let r = crate::propagation::w3c::rejected();
+                for (header, n) in [
+                    ("traceparent", r.traceparent),
+                    ("tracestate", r.tracestate_members),
+                    ("baggage", r.baggage_entries),
+                ] {
+                    o.observe(n, &[KeyValue::new("header", header)]);
+                }
+            })
+            .build();
+        own_meter
             .u64_observable_counter(crate::names::TAIL_TRACES)
             .with_unit("{trace}")
             .with_description(
