@@ -86,7 +86,10 @@ pub(crate) fn start(
         }),
     );
     rt.spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        let stats = std::sync::Arc::new(crate::serve::Stats::default());
+        if let Err(e) =
+            crate::serve::serve(listener, app, crate::serve::Limits::default(), stats).await
+        {
             tracing::warn!(error = %e, "the Prometheus endpoint stopped");
         }
     });
