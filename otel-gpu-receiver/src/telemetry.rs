@@ -272,11 +272,7 @@ impl Telemetry {
                 .map_err(|source| TelemetryError::Listen { addr, source })?;
             tracing::info!(%local, "serving Prometheus /metrics and /healthz");
             prometheus = Some(local);
-            let exposition = exposition::publish(&cell, &resource, &scope());
-            let app = axum::Router::new()
-                .route("/metrics", axum::routing::get(metrics))
-                .route("/healthz", axum::routing::get(healthz))
-                .with_state(Arc::new(ServerState { exposition, health }));
+            let app = router(&cell, &resource, health);
             // Bounded for any client that can reach the port: a connection cap, header
             // and write timeouts, small request heads (otel_instrument::serve).
             let limits = otel_instrument::serve::Limits::default();
@@ -483,6 +479,17 @@ fn register(meter: &Meter, d: &'static MetricDesc, cell: SnapshotCell) {
             observe!(meter, f64_observable_gauge, d, cell, |p| p.value.as_f64())
         }
     }
+}
+
+/// The router of the pull endpoint: `/metrics` renders what `cell` holds, `/healthz`
+/// reports `health`. Public for fuzzing the endpoint's request handling
+/// ([`otel_instrument::serve::serve_connection`]).
+pub fn router(cell: &SnapshotCell, resource: &Resource, health: Arc<Health>) -> axum::Router {
+    let exposition = exposition::publish(cell, resource, &scope());
+    axum::Router::new()
+        .route("/metrics", axum::routing::get(metrics))
+        .route("/healthz", axum::routing::get(healthz))
+        .with_state(Arc::new(ServerState { exposition, health }))
 }
 
 #[derive(Debug)]

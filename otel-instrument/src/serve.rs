@@ -30,7 +30,7 @@ use axum::body::Body;
 use http::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 /// The bounds [`serve`] holds each client to. The defaults suit a metrics endpoint
 /// that Prometheus scrapes every few seconds.
@@ -134,15 +134,15 @@ impl Progress {
 }
 
 pin_project_lite::pin_project! {
-    /// A TCP stream that notes when a write is stuck.
-    struct Watched {
+    /// A connection that notes when a write is stuck.
+    struct Watched<S> {
         #[pin]
-        inner: TcpStream,
+        inner: S,
         progress: Arc<Progress>,
     }
 }
 
-impl Watched {
+impl<S> Watched<S> {
     fn track<T>(progress: &Progress, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
         match &poll {
             Poll::Pending => {
@@ -159,7 +159,7 @@ impl Watched {
     }
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncRead> AsyncRead for Watched<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -169,7 +169,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite> AsyncWrite for Watched<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -234,13 +234,10 @@ pub async fn serve(
             }
             Err(e) => return Err(e),
         };
-        stats.accepted.fetch_add(1, Ordering::Relaxed);
-        let open = stats.open.fetch_add(1, Ordering::Relaxed) + 1;
-        stats.peak_open.fetch_max(open, Ordering::Relaxed);
+        let _ = stream.set_nodelay(true);
         let (router, stats) = (router.clone(), stats.clone());
         tokio::spawn(async move {
-            connection(stream, router, limits, &stats).await;
-            stats.open.fetch_sub(1, Ordering::Relaxed);
+            serve_connection(stream, router, limits, &stats).await;
             drop(slot);
         });
     }
@@ -256,8 +253,28 @@ fn is_transient(e: &io::Error) -> bool {
     ) || matches!(e.raw_os_error(), Some(23 | 24 | 105 | 12)) // ENFILE, EMFILE, ENOBUFS, ENOMEM
 }
 
-async fn connection(stream: TcpStream, router: axum::Router, limits: Limits, stats: &Arc<Stats>) {
-    let _ = stream.set_nodelay(true);
+/// Serves one accepted connection (any byte stream) within `limits`, as [`serve`] does
+/// each of its own, until it closes or a limit closes it. [`serve`] adds the cap on
+/// connections; this is for callers that accept their own, and for fuzzing.
+pub async fn serve_connection<S>(
+    stream: S,
+    router: axum::Router,
+    limits: Limits,
+    stats: &Arc<Stats>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    stats.accepted.fetch_add(1, Ordering::Relaxed);
+    let open = stats.open.fetch_add(1, Ordering::Relaxed) + 1;
+    stats.peak_open.fetch_max(open, Ordering::Relaxed);
+    connection(stream, router, limits, stats).await;
+    stats.open.fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn connection<S>(stream: S, router: axum::Router, limits: Limits, stats: &Arc<Stats>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let progress = Arc::new(Progress {
         write_blocked_since: AtomicU64::new(0),
         start: Instant::now(),

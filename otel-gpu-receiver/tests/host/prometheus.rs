@@ -282,4 +282,22 @@ fn idle_and_slowloris_connections_past_the_cap_do_not_stop_scrapes() {
         "the agent's RSS grew by {} MiB",
         grown >> 20
     );
+    // And counted: every one of the 80 ended in a header timeout.
+    let counted = poll(Duration::from_secs(20), || {
+        let (_, body) = http_get(addr, "/metrics")?;
+        body.lines()
+            .find(|l| {
+                l.starts_with("otel_gpu_receiver_http_connections_closed_total{")
+                    && l.contains("reason=\"http_error\"")
+            })?
+            .rsplit(' ')
+            .next()?
+            .parse::<f64>()
+            .ok()
+            .filter(|n| *n >= 80.0)
+    });
+    assert!(
+        counted.is_some(),
+        "the closed connections are not counted in /metrics"
+    );
 }
