@@ -64,13 +64,13 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// The default limits with `max_connections` connections at once.
+    /// These limits with `n` connections at once (at least 1).
     pub fn with_max_connections(mut self, n: usize) -> Self {
         self.max_connections = n.max(1);
         self
     }
 
-    /// The default limits with both timeouts set to `t`.
+    /// These limits with the given header-read and stuck-write timeouts.
     pub fn with_timeouts(mut self, header_read: Duration, write: Duration) -> Self {
         self.header_read_timeout = header_read;
         self.write_timeout = write;
