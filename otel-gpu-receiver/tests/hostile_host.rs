@@ -163,3 +163,41 @@ fn a_sys_file_that_fails_to_read_falls_back_and_the_cycle_goes_on() {
     // Not a mix of the two sources: all of /proc/cpuinfo.
     assert_eq!(reading.frequency_hz, vec![(0, 2.0e9), (1, 2.1e9)]);
 }
+
+#[test]
+fn the_filesystem_family_reads_a_10000_entry_host_mount_table_and_reports_what_exists() {
+    use otel_gpu_receiver::host::filesystem::FilesystemSource;
+    let dir = tempfile::tempdir().unwrap();
+    let roots = Roots {
+        proc: dir.path().join("proc"),
+        sys: dir.path().join("sys"),
+        rootfs: dir.path().join("rootfs"),
+    };
+    fs::create_dir_all(roots.rootfs.join("data disk")).unwrap();
+    let mut table = String::from(
+        "1 0 8:1 / / rw - ext4 /dev/sda1 rw\n2 1 8:2 / /data\\040disk rw - ext4 /dev/sda2 rw\n",
+    );
+    // 10,000 more whose mount points this host does not have (statvfs fails: skipped).
+    for i in 0..10_000 {
+        table.push_str(&format!(
+            "{} 1 0:{i} / /gone/m{i}\\011x rw - ext4 /dev/loop{i} rw\n",
+            i + 3
+        ));
+    }
+    write(&roots.proc, "1/mountinfo", &table);
+    let mut source = FilesystemSource::new(roots);
+    let reading = source
+        .read()
+        .expect("a huge mount table is read, not an error");
+    let mut points: Vec<&str> = reading
+        .filesystems
+        .iter()
+        .map(|f| f.mount.mountpoint.as_str())
+        .collect();
+    points.sort_unstable();
+    assert_eq!(
+        points,
+        ["/", "/data disk"],
+        "what exists is reported, the rest skipped"
+    );
+}
