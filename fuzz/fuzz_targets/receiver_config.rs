@@ -1,6 +1,8 @@
 //! The receiver's configuration: the input up to the first NUL is the TOML file, the
 //! rest `NAME=value` lines of environment (OTEL_* and OTEL_GPU_RECEIVER_*), resolved
-//! by `Settings::resolve` as `main` does. Bad input must be an error, never a panic.
+//! by `Settings::resolve` as `main` does; the same environment through the library's
+//! own `OTEL_*` parser (`otel_instrument::config::Config::from_lookup`, what `init!()`
+//! reads). Bad input must be an error, never a panic.
 #![no_main]
 
 use std::collections::HashMap;
@@ -26,6 +28,10 @@ fuzz_target!(|data: &[u8]| {
         ..Flags::default()
     };
     let _ = Settings::resolve(flags, &|k| env.get(k).cloned());
+    let _ = otel_instrument::config::Config::from_lookup(
+        &|k| env.get(k).cloned(),
+        &otel_instrument::config::Overrides::default(),
+    );
     let _ = std::fs::remove_file(&file.0);
 });
 

@@ -249,3 +249,34 @@ async fn oversized_heads_and_request_bodies_are_refused() {
     assert!(answer.starts_with("HTTP/1.1 404"), "{answer:.60}");
     assert!(answer.len() < 200, "{}", answer.len());
 }
+
+#[tokio::test]
+async fn a_kept_alive_connection_left_idle_is_closed_after_the_header_timeout() {
+    let (addr, stats) = start().await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    // The answer (Content-Length framed, kept alive), then nothing more from us.
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    let answered = tokio::time::timeout(CLIENT_DEADLINE, async {
+        while !buf.ends_with(b"\r\n\r\nok") {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(
+                n > 0,
+                "closed before the answer: {:?}",
+                String::from_utf8_lossy(&buf)
+            );
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    assert!(answered.is_ok(), "answered");
+    assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200"));
+    assert!(
+        closed_by_server(s).await,
+        "an idle kept-alive connection is closed"
+    );
+    assert!(stats.errors() >= 1, "and counted as a header timeout");
+}

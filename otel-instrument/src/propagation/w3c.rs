@@ -291,8 +291,11 @@ fn percent_decode(s: &str) -> Option<String> {
     while i < b.len() {
         if b[i] == b'%' {
             let hex = b.get(i + 1..i + 3)?;
-            let s = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(s, 16).ok()?);
+            // Two hex digits: `from_str_radix` alone would take a sign.
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
             i += 3;
         } else {
             out.push(b[i]);
@@ -542,8 +545,8 @@ mod tests {
 
     #[test]
     fn a_broken_escape_drops_only_its_entry() {
-        let (b, dropped) = parse_baggage(["a=%zz,b=%e2%82,c=1"]);
-        assert_eq!(dropped, 2);
+        let (b, dropped) = parse_baggage(["a=%zz,b=%e2%82,c=1,d=%+1"]);
+        assert_eq!(dropped, 3);
         assert_eq!(b.len(), 1);
         assert!(b.get("c").is_some());
     }
