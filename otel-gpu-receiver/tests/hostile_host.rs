@@ -1,7 +1,8 @@
 //! Hosts the receiver has never seen, at their worst: a mount table of 10,000 entries
 //! with escaped paths, a 64 KiB cgroup path, interface names with spaces and escapes, a
 //! `/proc/<pid>` that is gone by the time it is read, a `/sys` file that fails to read.
-//! Each is read, skipped or counted as an error the collector counts; none panics.
+//! Each is read, skipped or counted as an error the collector counts; none panics. The
+//! families and attribution are run over such trees too, not only the parsers.
 //!
 //! A read error (EIO) is simulated as the other fixtures simulate unreadable files: a
 //! directory where the file should be, so `read` fails with an I/O error the same way.
@@ -199,5 +200,57 @@ fn the_filesystem_family_reads_a_10000_entry_host_mount_table_and_reports_what_e
         points,
         ["/", "/data disk"],
         "what exists is reported, the rest skipped"
+    );
+}
+
+#[test]
+fn attribution_over_hostile_pids_counts_what_it_cannot_read_and_places_the_rest() {
+    use otel_gpu_receiver::attribution::{
+        AttributionConfig, Attributor, GpuProcess, PROCESS_GPU_MEMORY_USAGE,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let id = "b".repeat(64);
+    let deep: String = "/nest".repeat(64 * 1024 / 5);
+    // 501: a 64 KiB path ending in a container; 502: gone (listed by NVML, exited since);
+    // 503: unreadable (EIO); 504: not UTF-8.
+    write(
+        dir.path(),
+        "501/cgroup",
+        &format!("0::{deep}/cri-containerd-{id}.scope\n"),
+    );
+    fs::create_dir_all(dir.path().join("503/cgroup")).unwrap();
+    fs::create_dir_all(dir.path().join("504")).unwrap();
+    fs::write(dir.path().join("504/cgroup"), [0xc3, 0x28, b'\n']).unwrap();
+    let mut a = Attributor::new(AttributionConfig {
+        kubelet: false,
+        proc_root: dir.path().to_path_buf(),
+        ..AttributionConfig::default()
+    });
+    let procs: Vec<GpuProcess> = (501..=504)
+        .map(|pid| GpuProcess {
+            pid,
+            gpu: "GPU-0".into(),
+            executable: None,
+            memory_used: Some(u64::from(pid)),
+            utilization: vec![],
+        })
+        .collect();
+    let out = a.run(&[], &procs);
+    assert_eq!(a.errors().get("cgroup_unreadable"), Some(&1));
+    assert_eq!(a.errors().get("cgroup_malformed"), Some(&1));
+    let placed: Vec<_> = out
+        .series
+        .iter()
+        .filter(|s| s.name == PROCESS_GPU_MEMORY_USAGE)
+        .filter(|s| {
+            s.attributes
+                .iter()
+                .any(|kv| kv.key.as_str() == "container.id" && kv.value.as_str() == id.as_str())
+        })
+        .collect();
+    assert_eq!(
+        placed.len(),
+        1,
+        "the process under the 64 KiB path keeps its container"
     );
 }
