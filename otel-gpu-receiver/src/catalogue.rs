@@ -459,6 +459,7 @@ pub static CATALOGUE: &[MetricDesc] = &[
     m(names::ERRORS, Counter, Int, "{error}", "Source failures by source and error type; a failing source is skipped (from the first error)", SELF, &[names::ATTR_SOURCE, a::ERROR_TYPE]),
     m(names::EXPORT_FAILURES, Counter, Int, "{request}", "OTLP export requests that failed", SELF, &[names::ATTR_SIGNAL]),
     m(names::EXPORT_REJECTED, Counter, Int, "{point}", "Data points the collector rejected in partial_success answers (from the first error)", SELF, &[]),
+    m(names::HTTP_CONNECTIONS_CLOSED, Counter, Int, "{connection}", "Connections the /metrics and /healthz endpoint closed for a limit: write_timeout (a client that does not read), http_error (a request head too slow, too large or malformed), request_body (from the first error)", SELF, &[names::ATTR_REASON]),
     m(names::SERIES, Gauge, Int, "{series}", "Series in the last snapshot", SELF, &[]),
     m(names::SERIES_OVERFLOW, Counter, Int, "{series}", "Series beyond their instrument's cardinality limit, which the SDK folds into `otel.metric.overflow`, summed over cycles (from the first error)", SELF, &[names::ATTR_METRIC_NAME]),
     m(names::SERIES_NON_FINITE, Counter, Int, "{series}", "Readings dropped because their value was NaN or infinite (neither exporter can carry them), summed over cycles (from the first error)", SELF, &[names::ATTR_METRIC_NAME]),

@@ -117,6 +117,7 @@ pub fn run(settings: &Settings) -> Result<(), RunError> {
     let telemetry = Telemetry::start(settings, cell.clone(), health.clone())?;
     let stats = SelfStats {
         export: Some(telemetry.export_stats()),
+        http: Some(telemetry.http_stats()),
         ..SelfStats::default()
     };
     let inventory = gpu::Inventory::default();

@@ -33,6 +33,8 @@ pub const ERRORS: &str = "otel_gpu_receiver.errors";
 pub const EXPORT_FAILURES: &str = "otel_gpu_receiver.export.failures";
 /// Data points that collectors rejected in `partial_success` answers.
 pub const EXPORT_REJECTED: &str = "otel_gpu_receiver.export.rejected";
+/// Connections the pull endpoint closed for one of its limits, by `reason`.
+pub const HTTP_CONNECTIONS_CLOSED: &str = "otel_gpu_receiver.http.connections.closed";
 /// Series (points) in the last snapshot.
 pub const SERIES: &str = "otel_gpu_receiver.series";
 
@@ -63,3 +65,5 @@ pub const ATTR_METRIC_NAME: &str = "metric.name";
 pub const ATTR_SOURCE: &str = "source";
 /// Attribute: the signal of an export failure.
 pub const ATTR_SIGNAL: &str = "signal";
+/// Why the pull endpoint closed a connection: `write_timeout`, `http_error`, `request_body`.
+pub const ATTR_REASON: &str = "reason";

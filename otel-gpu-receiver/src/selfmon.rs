@@ -26,6 +26,8 @@ pub struct SelfStats {
     pub last_duration: Duration,
     /// The OTLP exporter's failure counts, when exporting.
     pub export: Option<Arc<ExportStats>>,
+    /// What the pull endpoint did with its clients, when serving.
+    pub http: Option<Arc<otel_instrument::serve::Stats>>,
 }
 
 /// Follows the exporter's failure and success counts and says when an outage starts,
@@ -173,6 +175,21 @@ impl SelfStats {
             .map_or(0, |s| s.metric_points_rejected());
         if rejected > 0 {
             out.push(names::EXPORT_REJECTED, vec![], rejected);
+        }
+        if let Some(h) = &self.http {
+            for (reason, n) in [
+                ("write_timeout", h.write_timeouts()),
+                ("http_error", h.errors()),
+                ("request_body", h.bodies_refused()),
+            ] {
+                if n > 0 {
+                    out.push(
+                        names::HTTP_CONNECTIONS_CLOSED,
+                        vec![KeyValue::new(names::ATTR_REASON, reason)],
+                        n,
+                    );
+                }
+            }
         }
         let own = out.len() - start + 1;
         out.push(names::SERIES, vec![], (series + own) as u64);

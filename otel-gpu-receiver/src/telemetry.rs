@@ -208,6 +208,7 @@ pub struct Telemetry {
     runtime: ExportRuntime,
     stats: Arc<ExportStats>,
     prometheus: Option<SocketAddr>,
+    http: Arc<otel_instrument::serve::Stats>,
 }
 
 impl Telemetry {
@@ -260,6 +261,7 @@ impl Telemetry {
             limits = Some(l);
         }
         let mut prometheus = None;
+        let http_stats = Arc::new(otel_instrument::serve::Stats::default());
         if let Some(addr) = settings.prometheus {
             let listener = runtime
                 .handle()
@@ -270,13 +272,14 @@ impl Telemetry {
                 .map_err(|source| TelemetryError::Listen { addr, source })?;
             tracing::info!(%local, "serving Prometheus /metrics and /healthz");
             prometheus = Some(local);
-            let exposition = exposition::publish(&cell, &resource, &scope());
-            let app = axum::Router::new()
-                .route("/metrics", axum::routing::get(metrics))
-                .route("/healthz", axum::routing::get(healthz))
-                .with_state(Arc::new(ServerState { exposition, health }));
+            let app = router(&cell, &resource, health);
+            // Bounded for any client that can reach the port: a connection cap, header
+            // and write timeouts, small request heads (otel_instrument::serve).
+            let limits = otel_instrument::serve::Limits::default();
+            let serving = http_stats.clone();
             runtime.handle().spawn(async move {
-                if let Err(e) = axum::serve(listener, app).await {
+                if let Err(e) = otel_instrument::serve::serve(listener, app, limits, serving).await
+                {
                     tracing::error!(error = %e, "Prometheus endpoint stopped");
                 }
             });
@@ -287,6 +290,7 @@ impl Telemetry {
             runtime,
             stats,
             prometheus,
+            http: http_stats,
         })
     }
 
@@ -304,6 +308,13 @@ impl Telemetry {
     /// The address the Prometheus endpoint listens on, when enabled.
     pub fn prometheus_addr(&self) -> Option<SocketAddr> {
         self.prometheus
+    }
+
+    /// What the `/metrics` and `/healthz` endpoint did with its clients: connections
+    /// open and at most open (never above its cap of 64), closed for a stuck write or
+    /// an HTTP error (a head not sent within 10 s, too large), bodies refused.
+    pub fn http_stats(&self) -> Arc<otel_instrument::serve::Stats> {
+        self.http.clone()
     }
 
     /// The agent's runtime, e.g. to wait for a signal on.
@@ -467,6 +478,17 @@ fn register(meter: &Meter, d: &'static MetricDesc, cell: SnapshotCell) {
             observe!(meter, f64_observable_gauge, d, cell, |p| p.value.as_f64())
         }
     }
+}
+
+/// The router of the pull endpoint: `/metrics` renders what `cell` holds, `/healthz`
+/// reports `health`. Public for fuzzing the endpoint's request handling
+/// ([`otel_instrument::serve::serve_connection`]).
+pub fn router(cell: &SnapshotCell, resource: &Resource, health: Arc<Health>) -> axum::Router {
+    let exposition = exposition::publish(cell, resource, &scope());
+    axum::Router::new()
+        .route("/metrics", axum::routing::get(metrics))
+        .route("/healthz", axum::routing::get(healthz))
+        .with_state(Arc::new(ServerState { exposition, health }))
 }
 
 #[derive(Debug)]

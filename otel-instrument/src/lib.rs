@@ -45,6 +45,8 @@ mod process;
 pub mod prometheus;
 pub mod propagation;
 pub mod resource;
+#[cfg(feature = "serve")]
+pub mod serve;
 mod setup;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -14,6 +14,14 @@ pub const TAIL_TRACES: &str = "otel_instrument.tail.traces";
 /// Spans the tail keeper recorded but could not keep, by `reason` (`root_cap`,
 /// `held_cap`, `late`, `handoff_full`).
 pub const TAIL_SPANS_DROPPED: &str = "otel_instrument.tail.spans.dropped";
+/// What the W3C propagators dropped from incoming or outgoing headers, by `header`
+/// (`traceparent`: invalid headers, each of which started a new trace;
+/// `tracestate`: members; `baggage`: entries).
+pub const PROPAGATION_REJECTED: &str = "otel_instrument.propagation.rejected";
+/// Connections the Prometheus endpoint closed for one of its limits, by `reason`
+/// (`write_timeout`, `http_error`: a head not sent in time, too large or malformed;
+/// `request_body`).
+pub const PROMETHEUS_CONNECTIONS_CLOSED: &str = "otel_instrument.prometheus.connections.closed";
 /// Heap bytes the allocator has handed out and not had back (glibc `mallinfo2`:
 /// `uordblks + hblkhd`), beside `process.memory.usage` (RSS). Not a semantic
 /// conventions name: they define no heap metric for native processes, only

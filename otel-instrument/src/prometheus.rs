@@ -29,12 +29,20 @@ pub enum PrometheusError {
     },
 }
 
-/// Builds the reader and serves `GET /metrics` on `addr` from the given runtime.
-/// Returns the reader to add to the meter provider and the bound address.
+/// What [`start`] returns: the reader to add to the meter provider, the bound
+/// address, and what the endpoint did with its clients.
+pub(crate) type Started = (
+    opentelemetry_prometheus::PrometheusExporter,
+    SocketAddr,
+    std::sync::Arc<crate::serve::Stats>,
+);
+
+/// Builds the reader and serves `GET /metrics` on `addr` from the given runtime,
+/// within [`crate::serve::Limits::default`].
 pub(crate) fn start(
     rt: &tokio::runtime::Handle,
     addr: SocketAddr,
-) -> Result<(opentelemetry_prometheus::PrometheusExporter, SocketAddr), PrometheusError> {
+) -> Result<Started, PrometheusError> {
     let registry = prometheus::Registry::new();
     let exporter = opentelemetry_prometheus::exporter()
         .with_registry(registry.clone())
@@ -51,7 +59,25 @@ pub(crate) fn start(
         tokio::net::TcpListener::from_std(std_listener)
             .map_err(|source| PrometheusError::Bind { addr, source })?
     };
-    let app = axum::Router::new().route(
+    let app = router(registry);
+    let stats = std::sync::Arc::new(crate::serve::Stats::default());
+    let serving = stats.clone();
+    rt.spawn(async move {
+        let stats = serving;
+        if let Err(e) =
+            crate::serve::serve(listener, app, crate::serve::Limits::default(), stats).await
+        {
+            tracing::warn!(error = %e, "the Prometheus endpoint stopped");
+        }
+    });
+    Ok((exporter, bound, stats))
+}
+
+/// The `/metrics` router over `registry`, as the endpoint serves it: OpenMetrics when
+/// the `Accept` header asks for it, the text format otherwise. Public for fuzzing the
+/// endpoint's request handling ([`crate::serve::serve_connection`]).
+pub fn router(registry: prometheus::Registry) -> axum::Router {
+    axum::Router::new().route(
         "/metrics",
         axum::routing::get(move |headers: axum::http::HeaderMap| {
             let registry = registry.clone();
@@ -84,11 +110,5 @@ pub(crate) fn start(
                 )
             }
         }),
-    );
-    rt.spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::warn!(error = %e, "the Prometheus endpoint stopped");
-        }
-    });
-    Ok((exporter, bound))
+    )
 }

@@ -13,7 +13,9 @@
 //!
 //! An unsampled call still propagates: the trace id goes out with the sampled
 //! flag off, so every service downstream agrees with the root's decision.
-//! `tracestate` and baggage travel unchanged.
+//! `tracestate` and baggage travel unchanged within the W3C bounds ([`w3c`]):
+//! what a caller sends beyond them is dropped and counted, and an invalid
+//! `traceparent` starts a new trace rather than failing the request.
 //!
 //! ```
 //! use otel_instrument::propagation::{ClientLayer, ServerLayer};
@@ -34,12 +36,14 @@ use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
 use opentelemetry::trace::{SpanBuilder, SpanKind, Status, TraceContextExt as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
-use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_semantic_conventions::attribute as semconv;
 
 use crate::config::Propagator;
 use crate::monitored;
 use crate::names::rpc;
+
+pub mod w3c;
+use w3c::{BaggagePropagator, TraceContextPropagator};
 
 /// Installs the global propagator that `OTEL_PROPAGATORS` names. With none,
 /// nothing is injected or extracted.
@@ -48,8 +52,8 @@ pub(crate) fn install(propagators: &[Propagator]) {
         .iter()
         .map(|p| -> Box<dyn TextMapPropagator + Send + Sync> {
             match p {
-                Propagator::TraceContext => Box::new(TraceContextPropagator::new()),
-                Propagator::Baggage => Box::new(BaggagePropagator::new()),
+                Propagator::TraceContext => Box::new(TraceContextPropagator),
+                Propagator::Baggage => Box::new(BaggagePropagator),
             }
         })
         .collect();

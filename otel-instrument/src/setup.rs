@@ -543,12 +543,12 @@ impl TelemetryBuilder {
             );
         }
         #[cfg(feature = "prometheus")]
-        let (meter_provider, prometheus_addr) = match self.prometheus {
+        let (meter_provider, prometheus_addr, prometheus_http) = match self.prometheus {
             Some(addr) => {
-                let (reader, bound) = crate::prometheus::start(runtime.handle(), addr)?;
-                (meter_provider.with_reader(reader), Some(bound))
+                let (reader, bound, http) = crate::prometheus::start(runtime.handle(), addr)?;
+                (meter_provider.with_reader(reader), Some(bound), Some(http))
             }
-            None => (meter_provider, None),
+            None => (meter_provider, None, None),
         };
         let meter_provider = meter_provider.build();
         opentelemetry::global::set_meter_provider(meter_provider.clone());
@@ -568,6 +568,42 @@ impl TelemetryBuilder {
                 "#[monitored] durations whose end read earlier than their start (cross-core clock skew), recorded as zero",
             )
             .with_callback(|o| o.observe(monitored::clock_backwards(), &[]))
+            .build();
+        #[cfg(feature = "prometheus")]
+        if let Some(http) = prometheus_http {
+            own_meter
+                .u64_observable_counter(crate::names::PROMETHEUS_CONNECTIONS_CLOSED)
+                .with_unit("{connection}")
+                .with_description(
+                    "Connections the Prometheus endpoint closed for a limit: a response write stuck past its timeout, an HTTP error (a request head not sent in time, too large, malformed), or a request body",
+                )
+                .with_callback(move |o| {
+                    for (reason, n) in [
+                        ("write_timeout", http.write_timeouts()),
+                        ("http_error", http.errors()),
+                        ("request_body", http.bodies_refused()),
+                    ] {
+                        o.observe(n, &[KeyValue::new("reason", reason)]);
+                    }
+                })
+                .build();
+        }
+        own_meter
+            .u64_observable_counter(crate::names::PROPAGATION_REJECTED)
+            .with_unit("{item}")
+            .with_description(
+                "What the W3C propagators dropped: invalid traceparent headers (each started a new trace), tracestate members and baggage entries that were invalid or over the specifications' bounds",
+            )
+            .with_callback(|o| {
+                let r = crate::propagation::w3c::rejected();
+                for (header, n) in [
+                    ("traceparent", r.traceparent),
+                    ("tracestate", r.tracestate_members),
+                    ("baggage", r.baggage_entries),
+                ] {
+                    o.observe(n, &[KeyValue::new("header", header)]);
+                }
+            })
             .build();
         own_meter
             .u64_observable_counter(crate::names::TAIL_TRACES)

@@ -29,8 +29,22 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The `traceparent` the last handler call sent downstream.
-static OUTGOING: Mutex<Option<HeaderMap>> = Mutex::new(None);
+/// The headers each handler call sent downstream (tests run in parallel: each finds
+/// its own by trace id with [`outgoing`]).
+static OUTGOING: Mutex<Vec<HeaderMap>> = Mutex::new(Vec::new());
+
+/// The headers a handler call of trace `trace` sent downstream.
+fn outgoing(trace: &str) -> HeaderMap {
+    let all = OUTGOING.lock().unwrap();
+    all.iter()
+        .find(|h| {
+            h.get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.contains(trace))
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("no call of trace {trace} went downstream"))
+}
 
 #[monitored]
 fn lookup(id: u32) -> Result<u32, std::io::Error> {
@@ -39,7 +53,7 @@ fn lookup(id: u32) -> Result<u32, std::io::Error> {
     }
     let mut headers = HeaderMap::new();
     otel_instrument::propagation::inject(&mut headers);
-    *OUTGOING.lock().unwrap() = Some(headers);
+    OUTGOING.lock().unwrap().push(headers);
     Ok(id * 2)
 }
 
@@ -136,7 +150,7 @@ async fn an_unsampled_incoming_trace_exports_nothing_and_propagates_unsampled() 
     let trace = "0af7651916cd43dd8448eb211c80319c";
     let status = call("/items/3", &format!("00-{trace}-b7ad6b7169203331-00")).await;
     assert_eq!(status, StatusCode::OK);
-    let outgoing = OUTGOING.lock().unwrap().take().expect("lookup ran");
+    let outgoing = outgoing(trace);
     let traceparent = outgoing["traceparent"].to_str().unwrap().to_owned();
     assert!(
         traceparent.starts_with(&format!("00-{trace}-")) && traceparent.ends_with("-00"),
@@ -363,4 +377,66 @@ fn a_sampled_root_whose_span_the_level_turns_off_still_propagates_its_trace() {
     let parts: Vec<&str> = traceparent.split('-').collect();
     assert_ne!(parts[1], "0".repeat(32), "a real trace id: {traceparent}");
     assert_eq!(parts[3], "01", "the root's sampled decision: {traceparent}");
+}
+
+#[tokio::test]
+async fn an_invalid_traceparent_starts_a_new_trace_and_the_request_succeeds() {
+    let p = pipeline();
+    // All-zero trace id: invalid, so the tracestate beside it is ignored too.
+    let status = call(
+        "/items/41",
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "an invalid header never fails the request"
+    );
+    let server_of = |r: &otel_instrument::testing::Received| {
+        spans_named(r, "GET /items/{id}")
+            .into_iter()
+            .find(|s| s.attributes().get("url.path").map(String::as_str) == Some("/items/41"))
+    };
+    let r = flush_until(&p.sink, &p.guard, |r| server_of(r).is_some());
+    let server = server_of(&r).unwrap();
+    assert!(server.span.parent_span_id.is_empty(), "a new root");
+    assert_ne!(
+        hex(&server.span.trace_id),
+        "00000000000000000000000000000000"
+    );
+    assert_eq!(
+        server.span.trace_state, "",
+        "the invalid header's tracestate is not kept"
+    );
+    let rejected = otel_instrument::propagation::w3c::rejected();
+    assert!(rejected.traceparent >= 1);
+}
+
+#[tokio::test]
+async fn an_oversized_tracestate_goes_downstream_within_512_characters() {
+    let _p = pipeline();
+    let trace = "5bf92f3577b34da6a3ce929d0e0e4736";
+    let members: Vec<String> = (0..40)
+        .map(|i| format!("m{i:02}={}", "v".repeat(30)))
+        .collect();
+    let req = Request::get("/items/43")
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .header("tracestate", members.join(","))
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let resp = router().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    drop(
+        axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap(),
+    );
+    let outgoing = outgoing(trace);
+    let traceparent = outgoing["traceparent"].to_str().unwrap();
+    assert!(traceparent.contains(trace), "{traceparent}");
+    let state = outgoing["tracestate"].to_str().unwrap();
+    assert!(state.len() <= 512, "{}", state.len());
+    // 32 members of 34 characters (1,119 with commas) over 512: the first 14 fit.
+    assert_eq!(state, members[..14].join(","));
 }

@@ -551,4 +551,24 @@ fn prometheus_endpoint_serves_collector_style_names() {
             && l.ends_with(" 1")),
         "{body}"
     );
+    // The endpoint is held to `serve::Limits`: a request body is refused, and counted.
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.write_all(b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+        .unwrap();
+    let mut answer = String::new();
+    let _ = conn.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    conn.read_to_string(&mut body).unwrap();
+    assert!(
+        body.lines().any(
+            |l| l.starts_with("otel_instrument_prometheus_connections_closed_total{")
+                && l.contains("reason=\"request_body\"")
+                && l.ends_with(" 1")
+        ),
+        "{body}"
+    );
 }

@@ -195,3 +195,109 @@ fn the_endpoint_negotiates_openmetrics_and_gzip_and_falls_back_to_plain_text() {
         assert!(!text.contains("# EOF"));
     }
 }
+
+/// Reads until the server closes the connection; false if it is still open at the
+/// (generous) deadline.
+fn closed_by_agent(mut s: std::net::TcpStream) -> bool {
+    use std::io::Read as _;
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) => {
+                return !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn idle_and_slowloris_connections_past_the_cap_do_not_stop_scrapes() {
+    use std::io::{Read as _, Write as _};
+    let port = free_port();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut agent = start_agent(
+        &[
+            "--interval",
+            "1s",
+            "--no-otlp",
+            "--prometheus",
+            &addr.to_string(),
+        ],
+        &[],
+    );
+    let body = poll(Duration::from_secs(20), || {
+        http_get(addr, "/metrics").filter(|(s, b)| *s == 200 && b.contains("system_cpu_time"))
+    });
+    assert!(
+        body.is_some(),
+        "/metrics never answered: {}",
+        agent.stderr()
+    );
+    let rss_before = crate::common::rss_bytes(agent.pid());
+
+    // 80 connections against a cap of 64: half send nothing, half a head that never
+    // ends (a line at a time).
+    let mut attackers = Vec::new();
+    for i in 0..80 {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+        if i % 2 == 1 {
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nX-Slow: 1\r\n")
+                .unwrap();
+        }
+        attackers.push(s);
+    }
+    // A well-behaved scrape with Prometheus's default timeout waits behind them for the
+    // agent's 10 s header timeout at most; the deadline here is far longer.
+    for path in ["/healthz", "/metrics"] {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: t\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).unwrap();
+        let text = String::from_utf8_lossy(&buf);
+        assert_eq!(
+            text.split_whitespace().nth(1),
+            Some("200"),
+            "{path}: {text:.80}"
+        );
+    }
+    // Every attacker is closed by the agent, which stays up, without growing.
+    for s in attackers {
+        assert!(
+            closed_by_agent(s),
+            "an idle or slowloris connection stayed open"
+        );
+    }
+    assert!(agent.alive(), "{}", agent.stderr());
+    let grown = crate::common::rss_bytes(agent.pid()).saturating_sub(rss_before);
+    assert!(
+        grown < 32 << 20,
+        "the agent's RSS grew by {} MiB",
+        grown >> 20
+    );
+    // And counted: every one of the 80 ended in a header timeout.
+    let counted = poll(Duration::from_secs(20), || {
+        let (_, body) = http_get(addr, "/metrics")?;
+        body.lines()
+            .find(|l| {
+                l.starts_with("otel_gpu_receiver_http_connections_closed_total{")
+                    && l.contains("reason=\"http_error\"")
+            })?
+            .rsplit(' ')
+            .next()?
+            .parse::<f64>()
+            .ok()
+            .filter(|n| *n >= 80.0)
+    });
+    assert!(
+        counted.is_some(),
+        "the closed connections are not counted in /metrics"
+    );
+}
