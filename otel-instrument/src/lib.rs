@@ -44,6 +44,7 @@ mod process;
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
 pub mod propagation;
+pub mod redact;
 pub mod resource;
 mod setup;
 #[cfg(feature = "testing")]
