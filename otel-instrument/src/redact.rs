@@ -437,10 +437,11 @@ impl Redactor {
         if !self.enabled || value.is_empty() {
             return Cow::Borrowed(value);
         }
-        let matched = self.set.matches(value);
-        if !matched.matched_any() {
+        // `is_match` first: it allocates nothing, and most strings match no rule.
+        if !self.set.is_match(value) {
             return Cow::Borrowed(value);
         }
+        let matched = self.set.matches(value);
         let mut out = Cow::Borrowed(value);
         for i in matched.iter() {
             let rule = &self.rules[i];
@@ -503,6 +504,262 @@ pub fn active() -> Arc<Redactor> {
 /// Makes `redactor` the rules every exporter applies (`Telemetry` does this at build).
 pub fn set_active(redactor: Arc<Redactor>) {
     *ACTIVE.write().unwrap_or_else(PoisonError::into_inner) = redactor;
+}
+
+/// Redacts exported spans in place: attributes, event attributes (an
+/// `exception.message`) and the status message.
+pub(crate) fn spans(batch: &mut [opentelemetry_sdk::trace::SpanData]) {
+    let r = active();
+    if !r.enabled() {
+        return;
+    }
+    for span in batch {
+        key_values(&r, &mut span.attributes);
+        for event in &mut span.events.events {
+            key_values(&r, &mut event.attributes);
+        }
+        if let opentelemetry::trace::Status::Error { description } = &mut span.status
+            && let Cow::Owned(s) = r.redact(description)
+        {
+            *description = Cow::Owned(s);
+        }
+    }
+}
+
+fn key_values(r: &Redactor, attributes: &mut [opentelemetry::KeyValue]) {
+    use opentelemetry::{Array, StringValue, Value};
+    for kv in attributes {
+        match &mut kv.value {
+            Value::String(s) => {
+                if let Some(new) = r.redact_attribute(kv.key.as_str(), s.as_str()) {
+                    *s = StringValue::from(new);
+                }
+            }
+            Value::Array(Array::String(items)) => {
+                for s in items {
+                    if let Some(new) = r.redact_attribute(kv.key.as_str(), s.as_str()) {
+                        *s = StringValue::from(new);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn any_value(r: &Redactor, key: &str, value: &opentelemetry::logs::AnyValue) -> Option<opentelemetry::logs::AnyValue> {
+    use opentelemetry::logs::AnyValue;
+    match value {
+        AnyValue::String(s) => r.redact_attribute(key, s.as_str()).map(|s| AnyValue::String(s.into())),
+        AnyValue::ListAny(items) => {
+            let changed: Vec<Option<AnyValue>> = items.iter().map(|v| any_value(r, key, v)).collect();
+            changed.iter().any(Option::is_some).then(|| {
+                AnyValue::ListAny(Box::new(
+                    items
+                        .iter()
+                        .zip(changed)
+                        .map(|(old, new)| new.unwrap_or_else(|| old.clone()))
+                        .collect(),
+                ))
+            })
+        }
+        AnyValue::Map(map) => {
+            let mut changed = false;
+            let new: std::collections::HashMap<_, _> = map
+                .iter()
+                .map(|(k, v)| match any_value(r, k.as_str(), v) {
+                    Some(n) => {
+                        changed = true;
+                        (k.clone(), n)
+                    }
+                    None => (k.clone(), v.clone()),
+                })
+                .collect();
+            changed.then(|| AnyValue::Map(Box::new(new)))
+        }
+        _ => None,
+    }
+}
+
+/// Makes fresh log records (the SDK's cannot have an attribute replaced).
+#[derive(Debug)]
+pub(crate) struct LogRedactor {
+    logger: opentelemetry_sdk::logs::SdkLogger,
+    _provider: opentelemetry_sdk::logs::SdkLoggerProvider,
+}
+
+impl Default for LogRedactor {
+    fn default() -> Self {
+        use opentelemetry::logs::LoggerProvider as _;
+        // No processor: it only makes records.
+        let provider = opentelemetry_sdk::logs::SdkLoggerProvider::builder().build();
+        Self {
+            logger: provider.logger("otel-instrument.redact"),
+            _provider: provider,
+        }
+    }
+}
+
+impl LogRedactor {
+    /// The record with its body and attributes redacted; `None` when nothing changes.
+    pub(crate) fn record(
+        &self,
+        record: &opentelemetry_sdk::logs::SdkLogRecord,
+    ) -> Option<opentelemetry_sdk::logs::SdkLogRecord> {
+        use opentelemetry::logs::{LogRecord as _, Logger as _};
+        let r = active();
+        if !r.enabled() {
+            return None;
+        }
+        let body = record.body().and_then(|b| any_value(&r, "", b));
+        let attributes: Vec<_> = record
+            .attributes_iter()
+            .map(|(k, v)| any_value(&r, k.as_str(), v))
+            .collect();
+        if body.is_none() && attributes.iter().all(Option::is_none) {
+            return None;
+        }
+        let mut out = self.logger.create_log_record();
+        if let Some(name) = record.event_name() {
+            out.set_event_name(name);
+        }
+        if let Some(target) = record.target() {
+            out.set_target(target.clone());
+        }
+        if let Some(t) = record.timestamp() {
+            out.set_timestamp(t);
+        }
+        if let Some(t) = record.observed_timestamp() {
+            out.set_observed_timestamp(t);
+        }
+        if let Some(cx) = record.trace_context() {
+            out.set_trace_context(cx.trace_id, cx.span_id, cx.trace_flags);
+        }
+        if let Some(s) = record.severity_text() {
+            out.set_severity_text(s);
+        }
+        if let Some(s) = record.severity_number() {
+            out.set_severity_number(s);
+        }
+        if let Some(b) = body.or_else(|| record.body().cloned()) {
+            out.set_body(b);
+        }
+        for ((k, v), new) in record.attributes_iter().zip(attributes) {
+            out.add_attribute(k.clone(), new.unwrap_or_else(|| v.clone()));
+        }
+        Some(out)
+    }
+}
+
+/// Redacts an encoded-to-be metrics request: every data point's (and
+/// exemplar's) attribute values, so the labels given to the metric macros too.
+pub(crate) fn metrics_request(
+    request: &mut opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest,
+) {
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+    let r = active();
+    if !r.enabled() {
+        return;
+    }
+    for rm in &mut request.resource_metrics {
+        for sm in &mut rm.scope_metrics {
+            for m in &mut sm.metrics {
+                match &mut m.data {
+                    Some(Data::Sum(d)) => d.data_points.iter_mut().for_each(|p| {
+                        proto_attributes(&r, &mut p.attributes);
+                        p.exemplars
+                            .iter_mut()
+                            .for_each(|e| proto_attributes(&r, &mut e.filtered_attributes));
+                    }),
+                    Some(Data::Gauge(d)) => d.data_points.iter_mut().for_each(|p| {
+                        proto_attributes(&r, &mut p.attributes);
+                        p.exemplars
+                            .iter_mut()
+                            .for_each(|e| proto_attributes(&r, &mut e.filtered_attributes));
+                    }),
+                    Some(Data::Histogram(d)) => d.data_points.iter_mut().for_each(|p| {
+                        proto_attributes(&r, &mut p.attributes);
+                        p.exemplars
+                            .iter_mut()
+                            .for_each(|e| proto_attributes(&r, &mut e.filtered_attributes));
+                    }),
+                    Some(Data::ExponentialHistogram(d)) => d
+                        .data_points
+                        .iter_mut()
+                        .for_each(|p| proto_attributes(&r, &mut p.attributes)),
+                    Some(Data::Summary(d)) => d
+                        .data_points
+                        .iter_mut()
+                        .for_each(|p| proto_attributes(&r, &mut p.attributes)),
+                    None => {}
+                }
+            }
+        }
+    }
+}
+
+fn proto_attributes(r: &Redactor, attributes: &mut [opentelemetry_proto::tonic::common::v1::KeyValue]) {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    for kv in attributes {
+        if let Some(Value::StringValue(s)) = kv.value.as_mut().and_then(|v| v.value.as_mut())
+            && let Some(new) = r.redact_attribute(&kv.key, s)
+        {
+            *s = new;
+        }
+    }
+}
+
+/// A `tracing_subscriber` writer that redacts each formatted line before it
+/// reaches `inner` (the fmt lines `init!()` prints go through one on stdout).
+#[derive(Debug, Clone)]
+pub struct RedactingWriter<M> {
+    inner: M,
+}
+
+impl<M> RedactingWriter<M> {
+    /// Wraps a `MakeWriter`.
+    pub fn new(inner: M) -> Self {
+        Self { inner }
+    }
+}
+
+/// One event's writer: fmt hands it the whole formatted line in one write,
+/// which is redacted on its way to `inner` (no buffer of its own).
+#[derive(Debug)]
+pub struct RedactingLine<W: std::io::Write> {
+    inner: W,
+}
+
+impl<W: std::io::Write> std::io::Write for RedactingLine<W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let r = active();
+        match std::str::from_utf8(b) {
+            Ok(text) if r.enabled() => self.inner.write_all(r.redact(text).as_bytes())?,
+            _ => self.inner.write_all(b)?,
+        }
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<'a, M: tracing_subscriber::fmt::MakeWriter<'a>> tracing_subscriber::fmt::MakeWriter<'a>
+    for RedactingWriter<M>
+{
+    type Writer = RedactingLine<M::Writer>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        RedactingLine {
+            inner: self.inner.make_writer(),
+        }
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
+        RedactingLine {
+            inner: self.inner.make_writer_for(meta),
+        }
+    }
 }
 
 #[cfg(test)]
