@@ -335,7 +335,7 @@ fn builtin_rule(name: &str, keys: &[String]) -> ValueRule {
             let alternatives: Vec<String> = keys.iter().map(|k| loose_key(k)).collect();
             (
                 format!(
-                    r#"(?i)(\b[\w.\-]*(?:{})[\w.\-]*"?\s?(?:=|:)\s?(?:(?:bearer|basic)\s+)?)(?:"[^"]*"|'[^']*'|[^\s,;&]+)"#,
+                    r#"(?i)(\b[\w.\-]*(?:{})[\w.\-]*"?\s?(?:=|:)\s?(?:(?:bearer|basic)\s+)?)(?:"[^"]*"|'[^']*'|[^\s,;&'"]+)"#,
                     alternatives.join("|")
                 ),
                 Kind::KeepPrefix,
@@ -506,17 +506,27 @@ pub fn set_active(redactor: Arc<Redactor>) {
     *ACTIVE.write().unwrap_or_else(PoisonError::into_inner) = redactor;
 }
 
-/// Redacts exported spans in place: attributes, event attributes (an
-/// `exception.message`) and the status message.
+/// Redacts exported spans in place: names, attributes, event names and
+/// attributes (an `exception.message`), link attributes and the status message.
 pub(crate) fn spans(batch: &mut [opentelemetry_sdk::trace::SpanData]) {
     let r = active();
     if !r.enabled() {
         return;
     }
     for span in batch {
+        if let Cow::Owned(s) = r.redact(&span.name) {
+            span.name = Cow::Owned(s);
+        }
         key_values(&r, &mut span.attributes);
         for event in &mut span.events.events {
+            // A `tracing` event inside a sampled call is a span event named by its message.
+            if let Cow::Owned(s) = r.redact(&event.name) {
+                event.name = Cow::Owned(s);
+            }
             key_values(&r, &mut event.attributes);
+        }
+        for link in &mut span.links.links {
+            key_values(&r, &mut link.attributes);
         }
         if let opentelemetry::trace::Status::Error { description } = &mut span.status
             && let Cow::Owned(s) = r.redact(description)
