@@ -339,6 +339,8 @@ pub fn flush_reports() {
 
 /// The summary line of `n` suppressed reports.
 pub(crate) fn summary_line(fp: Fingerprint, function: &str, error_type: &str, n: u64) {
+    // Read before the event: a guard in its arguments would live through it.
+    let limit = *LIMIT.lock().unwrap_or_else(PoisonError::into_inner);
     tracing::event!(
         target: "otel_instrument::errors",
         tracing::Level::WARN,
@@ -347,8 +349,8 @@ pub(crate) fn summary_line(fp: Fingerprint, function: &str, error_type: &str, n:
         error.type = error_type,
         suppressed = n,
         "{n} more reports of this error were suppressed (at most {} per fingerprint every {:?})",
-        LIMIT.lock().unwrap_or_else(PoisonError::into_inner).per_interval,
-        LIMIT.lock().unwrap_or_else(PoisonError::into_inner).interval,
+        limit.per_interval,
+        limit.interval,
     );
 }
 
