@@ -50,6 +50,18 @@ fn charge(order: u64, email: &str, card: &str, auth: String, url: String) -> Res
     })
 }
 
+/// Unsampled: the tail keeper keeps its trace because it fails.
+#[monitored(sample = 0.0, skip_all)]
+fn refund(email: &str) -> Result<(), ChargeError> {
+    Err(ChargeError {
+        order: 77,
+        email: email.to_owned(),
+        card: CARD.to_owned(),
+        token: TOKEN.to_owned(),
+        password: PASSWORD.to_owned(),
+    })
+}
+
 #[monitored]
 fn close_ledger(id: u64) -> Result<(), LedgerClosed> {
     Err(LedgerClosed(id))
@@ -122,11 +134,13 @@ fn no_secret_reaches_the_collector_and_errors_carry_their_fingerprint() {
         assert!(charge(order, EMAIL, CARD, auth.clone(), url.clone()).is_err());
     }
     assert!(close_ledger(7).is_err());
+    assert!(refund(EMAIL).is_err());
     assert!(guard.flush(), "flush timed out");
     let got = sink
         .wait_until(Duration::from_secs(20), |r| {
             r.spans().iter().filter(|s| s.span.name == "charge").count() == 2
                 && r.spans().iter().any(|s| s.span.name == "close_ledger")
+                && r.spans().iter().any(|s| s.span.name == "refund")
                 && records(r).iter().any(|l| body(l).contains("ledger"))
                 && error_counts(r, "charge").iter().map(|c| c.2).sum::<u64>() == 2
                 && r.metrics().iter().any(|m| m.metric.name == "payments.attempts")
@@ -167,6 +181,16 @@ fn no_secret_reaches_the_collector_and_errors_carry_their_fingerprint() {
     let ledger = got.spans().into_iter().find(|s| s.span.name == "close_ledger").unwrap();
     let ledger_fp = ledger.attributes()["error.fingerprint"].clone();
     assert_ne!(ledger_fp, fp, "another error, another fingerprint");
+
+    // A call the head sampler dropped and the tail keeper kept: the same.
+    let refund = got.spans().into_iter().find(|s| s.span.name == "refund").unwrap();
+    assert_eq!(refund.attributes()["sampling.kept"], "error");
+    let refund_fp = refund.attributes()["error.fingerprint"].clone();
+    assert_eq!(refund_fp.len(), 16);
+    let event = refund.span.events.iter().find(|e| e.name == "exception").expect("its exception event");
+    let ea = attributes(&event.attributes);
+    assert_eq!(ea["error.fingerprint"], refund_fp);
+    assert!(ea["exception.message"].contains("[REDACTED:email]"), "{}", ea["exception.message"]);
 
     // The exception event: type, redacted message, fingerprint.
     let exception = spans[0]
