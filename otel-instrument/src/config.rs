@@ -603,16 +603,14 @@ impl Config {
             Some(r) => r.clone(),
             None => match non_empty(lookup(crate::redact::ENV)) {
                 None => crate::redact::Redaction::default(),
-                Some(v) => crate::redact::Redaction::default()
-                    .parse(&v)
-                    .map_err(|e| {
-                        ConfigError::invalid(
-                            crate::redact::ENV,
-                            &v,
-                            format!("{:?}: {}", e.item, e.reason),
-                            "'-email;key:customer_ref;value:order_ref=ORD-[0-9]{8}'",
-                        )
-                    })?,
+                Some(v) => crate::redact::Redaction::default().parse(&v).map_err(|e| {
+                    ConfigError::invalid(
+                        crate::redact::ENV,
+                        &v,
+                        format!("{:?}: {}", e.item, e.reason),
+                        "'-email;key:customer_ref;value:order_ref=ORD-[0-9]{8}'",
+                    )
+                })?,
             },
         };
         let error_groups = match overrides.error_groups {
@@ -1147,7 +1145,12 @@ fn parse_report_limit(var: &str, value: &str) -> Result<crate::errors::ReportLim
         ));
     };
     let per_interval = n.trim().parse::<u32>().map_err(|_| {
-        ConfigError::invalid(var, value, "the number of reports is not a whole number", EXAMPLE)
+        ConfigError::invalid(
+            var,
+            value,
+            "the number of reports is not a whole number",
+            EXAMPLE,
+        )
     })?;
     let interval = parse_duration(var, interval, EXAMPLE)?;
     if interval.is_zero() {

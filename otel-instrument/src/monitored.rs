@@ -316,7 +316,9 @@ impl FieldValue for &String {
 /// Re-exports for the code `#[monitored]` generates. Not public API.
 #[doc(hidden)]
 pub mod __macro_support {
-    pub use crate::errors::probe::{Message, Probe, ViaAny, ViaCategorize, ViaDisplay, ViaError, ViaNoDisplay};
+    pub use crate::errors::probe::{
+        Message, Probe, ViaAny, ViaCategorize, ViaDisplay, ViaError, ViaNoDisplay,
+    };
     pub use crate::outcome::probe::*;
     pub use opentelemetry::KeyValue;
     pub use tracing;

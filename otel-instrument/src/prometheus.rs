@@ -62,7 +62,7 @@ pub(crate) fn start(
                 // OpenMetrics when the scraper asks for it (Prometheus does
                 // first): the same series, with exemplars.
                 if openmetrics::wanted(accept) {
-                    let body = openmetrics::encode(&registry.gather()).into_bytes();
+                    let body = openmetrics::encode(&gathered(&registry)).into_bytes();
                     return (
                         axum::http::StatusCode::OK,
                         [(axum::http::header::CONTENT_TYPE, openmetrics::CONTENT_TYPE)],
@@ -70,7 +70,7 @@ pub(crate) fn start(
                     );
                 }
                 let mut body = Vec::new();
-                let status = match TextEncoder::new().encode(&registry.gather(), &mut body) {
+                let status = match TextEncoder::new().encode(&gathered(&registry), &mut body) {
                     Ok(()) => axum::http::StatusCode::OK,
                     Err(e) => {
                         body = e.to_string().into_bytes();
@@ -91,4 +91,11 @@ pub(crate) fn start(
         }
     });
     Ok((exporter, bound))
+}
+
+/// The registry's families with their label values redacted.
+fn gathered(registry: &prometheus::Registry) -> Vec<prometheus::proto::MetricFamily> {
+    let mut families = registry.gather();
+    crate::redact::prometheus_families(&mut families);
+    families
 }

@@ -62,7 +62,8 @@ pub const DEFAULT_VALUE_RULES: &[&str] = &[
     "key_value",
 ];
 
-const EXAMPLE: &str = "OTEL_INSTRUMENT_REDACT='-email;key:customer_ref;value:order_ref=ORD-[0-9]{8}'";
+const EXAMPLE: &str =
+    "OTEL_INSTRUMENT_REDACT='-email;key:customer_ref;value:order_ref=ORD-[0-9]{8}'";
 
 /// A redaction setting that cannot be used. It names where the setting came
 /// from and shows a valid one.
@@ -181,7 +182,8 @@ impl Redaction {
                 let Some((name, pattern)) = rule.split_once('=') else {
                     return Err(err(item, "a value rule is `value:<name>=<regex>`"));
                 };
-                self.values.push((name.trim().to_owned(), pattern.to_owned()));
+                self.values
+                    .push((name.trim().to_owned(), pattern.to_owned()));
             } else {
                 return Err(err(
                     item,
@@ -498,7 +500,10 @@ static ACTIVE: LazyLock<RwLock<Arc<Redactor>>> =
 /// The rules the exporters apply now: the built-in ones until `Telemetry`
 /// installs the configured ones.
 pub fn active() -> Arc<Redactor> {
-    ACTIVE.read().unwrap_or_else(PoisonError::into_inner).clone()
+    ACTIVE
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
 }
 
 /// Makes `redactor` the rules every exporter applies (`Telemetry` does this at build).
@@ -557,12 +562,19 @@ fn key_values(r: &Redactor, attributes: &mut [opentelemetry::KeyValue]) {
     }
 }
 
-fn any_value(r: &Redactor, key: &str, value: &opentelemetry::logs::AnyValue) -> Option<opentelemetry::logs::AnyValue> {
+fn any_value(
+    r: &Redactor,
+    key: &str,
+    value: &opentelemetry::logs::AnyValue,
+) -> Option<opentelemetry::logs::AnyValue> {
     use opentelemetry::logs::AnyValue;
     match value {
-        AnyValue::String(s) => r.redact_attribute(key, s.as_str()).map(|s| AnyValue::String(s.into())),
+        AnyValue::String(s) => r
+            .redact_attribute(key, s.as_str())
+            .map(|s| AnyValue::String(s.into())),
         AnyValue::ListAny(items) => {
-            let changed: Vec<Option<AnyValue>> = items.iter().map(|v| any_value(r, key, v)).collect();
+            let changed: Vec<Option<AnyValue>> =
+                items.iter().map(|v| any_value(r, key, v)).collect();
             changed.iter().any(Option::is_some).then(|| {
                 AnyValue::ListAny(Box::new(
                     items
@@ -708,13 +720,41 @@ pub(crate) fn metrics_request(
     }
 }
 
-fn proto_attributes(r: &Redactor, attributes: &mut [opentelemetry_proto::tonic::common::v1::KeyValue]) {
+fn proto_attributes(
+    r: &Redactor,
+    attributes: &mut [opentelemetry_proto::tonic::common::v1::KeyValue],
+) {
     use opentelemetry_proto::tonic::common::v1::any_value::Value;
     for kv in attributes {
         if let Some(Value::StringValue(s)) = kv.value.as_mut().and_then(|v| v.value.as_mut())
             && let Some(new) = r.redact_attribute(&kv.key, s)
         {
             *s = new;
+        }
+    }
+}
+
+/// Redacts the label values of a Prometheus scrape (the optional `/metrics`
+/// endpoint), as [`metrics_request`] does for OTLP.
+#[cfg(feature = "prometheus")]
+pub(crate) fn prometheus_families(families: &mut [prometheus::proto::MetricFamily]) {
+    let r = active();
+    if !r.enabled() {
+        return;
+    }
+    for family in families {
+        for metric in family.mut_metric() {
+            let mut labels = metric.get_label().to_vec();
+            let mut changed = false;
+            for label in &mut labels {
+                if let Some(new) = r.redact_attribute(label.name(), label.value()) {
+                    label.set_value(new);
+                    changed = true;
+                }
+            }
+            if changed {
+                metric.set_label(labels);
+            }
         }
     }
 }
@@ -785,21 +825,35 @@ mod tests {
         let msg = "charge for jane.doe@example.com with 4111 1111 1111 1111 failed: \
                    Authorization: Bearer abcDEF123.xyz_987 at postgres://app:hunter2@db:5432/orders";
         let out = r().redact(msg).into_owned();
-        for secret in ["jane.doe@example.com", "4111 1111 1111 1111", "abcDEF123.xyz_987", "hunter2"] {
+        for secret in [
+            "jane.doe@example.com",
+            "4111 1111 1111 1111",
+            "abcDEF123.xyz_987",
+            "hunter2",
+        ] {
             assert!(!out.contains(secret), "{secret} in {out}");
         }
         assert!(out.contains("[REDACTED:email]"), "{out}");
         assert!(out.contains("[REDACTED:card]"), "{out}");
-        assert!(out.contains("postgres://app:[REDACTED]@db:5432/orders"), "{out}");
+        assert!(
+            out.contains("postgres://app:[REDACTED]@db:5432/orders"),
+            "{out}"
+        );
         assert!(out.contains("Authorization: Bearer [REDACTED"), "{out}");
-        assert_eq!(r().redact("sent Bearer abc.def"), "sent Bearer [REDACTED:bearer]");
+        assert_eq!(
+            r().redact("sent Bearer abc.def"),
+            "sent Bearer [REDACTED:bearer]"
+        );
     }
 
     #[test]
     fn values_by_rule() {
         let r = r();
         let cases = [
-            ("key AKIAIOSFODNN7EXAMPLE used", "key [REDACTED:aws_access_key] used"),
+            (
+                "key AKIAIOSFODNN7EXAMPLE used",
+                "key [REDACTED:aws_access_key] used",
+            ),
             (
                 "t=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.sig-nature_x",
                 "t=[REDACTED:jwt]",
@@ -813,7 +867,10 @@ mod tests {
                 "[REDACTED:private_key] tail",
             ),
             ("login password=hunter2 ok", "login password=[REDACTED] ok"),
-            (r#"db_password: "p w" next"#, r#"db_password: [REDACTED] next"#),
+            (
+                r#"db_password: "p w" next"#,
+                r#"db_password: [REDACTED] next"#,
+            ),
             ("amex 3782 822463 10005", "amex [REDACTED:card]"),
         ];
         for (input, want) in cases {
@@ -825,11 +882,11 @@ mod tests {
     fn false_positives_stay() {
         let r = r();
         for s in [
-            "order 1234567890123456 shipped",  // fails Luhn
-            "order 1000000000000008",          // passes Luhn, no card network
-            "version 1.2.3-beta.4+build.567",  // version string
+            "order 1234567890123456 shipped", // fails Luhn
+            "order 1000000000000008",         // passes Luhn, no card network
+            "version 1.2.3-beta.4+build.567", // version string
             "at 2026-12-07T06:15:00.123456789Z",
-            "ts 1733552100123456789",          // nanosecond timestamp
+            "ts 1733552100123456789", // nanosecond timestamp
             "trace 4bf92f3577b34da6a3ce929d0e0e4736 span 00f067aa0ba902b7",
             "sha256 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
             "ip 10.0.0.1:8080 uuid 123e4567-e89b-12d3-a456-426614174000",
@@ -868,10 +925,17 @@ mod tests {
             .unwrap()
             .compile()
             .unwrap();
-        assert_eq!(r.redact("a@b.io ORD-12345678"), "a@b.io [REDACTED:order_ref]");
+        assert_eq!(
+            r.redact("a@b.io ORD-12345678"),
+            "a@b.io [REDACTED:order_ref]"
+        );
         assert!(r.is_sensitive_key("customer_ref"));
         assert!(!r.is_sensitive_key("session.id"));
-        let off = Redaction::default().parse("off").unwrap().compile().unwrap();
+        let off = Redaction::default()
+            .parse("off")
+            .unwrap()
+            .compile()
+            .unwrap();
         assert_eq!(off.redact("a@b.io"), "a@b.io");
         assert_eq!(off.redact_attribute("password", "x"), None);
     }
@@ -888,7 +952,10 @@ mod tests {
             ("value:a b=x", "a rule's name"),
         ] {
             let e = Redaction::default().parse(spec).unwrap_err().to_string();
-            assert!(e.contains(ENV) && e.contains(needle) && e.contains("example"), "{e}");
+            assert!(
+                e.contains(ENV) && e.contains(needle) && e.contains("example"),
+                "{e}"
+            );
         }
     }
 }

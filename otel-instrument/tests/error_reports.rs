@@ -60,7 +60,12 @@ fn error_counts(r: &Received, function: &str) -> Vec<(String, u64)> {
     let mut out: Vec<(String, u64)> = sum
         .data_points
         .iter()
-        .filter(|p| attributes(&p.attributes).get("function").map(String::as_str) == Some(function))
+        .filter(|p| {
+            attributes(&p.attributes)
+                .get("function")
+                .map(String::as_str)
+                == Some(function)
+        })
         .map(|p| {
             let v = match p.value {
                 Some(number_data_point::Value::AsInt(v)) => v as u64,
@@ -100,7 +105,9 @@ fn a_storm_gives_bounded_reports_a_summary_and_every_error_counted() {
         .wait_until(Duration::from_secs(30), |r| {
             error_counts(r, "lookup").iter().map(|c| c.1).sum::<u64>() == STORM
                 && error_counts(r, "many").iter().map(|c| c.1).sum::<u64>() == 10
-                && records(r).iter().any(|l| attributes(&l.attributes).contains_key("suppressed"))
+                && records(r)
+                    .iter()
+                    .any(|l| attributes(&l.attributes).contains_key("suppressed"))
         })
         .unwrap_or_else(|| {
             panic!(
@@ -145,7 +152,11 @@ fn a_storm_gives_bounded_reports_a_summary_and_every_error_counted() {
         Some(4),
         "{many:?}"
     );
-    assert!(many.iter().filter(|(fp, _)| fp != "overflow").all(|c| c.1 == 2));
+    assert!(
+        many.iter()
+            .filter(|(fp, _)| fp != "overflow")
+            .all(|c| c.1 == 2)
+    );
     // The held-back reports and the folded errors are counted.
     let own = |name: &str| {
         all.metrics()
@@ -160,7 +171,10 @@ fn a_storm_gives_bounded_reports_a_summary_and_every_error_counted() {
                 _ => None,
             })
     };
-    assert_eq!(own("otel_instrument.error_reports.suppressed"), Some(STORM - u64::from(REPORTS)));
+    assert_eq!(
+        own("otel_instrument.error_reports.suppressed"),
+        Some(STORM - u64::from(REPORTS))
+    );
     assert_eq!(own("otel_instrument.error_groups.overflowed"), Some(4));
     let _ = monitored::FUNCTION_ERRORS;
 }

@@ -38,8 +38,19 @@ struct ChargeError {
 struct LedgerClosed(u64);
 
 #[monitored(skip_all, fields(customer.email = email, payment.card = card, http.request.header.authorization = auth.as_str(), db.url = url.as_str()))]
-fn charge(order: u64, email: &str, card: &str, auth: String, url: String) -> Result<(), ChargeError> {
-    tracing::warn!(customer = email, card, authorization = auth.as_str(), "paying with {email} and {card} at {url}");
+fn charge(
+    order: u64,
+    email: &str,
+    card: &str,
+    auth: String,
+    url: String,
+) -> Result<(), ChargeError> {
+    tracing::warn!(
+        customer = email,
+        card,
+        authorization = auth.as_str(),
+        "paying with {email} and {card} at {url}"
+    );
     otel_instrument::counter!("payments.attempts", 1, "customer" => email.to_owned());
     Err(ChargeError {
         order,
@@ -105,7 +116,9 @@ fn error_counts(r: &Received, function: &str) -> Vec<(String, String, u64)> {
         .filter_map(|p| {
             let a = attributes(&p.attributes);
             let v = match p.value {
-                Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(v)) => v as u64,
+                Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(
+                    v,
+                )) => v as u64,
                 _ => return None,
             };
             (a.get("function").map(String::as_str) == Some(function)).then(|| {
@@ -143,7 +156,9 @@ fn no_secret_reaches_the_collector_and_errors_carry_their_fingerprint() {
                 && r.spans().iter().any(|s| s.span.name == "refund")
                 && records(r).iter().any(|l| body(l).contains("ledger"))
                 && error_counts(r, "charge").iter().map(|c| c.2).sum::<u64>() == 2
-                && r.metrics().iter().any(|m| m.metric.name == "payments.attempts")
+                && r.metrics()
+                    .iter()
+                    .any(|m| m.metric.name == "payments.attempts")
         })
         .unwrap_or_else(|| panic!("telemetry did not arrive: {:#?}", sink.received().spans()));
     drop(guard);
@@ -151,8 +166,15 @@ fn no_secret_reaches_the_collector_and_errors_carry_their_fingerprint() {
     let text = everything(&got_all);
     for secret in SECRETS {
         if let Some(i) = text.find(secret) {
-            let from = text[..i].char_indices().rev().nth(300).map_or(0, |(j, _)| j);
-            panic!("{secret} reached the collector: …{}…", &text[from..(i + 60).min(text.len())]);
+            let from = text[..i]
+                .char_indices()
+                .rev()
+                .nth(300)
+                .map_or(0, |(j, _)| j);
+            panic!(
+                "{secret} reached the collector: …{}…",
+                &text[from..(i + 60).min(text.len())]
+            );
         }
     }
     for redacted in [
@@ -166,7 +188,11 @@ fn no_secret_reaches_the_collector_and_errors_carry_their_fingerprint() {
     }
 
     // Spans: the fields by key, the error's fingerprint.
-    let spans: Vec<_> = got.spans().into_iter().filter(|s| s.span.name == "charge").collect();
+    let spans: Vec<_> = got
+        .spans()
+        .into_iter()
+        .filter(|s| s.span.name == "charge")
+        .collect();
     let a = spans[0].attributes();
     assert_eq!(a["http.request.header.authorization"], "[REDACTED]");
     assert_eq!(a["customer.email"], "[REDACTED:email]");
@@ -177,20 +203,41 @@ fn no_secret_reaches_the_collector_and_errors_carry_their_fingerprint() {
     );
     let fp = a["error.fingerprint"].clone();
     assert_eq!(fp.len(), 16, "{fp}");
-    assert_eq!(spans[1].attributes()["error.fingerprint"], fp, "one fingerprint for other ids");
-    let ledger = got.spans().into_iter().find(|s| s.span.name == "close_ledger").unwrap();
+    assert_eq!(
+        spans[1].attributes()["error.fingerprint"],
+        fp,
+        "one fingerprint for other ids"
+    );
+    let ledger = got
+        .spans()
+        .into_iter()
+        .find(|s| s.span.name == "close_ledger")
+        .unwrap();
     let ledger_fp = ledger.attributes()["error.fingerprint"].clone();
     assert_ne!(ledger_fp, fp, "another error, another fingerprint");
 
     // A call the head sampler dropped and the tail keeper kept: the same.
-    let refund = got.spans().into_iter().find(|s| s.span.name == "refund").unwrap();
+    let refund = got
+        .spans()
+        .into_iter()
+        .find(|s| s.span.name == "refund")
+        .unwrap();
     assert_eq!(refund.attributes()["sampling.kept"], "error");
     let refund_fp = refund.attributes()["error.fingerprint"].clone();
     assert_eq!(refund_fp.len(), 16);
-    let event = refund.span.events.iter().find(|e| e.name == "exception").expect("its exception event");
+    let event = refund
+        .span
+        .events
+        .iter()
+        .find(|e| e.name == "exception")
+        .expect("its exception event");
     let ea = attributes(&event.attributes);
     assert_eq!(ea["error.fingerprint"], refund_fp);
-    assert!(ea["exception.message"].contains("[REDACTED:email]"), "{}", ea["exception.message"]);
+    assert!(
+        ea["exception.message"].contains("[REDACTED:email]"),
+        "{}",
+        ea["exception.message"]
+    );
 
     // The exception event: type, redacted message, fingerprint.
     let exception = spans[0]
@@ -202,7 +249,12 @@ fn no_secret_reaches_the_collector_and_errors_carry_their_fingerprint() {
     let ea = attributes(&exception.attributes);
     assert_eq!(ea["exception.type"], "ChargeError");
     assert_eq!(ea["error.fingerprint"], fp);
-    assert!(ea["exception.message"].starts_with("charging order 1001 for [REDACTED:email] with card [REDACTED:card]"), "{}", ea["exception.message"]);
+    assert!(
+        ea["exception.message"]
+            .starts_with("charging order 1001 for [REDACTED:email] with card [REDACTED:card]"),
+        "{}",
+        ea["exception.message"]
+    );
 
     // The report log record: in the call's trace, with the fingerprint.
     let reports: Vec<LogRecord> = records(&got)
@@ -226,7 +278,10 @@ fn no_secret_reaches_the_collector_and_errors_carry_their_fingerprint() {
     assert_eq!(wa["card"], "[REDACTED:card]");
 
     // The bounded counter: one series per fingerprint, every error counted.
-    assert_eq!(error_counts(&got, "charge"), vec![("ChargeError".to_owned(), fp, 2)]);
+    assert_eq!(
+        error_counts(&got, "charge"),
+        vec![("ChargeError".to_owned(), fp, 2)]
+    );
     assert_eq!(
         error_counts(&got, "close_ledger"),
         vec![("LedgerClosed".to_owned(), ledger_fp, 1)]
@@ -241,7 +296,10 @@ fn no_secret_reaches_the_collector_and_errors_carry_their_fingerprint() {
     let Some(metric::Data::Sum(sum)) = attempts.metric.data else {
         panic!("a sum")
     };
-    assert_eq!(attributes(&sum.data_points[0].attributes)["customer"], "[REDACTED:email]");
+    assert_eq!(
+        attributes(&sum.data_points[0].attributes)["customer"],
+        "[REDACTED:email]"
+    );
 }
 
 #[test]
@@ -266,14 +324,23 @@ fn the_fmt_lines_are_redacted() {
     let subscriber = tracing_subscriber::fmt()
         .with_ansi(false)
         .event_format(monitored::fmt_format())
-        .with_writer(otel_instrument::redact::RedactingWriter::new(move || buf.clone()))
+        .with_writer(otel_instrument::redact::RedactingWriter::new(move || {
+            buf.clone()
+        }))
         .finish();
     tracing::subscriber::with_default(subscriber, || {
-        tracing::warn!(password = PASSWORD, card = CARD, "login {EMAIL} with Bearer {TOKEN}");
+        tracing::warn!(
+            password = PASSWORD,
+            card = CARD,
+            "login {EMAIL} with Bearer {TOKEN}"
+        );
     });
     let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
     for secret in SECRETS {
         assert!(!text.contains(secret), "{secret} printed: {text}");
     }
-    assert!(text.contains("[REDACTED:email]") && text.contains("password=[REDACTED]"), "{text}");
+    assert!(
+        text.contains("[REDACTED:email]") && text.contains("password=[REDACTED]"),
+        "{text}"
+    );
 }

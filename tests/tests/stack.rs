@@ -1480,21 +1480,33 @@ fn the_collector_redacts_with_the_libraries_value_rules() {
         "log.attributes",
         "datapoint.attributes",
     ] {
-        assert!(places.iter().any(|p| *p == want), "{want} is not redacted: {places:?}");
+        assert!(
+            places.iter().any(|p| *p == want),
+            "{want} is not redacted: {places:?}"
+        );
     }
     let rules = per_place["span.attributes"].clone();
-    assert_eq!(rules.len(), DEFAULT_VALUE_RULES.len(), "one statement per value rule");
+    assert_eq!(
+        rules.len(),
+        DEFAULT_VALUE_RULES.len(),
+        "one statement per value rule"
+    );
     for (place, r) in &per_place {
         assert_eq!(r, &rules, "{place} has other rules than span.attributes");
     }
     let compiled: Vec<(regex::Regex, String)> = rules
         .iter()
-        .map(|(p, r)| (regex::Regex::new(p).unwrap_or_else(|e| panic!("{p}: {e}")), r.clone()))
+        .map(|(p, r)| {
+            (
+                regex::Regex::new(p).unwrap_or_else(|e| panic!("{p}: {e}")),
+                r.clone(),
+            )
+        })
         .collect();
     let collector = |s: &str| {
-        compiled
-            .iter()
-            .fold(s.to_owned(), |s, (re, rep)| re.replace_all(&s, rep.as_str()).into_owned())
+        compiled.iter().fold(s.to_owned(), |s, (re, rep)| {
+            re.replace_all(&s, rep.as_str()).into_owned()
+        })
     };
     let library = Redactor::default();
     // The same result as the library's on the four secrets (and more).
@@ -1508,7 +1520,18 @@ fn the_collector_redacts_with_the_libraries_value_rules() {
     ] {
         let out = collector(s);
         assert_eq!(out, library.redact(s), "{s}");
-        for secret in ["jane.doe", "4111", "abcDEF123", "hunter2", "abc123", "AKIA", "MIIE", "eyJ", "3782", "5555"] {
+        for secret in [
+            "jane.doe",
+            "4111",
+            "abcDEF123",
+            "hunter2",
+            "abc123",
+            "AKIA",
+            "MIIE",
+            "eyJ",
+            "3782",
+            "5555",
+        ] {
             assert!(!out.contains(secret), "{secret} in {out}");
         }
     }

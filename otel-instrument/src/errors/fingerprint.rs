@@ -111,7 +111,11 @@ pub fn normalise(message: &str) -> String {
                 "<hex>" if text.bytes().all(|b| b.is_ascii_digit()) => "<n>".to_owned(),
                 "<id>" if !digit || !text.bytes().any(|b| b.is_ascii_alphabetic()) => {
                     // All digits: a number; no digit: a word.
-                    if digit { "<n>".to_owned() } else { text.to_owned() }
+                    if digit {
+                        "<n>".to_owned()
+                    } else {
+                        text.to_owned()
+                    }
                 }
                 _ => placeholder.to_owned(),
             }
@@ -193,10 +197,12 @@ impl Groups {
             return m;
         }
         let fresh = Box::into_raw(Box::new(Mutex::new(Vec::new())));
-        match self
-            .0
-            .compare_exchange(std::ptr::null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire)
-        {
+        match self.0.compare_exchange(
+            std::ptr::null_mut(),
+            fresh,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
             // SAFETY: just published, never freed.
             Ok(_) => unsafe { &*fresh },
             Err(existing) => {
@@ -274,7 +280,11 @@ pub(crate) struct Admission {
 }
 
 /// Decides whether this error of `fp` is reported.
-pub(crate) fn admit(fp: Fingerprint, function: &'static str, error_type: &'static str) -> Admission {
+pub(crate) fn admit(
+    fp: Fingerprint,
+    function: &'static str,
+    error_type: &'static str,
+) -> Admission {
     let limit = *LIMIT.lock().unwrap_or_else(PoisonError::into_inner);
     let now = Instant::now();
     let mut windows = WINDOWS.lock().unwrap_or_else(PoisonError::into_inner);
@@ -369,8 +379,14 @@ mod tests {
             ),
             ("connect 10.0.0.7:5432 refused", "connect <addr> refused"),
             ("open /var/lib/app/42.db: denied", "open <path>: denied"),
-            ("object 0x7ffd1234 and deadbeef42 gone", "object <hex> and <hex> gone"),
-            ("key AKIAIOSFODNN7EXAMPLE, req 7f3k9zz2", "key <id>, req <id>"),
+            (
+                "object 0x7ffd1234 and deadbeef42 gone",
+                "object <hex> and <hex> gone",
+            ),
+            (
+                "key AKIAIOSFODNN7EXAMPLE, req 7f3k9zz2",
+                "key <id>, req <id>",
+            ),
             ("order-7 and order-12345678", "order-<n> and order-<n>"),
             ("connection_reset by peer", "connection_reset by peer"),
             ("took 1.5s of 2s", "took <n>s of <n>s"),
@@ -388,11 +404,25 @@ mod tests {
         let a = fingerprint("NotFound", Some("no order 1001 for user 7"), "m", "f");
         let b = fingerprint("NotFound", Some("no order 99 for user 12345"), "m", "f");
         assert_eq!(a, b);
-        assert_ne!(a, fingerprint("NotFound", Some("no invoice 1 for user 7"), "m", "f"));
-        assert_ne!(a, fingerprint("Timeout", Some("no order 1 for user 7"), "m", "f"));
-        assert_ne!(a, fingerprint("NotFound", Some("no order 1 for user 7"), "m", "g"));
+        assert_ne!(
+            a,
+            fingerprint("NotFound", Some("no invoice 1 for user 7"), "m", "f")
+        );
+        assert_ne!(
+            a,
+            fingerprint("Timeout", Some("no order 1 for user 7"), "m", "f")
+        );
+        assert_ne!(
+            a,
+            fingerprint("NotFound", Some("no order 1 for user 7"), "m", "g")
+        );
         // Fixed forever: a change here changes every user's groups.
-        assert_eq!(fingerprint("NotFound", Some("no order 1 for user 7"), "m", "f").to_string().len(), 16);
+        assert_eq!(
+            fingerprint("NotFound", Some("no order 1 for user 7"), "m", "f")
+                .to_string()
+                .len(),
+            16
+        );
         assert_eq!(Fingerprint(fnv1a(&["a"])).to_string(), "af63dc4c8601ec8c");
     }
 

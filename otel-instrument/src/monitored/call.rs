@@ -20,8 +20,8 @@ use super::tracer::start_otel;
 use opentelemetry_semantic_conventions::attribute::{EXCEPTION_MESSAGE, EXCEPTION_TYPE};
 
 use super::{
-    CancelledAs, ERROR_CATEGORY, ERROR_FINGERPRINT, ERROR_TYPE, FUNCTION, MODULE, OTHER_LAYERS, RESULT,
-    RESULT_CANCELLED, SdkScope, cancelled_as, clock, service_name_label,
+    CancelledAs, ERROR_CATEGORY, ERROR_FINGERPRINT, ERROR_TYPE, FUNCTION, MODULE, OTHER_LAYERS,
+    RESULT, RESULT_CANCELLED, SdkScope, cancelled_as, clock, service_name_label,
 };
 use crate::errors::ErrorCategory;
 
@@ -197,7 +197,11 @@ impl Core {
                 KeyValue::new(ERROR_TYPE, error_type),
                 KeyValue::new(
                     ERROR_FINGERPRINT,
-                    if own { fp_text.clone() } else { fpr::OVERFLOW.to_owned() },
+                    if own {
+                        fp_text.clone()
+                    } else {
+                        fpr::OVERFLOW.to_owned()
+                    },
                 ),
             ];
             labels.extend(service_name_label());

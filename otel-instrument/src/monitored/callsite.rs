@@ -11,8 +11,8 @@ use opentelemetry::{InstrumentationScope, KeyValue};
 
 use super::{
     BOUNDARIES, CALLER_FUNCTION, CALLER_MODULE, DEFAULT_HISTOGRAM_BOUNDARIES, FUNCTION,
-    FUNCTION_CALLS, FUNCTION_CALLS_CONCURRENT, FUNCTION_CALLS_DURATION, FUNCTION_ERRORS, MODULE, RESULT, SCOPE_NAME,
-    generation, service_name_label,
+    FUNCTION_CALLS, FUNCTION_CALLS_CONCURRENT, FUNCTION_CALLS_DURATION, FUNCTION_ERRORS, MODULE,
+    RESULT, SCOPE_NAME, generation, service_name_label,
 };
 
 /// Serialises the (rare) binding of a callsite's instruments (and the tracer).
