@@ -398,7 +398,7 @@ fn is_card(digits: &[u8]) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// Compiled rules.

@@ -101,20 +101,19 @@ fn a_storm_gives_bounded_reports_a_summary_and_every_error_counted() {
     }
     // The flush writes the summaries of what the limit held back.
     assert!(guard.flush(), "flush timed out");
-    let got = sink
-        .wait_until(Duration::from_secs(30), |r| {
-            error_counts(r, "lookup").iter().map(|c| c.1).sum::<u64>() == STORM
-                && error_counts(r, "many").iter().map(|c| c.1).sum::<u64>() == 10
-                && records(r)
-                    .iter()
-                    .any(|l| attributes(&l.attributes).contains_key("suppressed"))
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "the storm's telemetry did not arrive: {:?}",
-                error_counts(&sink.received(), "lookup")
-            )
-        });
+    sink.wait_until(Duration::from_secs(30), |r| {
+        error_counts(r, "lookup").iter().map(|c| c.1).sum::<u64>() == STORM
+            && error_counts(r, "many").iter().map(|c| c.1).sum::<u64>() == 10
+            && records(r)
+                .iter()
+                .any(|l| attributes(&l.attributes).contains_key("suppressed"))
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the storm's telemetry did not arrive: {:?}",
+            error_counts(&sink.received(), "lookup")
+        )
+    });
     drop(guard);
     let all = sink.received();
 

@@ -31,7 +31,10 @@ fn scraped_label_values_are_redacted() {
         .unwrap();
     let addr = guard.prometheus_addr().expect("bound");
     otel_instrument::counter!("payments.attempts", 1, "customer" => EMAIL, "session_id" => "s-8f2k", "plan" => "gold");
-    for accept in ["text/plain;version=0.0.4", "application/openmetrics-text;version=1.0.0"] {
+    for accept in [
+        "text/plain;version=0.0.4",
+        "application/openmetrics-text;version=1.0.0",
+    ] {
         let body = get(addr, accept);
         let line = body
             .lines()
