@@ -489,6 +489,8 @@ impl TelemetryBuilder {
             value: filter.clone(),
             source,
         })?;
+        // Before anything global changes: a bad rule stops the build cleanly.
+        let redactor = Arc::new(config.redaction.compile()?);
 
         let sampler = if config.disabled {
             SamplerConfig::AlwaysOff
@@ -501,7 +503,7 @@ impl TelemetryBuilder {
             cancelled: self.cancelled,
         });
         monitored::set_root_rate_limit(config.traces_per_second);
-        crate::redact::set_active(Arc::new(config.redaction.compile()?));
+        crate::redact::set_active(redactor);
         crate::errors::fingerprint::set_group_cap(config.error_groups);
         crate::errors::fingerprint::set_report_limit(config.error_reports);
 
