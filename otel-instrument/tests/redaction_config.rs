@@ -6,12 +6,13 @@ use otel_instrument::redact::Redaction;
 
 #[test]
 fn a_bad_rule_from_the_builder_is_a_clear_error() {
-    let err = otel_instrument::builder!()
+    let Err(err) = otel_instrument::builder!()
         .env_lookup(|_| None)
         .redaction(Redaction::default().value("order_ref", "ORD-("))
         .build()
-        .err()
-        .expect("a pattern that does not compile is refused");
+    else {
+        panic!("a pattern that does not compile is refused");
+    };
     assert!(matches!(err, InitError::Redaction(_)), "{err:?}");
     let text = err.to_string();
     assert!(
@@ -28,11 +29,12 @@ fn a_bad_rule_from_the_environment_names_the_variable() {
         ("bogus", "expected off"),
     ] {
         let v = value.to_owned();
-        let err = otel_instrument::builder!()
+        let Err(err) = otel_instrument::builder!()
             .env_lookup(move |k| (k == "OTEL_INSTRUMENT_REDACT").then(|| v.clone()))
             .build()
-            .err()
-            .unwrap_or_else(|| panic!("{value:?} is refused"));
+        else {
+            panic!("{value:?} is refused");
+        };
         let text = err.to_string();
         assert!(
             text.contains("OTEL_INSTRUMENT_REDACT")
