@@ -333,11 +333,12 @@ fn builtin_rule(name: &str, keys: &[String]) -> ValueRule {
         "key_value" => {
             // A sensitive key in free text: `password=x`, `token: "x"`,
             // `Authorization: x`. The key may have a prefix or suffix
-            // (`db_password`, `session.id`).
+            // (`db_password`, `session.id`), and a coloured fmt line has ANSI
+            // escapes around its `=`.
             let alternatives: Vec<String> = keys.iter().map(|k| loose_key(k)).collect();
             (
                 format!(
-                    r#"(?i)(\b[\w.\-]*(?:{})[\w.\-]*"?\s?(?:=|:)\s?(?:(?:bearer|basic)\s+)?)(?:"[^"]*"|'[^']*'|[^\s,;&'"]+)"#,
+                    r#"(?i)(\b[\w.\-]*(?:{})[\w.\-]*"?(?:\x1b\[[0-9;]*m)*\s?(?:=|:)(?:\x1b\[[0-9;]*m)*\s?(?:(?:bearer|basic)\s+)?)(?:"[^"]*"|'[^']*'|[^\s,;&'"]+)"#,
                     alternatives.join("|")
                 ),
                 Kind::KeepPrefix,
@@ -872,6 +873,10 @@ mod tests {
                 r#"db_password: [REDACTED] next"#,
             ),
             ("amex 3782 822463 10005", "amex [REDACTED:card]"),
+            (
+                "\x1b[3mpassword\x1b[0m\x1b[2m=\x1b[0m\"hunter2\" next",
+                "\x1b[3mpassword\x1b[0m\x1b[2m=\x1b[0m[REDACTED] next",
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(r.redact(input), want, "{input}");

@@ -318,29 +318,40 @@ fn the_fmt_lines_are_redacted() {
             Ok(())
         }
     }
-    let buf = Buf::default();
-    let out = buf.clone();
-    // The writer and format `init!()` installs, writing into a buffer.
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .event_format(monitored::fmt_format())
-        .with_writer(otel_instrument::redact::RedactingWriter::new(move || {
-            buf.clone()
-        }))
-        .finish();
-    tracing::subscriber::with_default(subscriber, || {
-        tracing::warn!(
-            password = PASSWORD,
-            card = CARD,
-            "login {EMAIL} with Bearer {TOKEN}"
+    // The writer and format `init!()` installs (plain, and coloured as on a
+    // terminal), writing into a buffer.
+    for ansi in [false, true] {
+        let buf = Buf::default();
+        let out = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(ansi)
+            .event_format(monitored::fmt_format())
+            .with_writer(otel_instrument::redact::RedactingWriter::new(move || {
+                buf.clone()
+            }))
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(
+                password = PASSWORD,
+                card = CARD,
+                "login {EMAIL} with Bearer {TOKEN}"
+            );
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            text.contains('\x1b'),
+            ansi,
+            "coloured only when asked: {text:?}"
         );
-    });
-    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
-    for secret in SECRETS {
-        assert!(!text.contains(secret), "{secret} printed: {text}");
+        for secret in SECRETS {
+            assert!(
+                !text.contains(secret),
+                "{secret} printed (ansi {ansi}): {text:?}"
+            );
+        }
+        assert!(
+            text.contains("[REDACTED:email]") && text.contains("[REDACTED]"),
+            "{text:?}"
+        );
     }
-    assert!(
-        text.contains("[REDACTED:email]") && text.contains("password=[REDACTED]"),
-        "{text}"
-    );
 }
