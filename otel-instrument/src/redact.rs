@@ -688,32 +688,79 @@ pub(crate) fn metrics_request(
         for sm in &mut rm.scope_metrics {
             for m in &mut sm.metrics {
                 match &mut m.data {
-                    Some(Data::Sum(d)) => d.data_points.iter_mut().for_each(|p| {
-                        proto_attributes(&r, &mut p.attributes);
-                        p.exemplars
-                            .iter_mut()
-                            .for_each(|e| proto_attributes(&r, &mut e.filtered_attributes));
-                    }),
-                    Some(Data::Gauge(d)) => d.data_points.iter_mut().for_each(|p| {
-                        proto_attributes(&r, &mut p.attributes);
-                        p.exemplars
-                            .iter_mut()
-                            .for_each(|e| proto_attributes(&r, &mut e.filtered_attributes));
-                    }),
-                    Some(Data::Histogram(d)) => d.data_points.iter_mut().for_each(|p| {
-                        proto_attributes(&r, &mut p.attributes);
-                        p.exemplars
-                            .iter_mut()
-                            .for_each(|e| proto_attributes(&r, &mut e.filtered_attributes));
-                    }),
-                    Some(Data::ExponentialHistogram(d)) => d
-                        .data_points
-                        .iter_mut()
-                        .for_each(|p| proto_attributes(&r, &mut p.attributes)),
-                    Some(Data::Summary(d)) => d
-                        .data_points
-                        .iter_mut()
-                        .for_each(|p| proto_attributes(&r, &mut p.attributes)),
+                    Some(Data::Sum(d)) => {
+                        if number_points(&r, &mut d.data_points) {
+                            merge_points(&mut d.data_points, |a, b| {
+                                add_number(a, b);
+                                a.start_time_unix_nano =
+                                    a.start_time_unix_nano.min(b.start_time_unix_nano);
+                                a.time_unix_nano = a.time_unix_nano.max(b.time_unix_nano);
+                                a.exemplars.append(&mut b.exemplars);
+                                true
+                            });
+                        }
+                    }
+                    Some(Data::Gauge(d)) => {
+                        if number_points(&r, &mut d.data_points) {
+                            // A gauge's latest value stands for the merged series.
+                            merge_points(&mut d.data_points, |a, b| {
+                                if b.time_unix_nano >= a.time_unix_nano {
+                                    std::mem::swap(a, b);
+                                }
+                                true
+                            });
+                        }
+                    }
+                    Some(Data::Histogram(d)) => {
+                        let mut changed = false;
+                        for p in &mut d.data_points {
+                            changed |= proto_attributes(&r, &mut p.attributes);
+                            for e in &mut p.exemplars {
+                                proto_attributes(&r, &mut e.filtered_attributes);
+                            }
+                        }
+                        if changed {
+                            merge_points(&mut d.data_points, |a, b| {
+                                if a.explicit_bounds != b.explicit_bounds
+                                    || a.bucket_counts.len() != b.bucket_counts.len()
+                                {
+                                    return false;
+                                }
+                                a.count += b.count;
+                                a.sum = match (a.sum, b.sum) {
+                                    (Some(x), Some(y)) => Some(x + y),
+                                    (x, y) => x.or(y),
+                                };
+                                for (x, y) in a.bucket_counts.iter_mut().zip(&b.bucket_counts) {
+                                    *x += y;
+                                }
+                                a.min = match (a.min, b.min) {
+                                    (Some(x), Some(y)) => Some(x.min(y)),
+                                    (x, y) => x.or(y),
+                                };
+                                a.max = match (a.max, b.max) {
+                                    (Some(x), Some(y)) => Some(x.max(y)),
+                                    (x, y) => x.or(y),
+                                };
+                                a.start_time_unix_nano =
+                                    a.start_time_unix_nano.min(b.start_time_unix_nano);
+                                a.time_unix_nano = a.time_unix_nano.max(b.time_unix_nano);
+                                a.exemplars.append(&mut b.exemplars);
+                                true
+                            });
+                        }
+                    }
+                    // Not produced by this crate's instruments: redacted, not merged.
+                    Some(Data::ExponentialHistogram(d)) => {
+                        for p in &mut d.data_points {
+                            proto_attributes(&r, &mut p.attributes);
+                        }
+                    }
+                    Some(Data::Summary(d)) => {
+                        for p in &mut d.data_points {
+                            proto_attributes(&r, &mut p.attributes);
+                        }
+                    }
                     None => {}
                 }
             }
@@ -721,18 +768,86 @@ pub(crate) fn metrics_request(
     }
 }
 
+/// Redacts number points' attributes; whether any changed.
+fn number_points(
+    r: &Redactor,
+    points: &mut [opentelemetry_proto::tonic::metrics::v1::NumberDataPoint],
+) -> bool {
+    let mut changed = false;
+    for p in points {
+        changed |= proto_attributes(r, &mut p.attributes);
+        for e in &mut p.exemplars {
+            proto_attributes(r, &mut e.filtered_attributes);
+        }
+    }
+    changed
+}
+
+fn add_number(
+    a: &mut opentelemetry_proto::tonic::metrics::v1::NumberDataPoint,
+    b: &opentelemetry_proto::tonic::metrics::v1::NumberDataPoint,
+) {
+    use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value;
+    a.value = match (a.value, b.value) {
+        (Some(Value::AsInt(x)), Some(Value::AsInt(y))) => Some(Value::AsInt(x.wrapping_add(y))),
+        (Some(Value::AsDouble(x)), Some(Value::AsDouble(y))) => Some(Value::AsDouble(x + y)),
+        (Some(Value::AsInt(x)), Some(Value::AsDouble(y)))
+        | (Some(Value::AsDouble(y)), Some(Value::AsInt(x))) => Some(Value::AsDouble(x as f64 + y)),
+        (x, y) => x.or(y),
+    };
+}
+
+/// Points whose attributes became equal through redaction are one series now:
+/// `merge(a, b)` folds `b` into `a` (false: they cannot be merged, both stay),
+/// so the backend never sees one series twice in a request (Prometheus would
+/// refuse the duplicate).
+fn merge_points<P: HasAttributes>(
+    points: &mut Vec<P>,
+    mut merge: impl FnMut(&mut P, &mut P) -> bool,
+) {
+    let mut out: Vec<P> = Vec::with_capacity(points.len());
+    'points: for mut p in points.drain(..) {
+        for kept in out.iter_mut() {
+            if kept.attributes() == p.attributes() && merge(kept, &mut p) {
+                continue 'points;
+            }
+        }
+        out.push(p);
+    }
+    *points = out;
+}
+
+trait HasAttributes {
+    fn attributes(&self) -> &[opentelemetry_proto::tonic::common::v1::KeyValue];
+}
+
+impl HasAttributes for opentelemetry_proto::tonic::metrics::v1::NumberDataPoint {
+    fn attributes(&self) -> &[opentelemetry_proto::tonic::common::v1::KeyValue] {
+        &self.attributes
+    }
+}
+
+impl HasAttributes for opentelemetry_proto::tonic::metrics::v1::HistogramDataPoint {
+    fn attributes(&self) -> &[opentelemetry_proto::tonic::common::v1::KeyValue] {
+        &self.attributes
+    }
+}
+
 fn proto_attributes(
     r: &Redactor,
     attributes: &mut [opentelemetry_proto::tonic::common::v1::KeyValue],
-) {
+) -> bool {
     use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    let mut changed = false;
     for kv in attributes {
         if let Some(Value::StringValue(s)) = kv.value.as_mut().and_then(|v| v.value.as_mut())
             && let Some(new) = r.redact_attribute(&kv.key, s)
         {
             *s = new;
+            changed = true;
         }
     }
+    changed
 }
 
 /// Redacts the label values of a Prometheus scrape (the optional `/metrics`
@@ -743,7 +858,9 @@ pub(crate) fn prometheus_families(families: &mut [prometheus::proto::MetricFamil
     if !r.enabled() {
         return;
     }
+    use prometheus::proto::MetricType;
     for family in families {
+        let mut any = false;
         for metric in family.mut_metric() {
             let mut labels = metric.get_label().to_vec();
             let mut changed = false;
@@ -755,8 +872,72 @@ pub(crate) fn prometheus_families(families: &mut [prometheus::proto::MetricFamil
             }
             if changed {
                 metric.set_label(labels);
+                any = true;
             }
         }
+        if !any {
+            continue;
+        }
+        // Series whose labels became equal are one series now: a scrape with
+        // one series twice fails as a whole.
+        let kind = family.get_field_type();
+        let metrics = std::mem::take(family.mut_metric());
+        let mut out: Vec<prometheus::proto::Metric> = Vec::with_capacity(metrics.len());
+        let same = |a: &prometheus::proto::Metric, b: &prometheus::proto::Metric| {
+            let (a, b) = (a.get_label(), b.get_label());
+            a.len() == b.len()
+                && a.iter()
+                    .zip(b)
+                    .all(|(x, y)| x.name() == y.name() && x.value() == y.value())
+        };
+        'metrics: for m in metrics {
+            for kept in out.iter_mut() {
+                if !same(kept, &m) {
+                    continue;
+                }
+                match kind {
+                    MetricType::COUNTER => {
+                        let mut c = kept.get_counter().clone();
+                        c.set_value(c.get_value() + m.get_counter().get_value());
+                        kept.set_counter(c);
+                        continue 'metrics;
+                    }
+                    MetricType::GAUGE => {
+                        // The latest stands for the merged series.
+                        *kept = m;
+                        continue 'metrics;
+                    }
+                    MetricType::HISTOGRAM => {
+                        let (a, b) = (kept.get_histogram(), m.get_histogram());
+                        let bounds = |h: &prometheus::proto::Histogram| -> Vec<f64> {
+                            h.get_bucket().iter().map(|b| b.upper_bound()).collect()
+                        };
+                        if bounds(a) != bounds(b) {
+                            continue;
+                        }
+                        let mut h = a.clone();
+                        h.set_sample_count(a.get_sample_count() + b.get_sample_count());
+                        h.set_sample_sum(a.get_sample_sum() + b.get_sample_sum());
+                        let buckets = a
+                            .get_bucket()
+                            .iter()
+                            .zip(b.get_bucket())
+                            .map(|(x, y)| {
+                                let mut n = x.clone();
+                                n.set_cumulative_count(x.cumulative_count() + y.cumulative_count());
+                                n
+                            })
+                            .collect();
+                        h.set_bucket(buckets);
+                        kept.set_histogram(h);
+                        continue 'metrics;
+                    }
+                    _ => {}
+                }
+            }
+            out.push(m);
+        }
+        *family.mut_metric() = out;
     }
 }
 

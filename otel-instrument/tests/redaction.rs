@@ -148,6 +148,12 @@ fn no_secret_reaches_the_collector_and_errors_carry_their_fingerprint() {
     }
     assert!(close_ledger(7).is_err());
     assert!(refund(EMAIL).is_err());
+    // Another customer: its series becomes the same as the first one's once
+    // redacted, and the two are exported as one.
+    otel_instrument::counter!("payments.attempts", 1, "customer" => "joe@example.org".to_owned());
+    for who in [EMAIL, "joe@example.org"] {
+        otel_instrument::histogram!("payment.amount", 12.5, "customer" => who.to_owned());
+    }
     assert!(guard.flush(), "flush timed out");
     let got = sink
         .wait_until(Duration::from_secs(20), |r| {
@@ -297,9 +303,31 @@ fn no_secret_reaches_the_collector_and_errors_carry_their_fingerprint() {
         panic!("a sum")
     };
     assert_eq!(
+        sum.data_points.len(),
+        1,
+        "one series after redaction: {sum:?}"
+    );
+    assert_eq!(
         attributes(&sum.data_points[0].attributes)["customer"],
         "[REDACTED:email]"
     );
+    assert_eq!(
+        sum.data_points[0].value,
+        Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(3)),
+        "both customers' counts"
+    );
+    let amount = got
+        .metrics()
+        .into_iter()
+        .rev()
+        .find(|m| m.metric.name == "payment.amount")
+        .expect("payment.amount");
+    let Some(metric::Data::Histogram(h)) = amount.metric.data else {
+        panic!("a histogram")
+    };
+    assert_eq!(h.data_points.len(), 1, "one series after redaction: {h:?}");
+    assert_eq!(h.data_points[0].count, 2);
+    assert_eq!(h.data_points[0].sum, Some(25.0));
 }
 
 #[test]

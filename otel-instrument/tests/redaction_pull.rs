@@ -30,16 +30,47 @@ fn scraped_label_values_are_redacted() {
         .install()
         .unwrap();
     let addr = guard.prometheus_addr().expect("bound");
-    otel_instrument::counter!("payments.attempts", 1, "customer" => EMAIL, "session_id" => "s-8f2k", "plan" => "gold");
+    // Two customers: one series once redacted (a scrape with a series twice fails).
+    for who in [EMAIL, "joe@example.org"] {
+        otel_instrument::counter!(
+            "payments.attempts",
+            1,
+            "customer" => who.to_owned(),
+            "session_id" => "s-8f2k",
+            "plan" => "gold"
+        );
+        otel_instrument::histogram!("payment.amount", 12.5, "customer" => who.to_owned());
+    }
     for accept in [
         "text/plain;version=0.0.4",
         "application/openmetrics-text;version=1.0.0",
     ] {
         let body = get(addr, accept);
-        let line = body
+        let lines: Vec<&str> = body
             .lines()
-            .find(|l| l.starts_with("payments_attempts"))
-            .unwrap_or_else(|| panic!("no payments_attempts in {body}"));
+            .filter(|l| l.starts_with("payments_attempts"))
+            .collect();
+        assert_eq!(lines.len(), 1, "one series: {body}");
+        let line = lines[0];
+        assert!(
+            line.split(' ')
+                .nth(1)
+                .is_some_and(|v| v.parse::<f64>() == Ok(2.0)),
+            "both counted: {line}"
+        );
+        let counts: Vec<&str> = body
+            .lines()
+            .filter(|l| l.starts_with("payment_amount") && l.contains("_count"))
+            .collect();
+        assert_eq!(counts.len(), 1, "one histogram series: {body}");
+        assert!(
+            counts[0]
+                .split(' ')
+                .nth(1)
+                .is_some_and(|v| v.parse::<f64>() == Ok(2.0)),
+            "{}",
+            counts[0]
+        );
         assert!(!body.contains(EMAIL) && !body.contains("s-8f2k"), "{line}");
         assert!(line.contains(r#"customer="[REDACTED:email]""#), "{line}");
         assert!(line.contains(r#"session_id="[REDACTED]""#), "{line}");
