@@ -689,7 +689,8 @@ pub(crate) fn metrics_request(
             for m in &mut sm.metrics {
                 match &mut m.data {
                     Some(Data::Sum(d)) => {
-                        if number_points(&r, &mut d.data_points) {
+                        let changed = number_points(&r, &mut d.data_points);
+                        if changed {
                             merge_points(&mut d.data_points, |a, b| {
                                 add_number(a, b);
                                 a.start_time_unix_nano =
@@ -701,7 +702,8 @@ pub(crate) fn metrics_request(
                         }
                     }
                     Some(Data::Gauge(d)) => {
-                        if number_points(&r, &mut d.data_points) {
+                        let changed = number_points(&r, &mut d.data_points);
+                        if changed {
                             // A gauge's latest value stands for the merged series.
                             merge_points(&mut d.data_points, |a, b| {
                                 if b.time_unix_nano >= a.time_unix_nano {
