@@ -304,6 +304,12 @@ pub struct Overrides {
     pub tail_rate: Option<u32>,
     /// Most new traces the head sampler samples per second (`Some(None)`: no limit).
     pub traces_per_second: Option<Option<u32>>,
+    /// Redaction rules (replace `OTEL_INSTRUMENT_REDACT`).
+    pub redaction: Option<crate::redact::Redaction>,
+    /// Error fingerprints with their own series per function.
+    pub error_groups: Option<usize>,
+    /// Error reports per fingerprint and interval.
+    pub error_reports: Option<crate::errors::ReportLimit>,
 }
 
 /// Everything `otel-instrument` reads from the standard `OTEL_*` variables.
@@ -366,6 +372,18 @@ pub struct Config {
     /// sampled per second in this process, on top of `OTEL_TRACES_SAMPLER`.
     /// Default: no limit.
     pub traces_per_second: Option<u32>,
+    /// `OTEL_INSTRUMENT_REDACT`: the redaction rules applied before export
+    /// (see [`Redaction::parse`](crate::redact::Redaction::parse)). Default: on,
+    /// with every built-in rule.
+    pub redaction: crate::redact::Redaction,
+    /// `OTEL_INSTRUMENT_ERROR_GROUPS`: per function, how many error
+    /// fingerprints get their own `function.errors` series; the rest share
+    /// `error.fingerprint="overflow"`. Default: 20.
+    pub error_groups: usize,
+    /// `OTEL_INSTRUMENT_ERROR_REPORTS`: error reports (log line and `exception`
+    /// event) per fingerprint and interval, as `<n>/<duration>` (`10/1m`), or
+    /// `off`. Default: 10 per minute.
+    pub error_reports: crate::errors::ReportLimit,
 }
 
 /// The SDK's default batch span queue capacity.
@@ -581,7 +599,48 @@ impl Config {
                 },
             },
         };
+        let redaction = match &overrides.redaction {
+            Some(r) => r.clone(),
+            None => match non_empty(lookup(crate::redact::ENV)) {
+                None => crate::redact::Redaction::default(),
+                Some(v) => crate::redact::Redaction::default().parse(&v).map_err(|e| {
+                    ConfigError::invalid(
+                        crate::redact::ENV,
+                        &v,
+                        format!("{:?}: {}", e.item, e.reason),
+                        "'-email;key:customer_ref;value:order_ref=ORD-[0-9]{8}'",
+                    )
+                })?,
+            },
+        };
+        let error_groups = match overrides.error_groups {
+            Some(n) => n.max(1),
+            None => match non_empty(lookup("OTEL_INSTRUMENT_ERROR_GROUPS")) {
+                None => crate::errors::DEFAULT_ERROR_GROUPS,
+                Some(v) => match v.trim().parse::<usize>() {
+                    Ok(n) if (1..=10_000).contains(&n) => n,
+                    _ => {
+                        return Err(ConfigError::invalid(
+                            "OTEL_INSTRUMENT_ERROR_GROUPS",
+                            &v,
+                            "expected a whole number of fingerprints per function, 1 to 10000",
+                            "20",
+                        ));
+                    }
+                },
+            },
+        };
+        let error_reports = match overrides.error_reports {
+            Some(r) => r,
+            None => match non_empty(lookup("OTEL_INSTRUMENT_ERROR_REPORTS")) {
+                None => crate::errors::ReportLimit::default(),
+                Some(v) => parse_report_limit("OTEL_INSTRUMENT_ERROR_REPORTS", &v)?,
+            },
+        };
         let mut config = Self {
+            redaction,
+            error_groups,
+            error_reports,
             tail,
             traces_per_second,
             disabled,
@@ -1070,6 +1129,44 @@ fn tail_settings(
 }
 
 /// A duration with its unit: `250ms`, `1.5s`, `500us`, `2m`, `100ns`.
+/// `<n>/<duration>` (`10/1m`) or `off`.
+fn parse_report_limit(var: &str, value: &str) -> Result<crate::errors::ReportLimit, ConfigError> {
+    const EXAMPLE: &str = "10/1m";
+    let v = value.trim();
+    if v.eq_ignore_ascii_case("off") {
+        return Ok(crate::errors::ReportLimit::off());
+    }
+    let Some((n, interval)) = v.split_once('/') else {
+        return Err(ConfigError::invalid(
+            var,
+            value,
+            "expected <reports>/<interval> or off",
+            EXAMPLE,
+        ));
+    };
+    let per_interval = n.trim().parse::<u32>().map_err(|_| {
+        ConfigError::invalid(
+            var,
+            value,
+            "the number of reports is not a whole number",
+            EXAMPLE,
+        )
+    })?;
+    let interval = parse_duration(var, interval, EXAMPLE)?;
+    if interval.is_zero() {
+        return Err(ConfigError::invalid(
+            var,
+            value,
+            "the interval must be greater than zero",
+            EXAMPLE,
+        ));
+    }
+    Ok(crate::errors::ReportLimit {
+        per_interval,
+        interval,
+    })
+}
+
 pub(crate) fn parse_duration(
     var: &str,
     value: &str,

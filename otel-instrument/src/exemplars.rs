@@ -684,6 +684,8 @@ impl WireMetricExporter {
 pub(crate) fn encode(metrics: &ResourceMetrics) -> Vec<u8> {
     let mut request = ExportMetricsServiceRequest::from(metrics);
     attach(&mut request);
+    // Label values (those given to the metric macros too) leave redacted.
+    crate::redact::metrics_request(&mut request);
     request.encode_to_vec()
 }
 

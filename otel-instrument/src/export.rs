@@ -602,7 +602,9 @@ impl<E> CountingSpanExporter<E> {
 }
 
 impl<E: SpanExporter> SpanExporter for CountingSpanExporter<E> {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+    async fn export(&self, mut batch: Vec<SpanData>) -> OTelSdkResult {
+        // Off the caller's thread: only exported spans pay for redaction.
+        crate::redact::spans(&mut batch);
         let n = batch.len();
         let s = &self.stats;
         s.spans.in_flight.fetch_add(n as u64, Ordering::AcqRel);
@@ -785,17 +787,22 @@ impl<P: LogProcessor> LogProcessor for QueueLimit<P> {
     }
 }
 
-/// A log exporter that counts failed batches.
+/// A log exporter that redacts and counts failed batches.
 #[derive(Debug)]
 pub struct CountingLogExporter<E> {
     inner: E,
     stats: Arc<ExportStats>,
+    redactor: crate::redact::LogRedactor,
 }
 
 impl<E> CountingLogExporter<E> {
     /// Wraps `inner`, counting into `stats`.
     pub fn new(inner: E, stats: Arc<ExportStats>) -> Self {
-        Self { inner, stats }
+        Self {
+            inner,
+            stats,
+            redactor: crate::redact::LogRedactor::default(),
+        }
     }
 }
 
@@ -805,7 +812,20 @@ impl<E: LogExporter> LogExporter for CountingLogExporter<E> {
         let s = &self.stats;
         s.logs.in_flight.fetch_add(n as u64, Ordering::AcqRel);
         s.logs.handed_over(n);
-        let result = self.inner.export(batch).await;
+        // Off the caller's thread: a record with something to redact is
+        // rebuilt (the SDK's records cannot have an attribute replaced).
+        let redacted: Vec<Option<SdkLogRecord>> =
+            batch.iter().map(|(r, _)| self.redactor.record(r)).collect();
+        let result = if redacted.iter().all(Option::is_none) {
+            self.inner.export(batch).await
+        } else {
+            let items: Vec<(&SdkLogRecord, &opentelemetry::InstrumentationScope)> = batch
+                .iter()
+                .zip(&redacted)
+                .map(|((r, scope), new)| (new.as_ref().unwrap_or(r), scope))
+                .collect();
+            self.inner.export(LogBatch::new(&items)).await
+        };
         let abandoned = s.abandoned();
         s.logs.in_flight.fetch_sub(n as u64, Ordering::AcqRel);
         if !*abandoned {

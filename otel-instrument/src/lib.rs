@@ -44,6 +44,7 @@ mod process;
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
 pub mod propagation;
+pub mod redact;
 pub mod resource;
 #[cfg(feature = "serve")]
 pub mod serve;

@@ -91,6 +91,12 @@ pub const CALLER_MODULE: &str = "caller.module";
 pub const ERROR_CATEGORY: &str = "error.category";
 /// Label and span attribute: the error's variant or type name.
 pub const ERROR_TYPE: &str = "error.type";
+/// Label, span, event and log attribute: the error's fingerprint
+/// ([`errors::fingerprint`](crate::errors::fingerprint)).
+pub const ERROR_FINGERPRINT: &str = "error.fingerprint";
+/// Name of the bounded error-group counter: failed calls by function,
+/// `error.type` and `error.fingerprint`.
+pub const FUNCTION_ERRORS: &str = "function.errors";
 
 /// The instrumentation scope of every `#[monitored]` instrument.
 pub const SCOPE_NAME: &str = "otel-instrument";
@@ -310,7 +316,9 @@ impl FieldValue for &String {
 /// Re-exports for the code `#[monitored]` generates. Not public API.
 #[doc(hidden)]
 pub mod __macro_support {
-    pub use crate::errors::probe::{Probe, ViaAny, ViaCategorize, ViaError};
+    pub use crate::errors::probe::{
+        Message, Probe, ViaAny, ViaCategorize, ViaDisplay, ViaError, ViaNoDisplay,
+    };
     pub use crate::outcome::probe::*;
     pub use opentelemetry::KeyValue;
     pub use tracing;

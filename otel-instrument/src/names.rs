@@ -28,6 +28,12 @@ pub const PROMETHEUS_CONNECTIONS_CLOSED: &str = "otel_instrument.prometheus.conn
 /// per-runtime ones (`jvm.memory.used`, `go.memory.used`). The receiver uses the
 /// same name for its own.
 pub const PROCESS_MEMORY_HEAP_USAGE: &str = "process.memory.heap.usage";
+/// Error reports (log line and `exception` event) held back by the per-fingerprint
+/// limit; each interval's count is said in one summary line.
+pub const ERROR_REPORTS_SUPPRESSED: &str = "otel_instrument.error_reports.suppressed";
+/// Errors counted in a function's `error.fingerprint="overflow"` series
+/// because the function already had its cap of fingerprints.
+pub const ERROR_GROUPS_OVERFLOWED: &str = "otel_instrument.error_groups.overflowed";
 /// The instrumentation scope of everything this crate records.
 pub const SCOPE: &str = "otel-instrument";
 

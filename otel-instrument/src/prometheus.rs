@@ -88,7 +88,7 @@ pub fn router(registry: prometheus::Registry) -> axum::Router {
                 // OpenMetrics when the scraper asks for it (Prometheus does
                 // first): the same series, with exemplars.
                 if openmetrics::wanted(accept) {
-                    let body = openmetrics::encode(&registry.gather()).into_bytes();
+                    let body = openmetrics::encode(&gathered(&registry)).into_bytes();
                     return (
                         axum::http::StatusCode::OK,
                         [(axum::http::header::CONTENT_TYPE, openmetrics::CONTENT_TYPE)],
@@ -96,7 +96,7 @@ pub fn router(registry: prometheus::Registry) -> axum::Router {
                     );
                 }
                 let mut body = Vec::new();
-                let status = match TextEncoder::new().encode(&registry.gather(), &mut body) {
+                let status = match TextEncoder::new().encode(&gathered(&registry), &mut body) {
                     Ok(()) => axum::http::StatusCode::OK,
                     Err(e) => {
                         body = e.to_string().into_bytes();
@@ -111,4 +111,11 @@ pub fn router(registry: prometheus::Registry) -> axum::Router {
             }
         }),
     )
+}
+
+/// The registry's families with their label values redacted.
+fn gathered(registry: &prometheus::Registry) -> Vec<prometheus::proto::MetricFamily> {
+    let mut families = registry.gather();
+    crate::redact::prometheus_families(&mut families);
+    families
 }

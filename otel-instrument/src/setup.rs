@@ -62,6 +62,9 @@ pub enum InitError {
         "a global tracing subscriber is already installed; use `let (layer, guard) = otel_instrument::builder!().build()?.into_layer();`, add `layer` to it and keep `guard` alive"
     )]
     SubscriberAlreadySet(#[source] tracing_subscriber::util::TryInitError),
+    /// A redaction rule given to the builder cannot be used.
+    #[error(transparent)]
+    Redaction(#[from] crate::redact::RedactionError),
 }
 
 type Lookup = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
@@ -427,6 +430,28 @@ impl TelemetryBuilder {
         self
     }
 
+    /// Sets the redaction rules applied before export, replacing
+    /// `OTEL_INSTRUMENT_REDACT` (see [`crate::redact`]). Default: on, with
+    /// every built-in rule. A rule that cannot be used fails `build`.
+    pub fn redaction(mut self, redaction: crate::redact::Redaction) -> Self {
+        self.overrides.redaction = Some(redaction);
+        self
+    }
+
+    /// Per function, how many error fingerprints get their own
+    /// `function.errors` series (`OTEL_INSTRUMENT_ERROR_GROUPS`). Default: 20.
+    pub fn error_groups(mut self, groups: usize) -> Self {
+        self.overrides.error_groups = Some(groups);
+        self
+    }
+
+    /// Error reports per fingerprint and interval
+    /// (`OTEL_INSTRUMENT_ERROR_REPORTS`). Default: 10 per minute.
+    pub fn error_reports(mut self, limit: crate::errors::ReportLimit) -> Self {
+        self.overrides.error_reports = Some(limit);
+        self
+    }
+
     /// Also serves the metrics for Prometheus at `http://<addr>/metrics`
     /// (feature `prometheus`). Bind to 127.0.0.1 unless it must be reachable.
     #[cfg(feature = "prometheus")]
@@ -464,6 +489,8 @@ impl TelemetryBuilder {
             value: filter.clone(),
             source,
         })?;
+        // Before anything global changes: a bad rule stops the build cleanly.
+        let redactor = Arc::new(config.redaction.compile()?);
 
         let sampler = if config.disabled {
             SamplerConfig::AlwaysOff
@@ -476,6 +503,9 @@ impl TelemetryBuilder {
             cancelled: self.cancelled,
         });
         monitored::set_root_rate_limit(config.traces_per_second);
+        crate::redact::set_active(redactor);
+        crate::errors::fingerprint::set_group_cap(config.error_groups);
+        crate::errors::fingerprint::set_report_limit(config.error_reports);
 
         let resource = self.resource(&config);
         if resource
@@ -604,6 +634,22 @@ impl TelemetryBuilder {
                     o.observe(n, &[KeyValue::new("header", header)]);
                 }
             })
+            .build();
+        own_meter
+            .u64_observable_counter(crate::names::ERROR_REPORTS_SUPPRESSED)
+            .with_unit("{report}")
+            .with_description(
+                "Error reports held back by the per-fingerprint limit (each interval's count is said in one summary line)",
+            )
+            .with_callback(|o| o.observe(crate::errors::fingerprint::suppressed(), &[]))
+            .build();
+        own_meter
+            .u64_observable_counter(crate::names::ERROR_GROUPS_OVERFLOWED)
+            .with_unit("{error}")
+            .with_description(
+                "Errors counted in a function's error.fingerprint=\"overflow\" series, past its cap of fingerprints",
+            )
+            .with_callback(|o| o.observe(crate::errors::fingerprint::overflowed(), &[]))
             .build();
         own_meter
             .u64_observable_counter(crate::names::TAIL_TRACES)
@@ -991,6 +1037,8 @@ impl Telemetry {
             tracing_subscriber::fmt::layer()
                 .event_format(monitored::fmt_format())
                 .with_ansi(std::io::stdout().is_terminal())
+                // Redaction covers the printed lines too.
+                .with_writer(crate::redact::RedactingWriter::new(std::io::stdout))
         });
         // #[monitored] integration: neither layer needs a tracing span per call.
         monitored::set_other_layers(false);
@@ -1080,6 +1128,8 @@ impl TelemetryGuard {
     /// Exports everything pending now, waiting at most the shutdown timeout.
     /// Returns false when the deadline passed first.
     pub fn flush(&self) -> bool {
+        // The summaries of suppressed error reports, so they go out with this flush.
+        crate::errors::fingerprint::flush_reports();
         let tp = self.tracer_provider.clone();
         let mp = self.meter_provider.clone();
         let lp = self.logger_provider.clone();
@@ -1104,6 +1154,9 @@ impl TelemetryGuard {
     }
 
     fn shutdown_now(&mut self) -> bool {
+        if self.tracer_provider.is_some() || self.logger_provider.is_some() {
+            crate::errors::fingerprint::flush_reports();
+        }
         let tp = self.tracer_provider.take();
         let mp = self.meter_provider.take();
         let lp = self.logger_provider.take();

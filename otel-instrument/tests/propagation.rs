@@ -359,6 +359,14 @@ fn the_current_span_can_be_enriched_from_inside() {
         ea.get("exception.message").map(String::as_str),
         Some("disk on fire")
     );
+    // The fingerprint the call would have had, had it returned the error.
+    let fp = otel_instrument::errors::fingerprint(
+        "Error",
+        Some("disk on fire"),
+        module_path!(),
+        "enriched",
+    );
+    assert_eq!(ea.get("error.fingerprint"), Some(&fp.to_string()));
 }
 
 /// Below the subscriber's level (the pipeline runs at the default `info`).

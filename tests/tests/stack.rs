@@ -1808,3 +1808,144 @@ fn the_readme_lists_every_published_service_and_links_scaling_md() {
         "README does not link SCALING.md"
     );
 }
+
+/// The text of each OTTL string literal in `statement` (`\\` and `\"` unescaped).
+fn ottl_strings(statement: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut chars = statement.chars();
+    while let Some(c) = chars.next() {
+        if c != '"' {
+            continue;
+        }
+        let mut s = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => s.extend(chars.next()),
+                '"' => break,
+                c => s.push(c),
+            }
+        }
+        out.push(s);
+    }
+    out
+}
+
+#[test]
+fn the_collector_redacts_with_the_libraries_value_rules() {
+    use otel_instrument::redact::{DEFAULT_VALUE_RULES, Redactor};
+    let col = yaml("stack/otel-collector.yaml");
+    for pipeline in ["traces", "metrics", "logs"] {
+        let processors = str_list(&col["service"]["pipelines"][pipeline]["processors"]);
+        let at = processors.iter().position(|p| p == "transform/redact");
+        assert!(
+            at.is_some_and(|i| processors.get(i + 1).map(String::as_str) == Some("batch")),
+            "the {pipeline} pipeline redacts before it batches: {processors:?}"
+        );
+    }
+    let t = &col["processors"]["transform/redact"];
+    // Every place a string leaves in: the same rules, in the same order.
+    let mut per_place: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for section in ["trace_statements", "log_statements", "metric_statements"] {
+        for group in t[section].as_sequence().expect(section) {
+            let context = group["context"].as_str().unwrap().to_owned();
+            for statement in str_list(&group["statements"]) {
+                let target = statement
+                    .split_once('(')
+                    .and_then(|(_, rest)| rest.split([',', ')']).next())
+                    .unwrap()
+                    .to_owned();
+                let strings = ottl_strings(&statement);
+                // replace_pattern(target, regex, replacement) or
+                // replace_all_patterns(target, "value", regex, replacement).
+                let (pattern, replacement) = match strings.as_slice() {
+                    [mode, p, r] if mode == "value" => (p.clone(), r.clone()),
+                    [p, r] => (p.clone(), r.clone()),
+                    other => panic!("unexpected statement {statement}: {other:?}"),
+                };
+                // `$$` is the collector config's escape for `$`.
+                per_place
+                    .entry(format!("{context}.{target}"))
+                    .or_default()
+                    .push((pattern, replacement.replace("$$", "$")));
+            }
+        }
+    }
+    let places: Vec<&String> = per_place.keys().collect();
+    for want in [
+        "span.name",
+        "span.attributes",
+        "spanevent.name",
+        "spanevent.attributes",
+        "log.body",
+        "log.attributes",
+        "datapoint.attributes",
+    ] {
+        assert!(
+            places.iter().any(|p| *p == want),
+            "{want} is not redacted: {places:?}"
+        );
+    }
+    let rules = per_place["span.attributes"].clone();
+    assert_eq!(
+        rules.len(),
+        DEFAULT_VALUE_RULES.len(),
+        "one statement per value rule"
+    );
+    for (place, r) in &per_place {
+        assert_eq!(r, &rules, "{place} has other rules than span.attributes");
+    }
+    let compiled: Vec<(regex::Regex, String)> = rules
+        .iter()
+        .map(|(p, r)| {
+            (
+                regex::Regex::new(p).unwrap_or_else(|e| panic!("{p}: {e}")),
+                r.clone(),
+            )
+        })
+        .collect();
+    let collector = |s: &str| {
+        compiled.iter().fold(s.to_owned(), |s, (re, rep)| {
+            re.replace_all(&s, rep.as_str()).into_owned()
+        })
+    };
+    let library = Redactor::default();
+    // The same result as the library's on the issue's four secrets (and more).
+    for s in [
+        "charge for jane.doe@example.com with 4111 1111 1111 1111 failed: \
+         Authorization: Bearer abcDEF123.xyz_987 at postgres://app:hunter2@db:5432/orders",
+        "GET /cb?code=1&access_token=abc123&x=2 key AKIAIOSFODNN7EXAMPLE",
+        "t=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.sig-nature_x password=hunter2",
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY----- tail",
+        "amex 3782 822463 10005, mastercard 5555-5555-5555-4444",
+    ] {
+        let out = collector(s);
+        assert_eq!(out, library.redact(s), "{s}");
+        for secret in [
+            "jane.doe",
+            "4111",
+            "abcDEF123",
+            "hunter2",
+            "abc123",
+            "AKIA",
+            "MIIE",
+            "eyJ",
+            "3782",
+            "5555",
+        ] {
+            assert!(!out.contains(secret), "{secret} in {out}");
+        }
+    }
+    // And the false positives stay.
+    for s in [
+        "order 1234567890123456 shipped",
+        "version 1.2.3-beta.4+build.567",
+        "at 2026-12-07T06:15:00.123456789Z",
+        "ts 1733552100123456789",
+        "trace 4bf92f3577b34da6a3ce929d0e0e4736 span 00f067aa0ba902b7",
+        "sha256 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        "ip 10.0.0.1:8080 uuid 123e4567-e89b-12d3-a456-426614174000",
+        "https://example.com/path?page=2&sort=asc",
+    ] {
+        assert_eq!(collector(s), s);
+    }
+}

@@ -555,13 +555,17 @@ fn generate(args: &Args, func: MaybeItemFn, check_skip: bool) -> syn::Result<Tok
             use #support::{ViaAny as _, ViaCategorize as _, ViaError as _};
             #[allow(unused_imports)]
             use #support::{ViaFallible as _, ViaInfallible as _};
+            #[allow(unused_imports)]
+            use #support::{ViaDisplay as _, ViaNoDisplay as _};
             #require
             #[allow(clippy::needless_borrow)]
             let __otel_failure = (&&#support::Ret(&__otel_ret)).failure();
             if let ::core::option::Option::Some(__otel_error) = __otel_failure {
                 #[allow(clippy::needless_borrow)]
                 let __otel_class = (&&&#support::Probe(__otel_error)).classify();
-                __otel_call.fail(__otel_class);
+                #[allow(clippy::needless_borrow)]
+                let __otel_message = (&&#support::Message(__otel_error)).message();
+                __otel_call.fail_with(__otel_class, __otel_message);
             }
         }}
     };

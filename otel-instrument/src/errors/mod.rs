@@ -53,6 +53,7 @@
 use std::fmt;
 
 mod chain;
+pub mod fingerprint;
 mod grpc;
 mod http;
 mod io;
@@ -60,6 +61,7 @@ mod parse;
 mod verdict;
 
 pub use chain::{categorize_chain, classify_chain};
+pub use fingerprint::{DEFAULT_ERROR_GROUPS, Fingerprint, ReportLimit, fingerprint, normalise};
 /// Derives [`Categorize`](trait@Categorize); see the [module docs](self#your-own-errors).
 pub use otel_instrument_macros::Categorize;
 
@@ -198,6 +200,32 @@ pub mod probe {
     impl<E: std::error::Error + 'static> ViaError for &Probe<'_, E> {
         fn classify(&self) -> (ErrorCategory, &'static str) {
             (categorize_chain(self.0), short_type_name::<E>())
+        }
+    }
+
+    /// Wraps the error whose message is read.
+    #[derive(Debug)]
+    pub struct Message<'a, E: ?Sized>(pub &'a E);
+
+    /// Chosen when the error implements `Display`: its message.
+    pub trait ViaDisplay {
+        /// The error's `Display` text.
+        fn message(&self) -> Option<String>;
+    }
+    impl<E: std::fmt::Display + ?Sized> ViaDisplay for &Message<'_, E> {
+        fn message(&self) -> Option<String> {
+            Some(self.0.to_string())
+        }
+    }
+
+    /// Chosen when it does not: no message.
+    pub trait ViaNoDisplay {
+        /// None.
+        fn message(&self) -> Option<String>;
+    }
+    impl<E: ?Sized> ViaNoDisplay for Message<'_, E> {
+        fn message(&self) -> Option<String> {
+            None
         }
     }
 

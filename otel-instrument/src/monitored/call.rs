@@ -17,9 +17,11 @@ use super::frame::{
 use super::sampling::decide_root;
 use super::tail::TailCall;
 use super::tracer::start_otel;
+use opentelemetry_semantic_conventions::attribute::{EXCEPTION_MESSAGE, EXCEPTION_TYPE};
+
 use super::{
-    CancelledAs, ERROR_CATEGORY, ERROR_TYPE, FUNCTION, MODULE, OTHER_LAYERS, RESULT,
-    RESULT_CANCELLED, SdkScope, cancelled_as, clock, service_name_label,
+    CancelledAs, ERROR_CATEGORY, ERROR_FINGERPRINT, ERROR_TYPE, FUNCTION, MODULE, OTHER_LAYERS,
+    RESULT, RESULT_CANCELLED, SdkScope, cancelled_as, clock, service_name_label,
 };
 use crate::errors::ErrorCategory;
 
@@ -178,6 +180,66 @@ impl Core {
         (core, restore, span)
     }
 
+    /// Fingerprints a returned error, counts it in `function.errors` and, within
+    /// the report limit, reports it: an `exception` event on the call's span
+    /// and a log line, both carrying `error.fingerprint`.
+    #[cold]
+    fn report(&mut self, category: ErrorCategory, error_type: &'static str, message: Option<&str>) {
+        use crate::errors::fingerprint as fpr;
+        let cs = self.callsite;
+        let fp = fpr::fingerprint(error_type, message, cs.module, cs.function);
+        let fp_text = fp.to_string();
+        if let Some(b) = self.bound {
+            let own = cs.groups.admit(fp);
+            let mut labels = vec![
+                KeyValue::new(FUNCTION, cs.function),
+                KeyValue::new(MODULE, cs.module),
+                KeyValue::new(ERROR_TYPE, error_type),
+                KeyValue::new(
+                    ERROR_FINGERPRINT,
+                    if own {
+                        fp_text.clone()
+                    } else {
+                        fpr::OVERFLOW.to_owned()
+                    },
+                ),
+            ];
+            labels.extend(service_name_label());
+            b.errors.add(1, &labels);
+        }
+        if self.frame.trace == Trace::Free {
+            // Not integrated (no `configure`): nothing of ours to report into.
+            return;
+        }
+        super::enrich::set_attribute(KeyValue::new(ERROR_FINGERPRINT, fp_text.clone()));
+        let admission = fpr::admit(fp, cs.function, error_type);
+        if admission.summary > 0 {
+            fpr::summary_line(fp, cs.function, error_type, admission.summary);
+        }
+        if !admission.report {
+            return;
+        }
+        let message = message.unwrap_or("");
+        super::enrich::add_event(
+            "exception",
+            vec![
+                KeyValue::new(EXCEPTION_TYPE, error_type),
+                KeyValue::new(EXCEPTION_MESSAGE, message.to_owned()),
+                KeyValue::new(ERROR_FINGERPRINT, fp_text.clone()),
+            ],
+        );
+        tracing::event!(
+            target: "otel_instrument::errors",
+            tracing::Level::ERROR,
+            function = cs.function,
+            error.fingerprint = %fp_text,
+            error.type = error_type,
+            error.category = category.as_str(),
+            "{}",
+            message,
+        );
+    }
+
     #[inline]
     fn close(&mut self, span: Option<&tracing::Span>) {
         let outcome = outcome(
@@ -285,6 +347,19 @@ impl Call {
     pub fn fail(&mut self, (category, error_type): (ErrorCategory, &'static str)) {
         self.core.error = Some((category, error_type));
     }
+
+    /// Marks the call as failed, and fingerprints, counts and (within the
+    /// report limit) reports the error with its `message`. Runs with the
+    /// call's span current, so the report joins its trace.
+    #[inline]
+    pub fn fail_with(
+        &mut self,
+        (category, error_type): (ErrorCategory, &'static str),
+        message: Option<String>,
+    ) {
+        self.core.error = Some((category, error_type));
+        self.core.report(category, error_type, message.as_deref());
+    }
 }
 
 impl Drop for Call {
@@ -366,6 +441,37 @@ impl AsyncCall {
     #[inline]
     pub fn fail(&mut self, (category, error_type): (ErrorCategory, &'static str)) {
         self.core.error = Some((category, error_type));
+    }
+
+    /// As [`Call::fail_with`]: with this call's frame, trace and span current
+    /// while the error is reported, as during a poll.
+    pub fn fail_with(
+        &mut self,
+        (category, error_type): (ErrorCategory, &'static str),
+        message: Option<String>,
+    ) {
+        self.core.error = Some((category, error_type));
+        let _restore = PollGuard::save();
+        set_current(self.core.frame);
+        let spanless_root = self.core.frame.trace == Trace::Sampled
+            && self.core.otel.is_none()
+            && self.core.trace_id != [0, 0];
+        if self.core.frame.trace == Trace::Unsampled || spanless_root {
+            let [hi, lo] = self.core.trace_id;
+            UNSAMPLED_TRACE_ID.with(|t| t.set((u128::from(hi) << 64) | u128::from(lo)));
+        }
+        let _tail = self
+            .core
+            .tail
+            .tracked()
+            .then(|| self.core.tail.poll_scope());
+        let _attached = self
+            .core
+            .otel
+            .as_ref()
+            .map(|s| Context::clone(&s.cx).attach());
+        let _entered = self.span.as_ref().map(tracing::Span::enter);
+        self.core.report(category, error_type, message.as_deref());
     }
 
     /// Records the finished call.

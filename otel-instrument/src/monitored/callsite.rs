@@ -11,8 +11,8 @@ use opentelemetry::{InstrumentationScope, KeyValue};
 
 use super::{
     BOUNDARIES, CALLER_FUNCTION, CALLER_MODULE, DEFAULT_HISTOGRAM_BOUNDARIES, FUNCTION,
-    FUNCTION_CALLS, FUNCTION_CALLS_CONCURRENT, FUNCTION_CALLS_DURATION, MODULE, RESULT, SCOPE_NAME,
-    generation, service_name_label,
+    FUNCTION_CALLS, FUNCTION_CALLS_CONCURRENT, FUNCTION_CALLS_DURATION, FUNCTION_ERRORS, MODULE,
+    RESULT, SCOPE_NAME, generation, service_name_label,
 };
 
 /// Serialises the (rare) binding of a callsite's instruments (and the tracer).
@@ -39,6 +39,8 @@ pub struct Callsite {
     pub(super) slow_ns: u64,
     /// Recent root latencies, for the tail keeper's p99 rule.
     pub(super) latency: super::tail::Latency,
+    /// The error fingerprints with their own `function.errors` series.
+    pub(super) groups: crate::errors::fingerprint::Groups,
     bound: AtomicPtr<Bound>,
 }
 
@@ -53,6 +55,8 @@ pub(super) struct Bound {
     /// would export an empty one for every function).
     pub(super) any_duration: Histogram<f64>,
     pub(super) concurrent: BoundUpDownCounter<i64>,
+    /// `function.errors`, by function, `error.type` and `error.fingerprint`.
+    pub(super) errors: Counter<u64>,
     /// The ok-call counter per caller, bound on first use.
     ok_by_caller: [AtomicPtr<CallerCounter>; CALLER_SLOTS],
 }
@@ -96,6 +100,7 @@ impl Callsite {
             deferred_fields: false,
             slow_ns: 0,
             latency: super::tail::Latency::new(),
+            groups: crate::errors::fingerprint::Groups::new(),
             bound: AtomicPtr::new(std::ptr::null_mut()),
         }
     }
@@ -189,6 +194,13 @@ impl Callsite {
             .with_unit("{call}")
             .with_description("#[monitored] function calls in flight")
             .build();
+        let errors = meter
+            .u64_counter(FUNCTION_ERRORS)
+            .with_unit("{error}")
+            .with_description(
+                "Errors returned by #[monitored] functions, by error.type and error.fingerprint (the first N fingerprints per function; the rest as \"overflow\")",
+            )
+            .build();
         let mut fm = vec![
             KeyValue::new(FUNCTION, self.function),
             KeyValue::new(MODULE, self.module),
@@ -207,6 +219,7 @@ impl Callsite {
             ],
             any_duration: duration.clone(),
             concurrent: concurrent.bind(&fm),
+            errors,
             calls,
             ok_by_caller: Default::default(),
         }));

@@ -55,15 +55,21 @@ pub fn add_event(name: impl Into<Cow<'static, str>>, attributes: Vec<KeyValue>) 
 
 /// Records `error` on the current call's span as an `exception` event with
 /// `exception.type` and `exception.message` (OpenTelemetry semantic
-/// conventions). It does not decide the call's outcome: the returned `Err`
+/// conventions), and inside a monitored call its `error.fingerprint`. It does not decide the call's outcome: the returned `Err`
 /// (or a panic) does.
 pub fn record_error<E: Error + ?Sized>(error: &E) {
     if current().trace == Trace::Unsampled && super::tail::current_span() == 0 {
         return;
     }
-    let attributes = vec![
-        KeyValue::new(EXCEPTION_TYPE, crate::errors::short_type_name::<E>()),
-        KeyValue::new(EXCEPTION_MESSAGE, error.to_string()),
-    ];
+    let error_type = crate::errors::short_type_name::<E>();
+    let message = error.to_string();
+    let mut attributes = Vec::with_capacity(3);
+    // Inside a monitored call, the same fingerprint as if the call had returned it.
+    if let Some(cs) = current().callsite {
+        let fp = crate::errors::fingerprint(error_type, Some(&message), cs.module, cs.function);
+        attributes.push(KeyValue::new(super::ERROR_FINGERPRINT, fp.to_string()));
+    }
+    attributes.push(KeyValue::new(EXCEPTION_TYPE, error_type));
+    attributes.push(KeyValue::new(EXCEPTION_MESSAGE, message));
     add_event("exception", attributes);
 }
