@@ -25,6 +25,7 @@
 //! per second, `SOAK_CSV=<path>` writes every sample there, `SOAK_PRELOAD=<lib>` runs
 //! the service with that library preloaded (another allocator).
 
+use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -217,7 +218,36 @@ fn parent() {
     let first = measured[0].0;
     let last = measured.last().unwrap().0;
     let after_warm_up = &log[measured[0].1.min(log.len())..];
-    let lines_after = after_warm_up.lines().count();
+    // The service's own error reports (target `otel_instrument::errors`) are bounded
+    // by their rate limit, per fingerprint, not by the outages: judged apart below.
+    const ERRORS_TARGET: &str = " otel_instrument::errors: ";
+    let lines_after = after_warm_up
+        .lines()
+        .filter(|l| !l.contains(ERRORS_TARGET))
+        .count();
+    let mut reports: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for l in log.lines().filter(|l| l.contains(ERRORS_TARGET)) {
+        let Some(fingerprint) = l
+            .split("error.fingerprint=")
+            .nth(1)
+            .and_then(|f| f.split([' ', '"']).find(|t| !t.is_empty()))
+        else {
+            continue;
+        };
+        let entry = reports.entry(fingerprint.to_owned()).or_default();
+        if l.contains("more reports of this error were suppressed") {
+            entry.1 += 1;
+        } else {
+            entry.0 += 1;
+        }
+    }
+    // The default limit: 10 reports per fingerprint a minute, and one summary line
+    // per interval that suppressed any (and one more at shutdown).
+    let intervals = (wall.as_secs_f64() / 60.0).ceil() as usize + 1;
+    let over_limit: Vec<(&String, &(usize, usize))> = reports
+        .iter()
+        .filter(|(_, (lines, summaries))| *lines > 10 * intervals || *summaries > intervals + 1)
+        .collect();
     let phases = delivered.lock().unwrap().clone();
     let outages = phases.iter().filter(|(p, _)| *p != Phase::Up).count();
     println!(
@@ -226,7 +256,8 @@ fn parent() {
          soak: RSS {} KiB at the end of the warm-up, {} KiB at the end\n\
          soak: RSS slope over the second half {rss_slope:+.1} KiB per minute (RssAnon {anon_slope:+.1})\n\
          soak: threads {}..{} (warm-up max {warm_threads}), fds {}..{} (warm-up max {warm_fds})\n\
-         soak: log lines {} in all, {lines_after} after the warm-up",
+         soak: log lines {} in all, {lines_after} after the warm-up besides error reports \
+         ({} fingerprints reported)",
         wall.as_secs_f64(),
         phases.len(),
         phases.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
@@ -237,6 +268,7 @@ fn parent() {
         fds.0,
         fds.1,
         log.lines().count(),
+        reports.len(),
     );
     for (m, n) in messages(log.lines()) {
         println!("soak: {n:>5} x {m}");
@@ -289,6 +321,12 @@ fn parent() {
     }
     // One line when an outage starts and one when it ends, per signal (traces, metrics,
     // logs: the library's own warnings are log records too).
+    if !over_limit.is_empty() {
+        problems.push(format!(
+            "error reports beyond their limit ({intervals} intervals; fingerprint: \
+             reports, summaries): {over_limit:?}"
+        ));
+    }
     if lines_after > 3 * 2 * outages + 4 {
         problems.push(format!(
             "{lines_after} log lines after the warm-up for {outages} outages"

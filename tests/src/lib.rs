@@ -242,6 +242,30 @@ pub const COLLECTOR_0_157_KEYS: &[(&str, &[&str])] = &[
         &["check_interval", "limit_mib", "spike_limit_mib"],
     ),
     ("batch", &[]),
+    // processor/transformprocessor/config.go (Config) and internal/common
+    // (ContextStatements: context, conditions, statements, error_mode).
+    (
+        "transform",
+        &[
+            "error_mode",
+            "flatten_data",
+            "trace_statements",
+            "trace_statements.context",
+            "trace_statements.conditions",
+            "trace_statements.statements",
+            "trace_statements.error_mode",
+            "metric_statements",
+            "metric_statements.context",
+            "metric_statements.conditions",
+            "metric_statements.statements",
+            "metric_statements.error_mode",
+            "log_statements",
+            "log_statements.context",
+            "log_statements.conditions",
+            "log_statements.statements",
+            "log_statements.error_mode",
+        ],
+    ),
     (
         "resource",
         &[
