@@ -411,26 +411,7 @@ impl AsyncCall {
     ) -> Poll<F::Output> {
         // Every piece of per-thread state is restored by a guard, so a body
         // that panics (and a runtime that catches it) leaves the thread clean.
-        let _restore = PollGuard::save();
-        set_current(self.core.frame);
-        let spanless_root = self.core.frame.trace == Trace::Sampled
-            && self.core.otel.is_none()
-            && self.core.trace_id != [0, 0];
-        if self.core.frame.trace == Trace::Unsampled || spanless_root {
-            let [hi, lo] = self.core.trace_id;
-            UNSAMPLED_TRACE_ID.with(|t| t.set((u128::from(hi) << 64) | u128::from(lo)));
-        }
-        let _tail = self
-            .core
-            .tail
-            .tracked()
-            .then(|| self.core.tail.poll_scope());
-        let _attached = self
-            .core
-            .otel
-            .as_ref()
-            .map(|s| Context::clone(&s.cx).attach());
-        let _entered = self.span.as_ref().map(tracing::Span::enter);
+        let _current = Current::enter(&self.core, self.span.as_ref());
         // The runtime drops the future only after it has caught the panic, when
         // `thread::panicking()` no longer tells; mark the call here.
         let _panic = PanicMark(&mut self.core.error);
@@ -451,26 +432,7 @@ impl AsyncCall {
         message: Option<String>,
     ) {
         self.core.error = Some((category, error_type));
-        let _restore = PollGuard::save();
-        set_current(self.core.frame);
-        let spanless_root = self.core.frame.trace == Trace::Sampled
-            && self.core.otel.is_none()
-            && self.core.trace_id != [0, 0];
-        if self.core.frame.trace == Trace::Unsampled || spanless_root {
-            let [hi, lo] = self.core.trace_id;
-            UNSAMPLED_TRACE_ID.with(|t| t.set((u128::from(hi) << 64) | u128::from(lo)));
-        }
-        let _tail = self
-            .core
-            .tail
-            .tracked()
-            .then(|| self.core.tail.poll_scope());
-        let _attached = self
-            .core
-            .otel
-            .as_ref()
-            .map(|s| Context::clone(&s.cx).attach());
-        let _entered = self.span.as_ref().map(tracing::Span::enter);
+        let _current = Current::enter(&self.core, self.span.as_ref());
         self.core.report(category, error_type, message.as_deref());
     }
 
@@ -487,6 +449,39 @@ impl Drop for AsyncCall {
         if !self.done {
             self.core.cancelled = true;
             self.core.close(self.span.as_ref());
+        }
+    }
+}
+
+/// An async call made current on this thread for a while (a poll, or the
+/// report of its error): its frame, its trace id, its tail-keeper scope, its
+/// OTel context and its `tracing` span. Dropping it restores the thread's own,
+/// in reverse order (fields drop in declaration order).
+struct Current<'a> {
+    _entered: Option<tracing::span::Entered<'a>>,
+    _attached: Option<ContextGuard>,
+    _tail: Option<super::tail::PollScope>,
+    _restore: PollGuard,
+}
+
+impl<'a> Current<'a> {
+    #[inline]
+    fn enter(core: &Core, span: Option<&'a tracing::Span>) -> Self {
+        let restore = PollGuard::save();
+        set_current(core.frame);
+        let spanless_root =
+            core.frame.trace == Trace::Sampled && core.otel.is_none() && core.trace_id != [0, 0];
+        if core.frame.trace == Trace::Unsampled || spanless_root {
+            let [hi, lo] = core.trace_id;
+            UNSAMPLED_TRACE_ID.with(|t| t.set((u128::from(hi) << 64) | u128::from(lo)));
+        }
+        let tail = core.tail.tracked().then(|| core.tail.poll_scope());
+        let attached = core.otel.as_ref().map(|s| Context::clone(&s.cx).attach());
+        Self {
+            _entered: span.map(tracing::Span::enter),
+            _attached: attached,
+            _tail: tail,
+            _restore: restore,
         }
     }
 }
