@@ -135,7 +135,12 @@ pub(crate) fn latest_points() -> Vec<PullSeries> {
             let mut labels: Vec<(String, String)> = s
                 .attributes
                 .iter()
-                .map(|kv| (prom_label(kv.key.as_str()), kv.value.to_string()))
+                .map(|kv| {
+                    (
+                        crate::prometheus_names::sanitize_label_name(kv.key.as_str()),
+                        kv.value.to_string(),
+                    )
+                })
                 .collect();
             labels.sort();
             PullSeries {
@@ -147,60 +152,17 @@ pub(crate) fn latest_points() -> Vec<PullSeries> {
         .collect()
 }
 
-/// The family name opentelemetry-prometheus gives a histogram: the name with
-/// every character outside `[A-Za-z0-9_:]` made `_` (and `_` before a leading
-/// digit), then `_` and the unit's Prometheus word when it has one.
+/// The family name opentelemetry-prometheus gives a histogram: the name
+/// sanitised, then `_` and its unit's suffix when the unit has one.
 #[cfg(feature = "prometheus")]
 fn prom_family(name: &str, unit: Option<&str>) -> String {
-    let mut out = String::with_capacity(name.len() + 16);
-    if name.starts_with(|c: char| c.is_ascii_digit()) {
+    use crate::prometheus_names::{sanitize_metric_name, unit_suffix};
+    let mut out = sanitize_metric_name(name);
+    if let Some(suffix) = unit.and_then(unit_suffix) {
         out.push('_');
-    }
-    out.extend(name.chars().map(|c| {
-        if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
-            c
-        } else {
-            '_'
-        }
-    }));
-    let word = match unit.unwrap_or_default() {
-        "d" => "days",
-        "h" => "hours",
-        "min" => "minutes",
-        "s" => "seconds",
-        "ms" => "milliseconds",
-        "us" => "microseconds",
-        "ns" => "nanoseconds",
-        "By" | "B" => "bytes",
-        "KiBy" => "kibibytes",
-        "MiBy" => "mebibytes",
-        "GiBy" => "gibibytes",
-        "KBy" | "KB" => "kilobytes",
-        "MBy" | "MB" => "megabytes",
-        "GBy" | "GB" => "gigabytes",
-        "1" => "ratio",
-        "%" => "percent",
-        _ => "",
-    };
-    if !word.is_empty() {
-        out.push('_');
-        out.push_str(word);
+        out.push_str(&suffix);
     }
     out
-}
-
-/// A label name as opentelemetry-prometheus writes it.
-#[cfg(feature = "prometheus")]
-fn prom_label(key: &str) -> String {
-    key.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == ':' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 /// The latest call per bucket of one `function.calls.duration` series.

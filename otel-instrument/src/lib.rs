@@ -43,6 +43,7 @@ pub mod outcome;
 mod process;
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
+pub mod prometheus_names;
 pub mod propagation;
 pub mod redact;
 pub mod resource;
