@@ -45,6 +45,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::metrics::v1::Metric;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use tonic::codec::CompressionEncoding;
@@ -190,12 +191,30 @@ impl Received {
         out
     }
 
+    /// All log records, in arrival order.
+    pub fn log_records(&self) -> Vec<LogRecord> {
+        self.logs
+            .iter()
+            .flat_map(|req| &req.resource_logs)
+            .flat_map(|rl| &rl.scope_logs)
+            .flat_map(|sl| sl.log_records.iter().cloned())
+            .collect()
+    }
+
     /// The most recent report of the named metric.
     pub fn last_metric(&self, name: &str) -> Option<MetricRecord> {
         self.metrics()
             .into_iter()
             .rev()
             .find(|m| m.metric.name == name)
+    }
+}
+
+/// A log record's body: its text, or the value's debug form when it is not a string.
+pub fn log_body(record: &LogRecord) -> String {
+    match record.body.as_ref().and_then(|b| b.value.as_ref()) {
+        Some(any_value::Value::StringValue(s)) => s.clone(),
+        other => format!("{other:?}"),
     }
 }
 

@@ -34,15 +34,6 @@ fn many(kind: &'static str) -> Result<(), Many> {
     Err(Many(kind))
 }
 
-fn records(r: &Received) -> Vec<LogRecord> {
-    r.logs
-        .iter()
-        .flat_map(|req| &req.resource_logs)
-        .flat_map(|rl| &rl.scope_logs)
-        .flat_map(|sl| sl.log_records.clone())
-        .collect()
-}
-
 /// `function.errors` of `function` in the last request that has it:
 /// (fingerprint, count).
 fn error_counts(r: &Received, function: &str) -> Vec<(String, u64)> {
@@ -104,7 +95,7 @@ fn a_storm_gives_bounded_reports_a_summary_and_every_error_counted() {
     sink.wait_until(Duration::from_secs(30), |r| {
         error_counts(r, "lookup").iter().map(|c| c.1).sum::<u64>() == STORM
             && error_counts(r, "many").iter().map(|c| c.1).sum::<u64>() == 10
-            && records(r)
+            && r.log_records()
                 .iter()
                 .any(|l| attributes(&l.attributes).contains_key("suppressed"))
     })
@@ -124,7 +115,7 @@ fn a_storm_gives_bounded_reports_a_summary_and_every_error_counted() {
     assert_eq!(*n, STORM);
 
     // At most REPORTS report lines, then one summary with the rest.
-    let logs = records(&all);
+    let logs = all.log_records();
     let of_fp: Vec<&LogRecord> = logs
         .iter()
         .filter(|l| attributes(&l.attributes).get("error.fingerprint") == Some(fp))

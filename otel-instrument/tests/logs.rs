@@ -4,10 +4,9 @@
 
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::common::v1::any_value;
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use otel_instrument::monitored;
-use otel_instrument::testing::{OtlpSink, Received};
+use otel_instrument::testing::{OtlpSink, log_body};
 
 #[monitored]
 fn sampled_work() {
@@ -19,24 +18,8 @@ fn unsampled_work() {
     tracing::warn!("unsampled but logged");
 }
 
-fn records(r: &Received) -> Vec<LogRecord> {
-    r.logs
-        .iter()
-        .flat_map(|req| &req.resource_logs)
-        .flat_map(|rl| &rl.scope_logs)
-        .flat_map(|sl| sl.log_records.clone())
-        .collect()
-}
-
-fn body(record: &LogRecord) -> String {
-    match record.body.as_ref().and_then(|b| b.value.as_ref()) {
-        Some(any_value::Value::StringValue(s)) => s.clone(),
-        other => format!("{other:?}"),
-    }
-}
-
 fn find<'a>(records: &'a [LogRecord], text: &str) -> Option<&'a LogRecord> {
-    records.iter().find(|r| body(r) == text)
+    records.iter().find(|r| log_body(r) == text)
 }
 
 #[test]
@@ -52,7 +35,7 @@ fn events_are_exported_as_logs_with_the_trace_context_of_their_call() {
     assert!(guard.flush(), "flush timed out");
     let got = sink
         .wait_until(Duration::from_secs(10), |r| {
-            let recs = records(r);
+            let recs = r.log_records();
             [
                 "disk almost full",
                 "unsampled but logged",
@@ -62,8 +45,8 @@ fn events_are_exported_as_logs_with_the_trace_context_of_their_call() {
             .all(|t| find(&recs, t).is_some())
                 && r.spans().iter().any(|s| s.span.name == "sampled_work")
         })
-        .unwrap_or_else(|| panic!("logs did not arrive: {:?}", records(&sink.received())));
-    let recs = records(&got);
+        .unwrap_or_else(|| panic!("logs did not arrive: {:?}", sink.received().log_records()));
+    let recs = got.log_records();
 
     let span = got
         .spans()

@@ -8,11 +8,10 @@
 
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::common::v1::any_value;
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::metrics::v1::metric;
 use otel_instrument::monitored;
-use otel_instrument::testing::{OtlpSink, Received, attributes};
+use otel_instrument::testing::{OtlpSink, Received, attributes, log_body};
 
 const EMAIL: &str = "jane.doe@example.com";
 const CARD: &str = "4111 1111 1111 1111";
@@ -84,22 +83,6 @@ fn everything(r: &Received) -> String {
     format!("{:?}\n{:?}\n{:?}", r.traces, r.logs, r.metrics)
 }
 
-fn records(r: &Received) -> Vec<LogRecord> {
-    r.logs
-        .iter()
-        .flat_map(|req| &req.resource_logs)
-        .flat_map(|rl| &rl.scope_logs)
-        .flat_map(|sl| sl.log_records.clone())
-        .collect()
-}
-
-fn body(record: &LogRecord) -> String {
-    match record.body.as_ref().and_then(|b| b.value.as_ref()) {
-        Some(any_value::Value::StringValue(s)) => s.clone(),
-        other => format!("{other:?}"),
-    }
-}
-
 /// `function.errors` in the last request that has it: fingerprint -> count.
 fn error_counts(r: &Received, function: &str) -> Vec<(String, String, u64)> {
     let last = r
@@ -160,7 +143,9 @@ fn no_secret_reaches_the_collector_and_errors_carry_their_fingerprint() {
             r.spans().iter().filter(|s| s.span.name == "charge").count() == 2
                 && r.spans().iter().any(|s| s.span.name == "close_ledger")
                 && r.spans().iter().any(|s| s.span.name == "refund")
-                && records(r).iter().any(|l| body(l).contains("ledger"))
+                && r.log_records()
+                    .iter()
+                    .any(|l| log_body(l).contains("ledger"))
                 && error_counts(r, "charge").iter().map(|c| c.2).sum::<u64>() == 2
                 && r.metrics()
                     .iter()
@@ -263,7 +248,8 @@ fn no_secret_reaches_the_collector_and_errors_carry_their_fingerprint() {
     );
 
     // The report log record: in the call's trace, with the fingerprint.
-    let reports: Vec<LogRecord> = records(&got)
+    let reports: Vec<LogRecord> = got
+        .log_records()
         .into_iter()
         .filter(|l| attributes(&l.attributes).get("error.fingerprint") == Some(&fp))
         .collect();
@@ -274,9 +260,10 @@ fn no_secret_reaches_the_collector_and_errors_carry_their_fingerprint() {
         "the report is in its call's trace"
     );
     // The log line inside the call: attributes by key and by value.
-    let warning = records(&got)
+    let warning = got
+        .log_records()
         .into_iter()
-        .find(|l| body(l).starts_with("paying with "))
+        .find(|l| log_body(l).starts_with("paying with "))
         .expect("the warning");
     let wa = attributes(&warning.attributes);
     assert_eq!(wa["authorization"], "[REDACTED]");
