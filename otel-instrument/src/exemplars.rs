@@ -180,6 +180,16 @@ type Reservoir = HashMap<&'static str, Vec<Series>>;
 
 static RESERVOIR: Mutex<Option<Reservoir>> = Mutex::new(None);
 
+/// The lock if it is free (a poisoned one too: its data stay usable), else
+/// `None`: the hot path skips rather than waits.
+fn lock_or_skip<T>(m: &Mutex<T>) -> Option<std::sync::MutexGuard<'_, T>> {
+    match m.try_lock() {
+        Ok(g) => Some(g),
+        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
+}
+
 fn reservoir() -> std::sync::MutexGuard<'static, Option<Reservoir>> {
     RESERVOIR.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -226,7 +236,7 @@ pub(crate) fn offer(span: &SpanData) {
     };
     // Explicit buckets are (b[i-1], b[i]]: the first bound not below the value.
     let bucket = crate::monitored::with_histogram_boundaries(|b| b.partition_point(|x| *x < value));
-    let Ok(mut guard) = RESERVOIR.try_lock() else {
+    let Some(mut guard) = lock_or_skip(&RESERVOIR) else {
         return;
     };
     let series_of = guard
@@ -390,7 +400,7 @@ pub(crate) fn offer_point(
     let bounds = unit
         .and_then(crate::metrics::boundaries_for)
         .unwrap_or(SDK_BOUNDARIES);
-    let Ok(mut guard) = PENDING.try_lock() else {
+    let Some(mut guard) = lock_or_skip(&PENDING) else {
         return;
     };
     let Some(waiting) = room(guard.get_or_insert_with(Pending::default), span_id) else {
@@ -430,8 +440,13 @@ pub(crate) fn span_ended(span_id: u64, admitted: bool) {
     if !PENDING_ANY.load(Ordering::Relaxed) {
         return;
     }
+    // Both locks are taken without waiting (a span ends on the application's
+    // thread, and `attach` holds them through an export's conversion): on
+    // contention the points stay waiting (bounded) or are not kept.
     let candidates = {
-        let mut guard = pending();
+        let Some(mut guard) = lock_or_skip(&PENDING) else {
+            return;
+        };
         let Some(pending) = guard.as_mut() else {
             return;
         };
@@ -447,7 +462,9 @@ pub(crate) fn span_ended(span_id: u64, admitted: bool) {
             _ => return,
         }
     };
-    let mut guard = points();
+    let Some(mut guard) = lock_or_skip(&POINTS) else {
+        return;
+    };
     let points = guard.get_or_insert_with(HashMap::new);
     for c in candidates {
         let full = points.len() >= POINT_SERIES;
