@@ -297,8 +297,8 @@ struct Candidate {
 /// and a span's points wait for at least [`PENDING_SPANS`] later spans.
 #[derive(Debug, Default)]
 struct Pending {
-    newer: HashMap<u64, Vec<Candidate>>,
-    older: HashMap<u64, Vec<Candidate>>,
+    newer: Generation,
+    older: Generation,
 }
 
 static PENDING: Mutex<Option<Pending>> = Mutex::new(None);
@@ -400,10 +400,15 @@ pub(crate) fn offer_point(
     let bounds = unit
         .and_then(crate::metrics::boundaries_for)
         .unwrap_or(SDK_BOUNDARIES);
+    let mut retired = None;
     let Some(mut guard) = lock_or_skip(&PENDING) else {
         return;
     };
-    let Some(waiting) = room(guard.get_or_insert_with(Pending::default), span_id) else {
+    let Some(waiting) = room(
+        guard.get_or_insert_with(Pending::default),
+        span_id,
+        &mut retired,
+    ) else {
         return;
     };
     let mut attributes = attributes.to_vec();
@@ -424,11 +429,20 @@ pub(crate) fn offer_point(
     PENDING_ANY.store(true, Ordering::Relaxed);
 }
 
+/// The points of the spans in one generation, by span id.
+type Generation = HashMap<u64, Vec<Candidate>>;
+
 /// Where one more point of span `span_id` waits, if it may: a full newer
-/// generation becomes the older one (the older is forgotten).
-fn room(pending: &mut Pending, span_id: u64) -> Option<&mut Vec<Candidate>> {
+/// generation becomes the older one, and the older goes to `retired`, for the
+/// caller to drop once the lock is released.
+fn room<'a>(
+    pending: &'a mut Pending,
+    span_id: u64,
+    retired: &mut Option<Generation>,
+) -> Option<&'a mut Vec<Candidate>> {
     if !pending.newer.contains_key(&span_id) && pending.newer.len() >= PENDING_SPANS {
-        pending.older = std::mem::take(&mut pending.newer);
+        let newer = std::mem::take(&mut pending.newer);
+        *retired = Some(std::mem::replace(&mut pending.older, newer));
     }
     let waiting = pending.newer.entry(span_id).or_default();
     (waiting.len() < CANDIDATES_PER_SPAN).then_some(waiting)
@@ -440,13 +454,14 @@ pub(crate) fn span_ended(span_id: u64, admitted: bool) {
     if !PENDING_ANY.load(Ordering::Relaxed) {
         return;
     }
-    // Both locks are taken without waiting (a span ends on the application's
-    // thread, and `attach` holds them through an export's conversion): on
-    // contention the points stay waiting (bounded) or are not kept.
+    // The waiting points' lock is only ever held for a few map operations (a
+    // retired generation is dropped outside it), so a span's end waits for it:
+    // skipping would leave the span's points waiting until their generation is
+    // retired. The reservoir's lock is held by `attach` through an export's
+    // conversion, so it is taken without waiting, as offers take theirs: on
+    // contention the span's points are not kept.
     let candidates = {
-        let Some(mut guard) = lock_or_skip(&PENDING) else {
-            return;
-        };
+        let mut guard = pending();
         let Some(pending) = guard.as_mut() else {
             return;
         };
@@ -724,14 +739,16 @@ mod tests {
     fn waiting_points_are_bounded_per_span_and_in_all() {
         let mut pending = Pending::default();
         for _ in 0..CANDIDATES_PER_SPAN {
-            room(&mut pending, 1).expect("room").push(candidate(1, 0.1));
+            room(&mut pending, 1, &mut None)
+                .expect("room")
+                .push(candidate(1, 0.1));
         }
         assert!(
-            room(&mut pending, 1).is_none(),
+            room(&mut pending, 1, &mut None).is_none(),
             "one span's points are capped"
         );
         for span in 2..=(3 * PENDING_SPANS as u64) {
-            if let Some(w) = room(&mut pending, span) {
+            if let Some(w) = room(&mut pending, span, &mut None) {
                 w.push(candidate(span, 0.1));
             }
             assert!(pending.newer.len() <= PENDING_SPANS);
@@ -749,10 +766,10 @@ mod tests {
         {
             let mut guard = pending();
             let pending = guard.get_or_insert_with(Pending::default);
-            room(pending, refused)
+            room(pending, refused, &mut None)
                 .expect("room")
                 .push(candidate(refused, 0.2));
-            room(pending, admitted)
+            room(pending, admitted, &mut None)
                 .expect("room")
                 .push(candidate(admitted, 0.3));
         }
