@@ -741,6 +741,8 @@ impl<P: SpanProcessor> SpanProcessor for SharedProcessor<P> {
     }
 
     fn force_flush(&self) -> OTelSdkResult {
+        // Recorded and kept spans still on their way reach the processor first.
+        crate::monitored::flush_tail(Duration::from_secs(1));
         self.0.force_flush()
     }
 
@@ -756,18 +758,15 @@ impl<P: SpanProcessor> SpanProcessor for SharedProcessor<P> {
 impl<P: LogProcessor> LogProcessor for QueueLimit<P> {
     fn emit(&self, record: &mut SdkLogRecord, scope: &opentelemetry::InstrumentationScope) {
         let _sdk = crate::monitored::SdkScope::enter();
-        // A record inside an unsampled monitored call carries its trace id,
-        // and its span id when the tail keeper tracks the call (the SDK only
-        // looks for an active span, which such a call has not).
+        // A record inside a monitored call without an SDK span (unsampled, or
+        // recorded natively) carries its trace id, and its span id when the
+        // tail keeper records the call: the SDK only looks for an active
+        // span, which such a call has not.
         if record.trace_context().is_none()
-            && let Some((trace_id, span_id)) = crate::monitored::unsampled_trace()
+            && let Some((trace_id, span_id, flags)) = crate::monitored::spanless_trace()
         {
             use opentelemetry::logs::LogRecord as _;
-            record.set_trace_context(
-                trace_id,
-                span_id,
-                Some(opentelemetry::trace::TraceFlags::default()),
-            );
+            record.set_trace_context(trace_id, span_id, Some(flags));
         }
         if self.admit() {
             self.inner.emit(record, scope);

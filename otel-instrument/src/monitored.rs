@@ -46,7 +46,7 @@ pub use call::{AsyncCall, Call};
 pub use callsite::Callsite;
 pub use enrich::{add_event, record_error, set_attribute};
 pub use frame::{current_context, current_function, is_unsampled};
-pub(crate) use frame::{sampled_span, unsampled_trace};
+pub(crate) use frame::{sampled_span, spanless_trace};
 pub(crate) use layers::SdkScope;
 pub use layers::{
     EventLayer, LogFilter, MONITORED_MARKER, MonitoredFormat, OtelFilter, event_layer, fmt_format,
@@ -61,6 +61,7 @@ pub use tail::{
     SAMPLING_KEPT, TailSettings, TailStats, configure as configure_tail, flush as flush_tail,
     stats as tail_stats,
 };
+pub(crate) use tail::{keep_for_downstream, kept_root};
 pub use tracer::set_tracer;
 pub(crate) use tracer::{end_span, start_span};
 

@@ -470,6 +470,15 @@ fn generate(args: &Args, func: MaybeItemFn, check_skip: bool) -> syn::Result<Tok
         };
         user_attrs.push(quote!(#support::KeyValue::new(#key, #value)));
     }
+    // Room for the call's own attributes and the four `code.*` ones an SDK
+    // span adds; nothing at all for a call without any (the native recorder
+    // adds `code.*` on its own thread).
+    let reserve = if user_attrs.is_empty() && recorded.is_empty() {
+        quote!()
+    } else {
+        let n = user_attrs.len() + recorded.len() + 4;
+        quote!(__otel_attrs.reserve(#n);)
+    };
     let attrs_expr = quote! {
         |__otel_attrs: &mut ::std::vec::Vec<#support::KeyValue>| -> bool {
             // The OTel span honours the subscriber's maximum level. (A full
@@ -478,7 +487,7 @@ fn generate(args: &Args, func: MaybeItemFn, check_skip: bool) -> syn::Result<Tok
             if !#tracing::level_enabled!(#level) {
                 return false;
             }
-            __otel_attrs.reserve(8);
+            #reserve
             #(__otel_attrs.push(#user_attrs);)*
             #(__otel_attrs.push(#param_attrs);)*
             true

@@ -99,19 +99,40 @@ impl Core {
         // expressions run here), and when the call ends.
         let restore = FrameGuard::save();
         let prev = restore.frame;
+        let mut make_attributes = Some(make_attributes);
         let mut root_parent = None;
+        let mut recorded_attributes = None;
         let (trace, trace_id) = if callsite.span && prev.trace == Trace::Free {
-            let (trace, trace_id, parent) = decide_root(callsite);
-            if trace == Trace::Unsampled {
+            let (mut trace, trace_id, parent) = decide_root(callsite);
+            if trace == Trace::Sampled && super::tail::recording() {
+                // The native recorder: no SDK span; the level filter still
+                // decides whether the call has a span at all.
+                let mut attributes = Vec::new();
+                if make_attributes.take().is_some_and(|f| f(&mut attributes)) {
+                    trace = Trace::Recorded;
+                    recorded_attributes = Some(attributes);
+                    // Drawn for an SDK root span that will not be started.
+                    PENDING_TRACE_ID.with(|p| p.set(0));
+                }
+            }
+            if trace == Trace::Unsampled || trace == Trace::Recorded {
                 UNSAMPLED_TRACE_ID.with(|t| t.set(trace_id));
                 root_parent = Some(parent);
             }
             (trace, trace_id)
-        } else if prev.trace == Trace::Unsampled {
-            (Trace::Unsampled, UNSAMPLED_TRACE_ID.with(Cell::get))
+        } else if prev.trace == Trace::Unsampled || prev.trace == Trace::Recorded {
+            (prev.trace, UNSAMPLED_TRACE_ID.with(Cell::get))
         } else {
             (prev.trace, 0)
         };
+        if trace == Trace::Recorded && root_parent.is_none() {
+            let mut attributes = Vec::new();
+            // With its level off it has no span of its own, and calls made
+            // inside it are its caller's children.
+            if callsite.span && make_attributes.take().is_some_and(|f| f(&mut attributes)) {
+                recorded_attributes = Some(attributes);
+            }
+        }
         let frame = Frame {
             callsite: Some(callsite),
             trace,
@@ -123,10 +144,14 @@ impl Core {
         let wanted = match trace {
             Trace::Free => false,
             Trace::Unsampled => OTHER_LAYERS.load(Ordering::Relaxed),
+            Trace::Recorded => {
+                OTHER_LAYERS.load(Ordering::Relaxed)
+                    || (callsite.deferred_fields && recorded_attributes.is_some())
+            }
             Trace::Sampled => {
                 let mut attributes = Vec::new();
                 // `make_attributes` says whether the span's level is enabled.
-                if callsite.span && make_attributes(&mut attributes) {
+                if callsite.span && make_attributes.take().is_some_and(|f| f(&mut attributes)) {
                     let start_time = start.system_time();
                     otel = Some(Box::new(Sampled {
                         cx: start_otel(callsite, start_time, attributes),
@@ -159,9 +184,15 @@ impl Core {
         // can panic before the guard that moves it back exists.
         let tail = if trace == Trace::Unsampled && callsite.span && super::tail::on() {
             match root_parent {
-                Some((parent, info)) => TailCall::root(is_async, trace_id, parent, info),
-                None => TailCall::child(is_async),
+                Some((parent, info)) => TailCall::root(is_async, trace_id, parent, info, false),
+                None => TailCall::child(is_async, 0),
             }
+        } else if let Some(attributes) = recorded_attributes {
+            let call = match root_parent {
+                Some((parent, info)) => TailCall::root(is_async, trace_id, parent, info, true),
+                None => TailCall::child(is_async, trace_id),
+            };
+            call.with_attributes(attributes)
         } else {
             TailCall::OFF
         };
@@ -365,6 +396,9 @@ impl Call {
 impl Drop for Call {
     #[inline(always)]
     fn drop(&mut self) {
+        if self.core.frame.trace == Trace::Recorded {
+            super::layers::detach_materialized();
+        }
         self.core.close(self.span.as_deref());
         drop(self.span.take());
         drop(self.attached.take());
@@ -471,7 +505,7 @@ impl<'a> Current<'a> {
         set_current(core.frame);
         let spanless_root =
             core.frame.trace == Trace::Sampled && core.otel.is_none() && core.trace_id != [0, 0];
-        if core.frame.trace == Trace::Unsampled || spanless_root {
+        if matches!(core.frame.trace, Trace::Unsampled | Trace::Recorded) || spanless_root {
             let [hi, lo] = core.trace_id;
             UNSAMPLED_TRACE_ID.with(|t| t.set((u128::from(hi) << 64) | u128::from(lo)));
         }
@@ -482,6 +516,17 @@ impl<'a> Current<'a> {
             _attached: attached,
             _tail: tail,
             _restore: restore,
+        }
+    }
+}
+
+impl Drop for Current<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        // Before the fields: contexts attached for plain spans inside a
+        // recorded call are the last attached.
+        if super::frame::current().trace == Trace::Recorded {
+            super::layers::detach_materialized();
         }
     }
 }

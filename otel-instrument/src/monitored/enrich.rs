@@ -24,8 +24,9 @@ fn with_span(
     match current().trace {
         // A sampled call attached its span's context.
         Trace::Sampled => Context::map_current(|cx| monitored(&cx.span())),
-        // Kept for the tail keeper, if it tracks the call.
-        Trace::Unsampled => tracked(),
+        // Kept for the tail keeper, if it tracks the call; a recorded call's
+        // additions always join its span.
+        Trace::Unsampled | Trace::Recorded => tracked(),
         Trace::Free | Trace::Delegated => plain(&tracing::Span::current()),
     }
 }

@@ -18,8 +18,13 @@ pub(super) enum Trace {
     Free,
     /// `#[monitored]` does not decide; every call gets a span and the SDK decides.
     Delegated,
-    /// Sampled: spans are created and exported.
+    /// Sampled, with an SDK span per call (the context is attached): when the
+    /// native recorder is off, or for a root whose level is filtered out.
     Sampled,
+    /// Sampled and recorded natively: no SDK span, no attached context. The
+    /// trace id is in `UNSAMPLED_TRACE_ID`, the running call's span id in the
+    /// tail keeper's cursor; the keeper's thread exports the spans.
+    Recorded,
     /// Not sampled: no OTel span. The trace id, kept for propagation, is in
     /// `UNSAMPLED_TRACE_ID` (not here: the frame is copied on every call and
     /// stays two words).
@@ -119,14 +124,56 @@ pub(super) fn unsampled_trace_id() -> u128 {
     UNSAMPLED_TRACE_ID.with(Cell::get)
 }
 
-/// The trace id of the current monitored call, when it is not sampled, and
-/// its span id when the tail keeper tracks it (else invalid).
-pub(crate) fn unsampled_trace() -> Option<(TraceId, SpanId)> {
-    (current().trace == Trace::Unsampled).then(|| {
-        (
+/// The ids of the current monitored call when it has no SDK span (not
+/// sampled, or recorded natively), with its trace flags: the trace id, and
+/// the span id when the tail keeper records the call (else invalid).
+pub(crate) fn spanless_trace() -> Option<(TraceId, SpanId, TraceFlags)> {
+    let flags = match current().trace {
+        Trace::Unsampled => TraceFlags::default(),
+        Trace::Recorded => TraceFlags::SAMPLED,
+        _ => return None,
+    };
+    Some((
+        TraceId::from(unsampled_trace_id()),
+        SpanId::from(super::tail::current_span()),
+        flags,
+    ))
+}
+
+/// The span context of the natively recorded call running here, for the
+/// OTel context that a plain `tracing` span started inside it needs as its
+/// parent (see `layers::OtelFilter`).
+pub(super) fn recorded_span_context() -> Option<SpanContext> {
+    if current().trace != Trace::Recorded {
+        return None;
+    }
+    let span = super::tail::current_span();
+    (span != 0).then(|| {
+        SpanContext::new(
             TraceId::from(unsampled_trace_id()),
-            SpanId::from(super::tail::current_span()),
+            SpanId::from(span),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::NONE,
         )
+    })
+}
+
+/// The span id of the current OTel context's span, if it is valid and of
+/// trace `trace_id` (else 0). Inside a natively recorded call it tells whether
+/// a plain `tracing` span was entered since the call started.
+pub(super) fn context_span(trace_id: u128) -> u64 {
+    Context::map_current(|cx| {
+        if !cx.has_active_span() {
+            return 0;
+        }
+        let span = cx.span();
+        let sc = span.span_context();
+        if sc.is_valid() && u128::from_be_bytes(sc.trace_id().to_bytes()) == trace_id {
+            u64::from_be_bytes(sc.span_id().to_bytes())
+        } else {
+            0
+        }
     })
 }
 
@@ -147,6 +194,10 @@ pub(crate) fn sampled_span() -> Option<(u128, u64)> {
     }
     match current().trace {
         Trace::Unsampled => None,
+        Trace::Recorded => match super::tail::current_span() {
+            0 => None,
+            span => Some((unsampled_trace_id(), span)),
+        },
         Trace::Sampled | Trace::Delegated => Context::map_current(of),
         Trace::Free => {
             use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -174,8 +225,9 @@ pub fn is_unsampled() -> bool {
 /// monitored call it carries the trace id with `sampled=0`; inside a sampled one
 /// it holds the call's span; elsewhere it is the current `tracing` span's context.
 pub fn current_context() -> Context {
-    match current().trace {
-        Trace::Unsampled => {
+    let trace = current().trace;
+    match trace {
+        Trace::Unsampled | Trace::Recorded => {
             let trace_id = UNSAMPLED_TRACE_ID.with(Cell::get);
             // The tracked call's own span, so that a callee's kept part of the
             // trace joins ours; a fresh id when nothing is tracked.
@@ -195,11 +247,17 @@ pub fn current_context() -> Context {
                     TraceState::NONE
                 }
             };
+            // A recorded call is a local span of a sampled trace.
+            let recorded = trace == Trace::Recorded;
             cx.with_remote_span_context(SpanContext::new(
                 TraceId::from(trace_id),
                 SpanId::from(span_id),
-                TraceFlags::default(),
-                true,
+                if recorded {
+                    TraceFlags::SAMPLED
+                } else {
+                    TraceFlags::default()
+                },
+                !recorded,
                 state,
             ))
         }

@@ -17,16 +17,33 @@
 //!   span state at all: they describe the pipeline, not the application, and
 //!   the fmt layer still prints them.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
 use opentelemetry::trace::TraceContextExt as _;
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::{Context, ContextGuard, KeyValue};
 use tracing_subscriber::layer::Filter;
 
-use super::frame::{Trace, current, unsampled_trace_id};
+use super::frame::{Trace, current, recorded_span_context, unsampled_trace_id};
 
 thread_local! {
     static IN_SDK: Cell<bool> = const { Cell::new(false) };
+    /// The contexts attached for plain spans started inside natively recorded
+    /// calls (see [`OtelFilter`]); detached right after, or when the call ends.
+    static MATERIALIZED: RefCell<Vec<ContextGuard>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Detaches the contexts [`OtelFilter`] attached on this thread, if any: a
+/// recorded call's end or poll calls it, in case no [`EventLayer`] did.
+#[inline]
+pub(super) fn detach_materialized() {
+    MATERIALIZED.with(|m| {
+        if let Ok(mut m) = m.try_borrow_mut()
+            && !m.is_empty()
+        {
+            // Last attached first.
+            while m.pop().is_some() {}
+        }
+    });
 }
 
 /// Marks the current thread as inside an SDK call until it drops, so that
@@ -70,8 +87,15 @@ fn is_sdk_target(target: &str) -> bool {
 
 /// A per-layer filter for the `tracing-opentelemetry` layer. It skips the
 /// `tracing` spans of monitored calls (they exist only for other layers such as
-/// fmt: a sampled call starts its OTel span directly on the SDK, which costs far
-/// less), and every span inside an unsampled monitored call.
+/// fmt: a sampled call records its span natively, or starts its OTel span
+/// directly on the SDK, which costs far less), and every span inside an
+/// unsampled monitored call.
+///
+/// A plain span started inside a natively recorded call needs that call as
+/// its parent, and the OTel layer finds its parent in the current OTel
+/// context: the filter attaches the call's span context just before the
+/// layer sees the new span, and [`EventLayer`] (next in line) or the call's
+/// end detaches it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OtelFilter;
 
@@ -116,6 +140,22 @@ impl<S> Filter<S> for OtelFilter {
             tracing_core::Interest::sometimes()
         }
     }
+
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        _id: &tracing::span::Id,
+        _cx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        // Only a contextual span looks for its parent in the current context.
+        if !attrs.is_contextual() {
+            return;
+        }
+        if let Some(sc) = recorded_span_context() {
+            let guard = Context::current().with_remote_span_context(sc).attach();
+            MATERIALIZED.with(|m| m.borrow_mut().push(guard));
+        }
+    }
 }
 
 /// A layer that records `tracing` events inside a sampled monitored call as
@@ -134,8 +174,24 @@ impl<S> tracing_subscriber::Layer<S> for EventLayer
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
+    /// The OTel layer has read its parent by now: detach the context
+    /// [`OtelFilter`] attached for it.
+    fn on_new_span(
+        &self,
+        _attrs: &tracing::span::Attributes<'_>,
+        _id: &tracing::span::Id,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if current().trace == Trace::Recorded {
+            detach_materialized();
+        }
+    }
+
     fn on_event(&self, event: &tracing::Event<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) {
-        if current().trace != Trace::Sampled || in_sdk() || is_sdk_target(event.metadata().target())
+        let trace = current().trace;
+        if !matches!(trace, Trace::Sampled | Trace::Recorded)
+            || in_sdk()
+            || is_sdk_target(event.metadata().target())
         {
             return;
         }
@@ -160,6 +216,10 @@ where
             .message
             .take()
             .unwrap_or_else(|| meta.name().to_owned());
+        if trace == Trace::Recorded {
+            super::tail::add_event(name.into(), visitor.attributes);
+            return;
+        }
         Context::map_current(|cx| {
             let span = cx.span();
             if span.span_context().is_sampled() {
@@ -178,7 +238,7 @@ where
         ctx: tracing_subscriber::layer::Context<'_, S>,
     ) {
         let frame = current();
-        if frame.trace != Trace::Sampled || in_sdk() {
+        if !matches!(frame.trace, Trace::Sampled | Trace::Recorded) || in_sdk() {
             return;
         }
         let Some(span) = ctx.span(id) else { return };
@@ -200,6 +260,12 @@ where
             !k.starts_with("otel.") && k != "error.type" && k != "error.category"
         });
         if visitor.attributes.is_empty() {
+            return;
+        }
+        if frame.trace == Trace::Recorded {
+            for kv in visitor.attributes {
+                super::tail::set_attribute(kv);
+            }
             return;
         }
         Context::map_current(|cx| {
@@ -326,6 +392,14 @@ where
                     writer,
                     " trace_id={}",
                     opentelemetry::trace::TraceId::from(unsampled_trace_id())
+                )?;
+            }
+            Trace::Recorded => {
+                write!(
+                    writer,
+                    " trace_id={} span_id={}",
+                    opentelemetry::trace::TraceId::from(unsampled_trace_id()),
+                    opentelemetry::trace::SpanId::from(super::tail::current_span())
                 )?;
             }
             _ => {

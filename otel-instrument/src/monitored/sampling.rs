@@ -175,7 +175,7 @@ impl<S: ShouldSample + Clone + 'static> ShouldSample for MonitoredSampler<S> {
         links: &[Link],
     ) -> SamplingResult {
         let decision = match current().trace {
-            Trace::Sampled => SamplingDecision::RecordAndSample,
+            Trace::Sampled | Trace::Recorded => SamplingDecision::RecordAndSample,
             Trace::Unsampled => SamplingDecision::Drop,
             Trace::Free | Trace::Delegated => {
                 let mut result = self.inner.should_sample(

@@ -32,7 +32,10 @@ impl TraceHandle {
             unsampled: UNSAMPLED_TRACE_ID.with(Cell::get),
             cx: Context::current(),
             span: tracing::Span::current(),
-            tail: tail::Handle::current(),
+            tail: tail::Handle::current(match current().trace {
+                Trace::Recorded => UNSAMPLED_TRACE_ID.with(Cell::get),
+                _ => 0,
+            }),
         }
     }
 
@@ -45,7 +48,7 @@ impl TraceHandle {
     fn enter(&self) -> Entered<'_> {
         let frame = PollGuard::save();
         set_current(self.frame);
-        if self.frame.trace == Trace::Unsampled {
+        if matches!(self.frame.trace, Trace::Unsampled | Trace::Recorded) {
             UNSAMPLED_TRACE_ID.with(|t| t.set(self.unsampled));
         }
         let tail = match &self.tail {

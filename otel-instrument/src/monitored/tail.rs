@@ -93,6 +93,9 @@ impl Default for TailSettings {
 }
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
+/// Whether head-sampled calls are recorded here too (the native recorder),
+/// instead of as SDK spans: whenever there is a sink.
+static RECORDING: AtomicBool = AtomicBool::new(false);
 static SLOW_FIXED_NS: AtomicU64 = AtomicU64::new(0);
 static SLOW_FLOOR_NS: AtomicU64 = AtomicU64::new(5_000_000);
 static MAX_SPANS: AtomicUsize = AtomicUsize::new(512);
@@ -110,6 +113,13 @@ static RATE: Mutex<Bucket> = Mutex::new(Bucket {
 #[inline(always)]
 pub(super) fn on() -> bool {
     ENABLED.load(Ordering::Relaxed)
+}
+
+/// Whether sampled calls are recorded natively (no SDK span on the calling
+/// thread) and converted to spans by the keeper's thread.
+#[inline(always)]
+pub(super) fn recording() -> bool {
+    RECORDING.load(Ordering::Relaxed)
 }
 
 /// Applies `settings` and hands kept traces to `sink` (the batch span
@@ -130,11 +140,11 @@ pub fn configure(settings: &TailSettings, sink: Option<Arc<dyn SpanProcessor>>) 
         bucket.last = None;
     }
     let enabled = settings.enabled && sink.is_some();
+    let recording = sink.is_some();
     *SINK.write().unwrap_or_else(PoisonError::into_inner) = sink;
-    if enabled {
-        collector();
-    }
-    ENABLED.store(enabled, Ordering::Release);
+    let running = (enabled || recording) && collector().is_some();
+    ENABLED.store(enabled && running, Ordering::Release);
+    RECORDING.store(recording && running, Ordering::Release);
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -152,6 +162,9 @@ pub struct TailStats {
     pub kept_error: u64,
     /// Unsampled traces kept because the root was slow.
     pub kept_slow: u64,
+    /// Unsampled traces kept because a service they called kept its part
+    /// (its `traceresponse` said sampled).
+    pub kept_downstream: u64,
     /// Unsampled traces that were neither: their records were dropped.
     pub dropped: u64,
     /// Failing or slow traces the rate limit refused.
@@ -169,6 +182,7 @@ pub struct TailStats {
 
 static KEPT_ERROR: AtomicU64 = AtomicU64::new(0);
 static KEPT_SLOW: AtomicU64 = AtomicU64::new(0);
+static KEPT_DOWNSTREAM: AtomicU64 = AtomicU64::new(0);
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 static REFUSED: AtomicU64 = AtomicU64::new(0);
 static OVER_ROOT_CAP: AtomicU64 = AtomicU64::new(0);
@@ -182,6 +196,7 @@ pub fn stats() -> TailStats {
     TailStats {
         kept_error: get(&KEPT_ERROR),
         kept_slow: get(&KEPT_SLOW),
+        kept_downstream: get(&KEPT_DOWNSTREAM),
         dropped: get(&DROPPED),
         refused: get(&REFUSED),
         spans_over_root_cap: get(&OVER_ROOT_CAP),
@@ -214,6 +229,8 @@ pub(super) struct Record {
 pub(super) struct Extra {
     span_id: u64,
     what: ExtraKind,
+    /// Given at the call's start (`fields(..)`), not added during it.
+    at_start: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -242,6 +259,13 @@ pub(super) struct Cursor {
     trace: u64,
     base: u32,
     extras_base: u32,
+    /// A head-sampled trace: kept whatever happens, so what a sync scope
+    /// stages beyond the per-root cap is sent early rather than dropped.
+    sampled: bool,
+    /// The span of the OTel context that was current when the running call
+    /// started (0: none). A call that finds another one current was started
+    /// inside a plain `tracing` span, which is then its parent.
+    ctx: u64,
 }
 
 // SAFETY: the root pointer is only compared, or dereferenced (to clone the
@@ -255,6 +279,8 @@ const INACTIVE: Cursor = Cursor {
     trace: 0,
     base: 0,
     extras_base: 0,
+    sampled: false,
+    ctx: 0,
 };
 
 impl Cursor {
@@ -301,6 +327,11 @@ pub(super) struct Root {
     trace_id: u128,
     span_id: u64,
     info: RootInfo,
+    /// Head-sampled: kept from the start, so each poll's records go out as
+    /// they come.
+    sampled: bool,
+    /// A service this trace called kept its part: keep this one too.
+    downstream: AtomicBool,
     opened: Instant,
     held: Mutex<Held>,
 }
@@ -320,18 +351,37 @@ enum Verdict {
     Dropped,
 }
 
+impl Verdict {
+    /// A head-sampled root is kept from its start; any other waits.
+    fn first(sampled: bool) -> Self {
+        if sampled {
+            Verdict::Kept(Reason::Sampled)
+        } else {
+            Verdict::Pending
+        }
+    }
+}
+
 /// Why a trace was kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reason {
     Error,
     Slow,
+    /// A service this trace called kept its part.
+    Downstream,
+    /// Picked by the head sampler: exported as a sampled trace, with no
+    /// `sampling.kept`, past no rate limit.
+    Sampled,
 }
 
 impl Reason {
-    fn as_str(self) -> &'static str {
+    /// The value of `sampling.kept`, for a trace the head sampler did not pick.
+    fn kept_as(self) -> Option<&'static str> {
         match self {
-            Reason::Error => "error",
-            Reason::Slow => "slow",
+            Reason::Error => Some("error"),
+            Reason::Slow => Some("slow"),
+            Reason::Downstream => Some("downstream"),
+            Reason::Sampled => None,
         }
     }
 }
@@ -369,7 +419,12 @@ impl RootInfo {
 pub(super) struct TailCall {
     pub(super) span_id: u64,
     parent: u64,
+    /// The current OTel context's span when the call started (see `Cursor::ctx`).
+    ctx: u64,
     mode: Mode,
+    /// The attributes a sampled call's `fields(..)` gave at its start; they
+    /// join its record when it ends (no allocation when there are none).
+    attributes: Vec<KeyValue>,
 }
 
 #[derive(Debug)]
@@ -381,16 +436,20 @@ enum Mode {
         trace_id: u128,
         info: RootInfo,
         saved: Cursor,
+        sampled: bool,
     },
     SyncChild {
         saved: Cursor,
     },
     AsyncRoot(Arc<Root>),
     /// An async call inside a tracked trace; `root` is its async root, if the
-    /// trace has one (a sync root's async children run inline).
+    /// trace has one (a sync root's async children run inline). `sampled` is
+    /// the trace id of a head-sampled trace (0 otherwise): such a call's
+    /// records are sent even when it runs away from its root.
     AsyncChild {
         root: Option<Arc<Root>>,
         trace: u64,
+        sampled: u128,
     },
 }
 
@@ -399,7 +458,9 @@ impl TailCall {
     pub(super) const OFF: TailCall = TailCall {
         span_id: 0,
         parent: 0,
+        ctx: 0,
         mode: Mode::Off,
+        attributes: Vec::new(),
     };
 
     /// Whether this call is tracked.
@@ -408,18 +469,27 @@ impl TailCall {
         !matches!(self.mode, Mode::Off)
     }
 
-    /// Starts tracking a local root the head sampler did not pick. `parent` is
-    /// its parent's span id (0 if none). For a sync root the cursor moves here
-    /// until [`close`](Self::close).
+    /// Starts tracking a local root: one the head sampler did not pick, or,
+    /// with `sampled`, one it picked (recorded natively, always exported).
+    /// `parent` is its parent's span id (0 if none). For a sync root the
+    /// cursor moves here until [`close`](Self::close).
     #[inline]
-    pub(super) fn root(is_async: bool, trace_id: u128, parent: u64, info: RootInfo) -> Self {
+    pub(super) fn root(
+        is_async: bool,
+        trace_id: u128,
+        parent: u64,
+        info: RootInfo,
+        sampled: bool,
+    ) -> Self {
         let span_id = super::frame::next_u64().max(1);
         if is_async {
-            let root = Root::take(trace_id, span_id, info);
+            let root = Root::take(trace_id, span_id, info, sampled);
             return Self {
                 span_id,
                 parent,
+                ctx: parent,
                 mode: Mode::AsyncRoot(root),
+                attributes: Vec::new(),
             };
         }
         let saved = cursor();
@@ -430,26 +500,43 @@ impl TailCall {
             trace: trace_id as u64,
             base,
             extras_base,
+            sampled,
+            ctx: parent,
         });
         Self {
             span_id,
             parent,
+            ctx: parent,
             mode: Mode::SyncRoot {
                 trace_id,
                 info,
                 saved,
+                sampled,
             },
+            attributes: Vec::new(),
         }
     }
 
     /// Starts tracking a call inside a tracked trace, if the running code is
-    /// in one; otherwise [`OFF`](Self::OFF).
+    /// in one; otherwise [`OFF`](Self::OFF). `sampled` is the trace id when
+    /// the trace is head-sampled (else 0): then the current OTel context is
+    /// read, and a plain `tracing` span entered inside the running call
+    /// becomes the new call's parent.
     #[inline]
-    pub(super) fn child(is_async: bool) -> Self {
+    pub(super) fn child(is_async: bool, sampled: u128) -> Self {
         let c = cursor();
         if !c.active() {
             return Self::OFF;
         }
+        let (parent, ctx) = if sampled != 0 {
+            match super::frame::context_span(sampled) {
+                0 => (c.span, 0),
+                ctx if ctx != c.ctx => (ctx, ctx),
+                ctx => (c.span, ctx),
+            }
+        } else {
+            (c.span, c.ctx)
+        };
         let span_id = super::frame::next_u64().max(1);
         let mode = if is_async {
             // SAFETY: a non-null cursor root is kept alive by the poll scope or
@@ -461,16 +548,32 @@ impl TailCall {
             Mode::AsyncChild {
                 root,
                 trace: c.trace,
+                sampled: if c.sampled { sampled } else { 0 },
             }
         } else {
-            set_cursor(Cursor { span: span_id, ..c });
+            set_cursor(Cursor {
+                span: span_id,
+                ctx,
+                ..c
+            });
             Mode::SyncChild { saved: c }
         };
         Self {
             span_id,
-            parent: c.span,
+            parent,
+            ctx,
             mode,
+            attributes: Vec::new(),
         }
+    }
+
+    /// Gives the call the attributes of its `fields(..)`.
+    #[inline]
+    pub(super) fn with_attributes(mut self, attributes: Vec<KeyValue>) -> Self {
+        if self.tracked() {
+            self.attributes = attributes;
+        }
+        self
     }
 
     /// Ends a tracked call: records it, and decides its trace if it is the
@@ -490,16 +593,26 @@ impl TailCall {
             end,
             outcome,
         };
+        let span_id = self.span_id;
+        let attributes = std::mem::take(&mut self.attributes);
+        let as_extras = |attributes: Vec<KeyValue>| {
+            attributes.into_iter().map(move |kv| Extra {
+                span_id,
+                what: ExtraKind::Attribute(kv),
+                at_start: true,
+            })
+        };
         match std::mem::replace(&mut self.mode, Mode::Off) {
             Mode::Off => {}
             Mode::SyncChild { saved } => {
                 set_cursor(saved);
-                stage(saved, record);
+                stage(saved, record, as_extras(attributes));
             }
             Mode::SyncRoot {
                 trace_id,
                 info,
                 saved,
+                sampled,
             } => {
                 let mine = cursor();
                 set_cursor(saved);
@@ -508,18 +621,35 @@ impl TailCall {
                     s.records.push(record);
                     let base = (mine.base as usize).min(s.records.len());
                     let extras_base = (mine.extras_base as usize).min(s.extras.len());
-                    let reason = decide(&s.records[base..], &record);
+                    let downstream = KEEP_FOR_DOWNSTREAM.with(|k| k.replace(0)) == mine.trace;
+                    let reason = if sampled {
+                        Some(Reason::Sampled)
+                    } else {
+                        decide(&s.records[base..], &record, downstream)
+                    };
                     let taken = reason.map(|r| {
-                        (
-                            r,
-                            s.records.drain(base..).collect::<Vec<_>>(),
-                            s.extras.drain(extras_base..).collect::<Vec<_>>(),
-                        )
+                        let records = if s.records.len() - base == 1 {
+                            Batch::One(record)
+                        } else {
+                            Batch::Many(s.records.drain(base..).collect())
+                        };
+                        let extras = if s.extras.len() > extras_base {
+                            s.extras.drain(extras_base..).collect()
+                        } else {
+                            Vec::new()
+                        };
+                        (r, records, extras)
                     });
                     s.records.truncate(base);
                     s.extras.truncate(extras_base);
                     taken
                 });
+                // When the root is not kept, its attributes drop here.
+                if let Some((reason, ..)) = &taken
+                    && *reason != Reason::Sampled
+                {
+                    note_kept(trace_id, self.span_id);
+                }
                 match taken {
                     Some((reason, records, extras)) => send(Kept {
                         trace_id,
@@ -528,15 +658,20 @@ impl TailCall {
                         reason,
                         records,
                         extras,
+                        root_attributes: attributes,
                     }),
                     None => count(&DROPPED, 1),
                 }
             }
             Mode::AsyncRoot(root) => {
-                root.finish(record);
+                root.finish(record, attributes);
                 Root::give_back(root);
             }
-            Mode::AsyncChild { root, trace } => {
+            Mode::AsyncChild {
+                root,
+                trace,
+                sampled,
+            } => {
                 let c = cursor();
                 let inline = c.active()
                     && c.trace == trace
@@ -544,9 +679,19 @@ impl TailCall {
                         .as_ref()
                         .is_none_or(|r| std::ptr::eq(Arc::as_ptr(r), c.root));
                 if inline {
-                    stage(c, record);
+                    stage(c, record, as_extras(attributes));
                 } else if let Some(root) = root {
-                    root.add(std::iter::once(record), std::iter::empty());
+                    root.add(std::iter::once(record), as_extras(attributes));
+                } else if sampled != 0 {
+                    send(Kept {
+                        trace_id: sampled,
+                        root_span: 0,
+                        info: RootInfo::default(),
+                        reason: Reason::Sampled,
+                        records: Batch::One(record),
+                        extras: as_extras(attributes).collect(),
+                        root_attributes: Vec::new(),
+                    });
                 } else {
                     count(&LATE, 1);
                 }
@@ -560,8 +705,14 @@ impl TailCall {
     pub(super) fn poll_scope(&self) -> PollScope {
         let saved = cursor();
         match &self.mode {
-            Mode::AsyncRoot(root) => PollScope::detached(saved, root, self.span_id),
-            Mode::AsyncChild { root, trace } => {
+            Mode::AsyncRoot(root) => {
+                PollScope::detached(saved, Flush::Root(Arc::clone(root)), self.span_id, self.ctx)
+            }
+            Mode::AsyncChild {
+                root,
+                trace,
+                sampled,
+            } => {
                 let inline = saved.active()
                     && saved.trace == *trace
                     && root
@@ -570,11 +721,21 @@ impl TailCall {
                 if inline {
                     set_cursor(Cursor {
                         span: self.span_id,
+                        ctx: self.ctx,
                         ..saved
                     });
                     PollScope { saved, flush: None }
                 } else if let Some(root) = root {
-                    PollScope::detached(saved, root, self.span_id)
+                    PollScope::detached(
+                        saved,
+                        Flush::Root(Arc::clone(root)),
+                        self.span_id,
+                        self.ctx,
+                    )
+                } else if *sampled != 0 {
+                    // A sampled trace's call polled away from its sync root:
+                    // what it records goes out at the end of each poll.
+                    PollScope::detached(saved, Flush::Part(*sampled), self.span_id, self.ctx)
                 } else {
                     // Polled away from its sync root: nothing can collect it.
                     set_cursor(INACTIVE);
@@ -586,28 +747,44 @@ impl TailCall {
     }
 }
 
+/// Where a detached scope's staged records go when it ends.
+#[derive(Debug, Clone)]
+enum Flush {
+    /// To the trace's async root.
+    Root(Arc<Root>),
+    /// Straight to the exporter: a part of a head-sampled trace (by its id)
+    /// whose root cannot be reached (a sync root's spawned task).
+    Part(u128),
+}
+
 /// A tracked async call's poll (or a spawned task's, through a trace handle):
 /// the cursor points at its span, and when the poll runs away from its root's
 /// own poll, what the poll staged moves to the root at its end.
 #[derive(Debug)]
 pub(super) struct PollScope {
     saved: Cursor,
-    flush: Option<Arc<Root>>,
+    flush: Option<Flush>,
 }
 
 impl PollScope {
-    fn detached(saved: Cursor, root: &Arc<Root>, span: u64) -> Self {
+    fn detached(saved: Cursor, flush: Flush, span: u64, ctx: u64) -> Self {
         let (base, extras_base) = staged();
+        let (root, trace, sampled) = match &flush {
+            Flush::Root(root) => (Arc::as_ptr(root), root.trace_id as u64, root.sampled),
+            Flush::Part(trace_id) => (std::ptr::null(), *trace_id as u64, true),
+        };
         set_cursor(Cursor {
-            root: Arc::as_ptr(root),
+            root,
             span,
-            trace: root.trace_id as u64,
+            trace,
             base,
             extras_base,
+            sampled,
+            ctx,
         });
         Self {
             saved,
-            flush: Some(Arc::clone(root)),
+            flush: Some(flush),
         }
     }
 }
@@ -615,7 +792,7 @@ impl PollScope {
 impl Drop for PollScope {
     #[inline]
     fn drop(&mut self) {
-        if let Some(root) = self.flush.take() {
+        if let Some(flush) = self.flush.take() {
             let mine = cursor();
             STAGING.with(|s| {
                 let mut s = s.borrow_mut();
@@ -623,8 +800,21 @@ impl Drop for PollScope {
                 let base = (mine.base as usize).min(records.len());
                 let extras_base = (mine.extras_base as usize).min(extras.len());
                 if records.len() > base || extras.len() > extras_base {
-                    // Moved under the root's lock, without a buffer in between.
-                    root.add(records.drain(base..), extras.drain(extras_base..));
+                    match flush {
+                        // Moved under the root's lock, without a buffer in between.
+                        Flush::Root(root) => {
+                            root.add(records.drain(base..), extras.drain(extras_base..));
+                        }
+                        Flush::Part(trace_id) => send(Kept {
+                            trace_id,
+                            root_span: 0,
+                            info: RootInfo::default(),
+                            reason: Reason::Sampled,
+                            records: Batch::Many(records.drain(base..).collect()),
+                            extras: extras.drain(extras_base..).collect(),
+                            root_attributes: Vec::new(),
+                        }),
+                    }
                 }
             });
         }
@@ -635,29 +825,41 @@ impl Drop for PollScope {
 /// The current tracked trace, for a task to continue (see `TraceHandle`).
 #[derive(Debug, Clone)]
 pub(super) struct Handle {
-    root: Arc<Root>,
+    flush: Flush,
     span: u64,
+    ctx: u64,
 }
 
 impl Handle {
-    /// The running code's async root and span, if it is in a tracked trace
-    /// that has one.
-    pub(super) fn current() -> Option<Self> {
+    /// The running code's tracked trace and span, if it has an async root, or
+    /// if it is head-sampled (`sampled` is then its trace id, else 0).
+    pub(super) fn current(sampled: u128) -> Option<Self> {
         let c = cursor();
-        if !c.active() || c.root.is_null() {
+        if !c.active() {
             return None;
+        }
+        if c.root.is_null() {
+            return (c.sampled && sampled != 0).then_some(Self {
+                flush: Flush::Part(sampled),
+                span: c.span,
+                ctx: c.ctx,
+            });
         }
         // SAFETY: as in `TailCall::child`.
         let root = unsafe {
             Arc::increment_strong_count(c.root);
             Arc::from_raw(c.root)
         };
-        Some(Self { root, span: c.span })
+        Some(Self {
+            flush: Flush::Root(root),
+            span: c.span,
+            ctx: c.ctx,
+        })
     }
 
     /// Makes the running code record into this trace until the scope drops.
     pub(super) fn enter(&self) -> PollScope {
-        PollScope::detached(cursor(), &self.root, self.span)
+        PollScope::detached(cursor(), self.flush.clone(), self.span, self.ctx)
     }
 }
 
@@ -669,17 +871,49 @@ pub(super) fn untracked() -> PollScope {
     PollScope { saved, flush: None }
 }
 
-/// Adds `record` to the running scope's staging buffer, within the per-root cap.
+/// Adds `record` (and its own attributes) to the running scope's staging
+/// buffer, within the per-root cap. A head-sampled sync scope that reaches
+/// the cap sends what it staged so far instead of dropping.
 #[inline]
-fn stage(scope: Cursor, record: Record) {
+fn stage(scope: Cursor, record: Record, own: impl Iterator<Item = Extra>) {
     STAGING.with(|s| {
         let mut s = s.borrow_mut();
-        if s.records.len().saturating_sub(scope.base as usize) >= MAX_SPANS.load(Ordering::Relaxed)
+        let max = MAX_SPANS.load(Ordering::Relaxed);
+        if s.records.len().saturating_sub(scope.base as usize) >= max
+            && scope.sampled
+            && scope.root.is_null()
         {
+            send_early(&mut s, scope);
+        }
+        if s.records.len().saturating_sub(scope.base as usize) >= max {
             count(&OVER_ROOT_CAP, 1);
         } else {
             s.records.push(record);
+            s.extras.extend(own);
         }
+    });
+}
+
+/// Sends the records a head-sampled sync scope staged so far, with the
+/// attributes and events of those calls (the others stay for their calls).
+#[cold]
+fn send_early(s: &mut Staging, scope: Cursor) {
+    let base = (scope.base as usize).min(s.records.len());
+    let extras_base = (scope.extras_base as usize).min(s.extras.len());
+    let records: Vec<Record> = s.records.drain(base..).collect();
+    let (extras, keep): (Vec<Extra>, Vec<Extra>) = s
+        .extras
+        .drain(extras_base..)
+        .partition(|e| records.iter().any(|r| r.span_id == e.span_id));
+    s.extras.extend(keep);
+    send(Kept {
+        trace_id: super::frame::unsampled_trace_id(),
+        root_span: 0,
+        info: RootInfo::default(),
+        reason: Reason::Sampled,
+        records: Batch::Many(records),
+        extras,
+        root_attributes: Vec::new(),
     });
 }
 
@@ -700,6 +934,7 @@ fn extra(what: ExtraKind) -> bool {
             s.extras.push(Extra {
                 span_id: c.span,
                 what,
+                at_start: false,
             });
         }
     });
@@ -731,7 +966,7 @@ thread_local! {
 
 impl Root {
     /// A root for a new trace, from this thread's pool if it has one.
-    fn take(trace_id: u128, span_id: u64, info: RootInfo) -> Arc<Root> {
+    fn take(trace_id: u128, span_id: u64, info: RootInfo, sampled: bool) -> Arc<Root> {
         let pooled = ROOTS.with(|p| p.borrow_mut().pop());
         if let Some(mut root) = pooled
             && let Some(r) = Arc::get_mut(&mut root)
@@ -739,19 +974,26 @@ impl Root {
             r.trace_id = trace_id;
             r.span_id = span_id;
             r.info = info;
+            r.sampled = sampled;
+            *r.downstream.get_mut() = false;
             r.opened = Instant::now();
             let held = r.held.get_mut().unwrap_or_else(PoisonError::into_inner);
             held.records.clear();
             held.extras.clear();
-            held.verdict = Verdict::Pending;
+            held.verdict = Verdict::first(sampled);
             return root;
         }
         Arc::new(Root {
             trace_id,
             span_id,
             info,
+            sampled,
+            downstream: AtomicBool::new(false),
             opened: Instant::now(),
-            held: Mutex::new(Held::default()),
+            held: Mutex::new(Held {
+                verdict: Verdict::first(sampled),
+                ..Held::default()
+            }),
         })
     }
 
@@ -769,7 +1011,17 @@ impl Root {
 
     /// Hands this trace's records (all of it, or a part that ended late) to
     /// the converter, with the trace state and the root's parent.
-    fn send(&self, reason: Reason, records: Vec<Record>, extras: Vec<Extra>) {
+    fn send(&self, reason: Reason, records: Batch, extras: Vec<Extra>) {
+        self.send_with(reason, records, extras, Vec::new());
+    }
+
+    fn send_with(
+        &self,
+        reason: Reason,
+        records: Batch,
+        extras: Vec<Extra>,
+        root_attributes: Vec<KeyValue>,
+    ) {
         send(Kept {
             trace_id: self.trace_id,
             root_span: self.span_id,
@@ -777,6 +1029,7 @@ impl Root {
             reason,
             records,
             extras,
+            root_attributes,
         });
     }
 
@@ -790,7 +1043,7 @@ impl Root {
         match held.verdict {
             Verdict::Kept(reason) => {
                 drop(held);
-                self.send(reason, records.collect(), extras.collect());
+                self.send(reason, Batch::Many(records.collect()), extras.collect());
             }
             Verdict::Dropped => count(&LATE, records.len()),
             Verdict::Pending => {
@@ -819,32 +1072,34 @@ impl Root {
                     let extras = std::mem::take(&mut held.extras);
                     drop(held);
                     if let Verdict::Kept(reason) = verdict {
-                        self.send(reason, records, extras);
+                        self.send(reason, Batch::Many(records), extras);
                     }
                 }
             }
         }
     }
 
-    /// The root call ended: decide.
-    fn finish(&self, own: Record) {
+    /// The root call ended (with its parameters and `fields(..)`): decide.
+    fn finish(&self, own: Record, attributes: Vec<KeyValue>) {
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         match held.verdict {
             Verdict::Kept(reason) => {
                 drop(held);
-                self.send(reason, vec![own], Vec::new());
+                self.send_with(reason, Batch::One(own), Vec::new(), attributes);
             }
             Verdict::Dropped => count(&LATE, 1),
             Verdict::Pending => {
                 HELD.fetch_sub(held.records.len(), Ordering::Relaxed);
-                match decide(&held.records, &own) {
+                let downstream = self.downstream.load(Ordering::Relaxed);
+                match decide(&held.records, &own, downstream) {
                     Some(reason) => {
+                        note_kept(self.trace_id, self.span_id);
                         held.verdict = Verdict::Kept(reason);
                         let mut records = std::mem::take(&mut held.records);
                         let extras = std::mem::take(&mut held.extras);
                         drop(held);
                         records.push(own);
-                        self.send(reason, records, extras);
+                        self.send_with(reason, Batch::Many(records), extras, attributes);
                     }
                     None => {
                         // Cleared, not freed: the pool reuses the capacity.
@@ -869,16 +1124,63 @@ impl Drop for Root {
 }
 
 // ---------------------------------------------------------------------------
+// Across processes: `traceresponse`
+
+thread_local! {
+    /// The low bits of the trace whose sync root this thread should keep
+    /// because a service it called kept its part (0: none).
+    static KEEP_FOR_DOWNSTREAM: Cell<u64> = const { Cell::new(0) };
+    /// The trace and root span this thread last kept (not head-sampled ones).
+    static LAST_KEPT: Cell<(u128, u64)> = const { Cell::new((0, 0)) };
+}
+
+fn note_kept(trace_id: u128, span: u64) {
+    LAST_KEPT.with(|k| k.set((trace_id, span)));
+}
+
+/// The root span of trace `trace_id`, if this thread's last kept trace is that
+/// one: a server that ran the handler's root here answers with a sampled
+/// `traceresponse` naming it.
+pub(crate) fn kept_root(trace_id: u128) -> Option<u64> {
+    match LAST_KEPT.with(Cell::get) {
+        (t, span) if t == trace_id && trace_id != 0 => Some(span),
+        _ => None,
+    }
+}
+
+/// A service called from the running tracked code kept its part of trace
+/// `trace_id` (its `traceresponse` said sampled): keep this process's part
+/// too, as `sampling.kept = "downstream"`, within the rate limit. False when
+/// nothing here tracks that trace.
+pub(crate) fn keep_for_downstream(trace_id: u128) -> bool {
+    let c = cursor();
+    if !c.active() || c.sampled || c.trace != trace_id as u64 {
+        return false;
+    }
+    if c.root.is_null() {
+        KEEP_FOR_DOWNSTREAM.with(|k| k.set(c.trace));
+    } else {
+        // SAFETY: a non-null cursor root is kept alive by the scope that set
+        // it, which is running now.
+        let root = unsafe { &*c.root };
+        root.downstream.store(true, Ordering::Relaxed);
+    }
+    true
+}
+
+// ---------------------------------------------------------------------------
 // The decision
 
 /// Why to keep the trace whose local root is `root` (and whose other calls
 /// are `records`), after the rate limit; None to drop it (counted).
-fn decide(records: &[Record], root: &Record) -> Option<Reason> {
+fn decide(records: &[Record], root: &Record, downstream: bool) -> Option<Reason> {
     let failed = |r: &Record| matches!(r.outcome, Outcome::Error(..));
     let reason = if failed(root) || records.iter().any(failed) {
         Reason::Error
     } else if slow(root) {
         Reason::Slow
+    } else if downstream {
+        Reason::Downstream
     } else {
         return None;
     };
@@ -898,13 +1200,12 @@ fn admit(reason: Reason) -> Verdict {
         count(&REFUSED, 1);
         return Verdict::Dropped;
     }
-    count(
-        match reason {
-            Reason::Error => &KEPT_ERROR,
-            Reason::Slow => &KEPT_SLOW,
-        },
-        1,
-    );
+    match reason {
+        Reason::Error => count(&KEPT_ERROR, 1),
+        Reason::Slow => count(&KEPT_SLOW, 1),
+        Reason::Downstream => count(&KEPT_DOWNSTREAM, 1),
+        Reason::Sampled => {}
+    }
     Verdict::Kept(reason)
 }
 
@@ -1050,11 +1351,32 @@ fn upper_edge(i: usize) -> u64 {
 #[derive(Debug)]
 struct Kept {
     trace_id: u128,
+    /// The local root's span id, when the root is among the records (0: not).
     root_span: u64,
     info: RootInfo,
     reason: Reason,
-    records: Vec<Record>,
+    records: Batch,
     extras: Vec<Extra>,
+    /// The `fields(..)` and parameters of the root's own call, moved as they
+    /// are (no second buffer for a root alone).
+    root_attributes: Vec<KeyValue>,
+}
+
+/// The records of a [`Kept`]: a root alone (the common sampled call) goes
+/// without an allocation.
+#[derive(Debug)]
+enum Batch {
+    One(Record),
+    Many(Vec<Record>),
+}
+
+impl Batch {
+    fn as_slice(&self) -> &[Record] {
+        match self {
+            Batch::One(r) => std::slice::from_ref(r),
+            Batch::Many(v) => v,
+        }
+    }
 }
 
 enum Msg {
@@ -1064,81 +1386,140 @@ enum Msg {
 
 /// Kept traces waiting for the converter thread.
 const HANDOFF: usize = 1024;
+/// Messages waiting, as the senders count them: at a quarter of the hand-off
+/// the converter is woken; otherwise it wakes on its own timer, so a sender
+/// never pays for a wake-up (a futex call) per message.
+static WAITING: AtomicUsize = AtomicUsize::new(0);
+/// How long the converter sleeps when it finds nothing.
+const IDLE_WAIT: Duration = Duration::from_millis(20);
 
 static SINK: RwLock<Option<Arc<dyn SpanProcessor>>> = RwLock::new(None);
-static SENDER: OnceLock<SyncSender<Msg>> = OnceLock::new();
+static SENDER: OnceLock<(SyncSender<Msg>, std::thread::Thread)> = OnceLock::new();
 
 fn collector() -> Option<&'static SyncSender<Msg>> {
-    if let Some(s) = SENDER.get() {
+    if let Some((s, _)) = SENDER.get() {
         return Some(s);
     }
     let (tx, rx) = sync_channel(HANDOFF);
     let spawned = std::thread::Builder::new()
         .name("otel-tail-keeper".into())
         .spawn(move || convert_loop(rx));
-    if spawned.is_err() {
+    let Ok(handle) = spawned else {
         return None;
+    };
+    let _ = SENDER.set((tx, handle.thread().clone()));
+    SENDER.get().map(|(s, _)| s)
+}
+
+fn wake() {
+    if let Some((_, thread)) = SENDER.get() {
+        thread.unpark();
     }
-    let _ = SENDER.set(tx);
-    SENDER.get()
 }
 
 fn send(kept: Kept) {
-    let n = kept.records.len();
+    let n = kept.records.as_slice().len();
     if n == 0 {
         return;
     }
-    match SENDER.get().map(|s| s.try_send(Msg::Kept(kept))) {
-        Some(Ok(())) => {}
-        Some(Err(TrySendError::Full(_) | TrySendError::Disconnected(_))) | None => {
+    let Some((tx, _)) = SENDER.get() else {
+        count(&QUEUE_FULL, n);
+        return;
+    };
+    // Counted before the send, so the converter never counts below zero.
+    let waiting = WAITING.fetch_add(1, Ordering::Relaxed);
+    match tx.try_send(Msg::Kept(kept)) {
+        Ok(()) => {
+            if waiting + 1 == HANDOFF / 4 {
+                wake();
+            }
+        }
+        Err(TrySendError::Full(msg)) => {
+            WAITING.fetch_sub(1, Ordering::Relaxed);
+            wake();
+            // The converter is behind: this thread converts its own trace and
+            // hands it to the span processor, whose queue bound (and count)
+            // applies as for any span. Nothing is lost here.
+            if let Msg::Kept(kept) = msg {
+                convert(kept);
+            }
+        }
+        Err(TrySendError::Disconnected(_)) => {
+            WAITING.fetch_sub(1, Ordering::Relaxed);
             count(&QUEUE_FULL, n);
         }
+    }
+}
+
+/// Converts a kept trace and hands its spans to the span processor.
+fn convert(kept: Kept) {
+    static SCOPE: OnceLock<InstrumentationScope> = OnceLock::new();
+    let scope = SCOPE.get_or_init(|| {
+        InstrumentationScope::builder(SCOPE_NAME)
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .build()
+    });
+    let sink = SINK.read().unwrap_or_else(PoisonError::into_inner).clone();
+    let Some(sink) = sink else {
+        count(&QUEUE_FULL, kept.records.as_slice().len());
+        return;
+    };
+    // The processors run our own code; events from them stay off spans.
+    let _sdk = super::SdkScope::enter();
+    for span in spans(kept, scope, clock::anchor()) {
+        sink.on_end(span);
     }
 }
 
 /// Waits (up to `timeout`) until every trace kept so far has reached the span
 /// processor. `TelemetryGuard` calls it before the processor shuts down.
 pub fn flush(timeout: Duration) -> bool {
-    let Some(tx) = SENDER.get() else {
+    let Some((tx, _)) = SENDER.get() else {
         return true;
     };
     let deadline = Instant::now() + timeout;
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let mut msg = Msg::Flush(done_tx);
     loop {
+        WAITING.fetch_add(1, Ordering::Relaxed);
         match tx.try_send(msg) {
             Ok(()) => break,
             Err(TrySendError::Full(m)) if Instant::now() < deadline => {
+                WAITING.fetch_sub(1, Ordering::Relaxed);
                 msg = m;
+                wake();
                 std::thread::sleep(Duration::from_millis(1));
             }
-            Err(_) => return false,
+            Err(_) => {
+                WAITING.fetch_sub(1, Ordering::Relaxed);
+                return false;
+            }
         }
     }
+    wake();
     done_rx
         .recv_timeout(deadline.saturating_duration_since(Instant::now()))
         .is_ok()
 }
 
 fn convert_loop(rx: Receiver<Msg>) {
-    let scope = InstrumentationScope::builder(SCOPE_NAME)
-        .with_version(env!("CARGO_PKG_VERSION"))
-        .build();
-    while let Ok(msg) = rx.recv() {
+    loop {
+        let msg = match rx.try_recv() {
+            Ok(msg) => msg,
+            Err(std::sync::mpsc::TryRecvError::Empty) => {
+                // Parked, not blocked in `recv`: a blocked receiver would
+                // make every send wake it.
+                std::thread::park_timeout(IDLE_WAIT);
+                continue;
+            }
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
+        };
+        WAITING.fetch_sub(1, Ordering::Relaxed);
         match msg {
             Msg::Flush(done) => {
                 let _ = done.send(());
             }
-            Msg::Kept(kept) => {
-                let sink = SINK.read().unwrap_or_else(PoisonError::into_inner).clone();
-                let Some(sink) = sink else {
-                    count(&QUEUE_FULL, kept.records.len());
-                    continue;
-                };
-                for span in spans(kept, &scope, clock::anchor()) {
-                    sink.on_end(span);
-                }
-            }
+            Msg::Kept(kept) => convert(kept),
         }
     }
 }
@@ -1152,9 +1533,11 @@ fn spans(kept: Kept, scope: &InstrumentationScope, anchor: (Stamp, SystemTime)) 
         reason,
         records,
         extras,
+        mut root_attributes,
     } = kept;
     let state = info.state.map(|s| *s).unwrap_or_default();
     records
+        .as_slice()
         .iter()
         .map(|r| {
             let is_root = r.span_id == root_span;
@@ -1164,13 +1547,36 @@ fn spans(kept: Kept, scope: &InstrumentationScope, anchor: (Stamp, SystemTime)) 
                 SpanKind::Server if r.parent != 0 && !parent_remote => SpanKind::Internal,
                 kind => kind,
             };
-            let mut attributes = vec![
+            let own = extras.iter().filter(|e| e.span_id == r.span_id);
+            let mut attributes = Vec::with_capacity(7 + own.clone().count());
+            // Parameters and `fields(..)` first, as the SDK path had them.
+            if is_root {
+                attributes.append(&mut root_attributes);
+            }
+            for e in own.clone() {
+                if let ExtraKind::Attribute(kv) = &e.what
+                    && e.at_start
+                {
+                    attributes.push(kv.clone());
+                }
+            }
+            attributes.extend([
                 KeyValue::new("code.function.name", r.callsite.function),
                 KeyValue::new("code.module.name", r.callsite.module),
                 KeyValue::new("code.file.path", r.callsite.file),
                 KeyValue::new("code.line.number", i64::from(r.callsite.line)),
-                KeyValue::new(SAMPLING_KEPT, reason.as_str()),
-            ];
+            ]);
+            if let Some(kept_as) = reason.kept_as() {
+                attributes.push(KeyValue::new(SAMPLING_KEPT, kept_as));
+            }
+            let mut events = SpanEvents::default();
+            for e in own {
+                match &e.what {
+                    ExtraKind::Attribute(kv) if !e.at_start => attributes.push(kv.clone()),
+                    ExtraKind::Attribute(_) => {}
+                    ExtraKind::Event(ev) => events.events.push(ev.clone()),
+                }
+            }
             let status = match r.outcome {
                 Outcome::Error(category, error_type) => {
                     attributes.push(KeyValue::new(ERROR_TYPE, error_type));
@@ -1183,13 +1589,6 @@ fn spans(kept: Kept, scope: &InstrumentationScope, anchor: (Stamp, SystemTime)) 
                 }
                 Outcome::Ok => Status::Unset,
             };
-            let mut events = SpanEvents::default();
-            for e in extras.iter().filter(|e| e.span_id == r.span_id) {
-                match &e.what {
-                    ExtraKind::Attribute(kv) => attributes.push(kv.clone()),
-                    ExtraKind::Event(ev) => events.events.push(ev.clone()),
-                }
-            }
             SpanData {
                 span_context: SpanContext::new(
                     TraceId::from(trace_id),
