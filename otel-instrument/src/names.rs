@@ -8,7 +8,7 @@ pub const SPANS_DROPPED: &str = "otel_instrument.spans.dropped";
 pub const LOGS_DROPPED: &str = "otel_instrument.logs.dropped";
 /// Durations measured with the clock going backwards (recorded as zero).
 pub const CLOCK_BACKWARDS: &str = "otel_instrument.clock.backwards";
-/// Traces the tail keeper decided on, by `decision` (`kept_error`, `kept_slow`,
+/// Traces the tail keeper decided on, by `decision` (`kept_error`, `kept_slow`, `kept_downstream`,
 /// `dropped`, `refused`: over the rate limit).
 pub const TAIL_TRACES: &str = "otel_instrument.tail.traces";
 /// Spans the tail keeper recorded but could not keep, by `reason` (`root_cap`,

@@ -13,6 +13,13 @@
 //!
 //! An unsampled call still propagates: the trace id goes out with the sampled
 //! flag off, so every service downstream agrees with the root's decision.
+//!
+//! The answer carries the callee's decision back (W3C Trace Context Level 2,
+//! [`TRACERESPONSE`]): a server whose span was sampled, or whose tail keeper
+//! kept the handler's trace, answers `traceresponse: 00-<trace>-<span>-01`; a
+//! client that reads it inside an unsampled, tracked call has the tail keeper
+//! keep its own part too (`sampling.kept = "downstream"`), so the caller's
+//! spans join the callee's in one trace.
 //! `tracestate` and baggage travel unchanged within the W3C bounds ([`w3c`]):
 //! what a caller sends beyond them is dropped and counted, and an invalid
 //! `traceparent` starts a new trace rather than failing the request.
@@ -58,6 +65,48 @@ pub(crate) fn install(propagators: &[Propagator]) {
         })
         .collect();
     opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(list));
+}
+
+/// The response header that carries the callee's trace decision back
+/// (W3C Trace Context Level 2): `00-<trace-id>-<span-id>-<flags>`.
+pub const TRACERESPONSE: &str = "traceresponse";
+
+/// A server's answer: a sampled `traceresponse` when the request's span was
+/// sampled, or when the tail keeper kept the handler's trace on this thread
+/// (it decided as the handler's root ended, just before the response).
+fn answer(cx: &Context, headers: &mut HeaderMap) {
+    let span = cx.span();
+    let sc = span.span_context();
+    if !sc.is_valid() {
+        return;
+    }
+    let span_id = if sc.is_sampled() {
+        sc.span_id()
+    } else {
+        match monitored::kept_root(u128::from_be_bytes(sc.trace_id().to_bytes())) {
+            Some(root) => opentelemetry::trace::SpanId::from(root),
+            None => return,
+        }
+    };
+    let value = format!("00-{}-{span_id}-01", sc.trace_id());
+    if let Ok(v) = http::HeaderValue::from_str(&value) {
+        headers.insert(TRACERESPONSE, v);
+    }
+}
+
+/// A client's reading of the callee's answer: a sampled `traceresponse` for
+/// the trace the running call is in makes the tail keeper keep this part too.
+fn follow(headers: &HeaderMap) {
+    let Some(tr) = headers
+        .get(TRACERESPONSE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(w3c::parse_traceparent)
+    else {
+        return;
+    };
+    if tr.flags.is_sampled() {
+        monitored::keep_for_downstream(u128::from_be_bytes(tr.trace_id.to_bytes()));
+    }
 }
 
 /// Writes the current trace context (`traceparent`, `tracestate`, `baggage`)
@@ -333,8 +382,13 @@ where
         };
         let mut ending = this.ending.take();
         Poll::Ready(match result {
-            Ok(resp) => {
+            Ok(mut resp) => {
                 if let Some(e) = ending.as_mut() {
+                    match e.kind {
+                        SpanKind::Server => answer(&e.cx, resp.headers_mut()),
+                        SpanKind::Client => follow(resp.headers()),
+                        _ => {}
+                    }
                     e.response(&resp);
                     if http_body::Body::is_end_stream(resp.body()) {
                         e.end();

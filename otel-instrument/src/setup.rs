@@ -662,6 +662,7 @@ impl TelemetryBuilder {
                 for (decision, n) in [
                     ("kept_error", t.kept_error),
                     ("kept_slow", t.kept_slow),
+                    ("kept_downstream", t.kept_downstream),
                     ("dropped", t.dropped),
                     ("refused", t.refused),
                 ] {
