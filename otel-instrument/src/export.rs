@@ -288,6 +288,18 @@ impl Batched {
         false
     }
 
+    /// Takes `n` items at once into a queue of `capacity`, or counts all `n`
+    /// as dropped.
+    #[inline]
+    fn admit_n(&self, n: usize, capacity: usize) -> bool {
+        if self.queued.fetch_add(n, Ordering::AcqRel) + n <= capacity {
+            return true;
+        }
+        self.queued.fetch_sub(n, Ordering::AcqRel);
+        self.queue_full.fetch_add(n as u64, Ordering::Relaxed);
+        false
+    }
+
     /// `n` items left the queue for the exporter.
     fn handed_over(&self, n: usize) {
         let _ = self
@@ -651,6 +663,57 @@ pub struct QueueLimit<P> {
     signal: Signal,
 }
 
+thread_local! {
+    /// Set while the tail keeper hands over spans it admitted already (see
+    /// [`SpanAdmission`]): [`QueueLimit`] does not count them a second time.
+    static PRE_ADMITTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the spans it ends counted as admitted already.
+pub(crate) fn pre_admitted<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            PRE_ADMITTED.with(|p| p.set(self.0));
+        }
+    }
+    let _reset = Reset(PRE_ADMITTED.with(|p| p.replace(true)));
+    f()
+}
+
+/// The span queue's bound, taken where the native recorder and the tail keeper
+/// hand their records over: spans waiting for conversion already hold their
+/// places in the batch queue, so the hand-off and the queue are one queue with
+/// one bound and one count, and an overloaded exporter costs a recorded root
+/// one atomic add and a count, not a conversion.
+#[derive(Debug)]
+pub(crate) struct SpanAdmission {
+    stats: Arc<ExportStats>,
+    capacity: usize,
+}
+
+impl SpanAdmission {
+    pub(crate) fn new(stats: Arc<ExportStats>, capacity: usize) -> Self {
+        Self { stats, capacity }
+    }
+
+    /// Takes the `n` spans of one hand-off into the queue, or counts them all
+    /// as dropped (`reason="queue_full"`).
+    pub(crate) fn admit(&self, n: usize) -> bool {
+        let b = self.stats.batched(Signal::Traces);
+        let admitted = b.admit_n(n, self.capacity);
+        if !admitted {
+            b.warn_queue_full(Signal::Traces, self.capacity);
+        }
+        admitted
+    }
+
+    /// Gives back the places of `n` admitted spans that will not be handed on.
+    pub(crate) fn release(&self, n: usize) {
+        self.stats.batched(Signal::Traces).handed_over(n);
+    }
+}
+
 impl<P> QueueLimit<P> {
     /// Admits at most `capacity` spans into `inner` until the exporter takes
     /// them. Give `inner` a queue of at least `capacity`, and
@@ -694,7 +757,7 @@ impl<P: SpanProcessor> SpanProcessor for QueueLimit<P> {
     fn on_end(&self, span: SpanData) {
         let _sdk = crate::monitored::SdkScope::enter();
         let span_id = u64::from_be_bytes(span.span_context.span_id().to_bytes());
-        if self.admit() {
+        if PRE_ADMITTED.with(std::cell::Cell::get) || self.admit() {
             // Admitted: on its way to the exporter, so it may stand for its
             // latency bucket, and so may the `histogram!` points recorded in it.
             crate::exemplars::offer(&span);

@@ -61,7 +61,7 @@ pub use tail::{
     SAMPLING_KEPT, TailSettings, TailStats, configure as configure_tail, flush as flush_tail,
     stats as tail_stats,
 };
-pub(crate) use tail::{keep_for_downstream, kept_root};
+pub(crate) use tail::{keep_for_downstream, kept_root, set_admission as set_tail_admission};
 pub use tracer::set_tracer;
 pub(crate) use tracer::{end_span, start_span};
 

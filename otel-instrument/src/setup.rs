@@ -523,6 +523,7 @@ impl TelemetryBuilder {
         // Until a span processor exists below, the tail keeper has nowhere to
         // send what it keeps: off.
         monitored::configure_tail(&config.tail, None);
+        monitored::set_tail_admission(None);
         if config.disabled {
             return Ok(Telemetry {
                 tracer: None,
@@ -775,6 +776,12 @@ impl TelemetryBuilder {
         monitored::set_tracer(tracer.clone());
         // #[monitored] integration: failing and slow calls the head sampler did
         // not pick are kept, into the same span processor.
+        // What they hand over takes its place in the same queue bound first.
+        monitored::set_tail_admission(
+            processor
+                .is_some()
+                .then(|| export::SpanAdmission::new(stats.clone(), config.span_queue_size)),
+        );
         monitored::configure_tail(
             &config.tail,
             processor.map(|p| p as Arc<dyn opentelemetry_sdk::trace::SpanProcessor>),

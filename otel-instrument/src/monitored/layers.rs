@@ -397,10 +397,17 @@ where
             Trace::Recorded => {
                 write!(
                     writer,
-                    " trace_id={} span_id={}",
-                    opentelemetry::trace::TraceId::from(unsampled_trace_id()),
-                    opentelemetry::trace::SpanId::from(super::tail::current_span())
+                    " trace_id={}",
+                    opentelemetry::trace::TraceId::from(unsampled_trace_id())
                 )?;
+                match super::tail::current_span() {
+                    0 => {}
+                    span => write!(
+                        writer,
+                        " span_id={}",
+                        opentelemetry::trace::SpanId::from(span)
+                    )?,
+                }
             }
             _ => {
                 let sc = Context::map_current(|cx| cx.span().span_context().clone());

@@ -925,7 +925,10 @@ fn extra(what: ExtraKind) -> bool {
         return false;
     }
     STAGING.with(|s| {
-        let mut s = s.borrow_mut();
+        // Busy only if this runs from inside the keeper's own hand-off.
+        let Ok(mut s) = s.try_borrow_mut() else {
+            return;
+        };
         if s.extras.len().saturating_sub(c.extras_base as usize)
             >= MAX_SPANS.load(Ordering::Relaxed)
         {
@@ -1394,6 +1397,24 @@ static WAITING: AtomicUsize = AtomicUsize::new(0);
 const IDLE_WAIT: Duration = Duration::from_millis(20);
 
 static SINK: RwLock<Option<Arc<dyn SpanProcessor>>> = RwLock::new(None);
+/// The span queue's admission (see [`crate::export::SpanAdmission`]), set
+/// with the sink: a leaked box per configuration (there are few), read with
+/// one load per hand-off.
+static ADMISSION: std::sync::atomic::AtomicPtr<crate::export::SpanAdmission> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+/// Makes hand-offs take their places in the span queue of `admission` (none:
+/// the span processor admits them when they arrive).
+pub(crate) fn set_admission(admission: Option<crate::export::SpanAdmission>) {
+    let p = admission.map_or(std::ptr::null_mut(), |a| Box::into_raw(Box::new(a)));
+    // The previous one is leaked: a thread may still be reading it.
+    ADMISSION.store(p, Ordering::Release);
+}
+
+fn admission() -> Option<&'static crate::export::SpanAdmission> {
+    // SAFETY: null or a pointer from `Box::into_raw` that is never freed.
+    unsafe { ADMISSION.load(Ordering::Acquire).as_ref() }
+}
 static SENDER: OnceLock<(SyncSender<Msg>, std::thread::Thread)> = OnceLock::new();
 
 fn collector() -> Option<&'static SyncSender<Msg>> {
@@ -1426,6 +1447,18 @@ fn send(kept: Kept) {
         count(&QUEUE_FULL, n);
         return;
     };
+    // Events logged from here (the queue-full warning) must not reach span
+    // state: this may run with the staging buffer borrowed.
+    let _sdk = super::SdkScope::enter();
+    if let Some(a) = admission()
+        && !a.admit(n)
+    {
+        // The queue is full: dropped and counted there, before any work.
+        for r in kept.records.as_slice() {
+            crate::exemplars::span_ended(r.span_id, false);
+        }
+        return;
+    }
     // Counted before the send, so the converter never counts below zero.
     let waiting = WAITING.fetch_add(1, Ordering::Relaxed);
     match tx.try_send(Msg::Kept(kept)) {
@@ -1460,14 +1493,22 @@ fn convert(kept: Kept) {
             .build()
     });
     let sink = SINK.read().unwrap_or_else(PoisonError::into_inner).clone();
+    let n = kept.records.as_slice().len();
     let Some(sink) = sink else {
-        count(&QUEUE_FULL, kept.records.as_slice().len());
+        if let Some(a) = admission() {
+            a.release(n);
+        }
+        count(&QUEUE_FULL, n);
         return;
     };
     // The processors run our own code; events from them stay off spans.
     let _sdk = super::SdkScope::enter();
-    for span in spans(kept, scope, clock::anchor()) {
-        sink.on_end(span);
+    let spans = spans(kept, scope, clock::anchor());
+    if admission().is_some() {
+        // Their places in the queue were taken at the hand-off.
+        crate::export::pre_admitted(|| spans.into_iter().for_each(|s| sink.on_end(s)));
+    } else {
+        spans.into_iter().for_each(|s| sink.on_end(s));
     }
 }
 
