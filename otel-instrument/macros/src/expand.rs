@@ -470,14 +470,14 @@ fn generate(args: &Args, func: MaybeItemFn, check_skip: bool) -> syn::Result<Tok
         };
         user_attrs.push(quote!(#support::KeyValue::new(#key, #value)));
     }
-    // Room for the call's own attributes and the four `code.*` ones an SDK
-    // span adds; nothing at all for a call without any (the native recorder
-    // adds `code.*` on its own thread).
+    // Exactly the room for the call's own attributes (the native recorder
+    // keeps them as they are, and adds `code.*` on its own thread); nothing at
+    // all for a call without any.
     let reserve = if user_attrs.is_empty() && recorded.is_empty() {
         quote!()
     } else {
-        let n = user_attrs.len() + recorded.len() + 4;
-        quote!(__otel_attrs.reserve(#n);)
+        let n = user_attrs.len() + recorded.len();
+        quote!(__otel_attrs.reserve_exact(#n);)
     };
     let attrs_expr = quote! {
         |__otel_attrs: &mut ::std::vec::Vec<#support::KeyValue>| -> bool {

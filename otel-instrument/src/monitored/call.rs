@@ -25,6 +25,37 @@ use super::{
 };
 use crate::errors::ErrorCategory;
 
+thread_local! {
+    /// A sampled call's attributes between their evaluation and its guard.
+    static ATTRIBUTES: std::cell::RefCell<Vec<KeyValue>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The recorder's part of a sampled call (out of line: the unsampled path
+/// stays short).
+#[inline(never)]
+fn recorded(
+    is_async: bool,
+    trace_id: u128,
+    root_parent: Option<(u64, super::tail::RootInfo)>,
+) -> TailCall {
+    let call = match root_parent {
+        Some((parent, info)) => TailCall::root(is_async, trace_id, parent, info, true),
+        None => TailCall::child(is_async, trace_id),
+    };
+    call.with_attributes(take_attributes())
+}
+
+#[inline(never)]
+fn stash_attributes(attributes: Vec<KeyValue>) {
+    ATTRIBUTES.with(|a| *a.borrow_mut() = attributes);
+}
+
+#[inline(never)]
+fn take_attributes() -> Vec<KeyValue> {
+    ATTRIBUTES.with(|a| std::mem::take(&mut *a.borrow_mut()))
+}
+
 /// How a call ended, as the metrics and the span record it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Outcome {
@@ -99,24 +130,10 @@ impl Core {
         // expressions run here), and when the call ends.
         let restore = FrameGuard::save();
         let prev = restore.frame;
-        let mut make_attributes = Some(make_attributes);
         let mut root_parent = None;
-        let mut recorded_attributes = None;
-        let (trace, trace_id) = if callsite.span && prev.trace == Trace::Free {
-            let (mut trace, trace_id, parent) = decide_root(callsite);
-            if trace == Trace::Sampled && super::tail::recording() {
-                // The native recorder: no SDK span; the level filter still
-                // decides whether the call has a span at all.
-                let mut attributes = Vec::new();
-                if make_attributes.take().is_some_and(|f| f(&mut attributes)) {
-                    trace = Trace::Recorded;
-                    recorded_attributes = Some(attributes);
-                    // Drawn for an SDK root span that will not be started.
-                    PENDING_TRACE_ID.with(|p| p.set(0));
-                }
-            }
-            if trace == Trace::Unsampled || trace == Trace::Recorded {
-                UNSAMPLED_TRACE_ID.with(|t| t.set(trace_id));
+        let (mut trace, trace_id) = if callsite.span && prev.trace == Trace::Free {
+            let (trace, trace_id, parent) = decide_root(callsite);
+            if trace != Trace::Delegated {
                 root_parent = Some(parent);
             }
             (trace, trace_id)
@@ -125,13 +142,28 @@ impl Core {
         } else {
             (prev.trace, 0)
         };
-        if trace == Trace::Recorded && root_parent.is_none() {
-            let mut attributes = Vec::new();
-            // With its level off it has no span of its own, and calls made
-            // inside it are its caller's children.
-            if callsite.span && make_attributes.take().is_some_and(|f| f(&mut attributes)) {
-                recorded_attributes = Some(attributes);
-            }
+        // A sampled call's attributes, evaluated once; `make_attributes` says
+        // whether the span's level is enabled. Without it a recorded call has
+        // no span of its own (calls made inside it are its caller's children),
+        // and a sampled root has no span at all.
+        let mut attributes = Vec::new();
+        let enabled = callsite.span
+            && matches!(trace, Trace::Sampled | Trace::Recorded)
+            && make_attributes(&mut attributes);
+        // Held aside, not in a local that lives until the guard is built: the
+        // unsampled path stays free of its drop (and of the unwinding path
+        // that `make_span` would need for it).
+        if enabled {
+            stash_attributes(attributes);
+        }
+        if trace == Trace::Sampled && enabled && root_parent.is_some() && super::tail::recording() {
+            // The native recorder: no SDK span.
+            trace = Trace::Recorded;
+            // Drawn for an SDK root span that will not be started.
+            PENDING_TRACE_ID.with(|p| p.set(0));
+        }
+        if root_parent.is_some() && matches!(trace, Trace::Unsampled | Trace::Recorded) {
+            UNSAMPLED_TRACE_ID.with(|t| t.set(trace_id));
         }
         let frame = Frame {
             callsite: Some(callsite),
@@ -145,16 +177,13 @@ impl Core {
             Trace::Free => false,
             Trace::Unsampled => OTHER_LAYERS.load(Ordering::Relaxed),
             Trace::Recorded => {
-                OTHER_LAYERS.load(Ordering::Relaxed)
-                    || (callsite.deferred_fields && recorded_attributes.is_some())
+                OTHER_LAYERS.load(Ordering::Relaxed) || (callsite.deferred_fields && enabled)
             }
             Trace::Sampled => {
-                let mut attributes = Vec::new();
-                // `make_attributes` says whether the span's level is enabled.
-                if callsite.span && make_attributes.take().is_some_and(|f| f(&mut attributes)) {
+                if enabled {
                     let start_time = start.system_time();
                     otel = Some(Box::new(Sampled {
-                        cx: start_otel(callsite, start_time, attributes),
+                        cx: start_otel(callsite, start_time, take_attributes()),
                         start: start_time,
                     }));
                     // The SDK's id generator took the drawn trace id, if it wanted it.
@@ -187,12 +216,8 @@ impl Core {
                 Some((parent, info)) => TailCall::root(is_async, trace_id, parent, info, false),
                 None => TailCall::child(is_async, 0),
             }
-        } else if let Some(attributes) = recorded_attributes {
-            let call = match root_parent {
-                Some((parent, info)) => TailCall::root(is_async, trace_id, parent, info, true),
-                None => TailCall::child(is_async, trace_id),
-            };
-            call.with_attributes(attributes)
+        } else if trace == Trace::Recorded && enabled {
+            recorded(is_async, trace_id, root_parent)
         } else {
             TailCall::OFF
         };
@@ -288,7 +313,10 @@ impl Core {
         // reading is counted once).
         let secs = self.start.secs_until(end);
         if self.tail.tracked() {
-            self.tail.close(self.callsite, self.start, end, outcome);
+            let [hi, lo] = self.trace_id;
+            let trace_id = (u128::from(hi) << 64) | u128::from(lo);
+            self.tail
+                .close(self.callsite, trace_id, self.start, end, outcome);
         }
         if let Some(b) = self.bound {
             match outcome {
@@ -509,7 +537,11 @@ impl<'a> Current<'a> {
             let [hi, lo] = core.trace_id;
             UNSAMPLED_TRACE_ID.with(|t| t.set((u128::from(hi) << 64) | u128::from(lo)));
         }
-        let tail = core.tail.tracked().then(|| core.tail.poll_scope());
+        let tail = core.tail.tracked().then(|| {
+            let [hi, lo] = core.trace_id;
+            core.tail
+                .poll_scope((u128::from(hi) << 64) | u128::from(lo))
+        });
         let attached = core.otel.as_ref().map(|s| Context::clone(&s.cx).attach());
         Self {
             _entered: span.map(tracing::Span::enter),

@@ -257,15 +257,13 @@ pub(super) struct Cursor {
     root: *const Root,
     span: u64,
     trace: u64,
+    /// Where this scope's records start, with [`SAMPLED`] set for a
+    /// head-sampled trace (kept whatever happens, so what a sync scope stages
+    /// beyond the per-root cap is sent early rather than dropped). One word
+    /// with `extras_base`: the guards that hold a saved cursor stay small,
+    /// and they are moved on every call.
     base: u32,
     extras_base: u32,
-    /// A head-sampled trace: kept whatever happens, so what a sync scope
-    /// stages beyond the per-root cap is sent early rather than dropped.
-    sampled: bool,
-    /// The span of the OTel context that was current when the running call
-    /// started (0: none). A call that finds another one current was started
-    /// inside a plain `tracing` span, which is then its parent.
-    ctx: u64,
 }
 
 // SAFETY: the root pointer is only compared, or dereferenced (to clone the
@@ -279,19 +277,43 @@ const INACTIVE: Cursor = Cursor {
     trace: 0,
     base: 0,
     extras_base: 0,
-    sampled: false,
-    ctx: 0,
 };
+
+/// The flag in `Cursor::base` that marks a head-sampled trace.
+const SAMPLED: u32 = 1 << 31;
 
 impl Cursor {
     #[inline(always)]
     fn active(&self) -> bool {
         self.span != 0
     }
+
+    /// Where this scope's records start in the staging buffer.
+    #[inline(always)]
+    fn base(&self) -> usize {
+        (self.base & !SAMPLED) as usize
+    }
+
+    /// Whether the trace is head-sampled.
+    #[inline(always)]
+    fn sampled(&self) -> bool {
+        self.base & SAMPLED != 0
+    }
+}
+
+/// A staging position, marked when the trace is head-sampled.
+#[inline(always)]
+fn base_of(base: u32, sampled: bool) -> u32 {
+    if sampled { base | SAMPLED } else { base }
 }
 
 thread_local! {
     static CURSOR: Cell<Cursor> = const { Cell::new(INACTIVE) };
+    /// In a head-sampled trace: the span of the OTel context that was current
+    /// when the running call started (0: none). A call that finds another one
+    /// current was started inside a plain `tracing` span, which is then its
+    /// parent. Kept beside the cursor, not in it: only sampled traces pay.
+    static SCOPE_CTX: Cell<u64> = const { Cell::new(0) };
     static STAGING: RefCell<Staging> = const {
         RefCell::new(Staging { records: Vec::new(), extras: Vec::new() })
     };
@@ -419,12 +441,11 @@ impl RootInfo {
 pub(super) struct TailCall {
     pub(super) span_id: u64,
     parent: u64,
-    /// The current OTel context's span when the call started (see `Cursor::ctx`).
-    ctx: u64,
     mode: Mode,
-    /// The attributes a sampled call's `fields(..)` gave at its start; they
-    /// join its record when it ends (no allocation when there are none).
-    attributes: Vec<KeyValue>,
+    /// The parameters and `fields(..)` a sampled call gave at its start; they
+    /// join its record when it ends. Boxed: most calls have none, and the
+    /// guard that holds this is moved on every call.
+    attributes: Option<Box<[KeyValue]>>,
 }
 
 #[derive(Debug)]
@@ -432,24 +453,29 @@ enum Mode {
     Off,
     /// A sync root: its trace's records are on this thread's staging buffer
     /// from `saved`'s position on.
+    /// `ctx`, in a head-sampled trace: the `SCOPE_CTX` to restore at its end.
+    /// (Whether it is head-sampled is in its own cursor.)
     SyncRoot {
-        trace_id: u128,
         info: RootInfo,
         saved: Cursor,
-        sampled: bool,
+        ctx: u64,
     },
     SyncChild {
         saved: Cursor,
+        ctx: u64,
     },
-    AsyncRoot(Arc<Root>),
+    /// `ctx`, in a head-sampled trace: the current OTel context's span when it
+    /// started (see `SCOPE_CTX`), for its polls.
+    AsyncRoot(Arc<Root>, u64),
     /// An async call inside a tracked trace; `root` is its async root, if the
-    /// trace has one (a sync root's async children run inline). `sampled` is
-    /// the trace id of a head-sampled trace (0 otherwise): such a call's
-    /// records are sent even when it runs away from its root.
+    /// trace has one (a sync root's async children run inline). In a
+    /// head-sampled trace (`sampled`) its records are sent even when it runs
+    /// away from its root.
     AsyncChild {
         root: Option<Arc<Root>>,
         trace: u64,
-        sampled: u128,
+        sampled: bool,
+        ctx: u64,
     },
 }
 
@@ -458,9 +484,8 @@ impl TailCall {
     pub(super) const OFF: TailCall = TailCall {
         span_id: 0,
         parent: 0,
-        ctx: 0,
         mode: Mode::Off,
-        attributes: Vec::new(),
+        attributes: None,
     };
 
     /// Whether this call is tracked.
@@ -487,9 +512,8 @@ impl TailCall {
             return Self {
                 span_id,
                 parent,
-                ctx: parent,
-                mode: Mode::AsyncRoot(root),
-                attributes: Vec::new(),
+                mode: Mode::AsyncRoot(root, parent),
+                attributes: None,
             };
         }
         let saved = cursor();
@@ -498,22 +522,19 @@ impl TailCall {
             root: std::ptr::null(),
             span: span_id,
             trace: trace_id as u64,
-            base,
+            base: base_of(base, sampled),
             extras_base,
-            sampled,
-            ctx: parent,
         });
+        let ctx = if sampled {
+            SCOPE_CTX.with(|c| c.replace(parent))
+        } else {
+            0
+        };
         Self {
             span_id,
             parent,
-            ctx: parent,
-            mode: Mode::SyncRoot {
-                trace_id,
-                info,
-                saved,
-                sampled,
-            },
-            attributes: Vec::new(),
+            mode: Mode::SyncRoot { info, saved, ctx },
+            attributes: None,
         }
     }
 
@@ -524,19 +545,13 @@ impl TailCall {
     /// becomes the new call's parent.
     #[inline]
     pub(super) fn child(is_async: bool, sampled: u128) -> Self {
+        if sampled != 0 {
+            return Self::recorded_child(is_async, sampled);
+        }
         let c = cursor();
         if !c.active() {
             return Self::OFF;
         }
-        let (parent, ctx) = if sampled != 0 {
-            match super::frame::context_span(sampled) {
-                0 => (c.span, 0),
-                ctx if ctx != c.ctx => (ctx, ctx),
-                ctx => (c.span, ctx),
-            }
-        } else {
-            (c.span, c.ctx)
-        };
         let span_id = super::frame::next_u64().max(1);
         let mode = if is_async {
             // SAFETY: a non-null cursor root is kept alive by the poll scope or
@@ -548,39 +563,90 @@ impl TailCall {
             Mode::AsyncChild {
                 root,
                 trace: c.trace,
-                sampled: if c.sampled { sampled } else { 0 },
+                sampled: false,
+                ctx: 0,
             }
         } else {
-            set_cursor(Cursor {
-                span: span_id,
-                ctx,
-                ..c
+            set_cursor(Cursor { span: span_id, ..c });
+            Mode::SyncChild { saved: c, ctx: 0 }
+        };
+        Self {
+            span_id,
+            parent: c.span,
+            mode,
+            attributes: None,
+        }
+    }
+
+    /// [`child`](Self::child) in a head-sampled trace (out of line: the
+    /// unsampled path stays short).
+    #[inline(never)]
+    fn recorded_child(is_async: bool, trace_id: u128) -> Self {
+        let c = cursor();
+        if !c.active() {
+            return Self::OFF;
+        }
+        let sampled = c.sampled();
+        let (parent, ctx) = if sampled {
+            let scope = SCOPE_CTX.with(Cell::get);
+            match super::frame::context_span(trace_id) {
+                0 => (c.span, 0),
+                ctx if ctx != scope => (ctx, ctx),
+                ctx => (c.span, ctx),
+            }
+        } else {
+            (c.span, 0)
+        };
+        let span_id = super::frame::next_u64().max(1);
+        let mode = if is_async {
+            // SAFETY: as in `child`.
+            let root = (!c.root.is_null()).then(|| unsafe {
+                Arc::increment_strong_count(c.root);
+                Arc::from_raw(c.root)
             });
-            Mode::SyncChild { saved: c }
+            Mode::AsyncChild {
+                root,
+                trace: c.trace,
+                sampled,
+                ctx,
+            }
+        } else {
+            set_cursor(Cursor { span: span_id, ..c });
+            // A sync call keeps the scope's context to restore at its end.
+            let prev = if sampled {
+                SCOPE_CTX.with(|s| s.replace(ctx))
+            } else {
+                0
+            };
+            Mode::SyncChild {
+                saved: c,
+                ctx: prev,
+            }
         };
         Self {
             span_id,
             parent,
-            ctx,
             mode,
-            attributes: Vec::new(),
+            attributes: None,
         }
     }
 
     /// Gives the call the attributes of its `fields(..)`.
     #[inline]
     pub(super) fn with_attributes(mut self, attributes: Vec<KeyValue>) -> Self {
-        if self.tracked() {
-            self.attributes = attributes;
+        if self.tracked() && !attributes.is_empty() {
+            self.attributes = Some(attributes.into_boxed_slice());
         }
         self
     }
 
     /// Ends a tracked call: records it, and decides its trace if it is the
     /// local root.
+    /// `trace_id` is the call's trace (the guard keeps it).
     pub(super) fn close(
         &mut self,
         callsite: &'static Callsite,
+        trace_id: u128,
         start: Stamp,
         end: Stamp,
         outcome: Outcome,
@@ -594,32 +660,39 @@ impl TailCall {
             outcome,
         };
         let span_id = self.span_id;
-        let attributes = std::mem::take(&mut self.attributes);
-        let as_extras = |attributes: Vec<KeyValue>| {
-            attributes.into_iter().map(move |kv| Extra {
-                span_id,
-                what: ExtraKind::Attribute(kv),
-                at_start: true,
-            })
+        let attributes = self.attributes.take();
+        let as_extras = |attributes: Option<Box<[KeyValue]>>| {
+            Vec::from(attributes.unwrap_or_default())
+                .into_iter()
+                .map(move |kv| Extra {
+                    span_id,
+                    what: ExtraKind::Attribute(kv),
+                    at_start: true,
+                })
         };
         match std::mem::replace(&mut self.mode, Mode::Off) {
             Mode::Off => {}
-            Mode::SyncChild { saved } => {
+            Mode::SyncChild { saved, ctx } => {
                 set_cursor(saved);
-                stage(saved, record, as_extras(attributes));
+                if saved.sampled() {
+                    SCOPE_CTX.with(|c| c.set(ctx));
+                }
+                stage(saved, record);
+                if let Some(attributes) = attributes {
+                    stage_attributes(span_id, attributes);
+                }
             }
-            Mode::SyncRoot {
-                trace_id,
-                info,
-                saved,
-                sampled,
-            } => {
+            Mode::SyncRoot { info, saved, ctx } => {
                 let mine = cursor();
+                let sampled = mine.sampled();
                 set_cursor(saved);
+                if sampled {
+                    SCOPE_CTX.with(|c| c.set(ctx));
+                }
                 let taken = STAGING.with(|s| {
                     let mut s = s.borrow_mut();
                     s.records.push(record);
-                    let base = (mine.base as usize).min(s.records.len());
+                    let base = mine.base().min(s.records.len());
                     let extras_base = (mine.extras_base as usize).min(s.extras.len());
                     let downstream = KEEP_FOR_DOWNSTREAM.with(|k| k.replace(0)) == mine.trace;
                     let reason = if sampled {
@@ -658,19 +731,20 @@ impl TailCall {
                         reason,
                         records,
                         extras,
-                        root_attributes: attributes,
+                        root_attributes: attributes.map(Vec::from).unwrap_or_default(),
                     }),
                     None => count(&DROPPED, 1),
                 }
             }
-            Mode::AsyncRoot(root) => {
-                root.finish(record, attributes);
+            Mode::AsyncRoot(root, _) => {
+                root.finish(record, attributes.map(Vec::from).unwrap_or_default());
                 Root::give_back(root);
             }
             Mode::AsyncChild {
                 root,
                 trace,
                 sampled,
+                ..
             } => {
                 let c = cursor();
                 let inline = c.active()
@@ -679,12 +753,15 @@ impl TailCall {
                         .as_ref()
                         .is_none_or(|r| std::ptr::eq(Arc::as_ptr(r), c.root));
                 if inline {
-                    stage(c, record, as_extras(attributes));
+                    stage(c, record);
+                    if let Some(attributes) = attributes {
+                        stage_attributes(span_id, attributes);
+                    }
                 } else if let Some(root) = root {
                     root.add(std::iter::once(record), as_extras(attributes));
-                } else if sampled != 0 {
+                } else if sampled {
                     send(Kept {
-                        trace_id: sampled,
+                        trace_id,
                         root_span: 0,
                         info: RootInfo::default(),
                         reason: Reason::Sampled,
@@ -702,16 +779,17 @@ impl TailCall {
     /// Makes this async call's records go where they belong while it is
     /// polled; see [`PollScope`].
     #[inline]
-    pub(super) fn poll_scope(&self) -> PollScope {
+    pub(super) fn poll_scope(&self, trace_id: u128) -> PollScope {
         let saved = cursor();
         match &self.mode {
-            Mode::AsyncRoot(root) => {
-                PollScope::detached(saved, Flush::Root(Arc::clone(root)), self.span_id, self.ctx)
+            Mode::AsyncRoot(root, ctx) => {
+                PollScope::detached(saved, Flush::Root(Arc::clone(root)), self.span_id, *ctx)
             }
             Mode::AsyncChild {
                 root,
                 trace,
                 sampled,
+                ctx,
             } => {
                 let inline = saved.active()
                     && saved.trace == *trace
@@ -721,28 +799,34 @@ impl TailCall {
                 if inline {
                     set_cursor(Cursor {
                         span: self.span_id,
-                        ctx: self.ctx,
                         ..saved
                     });
-                    PollScope { saved, flush: None }
-                } else if let Some(root) = root {
-                    PollScope::detached(
+                    PollScope {
                         saved,
-                        Flush::Root(Arc::clone(root)),
-                        self.span_id,
-                        self.ctx,
-                    )
-                } else if *sampled != 0 {
+                        flush: None,
+                        ctx: sampled.then(|| SCOPE_CTX.with(|c| c.replace(*ctx))),
+                    }
+                } else if let Some(root) = root {
+                    PollScope::detached(saved, Flush::Root(Arc::clone(root)), self.span_id, *ctx)
+                } else if *sampled {
                     // A sampled trace's call polled away from its sync root:
                     // what it records goes out at the end of each poll.
-                    PollScope::detached(saved, Flush::Part(*sampled), self.span_id, self.ctx)
+                    PollScope::detached(saved, Flush::Part(trace_id), self.span_id, *ctx)
                 } else {
                     // Polled away from its sync root: nothing can collect it.
                     set_cursor(INACTIVE);
-                    PollScope { saved, flush: None }
+                    PollScope {
+                        saved,
+                        flush: None,
+                        ctx: None,
+                    }
                 }
             }
-            _ => PollScope { saved, flush: None },
+            _ => PollScope {
+                saved,
+                flush: None,
+                ctx: None,
+            },
         }
     }
 }
@@ -764,6 +848,8 @@ enum Flush {
 pub(super) struct PollScope {
     saved: Cursor,
     flush: Option<Flush>,
+    /// In a head-sampled trace, the `SCOPE_CTX` to restore.
+    ctx: Option<u64>,
 }
 
 impl PollScope {
@@ -777,14 +863,13 @@ impl PollScope {
             root,
             span,
             trace,
-            base,
+            base: base_of(base, sampled),
             extras_base,
-            sampled,
-            ctx,
         });
         Self {
             saved,
             flush: Some(flush),
+            ctx: sampled.then(|| SCOPE_CTX.with(|c| c.replace(ctx))),
         }
     }
 }
@@ -797,7 +882,7 @@ impl Drop for PollScope {
             STAGING.with(|s| {
                 let mut s = s.borrow_mut();
                 let Staging { records, extras } = &mut *s;
-                let base = (mine.base as usize).min(records.len());
+                let base = mine.base().min(records.len());
                 let extras_base = (mine.extras_base as usize).min(extras.len());
                 if records.len() > base || extras.len() > extras_base {
                     match flush {
@@ -819,6 +904,9 @@ impl Drop for PollScope {
             });
         }
         set_cursor(self.saved);
+        if let Some(ctx) = self.ctx {
+            SCOPE_CTX.with(|c| c.set(ctx));
+        }
     }
 }
 
@@ -839,10 +927,10 @@ impl Handle {
             return None;
         }
         if c.root.is_null() {
-            return (c.sampled && sampled != 0).then_some(Self {
+            return (c.sampled() && sampled != 0).then_some(Self {
                 flush: Flush::Part(sampled),
                 span: c.span,
-                ctx: c.ctx,
+                ctx: SCOPE_CTX.with(Cell::get),
             });
         }
         // SAFETY: as in `TailCall::child`.
@@ -853,7 +941,11 @@ impl Handle {
         Some(Self {
             flush: Flush::Root(root),
             span: c.span,
-            ctx: c.ctx,
+            ctx: if c.sampled() {
+                SCOPE_CTX.with(Cell::get)
+            } else {
+                0
+            },
         })
     }
 
@@ -868,29 +960,44 @@ impl Handle {
 pub(super) fn untracked() -> PollScope {
     let saved = cursor();
     set_cursor(INACTIVE);
-    PollScope { saved, flush: None }
+    PollScope {
+        saved,
+        flush: None,
+        ctx: None,
+    }
 }
 
 /// Adds `record` (and its own attributes) to the running scope's staging
 /// buffer, within the per-root cap. A head-sampled sync scope that reaches
 /// the cap sends what it staged so far instead of dropping.
 #[inline]
-fn stage(scope: Cursor, record: Record, own: impl Iterator<Item = Extra>) {
+fn stage(scope: Cursor, record: Record) {
     STAGING.with(|s| {
         let mut s = s.borrow_mut();
-        let max = MAX_SPANS.load(Ordering::Relaxed);
-        if s.records.len().saturating_sub(scope.base as usize) >= max
-            && scope.sampled
-            && scope.root.is_null()
-        {
-            send_early(&mut s, scope);
+        if s.records.len().saturating_sub(scope.base()) >= MAX_SPANS.load(Ordering::Relaxed) {
+            if scope.sampled() && scope.root.is_null() {
+                send_early(&mut s, scope);
+            } else {
+                count(&OVER_ROOT_CAP, 1);
+                return;
+            }
         }
-        if s.records.len().saturating_sub(scope.base as usize) >= max {
-            count(&OVER_ROOT_CAP, 1);
-        } else {
-            s.records.push(record);
-            s.extras.extend(own);
-        }
+        s.records.push(record);
+    });
+}
+
+/// Adds a call's parameters and `fields(..)` to the running scope's staging
+/// buffer, beside its record.
+#[cold]
+fn stage_attributes(span_id: u64, attributes: Box<[KeyValue]>) {
+    STAGING.with(|s| {
+        s.borrow_mut()
+            .extras
+            .extend(Vec::from(attributes).into_iter().map(|kv| Extra {
+                span_id,
+                what: ExtraKind::Attribute(kv),
+                at_start: true,
+            }));
     });
 }
 
@@ -898,7 +1005,7 @@ fn stage(scope: Cursor, record: Record, own: impl Iterator<Item = Extra>) {
 /// attributes and events of those calls (the others stay for their calls).
 #[cold]
 fn send_early(s: &mut Staging, scope: Cursor) {
-    let base = (scope.base as usize).min(s.records.len());
+    let base = scope.base().min(s.records.len());
     let extras_base = (scope.extras_base as usize).min(s.extras.len());
     let records: Vec<Record> = s.records.drain(base..).collect();
     let (extras, keep): (Vec<Extra>, Vec<Extra>) = s
@@ -1157,7 +1264,7 @@ pub(crate) fn kept_root(trace_id: u128) -> Option<u64> {
 /// nothing here tracks that trace.
 pub(crate) fn keep_for_downstream(trace_id: u128) -> bool {
     let c = cursor();
-    if !c.active() || c.sampled || c.trace != trace_id as u64 {
+    if !c.active() || c.sampled() || c.trace != trace_id as u64 {
         return false;
     }
     if c.root.is_null() {
