@@ -211,9 +211,22 @@ impl Limits {
     /// next collection of `points`: those beyond the limit. The series without
     /// attributes does not count against it (the SDK keeps it apart).
     pub fn excess(&self, points: &Points) -> BTreeMap<&'static str, u64> {
+        // A source pushes a metric's points one after another: count runs of one name
+        // and hash the name once per run, not once per point (this runs every cycle).
         let mut count: HashMap<&'static str, usize> = HashMap::new();
+        let mut run: Option<(&'static str, usize)> = None;
         for p in points.iter().filter(|p| !p.attributes.is_empty()) {
-            *count.entry(p.name).or_default() += 1;
+            match &mut run {
+                Some((name, n)) if *name == p.name => *n += 1,
+                _ => {
+                    if let Some((name, n)) = run.replace((p.name, 1)) {
+                        *count.entry(name).or_default() += n;
+                    }
+                }
+            }
+        }
+        if let Some((name, n)) = run {
+            *count.entry(name).or_default() += n;
         }
         count
             .into_iter()

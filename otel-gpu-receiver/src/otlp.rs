@@ -222,7 +222,22 @@ fn same_value(encoded: &[u8], v: &AttrValue) -> bool {
 }
 
 /// Takes one length-delimited field with the tag byte `tag` from the front of `buf`.
+#[inline]
 fn take_len<'a>(buf: &mut &'a [u8], tag: u8) -> Option<&'a [u8]> {
+    // Attribute keys and values are short: their length is one varint byte.
+    if let &[first, len @ 0..0x80, ref rest @ ..] = *buf {
+        if first != tag || rest.len() < usize::from(len) {
+            return None;
+        }
+        let (field, after) = rest.split_at(usize::from(len));
+        *buf = after;
+        return Some(field);
+    }
+    take_len_long(buf, tag)
+}
+
+#[cold]
+fn take_len_long<'a>(buf: &mut &'a [u8], tag: u8) -> Option<&'a [u8]> {
     let (&first, mut rest) = buf.split_first()?;
     if first != tag {
         return None;
@@ -339,6 +354,11 @@ pub struct Encoder {
     start: u64,
     series: Vec<Series>,
     index: HashMap<u64, Vec<u32>>,
+    /// Per catalogue entry: the series of its points in the last export, in the
+    /// snapshot's order. A source lists a metric's series in the same order every
+    /// cycle, so point `k` is first matched against the `k`-th series of the last
+    /// export: a comparison of its encoded attributes, without hashing them.
+    order: Vec<Vec<u32>>,
     exports: u64,
     // Reused between exports.
     out: Vec<Out>,
@@ -404,6 +424,7 @@ impl Encoder {
             start: unix_nanos(SystemTime::now()),
             series: Vec::new(),
             index: HashMap::new(),
+            order: vec![Vec::new(); CATALOGUE.len()],
             exports: 0,
             out: Vec::new(),
             last_len: 0,
@@ -442,6 +463,7 @@ impl Encoder {
             let mut overflow: Option<Value> = None;
             for p in points {
                 let value = exported_value(d, p.value);
+                let position = self.out.len();
                 if !p.attributes.is_empty() {
                     attributed += 1;
                     if attributed > limit {
@@ -449,14 +471,18 @@ impl Encoder {
                         continue;
                     }
                 }
-                let out = self.observe(i, d, &p.attributes, value, now, delta);
+                let out = self.observe(i, position, d, &p.attributes, value, now, delta);
                 self.out.push(out);
             }
             if let Some(value) = overflow {
                 let attrs = [KeyValue::new(names::ATTR_OVERFLOW, true)];
-                let out = self.observe(i, d, &attrs, value, now, delta);
+                let position = self.out.len();
+                let out = self.observe(i, position, d, &attrs, value, now, delta);
                 self.out.push(out);
             }
+            let order = &mut self.order[i];
+            order.clear();
+            order.extend(self.out.iter().map(|o| o.series));
             // Metric { name, description, unit, sum | gauge { data_points, ... } }
             let header = self.headers[i].as_deref().unwrap_or_default();
             let points_len: usize = self
@@ -481,20 +507,19 @@ impl Encoder {
                 buf.push(key(1, LEN));
                 encode_varint(point_len(s.encoded.len()) as u64, &mut buf);
                 buf.extend_from_slice(&s.encoded);
-                buf.push(key(2, FIXED64));
-                buf.extend_from_slice(&o.start.to_le_bytes());
-                buf.push(key(3, FIXED64));
-                buf.extend_from_slice(&now.to_le_bytes());
-                match o.value {
-                    Value::Float(f) => {
-                        buf.push(key(4, FIXED64));
-                        buf.extend_from_slice(&f.to_le_bytes());
-                    }
-                    Value::Int(i) => {
-                        buf.push(key(6, FIXED64));
-                        buf.extend_from_slice(&i.to_le_bytes());
-                    }
-                }
+                // start, time and value: three fixed64 fields, written at once.
+                let (value_key, value) = match o.value {
+                    Value::Float(f) => (key(4, FIXED64), f.to_bits()),
+                    Value::Int(i) => (key(6, FIXED64), i as u64),
+                };
+                let mut tail = [0u8; 27];
+                tail[0] = key(2, FIXED64);
+                tail[1..9].copy_from_slice(&o.start.to_le_bytes());
+                tail[9] = key(3, FIXED64);
+                tail[10..18].copy_from_slice(&now.to_le_bytes());
+                tail[18] = value_key;
+                tail[19..27].copy_from_slice(&value.to_le_bytes());
+                buf.extend_from_slice(&tail);
             }
             if d.instrument != Instrument::Gauge {
                 buf.push(key(2, VARINT));
@@ -528,43 +553,28 @@ impl Encoder {
         Bytes::from(buf).slice(begin..)
     }
 
-    /// Finds (or starts) the series of `attributes` and says what its point carries.
+    /// Finds (or starts) the series of `attributes`, the point at `position` among
+    /// metric `metric`'s points, and says what its point carries.
+    #[allow(clippy::too_many_arguments)]
     fn observe(
         &mut self,
         metric: usize,
+        position: usize,
         d: &MetricDesc,
         attributes: &[KeyValue],
         value: Value,
         now: u64,
         delta: bool,
     ) -> Out {
-        let h = series_hash(metric, attributes);
-        let candidates = self.index.entry(h).or_default();
-        let found = candidates.iter().copied().find(|&i| {
-            let s = &self.series[i as usize];
-            s.metric == metric && same_attributes(&s.encoded, attributes)
+        // The series at the same position in the last export, if it is this one.
+        let same_place = self.order[metric].get(position).copied().filter(|&i| {
+            self.series
+                .get(i as usize)
+                .is_some_and(|s| s.metric == metric && same_attributes(&s.encoded, attributes))
         });
-        let idx = match found {
+        let idx = match same_place {
             Some(i) => i,
-            None => {
-                let mut encoded = Vec::new();
-                key_values(
-                    &mut encoded,
-                    7,
-                    attributes.iter().map(|kv| (kv.key.as_str(), &kv.value)),
-                );
-                let i = self.series.len() as u32;
-                self.series.push(Series {
-                    metric,
-                    hash: h,
-                    encoded: encoded.into_boxed_slice(),
-                    start: now,
-                    last: None,
-                    seen: 0,
-                });
-                candidates.push(i);
-                i
-            }
+            None => self.find_or_start(metric, attributes, now),
         };
         let agent_start = self.start;
         let s = &mut self.series[idx as usize];
@@ -600,6 +610,36 @@ impl Encoder {
         out
     }
 
+    /// Finds the series of `attributes` by their hash, or starts one first seen `now`.
+    fn find_or_start(&mut self, metric: usize, attributes: &[KeyValue], now: u64) -> u32 {
+        let h = series_hash(metric, attributes);
+        let candidates = self.index.entry(h).or_default();
+        let found = candidates.iter().copied().find(|&i| {
+            let s = &self.series[i as usize];
+            s.metric == metric && same_attributes(&s.encoded, attributes)
+        });
+        if let Some(i) = found {
+            return i;
+        }
+        let mut encoded = Vec::new();
+        key_values(
+            &mut encoded,
+            7,
+            attributes.iter().map(|kv| (kv.key.as_str(), &kv.value)),
+        );
+        let i = self.series.len() as u32;
+        self.series.push(Series {
+            metric,
+            hash: h,
+            encoded: encoded.into_boxed_slice(),
+            start: now,
+            last: None,
+            seen: 0,
+        });
+        candidates.push(i);
+        i
+    }
+
     /// Forgets the series the last export did not carry (pids and pods churn), so that
     /// memory follows the live series.
     fn evict(&mut self) {
@@ -607,10 +647,27 @@ impl Encoder {
         if self.series.iter().all(|s| s.seen == exports) {
             return;
         }
+        // Where each kept series moves to (u32::MAX: forgotten).
+        let mut moved = Vec::with_capacity(self.series.len());
+        let mut kept = 0;
+        for s in &self.series {
+            if s.seen == exports {
+                moved.push(kept);
+                kept += 1;
+            } else {
+                moved.push(u32::MAX);
+            }
+        }
         self.series.retain(|s| s.seen == exports);
         self.index.clear();
         for (i, s) in self.series.iter().enumerate() {
             self.index.entry(s.hash).or_default().push(i as u32);
+        }
+        for order in &mut self.order {
+            order.retain_mut(|i| {
+                *i = moved[*i as usize];
+                *i != u32::MAX
+            });
         }
     }
 }
@@ -797,6 +854,30 @@ mod tests {
             points(&r, "hw.energy").last().unwrap().2,
             (limit + 2) as f64
         );
+    }
+
+    #[test]
+    fn a_series_keeps_its_start_when_the_points_change_places() {
+        let mut e = encoder(Temporality::Cumulative, None);
+        let r1 = decode(&e.encode(&snapshot(&[("a", 1)]), at(1)));
+        let r2 = decode(&e.encode(&snapshot(&[("a", 2), ("b", 1)]), at(2)));
+        // b now comes first, then a vanishes and c takes its place, then all three.
+        let r3 = decode(&e.encode(&snapshot(&[("b", 2), ("a", 3)]), at(3)));
+        let r4 = decode(&e.encode(&snapshot(&[("b", 3), ("c", 1)]), at(4)));
+        let r5 = decode(&e.encode(&snapshot(&[("c", 2), ("b", 4), ("a", 1)]), at(5)));
+        let a_start = points(&r1, "hw.energy")[0].0;
+        let b_start = points(&r2, "hw.energy")[1].0;
+        assert_eq!(points(&r3, "hw.energy")[0].0, b_start);
+        assert_eq!(points(&r3, "hw.energy")[1].0, a_start);
+        let c_start = points(&r4, "hw.energy")[1].0;
+        assert_eq!(points(&r4, "hw.energy")[0].0, b_start);
+        assert!(c_start > b_start);
+        let p5 = points(&r5, "hw.energy");
+        assert_eq!((p5[0].0, p5[0].2), (c_start, 2.0));
+        assert_eq!((p5[1].0, p5[1].2), (b_start, 4.0));
+        // a was forgotten in the fourth export: it starts again.
+        assert!(p5[2].0 > c_start, "{p5:?}");
+        assert_eq!(e.series(), 3);
     }
 
     #[test]

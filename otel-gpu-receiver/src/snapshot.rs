@@ -145,8 +145,16 @@ impl Snapshot {
     pub fn new(points: Points) -> Self {
         let mut by_name: HashMap<&'static str, Vec<Point>> = HashMap::new();
         let series = points.len();
-        for p in points.into_vec() {
-            by_name.entry(p.name).or_default().push(p);
+        // A source pushes a metric's points one after another: the name is hashed
+        // once per run of points, not once per point.
+        let mut points = points.into_vec().into_iter().peekable();
+        while let Some(p) = points.next() {
+            let name = p.name;
+            let same = by_name.entry(name).or_default();
+            same.push(p);
+            while let Some(p) = points.next_if(|p| p.name == name) {
+                same.push(p);
+            }
         }
         Self {
             by_name,

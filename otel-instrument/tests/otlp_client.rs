@@ -123,6 +123,39 @@ fn the_client_delivers_our_bytes_with_headers_and_gzip() {
 }
 
 #[test]
+fn without_compression_the_client_delivers_our_bytes_with_headers_and_its_deadline() {
+    // The path that writes the request bytes to the stream without a codec.
+    let sink = OtlpSink::start().unwrap();
+    let cfg = config(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &sink.endpoint()),
+        ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "api-key=secret"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "3000"),
+    ]);
+    let stats = Arc::new(ExportStats::default());
+    let (result, _) = logged(async {
+        let client = OtlpClient::new(Signal::Metrics, &cfg, stats.clone()).unwrap();
+        let first = client.export(body(0.25)).await;
+        let second = client.export(body(0.75)).await;
+        (first, second)
+    });
+    assert_eq!(result.0.unwrap().attempts, 1);
+    assert_eq!(result.1.unwrap().attempts, 1);
+    let r = sink.received();
+    assert_eq!(r.metrics, vec![request(0.25), request(0.75)]);
+    let h = &r.headers[0];
+    assert_eq!(h.get("api-key").map(String::as_str), Some("secret"));
+    assert_eq!(h.get("grpc-encoding"), None);
+    assert_eq!(
+        h.get("content-type").map(String::as_str),
+        Some("application/grpc")
+    );
+    let deadline = h.get("grpc-timeout").expect("the deadline is sent");
+    assert!(deadline.ends_with(['m', 'u', 'n', 'S']), "{deadline}");
+    assert_eq!(stats.successes(Signal::Metrics), 2);
+    assert_eq!(stats.failures(Signal::Metrics), 0);
+}
+
+#[test]
 fn a_refusing_collector_is_retried_with_backoff_until_the_timeout_then_counted_and_logged_once() {
     let sink = OtlpSink::start().unwrap();
     sink.set_behaviour(Behaviour::Refuse);
