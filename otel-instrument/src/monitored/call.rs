@@ -46,9 +46,16 @@ fn recorded(
     call.with_attributes(take_attributes())
 }
 
+/// Evaluates a sampled call's attributes and holds them aside for its
+/// guard; says whether the span's level is enabled.
 #[inline(never)]
-fn stash_attributes(attributes: Vec<KeyValue>) {
-    ATTRIBUTES.with(|a| *a.borrow_mut() = attributes);
+fn evaluate_attributes(make_attributes: impl FnOnce(&mut Vec<KeyValue>) -> bool) -> bool {
+    let mut attributes = Vec::new();
+    let enabled = make_attributes(&mut attributes);
+    if enabled {
+        ATTRIBUTES.with(|a| *a.borrow_mut() = attributes);
+    }
+    enabled
 }
 
 #[inline(never)]
@@ -146,17 +153,13 @@ impl Core {
         // whether the span's level is enabled. Without it a recorded call has
         // no span of its own (calls made inside it are its caller's children),
         // and a sampled root has no span at all.
-        let mut attributes = Vec::new();
+        // Out of line and held aside, not in a local that lives until the
+        // guard is built: the unsampled path stays free of the vector, its
+        // drop and the unwinding path that `make_span` would need for it.
         let enabled = callsite.span
             && matches!(trace, Trace::Sampled | Trace::Recorded)
-            && make_attributes(&mut attributes);
-        // Held aside, not in a local that lives until the guard is built: the
-        // unsampled path stays free of its drop (and of the unwinding path
-        // that `make_span` would need for it).
-        if enabled {
-            stash_attributes(attributes);
-        }
-        if trace == Trace::Sampled && enabled && root_parent.is_some() && super::tail::recording() {
+            && evaluate_attributes(make_attributes);
+        if enabled && trace == Trace::Sampled && root_parent.is_some() && super::tail::recording() {
             // The native recorder: no SDK span.
             trace = Trace::Recorded;
             // Drawn for an SDK root span that will not be started.
@@ -209,19 +212,7 @@ impl Core {
         if let Some(b) = bound {
             b.concurrent.add(1);
         }
-        // Last: a sync call moves the keeper's cursor here, and nothing below
-        // can panic before the guard that moves it back exists.
-        let tail = if trace == Trace::Unsampled && callsite.span && super::tail::on() {
-            match root_parent {
-                Some((parent, info)) => TailCall::root(is_async, trace_id, parent, info, false),
-                None => TailCall::child(is_async, 0),
-            }
-        } else if trace == Trace::Recorded && enabled {
-            recorded(is_async, trace_id, root_parent)
-        } else {
-            TailCall::OFF
-        };
-        let core = Core {
+        let core = |tail| Core {
             callsite,
             bound,
             caller: prev.callsite,
@@ -233,7 +224,25 @@ impl Core {
             trace_id: [(trace_id >> 64) as u64, trace_id as u64],
             tail,
         };
-        (core, restore, span)
+        // Last: a sync call moves the keeper's cursor here, and nothing below
+        // can panic before the guard that moves it back exists. Each branch
+        // builds the guard itself, so that it is built in place rather than
+        // assembled from a keeper's part made apart and copied.
+        if trace == Trace::Unsampled && callsite.span && super::tail::on() {
+            let tail = match root_parent {
+                Some((parent, info)) => TailCall::root(is_async, trace_id, parent, info, false),
+                None => TailCall::child(is_async, 0),
+            };
+            (core(tail), restore, span)
+        } else if trace == Trace::Recorded && enabled {
+            (
+                core(recorded(is_async, trace_id, root_parent)),
+                restore,
+                span,
+            )
+        } else {
+            (core(TailCall::OFF), restore, span)
+        }
     }
 
     /// Fingerprints a returned error, counts it in `function.errors` and, within

@@ -659,6 +659,27 @@ impl TailCall {
             end,
             outcome,
         };
+        // A sync child, the most common tracked call, is read in place: its
+        // state is plain data, and replacing the whole mode costs a copy of
+        // the largest variant on every call.
+        if let Mode::SyncChild { saved, ctx } = self.mode {
+            // Nothing in it to drop: forgotten, not dropped through a call.
+            std::mem::forget(std::mem::replace(&mut self.mode, Mode::Off));
+            set_cursor(saved);
+            if saved.sampled() {
+                SCOPE_CTX.with(|c| c.set(ctx));
+            }
+            stage(saved, record);
+            if let Some(attributes) = self.attributes.take() {
+                stage_attributes(self.span_id, attributes);
+            }
+            return;
+        }
+        self.close_other(trace_id, record);
+    }
+
+    /// [`close`](Self::close) for every mode but a sync child's.
+    fn close_other(&mut self, trace_id: u128, record: Record) {
         let span_id = self.span_id;
         let attributes = self.attributes.take();
         let as_extras = |attributes: Option<Box<[KeyValue]>>| {
@@ -671,17 +692,7 @@ impl TailCall {
                 })
         };
         match std::mem::replace(&mut self.mode, Mode::Off) {
-            Mode::Off => {}
-            Mode::SyncChild { saved, ctx } => {
-                set_cursor(saved);
-                if saved.sampled() {
-                    SCOPE_CTX.with(|c| c.set(ctx));
-                }
-                stage(saved, record);
-                if let Some(attributes) = attributes {
-                    stage_attributes(span_id, attributes);
-                }
-            }
+            Mode::Off | Mode::SyncChild { .. } => {}
             Mode::SyncRoot { info, saved, ctx } => {
                 let mine = cursor();
                 let sampled = mine.sampled();
