@@ -329,6 +329,17 @@ fn set_cursor(c: Cursor) {
     CURSOR.with(|cell| cell.set(c));
 }
 
+/// A new handle to the async root that the cursor `c` records into, if any.
+#[inline(always)]
+fn root_of(c: &Cursor) -> Option<Arc<Root>> {
+    // SAFETY: a non-null cursor root is kept alive by the poll scope or trace
+    // handle that set it, which is running now.
+    (!c.root.is_null()).then(|| unsafe {
+        Arc::increment_strong_count(c.root);
+        Arc::from_raw(c.root)
+    })
+}
+
 fn staged() -> (u32, u32) {
     STAGING.with(|s| {
         let s = s.borrow();
@@ -552,30 +563,7 @@ impl TailCall {
         if !c.active() {
             return Self::OFF;
         }
-        let span_id = super::frame::next_u64().max(1);
-        let mode = if is_async {
-            // SAFETY: a non-null cursor root is kept alive by the poll scope or
-            // trace handle that set it, which is running now.
-            let root = (!c.root.is_null()).then(|| unsafe {
-                Arc::increment_strong_count(c.root);
-                Arc::from_raw(c.root)
-            });
-            Mode::AsyncChild {
-                root,
-                trace: c.trace,
-                sampled: false,
-                ctx: 0,
-            }
-        } else {
-            set_cursor(Cursor { span: span_id, ..c });
-            Mode::SyncChild { saved: c, ctx: 0 }
-        };
-        Self {
-            span_id,
-            parent: c.span,
-            mode,
-            attributes: None,
-        }
+        Self::child_of(c, is_async, c.span, false, 0)
     }
 
     /// [`child`](Self::child) in a head-sampled trace (out of line: the
@@ -597,15 +585,18 @@ impl TailCall {
         } else {
             (c.span, 0)
         };
+        Self::child_of(c, is_async, parent, sampled, ctx)
+    }
+
+    /// A call tracked under the running scope `c`, with its parent span; in
+    /// a head-sampled trace (`sampled`), `ctx` is the OTel context's span it
+    /// started under (see `SCOPE_CTX`). A sync call moves the cursor to it.
+    #[inline(always)]
+    fn child_of(c: Cursor, is_async: bool, parent: u64, sampled: bool, ctx: u64) -> Self {
         let span_id = super::frame::next_u64().max(1);
         let mode = if is_async {
-            // SAFETY: as in `child`.
-            let root = (!c.root.is_null()).then(|| unsafe {
-                Arc::increment_strong_count(c.root);
-                Arc::from_raw(c.root)
-            });
             Mode::AsyncChild {
-                root,
+                root: root_of(&c),
                 trace: c.trace,
                 sampled,
                 ctx,
@@ -944,13 +935,8 @@ impl Handle {
                 ctx: SCOPE_CTX.with(Cell::get),
             });
         }
-        // SAFETY: as in `TailCall::child`.
-        let root = unsafe {
-            Arc::increment_strong_count(c.root);
-            Arc::from_raw(c.root)
-        };
         Some(Self {
-            flush: Flush::Root(root),
+            flush: Flush::Root(root_of(&c)?),
             span: c.span,
             ctx: if c.sampled() {
                 SCOPE_CTX.with(Cell::get)
