@@ -33,6 +33,15 @@ fn one(r: &otel_instrument::testing::Received, name: &str) -> Span {
     all[0].span.clone()
 }
 
+/// Flushes until each of `names` has been exported, and gives the one span
+/// of each name.
+fn exported<'a>(p: &Pipeline, names: &[&'a str]) -> HashMap<&'a str, Span> {
+    let r = flush_until(&p.sink, &p.guard, |r| {
+        names.iter().all(|n| !spans_named(r, n).is_empty())
+    });
+    names.iter().map(|n| (*n, one(&r, n))).collect()
+}
+
 #[monitored]
 fn outer_recorded() {
     tracing::info_span!("plain_between").in_scope(|| {
@@ -65,10 +74,7 @@ fn plain_spans_and_recorded_calls_nest_in_the_order_they_ran() {
         "plain_inside_inner",
         "after_the_plain_span",
     ];
-    let r = flush_until(&p.sink, &p.guard, |r| {
-        names.iter().all(|n| !spans_named(r, n).is_empty())
-    });
-    let s: HashMap<&str, Span> = names.iter().map(|n| (*n, one(&r, n))).collect();
+    let s = exported(p, &names);
     let parent = |n: &str| hex(&s[n].parent_span_id);
     let id = |n: &str| hex(&s[n].span_id);
     assert!(s["outer_recorded"].parent_span_id.is_empty());
@@ -121,10 +127,7 @@ async fn an_async_recorded_root_keeps_its_children_across_polls_and_threads() {
         "async_leaf_sync",
         "async_inner",
     ];
-    let r = flush_until(&p.sink, &p.guard, |r| {
-        names.iter().all(|n| !spans_named(r, n).is_empty())
-    });
-    let s: HashMap<&str, Span> = names.iter().map(|n| (*n, one(&r, n))).collect();
+    let s = exported(p, &names);
     let id = |n: &str| hex(&s[n].span_id);
     assert_eq!(hex(&s["async_plain"].parent_span_id), id("async_outer"));
     assert_eq!(hex(&s["async_leaf_sync"].parent_span_id), id("async_plain"));
@@ -167,10 +170,7 @@ fn a_task_spawned_from_a_sync_recorded_root_is_part_of_its_trace() {
         "spawned_child",
         "spawned_grandchild",
     ];
-    let r = flush_until(&p.sink, &p.guard, |r| {
-        names.iter().all(|n| !spans_named(r, n).is_empty())
-    });
-    let s: HashMap<&str, Span> = names.iter().map(|n| (*n, one(&r, n))).collect();
+    let s = exported(p, &names);
     assert_eq!(
         s["spawned_child"].parent_span_id,
         s["sync_root_that_spawns"].span_id
