@@ -45,7 +45,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use e2e::{KillOnDrop, free_addr, http_get, repo_root, run_ok};
-use otel_instrument::testing::soak::{ProcSample, slope};
+use otel_instrument::testing::soak::{ProcSample, glibc_tunables, slope};
 use otel_instrument::testing::{Behaviour, OtlpSink};
 
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
@@ -89,9 +89,7 @@ fn log_file(dir: &Path, name: &str) -> std::fs::File {
 /// `GLIBC_TUNABLES` for the processes under test (which start with a clean
 /// environment otherwise): the caller's, or glibc's per-thread caches off.
 fn tunables() -> [(&'static str, String); 1] {
-    let value = std::env::var("GLIBC_TUNABLES")
-        .unwrap_or_else(|_| "glibc.malloc.tcache_count=0".to_owned());
-    [("GLIBC_TUNABLES", value)]
+    [glibc_tunables()]
 }
 
 /// The value of `name`'s one series in a Prometheus text body.

@@ -17,6 +17,22 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+/// glibc's tunable that turns its per-thread caches off.
+pub const TCACHE_OFF: &str = "glibc.malloc.tcache_count=0";
+
+/// `GLIBC_TUNABLES` for a process under soak: the caller's if set (empty runs it as
+/// in production), else [`TCACHE_OFF`].
+///
+/// Without the caches, the allocator's bytes in use (`mallinfo2`, which
+/// `process.memory.heap.usage` reads) are the live heap. With them, a freed chunk
+/// parked in a thread's cache still counts as in use, and the caches fill over
+/// minutes (up to 7 chunks of each of 64 sizes per thread, about 240 KiB a thread),
+/// which reads as growth and hides a slow leak.
+pub fn glibc_tunables() -> (&'static str, String) {
+    let value = std::env::var("GLIBC_TUNABLES").unwrap_or_else(|_| TCACHE_OFF.to_owned());
+    ("GLIBC_TUNABLES", value)
+}
+
 /// One reading of a process's `/proc/<pid>/{status,fd}`.
 #[derive(Debug, Clone, Copy)]
 pub struct ProcSample {
