@@ -210,7 +210,8 @@ impl Core {
         };
         let bound = callsite.metrics.then(|| callsite.bound());
         if let Some(b) = bound {
-            b.concurrent.add(1);
+            b.concurrent
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         let core = |tail| Core {
             callsite,
@@ -352,7 +353,8 @@ impl Core {
                     b.any_duration.record(secs, &histogram_labels);
                 }
             }
-            b.concurrent.add(-1);
+            b.concurrent
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
         if let Some(sampled) = &self.otel {
             let cx = &sampled.cx;

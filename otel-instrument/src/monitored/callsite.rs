@@ -1,11 +1,9 @@
 //! A `#[monitored]` function's static identity and the instruments bound to it.
 
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicPtr, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
-use opentelemetry::metrics::{
-    BoundCounter, BoundHistogram, BoundUpDownCounter, Counter, Histogram, Meter,
-};
+use opentelemetry::metrics::{BoundCounter, BoundHistogram, Counter, Histogram, Meter};
 use opentelemetry::trace::SpanKind;
 use opentelemetry::{InstrumentationScope, KeyValue};
 
@@ -19,6 +17,15 @@ use super::{
 pub(super) static BINDING: Mutex<()> = Mutex::new(());
 
 const CALLER_SLOTS: usize = 8;
+
+/// Every callsite's bound instruments, for the in-flight callback: `function.calls.concurrent`
+/// is an observable up-down counter that reads [`Bound::concurrent`], so a call pays
+/// two plain atomic adds for it instead of two calls into the SDK's bound instrument
+/// (about 56 of a metrics-only call's 623 instructions, callgrind).
+static BOUNDS: Mutex<Vec<&'static Bound>> = Mutex::new(Vec::new());
+/// The generation whose in-flight callback is registered (0: none). Written under
+/// [`BINDING`].
+static CONCURRENT_GENERATION: AtomicU64 = AtomicU64::new(0);
 
 /// A `#[monitored]` function's static identity and cached instruments.
 #[derive(Debug)]
@@ -54,7 +61,10 @@ pub(super) struct Bound {
     /// For the rare cancelled call, recorded with its labels (a bound series
     /// would export an empty one for every function).
     pub(super) any_duration: Histogram<f64>,
-    pub(super) concurrent: BoundUpDownCounter<i64>,
+    /// Calls in flight (`function.calls.concurrent`, read by the callback).
+    pub(super) concurrent: AtomicI64,
+    /// The labels of its `function.calls.concurrent` series.
+    concurrent_labels: Vec<KeyValue>,
     /// `function.errors`, by function, `error.type` and `error.fingerprint`.
     pub(super) errors: Counter<u64>,
     /// The ok-call counter per caller, bound on first use.
@@ -189,11 +199,24 @@ impl Callsite {
             .with_description("Duration of #[monitored] function calls")
             .with_boundaries(boundaries)
             .build();
-        let concurrent = meter
-            .i64_up_down_counter(FUNCTION_CALLS_CONCURRENT)
-            .with_unit("{call}")
-            .with_description("#[monitored] function calls in flight")
-            .build();
+        if CONCURRENT_GENERATION.load(Ordering::Relaxed) != generation {
+            // One callback per meter provider, for every callsite bound under it.
+            // Built without holding `BOUNDS`: the SDK may hold its own lock while it
+            // runs the callback, which takes `BOUNDS`.
+            let _ = meter
+                .i64_observable_up_down_counter(FUNCTION_CALLS_CONCURRENT)
+                .with_unit("{call}")
+                .with_description("#[monitored] function calls in flight")
+                .with_callback(move |observer| {
+                    let bounds = BOUNDS.lock().unwrap_or_else(PoisonError::into_inner);
+                    for b in bounds.iter().filter(|b| b.generation == generation) {
+                        observer
+                            .observe(b.concurrent.load(Ordering::Relaxed), &b.concurrent_labels);
+                    }
+                })
+                .build();
+            CONCURRENT_GENERATION.store(generation, Ordering::Relaxed);
+        }
         let errors = meter
             .u64_counter(FUNCTION_ERRORS)
             .with_unit("{error}")
@@ -218,11 +241,16 @@ impl Callsite {
                 duration.bind(&with_result("error")),
             ],
             any_duration: duration.clone(),
-            concurrent: concurrent.bind(&fm),
+            concurrent: AtomicI64::new(0),
+            concurrent_labels: fm,
             errors,
             calls,
             ok_by_caller: Default::default(),
         }));
+        BOUNDS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(bound);
         self.bound
             .store(bound as *const Bound as *mut Bound, Ordering::Release);
         bound
