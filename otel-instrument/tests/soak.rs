@@ -255,6 +255,11 @@ fn parent() {
             .collect()
     };
     let heap_slope = slope(&floors);
+    let floors_kib = floors
+        .iter()
+        .map(|(_, f)| format!("{f:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let anon_slope = per_min(|p| p.rss_anon_kib);
     let range = |f: fn(&ProcSample) -> u64| {
         let v: Vec<u64> = measured.iter().map(|(p, _)| f(p)).collect();
@@ -314,11 +319,7 @@ fn parent() {
         phases.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
         first.rss_kib,
         last.rss_kib,
-        floors
-            .iter()
-            .map(|(_, f)| format!("{f:.0}"))
-            .collect::<Vec<_>>()
-            .join(", "),
+        floors_kib,
         heap_slope.map_or("unknown".to_string(), |h| format!("{h:+.1}")),
         tunables.1,
         threads.0,
@@ -370,10 +371,8 @@ fn parent() {
     // At 2,000 requests a second, 1,024 KiB a minute of heap fails a leak of 9 bytes
     // per request, which a leaked span, log record or label set exceeds.
     if let Some(h) = heap_slope.filter(|h| live_heap && *h >= 1024.0) {
-        let kib: Vec<String> = floors.iter().map(|(_, f)| format!("{f:.0}")).collect();
         problems.push(format!(
-            "heap in use grows by {h:.1} KiB per minute (floors {} KiB)",
-            kib.join(", ")
+            "heap in use grows by {h:.1} KiB per minute (floors {floors_kib} KiB)"
         ));
     }
     if rss_slope >= 2048.0 {

@@ -86,12 +86,6 @@ fn log_file(dir: &Path, name: &str) -> std::fs::File {
     std::fs::File::create(dir.join(format!("{name}.log"))).expect("create a log file")
 }
 
-/// `GLIBC_TUNABLES` for the processes under test (which start with a clean
-/// environment otherwise): the caller's, or glibc's per-thread caches off.
-fn tunables() -> [(&'static str, String); 1] {
-    [glibc_tunables()]
-}
-
 /// The value of `name`'s one series in a Prometheus text body.
 fn sample(body: &str, name: &str) -> Option<f64> {
     body.lines().find_map(|l| {
@@ -204,7 +198,7 @@ fn heap_in_use_stays_flat_in_real_time_through_outages() {
         .arg("--nvml-lib")
         .arg(fake_nvml(work.path()))
         .env_clear()
-        .envs(tunables())
+        .envs([glibc_tunables()])
         .env("FAKE_NVML_SCRIPT", &script)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -219,7 +213,7 @@ fn heap_in_use_stays_flat_in_real_time_through_outages() {
     let demo = |bin: &str, service: &str, metrics: SocketAddr, log: &str| {
         let mut cmd = Command::new(linked(work.path(), bin, log));
         cmd.env_clear()
-            .envs(tunables())
+            .envs([glibc_tunables()])
             .env("DEMO_PROMETHEUS_ADDR", metrics.to_string())
             .env("OTEL_SERVICE_NAME", service)
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}"))

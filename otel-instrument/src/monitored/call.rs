@@ -210,8 +210,7 @@ impl Core {
         };
         let bound = callsite.metrics.then(|| callsite.bound());
         if let Some(b) = bound {
-            b.concurrent
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            b.concurrent.fetch_add(1, Ordering::Relaxed);
         }
         let core = |tail| Core {
             callsite,
@@ -353,8 +352,7 @@ impl Core {
                     b.any_duration.record(secs, &histogram_labels);
                 }
             }
-            b.concurrent
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            b.concurrent.fetch_sub(1, Ordering::Relaxed);
         }
         if let Some(sampled) = &self.otel {
             let cx = &sampled.cx;

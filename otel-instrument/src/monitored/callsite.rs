@@ -247,6 +247,8 @@ impl Callsite {
             calls,
             ok_by_caller: Default::default(),
         }));
+        // Kept for every generation: an earlier provider's callback still reads the
+        // calls that started under it (the bounds are leaked and live anyway).
         BOUNDS
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
