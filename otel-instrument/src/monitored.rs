@@ -42,7 +42,7 @@ mod spawn;
 mod tail;
 mod tracer;
 
-pub use call::{AsyncCall, Call};
+pub use call::{AsyncCall, AsyncMetricsCall, Call, MetricsCall};
 pub use callsite::Callsite;
 pub use enrich::{add_event, record_error, set_attribute};
 pub use frame::{current_context, current_function, is_unsampled};

@@ -1007,3 +1007,159 @@ fn an_impl_block_monitors_its_methods_and_a_method_can_override_or_opt_out() {
     assert!(!attrs.contains_key("user"), "{attrs:?}");
     assert!(points(&r, "function.calls", "unmonitored_len").is_empty());
 }
+
+/// Metrics-only calls (`span = false`) have a guard of their own; they must
+/// still count, nest and pass their caller's trace through.
+mod lean {
+    use otel_instrument::monitored;
+
+    #[monitored]
+    pub fn lean_root() -> u32 {
+        lean_middle().unwrap() + lean_middle_fails().map_or(1, |_| 0)
+    }
+
+    #[monitored(span = false)]
+    pub fn lean_middle() -> Result<u32, std::num::ParseIntError> {
+        Ok(lean_child() + 1)
+    }
+
+    #[monitored(span = false)]
+    pub fn lean_middle_fails() -> Result<u32, std::num::ParseIntError> {
+        "x".parse()
+    }
+
+    #[monitored]
+    pub fn lean_child() -> u32 {
+        41
+    }
+
+    #[monitored(span = false)]
+    pub async fn lean_async(release: tokio::sync::oneshot::Receiver<()>) -> u32 {
+        let _ = release.await;
+        lean_child()
+    }
+
+    #[monitored(span = false)]
+    pub async fn lean_never_done() {
+        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_only_calls_count_nest_and_pass_their_callers_trace_through() {
+    let p = pipeline();
+    assert_eq!(lean::lean_root(), 43);
+    // Async: two in flight, then done; one dropped by a timeout.
+    let (tx1, rx1) = tokio::sync::oneshot::channel();
+    let (tx2, rx2) = tokio::sync::oneshot::channel();
+    let t1 = tokio::spawn(lean::lean_async(rx1));
+    let t2 = tokio::spawn(lean::lean_async(rx2));
+    let fm = map(&[("function", "lean_async"), ("module", "monitored::lean")]);
+    tokio::task::block_in_place(|| {
+        flush_until(&p.sink, &p.guard, |r| {
+            value_with(&points(r, "function.calls.concurrent", "lean_async"), &fm) == Some(2.0)
+        })
+    });
+    tx1.send(()).unwrap();
+    tx2.send(()).unwrap();
+    assert_eq!(t1.await.unwrap(), 41);
+    assert_eq!(t2.await.unwrap(), 41);
+    let timed_out = tokio::time::timeout(
+        std::time::Duration::from_millis(20),
+        lean::lean_never_done(),
+    )
+    .await;
+    assert!(timed_out.is_err());
+
+    let r = tokio::task::block_in_place(|| {
+        flush_until(&p.sink, &p.guard, |r| {
+            value_with(&points(r, "function.calls.concurrent", "lean_async"), &fm) == Some(0.0)
+                && !points(r, "function.calls", "lean_never_done").is_empty()
+                && !points(r, "function.errors", "lean_middle_fails").is_empty()
+                && spans_named(r, "lean_child").len() == 3
+        })
+    });
+    let module = "monitored::lean";
+    let labels = |function: &str, result: &str, caller: Option<&str>| {
+        let mut m = map(&[
+            ("function", function),
+            ("module", module),
+            ("result", result),
+        ]);
+        if let Some(c) = caller {
+            m.insert("caller.function".into(), c.into());
+            m.insert("caller.module".into(), module.into());
+        }
+        m
+    };
+    let calls = |f: &str| points(&r, "function.calls", f);
+    // The metrics-only call names its monitored caller, and is named by its callee.
+    assert_eq!(
+        value_with(
+            &calls("lean_middle"),
+            &labels("lean_middle", "ok", Some("lean_root"))
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value_with(
+            &calls("lean_child"),
+            &labels("lean_child", "ok", Some("lean_middle"))
+        ),
+        Some(1.0),
+        "{:#?}",
+        calls("lean_child")
+    );
+    assert_eq!(
+        value_with(
+            &calls("lean_child"),
+            &labels("lean_child", "ok", Some("lean_async"))
+        ),
+        Some(2.0)
+    );
+    // Its error is classified, counted and fingerprinted.
+    let mut failed = labels("lean_middle_fails", "error", Some("lean_root"));
+    failed.insert("error.category".into(), "invalid_argument".into());
+    failed.insert("error.type".into(), "ParseIntError".into());
+    assert_eq!(
+        value_with(&calls("lean_middle_fails"), &failed),
+        Some(1.0),
+        "{:#?}",
+        calls("lean_middle_fails")
+    );
+    assert_eq!(
+        points(&r, "function.errors", "lean_middle_fails")
+            .iter()
+            .map(|p| p.value)
+            .sum::<f64>(),
+        1.0
+    );
+    // A dropped async call counts as cancelled.
+    assert_eq!(
+        value_with(
+            &calls("lean_never_done"),
+            &labels("lean_never_done", "cancelled", None)
+        ),
+        Some(1.0)
+    );
+    let durations = points(&r, "function.calls.duration", "lean_async");
+    assert_eq!(
+        value_with(&durations, &labels("lean_async", "ok", None)),
+        Some(2.0)
+    );
+    // No span of its own: the child's parent is the sampled root.
+    for name in [
+        "lean_middle",
+        "lean_middle_fails",
+        "lean_async",
+        "lean_never_done",
+    ] {
+        assert!(spans_named(&r, name).is_empty(), "{name} has a span");
+    }
+    let root = &spans_named(&r, "lean_root")[0].span;
+    let child = spans_named(&r, "lean_child")
+        .into_iter()
+        .find(|s| s.span.trace_id == root.trace_id)
+        .expect("the child inside the metrics-only call is in the root's trace");
+    assert_eq!(child.span.parent_span_id, root.span_id);
+}

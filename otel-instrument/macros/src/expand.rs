@@ -521,9 +521,21 @@ fn generate(args: &Args, func: MaybeItemFn, check_skip: bool) -> syn::Result<Tok
             quote!({ #field_cells #start })
         }
     };
-    let enter = open(quote!(#monitored::Call::enter(&__OTEL_CALLSITE, || #span_expr, #attrs_expr)));
-    let start =
-        open(quote!(#monitored::AsyncCall::start(&__OTEL_CALLSITE, || #span_expr, #attrs_expr)));
+    // A metrics-only call has a guard of its own: no span, no trace, no
+    // record (its fields are still checked, never evaluated).
+    let (enter, start) = if want_span {
+        (
+            open(quote!(#monitored::Call::enter(&__OTEL_CALLSITE, || #span_expr, #attrs_expr))),
+            open(
+                quote!(#monitored::AsyncCall::start(&__OTEL_CALLSITE, || #span_expr, #attrs_expr)),
+            ),
+        )
+    } else {
+        (
+            open(quote!(#monitored::MetricsCall::enter(&__OTEL_CALLSITE))),
+            open(quote!(#monitored::AsyncMetricsCall::start(&__OTEL_CALLSITE))),
+        )
+    };
 
     // `fields(k)` without a value is recorded later through the tracing span.
     let deferred = args

@@ -245,62 +245,14 @@ impl Core {
         }
     }
 
-    /// Fingerprints a returned error, counts it in `function.errors` and, within
-    /// the report limit, reports it: an `exception` event on the call's span
-    /// and a log line, both carrying `error.fingerprint`.
     #[cold]
     fn report(&mut self, category: ErrorCategory, error_type: &'static str, message: Option<&str>) {
-        use crate::errors::fingerprint as fpr;
-        let cs = self.callsite;
-        let fp = fpr::fingerprint(error_type, message, cs.module, cs.function);
-        let fp_text = fp.to_string();
-        if let Some(b) = self.bound {
-            let own = cs.groups.admit(fp);
-            let mut labels = vec![
-                KeyValue::new(FUNCTION, cs.function),
-                KeyValue::new(MODULE, cs.module),
-                KeyValue::new(ERROR_TYPE, error_type),
-                KeyValue::new(
-                    ERROR_FINGERPRINT,
-                    if own {
-                        fp_text.clone()
-                    } else {
-                        fpr::OVERFLOW.to_owned()
-                    },
-                ),
-            ];
-            labels.extend(service_name_label());
-            b.errors.add(1, &labels);
-        }
-        if self.frame.trace == Trace::Free {
-            // Not integrated (no `configure`): nothing of ours to report into.
-            return;
-        }
-        super::enrich::set_attribute(KeyValue::new(ERROR_FINGERPRINT, fp_text.clone()));
-        let admission = fpr::admit(fp, cs.function, error_type);
-        if admission.summary > 0 {
-            fpr::summary_line(fp, cs.function, error_type, admission.summary);
-        }
-        if !admission.report {
-            return;
-        }
-        let message = message.unwrap_or("");
-        super::enrich::add_event(
-            "exception",
-            vec![
-                KeyValue::new(EXCEPTION_TYPE, error_type),
-                KeyValue::new(EXCEPTION_MESSAGE, message.to_owned()),
-                KeyValue::new(ERROR_FINGERPRINT, fp_text.clone()),
-            ],
-        );
-        tracing::event!(
-            target: "otel_instrument::errors",
-            tracing::Level::ERROR,
-            function = cs.function,
-            error.fingerprint = %fp_text,
-            error.type = error_type,
-            error.category = category.as_str(),
-            "{}",
+        report(
+            self.callsite,
+            self.bound,
+            self.frame.trace,
+            category,
+            error_type,
             message,
         );
     }
@@ -328,31 +280,7 @@ impl Core {
                 .close(self.callsite, trace_id, self.start, end, outcome);
         }
         if let Some(b) = self.bound {
-            match outcome {
-                Outcome::Ok => {
-                    self.callsite.count_ok(b, self.caller);
-                    b.duration[0].record(secs);
-                }
-                Outcome::Error(category, error_type) => {
-                    let mut labels = self.callsite.labels(self.caller, "error");
-                    labels.push(KeyValue::new(ERROR_CATEGORY, category.as_str()));
-                    labels.push(KeyValue::new(ERROR_TYPE, error_type));
-                    b.calls.add(1, &labels);
-                    b.duration[1].record(secs);
-                }
-                Outcome::Cancelled => {
-                    let labels = self.callsite.labels(self.caller, RESULT_CANCELLED);
-                    b.calls.add(1, &labels);
-                    let mut histogram_labels = vec![
-                        KeyValue::new(FUNCTION, self.callsite.function),
-                        KeyValue::new(MODULE, self.callsite.module),
-                        KeyValue::new(RESULT, RESULT_CANCELLED),
-                    ];
-                    histogram_labels.extend(service_name_label());
-                    b.any_duration.record(secs, &histogram_labels);
-                }
-            }
-            b.concurrent.fetch_sub(1, Ordering::Relaxed);
+            record(self.callsite, b, self.caller, outcome, secs);
         }
         if let Some(sampled) = &self.otel {
             let cx = &sampled.cx;
@@ -375,6 +303,109 @@ impl Core {
             span.record(ERROR_CATEGORY, category.as_str());
         }
     }
+}
+
+/// Fingerprints a returned error, counts it in `function.errors` and, within
+/// the report limit, reports it: an `exception` event on the call's span
+/// and a log line, both carrying `error.fingerprint`.
+#[cold]
+fn report(
+    cs: &'static Callsite,
+    bound: Option<&'static Bound>,
+    trace: Trace,
+    category: ErrorCategory,
+    error_type: &'static str,
+    message: Option<&str>,
+) {
+    use crate::errors::fingerprint as fpr;
+    let fp = fpr::fingerprint(error_type, message, cs.module, cs.function);
+    let fp_text = fp.to_string();
+    if let Some(b) = bound {
+        let own = cs.groups.admit(fp);
+        let mut labels = vec![
+            KeyValue::new(FUNCTION, cs.function),
+            KeyValue::new(MODULE, cs.module),
+            KeyValue::new(ERROR_TYPE, error_type),
+            KeyValue::new(
+                ERROR_FINGERPRINT,
+                if own {
+                    fp_text.clone()
+                } else {
+                    fpr::OVERFLOW.to_owned()
+                },
+            ),
+        ];
+        labels.extend(service_name_label());
+        b.errors.add(1, &labels);
+    }
+    if trace == Trace::Free {
+        // Not integrated (no `configure`): nothing of ours to report into.
+        return;
+    }
+    super::enrich::set_attribute(KeyValue::new(ERROR_FINGERPRINT, fp_text.clone()));
+    let admission = fpr::admit(fp, cs.function, error_type);
+    if admission.summary > 0 {
+        fpr::summary_line(fp, cs.function, error_type, admission.summary);
+    }
+    if !admission.report {
+        return;
+    }
+    let message = message.unwrap_or("");
+    super::enrich::add_event(
+        "exception",
+        vec![
+            KeyValue::new(EXCEPTION_TYPE, error_type),
+            KeyValue::new(EXCEPTION_MESSAGE, message.to_owned()),
+            KeyValue::new(ERROR_FINGERPRINT, fp_text.clone()),
+        ],
+    );
+    tracing::event!(
+        target: "otel_instrument::errors",
+        tracing::Level::ERROR,
+        function = cs.function,
+        error.fingerprint = %fp_text,
+        error.type = error_type,
+        error.category = category.as_str(),
+        "{}",
+        message,
+    );
+}
+
+/// Records a finished call's metrics: `function.calls`, its duration, and
+/// the end of its time in flight.
+#[inline(always)]
+fn record(
+    callsite: &'static Callsite,
+    b: &'static Bound,
+    caller: Option<&'static Callsite>,
+    outcome: Outcome,
+    secs: f64,
+) {
+    match outcome {
+        Outcome::Ok => {
+            callsite.count_ok(b, caller);
+            b.duration[0].record(secs);
+        }
+        Outcome::Error(category, error_type) => {
+            let mut labels = callsite.labels(caller, "error");
+            labels.push(KeyValue::new(ERROR_CATEGORY, category.as_str()));
+            labels.push(KeyValue::new(ERROR_TYPE, error_type));
+            b.calls.add(1, &labels);
+            b.duration[1].record(secs);
+        }
+        Outcome::Cancelled => {
+            let labels = callsite.labels(caller, RESULT_CANCELLED);
+            b.calls.add(1, &labels);
+            let mut histogram_labels = vec![
+                KeyValue::new(FUNCTION, callsite.function),
+                KeyValue::new(MODULE, callsite.module),
+                KeyValue::new(RESULT, RESULT_CANCELLED),
+            ];
+            histogram_labels.extend(service_name_label());
+            b.any_duration.record(secs, &histogram_labels);
+        }
+    }
+    b.concurrent.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// The guard of a sync monitored call: the frame (and, when sampled, the OTel
@@ -520,6 +551,232 @@ impl Drop for AsyncCall {
         if !self.done {
             self.core.cancelled = true;
             self.core.close(self.span.as_ref());
+        }
+    }
+}
+
+/// The state of a metrics-only call (`span = false`): no span, no trace of
+/// its own and no tail-keeper record, so a guard a third the size of
+/// [`Call`]'s, moved and dropped without their checks.
+#[derive(Debug)]
+struct Lean {
+    callsite: &'static Callsite,
+    bound: Option<&'static Bound>,
+    caller: Option<&'static Callsite>,
+    /// The caller's trace state, which this call's frame carries on.
+    trace: Trace,
+    cancelled: bool,
+    start: clock::Stamp,
+    error: Option<(ErrorCategory, &'static str)>,
+}
+
+impl Lean {
+    /// Sets this call's frame (the caller's trace, this callsite) and counts
+    /// it in flight; returns it with the frame it replaced.
+    #[inline(always)]
+    fn open(callsite: &'static Callsite) -> (Self, FrameGuard) {
+        let start = clock::now();
+        let restore = FrameGuard::save();
+        let prev = restore.frame;
+        set_current(Frame {
+            callsite: Some(callsite),
+            trace: prev.trace,
+        });
+        let bound = callsite.metrics.then(|| callsite.bound());
+        if let Some(b) = bound {
+            b.concurrent.fetch_add(1, Ordering::Relaxed);
+        }
+        let lean = Self {
+            callsite,
+            bound,
+            caller: prev.callsite,
+            trace: prev.trace,
+            cancelled: false,
+            start,
+            error: None,
+        };
+        (lean, restore)
+    }
+
+    #[inline]
+    fn close(&mut self) {
+        let outcome = outcome(
+            self.error,
+            std::thread::panicking(),
+            self.cancelled,
+            cancelled_as(),
+        );
+        let secs = self.start.secs_until(clock::now());
+        if let Some(b) = self.bound {
+            record(self.callsite, b, self.caller, outcome, secs);
+        }
+    }
+
+    #[cold]
+    fn report(&mut self, category: ErrorCategory, error_type: &'static str, message: Option<&str>) {
+        self.error = Some((category, error_type));
+        report(
+            self.callsite,
+            self.bound,
+            self.trace,
+            category,
+            error_type,
+            message,
+        );
+    }
+}
+
+/// The guard of a sync metrics-only call (`#[monitored(span = false)]`): its
+/// frame is current until it drops, which records the metrics.
+#[derive(Debug)]
+#[must_use = "the call is measured until the guard drops"]
+pub struct MetricsCall {
+    lean: Lean,
+    /// Dropped after the rest: the caller's frame comes back last.
+    _restore: FrameGuard,
+}
+
+impl MetricsCall {
+    /// Starts a sync metrics-only call.
+    #[inline(always)]
+    pub fn enter(callsite: &'static Callsite) -> Self {
+        let (lean, restore) = Lean::open(callsite);
+        Self {
+            lean,
+            _restore: restore,
+        }
+    }
+
+    /// As [`Call::fail`].
+    #[inline]
+    pub fn fail(&mut self, (category, error_type): (ErrorCategory, &'static str)) {
+        self.lean.error = Some((category, error_type));
+    }
+
+    /// As [`Call::fail_with`]; the report joins the caller's span, if any.
+    #[inline]
+    pub fn fail_with(
+        &mut self,
+        (category, error_type): (ErrorCategory, &'static str),
+        message: Option<String>,
+    ) {
+        self.lean.report(category, error_type, message.as_deref());
+    }
+}
+
+impl Drop for MetricsCall {
+    #[inline(always)]
+    fn drop(&mut self) {
+        if self.lean.trace == Trace::Recorded {
+            // Plain spans opened inside it joined the caller's recorded trace.
+            super::layers::detach_materialized();
+        }
+        self.lean.close();
+        // `_restore` drops next and brings back the caller's frame.
+    }
+}
+
+/// The state of an async metrics-only call: its frame is current on every
+/// poll, and it records the metrics when it finishes (or as `cancelled`
+/// when dropped unfinished).
+#[derive(Debug)]
+#[must_use = "the call is measured until it finishes"]
+pub struct AsyncMetricsCall {
+    lean: Lean,
+    /// The caller's unsampled or recorded trace id, made current on every
+    /// poll, as the caller's own polls do (two words, see `Core::trace_id`).
+    trace_id: [u64; 2],
+    done: bool,
+}
+
+impl AsyncMetricsCall {
+    /// Starts an async metrics-only call (on its first poll).
+    #[inline]
+    pub fn start(callsite: &'static Callsite) -> Self {
+        let (lean, restore) = Lean::open(callsite);
+        drop(restore);
+        let trace_id = if matches!(lean.trace, Trace::Unsampled | Trace::Recorded) {
+            UNSAMPLED_TRACE_ID.with(Cell::get)
+        } else {
+            0
+        };
+        Self {
+            lean,
+            trace_id: [(trace_id >> 64) as u64, trace_id as u64],
+            done: false,
+        }
+    }
+
+    #[inline]
+    fn current(&self) -> LeanCurrent {
+        let restore = PollGuard::save();
+        set_current(Frame {
+            callsite: Some(self.lean.callsite),
+            trace: self.lean.trace,
+        });
+        if matches!(self.lean.trace, Trace::Unsampled | Trace::Recorded) {
+            let [hi, lo] = self.trace_id;
+            UNSAMPLED_TRACE_ID.with(|t| t.set((u128::from(hi) << 64) | u128::from(lo)));
+        }
+        LeanCurrent { _restore: restore }
+    }
+
+    /// Polls the body with this call's frame current.
+    #[inline]
+    pub fn poll<F: Future>(
+        &mut self,
+        fut: Pin<&mut F>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<F::Output> {
+        let _current = self.current();
+        let _panic = PanicMark(&mut self.lean.error);
+        fut.poll(cx)
+    }
+
+    /// As [`AsyncCall::fail`].
+    #[inline]
+    pub fn fail(&mut self, (category, error_type): (ErrorCategory, &'static str)) {
+        self.lean.error = Some((category, error_type));
+    }
+
+    /// As [`AsyncCall::fail_with`]: with this call's frame current.
+    pub fn fail_with(
+        &mut self,
+        (category, error_type): (ErrorCategory, &'static str),
+        message: Option<String>,
+    ) {
+        let _current = self.current();
+        self.lean.report(category, error_type, message.as_deref());
+    }
+
+    /// Records the finished call.
+    #[inline]
+    pub fn finish(mut self) {
+        self.done = true;
+        self.lean.close();
+    }
+}
+
+impl Drop for AsyncMetricsCall {
+    fn drop(&mut self) {
+        if !self.done {
+            self.lean.cancelled = true;
+            self.lean.close();
+        }
+    }
+}
+
+/// An async metrics-only call made current for a poll; restores the
+/// thread's own frame and trace id when it drops.
+struct LeanCurrent {
+    _restore: PollGuard,
+}
+
+impl Drop for LeanCurrent {
+    #[inline]
+    fn drop(&mut self) {
+        if super::frame::current().trace == Trace::Recorded {
+            super::layers::detach_materialized();
         }
     }
 }

@@ -276,7 +276,9 @@ impl Callsite {
     }
 
     /// Counts one ok call from `caller` through a counter bound to its labels.
-    #[inline]
+    /// (Always inlined: out of line, its call costs the unsampled path about
+    /// 14 instructions, callgrind.)
+    #[inline(always)]
     pub(super) fn count_ok(
         &'static self,
         bound: &'static Bound,
