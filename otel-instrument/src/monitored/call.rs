@@ -3,6 +3,7 @@
 
 use std::cell::Cell;
 use std::future::Future;
+use std::mem::ManuallyDrop;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::task::{Context as TaskContext, Poll};
@@ -114,12 +115,16 @@ struct Core {
     cancelled: bool,
     /// The OTel span of a sampled call, started directly on the SDK.
     /// Boxed: only sampled calls have one, and the guard stays small.
-    otel: Option<Box<Sampled>>,
+    /// Taken and dropped by [`close`](Self::close), which every guard runs
+    /// once: no drop glue (an out-of-line call) on every call's end.
+    otel: ManuallyDrop<Option<Box<Sampled>>>,
     /// The trace id of an unsampled call, for propagation (two words, not a
     /// `u128`, to keep the guard 8-byte aligned: cheaper to move).
     trace_id: [u64; 2],
-    /// The tail keeper's record of an unsampled call.
-    tail: TailCall,
+    /// The tail keeper's record of an unsampled call. [`close`](Self::close)
+    /// leaves it off and empty (`TailCall::close` takes what it holds), so it
+    /// needs no drop glue either.
+    tail: ManuallyDrop<TailCall>,
 }
 
 impl Core {
@@ -220,9 +225,9 @@ impl Core {
             start,
             error: None,
             cancelled: false,
-            otel,
+            otel: ManuallyDrop::new(otel),
             trace_id: [(trace_id >> 64) as u64, trace_id as u64],
-            tail,
+            tail: ManuallyDrop::new(tail),
         };
         // Last: a sync call moves the keeper's cursor here, and nothing below
         // can panic before the guard that moves it back exists. Each branch
@@ -282,7 +287,11 @@ impl Core {
         if let Some(b) = self.bound {
             record(self.callsite, b, self.caller, outcome, secs);
         }
-        if let Some(sampled) = &self.otel {
+        debug_assert!(
+            !self.tail.tracked(),
+            "closed, the keeper's part holds nothing"
+        );
+        if let Some(sampled) = self.otel.take() {
             let cx = &sampled.cx;
             // Span end runs the processors under the span's lock.
             let _sdk = SdkScope::enter();
@@ -415,8 +424,10 @@ fn record(
 #[must_use = "the call is measured until the guard drops"]
 pub struct Call {
     core: Core,
-    span: Option<tracing::span::EnteredSpan>,
-    attached: Option<ContextGuard>,
+    /// Taken in `drop` (wrapped: no second, out-of-line drop of the `None`
+    /// left behind).
+    span: ManuallyDrop<Option<tracing::span::EnteredSpan>>,
+    attached: ManuallyDrop<Option<ContextGuard>>,
     /// Dropped after the rest: the caller's frame comes back last.
     _restore: FrameGuard,
 }
@@ -435,8 +446,8 @@ impl Call {
         let attached = core.otel.as_ref().map(|s| Context::clone(&s.cx).attach());
         Self {
             core,
-            span: span.map(tracing::Span::entered),
-            attached,
+            span: ManuallyDrop::new(span.map(tracing::Span::entered)),
+            attached: ManuallyDrop::new(attached),
             _restore: restore,
         }
     }
@@ -468,8 +479,12 @@ impl Drop for Call {
             super::layers::detach_materialized();
         }
         self.core.close(self.span.as_deref());
-        drop(self.span.take());
-        drop(self.attached.take());
+        if let Some(span) = self.span.take() {
+            drop(span);
+        }
+        if let Some(attached) = self.attached.take() {
+            drop(attached);
+        }
         // `_restore` drops next and brings back the caller's frame.
     }
 }
