@@ -10,13 +10,21 @@
 //!   if some other layer such as fmt wants one, away from the OTel layer, and the
 //!   [`sampler`] wrapper drops anything that still reaches the SDK);
 //! - records its metrics through instruments bound once per callsite
-//!   (`BoundCounter`, `BoundHistogram`, `BoundUpDownCounter`), never a hash
-//!   lookup;
+//!   (`BoundCounter`, `BoundHistogram`; the in-flight count is a plain atomic
+//!   that one observable up-down counter reads), never a hash lookup;
+//! - leaves a fixed-size record for the tail keeper, which keeps its trace if
+//!   it fails or is slow;
 //! - allocates nothing.
 //!
-//! A sampled call starts its OTel span directly on the SDK tracer
-//! ([`set_tracer`]) and attaches its context; its `tracing` span, if any layer
-//! wants one, is kept away from the OTel layer so nothing is exported twice.
+//! A sampled call is recorded the same way, and the keeper's thread builds its
+//! OTLP span. Without a trace exporter (or without [`configure_tail`]) it
+//! starts its OTel span directly on the SDK tracer ([`set_tracer`]) and
+//! attaches its context. Its `tracing` span, if any layer wants one, is kept
+//! away from the OTel layer so nothing is exported twice.
+//!
+//! A metrics-only call (`span = false`) has a smaller guard of its own
+//! ([`MetricsCall`], [`AsyncMetricsCall`]): its frame, its in-flight count and
+//! its metrics, and no sampling decision.
 //!
 //! Outgoing propagation from an unsampled trace still carries the trace id with
 //! `sampled=0`: inject [`current_context`] rather than the tracing span's context.
@@ -93,7 +101,7 @@ pub const ERROR_CATEGORY: &str = "error.category";
 /// Label and span attribute: the error's variant or type name.
 pub const ERROR_TYPE: &str = "error.type";
 /// Label, span, event and log attribute: the error's fingerprint
-/// ([`errors::fingerprint`](crate::errors::fingerprint)).
+/// ([`errors::fingerprint`](fn@crate::errors::fingerprint)).
 pub const ERROR_FINGERPRINT: &str = "error.fingerprint";
 /// Name of the bounded error-group counter: failed calls by function,
 /// `error.type` and `error.fingerprint`.
