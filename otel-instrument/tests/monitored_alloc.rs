@@ -25,7 +25,12 @@ fn metrics_only(x: u64) -> Result<u64, std::io::Error> {
 
 #[monitored]
 async fn unsampled_async(x: u64) -> u64 {
-    unsampled_leaf(x)
+    unsampled_leaf(x) + metrics_only_async(x).await
+}
+
+#[monitored(span = false)]
+async fn metrics_only_async(x: u64) -> u64 {
+    x
 }
 
 #[test]
@@ -66,8 +71,8 @@ fn unsampled_and_metrics_only_calls_allocate_nothing() {
     record(&queue);
     assert_eq!(unsampled_root(10), 135);
     assert_eq!(metrics_only(1).unwrap(), 2);
-    assert_eq!(run_async(2), 6);
-    assert_eq!(run_async(2), 6);
+    assert_eq!(run_async(2), 8);
+    assert_eq!(run_async(2), 8);
 
     let before = allocations();
     let mut total = 0;
