@@ -13,7 +13,8 @@ use opentelemetry::{Context, ContextGuard, KeyValue};
 
 use super::callsite::{Bound, Callsite};
 use super::frame::{
-    Frame, FrameGuard, PENDING_TRACE_ID, PollGuard, Trace, UNSAMPLED_TRACE_ID, set_current,
+    Frame, FrameGuard, PENDING_TRACE_ID, PollGuard, Trace, UNSAMPLED_TRACE_ID, from_words,
+    set_current, to_words,
 };
 use super::sampling::decide_root;
 use super::tail::TailCall;
@@ -62,6 +63,16 @@ fn evaluate_attributes(make_attributes: impl FnOnce(&mut Vec<KeyValue>) -> bool)
 #[inline(never)]
 fn take_attributes() -> Vec<KeyValue> {
     ATTRIBUTES.with(|a| std::mem::take(&mut *a.borrow_mut()))
+}
+
+/// In a recorded trace, detaches the contexts that plain `tracing` spans
+/// opened inside the call attached (the OTel filter makes a recorded call's
+/// span context current for them).
+#[inline(always)]
+fn detach_if_recorded(trace: Trace) {
+    if trace == Trace::Recorded {
+        super::layers::detach_materialized();
+    }
 }
 
 /// How a call ended, as the metrics and the span record it.
@@ -118,8 +129,8 @@ struct Core {
     /// Taken and dropped by [`close`](Self::close), which every guard runs
     /// once: no drop glue (an out-of-line call) on every call's end.
     otel: ManuallyDrop<Option<Box<Sampled>>>,
-    /// The trace id of an unsampled call, for propagation (two words, not a
-    /// `u128`, to keep the guard 8-byte aligned: cheaper to move).
+    /// The trace id of an unsampled call, for propagation (in two words,
+    /// [`to_words`]).
     trace_id: [u64; 2],
     /// The tail keeper's record of an unsampled call. [`close`](Self::close)
     /// leaves it off and empty (`TailCall::close` takes what it holds), so it
@@ -226,7 +237,7 @@ impl Core {
             error: None,
             cancelled: false,
             otel: ManuallyDrop::new(otel),
-            trace_id: [(trace_id >> 64) as u64, trace_id as u64],
+            trace_id: to_words(trace_id),
             tail: ManuallyDrop::new(tail),
         };
         // Last: a sync call moves the keeper's cursor here, and nothing below
@@ -279,10 +290,13 @@ impl Core {
         // reading is counted once).
         let secs = self.start.secs_until(end);
         if self.tail.tracked() {
-            let [hi, lo] = self.trace_id;
-            let trace_id = (u128::from(hi) << 64) | u128::from(lo);
-            self.tail
-                .close(self.callsite, trace_id, self.start, end, outcome);
+            self.tail.close(
+                self.callsite,
+                from_words(self.trace_id),
+                self.start,
+                end,
+                outcome,
+            );
         }
         if let Some(b) = self.bound {
             record(self.callsite, b, self.caller, outcome, secs);
@@ -475,9 +489,7 @@ impl Call {
 impl Drop for Call {
     #[inline(always)]
     fn drop(&mut self) {
-        if self.core.frame.trace == Trace::Recorded {
-            super::layers::detach_materialized();
-        }
+        detach_if_recorded(self.core.frame.trace);
         self.core.close(self.span.as_deref());
         if let Some(span) = self.span.take() {
             drop(span);
@@ -628,8 +640,7 @@ impl Lean {
     }
 
     #[cold]
-    fn report(&mut self, category: ErrorCategory, error_type: &'static str, message: Option<&str>) {
-        self.error = Some((category, error_type));
+    fn report(&self, category: ErrorCategory, error_type: &'static str, message: Option<&str>) {
         report(
             self.callsite,
             self.bound,
@@ -675,6 +686,7 @@ impl MetricsCall {
         (category, error_type): (ErrorCategory, &'static str),
         message: Option<String>,
     ) {
+        self.lean.error = Some((category, error_type));
         self.lean.report(category, error_type, message.as_deref());
     }
 }
@@ -682,10 +694,7 @@ impl MetricsCall {
 impl Drop for MetricsCall {
     #[inline(always)]
     fn drop(&mut self) {
-        if self.lean.trace == Trace::Recorded {
-            // Plain spans opened inside it joined the caller's recorded trace.
-            super::layers::detach_materialized();
-        }
+        detach_if_recorded(self.lean.trace);
         self.lean.close();
         // `_restore` drops next and brings back the caller's frame.
     }
@@ -699,7 +708,7 @@ impl Drop for MetricsCall {
 pub struct AsyncMetricsCall {
     lean: Lean,
     /// The caller's unsampled or recorded trace id, made current on every
-    /// poll, as the caller's own polls do (two words, see `Core::trace_id`).
+    /// poll, as the caller's own polls do (in two words, [`to_words`]).
     trace_id: [u64; 2],
     done: bool,
 }
@@ -717,7 +726,7 @@ impl AsyncMetricsCall {
         };
         Self {
             lean,
-            trace_id: [(trace_id >> 64) as u64, trace_id as u64],
+            trace_id: to_words(trace_id),
             done: false,
         }
     }
@@ -730,8 +739,8 @@ impl AsyncMetricsCall {
             trace: self.lean.trace,
         });
         if matches!(self.lean.trace, Trace::Unsampled | Trace::Recorded) {
-            let [hi, lo] = self.trace_id;
-            UNSAMPLED_TRACE_ID.with(|t| t.set((u128::from(hi) << 64) | u128::from(lo)));
+            let id = from_words(self.trace_id);
+            UNSAMPLED_TRACE_ID.with(|t| t.set(id));
         }
         LeanCurrent { _restore: restore }
     }
@@ -760,6 +769,7 @@ impl AsyncMetricsCall {
         (category, error_type): (ErrorCategory, &'static str),
         message: Option<String>,
     ) {
+        self.lean.error = Some((category, error_type));
         let _current = self.current();
         self.lean.report(category, error_type, message.as_deref());
     }
@@ -790,9 +800,7 @@ struct LeanCurrent {
 impl Drop for LeanCurrent {
     #[inline]
     fn drop(&mut self) {
-        if super::frame::current().trace == Trace::Recorded {
-            super::layers::detach_materialized();
-        }
+        detach_if_recorded(super::frame::current().trace);
     }
 }
 
@@ -815,14 +823,13 @@ impl<'a> Current<'a> {
         let spanless_root =
             core.frame.trace == Trace::Sampled && core.otel.is_none() && core.trace_id != [0, 0];
         if matches!(core.frame.trace, Trace::Unsampled | Trace::Recorded) || spanless_root {
-            let [hi, lo] = core.trace_id;
-            UNSAMPLED_TRACE_ID.with(|t| t.set((u128::from(hi) << 64) | u128::from(lo)));
+            let id = from_words(core.trace_id);
+            UNSAMPLED_TRACE_ID.with(|t| t.set(id));
         }
-        let tail = core.tail.tracked().then(|| {
-            let [hi, lo] = core.trace_id;
-            core.tail
-                .poll_scope((u128::from(hi) << 64) | u128::from(lo))
-        });
+        let tail = core
+            .tail
+            .tracked()
+            .then(|| core.tail.poll_scope(from_words(core.trace_id)));
         let attached = core.otel.as_ref().map(|s| Context::clone(&s.cx).attach());
         Self {
             _entered: span.map(tracing::Span::enter),
@@ -838,9 +845,7 @@ impl Drop for Current<'_> {
     fn drop(&mut self) {
         // Before the fields: contexts attached for plain spans inside a
         // recorded call are the last attached.
-        if super::frame::current().trace == Trace::Recorded {
-            super::layers::detach_materialized();
-        }
+        detach_if_recorded(super::frame::current().trace);
     }
 }
 

@@ -88,6 +88,19 @@ impl Drop for FrameGuard {
     }
 }
 
+/// A trace id in two words: a guard that holds one stays 8-byte aligned,
+/// which is cheaper to move than a 16-byte aligned `u128`.
+#[inline(always)]
+pub(super) fn to_words(id: u128) -> [u64; 2] {
+    [(id >> 64) as u64, id as u64]
+}
+
+/// The trace id that [`to_words`] split.
+#[inline(always)]
+pub(super) fn from_words([hi, lo]: [u64; 2]) -> u128 {
+    (u128::from(hi) << 64) | u128::from(lo)
+}
+
 /// A [`FrameGuard`] that also restores the unsampled trace id, which a poll
 /// overwrites with its call's. (A sync call needs no such restore: it only sets
 /// the id when it is a new root, and then the frame it restores is free, so
@@ -95,7 +108,7 @@ impl Drop for FrameGuard {
 #[derive(Debug)]
 pub(super) struct PollGuard {
     _frame: FrameGuard,
-    /// `UNSAMPLED_TRACE_ID` as it was, in two words (see `Core::trace_id`).
+    /// `UNSAMPLED_TRACE_ID` as it was, in two words ([`to_words`]).
     unsampled: [u64; 2],
 }
 
@@ -105,7 +118,7 @@ impl PollGuard {
         let id = UNSAMPLED_TRACE_ID.with(Cell::get);
         Self {
             _frame: FrameGuard::save(),
-            unsampled: [(id >> 64) as u64, id as u64],
+            unsampled: to_words(id),
         }
     }
 }
@@ -113,8 +126,8 @@ impl PollGuard {
 impl Drop for PollGuard {
     #[inline(always)]
     fn drop(&mut self) {
-        let [hi, lo] = self.unsampled;
-        UNSAMPLED_TRACE_ID.with(|t| t.set((u128::from(hi) << 64) | u128::from(lo)));
+        let id = from_words(self.unsampled);
+        UNSAMPLED_TRACE_ID.with(|t| t.set(id));
     }
 }
 
