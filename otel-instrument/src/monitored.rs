@@ -44,6 +44,7 @@ mod callsite;
 mod clock;
 mod enrich;
 mod frame;
+mod inflight;
 mod layers;
 mod sampling;
 mod spawn;

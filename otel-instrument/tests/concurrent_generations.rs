@@ -1,7 +1,7 @@
 //! `function.calls.concurrent` across a change of meter provider, over the real wire.
 //!
-//! The in-flight count is an atomic per callsite, read by one observable callback per
-//! provider (see `monitored::refresh_instruments`). A provider installed later counts
+//! The in-flight count is kept per thread, for each callsite under each provider, and
+//! summed by one observable callback per provider (see `monitored::refresh_instruments`). A provider installed later counts
 //! the calls that start under it. The earlier provider keeps counting its own calls
 //! until they end, as the SDK's bound up-down counter did before.
 

@@ -270,6 +270,86 @@ async fn the_concurrency_gauge_counts_calls_in_flight_and_returns_to_zero() {
 }
 
 #[monitored]
+async fn moves_between_threads(release: tokio::sync::oneshot::Receiver<()>) {
+    let _ = release.await;
+}
+
+#[monitored]
+fn waits_on_its_thread(release: std::sync::mpsc::Receiver<()>) {
+    let _ = release.recv();
+}
+
+/// The in-flight count is kept per thread: a call counted on a thread that
+/// has since exited, and ended on another, is still counted until it ends.
+#[test]
+fn calls_started_on_threads_that_exit_are_counted_until_they_end_elsewhere() {
+    use std::future::Future as _;
+    use std::task::{Context, Poll, Waker};
+    let p = pipeline();
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut releases = Vec::new();
+    let mut moved = Vec::new();
+    for _ in 0..3 {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        releases.push(tx);
+        // First polled (started) on a thread that exits at once.
+        moved.push(
+            std::thread::spawn(move || {
+                let mut call = Box::pin(moves_between_threads(rx));
+                let mut cx = Context::from_waker(Waker::noop());
+                assert!(call.as_mut().poll(&mut cx).is_pending());
+                call
+            })
+            .join()
+            .unwrap(),
+        );
+    }
+    // And sync calls in flight on threads that are still running.
+    let waiting: Vec<_> = (0..2)
+        .map(|_| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            (tx, std::thread::spawn(move || waits_on_its_thread(rx)))
+        })
+        .collect();
+    let moved_fm = map(&[
+        ("function", "moves_between_threads"),
+        ("module", "monitored"),
+    ]);
+    let waiting_fm = map(&[("function", "waits_on_its_thread"), ("module", "monitored")]);
+    let in_flight = |r: &otel_instrument::testing::Received,
+                     f: &str,
+                     fm: &std::collections::BTreeMap<String, String>| {
+        value_with(&points(r, "function.calls.concurrent", f), fm)
+    };
+    flush_until(&p.sink, &p.guard, |r| {
+        in_flight(r, "moves_between_threads", &moved_fm) == Some(3.0)
+            && in_flight(r, "waits_on_its_thread", &waiting_fm) == Some(2.0)
+    });
+    // Ended here, on the test's thread.
+    for tx in releases {
+        tx.send(()).unwrap();
+    }
+    for mut call in moved {
+        assert_eq!(call.as_mut().poll(&mut cx), Poll::Ready(()));
+    }
+    for (tx, t) in waiting {
+        tx.send(()).unwrap();
+        t.join().unwrap();
+    }
+    let r = flush_until(&p.sink, &p.guard, |r| {
+        in_flight(r, "moves_between_threads", &moved_fm) == Some(0.0)
+            && in_flight(r, "waits_on_its_thread", &waiting_fm) == Some(0.0)
+    });
+    let ok = map(&[
+        ("function", "moves_between_threads"),
+        ("module", "monitored"),
+        ("result", "ok"),
+    ]);
+    let calls = points(&r, "function.calls", "moves_between_threads");
+    assert_eq!(value_with(&calls, &ok), Some(3.0), "{calls:#?}");
+}
+
+#[monitored]
 fn tree_root() {
     tree_child();
 }

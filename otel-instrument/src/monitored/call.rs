@@ -226,7 +226,7 @@ impl Core {
         };
         let bound = callsite.metrics.then(|| callsite.bound());
         if let Some(b) = bound {
-            b.concurrent.fetch_add(1, Ordering::Relaxed);
+            b.start_flight();
         }
         let core = |tail| Core {
             callsite,
@@ -428,7 +428,7 @@ fn record(
             b.any_duration.record(secs, &histogram_labels);
         }
     }
-    b.concurrent.fetch_sub(1, Ordering::Relaxed);
+    b.end_flight();
 }
 
 /// The guard of a sync monitored call: the frame (and, when sampled, the OTel
@@ -611,7 +611,7 @@ impl Lean {
         });
         let bound = callsite.metrics.then(|| callsite.bound());
         if let Some(b) = bound {
-            b.concurrent.fetch_add(1, Ordering::Relaxed);
+            b.start_flight();
         }
         let lean = Self {
             callsite,
