@@ -84,17 +84,19 @@ pub(super) enum Outcome {
 }
 
 /// The outcome of a call: a panic is an internal error, a cancellation
-/// counts as `mode` says, anything else as its error (if any).
+/// counts as `mode` says (read only for a cancelled call), anything else as
+/// its error (if any).
+#[inline(always)]
 fn outcome(
     error: Option<(ErrorCategory, &'static str)>,
     panicking: bool,
     cancelled: bool,
-    mode: CancelledAs,
+    mode: impl FnOnce() -> CancelledAs,
 ) -> Outcome {
     match (error, cancelled) {
         (Some((category, error_type)), _) => Outcome::Error(category, error_type),
         (None, _) if panicking => Outcome::Error(ErrorCategory::Internal, "panic"),
-        (None, true) => match mode {
+        (None, true) => match mode() {
             CancelledAs::Cancelled => Outcome::Cancelled,
             CancelledAs::Error => Outcome::Error(ErrorCategory::Cancelled, "Cancelled"),
             CancelledAs::Ok => Outcome::Ok,
@@ -279,7 +281,7 @@ impl Core {
             self.error,
             std::thread::panicking(),
             self.cancelled,
-            cancelled_as(),
+            cancelled_as,
         );
         let error = match outcome {
             Outcome::Error(category, error_type) => Some((category, error_type)),
@@ -631,7 +633,7 @@ impl Lean {
             self.error,
             std::thread::panicking(),
             self.cancelled,
-            cancelled_as(),
+            cancelled_as,
         );
         let secs = self.start.secs_until(clock::now());
         if let Some(b) = self.bound {
@@ -868,7 +870,7 @@ mod tests {
     #[test]
     fn a_cancelled_call_counts_as_configured_and_errors_and_panics_win() {
         use CancelledAs::*;
-        let cancelled = |mode| outcome(None, false, true, mode);
+        let cancelled = |mode| outcome(None, false, true, || mode);
         assert_eq!(cancelled(Cancelled), Outcome::Cancelled);
         assert_eq!(
             cancelled(Error),
@@ -878,13 +880,13 @@ mod tests {
         // An error the body returned before the drop, or a panic, is what it is.
         let e = Some((ErrorCategory::Unavailable, "Unavailable"));
         assert_eq!(
-            outcome(e, false, true, Cancelled),
+            outcome(e, false, true, || Cancelled),
             Outcome::Error(ErrorCategory::Unavailable, "Unavailable")
         );
         assert_eq!(
-            outcome(None, true, true, Cancelled),
+            outcome(None, true, true, || Cancelled),
             Outcome::Error(ErrorCategory::Internal, "panic")
         );
-        assert_eq!(outcome(None, false, false, Error), Outcome::Ok);
+        assert_eq!(outcome(None, false, false, || Error), Outcome::Ok);
     }
 }

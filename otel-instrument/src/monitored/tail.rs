@@ -971,16 +971,31 @@ pub(super) fn untracked() -> PollScope {
 fn stage(scope: Cursor, record: Record) {
     STAGING.with(|s| {
         let mut s = s.borrow_mut();
-        if s.records.len().saturating_sub(scope.base()) >= MAX_SPANS.load(Ordering::Relaxed) {
-            if scope.sampled() && scope.root.is_null() {
-                send_early(&mut s, scope);
-            } else {
-                count(&OVER_ROOT_CAP, 1);
-                return;
-            }
+        let records = &mut s.records;
+        // The common case inline: within the cap, and room in the buffer.
+        if records.len().saturating_sub(scope.base()) < MAX_SPANS.load(Ordering::Relaxed)
+            && records.len() < records.capacity()
+        {
+            records.push(record);
+        } else {
+            stage_slow(&mut s, scope, record);
         }
-        s.records.push(record);
     });
+}
+
+/// [`stage`] at the per-root cap, or when the buffer must grow.
+#[cold]
+#[inline(never)]
+fn stage_slow(s: &mut Staging, scope: Cursor, record: Record) {
+    if s.records.len().saturating_sub(scope.base()) >= MAX_SPANS.load(Ordering::Relaxed) {
+        if scope.sampled() && scope.root.is_null() {
+            send_early(s, scope);
+        } else {
+            count(&OVER_ROOT_CAP, 1);
+            return;
+        }
+    }
+    s.records.push(record);
 }
 
 /// Adds a call's parameters and `fields(..)` to the running scope's staging
