@@ -96,33 +96,31 @@ impl Counts {
         &unsafe { &*block }.0[slot as usize % SLOTS]
     }
 
+    /// Every counter in the blocks that exist, with its slot.
+    fn each(&self) -> impl Iterator<Item = (usize, &AtomicI64)> {
+        self.blocks
+            .iter()
+            .enumerate()
+            // SAFETY: as in `get`.
+            .filter_map(|(i, b)| unsafe { b.load(Ordering::Acquire).as_ref() }.map(|b| (i, b)))
+            .flat_map(|(i, b)| b.0.iter().enumerate().map(move |(j, c)| (i * SLOTS + j, c)))
+    }
+
     /// Adds `other`'s counts to these (under [`THREADS`]' lock).
     fn absorb(&self, other: &Counts) {
-        for (i, block) in other.blocks.iter().enumerate() {
-            // SAFETY: as in `get`.
-            let Some(block) = (unsafe { block.load(Ordering::Acquire).as_ref() }) else {
-                continue;
-            };
-            for (j, c) in block.0.iter().enumerate() {
-                let n = c.load(Ordering::Relaxed);
-                if n != 0 {
-                    self.get_or_make((i * SLOTS + j) as u32)
-                        .fetch_add(n, Ordering::Relaxed);
-                }
+        for (slot, c) in other.each() {
+            let n = c.load(Ordering::Relaxed);
+            if n != 0 {
+                self.get_or_make(slot as u32)
+                    .fetch_add(n, Ordering::Relaxed);
             }
         }
     }
 
     /// Adds these counts to `sums`, by slot.
     fn add_to(&self, sums: &mut [i64]) {
-        for (i, block) in self.blocks.iter().enumerate() {
-            // SAFETY: as in `get`.
-            let Some(block) = (unsafe { block.load(Ordering::Acquire).as_ref() }) else {
-                continue;
-            };
-            for (j, c) in block.0.iter().enumerate() {
-                sums[i * SLOTS + j] += c.load(Ordering::Relaxed);
-            }
+        for (slot, c) in self.each() {
+            sums[slot] += c.load(Ordering::Relaxed);
         }
     }
 }
