@@ -10,8 +10,8 @@
 //!   if some other layer such as fmt wants one, away from the OTel layer, and the
 //!   [`sampler`] wrapper drops anything that still reaches the SDK);
 //! - records its metrics through instruments bound once per callsite
-//!   (`BoundCounter`, `BoundHistogram`; the in-flight count is a plain atomic
-//!   that one observable up-down counter reads), never a hash lookup;
+//!   (`BoundCounter`, `BoundHistogram`; the in-flight count is a per-thread
+//!   counter that one observable up-down counter sums), never a hash lookup;
 //! - leaves a fixed-size record for the tail keeper, which keeps its trace if
 //!   it fails or is slow;
 //! - allocates nothing.

@@ -263,8 +263,14 @@ impl Core {
         }
     }
 
+    /// Marks the call as failed and reports the error (see [`report`]).
     #[cold]
-    fn report(&mut self, category: ErrorCategory, error_type: &'static str, message: Option<&str>) {
+    fn fail_with(
+        &mut self,
+        (category, error_type): (ErrorCategory, &'static str),
+        message: Option<&str>,
+    ) {
+        self.error = Some((category, error_type));
         report(
             self.callsite,
             self.bound,
@@ -470,21 +476,16 @@ impl Call {
 
     /// Marks the call as failed with the given category and `error.type`.
     #[inline]
-    pub fn fail(&mut self, (category, error_type): (ErrorCategory, &'static str)) {
-        self.core.error = Some((category, error_type));
+    pub fn fail(&mut self, error: (ErrorCategory, &'static str)) {
+        self.core.error = Some(error);
     }
 
     /// Marks the call as failed, and fingerprints, counts and (within the
     /// report limit) reports the error with its `message`. Runs with the
     /// call's span current, so the report joins its trace.
     #[inline]
-    pub fn fail_with(
-        &mut self,
-        (category, error_type): (ErrorCategory, &'static str),
-        message: Option<String>,
-    ) {
-        self.core.error = Some((category, error_type));
-        self.core.report(category, error_type, message.as_deref());
+    pub fn fail_with(&mut self, error: (ErrorCategory, &'static str), message: Option<String>) {
+        self.core.fail_with(error, message.as_deref());
     }
 }
 
@@ -551,20 +552,15 @@ impl AsyncCall {
 
     /// Marks the call as failed with the given category and `error.type`.
     #[inline]
-    pub fn fail(&mut self, (category, error_type): (ErrorCategory, &'static str)) {
-        self.core.error = Some((category, error_type));
+    pub fn fail(&mut self, error: (ErrorCategory, &'static str)) {
+        self.core.error = Some(error);
     }
 
     /// As [`Call::fail_with`]: with this call's frame, trace and span current
     /// while the error is reported, as during a poll.
-    pub fn fail_with(
-        &mut self,
-        (category, error_type): (ErrorCategory, &'static str),
-        message: Option<String>,
-    ) {
-        self.core.error = Some((category, error_type));
+    pub fn fail_with(&mut self, error: (ErrorCategory, &'static str), message: Option<String>) {
         let _current = Current::enter(&self.core, self.span.as_ref());
-        self.core.report(category, error_type, message.as_deref());
+        self.core.fail_with(error, message.as_deref());
     }
 
     /// Records the finished call.
@@ -641,8 +637,14 @@ impl Lean {
         }
     }
 
+    /// As [`Core::fail_with`].
     #[cold]
-    fn report(&self, category: ErrorCategory, error_type: &'static str, message: Option<&str>) {
+    fn fail_with(
+        &mut self,
+        (category, error_type): (ErrorCategory, &'static str),
+        message: Option<&str>,
+    ) {
+        self.error = Some((category, error_type));
         report(
             self.callsite,
             self.bound,
@@ -677,19 +679,14 @@ impl MetricsCall {
 
     /// As [`Call::fail`].
     #[inline]
-    pub fn fail(&mut self, (category, error_type): (ErrorCategory, &'static str)) {
-        self.lean.error = Some((category, error_type));
+    pub fn fail(&mut self, error: (ErrorCategory, &'static str)) {
+        self.lean.error = Some(error);
     }
 
     /// As [`Call::fail_with`]; the report joins the caller's span, if any.
     #[inline]
-    pub fn fail_with(
-        &mut self,
-        (category, error_type): (ErrorCategory, &'static str),
-        message: Option<String>,
-    ) {
-        self.lean.error = Some((category, error_type));
-        self.lean.report(category, error_type, message.as_deref());
+    pub fn fail_with(&mut self, error: (ErrorCategory, &'static str), message: Option<String>) {
+        self.lean.fail_with(error, message.as_deref());
     }
 }
 
@@ -761,19 +758,14 @@ impl AsyncMetricsCall {
 
     /// As [`AsyncCall::fail`].
     #[inline]
-    pub fn fail(&mut self, (category, error_type): (ErrorCategory, &'static str)) {
-        self.lean.error = Some((category, error_type));
+    pub fn fail(&mut self, error: (ErrorCategory, &'static str)) {
+        self.lean.error = Some(error);
     }
 
     /// As [`AsyncCall::fail_with`]: with this call's frame current.
-    pub fn fail_with(
-        &mut self,
-        (category, error_type): (ErrorCategory, &'static str),
-        message: Option<String>,
-    ) {
-        self.lean.error = Some((category, error_type));
+    pub fn fail_with(&mut self, error: (ErrorCategory, &'static str), message: Option<String>) {
         let _current = self.current();
-        self.lean.report(category, error_type, message.as_deref());
+        self.lean.fail_with(error, message.as_deref());
     }
 
     /// Records the finished call.

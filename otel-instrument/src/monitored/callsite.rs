@@ -66,6 +66,7 @@ pub(super) struct Bound {
     /// counted per thread in this slot ([`inflight`](super::inflight)), or,
     /// past its capacity, in `concurrent`.
     slot: Option<u32>,
+    /// Calls in flight of a callsite without a slot.
     concurrent: AtomicI64,
     /// The labels of its `function.calls.concurrent` series.
     concurrent_labels: Vec<KeyValue>,
